@@ -1,0 +1,381 @@
+"""The client side of pairwise-mask secure aggregation, one small state per phase.
+
+Transport-free: each ``receive_*`` call takes the server's message for the
+current phase and returns the client's reply. A message for another phase or
+round is refused (:class:`OutOfPhaseError`, :class:`ReplayedMessageError`) and
+leaves the state unchanged; bad *contents* (a forged signature, an inconsistent
+survivor list, a request for both secrets of one peer) abort the client's part
+in the round for good. Secrets move from one state to the next and are dropped
+when no longer needed; nothing is kept in a shared bag of fields.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from crypto import _transcript as tr
+from crypto._primitives.aead import open_sealed, seal
+from crypto._primitives.agreement import AgreementKey
+from crypto._primitives.prg import SEED_BYTES, apply_masks
+from crypto._primitives.shamir import split_secrets
+from crypto._primitives.signing import IdentityKey, verify_signature
+from crypto.config import RoundConfig
+from crypto.errors import (
+    BadSignatureError,
+    BelowThresholdError,
+    BothSharesRequestedError,
+    InconsistentSurvivorsError,
+    MalformedMessageError,
+    OutOfPhaseError,
+    ReplayedMessageError,
+    SecAggError,
+    UnknownSenderError,
+)
+from crypto.messages import (
+    SHARE_BYTES,
+    AdvertiseKeys,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    PeerKeys,
+    ShareBundle,
+    ShareKeys,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskShares,
+)
+
+
+class _Context:
+    """Public facts about the round, as seen by one client (no secrets)."""
+
+    def __init__(self, config: RoundConfig, client_id: int) -> None:
+        if client_id not in config.identities:
+            raise UnknownSenderError(f"client {client_id} is not a participant of this round")
+        self.config = config
+        self.me = client_id
+        self.neighbours = frozenset(config.graph.neighbours(client_id))
+
+
+class _State:
+    """Refuses every event; each concrete state accepts only its own."""
+
+    name = "base"
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+
+    def _refuse(self, event: str) -> OutOfPhaseError:
+        return OutOfPhaseError(f"client {self.ctx.me}: {event} is not accepted in state {self.name}")
+
+    def advertise(self) -> tuple[Message, _State]:
+        raise self._refuse("advertise")
+
+    def on_key_directory(self, msg: KeyDirectory) -> tuple[Message, _State]:
+        raise self._refuse("key directory")
+
+    def on_share_bundle(self, msg: ShareBundle, x: np.ndarray) -> tuple[Message, _State]:
+        raise self._refuse("share bundle")
+
+    def on_survivor_list(self, msg: SurvivorList) -> tuple[Message, _State]:
+        raise self._refuse("survivor list")
+
+    def on_unmask_request(self, msg: UnmaskRequest) -> tuple[Message, _State]:
+        raise self._refuse("unmask request")
+
+
+class _AdvertiseKeys(_State):
+    name = "advertise_keys"
+
+    def __init__(self, ctx: _Context, identity: IdentityKey) -> None:
+        super().__init__(ctx)
+        self._identity = identity
+
+    def advertise(self) -> tuple[Message, _State]:
+        cipher_key, mask_key = AgreementKey.generate(), AgreementKey.generate()
+        payload = tr.advertise_payload(
+            self.ctx.config.round_id, self.ctx.me, cipher_key.public_bytes, mask_key.public_bytes
+        )
+        keys = PeerKeys(cipher_key.public_bytes, mask_key.public_bytes, self._identity.sign(payload))
+        nxt = _AwaitKeyDirectory(self.ctx, self._identity, cipher_key, mask_key)
+        return AdvertiseKeys(self.ctx.config.round_id, keys), nxt
+
+
+class _AwaitKeyDirectory(_State):
+    name = "await_key_directory"
+
+    def __init__(
+        self, ctx: _Context, identity: IdentityKey, cipher_key: AgreementKey, mask_key: AgreementKey
+    ) -> None:
+        super().__init__(ctx)
+        self._identity = identity
+        self._cipher_key = cipher_key
+        self._mask_key = mask_key
+
+    def on_key_directory(self, msg: KeyDirectory) -> tuple[Message, _State]:
+        ctx, cfg = self.ctx, self.ctx.config
+        peers = dict(msg.keys)
+        stray = set(peers) - ctx.neighbours
+        if stray:
+            raise UnknownSenderError(f"key directory lists non-neighbours {sorted(stray)}")
+        for v, keys in peers.items():
+            payload = tr.advertise_payload(cfg.round_id, v, keys.cipher_public, keys.mask_public)
+            verify_signature(cfg.identities[v], payload, keys.signature, signer=f"client {v}")
+        if len(peers) < cfg.threshold:
+            raise BelowThresholdError(
+                f"only {len(peers)} neighbours advertised keys; threshold is {cfg.threshold}"
+            )
+        holders = sorted(peers)
+        self_seed = os.urandom(SEED_BYTES)
+        shares = split_secrets(
+            [self._mask_key.export_private_bytes_for_sharing(), self_seed], cfg.threshold, holders
+        )
+        share_keys = {
+            v: tr.share_key(self._cipher_key.exchange(peers[v].cipher_public), cfg.round_id, ctx.me, v)
+            for v in holders
+        }
+        sealed = {
+            v: seal(
+                share_keys[v],
+                tr.share_plaintext(ctx.me, v, pair[0], pair[1]),
+                tr.share_associated_data(cfg.round_id, ctx.me, v),
+            )
+            for v, pair in zip(holders, shares, strict=True)
+        }
+        nxt = _AwaitShareBundle(ctx, self._identity, self._mask_key, self_seed, peers, share_keys)
+        return ShareKeys(cfg.round_id, sealed), nxt
+
+
+class _AwaitShareBundle(_State):
+    name = "await_share_bundle"
+
+    def __init__(
+        self,
+        ctx: _Context,
+        identity: IdentityKey,
+        mask_key: AgreementKey,
+        self_seed: bytes,
+        peers: Mapping[int, PeerKeys],
+        share_keys: Mapping[int, bytes],
+    ) -> None:
+        super().__init__(ctx)
+        self._identity = identity
+        self._mask_key = mask_key
+        self._self_seed = self_seed
+        self._peers = peers
+        self._share_keys = share_keys
+
+    def on_share_bundle(self, msg: ShareBundle, x: np.ndarray) -> tuple[Message, _State]:
+        ctx, cfg = self.ctx, self.ctx.config
+        senders = set(msg.sealed_shares)
+        stray = senders - set(self._peers)
+        if stray:
+            raise UnknownSenderError(f"shares from clients without advertised keys: {sorted(stray)}")
+        if len(senders) < cfg.threshold:
+            raise BelowThresholdError(
+                f"only {len(senders)} neighbours shared keys; threshold is {cfg.threshold}"
+            )
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for v, sealed in msg.sealed_shares.items():
+            plain = open_sealed(
+                self._share_keys[v], sealed, tr.share_associated_data(cfg.round_id, v, ctx.me)
+            )
+            held[v] = _parse_share_plaintext(plain, v, ctx.me)
+        masks = [(tr.self_mask_key(self._self_seed, cfg.round_id), 1)]
+        for v in sorted(senders):
+            secret = self._mask_key.exchange(self._peers[v].mask_public)
+            masks.append((tr.pairwise_mask_key(secret, cfg.round_id, ctx.me, v), tr.pairwise_sign(ctx.me, v)))
+        y = np.array(x, dtype=np.uint32, copy=True)
+        apply_masks(y, masks)
+        nxt = _AwaitSurvivorList(ctx, self._identity, frozenset(senders), held)
+        return MaskedInput(cfg.round_id, y.tobytes()), nxt
+
+
+def _parse_share_plaintext(plain: bytes, sender: int, recipient: int) -> tuple[bytes, bytes]:
+    header = tr.SHARE_PLAINTEXT_HEADER
+    if len(plain) != header.size + 2 * SHARE_BYTES:
+        raise MalformedMessageError(f"share from client {sender} has the wrong length")
+    if header.unpack_from(plain) != (sender, recipient):
+        raise MalformedMessageError(f"share from client {sender} names other parties")
+    body = plain[header.size :]
+    return body[:SHARE_BYTES], body[SHARE_BYTES:]
+
+
+class _AwaitSurvivorList(_State):
+    name = "await_survivor_list"
+
+    def __init__(
+        self,
+        ctx: _Context,
+        identity: IdentityKey,
+        sharers: frozenset[int],
+        held: Mapping[int, tuple[bytes, bytes]],
+    ) -> None:
+        super().__init__(ctx)
+        self._identity = identity
+        self._sharers = sharers
+        self._held = held
+
+    def on_survivor_list(self, msg: SurvivorList) -> tuple[Message, _State]:
+        ctx, cfg = self.ctx, self.ctx.config
+        survivors = frozenset(msg.survivors)
+        if ctx.me not in survivors:
+            raise InconsistentSurvivorsError("the survivor list omits this client")
+        unknown = survivors - set(cfg.identities)
+        if unknown:
+            raise UnknownSenderError(f"survivor list names non-participants {sorted(unknown)}")
+        phantom = (survivors & ctx.neighbours) - self._sharers
+        if phantom:
+            raise InconsistentSurvivorsError(
+                f"neighbours {sorted(phantom)} listed as survivors never shared keys with us"
+            )
+        if len(survivors) < cfg.minimum_survivors:
+            raise BelowThresholdError(
+                f"{len(survivors)} survivors; at least {cfg.minimum_survivors} are required"
+            )
+        signature = self._identity.sign(tr.survivors_payload(cfg.round_id, ctx.me, msg.survivors))
+        nxt = _AwaitUnmaskRequest(ctx, msg.survivors, self._sharers, self._held)
+        return ConsistencySignature(cfg.round_id, signature), nxt
+
+
+class _AwaitUnmaskRequest(_State):
+    name = "await_unmask_request"
+
+    def __init__(
+        self,
+        ctx: _Context,
+        survivors: tuple[int, ...],
+        sharers: frozenset[int],
+        held: Mapping[int, tuple[bytes, bytes]],
+    ) -> None:
+        super().__init__(ctx)
+        self._survivors = survivors
+        self._sharers = sharers
+        self._held = held
+
+    def on_unmask_request(self, msg: UnmaskRequest) -> tuple[Message, _State]:
+        ctx, cfg = self.ctx, self.ctx.config
+        both = set(msg.survivors) & set(msg.dropped)
+        if both:
+            raise BothSharesRequestedError(
+                f"asked for both secrets of {sorted(both)}; an honest client reveals only one"
+            )
+        if msg.survivors != self._survivors:
+            raise InconsistentSurvivorsError("the unmask request's survivor list differs from the signed one")
+        signers = set(msg.signatures)
+        if not signers <= set(self._survivors):
+            raise InconsistentSurvivorsError("signatures from clients outside the survivor list")
+        if len(signers) < cfg.minimum_survivors:
+            raise BelowThresholdError(
+                f"{len(signers)} survivors confirmed the list; {cfg.minimum_survivors} required"
+            )
+        for v, signature in msg.signatures.items():
+            payload = tr.survivors_payload(cfg.round_id, v, self._survivors)
+            try:
+                verify_signature(cfg.identities[v], payload, signature, signer=f"client {v}")
+            except BadSignatureError:
+                raise InconsistentSurvivorsError(
+                    f"client {v} did not sign the survivor list this client signed: "
+                    "the server showed different lists or forged a signature"
+                ) from None
+        survivors = set(self._survivors)
+        self_shares = {v: self._held[v][1] for v in self._sharers & survivors}
+        key_shares = {v: self._held[v][0] for v in self._sharers & set(msg.dropped)}
+        return UnmaskShares(cfg.round_id, self_shares, key_shares), _Done(ctx)
+
+
+class _Done(_State):
+    name = "done"
+
+
+class _Aborted(_State):
+    name = "aborted"
+
+    def __init__(self, ctx: _Context, error: SecAggError) -> None:
+        super().__init__(ctx)
+        self.error = error
+
+    def _refuse(self, event: str) -> OutOfPhaseError:
+        return OutOfPhaseError(f"client {self.ctx.me} aborted the round ({self.error.reason.value})")
+
+
+class SecAggClient:
+    """One client's part in one round; feed it the server's messages in order."""
+
+    def __init__(self, config: RoundConfig, client_id: int, identity: IdentityKey) -> None:
+        if identity.verify_key_bytes != config.identities.get(client_id):
+            raise UnknownSenderError(f"identity key does not match client {client_id}'s registration")
+        self._ctx = _Context(config, client_id)
+        self._state: _State = _AdvertiseKeys(self._ctx, identity)
+        self._input: np.ndarray | None = None
+
+    @property
+    def client_id(self) -> int:
+        return self._ctx.me
+
+    @property
+    def state(self) -> str:
+        return self._state.name
+
+    @property
+    def abort_error(self) -> SecAggError | None:
+        return self._state.error if isinstance(self._state, _Aborted) else None
+
+    def set_input(self, quantized: np.ndarray) -> None:
+        """The client's quantized vector in Z_(2^32), length ``vector_length``."""
+        arr = np.asarray(quantized)
+        if arr.dtype != np.uint32 or arr.shape != (self._ctx.config.vector_length,):
+            raise MalformedMessageError(
+                f"input must be uint32 of shape ({self._ctx.config.vector_length},), "
+                f"got {arr.dtype} {arr.shape}"
+            )
+        self._input = arr
+
+    def advertise_keys(self) -> AdvertiseKeys:
+        return self._step(lambda s: s.advertise())  # type: ignore[return-value]
+
+    def receive_key_directory(self, msg: KeyDirectory) -> ShareKeys:
+        return self._step(lambda s: s.on_key_directory(msg), msg)  # type: ignore[return-value]
+
+    def receive_share_bundle(self, msg: ShareBundle) -> MaskedInput:
+        if self._input is None:
+            raise OutOfPhaseError("set_input() must be called before the masked-input phase")
+        x = self._input
+        return self._step(lambda s: s.on_share_bundle(msg, x), msg)  # type: ignore[return-value]
+
+    def receive_survivor_list(self, msg: SurvivorList) -> ConsistencySignature:
+        return self._step(lambda s: s.on_survivor_list(msg), msg)  # type: ignore[return-value]
+
+    def receive_unmask_request(self, msg: UnmaskRequest) -> UnmaskShares:
+        reply = self._step(lambda s: s.on_unmask_request(msg), msg)
+        self._input = None
+        return reply  # type: ignore[return-value]
+
+    def handle(self, msg: Message) -> Message:
+        """Dispatch any server message by type (for transports that carry a union)."""
+        handlers = {
+            KeyDirectory: self.receive_key_directory,
+            ShareBundle: self.receive_share_bundle,
+            SurvivorList: self.receive_survivor_list,
+            UnmaskRequest: self.receive_unmask_request,
+        }
+        handler = handlers.get(type(msg))
+        if handler is None:
+            raise OutOfPhaseError(f"clients do not accept {type(msg).__name__} messages")
+        return handler(msg)  # type: ignore[operator]
+
+    def _step(self, event, msg: Message | None = None) -> Message:  # noqa: ANN001
+        if msg is not None and msg.round_id != self._ctx.config.round_id:
+            raise ReplayedMessageError(f"{msg.TYPE} belongs to another round")
+        try:
+            reply, self._state = event(self._state)
+        except (OutOfPhaseError, ReplayedMessageError):
+            raise
+        except SecAggError as error:
+            self._state = _Aborted(self._ctx, error)
+            raise
+        return reply

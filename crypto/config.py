@@ -1,0 +1,80 @@
+"""The public description of one secure-aggregation round, shared by every party."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from crypto.graph import CommunicationGraph, complete_graph, harary_graph
+from crypto.messages import ROUND_ID_BYTES
+
+RING_BITS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundConfig:
+    """Everything public about a round: who, with whom, how many must survive.
+
+    ``identities`` maps each participant's round index (its Shamir x-coordinate)
+    to its Ed25519 verify key; the appliance fills it from client certificates.
+    ``minimum_survivors`` is the smallest number of masked inputs whose sum the
+    server may learn; clients refuse to unmask below it.
+    """
+
+    round_id: bytes
+    identities: Mapping[int, bytes]
+    graph: CommunicationGraph
+    threshold: int
+    vector_length: int
+    minimum_survivors: int
+
+    def __post_init__(self) -> None:
+        if len(self.round_id) != ROUND_ID_BYTES:
+            raise ValueError(f"round_id must be {ROUND_ID_BYTES} bytes")
+        object.__setattr__(self, "identities", MappingProxyType(dict(self.identities)))
+        if tuple(sorted(self.identities)) != tuple(self.graph.participants):
+            raise ValueError("the graph must cover exactly the participants with identities")
+        if len(self.identities) < 3:
+            raise ValueError(
+                "pairwise masking needs three or more parties: with two, each learns the "
+                "other's input from the sum; use the attested mode and/or DP instead"
+            )
+        if not 2 <= self.threshold <= self.graph.degree:
+            raise ValueError(
+                f"threshold {self.threshold} must lie in 2..{self.graph.degree} (the degree)"
+            )
+        if self.minimum_survivors < max(2, self.threshold):
+            raise ValueError("minimum_survivors must be at least the threshold (and 2)")
+        if self.vector_length < 1:
+            raise ValueError("vector_length must be positive")
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        round_id: bytes,
+        identities: Mapping[int, bytes],
+        threshold: int,
+        vector_length: int,
+        degree: int | None = None,
+        minimum_survivors: int | None = None,
+    ) -> RoundConfig:
+        """Build a config; ``degree=None`` means the complete graph (SecAgg).
+
+        The Harary graph's permutation is seeded by the round id, so every party
+        derives the same graph and a server cannot pick it per client.
+        """
+        ids = sorted(identities)
+        if degree is None or degree >= len(ids) - 1:
+            graph = complete_graph(ids)
+        else:
+            graph = harary_graph(ids, degree, seed=round_id)
+        return cls(
+            round_id=round_id,
+            identities=identities,
+            graph=graph,
+            threshold=threshold,
+            vector_length=vector_length,
+            minimum_survivors=threshold if minimum_survivors is None else minimum_survivors,
+        )

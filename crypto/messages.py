@@ -1,0 +1,361 @@
+"""The protocol's wire schema: typed, versioned messages in msgpack, never pickle.
+
+Every message is a map ``{"v": version, "t": type, "r": round_id, ...fields}``.
+Decoding checks the version, the type, every field's type and size, and rejects
+unknown or missing fields, so a handler only ever sees well-formed values.
+Sender identity is *not* a field: it comes from the transport (the client's TLS
+certificate), and the server passes it in alongside the decoded message.
+
+Messages are grouped by phase; client→server messages first, then server→client.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import msgpack
+
+from crypto.errors import MalformedMessageError, UnsupportedVersionError
+
+SCHEMA_VERSION = 1
+ROUND_ID_BYTES = 32
+MAX_CLIENT_ID = 2**31 - 1
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+SHARE_BYTES = 44  # a 32-byte secret as 11 field elements of 4 bytes
+MAX_SEALED_SHARE_BYTES = 256
+#: Upper bound on any decoded message, checked before msgpack allocates.
+MAX_MESSAGE_BYTES = 1 << 31
+
+
+class Phase(enum.IntEnum):
+    """Protocol phases in order; bound into signatures and associated data."""
+
+    ADVERTISE_KEYS = 0
+    SHARE_KEYS = 1
+    MASKED_INPUT = 2
+    CONSISTENCY_CHECK = 3
+    UNMASKING = 4
+
+
+# --- field validators -------------------------------------------------------
+
+
+def _fail(field: str, why: str) -> MalformedMessageError:
+    return MalformedMessageError(f"field {field!r}: {why}")
+
+
+def _check_bytes(
+    field: str, value: Any, size: int | None = None, max_size: int | None = None
+) -> bytes:
+    if not isinstance(value, bytes):
+        raise _fail(field, f"expected bytes, got {type(value).__name__}")
+    if size is not None and len(value) != size:
+        raise _fail(field, f"expected {size} bytes, got {len(value)}")
+    if max_size is not None and len(value) > max_size:
+        raise _fail(field, f"at most {max_size} bytes, got {len(value)}")
+    return value
+
+
+def _check_client_id(field: str, value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_CLIENT_ID:
+        raise _fail(field, f"client ids are integers in 1..{MAX_CLIENT_ID}")
+    return value
+
+
+def _check_id_list(field: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise _fail(field, "expected a list of client ids")
+    ids = tuple(_check_client_id(field, v) for v in value)
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        raise _fail(field, "client ids must be strictly increasing")
+    return ids
+
+
+def _check_id_map(
+    field: str, value: Any, check_value: Callable[[str, Any], Any]
+) -> dict[int, Any]:
+    if not isinstance(value, dict):
+        raise _fail(field, "expected a map keyed by client id")
+    return {_check_client_id(field, k): check_value(f"{field}[{k}]", v) for k, v in value.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerKeys:
+    """One client's advertised keys as relayed by the server."""
+
+    cipher_public: bytes
+    mask_public: bytes
+    signature: bytes
+
+
+def _check_peer_keys(field: str, value: Any) -> PeerKeys:
+    if isinstance(value, PeerKeys):
+        value = [value.cipher_public, value.mask_public, value.signature]
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise _fail(field, "expected [cipher_public, mask_public, signature]")
+    return PeerKeys(
+        _check_bytes(field, value[0], PUBLIC_KEY_BYTES),
+        _check_bytes(field, value[1], PUBLIC_KEY_BYTES),
+        _check_bytes(field, value[2], SIGNATURE_BYTES),
+    )
+
+
+def _sealed(field: str, v: Any) -> bytes:
+    return _check_bytes(field, v, max_size=MAX_SEALED_SHARE_BYTES)
+
+
+def _share(field: str, v: Any) -> bytes:
+    return _check_bytes(field, v, SHARE_BYTES)
+
+
+def _signature(field: str, v: Any) -> bytes:
+    return _check_bytes(field, v, SIGNATURE_BYTES)
+
+
+# --- messages -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Message(abc.ABC):
+    """Base of every protocol message; ``round_id`` ties it to one round."""
+
+    TYPE: ClassVar[str] = ""
+    PHASE: ClassVar[Phase]
+    round_id: bytes
+
+    @abc.abstractmethod
+    def _fields(self) -> dict[str, Any]:
+        """The message's own fields, as msgpack-ready values."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _from_fields(cls, round_id: bytes, fields: dict[str, Any]) -> Message:
+        """Build the message from decoded fields, validating each."""
+
+    def encode(self) -> bytes:
+        body = {"v": SCHEMA_VERSION, "t": self.TYPE, "r": self.round_id, **self._fields()}
+        return msgpack.packb(body, use_bin_type=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Phase 0, client→server: two fresh X25519 public keys, signed by the identity key."""
+
+    TYPE: ClassVar[str] = "advertise_keys"
+    PHASE: ClassVar[Phase] = Phase.ADVERTISE_KEYS
+    keys: PeerKeys
+
+    def _fields(self) -> dict[str, Any]:
+        k = self.keys
+        return {"k": [k.cipher_public, k.mask_public, k.signature]}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> AdvertiseKeys:
+        return cls(round_id, _check_peer_keys("k", f["k"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDirectory(Message):
+    """Phase 0, server→client: the advertised keys of the recipient's neighbours."""
+
+    TYPE: ClassVar[str] = "key_directory"
+    PHASE: ClassVar[Phase] = Phase.ADVERTISE_KEYS
+    keys: Mapping[int, PeerKeys]
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "k": {u: [k.cipher_public, k.mask_public, k.signature] for u, k in self.keys.items()}
+        }
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> KeyDirectory:
+        return cls(round_id, _check_id_map("k", f["k"], _check_peer_keys))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareKeys(Message):
+    """Phase 1, client→server: one sealed share pair per neighbour, keyed by recipient."""
+
+    TYPE: ClassVar[str] = "share_keys"
+    PHASE: ClassVar[Phase] = Phase.SHARE_KEYS
+    sealed_shares: Mapping[int, bytes]
+
+    def _fields(self) -> dict[str, Any]:
+        return {"s": dict(self.sealed_shares)}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> ShareKeys:
+        return cls(round_id, _check_id_map("s", f["s"], _sealed))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareBundle(Message):
+    """Phase 1, server→client: the sealed shares addressed to the recipient, keyed by sender."""
+
+    TYPE: ClassVar[str] = "share_bundle"
+    PHASE: ClassVar[Phase] = Phase.SHARE_KEYS
+    sealed_shares: Mapping[int, bytes]
+
+    def _fields(self) -> dict[str, Any]:
+        return {"s": dict(self.sealed_shares)}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> ShareBundle:
+        return cls(round_id, _check_id_map("s", f["s"], _sealed))
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedInput(Message):
+    """Phase 2, client→server: y = x + PRG(b) + Σ ±PRG(s_uv) mod 2^32, little-endian uint32."""
+
+    TYPE: ClassVar[str] = "masked_input"
+    PHASE: ClassVar[Phase] = Phase.MASKED_INPUT
+    vector: bytes
+
+    def _fields(self) -> dict[str, Any]:
+        return {"y": self.vector}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> MaskedInput:
+        vector = _check_bytes("y", f["y"])
+        if len(vector) % 4:
+            raise _fail("y", "length is not a whole number of uint32 coordinates")
+        return cls(round_id, vector)
+
+
+@dataclasses.dataclass(frozen=True)
+class SurvivorList(Message):
+    """Phase 3, server→client: who sent a masked input (U3)."""
+
+    TYPE: ClassVar[str] = "survivor_list"
+    PHASE: ClassVar[Phase] = Phase.CONSISTENCY_CHECK
+    survivors: tuple[int, ...]
+
+    def _fields(self) -> dict[str, Any]:
+        return {"u": list(self.survivors)}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> SurvivorList:
+        return cls(round_id, _check_id_list("u", f["u"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencySignature(Message):
+    """Phase 3, client→server: the client's signature over the survivor list it was shown."""
+
+    TYPE: ClassVar[str] = "consistency_signature"
+    PHASE: ClassVar[Phase] = Phase.CONSISTENCY_CHECK
+    signature: bytes
+
+    def _fields(self) -> dict[str, Any]:
+        return {"g": self.signature}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> ConsistencySignature:
+        return cls(round_id, _signature("g", f["g"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Phase 4, server→client: survivors with their signatures, and who dropped.
+
+    The client reveals self-mask shares for ``survivors`` and mask-key shares for
+    ``dropped``; a peer in both lists is refused.
+    """
+
+    TYPE: ClassVar[str] = "unmask_request"
+    PHASE: ClassVar[Phase] = Phase.UNMASKING
+    survivors: tuple[int, ...]
+    signatures: Mapping[int, bytes]
+    dropped: tuple[int, ...]
+
+    def _fields(self) -> dict[str, Any]:
+        return {"u": list(self.survivors), "g": dict(self.signatures), "d": list(self.dropped)}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> UnmaskRequest:
+        return cls(
+            round_id,
+            _check_id_list("u", f["u"]),
+            _check_id_map("g", f["g"], _signature),
+            _check_id_list("d", f["d"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmaskShares(Message):
+    """Phase 4, client→server: self-mask shares of survivors, mask-key shares of dropped peers."""
+
+    TYPE: ClassVar[str] = "unmask_shares"
+    PHASE: ClassVar[Phase] = Phase.UNMASKING
+    self_mask_shares: Mapping[int, bytes]
+    mask_key_shares: Mapping[int, bytes]
+
+    def _fields(self) -> dict[str, Any]:
+        return {"b": dict(self.self_mask_shares), "s": dict(self.mask_key_shares)}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> UnmaskShares:
+        return cls(round_id, _check_id_map("b", f["b"], _share), _check_id_map("s", f["s"], _share))
+
+
+_FIELDS: dict[str, frozenset[str]] = {
+    AdvertiseKeys.TYPE: frozenset("k"),
+    KeyDirectory.TYPE: frozenset("k"),
+    ShareKeys.TYPE: frozenset("s"),
+    ShareBundle.TYPE: frozenset("s"),
+    MaskedInput.TYPE: frozenset("y"),
+    SurvivorList.TYPE: frozenset("u"),
+    ConsistencySignature.TYPE: frozenset("g"),
+    UnmaskRequest.TYPE: frozenset({"u", "g", "d"}),
+    UnmaskShares.TYPE: frozenset({"b", "s"}),
+}
+_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        AdvertiseKeys,
+        KeyDirectory,
+        ShareKeys,
+        ShareBundle,
+        MaskedInput,
+        SurvivorList,
+        ConsistencySignature,
+        UnmaskRequest,
+        UnmaskShares,
+    )
+}
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse and validate one message; raise :class:`MalformedMessageError` otherwise."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessageError("a message is bytes")
+    if len(data) > max_bytes:
+        raise MalformedMessageError(f"message of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        body = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, use_list=True, max_bin_len=max_bytes
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise MalformedMessageError(f"not a msgpack message: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedMessageError("a message is a map")
+    version = body.pop("v", None)
+    if version != SCHEMA_VERSION:
+        raise UnsupportedVersionError(f"unsupported schema version {version!r}")
+    kind = body.pop("t", None)
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MalformedMessageError(f"unknown message type {kind!r}")
+    round_id = _check_bytes("r", body.pop("r", None), ROUND_ID_BYTES)
+    if set(body) != _FIELDS[kind]:
+        raise MalformedMessageError(
+            f"{kind}: expected fields {sorted(_FIELDS[kind])}, got {sorted(map(str, body))}"
+        )
+    return cls._from_fields(round_id, body)

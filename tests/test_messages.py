@@ -1,0 +1,136 @@
+"""The wire schema: every message round-trips; anything else is refused clearly."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto.errors import MalformedMessageError, UnsupportedVersionError
+from crypto.messages import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    PeerKeys,
+    ShareBundle,
+    ShareKeys,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskShares,
+    decode,
+)
+
+RID = bytes(range(32))
+KEYS = PeerKeys(b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)
+
+EXAMPLES = [
+    AdvertiseKeys(RID, KEYS),
+    KeyDirectory(RID, {2: KEYS, 7: KEYS}),
+    ShareKeys(RID, {2: b"x" * 120, 3: b"y" * 120}),
+    ShareBundle(RID, {1: b"z" * 120}),
+    MaskedInput(RID, b"\x00\x01\x02\x03" * 10),
+    SurvivorList(RID, (1, 2, 5)),
+    ConsistencySignature(RID, b"\x09" * 64),
+    UnmaskRequest(RID, (1, 2, 5), {1: b"\x01" * 64, 2: b"\x02" * 64}, (3,)),
+    UnmaskShares(RID, {1: b"a" * 44}, {3: b"b" * 44}),
+]
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: m.TYPE)
+def test_round_trip(msg):
+    assert decode(msg.encode()) == msg
+
+
+def _raw(msg) -> dict:  # noqa: ANN001
+    return msgpack.unpackb(msg.encode(), raw=False, strict_map_key=False)
+
+
+def _pack(body: dict) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def test_unknown_version_is_refused():
+    body = _raw(EXAMPLES[0])
+    body["v"] = 2
+    with pytest.raises(UnsupportedVersionError):
+        decode(_pack(body))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda b: b.update(t="launch_missiles"), "unknown message type"),
+        (lambda b: b.update(r=b"short"), "'r'"),
+        (lambda b: b.pop("k"), "expected fields"),
+        (lambda b: b.update(extra=1), "expected fields"),
+        (lambda b: b.update(k=[b"\x01" * 31, b"\x02" * 32, b"\x03" * 64]), "32 bytes"),
+        (lambda b: b.update(k=[b"\x01" * 32, b"\x02" * 32]), "expected"),
+        (lambda b: b.update(k="not a list"), "expected"),
+    ],
+)
+def test_malformed_advertise_is_refused(mutate, match):
+    body = _raw(EXAMPLES[0])
+    mutate(body)
+    with pytest.raises(MalformedMessageError, match=match):
+        decode(_pack(body))
+
+
+@pytest.mark.parametrize(
+    "survivors", [[2, 1], [1, 1], [0, 1], [-3], [2**31], ["1"], [1.5], [True]]
+)
+def test_bad_client_id_lists_are_refused(survivors):
+    body = _raw(EXAMPLES[5])
+    body["u"] = survivors
+    with pytest.raises(MalformedMessageError):
+        decode(_pack(body))
+
+
+def test_masked_input_must_be_whole_uint32s():
+    body = _raw(EXAMPLES[4])
+    body["y"] = b"\x00" * 7
+    with pytest.raises(MalformedMessageError, match="uint32"):
+        decode(_pack(body))
+
+
+def test_wrong_share_size_is_refused():
+    body = _raw(EXAMPLES[8])
+    body["b"] = {1: b"a" * 43}
+    with pytest.raises(MalformedMessageError, match="44 bytes"):
+        decode(_pack(body))
+
+
+def test_oversized_message_is_refused_before_parsing():
+    data = MaskedInput(RID, b"\x00" * 4096).encode()
+    with pytest.raises(MalformedMessageError, match="exceeds"):
+        decode(data, max_bytes=1024)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x93\x01\x02\x03", _pack([1, 2]), b"\xdb\xff\xff\xff\xff"])
+def test_garbage_is_refused(data):
+    with pytest.raises(MalformedMessageError):
+        decode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_fuzz_decode_never_crashes(data):
+    try:
+        decode(data)
+    except MalformedMessageError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(EXAMPLES), st.data())
+def test_fuzz_mutated_messages_never_crash(msg, data):
+    raw = bytearray(msg.encode())
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+        i = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[i] = data.draw(st.integers(min_value=0, max_value=255))
+    try:
+        decoded = decode(bytes(raw))
+    except MalformedMessageError:
+        return
+    assert decoded.encode()  # whatever decodes is a valid, re-encodable message
