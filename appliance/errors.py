@@ -1,0 +1,31 @@
+"""Every exception the appliance raises, in one flat module."""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class: the appliance refused an operation; the message says why."""
+
+
+class ConfigError(ApplianceError):
+    """A configuration value is invalid; names the key, the value and why."""
+
+
+class ProvisioningError(ApplianceError):
+    """A federation folder, certificate or client kit could not be created or read."""
+
+
+class KitTamperedError(ProvisioningError):
+    """A client kit's contents no longer match their signature."""
+
+
+class CertificateError(ProvisioningError):
+    """A certificate is invalid for its purpose (wrong CA, expired, revoked, bad name)."""
+
+
+class AuditChainError(ApplianceError):
+    """The audit log's hash chain or signatures do not verify; names the first bad entry."""
+
+
+class StoreError(ApplianceError):
+    """Durable state could not be read or written (disk full, read-only, corrupt)."""
