@@ -29,3 +29,17 @@ class AuditChainError(ApplianceError):
 
 class StoreError(ApplianceError):
     """Durable state could not be read or written (disk full, read-only, corrupt)."""
+
+
+class AuditVerificationError(AuditChainError):
+    """The audit log failed verification at entry ``seq`` (``None``: not tied to one entry).
+
+    ``reason`` says what was found (edited entry, missing entry, truncated tail, bad signature
+    or wrong key, ...); the message names both.
+    """
+
+    def __init__(self, seq: int | None, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+        where = "audit log" if seq is None else f"audit entry seq {seq}"
+        super().__init__(f"{where}: {reason}")

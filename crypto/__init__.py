@@ -15,7 +15,7 @@ the only code that touches ``cryptography`` or PyNaCl.
 from crypto._primitives.signing import IdentityKey
 from crypto.client import SecAggClient
 from crypto.config import RING_BITS, RoundConfig
-# TMP from crypto.encoding import QuantizationSpec, decode_sum, encode_update, encoded_length
+from crypto.encoding import QuantizationSpec, decode_sum, encode_update, encoded_length
 from crypto.graph import CommunicationGraph, complete_graph, harary_graph
 from crypto.messages import Message, Phase, decode
 from crypto.params import SecAggParameters, find_parameters

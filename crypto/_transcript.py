@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+import numpy as np
+
 from crypto._primitives.kdf import derive_key
 from crypto.messages import Phase
 
@@ -25,15 +27,18 @@ def advertise_payload(round_id: bytes, client_id: int, cipher_pk: bytes, mask_pk
     return b"sealagg/advertise/v1" + round_id + _id(client_id) + cipher_pk + mask_pk
 
 
-def survivors_payload(round_id: bytes, client_id: int, survivors: Iterable[int]) -> bytes:
-    ids = b"".join(_id(u) for u in sorted(survivors))
-    return b"sealagg/survivors/v1" + round_id + _id(client_id) + ids
+def encode_ids(ids: Iterable[int]) -> bytes:
+    """Sorted client ids as big-endian uint32s (encode once, sign and verify many times)."""
+    return np.asarray(sorted(ids), dtype=">u4").tobytes()
+
+
+def survivors_payload(round_id: bytes, client_id: int, survivors_blob: bytes) -> bytes:
+    """What ``client_id`` signs in the consistency check (blob from :func:`encode_ids`)."""
+    return b"sealagg/survivors/v1" + round_id + _id(client_id) + survivors_blob
 
 
 def share_associated_data(round_id: bytes, sender: int, recipient: int) -> bytes:
-    return (
-        b"sealagg/share/v1" + round_id + bytes([Phase.SHARE_KEYS]) + _id(sender) + _id(recipient)
-    )
+    return b"sealagg/share/v1" + round_id + bytes([Phase.SHARE_KEYS]) + _id(sender) + _id(recipient)
 
 
 def share_key(raw_secret: bytes, round_id: bytes, u: int, v: int) -> bytes:

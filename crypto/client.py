@@ -70,7 +70,9 @@ class _State:
         self.ctx = ctx
 
     def _refuse(self, event: str) -> OutOfPhaseError:
-        return OutOfPhaseError(f"client {self.ctx.me}: {event} is not accepted in state {self.name}")
+        return OutOfPhaseError(
+            f"client {self.ctx.me}: {event} is not accepted in state {self.name}"
+        )
 
     def advertise(self) -> tuple[Message, _State]:
         raise self._refuse("advertise")
@@ -100,7 +102,9 @@ class _AdvertiseKeys(_State):
         payload = tr.advertise_payload(
             self.ctx.config.round_id, self.ctx.me, cipher_key.public_bytes, mask_key.public_bytes
         )
-        keys = PeerKeys(cipher_key.public_bytes, mask_key.public_bytes, self._identity.sign(payload))
+        keys = PeerKeys(
+            cipher_key.public_bytes, mask_key.public_bytes, self._identity.sign(payload)
+        )
         nxt = _AwaitKeyDirectory(self.ctx, self._identity, cipher_key, mask_key)
         return AdvertiseKeys(self.ctx.config.round_id, keys), nxt
 
@@ -135,7 +139,9 @@ class _AwaitKeyDirectory(_State):
             [self._mask_key.export_private_bytes_for_sharing(), self_seed], cfg.threshold, holders
         )
         share_keys = {
-            v: tr.share_key(self._cipher_key.exchange(peers[v].cipher_public), cfg.round_id, ctx.me, v)
+            v: tr.share_key(
+                self._cipher_key.exchange(peers[v].cipher_public), cfg.round_id, ctx.me, v
+            )
             for v in holders
         }
         sealed = {
@@ -174,7 +180,9 @@ class _AwaitShareBundle(_State):
         senders = set(msg.sealed_shares)
         stray = senders - set(self._peers)
         if stray:
-            raise UnknownSenderError(f"shares from clients without advertised keys: {sorted(stray)}")
+            raise UnknownSenderError(
+                f"shares from clients without advertised keys: {sorted(stray)}"
+            )
         if len(senders) < cfg.threshold:
             raise BelowThresholdError(
                 f"only {len(senders)} neighbours shared keys; threshold is {cfg.threshold}"
@@ -188,11 +196,13 @@ class _AwaitShareBundle(_State):
         masks = [(tr.self_mask_key(self._self_seed, cfg.round_id), 1)]
         for v in sorted(senders):
             secret = self._mask_key.exchange(self._peers[v].mask_public)
-            masks.append((tr.pairwise_mask_key(secret, cfg.round_id, ctx.me, v), tr.pairwise_sign(ctx.me, v)))
-        y = np.array(x, dtype=np.uint32, copy=True)
+            masks.append(
+                (tr.pairwise_mask_key(secret, cfg.round_id, ctx.me, v), tr.pairwise_sign(ctx.me, v))
+            )
+        y = x.astype("<u4", copy=True)
         apply_masks(y, masks)
         nxt = _AwaitSurvivorList(ctx, self._identity, frozenset(senders), held)
-        return MaskedInput(cfg.round_id, y.tobytes()), nxt
+        return MaskedInput(cfg.round_id, memoryview(y).cast("B")), nxt
 
 
 def _parse_share_plaintext(plain: bytes, sender: int, recipient: int) -> tuple[bytes, bytes]:
@@ -237,7 +247,8 @@ class _AwaitSurvivorList(_State):
             raise BelowThresholdError(
                 f"{len(survivors)} survivors; at least {cfg.minimum_survivors} are required"
             )
-        signature = self._identity.sign(tr.survivors_payload(cfg.round_id, ctx.me, msg.survivors))
+        blob = tr.encode_ids(msg.survivors)
+        signature = self._identity.sign(tr.survivors_payload(cfg.round_id, ctx.me, blob))
         nxt = _AwaitUnmaskRequest(ctx, msg.survivors, self._sharers, self._held)
         return ConsistencySignature(cfg.round_id, signature), nxt
 
@@ -265,7 +276,9 @@ class _AwaitUnmaskRequest(_State):
                 f"asked for both secrets of {sorted(both)}; an honest client reveals only one"
             )
         if msg.survivors != self._survivors:
-            raise InconsistentSurvivorsError("the unmask request's survivor list differs from the signed one")
+            raise InconsistentSurvivorsError(
+                "the unmask request's survivor list differs from the signed one"
+            )
         signers = set(msg.signatures)
         if not signers <= set(self._survivors):
             raise InconsistentSurvivorsError("signatures from clients outside the survivor list")
@@ -273,19 +286,30 @@ class _AwaitUnmaskRequest(_State):
             raise BelowThresholdError(
                 f"{len(signers)} survivors confirmed the list; {cfg.minimum_survivors} required"
             )
-        for v, signature in msg.signatures.items():
-            payload = tr.survivors_payload(cfg.round_id, v, self._survivors)
+        self._check_quorum(msg.signatures)
+        survivors = set(self._survivors)
+        self_shares = {v: self._held[v][1] for v in self._sharers & survivors}
+        key_shares = {v: self._held[v][0] for v in self._sharers & set(msg.dropped)}
+        return UnmaskShares(cfg.round_id, self_shares, key_shares), _Done(ctx)
+
+    def _check_quorum(self, signatures: Mapping[int, bytes]) -> None:
+        """Verify signatures in id order until a quorum of them cover our list.
+
+        Security rests on a quorum (``minimum_survivors``) of clients having signed
+        the very list we signed; signatures beyond the quorum add nothing, so they
+        are not checked. A bad one met on the way is evidence of a lying server.
+        """
+        cfg = self.ctx.config
+        blob = tr.encode_ids(self._survivors)
+        for v in sorted(signatures)[: cfg.minimum_survivors]:
+            payload = tr.survivors_payload(cfg.round_id, v, blob)
             try:
-                verify_signature(cfg.identities[v], payload, signature, signer=f"client {v}")
+                verify_signature(cfg.identities[v], payload, signatures[v], signer=f"client {v}")
             except BadSignatureError:
                 raise InconsistentSurvivorsError(
                     f"client {v} did not sign the survivor list this client signed: "
                     "the server showed different lists or forged a signature"
                 ) from None
-        survivors = set(self._survivors)
-        self_shares = {v: self._held[v][1] for v in self._sharers & survivors}
-        key_shares = {v: self._held[v][0] for v in self._sharers & set(msg.dropped)}
-        return UnmaskShares(cfg.round_id, self_shares, key_shares), _Done(ctx)
 
 
 class _Done(_State):
@@ -300,7 +324,9 @@ class _Aborted(_State):
         self.error = error
 
     def _refuse(self, event: str) -> OutOfPhaseError:
-        return OutOfPhaseError(f"client {self.ctx.me} aborted the round ({self.error.reason.value})")
+        return OutOfPhaseError(
+            f"client {self.ctx.me} aborted the round ({self.error.reason.value})"
+        )
 
 
 class SecAggClient:
@@ -308,7 +334,9 @@ class SecAggClient:
 
     def __init__(self, config: RoundConfig, client_id: int, identity: IdentityKey) -> None:
         if identity.verify_key_bytes != config.identities.get(client_id):
-            raise UnknownSenderError(f"identity key does not match client {client_id}'s registration")
+            raise UnknownSenderError(
+                f"identity key does not match client {client_id}'s registration"
+            )
         self._ctx = _Context(config, client_id)
         self._state: _State = _AdvertiseKeys(self._ctx, identity)
         self._input: np.ndarray | None = None
@@ -368,7 +396,7 @@ class SecAggClient:
             raise OutOfPhaseError(f"clients do not accept {type(msg).__name__} messages")
         return handler(msg)  # type: ignore[operator]
 
-    def _step(self, event, msg: Message | None = None) -> Message:  # noqa: ANN001
+    def _step(self, event, msg: Message | None = None) -> Message:
         if msg is not None and msg.round_id != self._ctx.config.round_id:
             raise ReplayedMessageError(f"{msg.TYPE} belongs to another round")
         try:

@@ -76,5 +76,19 @@ class RoundConfig:
             graph=graph,
             threshold=threshold,
             vector_length=vector_length,
-            minimum_survivors=threshold if minimum_survivors is None else minimum_survivors,
+            minimum_survivors=(
+                default_minimum_survivors(len(ids), threshold)
+                if minimum_survivors is None
+                else minimum_survivors
+            ),
         )
+
+
+def default_minimum_survivors(num_clients: int, threshold: int) -> int:
+    """A majority of the participants, and at least the threshold.
+
+    The consistency check stops a server from showing different survivor lists
+    to different clients only if two lists cannot both gather a quorum of
+    signatures: with a majority quorum, that takes corrupt clients signing both.
+    """
+    return max(threshold, num_clients // 2 + 1)

@@ -62,6 +62,10 @@ def encode_update(update: np.ndarray, weight: float, spec: QuantizationSpec) -> 
     x = np.asarray(update)
     if x.ndim != 1 or x.dtype not in (np.float32, np.float64):
         raise TypeError(f"update must be a 1-D float32/float64 array, got {x.dtype} {x.shape}")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise ValueError(f"update has a non-finite value ({x[bad]}) at index {bad}; nothing sent")
     weighted = np.clip(x, -spec.clip, spec.clip, dtype=np.float64) * weight
     noise = uniform_uint16(os.urandom(SEED_BYTES), x.shape[0] + 1)
     out = np.empty(encoded_length(x.shape[0]), dtype=np.uint32)

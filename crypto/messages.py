@@ -77,9 +77,7 @@ def _check_id_list(field: str, value: Any) -> tuple[int, ...]:
     return ids
 
 
-def _check_id_map(
-    field: str, value: Any, check_value: Callable[[str, Any], Any]
-) -> dict[int, Any]:
+def _check_id_map(field: str, value: Any, check_value: Callable[[str, Any], Any]) -> dict[int, Any]:
     if not isinstance(value, dict):
         raise _fail(field, "expected a map keyed by client id")
     return {_check_client_id(field, k): check_value(f"{field}[{k}]", v) for k, v in value.items()}
@@ -216,7 +214,7 @@ class MaskedInput(Message):
 
     TYPE: ClassVar[str] = "masked_input"
     PHASE: ClassVar[Phase] = Phase.MASKED_INPUT
-    vector: bytes
+    vector: bytes | memoryview  # a memoryview lets the client skip one copy of a large vector
 
     def _fields(self) -> dict[str, Any]:
         return {"y": self.vector}
@@ -342,7 +340,13 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         body = msgpack.unpackb(
             data, raw=False, strict_map_key=False, use_list=True, max_bin_len=max_bytes
         )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise MalformedMessageError(f"not a msgpack message: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedMessageError("a message is a map")

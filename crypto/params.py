@@ -58,8 +58,9 @@ Targets: round failure ≤ 2^-failure_bits, privacy failure ≤ 2^-security_bits
   (Semi-malicious mode uses the larger q = gamma + 2·delta, so falsely "dropped" honest
   clients are counted as removed.) The complete graph never disconnects.
 * **Search.** The smallest even k ≥ 4 (k < n-1) for which some t satisfies all
-  three constraints; among those t, the one with the largest minimum margin
-  (in log2) to the correctness and threshold-privacy targets, ties → larger t.
+  three constraints; among those t, the largest: it meets the failure target
+  and tolerates the most colluding neighbours beyond the assumed gamma (a
+  smaller t would only buy reliability past the target that was asked for).
   If no sparse k works, the complete graph k = n-1 (plain SecAgg): there an
   honest client has exactly c corrupt neighbours, so ``t > c`` makes threshold
   privacy deterministic (probability 0); the correctness bound is kept. If that
@@ -431,10 +432,7 @@ def _best_threshold(
     feasible = (t >= t_min) & (log2_fail <= target_fail) & (log2_priv <= target_priv)
     if not feasible.any():
         return None
-    margin = np.minimum(target_fail - log2_fail, target_priv - log2_priv)
-    margin = np.where(feasible, margin, -np.inf)
-    best = margin.max()
-    return int(np.nonzero(margin >= best)[0].max())
+    return int(np.nonzero(feasible)[0].max())
 
 
 def _fmt_log2(value: float) -> str:

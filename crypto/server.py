@@ -97,8 +97,12 @@ class _CollectKeys(_State):
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, AdvertiseKeys)
         cfg = self.config
-        payload = tr.advertise_payload(cfg.round_id, sender, msg.keys.cipher_public, msg.keys.mask_public)
-        verify_signature(cfg.identities[sender], payload, msg.keys.signature, signer=f"client {sender}")
+        payload = tr.advertise_payload(
+            cfg.round_id, sender, msg.keys.cipher_public, msg.keys.mask_public
+        )
+        verify_signature(
+            cfg.identities[sender], payload, msg.keys.signature, signer=f"client {sender}"
+        )
 
     def close(self) -> tuple[dict[int, Message], _State]:
         keys = {u: m.keys for u, m in self.received.items()}  # type: ignore[attr-defined]
@@ -106,7 +110,9 @@ class _CollectKeys(_State):
         self.require(len(active), "advertise keys")
         graph = self.config.graph
         out: dict[int, Message] = {
-            u: KeyDirectory(self.config.round_id, {v: keys[v] for v in graph.neighbours(u) if v in active})
+            u: KeyDirectory(
+                self.config.round_id, {v: keys[v] for v in graph.neighbours(u) if v in active}
+            )
             for u in sorted(active)
         }
         active_keys = {u: keys[u] for u in active}
@@ -130,7 +136,9 @@ class _CollectShares(_State):
     phase = Phase.SHARE_KEYS
     accepts = ShareKeys
 
-    def __init__(self, config: RoundConfig, expected: frozenset[int], keys: Mapping[int, PeerKeys]) -> None:
+    def __init__(
+        self, config: RoundConfig, expected: frozenset[int], keys: Mapping[int, PeerKeys]
+    ) -> None:
         super().__init__(config, expected)
         self.keys = keys
 
@@ -161,7 +169,9 @@ class _CollectMaskedInputs(_State):
     phase = Phase.MASKED_INPUT
     accepts = MaskedInput
 
-    def __init__(self, config: RoundConfig, expected: frozenset[int], keys: Mapping[int, PeerKeys]) -> None:
+    def __init__(
+        self, config: RoundConfig, expected: frozenset[int], keys: Mapping[int, PeerKeys]
+    ) -> None:
         super().__init__(config, expected)
         self.keys = keys
         self.total = np.zeros(config.vector_length, dtype=np.uint32)
@@ -184,8 +194,12 @@ class _CollectMaskedInputs(_State):
     def close(self) -> tuple[dict[int, Message], _State]:
         survivors = tuple(sorted(self.received))
         self.require(len(survivors), "masked input")
-        out: dict[int, Message] = {u: SurvivorList(self.config.round_id, survivors) for u in survivors}
-        nxt = _CollectSignatures(self.config, frozenset(survivors), self.keys, self.expected, self.total)
+        out: dict[int, Message] = {
+            u: SurvivorList(self.config.round_id, survivors) for u in survivors
+        }
+        nxt = _CollectSignatures(
+            self.config, frozenset(survivors), self.keys, self.expected, self.total
+        )
         return out, nxt
 
 
@@ -206,11 +220,14 @@ class _CollectSignatures(_State):
         self.sharers = sharers
         self.total = total
         self.survivors = tuple(sorted(survivors))
+        self.survivors_blob = tr.encode_ids(self.survivors)
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, ConsistencySignature)
-        payload = tr.survivors_payload(self.config.round_id, sender, self.survivors)
-        verify_signature(self.config.identities[sender], payload, msg.signature, signer=f"client {sender}")
+        payload = tr.survivors_payload(self.config.round_id, sender, self.survivors_blob)
+        verify_signature(
+            self.config.identities[sender], payload, msg.signature, signer=f"client {sender}"
+        )
 
     def close(self) -> tuple[dict[int, Message], _State]:
         signatures = {u: m.signature for u, m in self.received.items()}  # type: ignore[attr-defined]
@@ -264,12 +281,16 @@ class _CollectUnmaskShares(_State):
                 if w in survivors:
                     secret = key.exchange(self.keys[w].mask_public)
                     # w added sign(w, v)·PRG; remove it.
-                    masks.append((tr.pairwise_mask_key(secret, round_id, w, v), -tr.pairwise_sign(w, v)))
+                    masks.append(
+                        (tr.pairwise_mask_key(secret, round_id, w, v), -tr.pairwise_sign(w, v))
+                    )
         apply_masks(total, masks)
         result = AggregateResult(
             total=total,
             survivors=self.survivors,
-            dropped_before_masking=tuple(sorted(set(self.config.identities) - set(self.keys) - survivors)),
+            dropped_before_masking=tuple(
+                sorted(set(self.config.identities) - set(self.keys) - survivors)
+            ),
             dropped_after_masking=self.dropped,
         )
         return {}, result
@@ -293,7 +314,9 @@ class _CollectUnmaskShares(_State):
     def _recover_mask_key(self, owner: int) -> AgreementKey:
         key = AgreementKey.from_private_bytes(self._reconstruct(owner, "mask_key_shares"))
         if key.public_bytes != self.keys[owner].mask_public:
-            raise ReconstructionError(f"shares of client {owner}'s mask key reconstruct the wrong key")
+            raise ReconstructionError(
+                f"shares of client {owner}'s mask key reconstruct the wrong key"
+            )
         return key
 
 

@@ -30,6 +30,7 @@ class RoundStats:
     server_seconds: dict[Phase, float] = dataclasses.field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+    wire_seconds: float = 0.0
     client_aborts: dict[int, SecAggError] = dataclasses.field(default_factory=dict)
 
     @property
@@ -44,9 +45,12 @@ class RoundStats:
         table[phase] = table.get(phase, 0.0) + seconds
 
 
-def _wire(msg: Message) -> tuple[Message, int]:
+def _wire(msg: Message, stats: RoundStats) -> tuple[Message, int]:
+    t0 = time.perf_counter()
     data = msg.encode()
-    return decode(data), len(data)
+    decoded = decode(data)
+    stats.wire_seconds += time.perf_counter() - t0
+    return decoded, len(data)
 
 
 def run_round(
@@ -70,7 +74,7 @@ def run_round(
         return u not in dropouts or dropouts[u] > phase
 
     def deliver(phase: Phase, u: int, reply: Message) -> None:
-        msg, size = _wire(reply)
+        msg, size = _wire(reply, stats)
         stats.bytes_up += size
         t0 = time.perf_counter()
         server.receive(u, msg)
@@ -82,7 +86,7 @@ def run_round(
         stats.add(stats.server_seconds, phase, time.perf_counter() - t0)
         delivered = {}
         for u, m in out.items():
-            msg, size = _wire(m)
+            msg, size = _wire(m, stats)
             stats.bytes_down += size
             delivered[u] = msg
         return delivered

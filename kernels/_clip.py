@@ -80,7 +80,7 @@ def _norm(x: np.ndarray) -> float:
     biggest = float(np.max(np.abs(x))) if x.size else 0.0
     if biggest == 0.0:
         return 0.0
-    return biggest * float(np.sqrt(_sum_squares(x / biggest)))
+    return biggest * float(np.sqrt(_sum_squares(x.astype(np.float64) / biggest)))
 
 
 def l2_norm(x: np.ndarray) -> float:

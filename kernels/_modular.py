@@ -72,7 +72,17 @@ def _checked_pair(acc: object, x: object) -> tuple[np.ndarray, np.ndarray]:
     x = require_array(x, "x", (np.uint32,), ndim=1)
     require_writeable(acc, "acc")
     require_same_length(acc, "acc", x, "x")
+    if np.may_share_memory(acc, x) and not _same_view(acc, x):
+        x = x.copy()  # partially overlapping views would race in the parallel loop
     return acc, np.ascontiguousarray(x)
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Element i of both arrays is the same memory, so in-place updates are safe."""
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.strides == b.strides
+    )
 
 
 def mod_add_into(acc: np.ndarray, x: np.ndarray, bits: int = 32) -> None:
@@ -143,7 +153,8 @@ def mod_add_bytes_into(
     bits: int = 32,
 ) -> None:
     """Add (``sign=+1``) or subtract (``sign=-1``) a keystream, read as little-endian
-    uint32 words, into ``acc`` mod 2^bits in place. The buffer is viewed, not copied.
+    uint32 words, into ``acc`` mod 2^bits in place. The buffer is viewed, not copied
+    (unless it is misaligned for uint32).
     """
     acc = require_array(acc, "acc", (np.uint32,), ndim=1)
     require_writeable(acc, "acc")

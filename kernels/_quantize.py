@@ -27,6 +27,8 @@ from ._validate import (
 #: noise / 65536 is exact in float64, so the rounding threshold is exact too.
 _NOISE_STEP = 1.0 / 65536.0
 _NOISE_MAX = 65535.0 * _NOISE_STEP
+#: Rounding error in the closed-form scale is a few ulps; this bounds the search.
+_MAX_NUDGES = 64
 
 
 def _signed_limit(bits: int) -> int:
@@ -57,7 +59,9 @@ def quantization_scale(clip: float, num_clients: int, bits: int = 32) -> float:
     bits = require_bits(bits)
     limit = _signed_limit(bits)
     scale = (limit / num_clients - 1.0) / clip
-    while math.isfinite(scale) and scale > 0.0:
+    for _ in range(_MAX_NUDGES):
+        if not (math.isfinite(scale) and scale > 0.0):
+            break
         high, low = _extreme_codes(clip, scale)
         fits = num_clients * (clip * scale + 1.0) <= limit
         if fits and num_clients * high <= limit and num_clients * -low <= limit:
@@ -72,9 +76,13 @@ def quantization_scale(clip: float, num_clients: int, bits: int = 32) -> float:
 
 @numba.njit(cache=True, parallel=True)
 def _quantize_kernel(
-    x: np.ndarray, noise: np.ndarray, scale: float, clip: float, mask: int, out: np.ndarray
+    x: np.ndarray, noise: np.ndarray, scale: float, clip: float, mask: np.uint32, out: np.ndarray
 ) -> int:
-    """out = floor(clamp(x)*scale + noise/65536) mod 2^bits; returns #non-finite x."""
+    """out = floor(clamp(x)*scale + noise/65536) mod 2^bits; returns #non-finite x.
+
+    The wrapper guarantees |q| <= 2^31 - 1, so q goes through int32: AVX2 can
+    vectorise float64 -> int32 but not float64 -> int64 (about 4x faster here).
+    """
     bad = 0
     for i in prange(x.shape[0]):
         v = np.float64(x[i])
@@ -83,22 +91,17 @@ def _quantize_kernel(
             v = 0.0
         v = min(max(v, -clip), clip)
         y = v * scale
-        q = np.int64(np.floor(y + np.float64(noise[i]) * _NOISE_STEP))
-        out[i] = np.uint32(q & mask)
+        q = np.int32(np.floor(y + np.float64(noise[i]) * _NOISE_STEP))
+        out[i] = np.uint32(q) & mask
     return bad
 
 
 @numba.njit(cache=True, parallel=True)
-def _dequantize_kernel(q: np.ndarray, scale: float, bits: int, out: np.ndarray) -> None:
-    """Two's-complement decode of ``q mod 2^bits``, then divide by the scale."""
-    mask = (np.int64(1) << bits) - 1
-    half = np.int64(1) << (bits - 1)
-    full = np.int64(1) << bits
+def _dequantize_kernel(q: np.ndarray, scale: float, shift: np.uint32, out: np.ndarray) -> None:
+    """Sign-extend the low ``32 - shift`` bits (shift left, arithmetic shift right), / scale."""
     for i in prange(q.shape[0]):
-        v = np.int64(q[i]) & mask
-        if v >= half:
-            v -= full
-        out[i] = v / scale
+        v = np.int32(q[i] << shift) >> shift
+        out[i] = np.float64(v) / scale
 
 
 def quantize(
@@ -122,7 +125,7 @@ def quantize(
             "a single value would wrap; use quantization_scale()"
         )
     out = np.empty(x.shape[0], dtype=np.uint32)
-    if _quantize_kernel(x, noise, scale, clip, (1 << bits) - 1, out):
+    if _quantize_kernel(x, noise, scale, clip, np.uint32((1 << bits) - 1), out):
         raise_if_nonfinite(x, "x")
     return out
 
@@ -133,5 +136,5 @@ def dequantize(q: np.ndarray, scale: float, bits: int = 32) -> np.ndarray:
     scale = require_positive_finite(scale, "scale")
     bits = require_bits(bits)
     out = np.empty(q.shape[0], dtype=np.float64)
-    _dequantize_kernel(q, scale, bits, out)
+    _dequantize_kernel(q, scale, np.uint32(32 - bits), out)
     return out

@@ -69,6 +69,20 @@ def test_strided_operands():
     np.testing.assert_array_equal(base[::2], expected)
 
 
+def test_overlapping_operands_behave_like_numpy():
+    rng = np.random.default_rng(13)
+    base = rng.integers(0, 2**32, 1000, dtype=np.uint32)
+    expected = ref.mod_add(base[1:], base[:-1], 32)
+    mod_add_into(base[1:], base[:-1])
+    np.testing.assert_array_equal(base[1:], expected)
+    doubled = ref.mod_add(base, base, 11)
+    mod_add_into(base, base, 11)
+    np.testing.assert_array_equal(base, doubled)
+    mirrored = ref.mod_sub(base, base[::-1], 32)
+    mod_sub_into(base, base[::-1])
+    np.testing.assert_array_equal(base, mirrored)
+
+
 @settings(deadline=None, max_examples=60)
 @given(
     st.tuples(st.integers(0, 12), st.integers(0, 40)).flatmap(

@@ -32,13 +32,13 @@ from crypto.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from tests.conftest import make_round
+from crypto.testing import make_round
 
 
 class Driver:
     """Steps a round phase by phase so tests can interfere between steps."""
 
-    def __init__(self, kit):  # noqa: ANN001
+    def __init__(self, kit):
         self.kit = kit
         self.server = SecAggServer(kit.config)
         self.clients = {u: SecAggClient(kit.config, u, kit.identities[u]) for u in kit.identities}
@@ -46,13 +46,13 @@ class Driver:
             c.set_input(kit.inputs[u])
         self.inbox: dict = {}
 
-    def advertise(self, skip=()):  # noqa: ANN001
+    def advertise(self, skip=()):
         for u, c in self.clients.items():
             if u not in skip:
                 self.server.receive(u, c.advertise_keys())
         self.inbox = self.server.close_phase()
 
-    def step(self, skip=()):  # noqa: ANN001
+    def step(self, skip=()):
         for u, m in self.inbox.items():
             if u not in skip:
                 self.server.receive(u, self.clients[u].handle(m))
@@ -241,7 +241,10 @@ def test_bad_unmask_shares_are_detected():
     d.step()
     replies = {u: d.clients[u].handle(m) for u, m in d.inbox.items()}
     bad = replies[1]
-    flipped = {v: bytes(b ^ 0xFF if i == 0 else b for i, b in enumerate(s)) for v, s in bad.self_mask_shares.items()}
+    flipped = {
+        v: bytes(b ^ 0xFF if i == 0 else b for i, b in enumerate(s))
+        for v, s in bad.self_mask_shares.items()
+    }
     d.server.receive(1, UnmaskShares(bad.round_id, flipped, bad.mask_key_shares))
     for u in (2, 3, 4, 5):
         d.server.receive(u, replies[u])
@@ -295,7 +298,9 @@ def test_unmask_shares_for_peers_the_sender_cannot_hold_are_refused():
     d.step()
     d.step()
     u = 1
-    non_neighbour = next(v for v in kit.config.identities if v != u and v not in kit.config.graph.neighbours(u))
+    non_neighbour = next(
+        v for v in kit.config.identities if v != u and v not in kit.config.graph.neighbours(u)
+    )
     with pytest.raises(MalformedMessageError):
         d.server.receive(u, UnmaskShares(kit.config.round_id, {non_neighbour: bytes(44)}, {}))
-    assert Phase.UNMASKING == d.server.phase
+    assert d.server.phase == Phase.UNMASKING

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from crypto import Phase
 from crypto.errors import BelowThresholdError
 from crypto.simulation import RoundStats, run_round
-from tests.conftest import make_round
+from crypto.testing import make_round
 
 
 def test_complete_graph_no_dropouts_gives_exact_sum():
@@ -79,7 +79,7 @@ _phase = st.sampled_from(list(Phase))
 @st.composite
 def _schedules(draw):
     n = draw(st.integers(min_value=3, max_value=100))
-    complete = n <= 12 or draw(st.booleans()) and n <= 20
+    complete = n <= 12 or (draw(st.booleans()) and n <= 20)
     degree = None if complete else draw(st.sampled_from([4, 6, 8, 10]))
     k = n - 1 if degree is None else degree
     threshold = draw(st.integers(min_value=2, max_value=max(2, k // 2)))
@@ -98,7 +98,9 @@ def test_property_exact_sum_of_survivors_or_clean_abort(params, seed):
         result = run_round(kit.config, kit.identities, kit.inputs, schedule)
     except BelowThresholdError:
         return  # a clean abort: the property is that no wrong sum is ever released
-    masked = [u for u in range(1, n + 1) if schedule.get(u, Phase.UNMASKING + 1) > Phase.MASKED_INPUT]
+    masked = [
+        u for u in range(1, n + 1) if schedule.get(u, Phase.UNMASKING + 1) > Phase.MASKED_INPUT
+    ]
     assert set(result.survivors) <= set(masked)
     np.testing.assert_array_equal(result.total, kit.expected_sum(result.survivors))
     # Survivors are exactly the clients that masked and were kept in the round.

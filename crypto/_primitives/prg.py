@@ -43,9 +43,7 @@ def expand_mask(key: bytes, length: int, offset: int = 0) -> np.ndarray:
     return out
 
 
-def apply_masks(
-    target: np.ndarray, masks: Sequence[tuple[bytes, int]], offset: int = 0
-) -> None:
+def apply_masks(target: np.ndarray, masks: Sequence[tuple[bytes, int]], offset: int = 0) -> None:
     """Add (+1) or subtract (-1) each keyed mask into ``target`` mod 2^32, in place.
 
     ``target`` holds coordinates ``offset .. offset+len(target)``. Work goes chunk

@@ -322,9 +322,7 @@ def _check_secret_length(secret_length: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def split_secrets(
-    secrets: Sequence[bytes], threshold: int, xs: Sequence[int]
-) -> list[list[bytes]]:
+def split_secrets(secrets: Sequence[bytes], threshold: int, xs: Sequence[int]) -> list[list[bytes]]:
     """Share several equal-length secrets among the holders of ``xs`` in one pass.
 
     Returns ``result[i][j]``: the share of ``secrets[j]`` for ``xs[i]``. Any

@@ -1,23 +1,30 @@
-"""Shared fixtures: build rounds with real keys and random quantized inputs."""
+"""Helpers for tests and benchmarks: build rounds with real keys and random inputs.
+
+Shipped with the package (as Tink ships its ``testing`` module) so that the
+appliance's and the client shim's tests can build rounds the same way.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 
 import numpy as np
-import pytest
 
 from crypto import IdentityKey, RoundConfig
 
 
 @dataclasses.dataclass
 class RoundKit:
+    """A round's public config plus every participant's identity key and input."""
+
     config: RoundConfig
     identities: dict[int, IdentityKey]
     inputs: dict[int, np.ndarray]
 
-    def expected_sum(self, members) -> np.ndarray:  # noqa: ANN001
+    def expected_sum(self, members: Iterable[int]) -> np.ndarray:
+        """The exact sum of ``members``' inputs in Z_(2^32)."""
         total = np.zeros(self.config.vector_length, dtype=np.uint32)
         for u in members:
             total += self.inputs[u]
@@ -34,6 +41,7 @@ def make_round(
     seed: int = 0,
     round_id: bytes | None = None,
 ) -> RoundKit:
+    """A round of ``n`` clients with fresh identity keys and uniform random inputs."""
     rng = np.random.default_rng(seed)
     identities = {u: IdentityKey.generate() for u in range(1, n + 1)}
     config = RoundConfig.create(
@@ -49,8 +57,3 @@ def make_round(
         for u in identities
     }
     return RoundKit(config, identities, inputs)
-
-
-@pytest.fixture
-def round_kit():
-    return make_round
