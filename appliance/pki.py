@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from appliance.errors import CertificateError, ProvisioningError
 
@@ -105,9 +106,13 @@ def host_general_name(host: object) -> x509.GeneralName:
     if "%" in host:
         raise CertificateError(f"host {host!r}: scoped IPv6 addresses cannot be certified")
     try:
-        return x509.IPAddress(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
-        pass
+        address = None
+    if address is not None:
+        if address.is_unspecified or address.is_multicast:
+            raise CertificateError(f"host {host!r} is not an address clients can connect to")
+        return x509.IPAddress(address)
     if not host.isascii():
         try:
             a_label = host.encode("idna").decode("ascii")
@@ -402,6 +407,17 @@ def check_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
         raise CertificateError("the certificate was not issued by this federation's CA") from None
 
 
+def check_is_ca(cert: x509.Certificate) -> None:
+    """Raise unless ``cert`` is a self-signed CA certificate allowed to sign certificates."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        raise CertificateError("the CA certificate has no usable basic constraints") from None
+    if not constraints.ca:
+        raise CertificateError("the CA certificate is not a CA certificate")
+    check_issued_by(cert, cert)
+
+
 def check_validity(cert: x509.Certificate, now: datetime, *, what: str) -> None:
     """Raise with 'expired' or 'not yet valid' when ``now`` is outside the validity period."""
     if now < cert.not_valid_before_utc:
@@ -456,7 +472,15 @@ def check_client_certificate(
     check_validity(ca_cert, now, what="the federation CA certificate")
     check_validity(cert, now, what="the certificate")
     check_purpose(cert, ExtendedKeyUsageOID.CLIENT_AUTH, role="client")
-    return client_name_of(cert)
+    name = client_name_of(cert)
+    # The checks above give precise reasons; the library's RFC 5280 path validation then
+    # backs them up (critical extensions, key usage, algorithm policy).
+    verifier = PolicyBuilder().store(Store([ca_cert])).time(now).build_client_verifier()
+    try:
+        verifier.verify(cert, [])
+    except VerificationError as exc:
+        raise CertificateError(f"the certificate fails path validation: {exc}") from None
+    return name
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,666 @@
+"""The federation folder: its layout and the operations that change it.
+
+One folder holds everything the appliance needs to authenticate a federation::
+
+    sealagg.toml               configuration (written last: its presence marks a finished init)
+    ca.pem / ca.key            root CA certificate / key (0600, passphrase-encrypted if given)
+    server.pem / server.key    the appliance's TLS certificate / key (0600, unencrypted: the
+                               server starts unattended)
+    audit_signing_key.pem      Ed25519 key signing audit entries and kit manifests (0600)
+    audit_public_key.pem       its public key, for auditors and ``load_kit(trusted_signer=)``
+    revoked.json               revoked certificate serials (replaced atomically)
+    clients/<name>.json        one public record per issued client (serial, identity key)
+    kits/                      default place for new kits (0700); hand them over, then delete
+
+The CA key is needed only to issue kits, so a passphrase-protected federation can serve
+without ever decrypting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import threading
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from appliance import kit, pki
+from appliance.errors import CertificateError, ProvisioningError
+
+DEFAULT_PORT = 50051
+CONFIG_FORMAT = 1
+RECORD_FORMAT = "sealagg-client/1"
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FederationPaths:
+    """Where each part of a federation lives inside its folder."""
+
+    folder: Path
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "sealagg.toml"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.folder / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server.key"
+
+    @property
+    def audit_signing_key(self) -> Path:
+        return self.folder / "audit_signing_key.pem"
+
+    @property
+    def audit_public_key(self) -> Path:
+        return self.folder / "audit_public_key.pem"
+
+    @property
+    def revoked(self) -> Path:
+        return self.folder / "revoked.json"
+
+    @property
+    def clients(self) -> Path:
+        return self.folder / "clients"
+
+    @property
+    def kits(self) -> Path:
+        return self.folder / "kits"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / ".lock"
+
+    def client_record(self, name: str) -> Path:
+        return self.clients / f"{pki.validate_client_name(name)}.json"
+
+    def required(self) -> tuple[Path, ...]:
+        """Everything a complete federation has (``kits/`` is optional: it may be removed)."""
+        return (
+            self.config,
+            self.ca_cert,
+            self.ca_key,
+            self.server_cert,
+            self.server_key,
+            self.audit_signing_key,
+            self.audit_public_key,
+            self.revoked,
+            self.clients,
+        )
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """What the federation remembers about an issued client; public data only."""
+
+    name: str
+    serial: int
+    certificate_sha256: str
+    identity_public_key: bytes
+    issued_at: datetime
+    not_after: datetime
+    revoked: bool = False
+    revoked_at: datetime | None = None
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": RECORD_FORMAT,
+            "name": self.name,
+            "serial": format(self.serial, "x"),
+            "certificate_sha256": self.certificate_sha256,
+            "identity_public_key": self.identity_public_key.hex(),
+            "issued_at": pki.iso_time(self.issued_at),
+            "not_after": pki.iso_time(self.not_after),
+            "revoked": self.revoked,
+            "revoked_at": None if self.revoked_at is None else pki.iso_time(self.revoked_at),
+        }
+        return (json.dumps(body, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: Path) -> ClientRecord:
+        try:
+            body = json.loads(data)
+            if body["format"] != RECORD_FORMAT:
+                raise ValueError(f"unknown format {body['format']!r}")
+            identity = bytes.fromhex(body["identity_public_key"])
+            if len(identity) != 32:
+                raise ValueError("identity_public_key is not 32 bytes")
+            revoked_at = body["revoked_at"]
+            if not isinstance(body["revoked"], bool):
+                raise ValueError("revoked is not true or false")
+            return cls(
+                name=pki.validate_client_name(body["name"]),
+                serial=int(body["serial"], 16),
+                certificate_sha256=str(body["certificate_sha256"]),
+                identity_public_key=identity,
+                issued_at=datetime.fromisoformat(body["issued_at"]),
+                not_after=datetime.fromisoformat(body["not_after"]),
+                revoked=body["revoked"],
+                revoked_at=None if revoked_at is None else datetime.fromisoformat(revoked_at),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, ProvisioningError) as exc:
+            raise ProvisioningError(f"client record {source} is corrupt: {exc}") from None
+
+
+class Federation:
+    """An opened federation folder. Use :meth:`load` or :func:`init_federation`."""
+
+    def __init__(
+        self,
+        paths: FederationPaths,
+        *,
+        config: dict[str, Any],
+        ca_certificate: x509.Certificate,
+        server_certificate: x509.Certificate,
+        audit_signing_key: Ed25519PrivateKey,
+        passphrase: bytes | None,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.name: str = pki.validate_federation_name(config["federation"]["name"])
+        self.ca_certificate = ca_certificate
+        self.server_certificate = server_certificate
+        self._audit_signing_key = audit_signing_key
+        self._passphrase = passphrase
+        self._revocations = pki.RevocationList()
+        self._revocations_stamp: tuple[int, int, int, int] | None = None
+        self._revocations_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Federation(name={self.name!r}, folder={str(self.paths.folder)!r})"
+
+    def __reduce__(self) -> object:
+        raise TypeError("Federation holds private keys and cannot be pickled")
+
+    # ---- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, folder: Path, *, passphrase: bytes | None = None) -> Federation:
+        """Open an existing federation, checking it is complete and self-consistent.
+
+        ``passphrase`` is needed only to issue kits; when given it is checked right away.
+        """
+        paths = FederationPaths(Path(folder))
+        if not paths.folder.is_dir():
+            raise ProvisioningError(f"no federation at {paths.folder}: the folder does not exist")
+        missing = [p.name for p in paths.required() if not p.exists()]
+        if missing:
+            raise ProvisioningError(
+                f"federation folder {paths.folder} is incomplete: missing {', '.join(missing)}"
+            )
+        config = _load_config(paths.config)
+        ca_cert = pki.load_certificate(_read(paths.ca_cert), what=str(paths.ca_cert))
+        server_cert = pki.load_certificate(_read(paths.server_cert), what=str(paths.server_cert))
+        pki.check_is_ca(ca_cert)
+        pki.check_issued_by(server_cert, ca_cert)
+        pki.check_purpose(server_cert, ExtendedKeyUsageOID.SERVER_AUTH, role="server")
+        server_key = pki.load_tls_key(_read(paths.server_key), None, what=str(paths.server_key))
+        if not pki.same_public_key(server_key, server_cert):
+            raise ProvisioningError(f"{paths.server_key} does not match {paths.server_cert}")
+        audit_key = pki.load_private_key(
+            _read(paths.audit_signing_key), None, what=str(paths.audit_signing_key)
+        )
+        if not isinstance(audit_key, Ed25519PrivateKey):
+            raise ProvisioningError(f"{paths.audit_signing_key} is not an Ed25519 key")
+        if _read(paths.audit_public_key) != _public_pem(audit_key.public_key()):
+            raise ProvisioningError(
+                f"{paths.audit_public_key} does not match {paths.audit_signing_key}"
+            )
+        federation = cls(
+            paths,
+            config=config,
+            ca_certificate=ca_cert,
+            server_certificate=server_cert,
+            audit_signing_key=audit_key,
+            passphrase=pki.check_passphrase(passphrase),
+        )
+        federation.revocations()
+        if passphrase is not None:
+            federation.ca_private_key()
+        return federation
+
+    # ---- keys and material --------------------------------------------------------------
+
+    @property
+    def folder(self) -> Path:
+        return self.paths.folder
+
+    @property
+    def audit_signing_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key for audit entries (and kit manifests, under their own prefix)."""
+        return self._audit_signing_key
+
+    @property
+    def signer_public_key(self) -> bytes:
+        """Raw 32-byte Ed25519 key that signs kit manifests: pass it as ``trusted_signer``."""
+        return kit.raw_public_key(self._audit_signing_key.public_key())
+
+    @property
+    def public_address(self) -> str:
+        """host:port that client kits dial."""
+        return _config_str(self.config, "server", "public_address")
+
+    @property
+    def tls_server_name(self) -> str:
+        """The name clients check the server certificate against."""
+        return _config_str(self.config, "server", "tls_server_name")
+
+    def ca_private_key(self) -> ec.EllipticCurvePrivateKey:
+        """Decrypt the CA key (only issuing needs it)."""
+        data = _read(self.paths.ca_key)
+        key = pki.load_tls_key(data, self._passphrase, what=f"CA key {self.paths.ca_key}")
+        if not pki.same_public_key(key, self.ca_certificate):
+            raise ProvisioningError(f"{self.paths.ca_key} does not match {self.paths.ca_cert}")
+        return key
+
+    def server_credentials_material(self) -> tuple[bytes, bytes, bytes]:
+        """(server key PEM, server certificate chain PEM, CA certificate PEM) for
+        ``grpc.ssl_server_credentials([(key, chain)], root_certificates=ca,
+        require_client_auth=True)``. The chain is the leaf alone: the CA is the trust anchor."""
+        key = _read(self.paths.server_key)
+        pki.load_tls_key(key, None, what=str(self.paths.server_key))
+        return key, pki.certificate_pem(self.server_certificate), self.ca_pem()
+
+    def ca_pem(self) -> bytes:
+        return pki.certificate_pem(self.ca_certificate)
+
+    # ---- clients and revocation ---------------------------------------------------------
+
+    def revocations(self) -> pki.RevocationList:
+        """The revocation list, re-read whenever ``revoked.json`` was replaced, so a revocation
+        made by another process applies at the next handshake. A missing or corrupt list
+        raises (fails closed) instead of revoking nobody."""
+        with self._revocations_lock:
+            try:
+                info = os.stat(self.paths.revoked)
+            except OSError as exc:
+                raise ProvisioningError(
+                    f"cannot read revocation list {self.paths.revoked}: {exc.strerror}"
+                ) from None
+            stamp = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+            if stamp != self._revocations_stamp:
+                self._revocations = pki.RevocationList.load(self.paths.revoked)
+                self._revocations_stamp = stamp
+            return self._revocations
+
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        return cert.serial_number in self.revocations()
+
+    def client_record(self, name: str) -> ClientRecord | None:
+        """The record of client ``name``, or None if it was never issued."""
+        path = self.paths.client_record(name)
+        if not path.exists():
+            return None
+        record = ClientRecord.from_json(_read(path), source=path)
+        if record.name != name:
+            raise ProvisioningError(f"client record {path} names {record.name!r}")
+        return record
+
+    def client_records(self) -> list[ClientRecord]:
+        records = []
+        for path in sorted(self.paths.clients.glob("*.json")):
+            record = self.client_record(path.stem)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def client_names(self, *, include_revoked: bool = False) -> list[str]:
+        """Names of issued clients, sorted; revoked ones only when asked for."""
+        revoked = self.revocations()
+        return [
+            r.name
+            for r in self.client_records()
+            if include_revoked or not (r.revoked or r.serial in revoked)
+        ]
+
+    def client_identity_keys(self) -> dict[str, bytes]:
+        """Ed25519 verify keys of the clients that are not revoked, for the protocol layer."""
+        revoked = self.revocations()
+        return {
+            r.name: r.identity_public_key
+            for r in self.client_records()
+            if not (r.revoked or r.serial in revoked)
+        }
+
+    def check_peer_certificate(self, der: bytes, *, now: datetime | None = None) -> str:
+        """Return the client name of a TLS peer, or raise :class:`CertificateError` saying why
+        it is refused: not from this CA, expired, not yet valid, not a client certificate,
+        revoked, or superseded."""
+        if not isinstance(der, bytes | bytearray | memoryview):
+            raise CertificateError("the peer certificate must be DER bytes")
+        try:
+            cert = x509.load_der_x509_certificate(bytes(der))
+        except ValueError:
+            raise CertificateError("the peer certificate is not a DER X.509 certificate") from None
+        name = pki.check_client_certificate(cert, self.ca_certificate, now=pki.check_time(now))
+        if self.is_revoked(cert):
+            raise CertificateError(
+                f"the certificate of client {name!r} (serial {cert.serial_number:x}) is revoked"
+            )
+        record = self.client_record(name)
+        if record is None:
+            raise CertificateError(f"client {name!r} is not registered in this federation")
+        if record.revoked:
+            raise CertificateError(f"client {name!r} is revoked")
+        if record.serial != cert.serial_number:
+            raise CertificateError(f"this is not the current certificate of client {name!r}")
+        return name
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Serialize changes to the folder across processes and threads."""
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Operations
+
+
+def init_federation(
+    folder: Path,
+    *,
+    name: str,
+    hosts: Sequence[str],
+    passphrase: bytes | None = None,
+    now: datetime | None = None,
+    port: int = DEFAULT_PORT,
+) -> Federation:
+    """Create a federation in ``folder`` (new or empty): CA, server certificate for ``hosts``,
+    audit key, empty revocation list and a loopback-only configuration.
+
+    Everything is validated before the first file is written; on failure the files written so
+    far are removed again.
+    """
+    name = pki.validate_federation_name(name)
+    pki.validate_hosts(hosts)
+    passphrase = pki.check_passphrase(passphrase)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ProvisioningError(f"port {port!r} is not a TCP port number")
+    moment = pki.issuance_time(now)
+    public_host = _public_host(hosts)
+    paths = FederationPaths(Path(folder))
+    created_folder = _claim_folder(paths)
+    try:
+        ca_key = pki.generate_tls_key()
+        ca_cert = pki.create_ca(name, ca_key, now=moment)
+        server_key = pki.generate_tls_key()
+        server_cert = pki.issue_server_certificate(
+            ca_cert, ca_key, server_key.public_key(), hosts=hosts, now=moment
+        )
+        audit_key = Ed25519PrivateKey.generate()
+        private, public = pki.PRIVATE_FILE_MODE, pki.PUBLIC_FILE_MODE
+        pki.write_file_atomic(paths.ca_key, pki.private_key_pem(ca_key, passphrase), mode=private)
+        pki.write_file_atomic(paths.ca_cert, pki.certificate_pem(ca_cert), mode=public)
+        pki.write_file_atomic(paths.server_key, pki.private_key_pem(server_key, None), mode=private)
+        pki.write_file_atomic(paths.server_cert, pki.certificate_pem(server_cert), mode=public)
+        pki.write_file_atomic(
+            paths.audit_signing_key, pki.private_key_pem(audit_key, None), mode=private
+        )
+        pki.write_file_atomic(
+            paths.audit_public_key, _public_pem(audit_key.public_key()), mode=public
+        )
+        pki.RevocationList().save(paths.revoked)
+        paths.clients.mkdir(mode=0o755)
+        paths.kits.mkdir(mode=pki.PRIVATE_DIR_MODE)
+        config = render_config(
+            name=name,
+            listen=f"127.0.0.1:{port}",
+            public_address=f"{_bracket(public_host)}:{port}",
+            tls_server_name=public_host,
+        )
+        pki.write_file_atomic(paths.config, config, mode=public)
+    except BaseException:
+        _undo_init(paths, created_folder)
+        raise
+    return Federation.load(paths.folder, passphrase=passphrase)
+
+
+def add_client(
+    federation: Federation,
+    name: str,
+    *,
+    out: Path | None = None,
+    archive: bool = False,
+    now: datetime | None = None,
+) -> Path:
+    """Issue a signed kit for client ``name`` and record it; return the kit's path.
+
+    The kit goes to ``out`` or ``kits/<name>`` (``kits/<name>.tar.gz`` with ``archive``) and
+    is never written over an existing path. A name may be issued again only once its previous
+    certificate is revoked.
+    """
+    name = pki.validate_client_name(name)
+    moment = pki.issuance_time(now)
+    with federation._exclusive():
+        previous = federation.client_record(name)
+        if previous is not None and not (
+            previous.revoked or previous.serial in federation.revocations()
+        ):
+            raise ProvisioningError(
+                f"client {name!r} already has a kit (serial {previous.serial:x}); "
+                "revoke it before issuing a new one"
+            )
+        ca_key = federation.ca_private_key()
+        tls_key = pki.generate_tls_key()
+        cert = pki.issue_client_certificate(
+            federation.ca_certificate, ca_key, tls_key.public_key(), name=name, now=moment
+        )
+        identity = Ed25519PrivateKey.generate()
+        seed = identity.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        files = kit.build_kit(
+            name=name,
+            federation=federation.name,
+            address=federation.public_address,
+            server_name=federation.tls_server_name,
+            ca_cert_pem=federation.ca_pem(),
+            client_cert_pem=pki.certificate_pem(cert),
+            client_key_pem=pki.private_key_pem(tls_key, None),
+            identity_seed=seed,
+            signer=federation.audit_signing_key,
+            issued_at=moment,
+        )
+        if out is None:
+            out = federation.paths.kits / (f"{name}.tar.gz" if archive else name)
+        if archive:
+            path = kit.write_kit_archive(files, Path(out), mtime=moment)
+        else:
+            path = kit.write_kit_folder(files, Path(out))
+        record = ClientRecord(
+            name=name,
+            serial=cert.serial_number,
+            certificate_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            identity_public_key=kit.raw_public_key(identity.public_key()),
+            issued_at=moment,
+            not_after=cert.not_valid_after_utc,
+        )
+        pki.write_file_atomic(
+            federation.paths.client_record(name), record.to_json(), mode=pki.PUBLIC_FILE_MODE
+        )
+    return path
+
+
+def revoke_client(federation: Federation, name: str, *, now: datetime | None = None) -> None:
+    """Refuse client ``name`` from the next handshake on.
+
+    The serial goes into ``revoked.json`` first (that is what handshakes consult), then the
+    record is marked. Revoking again is harmless and completes a revocation a crash cut short.
+    """
+    name = pki.validate_client_name(name)
+    moment = pki.issuance_time(now)
+    with federation._exclusive():
+        record = federation.client_record(name)
+        if record is None:
+            raise ProvisioningError(f"no client named {name!r} in federation {federation.name!r}")
+        revocations = federation.revocations()
+        if record.serial not in revocations:
+            revocations.with_revocation(record.serial, name, moment).save(federation.paths.revoked)
+        if not record.revoked:
+            marked = dataclasses.replace(record, revoked=True, revoked_at=moment)
+            pki.write_file_atomic(
+                federation.paths.client_record(name), marked.to_json(), mode=pki.PUBLIC_FILE_MODE
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def render_config(*, name: str, listen: str, public_address: str, tls_server_name: str) -> bytes:
+    """``sealagg.toml`` with safe defaults: loopback only, SecAgg+, at least three clients."""
+    s = kit.toml_string
+    lines = [
+        "# sealagg federation configuration; written by init_federation.",
+        "# The appliance listens on loopback only until [server].listen is changed.",
+        "",
+        "[federation]",
+        f"name = {s(name)}",
+        f"format = {CONFIG_FORMAT}",
+        "",
+        "[server]",
+        f"listen = {s(listen)}",
+        "# What client kits dial, and the name they check the server certificate against.",
+        f"public_address = {s(public_address)}",
+        f"tls_server_name = {s(tls_server_name)}",
+        "",
+        "[aggregation]",
+        '# "secagg+" (sparse graph) or "secagg" (complete graph).',
+        'mode = "secagg+"',
+        "# Masking protects no one with fewer than three participants.",
+        "min_clients = 3",
+        "# Largest single client message accepted, in bytes.",
+        "max_upload_bytes = 67108864",
+        "",
+        "[deadlines]",
+        "# Seconds each protocol phase waits for clients before it closes.",
+        "advertise_keys = 60",
+        "share_keys = 60",
+        "masked_input = 300",
+        "consistency_check = 60",
+        "unmasking = 60",
+        "",
+    ]
+    return "\n".join(lines).encode()
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    try:
+        config = tomllib.loads(_read(path).decode("utf-8"))
+        pki.validate_federation_name(config["federation"]["name"])
+        if config["federation"].get("format") != CONFIG_FORMAT:
+            raise ValueError(f"[federation].format is not {CONFIG_FORMAT}")
+    except (
+        UnicodeDecodeError,
+        tomllib.TOMLDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        ProvisioningError,
+    ) as exc:
+        raise ProvisioningError(f"{path} is not a valid federation configuration: {exc}") from None
+    return config
+
+
+def _config_str(config: dict[str, Any], table: str, key: str) -> str:
+    value = config.get(table, {}).get(key)
+    if not isinstance(value, str) or not value:
+        raise ProvisioningError(f"sealagg.toml: [{table}].{key} must be a non-empty string")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _read(path: Path) -> bytes:
+    return pki.read_file(path, limit=MAX_KEY_FILE_BYTES)
+
+
+def _public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _public_host(hosts: Sequence[str]) -> str:
+    """The host kits dial: the first one that is not a wildcard."""
+    for host in hosts:
+        general_name = pki.host_general_name(host)
+        if isinstance(general_name, x509.IPAddress):
+            return str(general_name.value)
+        if not general_name.value.startswith("*."):
+            return general_name.value
+    raise CertificateError("at least one host must be a concrete name or address, not a wildcard")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _claim_folder(paths: FederationPaths) -> bool:
+    """Create ``folder`` or accept it if empty; return whether it was created here."""
+    folder = paths.folder
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir():
+            raise ProvisioningError(f"{folder} exists and is not a folder")
+        if any(p.exists() for p in (paths.config, paths.ca_cert, paths.ca_key)):
+            raise ProvisioningError(
+                f"{folder} already holds a federation; refusing to overwrite it"
+            )
+        if any(folder.iterdir()):
+            raise ProvisioningError(f"{folder} is not empty; choose a new or empty folder")
+        return False
+    try:
+        folder.mkdir(mode=pki.PRIVATE_DIR_MODE, parents=True)
+    except OSError as exc:
+        raise ProvisioningError(f"cannot create {folder}: {exc.strerror}") from None
+    return True
+
+
+def _undo_init(paths: FederationPaths, created_folder: bool) -> None:
+    if created_folder:
+        shutil.rmtree(paths.folder, ignore_errors=True)
+        return
+    for path in (*paths.required(), paths.kits, paths.lock):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()

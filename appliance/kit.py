@@ -1,0 +1,487 @@
+"""Client kits: the signed bundle a data owner receives to join a federation.
+
+A kit is a folder or a single ``.tar.gz`` holding the CA certificate, the client's TLS
+certificate and key, its Ed25519 protocol identity seed, ``client.toml`` and a
+``MANIFEST.json`` that lists the SHA-256 of every other file. The federation's Ed25519
+provisioning key signs the manifest (``MANIFEST.sig``) and the manifest names that key, so a
+kit changed after issue is refused, and with ``trusted_signer`` a kit re-signed by anyone else
+is refused too. Archives are read into memory, never extracted, so no member can land outside
+the kit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import tomllib
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from appliance import pki
+from appliance.errors import CertificateError, KitTamperedError, ProvisioningError
+
+CA_CERT = "ca.pem"
+CLIENT_CERT = "client.pem"
+CLIENT_KEY = "client.key"
+IDENTITY_KEY = "identity.key"
+CLIENT_CONFIG = "client.toml"
+MANIFEST = "MANIFEST.json"
+SIGNATURE = "MANIFEST.sig"
+
+KIT_FILES = (CA_CERT, CLIENT_CERT, CLIENT_KEY, IDENTITY_KEY, CLIENT_CONFIG)
+PRIVATE_FILES = frozenset({CLIENT_KEY, IDENTITY_KEY})
+MANIFEST_FORMAT = "sealagg-kit/1"
+# The provisioning key also signs audit entries; this prefix keeps a manifest signature from
+# ever verifying as anything else.
+SIGNATURE_CONTEXT = b"sealagg kit manifest v1\x00"
+
+MAX_FILE_BYTES = 256 * 1024
+MAX_FILES = 16
+MAX_ARCHIVE_BYTES = 4 * 1024 * 1024
+MAX_ARCHIVE_STREAM_BYTES = 8 * 1024 * 1024
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def render_client_config(*, name: str, federation: str, address: str, server_name: str) -> bytes:
+    """``client.toml``: who the client is and where (and as whom) the appliance answers."""
+    lines = [
+        "# sealagg client kit; written by add_client. Keep client.key and identity.key secret.",
+        "",
+        "[client]",
+        f"name = {toml_string(name)}",
+        f"federation = {toml_string(federation)}",
+        "",
+        "[server]",
+        f"address = {toml_string(address)}",
+        f"tls_server_name = {toml_string(server_name)}",
+        "",
+        "[files]",
+        f"ca_certificate = {toml_string(CA_CERT)}",
+        f"certificate = {toml_string(CLIENT_CERT)}",
+        f"private_key = {toml_string(CLIENT_KEY)}",
+        f"identity_key = {toml_string(IDENTITY_KEY)}",
+        "",
+    ]
+    return "\n".join(lines).encode()
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string for printable ASCII without quotes or backslashes; refuses the rest
+    rather than escaping, since every value we write was validated to that alphabet."""
+    if not value.isascii() or not value.isprintable() or '"' in value or "\\" in value:
+        raise ProvisioningError(f"{value!r} cannot be written to a TOML file")
+    return f'"{value}"'
+
+
+def build_kit(
+    *,
+    name: str,
+    federation: str,
+    address: str,
+    server_name: str,
+    ca_cert_pem: bytes,
+    client_cert_pem: bytes,
+    client_key_pem: bytes,
+    identity_seed: bytes,
+    signer: Ed25519PrivateKey,
+    issued_at: datetime,
+) -> dict[str, bytes]:
+    """Every file of a kit, manifest and signature included, ready to write."""
+    if len(identity_seed) != 32:
+        raise ProvisioningError("an Ed25519 identity seed is 32 bytes")
+    files = {
+        CA_CERT: ca_cert_pem,
+        CLIENT_CERT: client_cert_pem,
+        CLIENT_KEY: client_key_pem,
+        IDENTITY_KEY: identity_seed,
+        CLIENT_CONFIG: render_client_config(
+            name=name, federation=federation, address=address, server_name=server_name
+        ),
+    }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "client": name,
+        "federation": federation,
+        "issued_at": pki.iso_time(issued_at),
+        "signer": raw_public_key(signer.public_key()).hex(),
+        "files": {file: hashlib.sha256(data).hexdigest() for file, data in sorted(files.items())},
+    }
+    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    files[MANIFEST] = manifest_bytes
+    files[SIGNATURE] = (signer.sign(SIGNATURE_CONTEXT + manifest_bytes).hex() + "\n").encode()
+    return files
+
+
+def raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _file_mode(file: str) -> int:
+    return pki.PRIVATE_FILE_MODE if file in PRIVATE_FILES else pki.PUBLIC_FILE_MODE
+
+
+def write_kit_folder(files: Mapping[str, bytes], out: Path) -> Path:
+    """Write the kit as folder ``out`` (mode 0700), which must not exist yet.
+
+    The kit is built in a hidden sibling folder and renamed into place, so ``out`` is either
+    absent or complete.
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise ProvisioningError(f"{out} already exists; remove it or choose another kit path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise ProvisioningError(f"cannot create kit folder {out}: {exc.strerror}") from None
+    try:
+        os.chmod(staging, pki.PRIVATE_DIR_MODE)
+        for file, data in files.items():
+            pki.write_file_atomic(staging / file, data, mode=_file_mode(file))
+        os.rename(staging, out)
+        pki.fsync_directory(out.parent)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ProvisioningError(f"cannot create kit folder {out}: {exc.strerror}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def write_kit_archive(files: Mapping[str, bytes], out: Path, *, mtime: datetime) -> Path:
+    """Write the kit as one gzip'd tar ``out`` (mode 0600), which must not exist yet.
+
+    Members are flat regular files with fixed owner and ``mtime``, so the same kit gives the
+    same bytes. The file is linked into place, which fails rather than overwrite.
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise ProvisioningError(f"{out} already exists; remove it or choose another kit path")
+    buffer = io.BytesIO()
+    stamp = int(mtime.timestamp())
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=stamp) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for file in sorted(files):
+            info = tarfile.TarInfo(file)
+            info.size = len(files[file])
+            info.mode = _file_mode(file)
+            info.mtime = stamp
+            tar.addfile(info, io.BytesIO(files[file]))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        pki.write_file_atomic(staging, buffer.getvalue(), mode=pki.PRIVATE_FILE_MODE)
+        try:
+            os.link(staging, out)
+        finally:
+            os.unlink(staging)
+        pki.fsync_directory(out.parent)
+    except FileExistsError:
+        raise ProvisioningError(
+            f"{out} already exists; remove it or choose another kit path"
+        ) from None
+    except OSError as exc:
+        raise ProvisioningError(f"cannot write kit archive {out}: {exc.strerror}") from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class ClientKit:
+    """A verified kit. Secrets are held as bytes and never appear in ``repr``."""
+
+    name: str
+    federation: str
+    address: str
+    server_name: str
+    source: Path
+    folder: Path | None
+    ca_cert_pem: bytes
+    client_cert_pem: bytes
+    client_key_pem: bytes
+    identity_seed: bytes
+    signer_public_key: bytes
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientKit(name={self.name!r}, federation={self.federation!r}, "
+            f"address={self.address!r}, source={str(self.source)!r})"
+        )
+
+    def __reduce__(self) -> object:
+        raise TypeError("ClientKit holds private keys and cannot be pickled")
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return pki.load_certificate(self.client_cert_pem, what="the kit's client certificate")
+
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        return pki.load_certificate(self.ca_cert_pem, what="the kit's CA certificate")
+
+    @property
+    def identity_public_key(self) -> bytes:
+        """The Ed25519 verify key the federation recorded for this client."""
+        key = Ed25519PrivateKey.from_private_bytes(self.identity_seed)
+        return raw_public_key(key.public_key())
+
+    def _path(self, file: str) -> Path | None:
+        return None if self.folder is None else self.folder / file
+
+    @property
+    def ca_cert_path(self) -> Path | None:
+        """Path of the CA certificate for folder kits; None for archives (use the bytes)."""
+        return self._path(CA_CERT)
+
+    @property
+    def client_cert_path(self) -> Path | None:
+        return self._path(CLIENT_CERT)
+
+    @property
+    def client_key_path(self) -> Path | None:
+        return self._path(CLIENT_KEY)
+
+    @property
+    def identity_key_path(self) -> Path | None:
+        return self._path(IDENTITY_KEY)
+
+    def channel_credentials_material(self) -> tuple[bytes, bytes, bytes]:
+        """(CA PEM, client key PEM, client certificate PEM), the order
+        ``grpc.ssl_channel_credentials`` takes them in."""
+        return self.ca_cert_pem, self.client_key_pem, self.client_cert_pem
+
+
+def load_kit(path: Path, *, trusted_signer: bytes | None = None) -> ClientKit:
+    """Open a kit folder or archive and verify it completely before returning it.
+
+    ``trusted_signer`` is the federation's raw 32-byte Ed25519 provisioning key (its
+    ``signer_public_key``). Without it the signature only proves the kit was not edited since
+    *someone* signed it; pass it whenever the key is known out of band.
+    """
+    path = Path(path)
+    if trusted_signer is not None and (
+        not isinstance(trusted_signer, bytes) or len(trusted_signer) != 32
+    ):
+        raise ProvisioningError("trusted_signer must be a raw 32-byte Ed25519 public key")
+    if path.is_dir():
+        files, folder = _read_folder(path), path
+    elif path.is_file():
+        files, folder = _read_archive(path.resolve()), None
+    else:
+        raise ProvisioningError(f"no client kit at {path}")
+    signer = verify_kit_files(files, trusted_signer=trusted_signer)
+    return _open_verified(files, path, folder, signer)
+
+
+def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None) -> bytes:
+    """Check the manifest signature and every file's hash; return the signer's public key.
+
+    Raises :class:`KitTamperedError` naming the first file that does not match.
+    """
+    for required in (MANIFEST, SIGNATURE):
+        if required not in files:
+            raise KitTamperedError(f"{required} is missing from the kit")
+    manifest_bytes = files[MANIFEST]
+    manifest = _parse_manifest(manifest_bytes)
+    signer = bytes.fromhex(manifest["signer"])
+    if trusted_signer is not None and signer != trusted_signer:
+        raise KitTamperedError(
+            f"{MANIFEST} is signed by key {signer.hex()[:16]}…, not by the trusted federation key"
+        )
+    try:
+        signature = bytes.fromhex(files[SIGNATURE].decode("ascii").strip())
+        Ed25519PublicKey.from_public_bytes(signer).verify(
+            signature, SIGNATURE_CONTEXT + manifest_bytes
+        )
+    except (ValueError, UnicodeDecodeError, InvalidSignature):
+        raise KitTamperedError(
+            f"{MANIFEST}: the signature in {SIGNATURE} does not verify (edited after signing?)"
+        ) from None
+    listed: dict[str, str] = manifest["files"]
+    present = set(files) - {MANIFEST, SIGNATURE}
+    if added := sorted(present - set(listed)):
+        raise KitTamperedError(f"{', '.join(added)} added to the kit (not in {MANIFEST})")
+    if missing := sorted(set(listed) - present):
+        raise KitTamperedError(f"{', '.join(missing)} missing from the kit")
+    for file in sorted(listed):
+        if hashlib.sha256(files[file]).hexdigest() != listed[file]:
+            raise KitTamperedError(f"{file} was modified (its SHA-256 does not match {MANIFEST})")
+    for required in KIT_FILES:
+        if required not in listed:
+            raise ProvisioningError(f"the kit manifest does not list {required}")
+    return signer
+
+
+def _parse_manifest(data: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+        if manifest["format"] != MANIFEST_FORMAT:
+            raise ValueError(f"unknown format {manifest['format']!r}")
+        signer = manifest["signer"]
+        if not isinstance(signer, str) or len(bytes.fromhex(signer)) != 32:
+            raise ValueError("bad signer key")
+        listed = manifest["files"]
+        if not isinstance(listed, dict):
+            raise ValueError("files is not a table")
+        for file, digest in listed.items():
+            _check_file_name(file)
+            if file in (MANIFEST, SIGNATURE) or not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+                raise ValueError(f"bad entry for {file}")
+    except (ValueError, KeyError, TypeError, ProvisioningError) as exc:
+        raise KitTamperedError(f"{MANIFEST} is not a valid kit manifest: {exc}") from None
+    return manifest
+
+
+def _open_verified(
+    files: Mapping[str, bytes], source: Path, folder: Path | None, signer: bytes
+) -> ClientKit:
+    """Build the ClientKit from verified bytes, checking the parts agree with each other."""
+    try:
+        config = tomllib.loads(files[CLIENT_CONFIG].decode("utf-8"))
+        name = pki.validate_client_name(config["client"]["name"])
+        federation = pki.validate_federation_name(config["client"]["federation"])
+        address = str(config["server"]["address"])
+        server_name = str(config["server"]["tls_server_name"])
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ProvisioningError(f"{CLIENT_CONFIG} in the kit is unreadable: {exc}") from None
+    ca_cert = pki.load_certificate(files[CA_CERT], what=f"{CA_CERT} in the kit")
+    client_cert = pki.load_certificate(files[CLIENT_CERT], what=f"{CLIENT_CERT} in the kit")
+    pki.check_issued_by(client_cert, ca_cert)
+    if pki.client_name_of(client_cert) != name:
+        raise CertificateError(f"the kit's certificate is not for client {name!r}")
+    key = pki.load_tls_key(files[CLIENT_KEY], None, what=f"{CLIENT_KEY} in the kit")
+    if not pki.same_public_key(key, client_cert):
+        raise ProvisioningError(f"{CLIENT_KEY} does not match {CLIENT_CERT} in the kit")
+    if len(files[IDENTITY_KEY]) != 32:
+        raise ProvisioningError(f"{IDENTITY_KEY} must hold a 32-byte Ed25519 seed")
+    return ClientKit(
+        name=name,
+        federation=federation,
+        address=address,
+        server_name=server_name,
+        source=source,
+        folder=folder,
+        ca_cert_pem=files[CA_CERT],
+        client_cert_pem=files[CLIENT_CERT],
+        client_key_pem=files[CLIENT_KEY],
+        identity_seed=files[IDENTITY_KEY],
+        signer_public_key=signer,
+        config=config,
+    )
+
+
+def _check_file_name(file: object) -> None:
+    if not isinstance(file, str) or not _FILE_NAME.fullmatch(file):
+        raise ProvisioningError(f"{file!r} is not a plain kit file name")
+
+
+def _read_folder(folder: Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    with os.scandir(folder) as entries:
+        for count, entry in enumerate(entries, start=1):
+            if count > MAX_FILES:
+                raise ProvisioningError(f"kit {folder} holds more than {MAX_FILES} entries")
+            if entry.is_symlink():
+                raise ProvisioningError(f"kit {folder}: {entry.name} is a symbolic link")
+            if not entry.is_file(follow_symlinks=False):
+                raise KitTamperedError(f"{entry.name} was added to the kit (not a regular file)")
+            files[entry.name] = pki.read_file(Path(entry.path), limit=MAX_FILE_BYTES)
+    return files
+
+
+class _BoundedReader(io.RawIOBase):
+    """Stops decompression after ``limit`` bytes, whatever the tar headers claim."""
+
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
+        self._inner = inner
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        want = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+        data = self._inner.read(want)
+        self._left -= len(data)
+        if self._left < 0:
+            raise ProvisioningError(
+                f"kit archive expands beyond {MAX_ARCHIVE_STREAM_BYTES} bytes (archive bomb?)"
+            )
+        return data
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+    """Read a kit archive's members into memory, refusing anything but small flat files."""
+    files: dict[str, bytes] = {}
+    raw = io.BytesIO(pki.read_file(path, limit=MAX_ARCHIVE_BYTES))
+    try:
+        with contextlib.ExitStack() as stack:
+            gz = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            stream = _BoundedReader(gz, MAX_ARCHIVE_STREAM_BYTES)
+            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_FILES:
+                    raise ProvisioningError(f"kit archive {path} has more than {MAX_FILES} members")
+                _check_member(path, member, files)
+                handle = tar.extractfile(member)
+                if handle is None:  # pragma: no cover - regular files always have data
+                    raise ProvisioningError(f"kit archive {path}: {member.name} has no data")
+                data = handle.read(MAX_FILE_BYTES + 1)
+                if len(data) != member.size:
+                    raise ProvisioningError(f"kit archive {path}: {member.name} is truncated")
+                files[member.name] = data
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise ProvisioningError(f"{path} is not a readable kit archive: {exc}") from None
+    return files
+
+
+def _check_member(path: Path, member: tarfile.TarInfo, seen: Mapping[str, bytes]) -> None:
+    name = member.name
+    where = f"kit archive {path}: member {name!r}"
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        raise ProvisioningError(f"{where} has an absolute path")
+    if ".." in re.split(r"[/\\]", name):
+        raise ProvisioningError(f"{where} climbs out of the kit with '..'")
+    if member.issym() or member.islnk():
+        raise ProvisioningError(f"{where} is a link; a kit holds regular files only")
+    if not member.isreg():
+        raise ProvisioningError(f"{where} is not a regular file")
+    if "/" in name or "\\" in name:
+        raise ProvisioningError(f"{where} is in a subfolder; kit members are flat")
+    _check_file_name(name)
+    if member.size > MAX_FILE_BYTES:
+        raise ProvisioningError(f"{where} is larger than {MAX_FILE_BYTES} bytes (archive bomb?)")
+    if name in seen:
+        raise ProvisioningError(f"{where} appears twice")

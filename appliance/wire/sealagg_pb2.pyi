@@ -1,0 +1,198 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskRequest(_message.Message):
+    __slots__ = ("wait_seconds",)
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    wait_seconds: float
+    def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("idle", "round_start", "step", "round_end")
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_START_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROUND_END_FIELD_NUMBER: _ClassVar[int]
+    idle: Idle
+    round_start: RoundStart
+    step: ProtocolStep
+    round_end: RoundEnd
+    def __init__(self, idle: _Optional[_Union[Idle, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., step: _Optional[_Union[ProtocolStep, _Mapping]] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ...) -> None: ...
+
+class Idle(_message.Message):
+    __slots__ = ("retry_after_seconds", "current_model_version")
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    retry_after_seconds: float
+    current_model_version: int
+    def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
+
+class RoundStart(_message.Message):
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256")
+    ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    round_number: int
+    round_id: bytes
+    mode: str
+    model_version: int
+    client_index: int
+    participants: _containers.RepeatedCompositeFieldContainer[Participant]
+    threshold: int
+    degree: int
+    minimum_survivors: int
+    vector_length: int
+    clip: float
+    max_clients: int
+    submit_deadline_unix: float
+    model_sha256: str
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+
+class Participant(_message.Message):
+    __slots__ = ("index", "name", "identity_key")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    identity_key: bytes
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
+
+class ProtocolStep(_message.Message):
+    __slots__ = ("round_id", "phase", "payload", "deadline_unix")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    phase: int
+    payload: bytes
+    deadline_unix: float
+    def __init__(self, round_id: _Optional[bytes] = ..., phase: _Optional[int] = ..., payload: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ...) -> None: ...
+
+class RoundEnd(_message.Message):
+    __slots__ = ("round_id", "outcome", "reason", "model_version")
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[RoundEnd.Outcome]
+        PUBLISHED: _ClassVar[RoundEnd.Outcome]
+        PENDING_APPROVAL: _ClassVar[RoundEnd.Outcome]
+        REJECTED: _ClassVar[RoundEnd.Outcome]
+        ABORTED: _ClassVar[RoundEnd.Outcome]
+        EXCLUDED: _ClassVar[RoundEnd.Outcome]
+    OUTCOME_UNSPECIFIED: RoundEnd.Outcome
+    PUBLISHED: RoundEnd.Outcome
+    PENDING_APPROVAL: RoundEnd.Outcome
+    REJECTED: RoundEnd.Outcome
+    ABORTED: RoundEnd.Outcome
+    EXCLUDED: RoundEnd.Outcome
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    outcome: RoundEnd.Outcome
+    reason: str
+    model_version: int
+    def __init__(self, round_id: _Optional[bytes] = ..., outcome: _Optional[_Union[RoundEnd.Outcome, str]] = ..., reason: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("round_id", "phase", "total_bytes", "kind", "weight", "metadata_json")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    phase: int
+    total_bytes: int
+    kind: str
+    weight: float
+    metadata_json: str
+    def __init__(self, round_id: _Optional[bytes] = ..., phase: _Optional[int] = ..., total_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., weight: _Optional[float] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+
+class SubmitAck(_message.Message):
+    __slots__ = ("accepted", "detail")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    detail: str
+    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ModelRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: ModelHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelHeader(_message.Message):
+    __slots__ = ("version", "total_bytes", "sha256")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    total_bytes: int
+    sha256: str
+    def __init__(self, version: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class DecisionRequest(_message.Message):
+    __slots__ = ("round_number", "approve", "reason")
+    ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    round_number: int
+    approve: bool
+    reason: str
+    def __init__(self, round_number: _Optional[int] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DecisionReply(_message.Message):
+    __slots__ = ("ok", "detail")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    detail: str
+    def __init__(self, ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
