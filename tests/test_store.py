@@ -166,6 +166,15 @@ def test_directory_or_missing_folder_is_a_clear_error(folder: Path, key) -> None
         Store.open(folder / "absent.sqlite3", read_only=True)
 
 
+def test_unopenable_path_gives_sqlites_own_error_clearly(folder: Path, key) -> None:
+    """As root no folder is unwritable, so a dangling symlink makes SQLite itself fail to
+    create the file (SQLITE_CANTOPEN), the error a read-only folder gives a normal user."""
+    (folder / "state.sqlite3").symlink_to(folder / "gone" / "state.sqlite3")
+    with pytest.raises(StoreError, match="not writable") as info:
+        Store.open(folder / "state.sqlite3", audit_key=key)
+    assert "unable to open database file" in str(info.value)
+
+
 def test_read_only_database_gives_a_clear_error(store: Store, db_path: Path, key) -> None:
     """Tests run as root, where chmod does not stop writes; SQLite's mode=ro raises the same
     SQLITE_READONLY error a read-only folder or mount does, so that is what is checked."""

@@ -48,9 +48,13 @@ class Layout:
         for spec in self.tensors:
             arr = tensors[spec.name]
             if tuple(arr.shape) != spec.shape:
-                raise ValueError(f"tensor {spec.name!r} has shape {arr.shape}, expected {spec.shape}")
+                raise ValueError(
+                    f"tensor {spec.name!r} has shape {arr.shape}, expected {spec.shape}"
+                )
             if not np.issubdtype(arr.dtype, np.floating):
-                raise ValueError(f"tensor {spec.name!r} has dtype {arr.dtype}, expected a float type")
+                raise ValueError(
+                    f"tensor {spec.name!r} has dtype {arr.dtype}, expected a float type"
+                )
 
 
 def flatten(tensors: Mapping[str, np.ndarray], layout: Layout) -> np.ndarray:

@@ -1,0 +1,511 @@
+"""Round scheduling: who is ready, opening rounds, phase deadlines, publishing models.
+
+Runs on the service's asyncio loop. Clients long-poll :meth:`Orchestrator.poll`
+for their next task and upload with :meth:`Orchestrator.submit`; the client's
+name always comes from its verified certificate (the caller passes it in).
+A phase closes when every expected client answered or its deadline passed;
+clients that missed it are dropped for that round, and a round that falls
+below its minimum is aborted with every client told. CPU-heavy steps (unmasking)
+run in a worker thread so polls keep being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from appliance.config import ApplianceConfig
+from appliance.metrics import Metrics
+from appliance.models import ModelVersion
+from appliance.optimizers import ServerOptimizer, make_optimizer
+from appliance.rounds import (
+    ActiveRound,
+    Aggregate,
+    MaskedRound,
+    Member,
+    PlainRound,
+    UploadRefusedError,
+)
+from appliance.store import Store
+from appliance.wire import sealagg_pb2 as pb
+from appliance.wire.modelcodec import Layout, flatten, unflatten
+from crypto import QuantizationSpec, RoundConfig, encoded_length, find_parameters
+from crypto.errors import InfeasibleParametersError, SecAggError
+
+_log = logging.getLogger("sealagg.orchestrator")
+
+#: A quality gate sees the candidate and the aggregate; it returns (accept, reason).
+QualityGate = Callable[[Mapping[str, np.ndarray], Aggregate], tuple[bool, str]]
+MAX_POLL_SECONDS = 30.0
+MAX_QUEUED_TASKS = 16
+
+
+@dataclasses.dataclass
+class _Link:
+    """One client as the orchestrator sees it: its queue of tasks and when it last asked."""
+
+    name: str
+    tasks: asyncio.Queue[pb.Task] = dataclasses.field(default_factory=asyncio.Queue)
+    last_poll: float = 0.0
+    polling: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    number: int
+    outcome: str  # "published" | "pending_approval" | "rejected" | "aborted"
+    reason: str = ""
+    model_version: int | None = None
+    contributors: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+
+class Orchestrator:
+    """Schedules rounds for one federation; one round at a time."""
+
+    def __init__(
+        self,
+        *,
+        config: ApplianceConfig,
+        store: Store,
+        identity_keys: Callable[[], Mapping[str, bytes]],
+        quality_gate: QualityGate | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._identity_keys = identity_keys
+        self._quality_gate = quality_gate
+        self._clock = clock
+        self.metrics = metrics or Metrics()
+        self._links: dict[str, _Link] = {}
+        self._round: ActiveRound | None = None
+        self._phase_done = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._optimizer: ServerOptimizer = make_optimizer(
+            config.optimizer.name, **config.optimizer_params()
+        )
+        self.history: list[RoundOutcome] = []
+        self.phase_deadline: float | None = None
+
+    # ------------------------------------------------------------------ client-facing
+
+    async def poll(self, name: str, wait_seconds: float) -> pb.Task:
+        """The next task for ``name``, waiting up to ``wait_seconds`` for one."""
+        link = self._links.setdefault(name, _Link(name))
+        link.last_poll = self._clock()
+        link.polling += 1
+        try:
+            return await asyncio.wait_for(
+                link.tasks.get(), timeout=min(max(wait_seconds, 0.0), MAX_POLL_SECONDS)
+            )
+        except TimeoutError:
+            current = self.store.current_model()
+            return pb.Task(
+                idle=pb.Idle(
+                    retry_after_seconds=1.0,
+                    current_model_version=current.version if current else 0,
+                )
+            )
+        finally:
+            link.polling -= 1
+            link.last_poll = self._clock()
+
+    def check_upload(self, name: str, header: pb.UploadHeader) -> int:
+        """Validate a header before reading data; returns the byte limit for the body."""
+        if self._round is None:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
+            )
+        return self._round.check_header(name, header)
+
+    async def submit(self, name: str, header: pb.UploadHeader, payload: bytes) -> None:
+        async with self._lock:
+            current = self._round
+            if current is None:
+                raise UploadRefusedError(
+                    "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
+                )
+            current.accept(name, header, payload)
+            if not current.waiting_for:
+                self._phase_done.set()
+
+    def registered_clients(self) -> set[str]:
+        return set(self._identity_keys())
+
+    def status(self) -> dict:
+        """A JSON-safe snapshot for ``sealagg status`` (counts and names, no data)."""
+        current = self.store.current_model()
+        active = self._round
+        return {
+            "mode": self.config.aggregation.mode,
+            "model_version": current.version if current else None,
+            "ready_clients": self.ready_clients(),
+            "round": None
+            if active is None
+            else {
+                "number": active.number,
+                "phase": active.phase_name,
+                "members": sorted(active.members),
+                "waiting_for": sorted(active.waiting_for),
+                "phase_deadline": self.phase_deadline,
+            },
+            "history": [dataclasses.asdict(o) for o in self.history[-20:]],
+        }
+
+    def decide(self, round_number: int, approve: bool, reason: str, admin: str) -> str:
+        """Approve or reject the candidate of a round waiting for a human decision."""
+        pending = [
+            m
+            for m in self.store.model_versions()
+            if m.round == round_number and m.status == "pending"
+        ]
+        if not pending:
+            raise ValueError(f"round {round_number} has no model waiting for approval")
+        model = pending[0]
+        with self.store.transaction() as tx:
+            self.store.audit.append(
+                "approval",
+                {
+                    "round": round_number,
+                    "version": model.version,
+                    "approve": approve,
+                    "by": admin,
+                    "reason": reason,
+                },
+                conn=tx,
+            )
+            self.store.set_model_status(model.version, "accepted" if approve else "rejected")
+            self.store.set_round_status(
+                round_number, "accepted" if approve else "rejected", reason or None
+            )
+        verb = "published" if approve else "rejected"
+        return f"round {round_number}: model version {model.version} {verb}"
+
+    # ---------------------------------------------------------------------- scheduling
+
+    def ready_clients(self) -> list[str]:
+        """Registered, unrevoked clients that are polling now or polled recently."""
+        now = self._clock()
+        registered = self._identity_keys()
+        window = self.config.aggregation.ready_window
+        return sorted(
+            name
+            for name, link in self._links.items()
+            if name in registered and (link.polling > 0 or now - link.last_poll <= window)
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Open rounds while enough clients are ready, until ``stop`` or the round budget."""
+        aborted = self.store.abort_interrupted_rounds("appliance restarted during the round")
+        if aborted:
+            _log.warning("aborted rounds interrupted by a restart: %s", aborted)
+        done = 0
+        while not stop.is_set():
+            ready = self.ready_clients()
+            if (
+                len(ready) < self.config.aggregation.min_clients
+                or self.store.current_model() is None
+            ):
+                await _sleep_or_stop(stop, 0.2)
+                continue
+            outcome = await self.run_round(ready[: self.config.aggregation.max_clients])
+            self.history.append(outcome)
+            self.metrics.rounds.labels(outcome.outcome).inc()
+            done += 1
+            if self.config.aggregation.rounds and done >= self.config.aggregation.rounds:
+                return
+
+    async def run_round(self, names: list[str]) -> RoundOutcome:
+        """Run one round with ``names``; always ends with a RoundEnd sent to each of them."""
+        model = self.store.current_model()
+        if model is None:
+            raise RuntimeError("no accepted model version to train")
+        weights = self.store.load_model(model.version)
+        layout = Layout.of(weights)
+        keys = self._identity_keys()
+        members = [Member(i + 1, n, keys[n]) for i, n in enumerate(names)]
+        round_id = self._next_round_id()
+        mode = self.config.aggregation.mode
+        number = self.store.open_round(mode, round_id)
+        self.store.audit.append(
+            "participants", {"round": number, "clients": names, "model_version": model.version}
+        )
+        try:
+            active, start = self._build_round(number, round_id, members, layout, model)
+        except (InfeasibleParametersError, ValueError) as error:
+            return self._finish_aborted(
+                number, members, round_id, f"cannot set up the round: {error}"
+            )
+        for m in members:
+            self._links.setdefault(m.name, _Link(m.name))
+        self._round = active
+        for m in members:
+            task = pb.Task()
+            task.round_start.CopyFrom(start)
+            task.round_start.client_index = m.index
+            _enqueue(self._links[m.name], task)
+        try:
+            return await self._drive(active, members, weights, layout, model.version)
+        finally:
+            self._round = None
+
+    async def _drive(
+        self,
+        active: ActiveRound,
+        members: list[Member],
+        weights: dict[str, np.ndarray],
+        layout: Layout,
+        version: int,
+    ) -> RoundOutcome:
+        deadlines = self.config.deadlines
+        per_phase = [
+            deadlines.advertise_keys,
+            deadlines.share_keys,
+            deadlines.masked_input,
+            deadlines.consistency_check,
+            deadlines.unmasking,
+        ]
+        while True:
+            timeout = per_phase[min(active.phase_index, len(per_phase) - 1)]
+            opened = self._clock()
+            self.phase_deadline = opened + timeout
+            await self._wait_for_phase(active, timeout)
+            self.metrics.phase_seconds.labels(active.phase_name).observe(self._clock() - opened)
+            async with self._lock:
+                late = sorted(active.waiting_for)
+                phase = active.phase_name
+                try:
+                    tasks = await asyncio.to_thread(active.close_phase)
+                except (SecAggError, UploadRefusedError) as error:
+                    reason = f"phase {phase}: {error}"
+                    return self._finish_aborted(active.number, members, active.round_id, reason)
+                self.store.record_phase(active.number, phase, len(active.answered), late)
+                self.metrics.dropouts.inc(len(late))
+                self._phase_done.clear()
+            for name, task in tasks.items():
+                _enqueue(self._links[name], task)
+            if active.finished:
+                break
+        aggregate = await asyncio.to_thread(active.aggregate)
+        return self._publish(active, members, aggregate, weights, layout, version)
+
+    async def _wait_for_phase(self, active: ActiveRound, timeout: float) -> None:
+        if not active.waiting_for:
+            return
+        try:
+            await asyncio.wait_for(self._phase_done.wait(), timeout)
+        except TimeoutError:
+            _log.info(
+                "round %d phase %s deadline: %d late",
+                active.number,
+                active.phase_name,
+                len(active.waiting_for),
+            )
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _build_round(
+        self,
+        number: int,
+        round_id: bytes,
+        members: list[Member],
+        layout: Layout,
+        model: ModelVersion,
+    ) -> tuple[ActiveRound, pb.RoundStart]:
+        agg = self.config.aggregation
+        d = layout.dimension
+        start = pb.RoundStart(
+            round_number=number,
+            round_id=round_id,
+            mode=agg.mode,
+            model_version=model.version,
+            participants=[
+                pb.Participant(index=m.index, name=m.name, identity_key=m.identity_key)
+                for m in members
+            ],
+            clip=agg.clip,
+            max_clients=len(members),
+            submit_deadline_unix=self._clock() + self.config.deadlines.advertise_keys,
+            model_sha256=model.sha256,
+        )
+        if agg.mode == "plaintext":
+            start.vector_length = d
+            return PlainRound(number, round_id, members, d), start
+        n = len(members)
+        degree, threshold, note = choose_graph(n, agg.mode, agg.dropout_rate, agg.corrupt_fraction)
+        config = RoundConfig.create(
+            round_id=round_id,
+            identities={m.index: m.identity_key for m in members},
+            threshold=threshold,
+            vector_length=encoded_length(d),
+            degree=degree,
+        )
+        spec = QuantizationSpec(clip=agg.clip, max_clients=n)
+        start.vector_length = config.vector_length
+        start.threshold = config.threshold
+        start.degree = 0 if config.graph.is_complete else config.graph.degree
+        start.minimum_survivors = config.minimum_survivors
+        self.store.audit.append(
+            "round_parameters",
+            {
+                "round": number,
+                "degree": start.degree,
+                "threshold": threshold,
+                "n": n,
+                "dimension": d,
+                "note": note,
+            },
+        )
+        return MaskedRound(number, round_id, members, config, spec), start
+
+    def _next_round_id(self) -> bytes:
+        """Bound to the audit chain's head, so the SecAgg+ graph seed is on the record."""
+        head = self.store.audit.head()
+        return hashlib.sha256(b"sealagg/round-id/v1" + head.hash.encode() + os.urandom(16)).digest()
+
+    def _publish(
+        self,
+        active: ActiveRound,
+        members: list[Member],
+        aggregate: Aggregate,
+        weights: dict[str, np.ndarray],
+        layout: Layout,
+        version: int,
+    ) -> RoundOutcome:
+        delta = unflatten(aggregate.mean_update, layout)
+        try:
+            candidate = self._optimizer.step(weights, delta)
+        except ValueError as error:
+            return self._finish_aborted(
+                active.number, members, active.round_id, f"optimizer refused: {error}"
+            )
+        digest = hashlib.sha256(active.total_digest_source()).hexdigest()
+        self.store.audit.append(
+            "aggregate",
+            {
+                "round": active.number,
+                "contributors": list(aggregate.contributors),
+                "dropped": list(aggregate.dropped),
+                "total_weight": round(aggregate.total_weight, 9),
+                "aggregate_sha256": digest,
+            },
+        )
+        accept, why = (
+            (True, "no quality gate")
+            if self._quality_gate is None
+            else self._quality_gate(candidate, aggregate)
+        )
+        model = self.store.add_model_version(
+            candidate, parent=version, round=active.number, status="candidate"
+        )
+        self.store.audit.append(
+            "gate_decision",
+            {"round": active.number, "version": model.version, "accept": accept, "reason": why},
+        )
+        if not accept:
+            self.store.set_model_status(model.version, "rejected")
+            self.store.set_round_status(active.number, "rejected", why)
+            outcome = RoundOutcome(
+                active.number,
+                "rejected",
+                why,
+                model.version,
+                aggregate.contributors,
+                aggregate.dropped,
+            )
+            self._tell_all(members, active.round_id, pb.RoundEnd.REJECTED, why, model.version)
+            return outcome
+        if self.config.gates.require_approval:
+            self.store.set_model_status(model.version, "pending")
+            self.store.set_round_status(active.number, "pending_approval")
+            outcome = RoundOutcome(
+                active.number,
+                "pending_approval",
+                "",
+                model.version,
+                aggregate.contributors,
+                aggregate.dropped,
+            )
+            self._tell_all(
+                members,
+                active.round_id,
+                pb.RoundEnd.PENDING_APPROVAL,
+                "waiting for approval",
+                model.version,
+            )
+            return outcome
+        self.store.set_model_status(model.version, "accepted")
+        self.store.set_round_status(active.number, "accepted")
+        self._tell_all(members, active.round_id, pb.RoundEnd.PUBLISHED, "", model.version)
+        return RoundOutcome(
+            active.number, "published", "", model.version, aggregate.contributors, aggregate.dropped
+        )
+
+    def _finish_aborted(
+        self, number: int, members: list[Member], round_id: bytes, reason: str
+    ) -> RoundOutcome:
+        _log.warning("round %d aborted: %s", number, reason)
+        self.store.set_round_status(number, "aborted", reason)
+        self._tell_all(members, round_id, pb.RoundEnd.ABORTED, reason, 0)
+        return RoundOutcome(number, "aborted", reason)
+
+    def _tell_all(
+        self, members: list[Member], round_id: bytes, outcome: int, reason: str, version: int | None
+    ) -> None:
+        for m in members:
+            end = pb.RoundEnd(
+                round_id=round_id, outcome=outcome, reason=reason, model_version=version or 0
+            )
+            _enqueue(self._links[m.name], pb.Task(round_end=end))
+
+
+def choose_graph(
+    n: int, mode: str, dropout_rate: float, corrupt_fraction: float
+) -> tuple[int | None, int, str]:
+    """(degree or None for complete, threshold, a note for the audit log).
+
+    The parameter finder's targets (2^-40 privacy, 2^-20 failure) cannot be met by
+    very small federations; there the complete graph with the smallest threshold
+    that still exceeds the assumed corrupt clients is used, and the note says so.
+    ``secagg`` mode always uses the complete graph.
+    """
+    try:
+        params = find_parameters(n, dropout_rate, corrupt_fraction)
+    except InfeasibleParametersError as error:
+        threshold = max(2, int(corrupt_fraction * n) + 1)
+        if threshold > n - 1:
+            raise
+        return (
+            None,
+            threshold,
+            f"finder targets unreachable ({error}); complete graph, t={threshold}",
+        )
+    if mode == "secagg" or params.complete:
+        threshold = params.threshold if params.complete else max(2, n // 2 + 1)
+        return None, threshold, params.describe()
+    return params.degree, params.threshold, params.describe()
+
+
+def _enqueue(link: _Link, task: pb.Task) -> None:
+    """Queue a task; a client that stopped polling keeps only the newest tasks."""
+    while link.tasks.qsize() >= MAX_QUEUED_TASKS:
+        link.tasks.get_nowait()
+    link.tasks.put_nowait(task)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+__all__ = ["Orchestrator", "QualityGate", "RoundOutcome", "UploadRefusedError", "flatten"]

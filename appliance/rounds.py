@@ -1,0 +1,296 @@
+"""One round's aggregation logic, per mode, independent of transport and scheduling.
+
+A round object knows which clients still owe a message in the current phase,
+accepts (or refuses) their uploads, and closes a phase into the next step for
+each client. :class:`MaskedRound` drives the secure-aggregation server of
+``crypto/`` and holds only a running sum; :class:`PlainRound` accumulates a
+weighted float64 sum of plaintext updates (the aggregator sees every update).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+
+import numpy as np
+
+from appliance.wire import sealagg_pb2 as pb
+from crypto import (
+    Phase,
+    QuantizationSpec,
+    RoundConfig,
+    SecAggServer,
+    decode,
+    decode_sum,
+)
+from crypto.errors import SecAggError
+from crypto.messages import Message
+
+#: Protocol messages other than the masked vector are small; this bounds them.
+SMALL_MESSAGE_BYTES = 4 * 1024 * 1024
+_MSGPACK_OVERHEAD = 64
+
+
+class UploadRefusedError(Exception):
+    """An upload was refused; ``code`` names the gRPC status the transport should return."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A participant of one round: its index (Shamir x), certificate name and identity key."""
+
+    index: int
+    name: str
+    identity_key: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    """What a finished round yields: the weighted mean update and who is in it."""
+
+    mean_update: np.ndarray
+    total_weight: float
+    contributors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+class ActiveRound(abc.ABC):
+    """Common bookkeeping: members, the phase, who has answered."""
+
+    phase_names: tuple[str, ...]
+
+    def __init__(self, number: int, round_id: bytes, members: list[Member]) -> None:
+        self.number = number
+        self.round_id = round_id
+        self.members = {m.name: m for m in members}
+        self.by_index = {m.index: m for m in members}
+        self.phase_index = 0
+        self.expected: set[str] = set(self.members)
+        self.answered: set[str] = set()
+        self.metadata: dict[str, dict] = {}
+
+    @property
+    def phase_name(self) -> str:
+        return self.phase_names[self.phase_index]
+
+    @property
+    def waiting_for(self) -> set[str]:
+        return self.expected - self.answered
+
+    def check_header(self, name: str, header: pb.UploadHeader) -> int:
+        """Validate an upload header before any data is read; returns the byte limit."""
+        if bytes(header.round_id) != self.round_id:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", "the upload names another round (replayed or late)"
+            )
+        if name not in self.members:
+            raise UploadRefusedError(
+                "PERMISSION_DENIED", f"{name} is not a participant of this round"
+            )
+        if header.phase != self.phase_index:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION",
+                f"the round is in phase {self.phase_name}, the upload is for phase {header.phase}",
+            )
+        if name not in self.expected:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"{name} is not expected in phase {self.phase_name}"
+            )
+        if name in self.answered:
+            raise UploadRefusedError(
+                "ALREADY_EXISTS", f"{name} already submitted in phase {self.phase_name}"
+            )
+        limit = self.upload_limit(header)
+        if header.total_bytes > limit:
+            raise UploadRefusedError(
+                "RESOURCE_EXHAUSTED",
+                f"declared size {header.total_bytes} exceeds {limit} bytes "
+                f"for phase {self.phase_name}",
+            )
+        if header.metadata_json:
+            try:
+                meta = json.loads(header.metadata_json)
+            except ValueError:
+                raise UploadRefusedError("INVALID_ARGUMENT", "metadata_json is not JSON") from None
+            if not isinstance(meta, dict) or len(header.metadata_json) > 4096:
+                raise UploadRefusedError(
+                    "INVALID_ARGUMENT", "metadata_json must be a small JSON object"
+                )
+        return limit
+
+    def accept(self, name: str, header: pb.UploadHeader, payload: bytes) -> None:
+        self.check_header(name, header)
+        if len(payload) != header.total_bytes:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT",
+                f"received {len(payload)} bytes, header declared {header.total_bytes}",
+            )
+        self._accept(self.members[name], header, payload)
+        if header.metadata_json:
+            self.metadata[name] = json.loads(header.metadata_json)
+        self.answered.add(name)
+
+    @abc.abstractmethod
+    def upload_limit(self, header: pb.UploadHeader) -> int:
+        """Largest upload the current phase accepts."""
+
+    @abc.abstractmethod
+    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
+        """Take one validated upload (raise UploadRefusedError to refuse it)."""
+
+    @abc.abstractmethod
+    def close_phase(self) -> dict[str, pb.Task]:
+        """End the phase; the next task for each client still in the round (empty at the end)."""
+
+    @property
+    @abc.abstractmethod
+    def finished(self) -> bool:
+        """True once the aggregate is available."""
+
+    @abc.abstractmethod
+    def aggregate(self) -> Aggregate:
+        """The result of a finished round."""
+
+
+class MaskedRound(ActiveRound):
+    """SecAgg / SecAgg+: the appliance sees only the sum over survivors."""
+
+    phase_names = tuple(p.name.lower() for p in Phase)
+
+    def __init__(
+        self,
+        number: int,
+        round_id: bytes,
+        members: list[Member],
+        config: RoundConfig,
+        spec: QuantizationSpec,
+    ) -> None:
+        super().__init__(number, round_id, members)
+        self.config = config
+        self.spec = spec
+        self.server = SecAggServer(config)
+        self._done = False
+
+    def upload_limit(self, header: pb.UploadHeader) -> int:
+        if header.kind != "protocol":
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT", f"masked rounds take protocol messages, not {header.kind!r}"
+            )
+        if self.phase_index == Phase.MASKED_INPUT:
+            return 4 * self.config.vector_length + _MSGPACK_OVERHEAD
+        return SMALL_MESSAGE_BYTES
+
+    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
+        try:
+            message = decode(payload, max_bytes=self.upload_limit(header))
+            if self.phase_index != message.PHASE:
+                raise UploadRefusedError(
+                    "FAILED_PRECONDITION",
+                    f"{message.TYPE} does not belong to phase {self.phase_name}",
+                )
+            self.server.receive(member.index, message)
+        except SecAggError as error:
+            raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
+
+    def close_phase(self) -> dict[str, pb.Task]:
+        out = self.server.close_phase()  # raises SecAggError (e.g. below threshold): round aborts
+        if self.server.phase is None:
+            self._done = True
+            return {}
+        self.phase_index = int(self.server.phase)
+        self.expected = {self.by_index[i].name for i in out}
+        self.answered = set()
+        return {self.by_index[i].name: self._step(m) for i, m in out.items()}
+
+    def _step(self, message: Message) -> pb.Task:
+        return pb.Task(
+            step=pb.ProtocolStep(
+                round_id=self.round_id, phase=self.phase_index, payload=message.encode()
+            )
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def aggregate(self) -> Aggregate:
+        result = self.server.result
+        mean, total_weight = decode_sum(result.total, self.spec)
+        contributors = tuple(self.by_index[i].name for i in result.survivors)
+        dropped = tuple(sorted(set(self.members) - set(contributors)))
+        return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped)
+
+    def total_digest_source(self) -> bytes:
+        return self.server.result.total.tobytes()
+
+
+class PlainRound(ActiveRound):
+    """Plaintext FedAvg: the appliance sees every update (trusted sites, testing)."""
+
+    phase_names = ("update",)
+
+    def __init__(self, number: int, round_id: bytes, members: list[Member], dimension: int) -> None:
+        super().__init__(number, round_id, members)
+        self.dimension = dimension
+        self.weighted_sum = np.zeros(dimension, dtype=np.float64)
+        self.total_weight = 0.0
+        self._done = False
+
+    def upload_limit(self, header: pb.UploadHeader) -> int:
+        if header.kind != "plaintext_update":
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT", f"plaintext rounds take updates, not {header.kind!r}"
+            )
+        return 4 * self.dimension
+
+    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
+        if len(payload) != 4 * self.dimension:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT",
+                f"update has {len(payload) // 4} float32 values, the model has {self.dimension}",
+            )
+        weight = header.weight
+        if not (np.isfinite(weight) and 0.0 < weight <= 1.0):
+            raise UploadRefusedError("INVALID_ARGUMENT", f"weight must lie in (0, 1], got {weight}")
+        update = np.frombuffer(payload, dtype="<f4")
+        if not np.isfinite(update).all():
+            raise UploadRefusedError("INVALID_ARGUMENT", "update contains NaN or Inf; refused")
+        self.weighted_sum += weight * update.astype(np.float64)
+        self.total_weight += weight
+
+    def close_phase(self) -> dict[str, pb.Task]:
+        if not self.answered:
+            raise UploadRefusedError("ABORTED", "no client submitted an update before the deadline")
+        self._done = True
+        return {}
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def aggregate(self) -> Aggregate:
+        contributors = tuple(sorted(self.answered))
+        dropped = tuple(sorted(set(self.members) - self.answered))
+        mean = (self.weighted_sum / self.total_weight).astype(np.float32)
+        return Aggregate(mean, self.total_weight, contributors, dropped)
+
+    def total_digest_source(self) -> bytes:
+        return self.weighted_sum.tobytes()
+
+
+def _status_for(error: SecAggError) -> str:
+    from crypto.errors import AbortReason as R
+
+    return {
+        R.OUT_OF_PHASE: "FAILED_PRECONDITION",
+        R.REPLAYED_MESSAGE: "FAILED_PRECONDITION",
+        R.DUPLICATE_MESSAGE: "ALREADY_EXISTS",
+        R.UNKNOWN_SENDER: "PERMISSION_DENIED",
+        R.BAD_SIGNATURE: "UNAUTHENTICATED",
+    }.get(error.reason, "INVALID_ARGUMENT")

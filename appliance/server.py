@@ -1,0 +1,150 @@
+"""Run the appliance: load the federation, open the store, serve gRPC over mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from appliance.config import ApplianceConfig, load_config
+from appliance.federation import Federation
+from appliance.metrics import Metrics
+from appliance.orchestrator import Orchestrator, QualityGate
+from appliance.service import (
+    AdminService,
+    AggregatorService,
+    certificate_identity,
+    insecure_identity,
+)
+from appliance.store import Store, default_state_path
+from appliance.wire import sealagg_pb2_grpc as pb_grpc
+
+_log = logging.getLogger("sealagg.server")
+
+ADMIN_NAMES = frozenset({"admin"})
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # chunks are 1 MiB; nothing larger is accepted
+INSECURE_WARNING = (
+    "WARNING: --insecure: no TLS, clients name themselves; for local development only. "
+    "Never expose this appliance in this mode."
+)
+
+
+def open_store(federation: Federation) -> Store:
+    return Store.open(
+        default_state_path(federation.folder),
+        audit_key=federation.audit_signing_key,
+        federation=federation.name,
+    )
+
+
+def sync_participants(federation: Federation, store: Store) -> None:
+    """Mirror issued and revoked client kits into the store (each change audited)."""
+    active = {p.name: p for p in store.participants(active_only=True)}
+    for record in federation.client_records():
+        if record.name in ADMIN_NAMES:
+            continue
+        if record.revoked and record.name in active:
+            store.revoke_participant(record.name, reason="certificate revoked")
+        elif not record.revoked and record.name not in active:
+            store.add_participant(
+                record.name, cert_serial=record.serial, identity_key=record.identity_public_key
+            )
+
+
+class Appliance:
+    """The running service: federation, store, orchestrator and the gRPC server."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        insecure: bool = False,
+        quality_gate: QualityGate | None = None,
+        config: ApplianceConfig | None = None,
+    ) -> None:
+        self.federation = Federation.load(folder)
+        self.config = config or load_config(self.federation.paths.config)
+        self.store = open_store(self.federation)
+        self.insecure = insecure
+        self.metrics = Metrics()
+        self.store.audit.append(
+            "config_loaded",
+            {
+                "mode": self.config.aggregation.mode,
+                "min_clients": self.config.aggregation.min_clients,
+                "optimizer": self.config.optimizer.name,
+                "require_approval": self.config.gates.require_approval,
+                "insecure": insecure,
+            },
+        )
+        sync_participants(self.federation, self.store)
+        self.orchestrator = Orchestrator(
+            config=self.config,
+            store=self.store,
+            identity_keys=self._identity_keys,
+            quality_gate=quality_gate,
+            metrics=self.metrics,
+        )
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    def _identity_keys(self) -> dict[str, bytes]:
+        return {
+            r.name: r.identity_public_key
+            for r in self.federation.client_records()
+            if not r.revoked and r.name not in ADMIN_NAMES
+        }
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port."""
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        server = grpc.aio.server(options=options)
+        identify: Callable = insecure_identity
+        if not self.insecure:
+            identify = certificate_identity(self.federation.check_peer_certificate)
+        pb_grpc.add_AggregatorServicer_to_server(
+            AggregatorService(self.orchestrator, self.store, identify, self.metrics), server
+        )
+        pb_grpc.add_AdminServicer_to_server(
+            AdminService(self.orchestrator, self.store, identify, set(ADMIN_NAMES), self.metrics),
+            server,
+        )
+        listen = self.config.server.listen
+        if self.insecure:
+            print(INSECURE_WARNING, file=sys.stderr)
+            self.port = server.add_insecure_port(listen)
+        else:
+            key, chain, ca = self.federation.server_credentials_material()
+            creds = grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=ca, require_client_auth=True
+            )
+            self.port = server.add_secure_port(listen, creds)
+        if self.config.server.metrics_listen:
+            self.metrics.serve(self.config.server.metrics_listen)
+        await server.start()
+        self.server = server
+        _log.info("appliance listening on %s (port %d)", listen, self.port)
+        return self.port
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve and schedule rounds until ``stop`` is set or the round budget is spent."""
+        stop = stop or asyncio.Event()
+        if self.server is None:
+            await self.start()
+        try:
+            await self.orchestrator.run(stop)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+            self.server = None
+        self.store.close()

@@ -1,0 +1,206 @@
+"""gRPC handlers: identity from the TLS certificate, chunked uploads and downloads.
+
+Every call first establishes who is calling from the verified client
+certificate (``Federation.check_peer_certificate``: CA, validity, clientAuth,
+revocation), never from a message field. Uploads are size-checked from their
+header before any buffer is allocated, and each chunk must arrive within
+``CHUNK_IDLE_SECONDS`` (a stalled uploader cannot hold a slot forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from appliance.errors import ProvisioningError, StoreError
+from appliance.metrics import Metrics
+from appliance.orchestrator import Orchestrator
+from appliance.rounds import UploadRefusedError
+from appliance.store import Store
+from appliance.wire import sealagg_pb2 as pb
+from appliance.wire import sealagg_pb2_grpc as pb_grpc
+
+_log = logging.getLogger("sealagg.service")
+
+CHUNK_BYTES = 1 << 20
+CHUNK_IDLE_SECONDS = 30.0
+INSECURE_NAME_HEADER = "sealagg-insecure-client"
+
+Identify = Callable[[grpc.aio.ServicerContext], str]
+
+
+def certificate_identity(check_peer: Callable[[bytes], str]) -> Identify:
+    """Identify callers by their verified TLS client certificate."""
+
+    def identify(context: grpc.aio.ServicerContext) -> str:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        if not pems:
+            raise PermissionError("no client certificate")
+        der = x509.load_pem_x509_certificate(pems[0]).public_bytes(Encoding.DER)
+        try:
+            return check_peer(der)
+        except ProvisioningError as error:
+            raise PermissionError(str(error)) from None
+
+    return identify
+
+
+def insecure_identity(context: grpc.aio.ServicerContext) -> str:
+    """Development only: the caller names itself in a header. Never use in production."""
+    for key, value in context.invocation_metadata() or ():
+        if key == INSECURE_NAME_HEADER:
+            return str(value)
+    raise PermissionError(f"--insecure mode needs the {INSECURE_NAME_HEADER} header")
+
+
+async def _who(identify: Identify, context: grpc.aio.ServicerContext, metrics: Metrics) -> str:
+    try:
+        return identify(context)
+    except PermissionError as error:
+        metrics.refused_calls.inc()
+        _log.warning("refused a call: %s", error)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, f"not a client of this federation: {error}"
+        )
+        raise  # unreachable: abort raises
+
+
+class AggregatorService(pb_grpc.AggregatorServicer):
+    def __init__(
+        self, orchestrator: Orchestrator, store: Store, identify: Identify, metrics: Metrics
+    ) -> None:
+        self._orch = orchestrator
+        self._store = store
+        self._identify = identify
+        self._metrics = metrics
+
+    async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        name = await _who(self._identify, context, self._metrics)
+        if name not in self._orch.registered_clients():
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{name} does not take part in rounds"
+            )
+        return await self._orch.poll(name, request.wait_seconds)
+
+    async def Submit(
+        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+    ) -> pb.SubmitAck:
+        name = await _who(self._identify, context, self._metrics)
+        try:
+            payload, header = await self._receive(name, request_iterator)
+            await self._orch.submit(name, header, payload)
+        except UploadRefusedError as refused:
+            self._metrics.refused_uploads.inc()
+            _log.info("refused upload from %s: %s", name, refused.detail)
+            await context.abort(getattr(grpc.StatusCode, refused.code), refused.detail)
+        self._metrics.bytes_in.inc(len(payload))
+        return pb.SubmitAck(accepted=True, detail="accepted")
+
+    async def _receive(
+        self, name: str, chunks: AsyncIterator[pb.UploadChunk]
+    ) -> tuple[bytes, pb.UploadHeader]:
+        first = await _next_chunk(chunks)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise UploadRefusedError("INVALID_ARGUMENT", "an upload starts with its header")
+        header = first.header
+        self._orch.check_upload(name, header)  # size and phase checked before allocating
+        buffer = bytearray(header.total_bytes)
+        filled = 0
+        while (chunk := await _next_chunk(chunks)) is not None:
+            if chunk.WhichOneof("kind") != "data":
+                raise UploadRefusedError("INVALID_ARGUMENT", "only one header per upload")
+            end = filled + len(chunk.data)
+            if end > header.total_bytes:
+                raise UploadRefusedError(
+                    "INVALID_ARGUMENT", "upload is longer than its header declared"
+                )
+            buffer[filled:end] = chunk.data
+            filled = end
+        if filled != header.total_bytes:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT", f"upload truncated: {filled} of {header.total_bytes} bytes"
+            )
+        return bytes(buffer), header
+
+    async def DownloadModel(
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelChunk]:
+        await _who(self._identify, context, self._metrics)
+        try:
+            model = (
+                self._store.current_model()
+                if request.version == 0
+                else self._store.model_version(request.version)
+            )
+        except StoreError as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        if model is None or model.status != "accepted":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no accepted model version to download")
+        data = (Path(self._store.folder) / model.path).read_bytes()
+        yield pb.ModelChunk(
+            header=pb.ModelHeader(version=model.version, total_bytes=len(data), sha256=model.sha256)
+        )
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield pb.ModelChunk(data=data[start : start + CHUNK_BYTES])
+        self._metrics.bytes_out.inc(len(data))
+
+
+async def _next_chunk(chunks: AsyncIterator[pb.UploadChunk]) -> pb.UploadChunk | None:
+    try:
+        return await asyncio.wait_for(anext(chunks), CHUNK_IDLE_SECONDS)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise UploadRefusedError(
+            "DEADLINE_EXCEEDED", "upload stalled: no data for too long"
+        ) from None
+
+
+class AdminService(pb_grpc.AdminServicer):
+    """Status and approval decisions, for certificates named in ``[server].admins``."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        identify: Identify,
+        admins: set[str],
+        metrics: Metrics,
+    ) -> None:
+        self._orch = orchestrator
+        self._store = store
+        self._identify = identify
+        self._admins = admins
+        self._metrics = metrics
+
+    async def _admin(self, context: grpc.aio.ServicerContext) -> str:
+        name = await _who(self._identify, context, self._metrics)
+        if name not in self._admins:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{name} is not an administrator"
+            )
+        return name
+
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusReply:
+        await self._admin(context)
+        return pb.StatusReply(json=json.dumps(self._orch.status()))
+
+    async def Decide(
+        self, request: pb.DecisionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecisionReply:
+        admin = await self._admin(context)
+        try:
+            detail = self._orch.decide(request.round_number, request.approve, request.reason, admin)
+        except (StoreError, ValueError) as error:
+            return pb.DecisionReply(ok=False, detail=str(error))
+        return pb.DecisionReply(ok=True, detail=detail)

@@ -1,0 +1,185 @@
+"""Take part in rounds with a numpy update: the torch-free core of the client shim.
+
+For each round the appliance opens with this client: download the global
+model, let the caller compute its update (a delta against the global weights,
+flattened in the model's layout) and weight, then either send it in plaintext
+(plaintext mode only) or run the secure-aggregation protocol so that only a
+masked vector leaves the client. Nothing unprotected is sent in a masked mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+
+from appliance.wire import sealagg_pb2 as pb
+from appliance.wire.modelcodec import Layout
+from client_shim.connection import Connection
+from crypto import (
+    IdentityKey,
+    QuantizationSpec,
+    RoundConfig,
+    SecAggClient,
+    decode,
+    encode_update,
+    encoded_length,
+)
+from crypto.config import default_minimum_survivors
+from crypto.graph import complete_graph, harary_graph
+
+_log = logging.getLogger("sealagg.client")
+
+#: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
+ComputeUpdate = Callable[
+    [pb.RoundStart, Mapping[str, np.ndarray]], tuple[np.ndarray, float, Mapping[str, object]]
+]
+
+
+class RoundRefusedError(RuntimeError):
+    """The client refused a round whose parameters would not protect its update."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundReport:
+    round_number: int
+    outcome: str
+    reason: str
+    model_version: int
+    bytes_sent: int
+
+
+class Participant:
+    """Runs this client's side of each round over a :class:`Connection`."""
+
+    def __init__(self, connection: Connection, *, poll_seconds: float = 5.0) -> None:
+        self.connection = connection
+        self.identity = IdentityKey.from_seed(connection.kit.identity_seed)
+        self.poll_seconds = poll_seconds
+        self._models: dict[int, dict[str, np.ndarray]] = {}
+        self._next_start: pb.RoundStart | None = None
+
+    def global_model(self, version: int = 0) -> tuple[int, dict[str, np.ndarray]]:
+        if version and version in self._models:
+            return version, self._models[version]
+        got, data = self.connection.download_model(version)
+        tensors = load_safetensors(data)
+        self._models = {got: tensors}  # keep only the latest
+        return got, tensors
+
+    def wait_for_round(self, max_polls: int | None = None) -> pb.RoundStart:
+        if self._next_start is not None:
+            start, self._next_start = self._next_start, None
+            return start
+        polls = 0
+        while max_polls is None or polls < max_polls:
+            task = self.connection.get_task(self.poll_seconds)
+            polls += 1
+            if task.WhichOneof("kind") == "round_start":
+                return task.round_start
+        raise TimeoutError("no round started")
+
+    def run_round(self, compute: ComputeUpdate, start: pb.RoundStart | None = None) -> RoundReport:
+        """Take part in one round (waiting for it to open unless ``start`` is given)."""
+        start = start or self.wait_for_round()
+        _, tensors = self.global_model(start.model_version)
+        layout = Layout.of(tensors)
+        update, weight, metadata = compute(start, tensors)
+        update = np.asarray(update, dtype=np.float32)
+        if update.shape != (layout.dimension,):
+            raise ValueError(
+                f"update has shape {update.shape}, the model needs ({layout.dimension},)"
+            )
+        if not np.isfinite(update).all():
+            raise ValueError("update contains NaN or Inf; nothing was sent")
+        meta = json.dumps(dict(metadata))
+        if start.mode == "plaintext":
+            header = pb.UploadHeader(
+                round_id=start.round_id,
+                phase=0,
+                kind="plaintext_update",
+                weight=weight,
+                metadata_json=meta,
+            )
+            self.connection.submit(header, memoryview(update).cast("B"))
+            return self._follow(start, update.nbytes, None)
+        return self._secure(start, layout, update, weight, meta)
+
+    def _secure(
+        self, start: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float, meta: str
+    ) -> RoundReport:
+        config = round_config_from(start)
+        if config.vector_length != encoded_length(layout.dimension):
+            raise RoundRefusedError("the round's vector length does not match the model")
+        spec = QuantizationSpec(clip=start.clip, max_clients=start.max_clients)
+        client = SecAggClient(config, start.client_index, self.identity)
+        client.set_input(encode_update(update, weight, spec))
+        sent = self._send(start, 0, client.advertise_keys().encode(), meta)
+
+        def answer(step: pb.ProtocolStep) -> int:
+            reply = client.handle(decode(step.payload))
+            return self._send(start, step.phase, reply.encode(), "")
+
+        return self._follow(start, sent, answer)
+
+    def _send(self, start: pb.RoundStart, phase: int, payload: bytes, meta: str) -> int:
+        header = pb.UploadHeader(
+            round_id=start.round_id, phase=phase, kind="protocol", metadata_json=meta
+        )
+        self.connection.submit(header, payload)
+        return len(payload)
+
+    def _follow(
+        self,
+        start: pb.RoundStart,
+        sent: int,
+        answer: Callable[[pb.ProtocolStep], int] | None,
+    ) -> RoundReport:
+        """Answer this round's protocol steps until it ends (or a newer round starts)."""
+        while True:
+            task = self.connection.get_task(self.poll_seconds)
+            kind = task.WhichOneof("kind")
+            if kind == "round_start":  # our round ended unseen (e.g. an appliance restart)
+                self._next_start = task.round_start
+                return RoundReport(start.round_number, "aborted", "round superseded", 0, sent)
+            if kind == "round_end" and bytes(task.round_end.round_id) == start.round_id:
+                return _report(start, task.round_end, sent)
+            if kind == "step" and answer and bytes(task.step.round_id) == start.round_id:
+                sent += answer(task.step)
+
+
+def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3) -> RoundConfig:
+    """Rebuild the round's public config and refuse parameters that would not protect us."""
+    identities = {p.index: bytes(p.identity_key) for p in start.participants}
+    n = len(identities)
+    if n < 3:
+        raise RoundRefusedError("fewer than three participants: masking would hide nothing")
+    floor = max(minimum_survivors_floor, min(default_minimum_survivors(n, start.threshold), n))
+    if start.minimum_survivors < floor:
+        raise RoundRefusedError(
+            f"the appliance asks for only {start.minimum_survivors} survivors; "
+            f"this client needs {floor}"
+        )
+    ids = sorted(identities)
+    graph = (
+        complete_graph(ids)
+        if start.degree == 0
+        else harary_graph(ids, start.degree, seed=start.round_id)
+    )
+    return RoundConfig(
+        round_id=bytes(start.round_id),
+        identities=identities,
+        graph=graph,
+        threshold=start.threshold,
+        vector_length=start.vector_length,
+        minimum_survivors=start.minimum_survivors,
+    )
+
+
+def _report(start: pb.RoundStart, end: pb.RoundEnd, sent: int) -> RoundReport:
+    outcome = pb.RoundEnd.Outcome.Name(end.outcome).lower()
+    return RoundReport(start.round_number, outcome, end.reason, end.model_version, sent)
