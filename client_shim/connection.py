@@ -31,10 +31,12 @@ class Connection:
         address: str | None = None,
         insecure: bool = False,
         timeout: float = 60.0,
+        retry_seconds: float = 120.0,
     ) -> None:
         self.kit = kit
         self.address = address or kit.address
         self.timeout = timeout
+        self.retry_seconds = retry_seconds
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -66,11 +68,21 @@ class Connection:
                 delay = min(delay * 2, 5.0)
 
     def get_task(self, wait_seconds: float) -> pb.Task:
-        return self.stub.GetTask(
-            pb.TaskRequest(wait_seconds=wait_seconds),
-            timeout=wait_seconds + self.timeout,
-            metadata=self._metadata,
-        )
+        """The next task; while the appliance is unreachable, retry with backoff."""
+        delay, waited = 0.25, 0.0
+        while True:
+            try:
+                return self.stub.GetTask(
+                    pb.TaskRequest(wait_seconds=wait_seconds),
+                    timeout=wait_seconds + self.timeout,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or waited >= self.retry_seconds:
+                    raise
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
 
     def submit(self, header: pb.UploadHeader, payload: bytes | memoryview) -> pb.SubmitAck:
         header.total_bytes = len(payload)

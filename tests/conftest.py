@@ -48,14 +48,23 @@ class Deployment:
         text = path.read_text()
         for section, values in sections.items():
             for key, value in values.items():
-                rendered = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+                rendered = (
+                    f'"{value}"'
+                    if isinstance(value, str)
+                    else str(value).lower()
+                    if isinstance(value, bool)
+                    else str(value)
+                )
                 lines = text.splitlines()
                 header = f"[{section}]"
                 if header not in lines:
                     lines += ["", header]
                 start = lines.index(header)
-                end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-                body = [ln for ln in lines[start + 1 : end] if not ln.split("=")[0].strip() == key]
+                end = next(
+                    (i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+                    len(lines),
+                )
+                body = [ln for ln in lines[start + 1 : end] if ln.split("=")[0].strip() != key]
                 lines[start + 1 : end] = [*body, f"{key} = {rendered}"]
                 text = "\n".join(lines) + "\n"
         path.write_text(text)
@@ -82,7 +91,7 @@ def deployment(tmp_path: Path) -> Callable[..., Deployment]:
 class RunningAppliance:
     """An appliance serving on its own event loop in a background thread."""
 
-    def __init__(self, folder: Path, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, folder: Path, **kwargs) -> None:
         self.loop = asyncio.new_event_loop()
         self.app = Appliance(folder, **kwargs)
         self.stop_event: asyncio.Event | None = None
@@ -117,7 +126,7 @@ class RunningAppliance:
 def running() -> Iterator[Callable[..., RunningAppliance]]:
     started: list[RunningAppliance] = []
 
-    def start(folder: Path, **kwargs) -> RunningAppliance:  # noqa: ANN003
+    def start(folder: Path, **kwargs) -> RunningAppliance:
         appliance = RunningAppliance(folder, **kwargs)
         started.append(appliance)
         return appliance

@@ -19,7 +19,13 @@ from client_shim.connection import Connection
 from client_shim.session import Participant
 
 DIM = Layout.of(base_model()).dimension
-FAST = {"advertise_keys": 4, "share_keys": 4, "masked_input": 4, "consistency_check": 4, "unmasking": 4}
+FAST = {
+    "advertise_keys": 4,
+    "share_keys": 4,
+    "masked_input": 4,
+    "consistency_check": 4,
+    "unmasking": 4,
+}
 
 
 def _delta(i: int) -> np.ndarray:
@@ -30,10 +36,10 @@ def _weight(i: int) -> float:
     return 0.2 + 0.15 * i
 
 
-def _run_clients(dep, names, rounds=1, participant_cls=Participant, delay=0.0):  # noqa: ANN001
+def _run_clients(dep, names, rounds=1, participant_cls=Participant, delay=0.0):
     reports, errors = {}, {}
 
-    def compute(start, tensors, i):  # noqa: ANN001
+    def compute(start, tensors, i):
         time.sleep(delay)
         return _delta(i), _weight(i), {"n": i}
 
@@ -69,7 +75,7 @@ def _expected(members: list[int]) -> dict[str, np.ndarray]:
     return out
 
 
-def _published(dep):  # noqa: ANN001
+def _published(dep):
     store = open_store(Federation.load(dep.folder))
     try:
         model = store.current_model()
@@ -103,7 +109,7 @@ class _VanishAfter(Participant):
 
     budget = 3
 
-    def _send(self, start, phase, payload, meta):  # noqa: ANN001
+    def _send(self, start, phase, payload, meta):
         if self.budget <= 0:
             raise ConnectionAbortedError("client vanished")
         self.budget -= 1
@@ -117,7 +123,7 @@ def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):
     # client4 vanishes after its masked input (it stays in the sum); client5 after advertising
     # keys (its pairwise masks must be removed with its reconstructed mask key).
     steady = [f"client{i}" for i in range(4)]
-    threads, reports, errors = _run_clients(dep, steady)
+    threads, _, errors = _run_clients(dep, steady)
     vanish_late = type("Late", (_VanishAfter,), {"budget": 3})
     vanish_early = type("Early", (_VanishAfter,), {"budget": 1})
     t4, _, err4 = _run_clients(dep, ["client4"], participant_cls=vanish_late)
@@ -136,7 +142,7 @@ def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):
         np.testing.assert_allclose(tensors[name], value, atol=2e-6)
 
 
-def _code(call) -> grpc.StatusCode:  # noqa: ANN001
+def _code(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value.code()
@@ -153,8 +159,10 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
     start = attacker.wait_for_round(max_polls=20)
     good = _delta(0)
 
-    def upload(payload, **fields):  # noqa: ANN001, ANN003
-        header = pb.UploadHeader(round_id=start.round_id, kind="plaintext_update", weight=_weight(0))
+    def upload(payload, **fields):
+        header = pb.UploadHeader(
+            round_id=start.round_id, kind="plaintext_update", weight=_weight(0)
+        )
         for key, value in fields.items():
             setattr(header, key, value)
         return lambda: conn.submit(header, payload)
@@ -163,7 +171,9 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
     nan[3] = np.nan
     assert _code(upload(memoryview(nan).cast("B"))) == grpc.StatusCode.INVALID_ARGUMENT
     assert _code(upload(good.tobytes()[:-4])) == grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(upload(good.tobytes(), round_id=b"\x01" * 32)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        _code(upload(good.tobytes(), round_id=b"\x01" * 32)) == grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert _code(upload(good.tobytes(), phase=3)) == grpc.StatusCode.FAILED_PRECONDITION
     assert _code(upload(good.tobytes(), weight=7.0)) == grpc.StatusCode.INVALID_ARGUMENT
     assert _code(upload(good.tobytes(), kind="protocol")) == grpc.StatusCode.INVALID_ARGUMENT
@@ -175,7 +185,10 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
         return conn.stub.Submit(iter([pb.UploadChunk(header=oversized)]), timeout=10)
 
     assert _code(declared_only) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    conn.submit(pb.UploadHeader(round_id=start.round_id, kind="plaintext_update", weight=_weight(0)), good.tobytes())
+    conn.submit(
+        pb.UploadHeader(round_id=start.round_id, kind="plaintext_update", weight=_weight(0)),
+        good.tobytes(),
+    )
     again = upload(good.tobytes())
     assert _code(again) == grpc.StatusCode.ALREADY_EXISTS
 
