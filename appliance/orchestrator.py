@@ -66,6 +66,7 @@ class RoundOutcome:
     model_version: int | None = None
     contributors: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
+    seconds: float = 0.0
 
 
 class Orchestrator:
@@ -128,7 +129,7 @@ class Orchestrator:
             )
         return self._round.check_header(name, header)
 
-    async def submit(self, name: str, header: pb.UploadHeader, payload: bytes) -> None:
+    async def submit(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
         async with self._lock:
             current = self._round
             if current is None:
@@ -223,7 +224,16 @@ class Orchestrator:
             self.metrics.rounds.labels(outcome.outcome).inc()
             done += 1
             if self.config.aggregation.rounds and done >= self.config.aggregation.rounds:
+                await self.deliver_pending(timeout=5.0)
                 return
+
+    async def deliver_pending(self, timeout: float) -> None:
+        """Before shutting down, give clients a moment to collect their last tasks."""
+        deadline = self._clock() + timeout
+        while any(not link.tasks.empty() for link in self._links.values()):
+            if self._clock() >= deadline:
+                return
+            await asyncio.sleep(0.05)
 
     async def run_round(self, names: list[str]) -> RoundOutcome:
         """Run one round with ``names``; always ends with a RoundEnd sent to each of them."""
@@ -254,10 +264,12 @@ class Orchestrator:
             task.round_start.CopyFrom(start)
             task.round_start.client_index = m.index
             _enqueue(self._links[m.name], task)
+        opened = time.perf_counter()
         try:
-            return await self._drive(active, members, weights, layout, model.version)
+            outcome = await self._drive(active, members, weights, layout, model.version)
         finally:
             self._round = None
+        return dataclasses.replace(outcome, seconds=time.perf_counter() - opened)
 
     async def _drive(
         self,

@@ -124,7 +124,7 @@ class ActiveRound(abc.ABC):
                 )
         return limit
 
-    def accept(self, name: str, header: pb.UploadHeader, payload: bytes) -> None:
+    def accept(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
         self.check_header(name, header)
         if len(payload) != header.total_bytes:
             raise UploadRefusedError(

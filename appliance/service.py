@@ -10,6 +10,7 @@ header before any buffer is allocated, and each chunk must arrive within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,9 @@ _log = logging.getLogger("sealagg.service")
 
 CHUNK_BYTES = 1 << 20
 CHUNK_IDLE_SECONDS = 30.0
+#: Large uploads buffered at once: keeps appliance memory flat in the number of clients
+#: (others wait, held back by gRPC flow control).
+LARGE_UPLOAD_SLOTS = 4
 INSECURE_NAME_HEADER = "sealagg-insecure-client"
 
 Identify = Callable[[grpc.aio.ServicerContext], str]
@@ -81,6 +85,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self._store = store
         self._identify = identify
         self._metrics = metrics
+        self._large_uploads = asyncio.Semaphore(LARGE_UPLOAD_SLOTS)
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         name = await _who(self._identify, context, self._metrics)
@@ -95,8 +100,16 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     ) -> pb.SubmitAck:
         name = await _who(self._identify, context, self._metrics)
         try:
-            payload, header = await self._receive(name, request_iterator)
-            await self._orch.submit(name, header, payload)
+            async with contextlib.AsyncExitStack() as slots:
+                first = await _next_chunk(request_iterator)
+                if first is None or first.WhichOneof("kind") != "header":
+                    raise UploadRefusedError("INVALID_ARGUMENT", "an upload starts with its header")
+                header = first.header
+                self._orch.check_upload(name, header)  # size and phase before allocating
+                if header.total_bytes > CHUNK_BYTES:
+                    await slots.enter_async_context(self._large_uploads)
+                payload = await self._receive(header, request_iterator)
+                await self._orch.submit(name, header, payload)
         except UploadRefusedError as refused:
             self._metrics.refused_uploads.inc()
             _log.info("refused upload from %s: %s", name, refused.detail)
@@ -105,13 +118,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         return pb.SubmitAck(accepted=True, detail="accepted")
 
     async def _receive(
-        self, name: str, chunks: AsyncIterator[pb.UploadChunk]
-    ) -> tuple[bytes, pb.UploadHeader]:
-        first = await _next_chunk(chunks)
-        if first is None or first.WhichOneof("kind") != "header":
-            raise UploadRefusedError("INVALID_ARGUMENT", "an upload starts with its header")
-        header = first.header
-        self._orch.check_upload(name, header)  # size and phase checked before allocating
+        self, header: pb.UploadHeader, chunks: AsyncIterator[pb.UploadChunk]
+    ) -> bytearray:
         buffer = bytearray(header.total_bytes)
         filled = 0
         while (chunk := await _next_chunk(chunks)) is not None:
@@ -128,7 +136,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             raise UploadRefusedError(
                 "INVALID_ARGUMENT", f"upload truncated: {filled} of {header.total_bytes} bytes"
             )
-        return bytes(buffer), header
+        return buffer
 
     async def DownloadModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext

@@ -194,7 +194,9 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
 
     # Another federation's client (another CA) cannot even complete the handshake.
     other = init_federation(tmp_path / "other", name="other", hosts=["localhost"], port=dep.port)
-    stranger = Connection(load_kit(add_client(other, "client0")), address=dep.address, timeout=5)
+    stranger = Connection(
+        load_kit(add_client(other, "client0")), address=dep.address, timeout=5, retry_seconds=0
+    )
     assert _code(lambda: stranger.get_task(0.1)) in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.UNAUTHENTICATED,
