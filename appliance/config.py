@@ -86,12 +86,25 @@ class GatesSection(_Section):
 
 
 class ApplianceConfig(_Section):
+    """The whole file; ``weights`` maps a client name to its contribution weight in (0, 1]."""
+
     federation: FederationSection
     server: ServerSection = ServerSection()
     aggregation: AggregationSection = AggregationSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     optimizer: OptimizerSection = OptimizerSection()
     gates: GatesSection = GatesSection()
+    weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weights_in_range(self) -> ApplianceConfig:
+        for name, weight in self.weights.items():
+            if not 0.0 < weight <= 1.0:
+                raise ValueError(f"weights.{name} = {weight}: a contribution weight lies in (0, 1]")
+        return self
+
+    def contribution_weight(self, name: str) -> float:
+        return self.weights.get(name, 1.0)
 
     def optimizer_params(self) -> dict[str, Any]:
         return dict(self.optimizer.model_extra or {})

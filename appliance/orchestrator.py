@@ -248,7 +248,13 @@ class Orchestrator:
         mode = self.config.aggregation.mode
         number = self.store.open_round(mode, round_id)
         self.store.audit.append(
-            "participants", {"round": number, "clients": names, "model_version": model.version}
+            "participants",
+            {
+                "round": number,
+                "clients": names,
+                "model_version": model.version,
+                "contribution_weights": {n: self.config.contribution_weight(n) for n in names},
+            },
         )
         try:
             active, start = self._build_round(number, round_id, members, layout, model)
@@ -263,6 +269,7 @@ class Orchestrator:
             task = pb.Task()
             task.round_start.CopyFrom(start)
             task.round_start.client_index = m.index
+            task.round_start.contribution_weight = self.config.contribution_weight(m.name)
             _enqueue(self._links[m.name], task)
         opened = time.perf_counter()
         try:

@@ -89,6 +89,7 @@ class Participant:
         _, tensors = self.global_model(start.model_version)
         layout = Layout.of(tensors)
         update, weight, metadata = compute(start, tensors)
+        weight = float(weight) * (start.contribution_weight or 1.0)
         update = np.asarray(update, dtype=np.float32)
         if update.shape != (layout.dimension,):
             raise ValueError(

@@ -85,10 +85,11 @@ class RoundConfig:
 
 
 def default_minimum_survivors(num_clients: int, threshold: int) -> int:
-    """A majority of the participants, and at least the threshold.
+    """A majority of the participants, at least the threshold, and never fewer than three.
 
     The consistency check stops a server from showing different survivor lists
     to different clients only if two lists cannot both gather a quorum of
     signatures: with a majority quorum, that takes corrupt clients signing both.
+    A sum over two clients would reveal each input to the other, hence the three.
     """
-    return max(threshold, num_clients // 2 + 1)
+    return max(threshold, num_clients // 2 + 1, min(3, num_clients))

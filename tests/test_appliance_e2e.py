@@ -8,11 +8,11 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import base_model
 
 from appliance.federation import Federation, add_client, init_federation, revoke_client
 from appliance.kit import load_kit
 from appliance.server import open_store
+from appliance.testing import base_model
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
@@ -63,9 +63,9 @@ def _run_clients(dep, names, rounds=1, participant_cls=Participant, delay=0.0):
     return threads, reports, errors
 
 
-def _expected(members: list[int]) -> dict[str, np.ndarray]:
+def _expected(members: list[int], contribution=None) -> dict[str, np.ndarray]:  # noqa: ANN001
     base = base_model()
-    w = np.array([_weight(i) for i in members])
+    w = np.array([_weight(i) * (contribution or {}).get(i, 1.0) for i in members])
     mean = np.average(np.clip(np.stack([_delta(i) for i in members]), -1, 1), axis=0, weights=w)
     flat = flatten(base, Layout.of(base)) + mean
     out, offset = {}, 0
@@ -223,3 +223,61 @@ def test_revoked_client_is_refused_at_its_next_call(deployment, running):
     assert _code(lambda: conn.get_task(0.1)) == grpc.StatusCode.UNAUTHENTICATED
     assert app.app.metrics.refused_calls._value.get() >= 1
     conn.close()
+
+
+CLIENT_PROCESS = """
+import sys
+import numpy as np
+from appliance.kit import load_kit
+from client_shim.connection import Connection
+from client_shim.session import Participant
+
+kit_path, address, index, dim = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+delta = np.random.default_rng(100 + index).normal(0, 0.05, dim).astype(np.float32)
+conn = Connection(load_kit(kit_path), address=address)
+report = Participant(conn, poll_seconds=1.0).run_round(
+    lambda start, tensors: (delta, 0.2 + 0.15 * index, {})
+)
+print(report.outcome)
+"""
+
+
+def test_secure_round_with_client_processes(deployment, running):
+    import subprocess
+    import sys
+
+    dep = deployment(clients=3)
+    dep.configure(aggregation={"mode": "secagg", "min_clients": 3, "rounds": 1}, deadlines=FAST)
+    app = running(dep.folder)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT_PROCESS, str(kit.source), dep.address, str(i), str(DIM)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i, kit in enumerate(dep.kits[f"client{i}"] for i in range(3))
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    app.wait(60)
+    assert outputs == ["published"] * 3
+    _, tensors, _, _ = _published(dep)
+    for name, value in _expected([0, 1, 2]).items():
+        np.testing.assert_allclose(tensors[name], value, atol=2e-6)
+
+
+def test_contribution_weights_from_the_config_scale_each_party(deployment, running):
+    dep = deployment(clients=3)
+    dep.configure(
+        aggregation={"mode": "secagg", "min_clients": 3, "rounds": 1},
+        deadlines=FAST,
+        weights={"client0": 0.8, "client1": 0.2},
+    )
+    app = running(dep.folder)
+    threads, _, errors = _run_clients(dep, sorted(dep.kits))
+    app.wait(60)
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    _, tensors, _, _ = _published(dep)
+    for name, value in _expected([0, 1, 2], {0: 0.8, 1: 0.2}).items():
+        np.testing.assert_allclose(tensors[name], value, atol=2e-6)

@@ -10,11 +10,11 @@ import threading
 import time
 
 import numpy as np
-from conftest import base_model
 
 from appliance.federation import Federation
 from appliance.server import open_store
 from appliance.store import Store, default_state_path
+from appliance.testing import base_model
 from appliance.wire.modelcodec import Layout
 from client_shim.connection import Connection
 from client_shim.session import Participant

@@ -34,7 +34,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class RoundStart(_message.Message):
     MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -63,7 +64,8 @@ class RoundStart(_message.Message):
     max_clients: int
     submit_deadline_unix: float
     model_sha256: str
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+    contribution_weight: float
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ...) -> None: ...
 
 class Participant(_message.Message):
     __slots__ = ("index", "name", "identity_key")

@@ -1,0 +1,167 @@
+"""One aggregation round on loopback through the real appliance (gRPC + mutual TLS).
+
+Secure (secagg+) against plaintext FedAvg in the same run, same clients, same model,
+and the appliance's peak memory as the number of clients grows (masked mode keeps a
+running sum, so it should stay flat in n). Clients run as threads of this process;
+for the memory figures the appliance runs in its own process and its peak RSS
+(VmHWM) is read from /proc.
+
+    .venv/bin/python benchmarks/bench_appliance.py round --clients 10 --dimension 1000000
+    .venv/bin/python benchmarks/bench_appliance.py rss --clients 10 50 --dimension 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from appliance.testing import Deployment, RunningAppliance, make_deployment
+from appliance.wire.modelcodec import Layout
+from client_shim.connection import Connection
+from client_shim.session import Participant
+
+
+def _model(dimension: int) -> dict[str, np.ndarray]:
+    return {"w": np.zeros(dimension, dtype=np.float32)}
+
+
+def _clients(dep: Deployment, rounds: int, dimension: int) -> list[threading.Thread]:
+    def work(name: str, i: int) -> None:
+        delta = np.random.default_rng(i).normal(0, 0.01, dimension).astype(np.float32)
+        conn = Connection(dep.kits[name], address=dep.address, timeout=120)
+        p = Participant(conn, poll_seconds=1.0)
+        for _ in range(rounds):
+            p.run_round(lambda start, tensors: (delta, 0.5, {}))
+        conn.close()
+
+    threads = [
+        threading.Thread(target=work, args=(n, i), daemon=True)
+        for i, n in enumerate(sorted(dep.kits))
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _configure(dep: Deployment, mode: str, clients: int, rounds: int) -> None:
+    dep.configure(
+        aggregation={
+            "mode": mode,
+            "min_clients": clients,
+            "max_clients": clients,
+            "rounds": rounds,
+        },
+        deadlines={
+            k: 120
+            for k in (
+                "advertise_keys",
+                "share_keys",
+                "masked_input",
+                "consistency_check",
+                "unmasking",
+            )
+        },
+    )
+
+
+def round_seconds(mode: str, clients: int, dimension: int, rounds: int = 3) -> list[float]:
+    """Round durations (open → published) for ``rounds`` consecutive rounds; the first warms up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dep = make_deployment(Path(tmp), clients=clients, model=_model(dimension))
+        _configure(dep, mode, clients, rounds)
+        app = RunningAppliance(dep.folder)
+        threads = _clients(dep, rounds, dimension)
+        app.wait(600)
+        for t in threads:
+            t.join(60)
+        history = app.app.orchestrator.history
+        assert all(o.outcome == "published" for o in history), history
+        return [o.seconds for o in history]
+
+
+SERVE = "import asyncio, sys; from appliance.server import Appliance; asyncio.run(Appliance(sys.argv[1]).run())"
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident set of a live process (0 once it has exited)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(ln.split()[1]) for ln in lines if ln.startswith("VmHWM:")), 0)
+
+
+def appliance_peak_rss(mode: str, clients: int, dimension: int) -> tuple[float, float]:
+    """(peak RSS in MiB of the appliance process over one round, that round's seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dep = make_deployment(Path(tmp), clients=clients, model=_model(dimension))
+        _configure(dep, mode, clients, 1)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE, str(dep.folder)], stderr=subprocess.DEVNULL
+        )
+        peak = 0
+        start = time.perf_counter()
+        threads = _clients(dep, 1, dimension)
+        while proc.poll() is None:
+            peak = max(peak, _vm_hwm_kib(proc.pid))
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        for t in threads:
+            t.join(60)
+        return peak / 1024, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["round", "rss"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10])
+    parser.add_argument("--dimension", type=int, default=1_000_000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = []
+    for n in args.clients:
+        for mode in ("plaintext", "secagg+"):
+            if args.what == "round":
+                times = round_seconds(mode, n, args.dimension)
+                best = min(times[1:])
+                results.append(
+                    {
+                        "mode": mode,
+                        "clients": n,
+                        "d": args.dimension,
+                        "round_seconds": times,
+                        "best": best,
+                    }
+                )
+                print(
+                    f"{mode:10s} n={n:3d} d={args.dimension:,}: rounds {[round(t, 3) for t in times]} best {best:.3f} s"
+                )
+            else:
+                peak, secs = appliance_peak_rss(mode, n, args.dimension)
+                results.append(
+                    {"mode": mode, "clients": n, "d": args.dimension, "peak_rss_mib": peak}
+                )
+                print(
+                    f"{mode:10s} n={n:3d} d={args.dimension:,}: appliance peak RSS {peak:.0f} MiB ({secs:.1f} s)"
+                )
+    if args.what == "round":
+        plain = {r["clients"]: r["best"] for r in results if r["mode"] == "plaintext"}
+        for r in results:
+            if r["mode"] == "secagg+":
+                print(
+                    f"secagg+ / plaintext at n={r['clients']}: {r['best'] / plain[r['clients']]:.2f}x"
+                )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
