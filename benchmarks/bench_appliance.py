@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from appliance.testing import Deployment, RunningAppliance, make_deployment
-from appliance.wire.modelcodec import Layout
 from client_shim.connection import Connection
 from client_shim.session import Participant
 
@@ -87,7 +86,10 @@ def round_seconds(mode: str, clients: int, dimension: int, rounds: int = 3) -> l
         return [o.seconds for o in history]
 
 
-SERVE = "import asyncio, sys; from appliance.server import Appliance; asyncio.run(Appliance(sys.argv[1]).run())"
+SERVE = (
+    "import asyncio, sys; from appliance.server import Appliance; "
+    "asyncio.run(Appliance(sys.argv[1]).run())"
+)
 
 
 def _vm_hwm_kib(pid: int) -> int:

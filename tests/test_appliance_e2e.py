@@ -63,7 +63,7 @@ def _run_clients(dep, names, rounds=1, participant_cls=Participant, delay=0.0):
     return threads, reports, errors
 
 
-def _expected(members: list[int], contribution=None) -> dict[str, np.ndarray]:  # noqa: ANN001
+def _expected(members: list[int], contribution=None) -> dict[str, np.ndarray]:
     base = base_model()
     w = np.array([_weight(i) * (contribution or {}).get(i, 1.0) for i in members])
     mean = np.average(np.clip(np.stack([_delta(i) for i in members]), -1, 1), axis=0, weights=w)
