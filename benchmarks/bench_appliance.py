@@ -143,24 +143,21 @@ def main() -> None:
                         "best": best,
                     }
                 )
-                print(
-                    f"{mode:10s} n={n:3d} d={args.dimension:,}: rounds {[round(t, 3) for t in times]} best {best:.3f} s"
-                )
+                shown = [round(t, 3) for t in times]
+                print(f"{mode:10s} n={n:3d} d={args.dimension:,}: rounds {shown} best {best:.3f} s")
             else:
                 peak, secs = appliance_peak_rss(mode, n, args.dimension)
                 results.append(
                     {"mode": mode, "clients": n, "d": args.dimension, "peak_rss_mib": peak}
                 )
-                print(
-                    f"{mode:10s} n={n:3d} d={args.dimension:,}: appliance peak RSS {peak:.0f} MiB ({secs:.1f} s)"
-                )
+                label = f"{mode:10s} n={n:3d} d={args.dimension:,}"
+                print(f"{label}: appliance peak RSS {peak:.0f} MiB ({secs:.1f} s)")
     if args.what == "round":
         plain = {r["clients"]: r["best"] for r in results if r["mode"] == "plaintext"}
         for r in results:
             if r["mode"] == "secagg+":
-                print(
-                    f"secagg+ / plaintext at n={r['clients']}: {r['best'] / plain[r['clients']]:.2f}x"
-                )
+                ratio = r["best"] / plain[r["clients"]]
+                print(f"secagg+ / plaintext at n={r['clients']}: {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
