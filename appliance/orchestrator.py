@@ -19,13 +19,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as save_safetensors
 
 from appliance.config import ApplianceConfig
 from appliance.metrics import Metrics
 from appliance.models import ModelVersion
 from appliance.optimizers import ServerOptimizer, make_optimizer
+from appliance.pki import write_file_atomic
 from appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -96,6 +100,7 @@ class Orchestrator:
             config.optimizer.name, **config.optimizer_params()
         )
         self.history: list[RoundOutcome] = []
+        self._load_optimizer_state()
         self.phase_deadline: float | None = None
 
     # ------------------------------------------------------------------ client-facing
@@ -402,6 +407,7 @@ class Orchestrator:
         version: int,
     ) -> RoundOutcome:
         delta = unflatten(aggregate.mean_update, layout)
+        before = self._optimizer.state_dict()  # the state only advances with an accepted model
         try:
             candidate = self._optimizer.step(weights, delta)
         except ValueError as error:
@@ -432,6 +438,7 @@ class Orchestrator:
             {"round": active.number, "version": model.version, "accept": accept, "reason": why},
         )
         if not accept:
+            self._optimizer.load_state_dict(before)
             self.store.set_model_status(model.version, "rejected")
             self.store.set_round_status(active.number, "rejected", why)
             outcome = RoundOutcome(
@@ -465,10 +472,31 @@ class Orchestrator:
             return outcome
         self.store.set_model_status(model.version, "accepted")
         self.store.set_round_status(active.number, "accepted")
+        self._save_optimizer_state()
         self._tell_all(members, active.round_id, pb.RoundEnd.PUBLISHED, "", model.version)
         return RoundOutcome(
             active.number, "published", "", model.version, aggregate.contributors, aggregate.dropped
         )
+
+    @property
+    def _optimizer_path(self) -> Path:
+        return Path(self.store.folder) / "optimizer_state.safetensors"
+
+    def _save_optimizer_state(self) -> None:
+        """Persist the server optimizer's state (momenta) so a restart continues it exactly."""
+        state = self._optimizer.state_dict()
+        data = save_safetensors(state, metadata={"optimizer": self.config.optimizer.name})
+        write_file_atomic(self._optimizer_path, data, mode=0o600)
+
+    def _load_optimizer_state(self) -> None:
+        path = self._optimizer_path
+        if not path.exists():
+            return
+        with safe_open(str(path), framework="numpy") as handle:
+            if (handle.metadata() or {}).get("optimizer") != self.config.optimizer.name:
+                _log.warning("optimizer changed in the config: starting its state afresh")
+                return
+            self._optimizer.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
 
     def _finish_aborted(
         self, number: int, members: list[Member], round_id: bytes, reason: str
