@@ -104,6 +104,7 @@ class Appliance:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a second appliance on the same port must fail to bind
         ]
         server = grpc.aio.server(options=options)
         identify: Callable = insecure_identity

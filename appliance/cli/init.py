@@ -57,7 +57,9 @@ def init(
         (
             "CA key",
             paths.ca_key,
-            "passphrase-protected" if passphrase else "NOT encrypted (no --passphrase-file)",
+            "passphrase-protected"
+            if passphrase
+            else "NOT encrypted: --passphrase-file protects it",
         ),
         ("server certificate", paths.server_cert, f"for {', '.join(host)}"),
         ("audit public key", paths.audit_public_key, "give it to your auditors"),

@@ -1,0 +1,41 @@
+"""The ``sealagg`` administration CLI: one typer app, one module per command group.
+
+===============================  =================================================
+command                          module
+===============================  =================================================
+``init``                         :mod:`appliance.cli.init`
+``add-client``, ``revoke``,      :mod:`appliance.cli.clients`
+``clients``
+``serve``                        :mod:`appliance.cli.serve`
+``status``                       :mod:`appliance.cli.status` (Admin.Status over mTLS)
+``rounds``, ``approve``,         :mod:`appliance.cli.rounds` (Admin.Decide over mTLS)
+``reject``
+``model import|list|export``,    :mod:`appliance.cli.models`
+``export``
+``audit verify|export``          :mod:`appliance.cli.audit`
+===============================  =================================================
+
+Every command takes ``--folder/-f`` (default ``./federation``, or ``$SEALAGG_FOLDER``).
+Errors from the appliance's packages print one line and exit with code 1. The CLI never
+imports torch (only ``export --format torch`` does, on demand).
+"""
+
+import typer
+
+from appliance.cli import audit, clients, init, models, rounds, serve, status
+from appliance.cli._common import SealaggGroup
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="sealagg",
+    cls=SealaggGroup,
+    help="Administer a sealagg secure-aggregation appliance.",
+    no_args_is_help=True,
+    add_completion=False,
+    # A traceback of an unexpected error must never print local variables: they can hold keys.
+    pretty_exceptions_show_locals=False,
+)
+
+for _module in (init, clients, serve, status, rounds, models, audit):
+    _module.register(app)

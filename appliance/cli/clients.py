@@ -1,0 +1,118 @@
+"""``sealagg add-client``, ``sealagg revoke`` and ``sealagg clients``: client credentials."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from appliance.cli._common import (
+    ADMIN_NAME,
+    DEFAULT_FOLDER,
+    CLIError,
+    FolderOption,
+    PassphraseFileOption,
+    check_federation,
+    console,
+    read_passphrase,
+)
+from appliance.federation import Federation, add_client, revoke_client
+
+
+def add_client_command(
+    name: Annotated[str, typer.Argument(help="Client name (A-Z a-z 0-9 . _ -).")],
+    folder: FolderOption = DEFAULT_FOLDER,
+    archive: Annotated[
+        bool, typer.Option("--archive", help="Write one .tar.gz instead of a folder.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the kit (default: <folder>/kits/NAME)."),
+    ] = None,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help=f"Issue administrator credentials (only for the reserved name {ADMIN_NAME!r}).",
+        ),
+    ] = False,
+    passphrase_file: PassphraseFileOption = None,
+) -> None:
+    """Issue a signed client kit (TLS certificate, key and protocol identity)."""
+    if (name == ADMIN_NAME) != admin:
+        if admin:
+            raise CLIError(f"--admin issues credentials for {ADMIN_NAME!r} only, not {name!r}")
+        raise CLIError(
+            f"the name {ADMIN_NAME!r} is reserved for administration (it never takes part in "
+            f"rounds and may call the Admin service); add --admin to issue those credentials"
+        )
+    check_federation(folder)
+    federation = Federation.load(folder, passphrase=read_passphrase(passphrase_file))
+    path = add_client(federation, name, out=out, archive=archive)
+    record = federation.client_record(name)
+    serial = f" (certificate serial {record.serial:x})" if record is not None else ""
+    what = "administrator kit" if admin else "kit"
+    console.print(
+        f"[green]issued {what} for[/] [bold]{escape(name)}[/]{escape(serial)}: {escape(str(path))}",
+        soft_wrap=True,
+    )
+    console.print(
+        "  it holds the client's private keys: hand it over through a secure channel, then delete "
+        "this copy",
+        soft_wrap=True,
+    )
+
+
+def revoke(
+    name: Annotated[str, typer.Argument(help="Client to revoke.")],
+    folder: FolderOption = DEFAULT_FOLDER,
+) -> None:
+    """Revoke a client's certificate; the appliance refuses it from its next call on."""
+    check_federation(folder)
+    federation = Federation.load(folder)
+    revoke_client(federation, name)
+    console.print(f"[yellow]revoked[/] [bold]{escape(name)}[/]", soft_wrap=True)
+    console.print(
+        "  a running appliance re-reads the revocation list and refuses this client at its "
+        "next call; no restart needed",
+        soft_wrap=True,
+    )
+    if name == ADMIN_NAME:
+        console.print(
+            f"  issue new administrator credentials with `sealagg add-client {ADMIN_NAME} "
+            "--admin --out PATH`",
+            soft_wrap=True,
+        )
+
+
+def list_clients(folder: FolderOption = DEFAULT_FOLDER) -> None:
+    """List issued clients and whether they are revoked."""
+    check_federation(folder)
+    federation = Federation.load(folder)
+    revoked_serials = federation.revocations()
+    table = Table(title=f"clients of {federation.name}")
+    table.add_column("name")
+    table.add_column("serial")
+    table.add_column("issued")
+    table.add_column("expires")
+    table.add_column("status")
+    for record in federation.client_records():
+        revoked = record.revoked or record.serial in revoked_serials
+        status = "[red]revoked[/]" if revoked else "[green]active[/]"
+        if record.name == ADMIN_NAME:
+            status += " (admin)"
+        table.add_row(
+            escape(record.name),
+            f"{record.serial:x}"[:16],
+            record.issued_at.strftime("%Y-%m-%d"),
+            record.not_after.strftime("%Y-%m-%d"),
+            status,
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("add-client")(add_client_command)
+    app.command("revoke")(revoke)
+    app.command("clients")(list_clients)

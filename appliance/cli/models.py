@@ -1,0 +1,269 @@
+"""``sealagg model import|list|export`` and ``sealagg export``: model versions in the store.
+
+Models enter and leave as safetensors (a JSON header and raw tensor bytes: no pickle).
+``--format torch`` writes a PyTorch state dict and is the only place torch is imported, on
+demand: the appliance itself runs without it.
+"""
+
+import contextlib
+import enum
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from appliance.cli._common import (
+    DEFAULT_FOLDER,
+    CLIError,
+    FolderOption,
+    check_federation,
+    console,
+    open_state_readonly,
+    open_state_writable,
+    short_time,
+    state_exists,
+    styled,
+)
+
+#: safetensors refuses headers above 100 MB; so do we, before reading one.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+FLOAT_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64"}
+
+model_app = typer.Typer(help="Model versions: import a base model, list, export.")
+
+
+class ExportFormat(enum.StrEnum):
+    safetensors = "safetensors"
+    torch = "torch"
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The safetensors JSON header, or CLIError saying the file is not safetensors."""
+    not_safetensors = f"{path} is not a safetensors file"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CLIError(f"{not_safetensors} (too short)")
+            length = int.from_bytes(prefix, "little")
+            if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+                raise CLIError(f"{not_safetensors} (no valid header; a PyTorch .pt/.bin file?)")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except FileNotFoundError:
+        raise CLIError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise CLIError(f"{path} is a folder, not a safetensors file") from None
+    except (UnicodeDecodeError, ValueError):
+        raise CLIError(f"{not_safetensors} (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CLIError(f"{not_safetensors} (its header is not a JSON object)")
+    return header
+
+
+def _load_float_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors file, refusing anything but float16/32/64 tensors."""
+    import safetensors.numpy
+
+    header = _read_header(path)
+    tensors = {name: info for name, info in header.items() if name != "__metadata__"}
+    if not tensors:
+        raise CLIError(f"{path} holds no tensors")
+    for name, info in sorted(tensors.items()):
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if dtype not in FLOAT_DTYPES:
+            hint = " (convert bfloat16 to float32 first)" if dtype == "BF16" else ""
+            raise CLIError(
+                f"{path}: tensor {name!r} has dtype {dtype}: only float16/32/64 tensors are "
+                f"aggregated; drop integer buffers (e.g. num_batches_tracked) from the state "
+                f"dict{hint}"
+            )
+    try:
+        loaded = safetensors.numpy.load_file(str(path))
+    except Exception as error:  # the parser's error types vary between versions
+        raise CLIError(f"{path} is not a valid safetensors file: {error}") from None
+    for name, array in loaded.items():
+        if array.dtype.kind != "f":  # cannot happen after the header check; belt and braces
+            raise CLIError(f"{path}: tensor {name!r} has dtype {array.dtype}, not float")
+    return loaded
+
+
+def import_model(
+    file: Annotated[Path, typer.Argument(help="Base model weights (.safetensors).")],
+    folder: FolderOption = DEFAULT_FOLDER,
+) -> None:
+    """Register a base model version (accepted, no parent): rounds start from it."""
+    from appliance.models import validate_tensors
+
+    check_federation(folder)
+    tensors = _load_float_tensors(file)
+    try:
+        tensors = validate_tensors(tensors)
+    except (TypeError, ValueError) as error:
+        raise CLIError(f"{file}: {error}") from None
+    store = open_state_writable(folder)
+    try:
+        known = {m.sha256: m.version for m in store.model_versions()}
+        model = store.add_model_version(tensors, parent=None, status="accepted")
+    finally:
+        store.close()
+    parameters = sum(int(a.size) for a in tensors.values())
+    console.print(
+        f"[green]imported[/] {escape(str(file))} as model version [bold]{model.version}[/] "
+        f"(base model, accepted): {len(tensors)} tensors, {parameters:,} parameters",
+        soft_wrap=True,
+    )
+    console.print(f"  sha256 {model.sha256}", soft_wrap=True)
+    if model.sha256 in known:
+        console.print(
+            f"  [yellow]note:[/] the same weights are already version {known[model.sha256]}",
+            soft_wrap=True,
+        )
+    console.print("  it is now the current model: the next round trains from it", soft_wrap=True)
+
+
+def list_models(folder: FolderOption = DEFAULT_FOLDER) -> None:
+    """List model versions."""
+    check_federation(folder)
+    if not state_exists(folder):
+        console.print("no model versions yet (import one with `sealagg model import FILE`)")
+        return
+    store = open_state_readonly(folder)
+    try:
+        models = store.model_versions()
+        current = store.current_model()
+    finally:
+        store.close()
+    if not models:
+        console.print("no model versions yet (import one with `sealagg model import FILE`)")
+        return
+    table = Table(title="model versions")
+    for column in ("version", "parent", "round", "status", "created", "sha256"):
+        table.add_column(column)
+    for m in models:
+        mark = " [bold](current)[/]" if current is not None and m.version == current.version else ""
+        table.add_row(
+            str(m.version),
+            "-" if m.parent is None else str(m.parent),
+            "-" if m.round is None else str(m.round),
+            styled(m.status) + mark,
+            short_time(m.created_at),
+            m.sha256[:16],
+        )
+    console.print(table)
+
+
+def _write_atomically(path: Path, write: Any, *, force: bool) -> None:
+    """Call ``write(tmp_path)``, then move the result to ``path`` (never half a file)."""
+    if (path.exists() or path.is_symlink()) and not force:
+        raise CLIError(f"{path} already exists (add --force to replace it)")
+    if path.is_dir():
+        raise CLIError(f"{path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise CLIError(f"the folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def export_model(
+    version: Annotated[str, typer.Argument(help="Model version number, or 'current'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    folder: FolderOption = DEFAULT_FOLDER,
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="safetensors, or torch (needs PyTorch).")
+    ] = ExportFormat.safetensors,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a model version to a file (safetensors by default)."""
+    torch = _import_torch() if format is ExportFormat.torch else None
+    store = open_state_readonly(folder)
+    try:
+        if version == "current":
+            model = store.current_model()
+            if model is None:
+                raise CLIError("there is no accepted model version yet")
+        else:
+            try:
+                number = int(version)
+            except ValueError:
+                raise CLIError(
+                    f"{version!r} is not a model version (a number or 'current')"
+                ) from None
+            if number < 1:
+                raise CLIError(f"{version!r} is not a model version (they count from 1)")
+            model = store.model_version(number)
+        if torch is None:
+            data = _stored_bytes(store.folder, model.sha256)
+        else:
+            tensors = store.load_model(model.version)  # checks the file against its SHA-256
+    finally:
+        store.close()
+    if torch is None:
+
+        def write(tmp: Path) -> None:
+            tmp.write_bytes(data)
+
+        digest = f", sha256 {model.sha256}"
+    else:
+        state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in tensors.items()}
+
+        def write(tmp: Path) -> None:
+            torch.save(state, tmp)
+
+        digest = ""
+    _write_atomically(out, write, force=force)
+    console.print(
+        f"[green]exported[/] model version {model.version} ({styled(model.status)}) to "
+        f"{escape(str(out))} as {format.value}{digest}",
+        soft_wrap=True,
+    )
+
+
+def _stored_bytes(folder: Path, sha256: str) -> bytes:
+    """The stored file of a model version, byte for byte, after checking its SHA-256 (so the
+    export hashes to the value the store and the audit log record)."""
+    from appliance.errors import StoreError
+    from appliance.models import model_relpath
+
+    path = folder / model_relpath(sha256)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise StoreError(f"cannot read model file {path}: {error.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoreError(
+            f"model file {path} was modified or is corrupt (its SHA-256 does not match the "
+            "recorded one); refusing to export it"
+        )
+    return data
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise CLIError(
+            "--format torch needs PyTorch, which the appliance does not install: install the "
+            "client extra (pip install 'sealagg[client]') or export safetensors and convert "
+            "where torch is available"
+        ) from None
+    return torch
+
+
+def register(app: typer.Typer) -> None:
+    model_app.command("import")(import_model)
+    model_app.command("list")(list_models)
+    model_app.command("export")(export_model)
+    app.add_typer(model_app, name="model")
+    app.command("export")(export_model)
