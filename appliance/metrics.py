@@ -33,6 +33,10 @@ class Metrics:
             registry=r,
         )
 
+    def total(self, name: str) -> float:
+        """A counter's current value (for the status view)."""
+        return self.registry.get_sample_value(name) or 0.0
+
     def serve(self, listen: str) -> None:
         """Expose /metrics on ``host:port`` (loopback by default in the config)."""
         host, _, port = listen.rpartition(":")

@@ -166,6 +166,8 @@ class Orchestrator:
                 "phase_deadline": self.phase_deadline,
             },
             "history": [dataclasses.asdict(o) for o in self.history[-20:]],
+            "bytes_in": self.metrics.total("sealagg_bytes_in_total"),
+            "bytes_out": self.metrics.total("sealagg_bytes_out_total"),
         }
 
     def decide(self, round_number: int, approve: bool, reason: str, admin: str) -> str:

@@ -152,13 +152,15 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         if model is None or model.status != "accepted":
             await context.abort(grpc.StatusCode.NOT_FOUND, "no accepted model version to download")
-        data = (Path(self._store.folder) / model.path).read_bytes()
+        path = Path(self._store.folder) / model.path
+        size = path.stat().st_size
         yield pb.ModelChunk(
-            header=pb.ModelHeader(version=model.version, total_bytes=len(data), sha256=model.sha256)
+            header=pb.ModelHeader(version=model.version, total_bytes=size, sha256=model.sha256)
         )
-        for start in range(0, len(data), CHUNK_BYTES):
-            yield pb.ModelChunk(data=data[start : start + CHUNK_BYTES])
-        self._metrics.bytes_out.inc(len(data))
+        with path.open("rb") as handle:  # stream: the model is never held whole in memory
+            while chunk := handle.read(CHUNK_BYTES):
+                yield pb.ModelChunk(data=chunk)
+        self._metrics.bytes_out.inc(size)
 
 
 async def _next_chunk(chunks: AsyncIterator[pb.UploadChunk]) -> pb.UploadChunk | None:

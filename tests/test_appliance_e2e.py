@@ -221,7 +221,7 @@ def test_revoked_client_is_refused_at_its_next_call(deployment, running):
     assert conn.get_task(0.1).WhichOneof("kind") in ("idle", "round_start")
     revoke_client(Federation.load(dep.folder), "client2")
     assert _code(lambda: conn.get_task(0.1)) == grpc.StatusCode.UNAUTHENTICATED
-    assert app.app.metrics.refused_calls._value.get() >= 1
+    assert app.app.metrics.total("sealagg_refused_calls_total") >= 1
     conn.close()
 
 
