@@ -100,6 +100,7 @@ class Orchestrator:
             config.optimizer.name, **config.optimizer_params()
         )
         self.history: list[RoundOutcome] = []
+        self._restart_notices: list[pb.Task] = []
         self._load_optimizer_state()
         self.phase_deadline: float | None = None
 
@@ -107,7 +108,11 @@ class Orchestrator:
 
     async def poll(self, name: str, wait_seconds: float) -> pb.Task:
         """The next task for ``name``, waiting up to ``wait_seconds`` for one."""
-        link = self._links.setdefault(name, _Link(name))
+        link = self._links.get(name)
+        if link is None:
+            link = self._links[name] = _Link(name)
+            for notice in self._restart_notices:
+                _enqueue(link, notice)
         link.last_poll = self._clock()
         link.polling += 1
         try:
@@ -214,9 +219,22 @@ class Orchestrator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open rounds while enough clients are ready, until ``stop`` or the round budget."""
-        aborted = self.store.abort_interrupted_rounds("appliance restarted during the round")
+        reason = "appliance restarted during the round"
+        aborted = self.store.abort_interrupted_rounds(reason)
         if aborted:
             _log.warning("aborted rounds interrupted by a restart: %s", aborted)
+        # Tell every client that comes back: a client still inside one of these rounds
+        # learns it ended (clients ignore notices for rounds they were not in).
+        self._restart_notices = [
+            pb.Task(
+                round_end=pb.RoundEnd(
+                    round_id=self.store.round(n).round_id,
+                    outcome=pb.RoundEnd.ABORTED,
+                    reason=reason,
+                )
+            )
+            for n in aborted
+        ]
         done = 0
         while not stop.is_set():
             ready = self.ready_clients()

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 
+import grpc
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
@@ -33,6 +34,13 @@ from crypto.config import default_minimum_survivors
 from crypto.graph import complete_graph, harary_graph
 
 _log = logging.getLogger("sealagg.client")
+
+#: Upload failures after which the client waits for the round's outcome instead of failing.
+_ROUND_LOST = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
 
 #: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
 ComputeUpdate = Callable[
@@ -98,17 +106,28 @@ class Participant:
         if not np.isfinite(update).all():
             raise ValueError("update contains NaN or Inf; nothing was sent")
         meta = json.dumps(dict(metadata))
-        if start.mode == "plaintext":
-            header = pb.UploadHeader(
-                round_id=start.round_id,
-                phase=0,
-                kind="plaintext_update",
-                weight=weight,
-                metadata_json=meta,
+        try:
+            if start.mode == "plaintext":
+                header = pb.UploadHeader(
+                    round_id=start.round_id,
+                    phase=0,
+                    kind="plaintext_update",
+                    weight=weight,
+                    metadata_json=meta,
+                )
+                self.connection.submit(header, memoryview(update).cast("B"))
+                return self._follow(start, update.nbytes, None)
+            return self._secure(start, layout, update, weight, meta)
+        except grpc.RpcError as error:
+            if error.code() not in _ROUND_LOST:
+                raise
+            # The appliance restarted, or the round moved on without us: learn how it ended.
+            _log.warning(
+                "round %d: upload failed (%s); waiting for its outcome",
+                start.round_number,
+                error.code().name,
             )
-            self.connection.submit(header, memoryview(update).cast("B"))
-            return self._follow(start, update.nbytes, None)
-        return self._secure(start, layout, update, weight, meta)
+            return self._follow(start, 0, None)
 
     def _secure(
         self, start: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float, meta: str

@@ -61,6 +61,7 @@ def test_kill_9_mid_round_then_restart(deployment):
         },
     )
     stop = threading.Event()
+    reports = []
     slow = threading.Event()  # while set, clients train slowly: round 2 sits in its first phase
 
     def client(name: str) -> None:
@@ -74,7 +75,7 @@ def test_kill_9_mid_round_then_restart(deployment):
                         time.sleep(0.05)
                     return np.full(DIM, 0.01, np.float32), 0.5, {}
 
-                p.run_round(compute)
+                reports.append(p.run_round(compute))
             except Exception:  # the appliance died under us: keep trying, as a real client does
                 time.sleep(0.2)
         conn.close()
@@ -108,6 +109,8 @@ def test_kill_9_mid_round_then_restart(deployment):
         for number in interrupted:
             assert by_number[number].status == "aborted"
             assert "restart" in (by_number[number].reason or "")
+        told = [r for r in reports if r.round_number in interrupted and r.outcome == "aborted"]
+        assert told and all("restart" in r.reason for r in told), reports
         np.testing.assert_allclose(
             _load(dep, current.version)["layer.bias"],
             _load(dep, accepted_before.version)["layer.bias"]
