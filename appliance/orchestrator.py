@@ -435,6 +435,10 @@ class Orchestrator:
                 active.number, members, active.round_id, f"optimizer refused: {error}"
             )
         digest = hashlib.sha256(active.total_digest_source()).hexdigest()
+        if active.metadata:  # what clients declared (example counts, spent ε): no update values
+            self.store.audit.append(
+                "client_reports", {"round": active.number, "reports": dict(active.metadata)}
+            )
         self.store.audit.append(
             "aggregate",
             {

@@ -1,0 +1,81 @@
+"""The sealagg client shim: join a federation from a training loop.
+
+```python
+import client_shim
+federation = client_shim.connect("kit/")
+for rnd in federation.rounds(model):
+    train(model, loader)
+    rnd.submit(num_examples=len(dataset))
+```
+
+Names are imported on first use, so ``import client_shim`` needs neither torch nor opacus;
+only using the PyTorch entry points (``connect(...).rounds``, ``proximal_term``) does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from client_shim.connection import ApplianceUnavailableError, Connection
+    from client_shim.fedprox import proximal_term
+    from client_shim.privacy import ClientDP, opacus_epsilon, protect_update
+    from client_shim.pytorch import (
+        Federation,
+        RoundContext,
+        check_matches,
+        connect,
+        parameter_name,
+        shared_parameters,
+    )
+    from client_shim.session import Participant, RoundRefusedError, RoundReport
+
+_EXPORTS = {
+    "ApplianceUnavailableError": "client_shim.connection",
+    "ClientDP": "client_shim.privacy",
+    "Connection": "client_shim.connection",
+    "Federation": "client_shim.pytorch",
+    "Participant": "client_shim.session",
+    "RoundContext": "client_shim.pytorch",
+    "RoundRefusedError": "client_shim.session",
+    "RoundReport": "client_shim.session",
+    "check_matches": "client_shim.pytorch",
+    "connect": "client_shim.pytorch",
+    "opacus_epsilon": "client_shim.privacy",
+    "parameter_name": "client_shim.pytorch",
+    "protect_update": "client_shim.privacy",
+    "proximal_term": "client_shim.fedprox",
+    "shared_parameters": "client_shim.pytorch",
+}
+
+__all__ = [
+    "ApplianceUnavailableError",
+    "ClientDP",
+    "Connection",
+    "Federation",
+    "Participant",
+    "RoundContext",
+    "RoundRefusedError",
+    "RoundReport",
+    "check_matches",
+    "connect",
+    "opacus_epsilon",
+    "parameter_name",
+    "protect_update",
+    "proximal_term",
+    "shared_parameters",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'client_shim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

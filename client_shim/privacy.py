@@ -1,0 +1,128 @@
+"""Client-side protection of an update before it is masked: L2 clipping and client-level DP.
+
+Everything here is numpy only (no torch, no opacus), so the appliance's tests and a
+torch-free client can use it.
+
+:class:`ClientDP` asks each client to clip its whole update to an L2 bound and add Gaussian
+noise of standard deviation ``noise_multiplier * clip`` before the update leaves the process
+(the Gaussian mechanism applied per client, as in DP-FedAvg with local noise). Every client
+adds the full noise, so the published aggregate carries more noise than central DP would
+need; distributed DP proper (each client adding a share of the noise, secure aggregation
+hiding the rest, with a calibrated discrete mechanism and accounting across rounds) comes
+later. The noise is drawn from a generator seeded from ``os.urandom`` on every call, so it
+cannot be replayed or predicted from a global seed the training code may have set.
+
+Note that the appliance also clips every *coordinate* to ``aggregation.clip`` before
+quantization; noise large compared with that range gets clipped there as well, which biases
+the mean. Keep ``noise_multiplier * clip`` well below the appliance's per-coordinate clip.
+
+:func:`opacus_epsilon` reads the privacy spent by example-level DP-SGD (Opacus) so that the
+client can report it to the appliance with each submission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ClientDP", "add_gaussian_noise", "clip_l2", "opacus_epsilon", "protect_update"]
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientDP:
+    """Client-level DP: clip the whole update to ``clip`` (L2), add N(0, (nm·clip)²) noise."""
+
+    clip: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        clip = _real("ClientDP.clip", self.clip)
+        noise = _real("ClientDP.noise_multiplier", self.noise_multiplier)
+        if clip <= 0.0:
+            raise ValueError(f"ClientDP.clip must be > 0 (an L2 bound), got {self.clip!r}")
+        if noise < 0.0:
+            raise ValueError(
+                f"ClientDP.noise_multiplier must be >= 0, got {self.noise_multiplier!r}"
+            )
+        object.__setattr__(self, "clip", clip)
+        object.__setattr__(self, "noise_multiplier", noise)
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the Gaussian noise added to each coordinate."""
+        return self.noise_multiplier * self.clip
+
+
+def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
+    """``update`` scaled down so that its L2 norm is at most ``bound`` (a float32 copy)."""
+    bound = _real("clip", bound)
+    if bound <= 0.0:
+        raise ValueError(f"clip must be > 0 (an L2 bound), got {bound!r}")
+    x = np.asarray(update, dtype=np.float32)
+    norm = float(np.linalg.norm(x.astype(np.float64)))
+    if norm <= bound:
+        return x.copy()
+    # Scale in float64, then make sure float32 rounding did not push the norm over the bound.
+    out = (x.astype(np.float64) * (bound / norm)).astype(np.float32)
+    while float(np.linalg.norm(out.astype(np.float64))) > bound:
+        out = np.nextafter(out, np.float32(0.0), dtype=np.float32)
+    return out
+
+
+def add_gaussian_noise(update: np.ndarray, std: float) -> np.ndarray:
+    """``update`` plus N(0, std²) per coordinate, from a generator seeded by ``os.urandom``."""
+    std = _real("std", std)
+    if std < 0.0:
+        raise ValueError(f"std must be >= 0, got {std!r}")
+    x = np.asarray(update, dtype=np.float32)
+    if std == 0.0:
+        return x.copy()
+    rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
+    return (x.astype(np.float64) + rng.normal(0.0, std, x.shape)).astype(np.float32)
+
+
+def protect_update(
+    update: np.ndarray, *, clip: float | None = None, dp: ClientDP | None = None
+) -> np.ndarray:
+    """Apply the client's L2 clip (if any), then client-level DP (if any); float32 out."""
+    out = np.asarray(update, dtype=np.float32)
+    if clip is not None:
+        out = clip_l2(out, clip)
+    if dp is not None:
+        out = add_gaussian_noise(clip_l2(out, dp.clip), dp.noise_std)
+    return out
+
+
+def opacus_epsilon(privacy_engine: Any, delta: float) -> float:
+    """The ε spent so far by an Opacus ``PrivacyEngine`` at ``delta`` (0.0 before any step).
+
+    Opacus' accountants fail on an empty history; no private step taken means nothing
+    spent, so this returns 0.0 then.
+    """
+    delta = _real("delta", delta)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+    accountant = getattr(privacy_engine, "accountant", None)
+    try:
+        if accountant is not None and len(accountant) == 0:
+            return 0.0
+    except TypeError:  # an accountant without a history length: ask the engine
+        pass
+    epsilon = float(privacy_engine.get_epsilon(delta))
+    if math.isnan(epsilon) or epsilon < 0.0:
+        raise ValueError(f"the privacy engine reported an invalid epsilon {epsilon!r}")
+    return epsilon
