@@ -50,6 +50,40 @@ def _clients(dep: Deployment, rounds: int, dimension: int) -> list[threading.Thr
     return threads
 
 
+CLIENT_PROCESS = """
+import sys
+import numpy as np
+from appliance.kit import load_kit
+from client_shim.connection import Connection
+from client_shim.session import Participant
+
+kit, address, index, dim, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+delta = np.random.default_rng(index).normal(0, 0.01, dim).astype(np.float32)
+p = Participant(Connection(load_kit(kit), address=address, timeout=120), poll_seconds=1.0)
+for _ in range(rounds):
+    p.run_round(lambda start, tensors: (delta, 0.5, {}))
+"""
+
+
+def _client_processes(dep: Deployment, rounds: int, dimension: int) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CLIENT_PROCESS,
+                str(dep.kits[n].source),
+                dep.address,
+                str(i),
+                str(dimension),
+                str(rounds),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        for i, n in enumerate(sorted(dep.kits))
+    ]
+
+
 def _configure(dep: Deployment, mode: str, clients: int, rounds: int) -> None:
     dep.configure(
         aggregation={
@@ -71,16 +105,24 @@ def _configure(dep: Deployment, mode: str, clients: int, rounds: int) -> None:
     )
 
 
-def round_seconds(mode: str, clients: int, dimension: int, rounds: int = 3) -> list[float]:
+def round_seconds(
+    mode: str, clients: int, dimension: int, rounds: int = 3, processes: bool = False
+) -> list[float]:
     """Round durations (open → published) for ``rounds`` consecutive rounds; the first warms up."""
     with tempfile.TemporaryDirectory() as tmp:
         dep = make_deployment(Path(tmp), clients=clients, model=_model(dimension))
         _configure(dep, mode, clients, rounds)
         app = RunningAppliance(dep.folder)
-        threads = _clients(dep, rounds, dimension)
-        app.wait(600)
-        for t in threads:
-            t.join(60)
+        if processes:
+            procs = _client_processes(dep, rounds, dimension)
+            app.wait(600)
+            for proc in procs:
+                proc.wait(60)
+        else:
+            threads = _clients(dep, rounds, dimension)
+            app.wait(600)
+            for t in threads:
+                t.join(60)
         history = app.app.orchestrator.history
         assert all(o.outcome == "published" for o in history), history
         return [o.seconds for o in history]
@@ -127,12 +169,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10])
     parser.add_argument("--dimension", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--client-processes", action="store_true", help="one process per client, not threads"
+    )
     args = parser.parse_args()
     results = []
     for n in args.clients:
         for mode in ("plaintext", "secagg+"):
             if args.what == "round":
-                times = round_seconds(mode, n, args.dimension)
+                times = round_seconds(mode, n, args.dimension, processes=args.client_processes)
                 best = min(times[1:])
                 results.append(
                     {
