@@ -57,7 +57,8 @@ from appliance.kit import load_kit
 from client_shim.connection import Connection
 from client_shim.session import Participant
 
-kit, address, index, dim, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+kit, address = sys.argv[1], sys.argv[2]
+index, dim, rounds = (int(a) for a in sys.argv[3:6])
 delta = np.random.default_rng(index).normal(0, 0.01, dim).astype(np.float32)
 p = Participant(Connection(load_kit(kit), address=address, timeout=120), poll_seconds=1.0)
 for _ in range(rounds):

@@ -24,7 +24,7 @@ def test_complete_graph_no_dropouts_gives_exact_sum():
 
 
 def test_harary_graph_with_dropouts_at_every_phase():
-    kit = make_round(24, threshold=4, degree=8, seed=3)
+    kit = make_round(24, threshold=3, degree=8, seed=3)  # t=3: any graph survives these 5 dropouts
     dropouts = {
         2: Phase.ADVERTISE_KEYS,
         5: Phase.SHARE_KEYS,

@@ -22,7 +22,7 @@ imports torch (only ``export --format torch`` does, on demand).
 
 import typer
 
-from appliance.cli import audit, clients, init, models, rounds, serve, status
+from appliance.cli import audit, clients, demo, init, models, rounds, serve, status
 from appliance.cli._common import SealaggGroup
 
 __all__ = ["app"]
@@ -37,5 +37,5 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for _module in (init, clients, serve, status, rounds, models, audit):
+for _module in (demo, init, clients, serve, status, rounds, models, audit):
     _module.register(app)

@@ -1,0 +1,251 @@
+"""One demo client process: train on its own data shard, take part in the federation's rounds.
+
+    python -m client_shim.demo.client --kit KIT --shard-file SHARD.npz --rounds R \
+        --epochs E --seed S --result-file RESULT.jsonl [--dp] [--vanish ROUND:PHASE ...]
+
+It joins through the PyTorch shim (:func:`client_shim.connect`), exactly as a user's
+training loop would, and appends one JSON line per round to ``--result-file`` (outcome,
+bytes sent, examples, loss; nothing about the data itself). It leaves after round ``R``.
+
+Vanishing (``--vanish 2:3``, or ``--vanish-probability``): in that round the process trains,
+takes part in the protocol up to the given phase (0 advertise keys, 1 share keys, 2 masked
+input, 3 consistency check, 4 unmasking; plaintext rounds have phase 0 only) and then exits
+with :data:`VANISHED_EXIT_CODE` instead of sending that phase's message, so the appliance sees
+a client disappear mid-protocol. The runner starts it again for the next round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+VANISHED_EXIT_CODE = 17
+PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+DP_DELTA = 1e-5
+
+
+def parse_vanish(text: str) -> tuple[int, int]:
+    """``ROUND:PHASE`` -> (round, phase)."""
+    try:
+        round_text, phase_text = text.split(":")
+        round_number, phase = int(round_text), int(phase_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--vanish takes ROUND:PHASE, got {text!r}") from None
+    if round_number < 1 or not 0 <= phase < len(PHASES):
+        raise argparse.ArgumentTypeError(
+            f"--vanish {text}: rounds start at 1, phases are 0-{len(PHASES) - 1}"
+        )
+    return round_number, phase
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client_shim.demo.client", description=__doc__)
+    p.add_argument("--kit", type=Path, required=True, help="this client's kit folder")
+    p.add_argument("--shard-file", type=Path, required=True, help=".npz with x and y")
+    p.add_argument("--rounds", type=int, required=True, help="leave after this round number")
+    p.add_argument("--epochs", type=int, default=5, help="local epochs per round")
+    p.add_argument("--lr", type=float, default=0.05, help="local SGD learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="local SGD momentum")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-examples", type=int, default=10_000, help="examples for full weight")
+    p.add_argument("--address", default=None, help="HOST:PORT (default: the kit's address)")
+    p.add_argument("--result-file", type=Path, default=None, help="JSON lines, one per round")
+    p.add_argument("--dp", action="store_true", help="client-level DP (clip + Gaussian noise)")
+    p.add_argument("--dp-clip", type=float, default=3.0, help="L2 bound of the update")
+    p.add_argument("--dp-noise", type=float, default=0.05, help="noise multiplier")
+    p.add_argument(
+        "--vanish",
+        type=parse_vanish,
+        action="append",
+        default=[],
+        metavar="ROUND:PHASE",
+        help="vanish in this round at this phase (repeatable)",
+    )
+    p.add_argument(
+        "--vanish-probability",
+        type=float,
+        default=0.0,
+        help="in each round, vanish at a random phase with this probability",
+    )
+    p.add_argument(
+        "--wait-for-go",
+        action="store_true",
+        help="once connected, create RESULT.ready and wait for a line on stdin before polling",
+    )
+    return p
+
+
+class Vanisher:
+    """Makes the process exit instead of sending the message of a chosen phase."""
+
+    def __init__(self, write: Callable[[dict], None]) -> None:
+        self.write = write
+        self.round_number = 0
+        self.phase: int | None = None
+
+    def wrap(self, submit: Callable) -> Callable:
+        def submit_or_vanish(header, payload):
+            if self.phase is not None and header.phase >= self.phase:
+                self.write(
+                    {
+                        "round": self.round_number,
+                        "outcome": "vanished",
+                        "phase": PHASES[header.phase] if header.kind == "protocol" else "update",
+                    }
+                )
+                logging.getLogger("sealagg.demo").warning(
+                    "vanishing in round %d before phase %d", self.round_number, header.phase
+                )
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(VANISHED_EXIT_CODE)
+            return submit(header, payload)
+
+        return submit_or_vanish
+
+
+def dp_epsilon(noise_multiplier: float, rounds: int, delta: float = DP_DELTA) -> float | None:
+    """ε of ``rounds`` releases of this client's update (Gaussian mechanism, RDP accounting)."""
+    if noise_multiplier <= 0:
+        return None
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for _ in range(rounds):
+        accountant.step(noise_multiplier=noise_multiplier, sample_rate=1.0)
+    return float(accountant.get_epsilon(delta))
+
+
+def warm_up(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> None:
+    """Pay one-off costs before joining (torch's first backward pass, loading the compiled
+    quantization kernels), so that a round's first deadline covers training only."""
+    import copy
+
+    from client_shim.demo.model import train
+    from crypto import QuantizationSpec, encode_update
+
+    train(copy.deepcopy(model), x[:16], y[:16], epochs=1)
+    encode_update(np.zeros(8, dtype=np.float32), 1.0, QuantizationSpec(clip=1.0, max_clients=3))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
+    )
+    import grpc
+    import torch
+
+    import client_shim
+    from client_shim.demo.data import load_shard
+    from client_shim.demo.model import DigitsMLP, train
+    from client_shim.session import RoundRefusedError
+
+    torch.set_num_threads(1)  # several clients share a small machine
+    x, y = load_shard(args.shard_file)
+    model = DigitsMLP()
+    name = args.kit.name
+    result = args.result_file
+
+    def write(record: dict) -> None:
+        if result is not None:
+            with result.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"client": name, "pid": os.getpid(), **record}) + "\n")
+
+    warm_up(model, x, y)
+    dp = client_shim.ClientDP(args.dp_clip, args.dp_noise) if args.dp else None
+    if dp is not None:
+        dp_epsilon(dp.noise_multiplier, 1)  # opacus takes seconds to import: not in a round
+    federation = client_shim.connect(
+        args.kit,
+        address=args.address,
+        max_examples=args.max_examples,
+        dp=dp,
+        poll_seconds=2.0,
+    )
+    if args.wait_for_go:  # connected (TLS up): now wait until every client is, then poll
+        if result is not None:
+            result.with_suffix(".ready").touch()
+        sys.stdin.readline()  # EOF (the runner went away) also lets us go on
+    vanisher = Vanisher(write)
+    federation.connection.submit = vanisher.wrap(federation.connection.submit)
+    plan = dict(args.vanish)
+    chance = random.Random(f"{args.seed}/{name}/{os.getpid()}")  # noqa: S311 - not crypto
+    released = 0
+    try:
+        for rnd in federation.rounds(model):
+            started = time.perf_counter()
+            number = rnd.round_number
+            vanisher.round_number = number
+            vanisher.phase = plan.get(number)
+            if vanisher.phase is None and chance.random() < args.vanish_probability:
+                vanisher.phase = chance.randrange(len(PHASES))
+            if vanisher.phase is not None and rnd.start.mode == "plaintext":
+                vanisher.phase = 0
+            trained = time.perf_counter()
+            loss = train(
+                model,
+                x,
+                y,
+                epochs=args.epochs,
+                lr=args.lr,
+                momentum=args.momentum,
+                batch_size=args.batch_size,
+                seed=args.seed * 100_003 + number * 1009 + _client_number(name),
+            )
+            train_seconds = time.perf_counter() - trained
+            epsilon = dp_epsilon(dp.noise_multiplier, released + 1) if dp else None
+            try:
+                report = rnd.submit(
+                    num_examples=len(y), metrics={"train_loss": round(loss, 5)}, epsilon=epsilon
+                )
+            except (grpc.RpcError, RoundRefusedError) as error:  # the round goes on without us
+                detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
+                logging.getLogger("sealagg.demo").warning("round %d: %s", number, detail)
+                write({"round": number, "outcome": "error", "reason": str(detail)})
+                if number >= args.rounds:
+                    break
+                continue
+            released += 1
+            write(
+                {
+                    "round": report.round_number,
+                    "outcome": report.outcome,
+                    "reason": report.reason,
+                    "model_version": report.model_version,
+                    "bytes_sent": report.bytes_sent,
+                    "num_examples": len(y),
+                    "train_loss": loss,
+                    "epsilon": epsilon,
+                    "train_seconds": round(train_seconds, 3),
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
+            if number >= args.rounds:
+                break
+    finally:
+        federation.close()
+    return 0
+
+
+def _client_number(name: str) -> int:
+    digits = "".join(c for c in name if c.isdigit())
+    return int(digits) if digits else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
