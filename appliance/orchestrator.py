@@ -101,6 +101,7 @@ class Orchestrator:
         )
         self.history: list[RoundOutcome] = []
         self._restart_notices: list[pb.Task] = []
+        self._recovered = False
         self._load_optimizer_state()
         self.phase_deadline: float | None = None
 
@@ -217,8 +218,11 @@ class Orchestrator:
             if name in registered and (link.polling > 0 or now - link.last_poll <= window)
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Open rounds while enough clients are ready, until ``stop`` or the round budget."""
+    def recover(self) -> None:
+        """Abort rounds a crash interrupted; call before serving, so no client misses the news."""
+        if self._recovered:
+            return
+        self._recovered = True
         reason = "appliance restarted during the round"
         aborted = self.store.abort_interrupted_rounds(reason)
         if aborted:
@@ -235,6 +239,10 @@ class Orchestrator:
             )
             for n in aborted
         ]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Open rounds while enough clients are ready, until ``stop`` or the round budget."""
+        self.recover()
         done = 0
         while not stop.is_set():
             ready = self.ready_clients()

@@ -101,6 +101,7 @@ class Appliance:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
+        self.orchestrator.recover()  # before the first call can arrive
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

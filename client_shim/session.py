@@ -40,6 +40,7 @@ _ROUND_LOST = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
 )
 
 #: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
