@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance.rounds import ActiveRound
 from appliance.testing import Deployment, RunningAppliance, base_model, make_deployment
 
 __all__ = ["base_model"]
@@ -32,3 +34,18 @@ def running() -> Iterator[Callable[..., RunningAppliance]]:
     yield start
     for appliance in started:
         appliance.stop()
+
+
+@pytest.fixture
+def accepted(monkeypatch) -> list[tuple[int, str, int, dict | None]]:
+    """What the appliance's rounds accepted: (round, client, phase, metadata)."""
+    seen: list[tuple[int, str, int, dict | None]] = []
+    original = ActiveRound.accept
+
+    def accept(self, name, header, payload):
+        original(self, name, header, payload)
+        meta = json.loads(header.metadata_json) if header.metadata_json else None
+        seen.append((self.number, name, header.phase, meta))
+
+    monkeypatch.setattr(ActiveRound, "accept", accept)
+    return seen

@@ -15,7 +15,6 @@ from torch import nn  # noqa: E402
 import client_shim  # noqa: E402
 import client_shim.pytorch as shim_torch  # noqa: E402
 from appliance.federation import Federation as FederationFolder  # noqa: E402
-from appliance.rounds import ActiveRound  # noqa: E402
 from appliance.server import open_store  # noqa: E402
 from appliance.testing import make_deployment  # noqa: E402
 from client_shim.connection import Connection  # noqa: E402
@@ -83,21 +82,6 @@ def uploads(monkeypatch) -> dict[str, list[tuple[int, str]]]:
 
     monkeypatch.setattr(shim_torch, "Connection", Recording)
     return sent
-
-
-@pytest.fixture
-def accepted(monkeypatch) -> list[tuple[int, str, int, dict | None]]:
-    """What the appliance's rounds accepted: (round, client, phase, metadata)."""
-    seen: list[tuple[int, str, int, dict | None]] = []
-    original = ActiveRound.accept
-
-    def accept(self, name, header, payload):
-        original(self, name, header, payload)
-        meta = json.loads(header.metadata_json) if header.metadata_json else None
-        seen.append((self.number, name, header.phase, meta))
-
-    monkeypatch.setattr(ActiveRound, "accept", accept)
-    return seen
 
 
 def test_opacus_private_model_two_rounds_reports_growing_epsilon(
