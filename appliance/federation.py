@@ -28,7 +28,7 @@ import threading
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,8 @@ class ClientRecord:
     not_after: datetime
     revoked: bool = False
     revoked_at: datetime | None = None
+    #: The issued certificate (PEM): the TLS layer trusts exactly the active clients' ones.
+    certificate_pem: bytes | None = None
 
     def to_json(self) -> bytes:
         body = {
@@ -142,6 +144,9 @@ class ClientRecord:
             "not_after": pki.iso_time(self.not_after),
             "revoked": self.revoked,
             "revoked_at": None if self.revoked_at is None else pki.iso_time(self.revoked_at),
+            "certificate_pem": None
+            if self.certificate_pem is None
+            else self.certificate_pem.decode("ascii"),
         }
         return (json.dumps(body, indent=2) + "\n").encode()
 
@@ -157,6 +162,12 @@ class ClientRecord:
             revoked_at = body["revoked_at"]
             if not isinstance(body["revoked"], bool):
                 raise ValueError("revoked is not true or false")
+            pem = body.get("certificate_pem")
+            certificate_pem = None if pem is None else pem.encode("ascii")
+            if certificate_pem is not None:
+                cert = pki.load_certificate(certificate_pem, what="certificate_pem")
+                if cert.fingerprint(hashes.SHA256()).hex() != body["certificate_sha256"]:
+                    raise ValueError("certificate_pem does not match certificate_sha256")
             return cls(
                 name=pki.validate_client_name(body["name"]),
                 serial=int(body["serial"], 16),
@@ -166,6 +177,7 @@ class ClientRecord:
                 not_after=datetime.fromisoformat(body["not_after"]),
                 revoked=body["revoked"],
                 revoked_at=None if revoked_at is None else datetime.fromisoformat(revoked_at),
+                certificate_pem=certificate_pem,
             )
         except (ValueError, KeyError, TypeError, AttributeError, ProvisioningError) as exc:
             raise ProvisioningError(f"client record {source} is corrupt: {exc}") from None
@@ -351,6 +363,27 @@ class Federation:
             if not (r.revoked or r.serial in revoked)
         }
 
+    def handshake_trust_anchors(self) -> bytes:
+        """PEM certificates a client may present in the TLS handshake: exactly the current
+        certificates of the clients that are neither revoked nor expired.
+
+        gRPC accepts these leaves as trust anchors, so revoking a client removes it here and
+        its next handshake fails. Without any eligible client, the server's own certificate
+        stands in (it is not a client certificate, so nobody gets in). A record from before
+        certificates were kept falls back to trusting the CA for every client (the per-call
+        check still refuses revoked ones).
+        """
+        revoked = self.revocations()
+        now = datetime.now(UTC)
+        anchors: list[bytes] = []
+        for record in self.client_records():
+            if record.revoked or record.serial in revoked or record.not_after <= now:
+                continue
+            if record.certificate_pem is None:
+                return self.ca_pem()
+            anchors.append(record.certificate_pem)
+        return b"".join(anchors) or pki.certificate_pem(self.server_certificate)
+
     def check_peer_certificate(self, der: bytes, *, now: datetime | None = None) -> str:
         """Return the client name of a TLS peer, or raise :class:`CertificateError` saying why
         it is refused: not from this CA, expired, not yet valid, not a client certificate,
@@ -510,6 +543,7 @@ def add_client(
             identity_public_key=kit.raw_public_key(identity.public_key()),
             issued_at=moment,
             not_after=cert.not_valid_after_utc,
+            certificate_pem=pki.certificate_pem(cert),
         )
         pki.write_file_atomic(
             federation.paths.client_record(name), record.to_json(), mode=pki.PUBLIC_FILE_MODE

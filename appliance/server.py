@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
 from appliance.config import ApplianceConfig, load_config
+from appliance.errors import ProvisioningError
 from appliance.federation import Federation
 from appliance.metrics import Metrics
 from appliance.orchestrator import Orchestrator, QualityGate
@@ -53,6 +56,45 @@ def sync_participants(federation: Federation, store: Store) -> None:
             store.add_participant(
                 record.name, cert_serial=record.serial, identity_key=record.identity_public_key
             )
+
+
+def handshake_credentials(federation: Federation) -> grpc.ServerCredentials:
+    """Mutual-TLS credentials whose client trust anchors follow provisioning.
+
+    gRPC asks for the certificate configuration before every new handshake; the anchors are
+    the active clients' own certificates (:meth:`Federation.handshake_trust_anchors`), so a
+    revoked, expired or unknown client certificate fails the handshake itself. The
+    configuration is rebuilt only when ``clients/`` or ``revoked.json`` changed. Calls on a
+    connection opened before a revocation are refused by the per-call certificate check.
+    """
+    key, chain, _ = federation.server_credentials_material()
+
+    def stamp() -> tuple:
+        files = [os.stat(p) for p in (federation.paths.clients, federation.paths.revoked)]
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        return (*((st.st_ino, st.st_mtime_ns, st.st_size) for st in files), hour)
+
+    def build() -> grpc.ServerCertificateConfiguration:
+        try:
+            anchors = federation.handshake_trust_anchors()
+        except (OSError, ProvisioningError) as error:  # fail closed: nobody gets in
+            _log.error("cannot read the client list (%s); refusing all handshakes", error)
+            anchors = chain
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=anchors)
+
+    current = {"stamp": stamp(), "config": None}
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:
+            now = stamp()
+        except OSError:
+            now = None
+        if now is not None and now == current["stamp"]:
+            return None  # unchanged: keep the configuration gRPC holds
+        current["stamp"] = now
+        return build()
+
+    return grpc.dynamic_ssl_server_credentials(build(), fetch, require_client_authentication=True)
 
 
 class Appliance:
@@ -123,11 +165,7 @@ class Appliance:
             print(INSECURE_WARNING, file=sys.stderr)
             self.port = server.add_insecure_port(listen)
         else:
-            key, chain, ca = self.federation.server_credentials_material()
-            creds = grpc.ssl_server_credentials(
-                [(key, chain)], root_certificates=ca, require_client_auth=True
-            )
-            self.port = server.add_secure_port(listen, creds)
+            self.port = server.add_secure_port(listen, handshake_credentials(self.federation))
         if self.config.server.metrics_listen:
             self.metrics.serve(self.config.server.metrics_listen)
         await server.start()

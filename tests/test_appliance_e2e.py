@@ -213,16 +213,53 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
         np.testing.assert_allclose(tensors[name], value, atol=1e-6)
 
 
-def test_revoked_client_is_refused_at_its_next_call(deployment, running):
+def test_revoked_client_is_refused_in_the_handshake(deployment, running):
     dep = deployment(clients=3)
     dep.configure(aggregation={"mode": "plaintext", "min_clients": 3, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
     conn = Connection(dep.kits["client2"], address=dep.address)
     assert conn.get_task(0.1).WhichOneof("kind") in ("idle", "round_start")
     revoke_client(Federation.load(dep.folder), "client2")
+    # A connection opened before the revocation: refused at its next call.
     assert _code(lambda: conn.get_task(0.1)) == grpc.StatusCode.UNAUTHENTICATED
     assert app.app.metrics.total("sealagg_refused_calls_total") >= 1
     conn.close()
+    # A new connection: the TLS handshake itself fails, no call reaches the service.
+    calls_before = app.app.metrics.total("sealagg_refused_calls_total")
+    fresh = Connection(dep.kits["client2"], address=dep.address, timeout=5, retry_seconds=0)
+    assert _code(lambda: fresh.get_task(0.1)) == grpc.StatusCode.UNAVAILABLE
+    assert app.app.metrics.total("sealagg_refused_calls_total") == calls_before
+    fresh.close()
+    # The others keep being served.
+    other = Connection(dep.kits["client1"], address=dep.address, timeout=5)
+    assert other.get_task(0.1).WhichOneof("kind") in ("idle", "round_start")
+    other.close()
+
+
+def test_certificate_from_the_ca_but_never_registered_fails_the_handshake(deployment, running):
+    from appliance import pki
+    from appliance.kit import ClientKit
+
+    dep = deployment(clients=3)
+    dep.configure(aggregation={"mode": "plaintext", "min_clients": 3, "rounds": 1}, deadlines=FAST)
+    app = running(dep.folder)
+    fed = Federation.load(dep.folder)
+    key = pki.generate_tls_key()
+    forged = pki.issue_client_certificate(
+        fed.ca_certificate, fed.ca_private_key(), key.public_key(), name="client1", now=None
+    )
+    genuine = dep.kits["client1"]
+    kit = ClientKit(
+        **{
+            **{f: getattr(genuine, f) for f in genuine.__dataclass_fields__},
+            "client_cert_pem": pki.certificate_pem(forged),
+            "client_key_pem": pki.private_key_pem(key, None),
+        }
+    )
+    conn = Connection(kit, address=dep.address, timeout=5, retry_seconds=0)
+    assert _code(lambda: conn.get_task(0.1)) == grpc.StatusCode.UNAVAILABLE
+    conn.close()
+    assert app.app.metrics.total("sealagg_refused_calls_total") == 0
 
 
 CLIENT_PROCESS = """
