@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.errors import ConfigError
 
-Mode = Literal["plaintext", "secagg", "secagg+"]
+Mode = Literal["plaintext", "secagg", "secagg+", "ckks", "attested"]
 
 
 class _Section(BaseModel):
@@ -55,7 +55,7 @@ class AggregationSection(_Section):
 
     @model_validator(mode="after")
     def _masking_needs_three(self) -> AggregationSection:
-        if self.mode != "plaintext" and self.min_clients < 3:
+        if self.mode not in ("plaintext", "attested") and self.min_clients < 3:
             raise ValueError(
                 "min_clients must be at least 3 in masked modes: with two parties, masking "
                 "hides nothing (use attested mode and/or DP)"
@@ -75,14 +75,82 @@ class DeadlinesSection(_Section):
     unmasking: float = Field(60.0, gt=0.0)
 
 
+class CkksSection(_Section):
+    """Mode ``ckks`` (TenSEAL): ring degree, moduli, scale, per-client size budget, key holder."""
+
+    poly_modulus_degree: Literal[8192, 16384] = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40)
+    scale_bits: int = Field(40, ge=20, le=60)
+    #: Largest encrypted upload per client; a bigger model is refused (use secagg+).
+    budget_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: "" = the first data owner of each round holds the key; else a separate party (no data).
+    key_holder: str = ""
+    #: Seal the secret context to every data owner (false: only the key holder holds it).
+    share_secret_key: bool = True
+    #: Refuse parameters whose worst-case error per value of the weighted sum exceeds this.
+    max_error: float = Field(1e-3, gt=0.0)
+
+
 class OptimizerSection(_Section):
     model_config = ConfigDict(extra="allow", frozen=True)  # optimizer hyper-parameters
     name: str = "fedavg"
 
 
+class AttestationSection(_Section):
+    """TEE evidence the appliance gives clients (appliance/attestation.py); mode ``attested``."""
+
+    provider: Literal["none", "software", "sev-snp", "tdx", "configfs-tsm"] = "none"
+    #: Ed25519 seed of the INSECURE software attester (relative to the federation folder).
+    software_key: str = "attestation/software.key"
+    #: configfs-tsm report directory ("" = /sys/kernel/config/tsm/report).
+    tsm_root: str = ""
+
+
 class GatesSection(_Section):
     #: A new global model waits in `pending` until `sealagg approve ROUND`.
     require_approval: bool = False
+    #: Vendor quality gate (appliance/vendor_gate.py): the party that evaluates each candidate
+    #: on its own holdout; "" = none. Accepted only if ``metric`` is no worse than the last
+    #: accepted version's (within ``tolerance``); no report before the deadline = rejected.
+    vendor: str = ""
+    metric: str = Field("eer", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    higher_is_better: bool = False
+    tolerance: float = Field(0.0, ge=0.0)
+    evaluate_deadline: float = Field(300.0, gt=0.0)
+
+
+class PrivacySection(_Section):
+    """Client-level differential privacy of the published model (see ``appliance/privacy.py``).
+
+    ``client``: each client clips its update to L2 ``clip`` and adds Gaussian noise so that
+    the sum over ``min_survivors`` carries sigma = noise_multiplier·clip (any aggregation mode).
+    ``distributed``: the same target, with discrete noise (``mechanism``) on the quantized,
+    rotated vector, so the secure sum itself is the DP mechanism (masked modes only).
+    """
+
+    mode: Literal["none", "client", "distributed"] = "none"
+    mechanism: Literal["discrete_gaussian", "skellam"] = "discrete_gaussian"
+    #: z: the summed noise's standard deviation over the L2 sensitivity (covers both
+    #: the update and, with adaptive clipping, the clip-indicator count).
+    noise_multiplier: float = Field(1.0, gt=0.0)
+    #: L2 clip C of the whole update (the starting value when adaptive).
+    clip: float = Field(1.0, gt=0.0)
+    #: Adaptive clipping (Andrew et al. 2021): C follows this quantile of update norms.
+    target_quantile: float | None = Field(None, gt=0.0, lt=1.0)
+    clip_learning_rate: float = Field(0.2, gt=0.0)
+    #: sigma_b of the noisy below-clip count, in clients (0 = expected round size / 20).
+    quantile_noise: float = Field(0.0, ge=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    #: Refuse to open a round whose ε (with it) would exceed this; 0 = no limit.
+    target_epsilon: float = Field(0.0, ge=0.0)
+    #: Clients that could be sampled; q = round size / population (0 = q is 1, no
+    #: amplification by sampling: the conservative choice unless sampling is random).
+    population: int = Field(0, ge=0)
+    #: Noise is sized for a sum over this many clients (0 = the round's protocol minimum).
+    min_survivors: int = Field(0, ge=0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    #: Distributed mode: bits the sum's ±4sigma range spans (32 - this = headroom before wrap).
+    range_bits: int = Field(20, ge=8, le=28)
 
 
 class ApplianceConfig(_Section):
@@ -94,6 +162,9 @@ class ApplianceConfig(_Section):
     deadlines: DeadlinesSection = DeadlinesSection()
     optimizer: OptimizerSection = OptimizerSection()
     gates: GatesSection = GatesSection()
+    privacy: PrivacySection = PrivacySection()
+    ckks: CkksSection = CkksSection()
+    attestation: AttestationSection = AttestationSection()
     weights: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -101,6 +172,26 @@ class ApplianceConfig(_Section):
         for name, weight in self.weights.items():
             if not 0.0 < weight <= 1.0:
                 raise ValueError(f"weights.{name} = {weight}: a contribution weight lies in (0, 1]")
+        if self.privacy.mode != "none" and self.aggregation.mode not in (
+            "plaintext",
+            "secagg",
+            "secagg+",
+        ):
+            raise ValueError(f"privacy is not available in {self.aggregation.mode} mode yet")
+        if self.privacy.mode == "distributed" and self.aggregation.mode == "plaintext":
+            raise ValueError(
+                "privacy.mode = distributed needs a masked aggregation mode (secagg, secagg+): "
+                "in plaintext the appliance would see each client's small noise share"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _attested_needs_attester(self) -> ApplianceConfig:
+        if self.aggregation.mode == "attested" and self.attestation.provider == "none":
+            raise ValueError(
+                "aggregation.mode = attested needs [attestation] provider (software for "
+                "development; sev-snp, tdx or configfs-tsm in a confidential VM)"
+            )
         return self
 
     def contribution_weight(self, name: str) -> float:

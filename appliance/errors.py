@@ -19,6 +19,14 @@ class KitTamperedError(ProvisioningError):
     """A client kit's contents no longer match their signature."""
 
 
+class KitExpiredError(ProvisioningError):
+    """A client kit whose certificates are expired or not yet valid: nothing is sent with it."""
+
+
+class KitMismatchError(ProvisioningError):
+    """The appliance answering at the kit's address is not the one the kit was issued for."""
+
+
 class CertificateError(ProvisioningError):
     """A certificate is invalid for its purpose (wrong CA, expired, revoked, bad name)."""
 

@@ -42,7 +42,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance import kit, pki
+from appliance.attestation import client_policy_path
 from appliance.errors import CertificateError, ProvisioningError
+from attest import PolicyError, parse_policy
 
 DEFAULT_PORT = 50051
 CONFIG_FORMAT = 1
@@ -529,6 +531,7 @@ def add_client(
             identity_seed=seed,
             signer=federation.audit_signing_key,
             issued_at=moment,
+            attestation_policy=_attestation_policy(federation),
         )
         if out is None:
             out = federation.paths.kits / (f"{name}.tar.gz" if archive else name)
@@ -698,3 +701,18 @@ def _undo_init(paths: FederationPaths, created_folder: bool) -> None:
         else:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _attestation_policy(federation: Federation) -> bytes | None:
+    """The client attestation policy to ship in kits, checked so no kit carries a broken one."""
+    path = client_policy_path(federation.folder)
+    if not path.exists():
+        return None
+    data = _read(path)
+    try:
+        parse_policy(data.decode("utf-8"), source=str(path))
+    except (PolicyError, UnicodeDecodeError) as error:
+        raise ProvisioningError(
+            f"not issuing a kit with a broken attestation policy: {error}"
+        ) from None
+    return data

@@ -38,7 +38,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance import pki
-from appliance.errors import CertificateError, KitTamperedError, ProvisioningError
+from appliance.errors import (
+    CertificateError,
+    KitExpiredError,
+    KitTamperedError,
+    ProvisioningError,
+)
 
 CA_CERT = "ca.pem"
 CLIENT_CERT = "client.pem"
@@ -47,6 +52,8 @@ IDENTITY_KEY = "identity.key"
 CLIENT_CONFIG = "client.toml"
 MANIFEST = "MANIFEST.json"
 SIGNATURE = "MANIFEST.sig"
+#: Optional: the TEE attestation policy (attest/policy.py) the client enforces before sending.
+ATTESTATION_POLICY = "attestation_policy.toml"
 
 KIT_FILES = (CA_CERT, CLIENT_CERT, CLIENT_KEY, IDENTITY_KEY, CLIENT_CONFIG)
 PRIVATE_FILES = frozenset({CLIENT_KEY, IDENTITY_KEY})
@@ -110,6 +117,7 @@ def build_kit(
     identity_seed: bytes,
     signer: Ed25519PrivateKey,
     issued_at: datetime,
+    attestation_policy: bytes | None = None,
 ) -> dict[str, bytes]:
     """Every file of a kit, manifest and signature included, ready to write."""
     if len(identity_seed) != 32:
@@ -123,6 +131,8 @@ def build_kit(
             name=name, federation=federation, address=address, server_name=server_name
         ),
     }
+    if attestation_policy is not None:
+        files[ATTESTATION_POLICY] = attestation_policy
     manifest = {
         "format": MANIFEST_FORMAT,
         "client": name,
@@ -233,6 +243,8 @@ class ClientKit:
     identity_seed: bytes
     signer_public_key: bytes
     config: Mapping[str, Any] = field(default_factory=dict)
+    #: The signed attestation policy, if the federation ships one (then the shim enforces it).
+    attestation_policy: bytes | None = None
 
     def __repr__(self) -> str:
         return (
@@ -276,6 +288,29 @@ class ClientKit:
     @property
     def identity_key_path(self) -> Path | None:
         return self._path(IDENTITY_KEY)
+
+    def check_validity(self, now: datetime | None = None) -> None:
+        """Refuse a kit whose client or CA certificate is outside its validity period.
+
+        Checked before any connection, so an expired kit fails with a clear message instead
+        of a handshake the appliance refuses without saying why.
+        """
+        moment = pki.check_time(now)
+        for what, cert in (
+            ("client certificate", self.certificate),
+            ("federation CA certificate", self.ca_certificate),
+        ):
+            if moment < cert.not_valid_before_utc:
+                raise KitExpiredError(
+                    f"kit {self.name!r}: its {what} is not valid before "
+                    f"{pki.iso_time(cert.not_valid_before_utc)} (is this machine's clock right?)"
+                )
+            if moment >= cert.not_valid_after_utc:
+                raise KitExpiredError(
+                    f"kit {self.name!r}: its {what} expired on "
+                    f"{pki.iso_time(cert.not_valid_after_utc)}; ask the federation's operator "
+                    f"for a new kit (revoke {self.name!r}, then add-client again)"
+                )
 
     def channel_credentials_material(self) -> tuple[bytes, bytes, bytes]:
         """(CA PEM, client key PEM, client certificate PEM), the order
@@ -399,6 +434,7 @@ def _open_verified(
         identity_seed=files[IDENTITY_KEY],
         signer_public_key=signer,
         config=config,
+        attestation_policy=files.get(ATTESTATION_POLICY),
     )
 
 

@@ -25,11 +25,13 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save as save_safetensors
 
+from appliance.ckks_round import CkksRound, build_ckks_round
 from appliance.config import ApplianceConfig
 from appliance.metrics import Metrics
 from appliance.models import ModelVersion
 from appliance.optimizers import ServerOptimizer, make_optimizer
 from appliance.pki import write_file_atomic
+from appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
 from appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -39,6 +41,7 @@ from appliance.rounds import (
     UploadRefusedError,
 )
 from appliance.store import Store
+from appliance.vendor_gate import EVALUATION_KIND, VendorGate, refuse_two_party_masking
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten, unflatten
 from crypto import QuantizationSpec, RoundConfig, encoded_length, find_parameters
@@ -103,7 +106,12 @@ class Orchestrator:
         self._restart_notices: list[pb.Task] = []
         self._recovered = False
         self._load_optimizer_state()
+        self.privacy = PrivacyController(config.privacy, Path(store.folder), store.audit)
+        self._privacy_plan: RoundPlan | None = None
         self.phase_deadline: float | None = None
+        self.vendor_gate = (  # [gates] vendor: the named party evaluates every candidate
+            VendorGate(config.gates, store, self._send_to, clock) if config.gates.vendor else None
+        )
 
     # ------------------------------------------------------------------ client-facing
 
@@ -134,6 +142,8 @@ class Orchestrator:
 
     def check_upload(self, name: str, header: pb.UploadHeader) -> int:
         """Validate a header before reading data; returns the byte limit for the body."""
+        if header.kind == EVALUATION_KIND:
+            return self._gate_for(name).check_upload(name, header)
         if self._round is None:
             raise UploadRefusedError(
                 "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
@@ -141,15 +151,20 @@ class Orchestrator:
         return self._round.check_header(name, header)
 
     async def submit(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
+        if header.kind == EVALUATION_KIND:  # a gate report, outside the round's phases
+            self._gate_for(name).receive(name, header, payload)
+            return
         async with self._lock:
             current = self._round
             if current is None:
                 raise UploadRefusedError(
                     "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
                 )
-            current.accept(name, header, payload)
-            if not current.waiting_for:
-                self._phase_done.set()
+            try:
+                current.accept(name, header, payload)
+            finally:  # a refused client may leave the phase (ckks): it can close early too
+                if not current.waiting_for:
+                    self._phase_done.set()
 
     def registered_clients(self) -> set[str]:
         return set(self._identity_keys())
@@ -174,6 +189,7 @@ class Orchestrator:
             "history": [dataclasses.asdict(o) for o in self.history[-20:]],
             "bytes_in": self.metrics.total("sealagg_bytes_in_total"),
             "bytes_out": self.metrics.total("sealagg_bytes_out_total"),
+            "privacy": self.privacy.status(),
         }
 
     def decide(self, round_number: int, approve: bool, reason: str, admin: str) -> str:
@@ -252,7 +268,16 @@ class Orchestrator:
             ):
                 await _sleep_or_stop(stop, 0.2)
                 continue
-            outcome = await self.run_round(ready[: self.config.aggregation.max_clients])
+            batch = ready[: self.config.aggregation.max_clients]
+            try:  # refuse rounds once the DP budget is spent (logged and audited once)
+                if self.privacy.enabled:
+                    self.privacy.check_budget(len(batch))
+            except PrivacyBudgetExhaustedError:
+                if self.config.aggregation.rounds:
+                    return
+                await _sleep_or_stop(stop, 5.0)
+                continue
+            outcome = await self.run_round(batch)
             self.history.append(outcome)
             self.metrics.rounds.labels(outcome.outcome).inc()
             done += 1
@@ -327,6 +352,8 @@ class Orchestrator:
             deadlines.consistency_check,
             deadlines.unmasking,
         ]
+        if isinstance(active, CkksRound):
+            per_phase = CkksRound.deadlines(deadlines)
         while True:
             timeout = per_phase[min(active.phase_index, len(per_phase) - 1)]
             opened = self._clock()
@@ -344,12 +371,15 @@ class Orchestrator:
                 self.store.record_phase(active.number, phase, len(active.answered), late)
                 self.metrics.dropouts.inc(len(late))
                 self._phase_done.clear()
+            due = self._clock() + per_phase[min(active.phase_index, len(per_phase) - 1)]
             for name, task in tasks.items():
+                if task.WhichOneof("kind") == "step":
+                    task.step.deadline_unix = due  # the client may resubmit until then
                 _enqueue(self._links[name], task)
             if active.finished:
                 break
         aggregate = await asyncio.to_thread(active.aggregate)
-        return self._publish(active, members, aggregate, weights, layout, version)
+        return await self._publish(active, members, aggregate, weights, layout, version)
 
     async def _wait_for_phase(self, active: ActiveRound, timeout: float) -> None:
         if not active.waiting_for:
@@ -390,17 +420,25 @@ class Orchestrator:
             submit_deadline_unix=self._clock() + self.config.deadlines.advertise_keys,
             model_sha256=model.sha256,
         )
-        if agg.mode == "plaintext":
+        self._privacy_plan = None
+        if agg.mode in ("plaintext", "attested"):  # attested: clients verified the TEE first
             start.vector_length = d
+            self._privacy_plan = self.privacy.plan_for(start, dimension=d, minimum=agg.min_clients)
             return PlainRound(number, round_id, members, d), start
+        if agg.mode == "ckks":  # size guard and parameter checks raise ValueError
+            ckks_round, audit = build_ckks_round(self.config, number, round_id, members, d, start)
+            self.store.audit.append("round_parameters", audit)
+            return ckks_round, start
         n = len(members)
+        refuse_two_party_masking(agg.mode, n)  # explained in the abort reason and the docs
         degree, threshold, note = choose_graph(n, agg.mode, agg.dropout_rate, agg.corrupt_fraction)
         config = RoundConfig.create(
             round_id=round_id,
             identities={m.index: m.identity_key for m in members},
             threshold=threshold,
-            vector_length=encoded_length(d),
+            vector_length=self.privacy.vector_length(d, encoded_length(d)),
             degree=degree,
+            minimum_survivors=self.privacy.minimum_survivors(n, threshold),
         )
         spec = QuantizationSpec(clip=agg.clip, max_clients=n)
         start.vector_length = config.vector_length
@@ -418,14 +456,17 @@ class Orchestrator:
                 "note": note,
             },
         )
-        return MaskedRound(number, round_id, members, config, spec), start
+        plan = self.privacy.plan_for(start, dimension=d, minimum=config.minimum_survivors)
+        self._privacy_plan = plan
+        decoder = plan.decode if plan is not None else None
+        return MaskedRound(number, round_id, members, config, spec, decoder), start
 
     def _next_round_id(self) -> bytes:
         """Bound to the audit chain's head, so the SecAgg+ graph seed is on the record."""
         head = self.store.audit.head()
         return hashlib.sha256(b"sealagg/round-id/v1" + head.hash.encode() + os.urandom(16)).digest()
 
-    def _publish(
+    async def _publish(
         self,
         active: ActiveRound,
         members: list[Member],
@@ -434,6 +475,12 @@ class Orchestrator:
         layout: Layout,
         version: int,
     ) -> RoundOutcome:
+        plan, self._privacy_plan = self._privacy_plan, None
+        try:  # account a DP round (too few updates for its noise: abort); note local ε
+            self.privacy.finish_round(plan, active.metadata, aggregate)
+        except ValueError as error:
+            reason = f"privacy: {error}"
+            return self._finish_aborted(active.number, members, active.round_id, reason)
         delta = unflatten(aggregate.mean_update, layout)
         before = self._optimizer.state_dict()  # the state only advances with an accepted model
         try:
@@ -465,6 +512,9 @@ class Orchestrator:
         model = self.store.add_model_version(
             candidate, parent=version, round=active.number, status="candidate"
         )
+        if accept and self.vendor_gate is not None:  # evaluated on the vendor's own holdout
+            previous = self.store.model_version(version)
+            accept, why = await self.vendor_gate.judge(active.round_id, previous, model)
         self.store.audit.append(
             "gate_decision",
             {"round": active.number, "version": model.version, "accept": accept, "reason": why},
@@ -537,6 +587,14 @@ class Orchestrator:
         self.store.set_round_status(number, "aborted", reason)
         self._tell_all(members, round_id, pb.RoundEnd.ABORTED, reason, 0)
         return RoundOutcome(number, "aborted", reason)
+
+    def _send_to(self, name: str, task: pb.Task) -> None:
+        _enqueue(self._links.setdefault(name, _Link(name)), task)
+
+    def _gate_for(self, name: str) -> VendorGate:
+        if self.vendor_gate is None:
+            raise UploadRefusedError("FAILED_PRECONDITION", "this federation has no vendor gate")
+        return self.vendor_gate
 
     def _tell_all(
         self, members: list[Member], round_id: bytes, outcome: int, reason: str, version: int | None

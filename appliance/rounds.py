@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,6 +59,8 @@ class Aggregate:
     total_weight: float
     contributors: tuple[str, ...]
     dropped: tuple[str, ...]
+    #: DP rounds: what the DP decoder learned besides the mean (noisy clip count, wrap share).
+    privacy: dict = dataclasses.field(default_factory=dict)
 
 
 class ActiveRound(abc.ABC):
@@ -170,10 +173,12 @@ class MaskedRound(ActiveRound):
         members: list[Member],
         config: RoundConfig,
         spec: QuantizationSpec,
+        decoder: Callable[[np.ndarray], tuple[np.ndarray, float, dict]] | None = None,
     ) -> None:
         super().__init__(number, round_id, members)
         self.config = config
         self.spec = spec
+        self.decoder = decoder  # DP rounds: (mean, count, extras) from the ring sum
         self.server = SecAggServer(config)
         self._done = False
 
@@ -221,10 +226,14 @@ class MaskedRound(ActiveRound):
 
     def aggregate(self) -> Aggregate:
         result = self.server.result
-        mean, total_weight = decode_sum(result.total, self.spec)
+        extras: dict = {}
+        if self.decoder is not None:
+            mean, total_weight, extras = self.decoder(result.total)
+        else:
+            mean, total_weight = decode_sum(result.total, self.spec)
         contributors = tuple(self.by_index[i].name for i in result.survivors)
         dropped = tuple(sorted(set(self.members) - set(contributors)))
-        return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped)
+        return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped, extras)
 
     def total_digest_source(self) -> bytes:
         return self.server.result.total.tobytes()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from appliance.attestation import endpoint_for
 from appliance.config import ApplianceConfig, load_config
 from appliance.errors import ProvisioningError
 from appliance.federation import Federation
@@ -25,6 +26,7 @@ from appliance.service import (
 )
 from appliance.store import Store, default_state_path
 from appliance.wire import sealagg_pb2_grpc as pb_grpc
+from attest import Attester
 
 _log = logging.getLogger("sealagg.server")
 
@@ -107,9 +109,11 @@ class Appliance:
         insecure: bool = False,
         quality_gate: QualityGate | None = None,
         config: ApplianceConfig | None = None,
+        attester: Attester | None = None,
     ) -> None:
         self.federation = Federation.load(folder)
         self.config = config or load_config(self.federation.paths.config)
+        self.attestation = endpoint_for(self.federation, self.config.attestation, attester)
         self.store = open_store(self.federation)
         self.insecure = insecure
         self.metrics = Metrics()
@@ -123,6 +127,9 @@ class Appliance:
                 "insecure": insecure,
             },
         )
+        if self.attestation is not None:
+            fmt, insecure = self.attestation.attester.format, self.attestation.insecure
+            self.store.audit.append("attestation_provider", {"format": fmt, "insecure": insecure})
         sync_participants(self.federation, self.store)
         self.orchestrator = Orchestrator(
             config=self.config,
@@ -154,7 +161,10 @@ class Appliance:
         if not self.insecure:
             identify = certificate_identity(self.federation.check_peer_certificate)
         pb_grpc.add_AggregatorServicer_to_server(
-            AggregatorService(self.orchestrator, self.store, identify, self.metrics), server
+            AggregatorService(
+                self.orchestrator, self.store, identify, self.metrics, self.attestation
+            ),
+            server,
         )
         pb_grpc.add_AdminServicer_to_server(
             AdminService(self.orchestrator, self.store, identify, set(ADMIN_NAMES), self.metrics),

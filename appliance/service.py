@@ -20,6 +20,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from appliance.attestation import AttestationEndpoint, report_details
 from appliance.errors import ProvisioningError, StoreError
 from appliance.metrics import Metrics
 from appliance.orchestrator import Orchestrator
@@ -79,13 +80,55 @@ async def _who(identify: Identify, context: grpc.aio.ServicerContext, metrics: M
 
 class AggregatorService(pb_grpc.AggregatorServicer):
     def __init__(
-        self, orchestrator: Orchestrator, store: Store, identify: Identify, metrics: Metrics
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        identify: Identify,
+        metrics: Metrics,
+        attestation: AttestationEndpoint | None = None,
     ) -> None:
         self._orch = orchestrator
         self._store = store
         self._identify = identify
         self._metrics = metrics
         self._large_uploads = asyncio.Semaphore(LARGE_UPLOAD_SLOTS)
+        self._attestation = attestation
+
+    async def Attest(
+        self, request: pb.AttestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AttestReply:
+        await _who(self._identify, context, self._metrics)
+        if self._attestation is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this appliance has no attester configured"
+            )
+        endpoint = self._attestation
+        try:
+            fmt, evidence, certs = await asyncio.to_thread(endpoint.evidence, request.nonce)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return pb.AttestReply(
+            format=fmt,
+            evidence=evidence,
+            certificates=certs,
+            tls_certificate_der=endpoint.certificate_der,
+        )
+
+    async def ReportAttestation(
+        self, request: pb.AttestationReport, context: grpc.aio.ServicerContext
+    ) -> pb.AttestationReportAck:
+        name = await _who(self._identify, context, self._metrics)
+        details = report_details(
+            name, request.accepted, request.format, request.reason, request.detail
+        )
+        self._store.audit.append("attestation_result", details)
+        _log.log(
+            logging.INFO if request.accepted else logging.WARNING,
+            "attestation by %s: %s",
+            name,
+            "accepted" if request.accepted else f"REFUSED ({details['reason']})",
+        )
+        return pb.AttestationReportAck()
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         name = await _who(self._identify, context, self._metrics)
@@ -141,7 +184,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     async def DownloadModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelChunk]:
-        await _who(self._identify, context, self._metrics)
+        name = await _who(self._identify, context, self._metrics)
         try:
             model = (
                 self._store.current_model()
@@ -150,7 +193,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             )
         except StoreError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        if model is None or model.status != "accepted":
+        gate = self._orch.vendor_gate  # the gate party may fetch the candidate it must evaluate
+        if model is None or (
+            model.status != "accepted"
+            and not (gate is not None and gate.may_download(name, model.version))
+        ):
             await context.abort(grpc.StatusCode.NOT_FOUND, "no accepted model version to download")
         path = Path(self._store.folder) / model.path
         size = path.stat().st_size

@@ -944,6 +944,25 @@ class Store:
             )
         return dataclasses.replace(current, status=status)
 
+    def set_model_metrics(self, version: int, metrics: Mapping[str, Any]) -> ModelVersion:
+        """Record a version's evaluation (e.g. the vendor gate's holdout metrics), audited.
+
+        Write-once: the figures a gate compared against must not change afterwards."""
+        self._require_audit()
+        clean = _check_metrics(metrics)
+        with self.transaction() as tx:
+            current = self._get_model(tx, version)
+            if current.metrics is not None:
+                raise StoreError(f"model version {version} already has metrics recorded")
+            text = canonical_json(clean).decode("utf-8")
+            tx.execute("UPDATE model_versions SET metrics = ? WHERE version = ?", (text, version))
+            self.audit.append(
+                "model_metrics",
+                {"version": version, "sha256": current.sha256, "metrics": clean},
+                conn=tx,
+            )
+        return dataclasses.replace(current, metrics=clean)
+
     def model_version(self, version: int) -> ModelVersion:
         with self.snapshot() as conn:
             return self._get_model(conn, version)

@@ -7,6 +7,7 @@ the client shim's tests build deployments the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 import threading
@@ -118,3 +119,96 @@ def make_deployment(
     store.add_model_version(model or base_model(seed), parent=None, status="accepted")
     store.close()
     return Deployment(folder, port, fed, kits)
+
+
+class TcpProxy:
+    """A loopback TCP relay in front of the appliance, to break connections on purpose.
+
+    ``cut_after(n)`` closes the connection that carries the n-th client-to-appliance byte
+    from now on (once), which is a connection lost mid-upload; ``block()`` drops every
+    connection and refuses new ones until ``unblock()`` (a network partition).
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._cut_budget: int | None = None
+        self._blocked = False
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cut_after(self, upstream_bytes: int) -> None:
+        with self._lock:
+            self._cut_budget = upstream_bytes
+
+    def block(self) -> None:
+        with self._lock:
+            self._blocked = True
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            _close(*pair)
+
+    def unblock(self) -> None:
+        with self._lock:
+            self._blocked = False
+
+    def close(self) -> None:
+        self.block()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                blocked = self._blocked
+            if blocked:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if upstream and self._spend(len(data)):
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        _close(source, sink)
+
+    def _spend(self, count: int) -> bool:
+        """Count upstream bytes against a pending cut; True when this connection must break."""
+        with self._lock:
+            if self._cut_budget is None:
+                return False
+            self._cut_budget -= count
+            if self._cut_budget > 0:
+                return False
+            self._cut_budget = None
+            self.cuts += 1
+            return True
+
+
+def _close(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()

@@ -171,12 +171,15 @@ def main() -> None:
     parser.add_argument("--dimension", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--modes", nargs="+", default=["plaintext", "secagg+"], help="aggregation modes to run"
+    )
+    parser.add_argument(
         "--client-processes", action="store_true", help="one process per client, not threads"
     )
     args = parser.parse_args()
     results = []
     for n in args.clients:
-        for mode in ("plaintext", "secagg+"):
+        for mode in args.modes:
             if args.what == "round":
                 times = round_seconds(mode, n, args.dimension, processes=args.client_processes)
                 best = min(times[1:])
@@ -201,7 +204,7 @@ def main() -> None:
     if args.what == "round":
         plain = {r["clients"]: r["best"] for r in results if r["mode"] == "plaintext"}
         for r in results:
-            if r["mode"] == "secagg+":
+            if r["mode"] == "secagg+" and r["clients"] in plain:
                 ratio = r["best"] / plain[r["clients"]]
                 print(f"secagg+ / plaintext at n={r['clients']}: {ratio:.2f}x")
     if args.json:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
+from appliance.errors import KitMismatchError
 from appliance.kit import ClientKit
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire import sealagg_pb2_grpc as pb_grpc
@@ -15,6 +19,20 @@ from appliance.wire import sealagg_pb2_grpc as pb_grpc
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 INSECURE_NAME_HEADER = "sealagg-insecure-client"
+
+#: Upload failures that mean "this attempt did not land (or its answer was lost)": the same
+#: upload may be sent again while the phase is open. Sending the same bytes twice is safe:
+#: the appliance answers ALREADY_EXISTS to a duplicate and keeps the first.
+RESUBMIT_ON = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+_log = logging.getLogger("sealagg.client")
 
 
 class ApplianceUnavailableError(ConnectionError):
@@ -45,12 +63,58 @@ class Connection:
             self._metadata: tuple[tuple[str, str], ...] = ((INSECURE_NAME_HEADER, kit.name),)
             self.channel = grpc.insecure_channel(self.address, options=options)
         else:
+            kit.check_validity()  # an expired kit fails here, before any connection
             self._metadata = ()
             ca, key, cert = kit.channel_credentials_material()
             creds = grpc.ssl_channel_credentials(ca, key, cert)
             options.append(("grpc.ssl_target_name_override", kit.server_name))
             self.channel = grpc.secure_channel(self.address, creds, options=options)
         self.stub = pb_grpc.AggregatorStub(self.channel)
+
+    def check_appliance_identity(self, timeout: float = 5.0) -> bool:
+        """Raise :class:`KitMismatchError` if the appliance at our address is not the one
+        this kit was issued for (its certificate does not chain to the kit's CA or names
+        another host). Returns False if nothing answers yet, True if the identity checked out.
+
+        A plain TLS handshake with no client certificate and no request: nothing of ours is
+        sent, and a wrong kit fails at once instead of after the whole retry period.
+        """
+        host, _, port = self.address.rpartition(":")
+        context = ssl.create_default_context(cadata=self.kit.ca_cert_pem.decode("ascii"))
+        context.set_alpn_protocols(["h2"])
+        try:
+            with (
+                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+                context.wrap_socket(raw, server_hostname=self.kit.server_name),
+            ):
+                return True
+        except ssl.SSLCertVerificationError as error:
+            raise KitMismatchError(
+                f"the appliance at {self.address} is not the one kit {self.kit.name!r} was "
+                f"issued for ({error.verify_message}): the kit belongs to another federation, "
+                "or the address is wrong. Nothing was sent."
+            ) from None
+        except (OSError, ValueError):
+            return False  # not reachable (yet); the caller retries
+
+    def pin_server_certificate(self, certificate_pem: bytes) -> None:
+        """Reconnect trusting only this appliance certificate (attested mode).
+
+        The certificate is the sole trust anchor (gRPC/BoringSSL accept a CA-issued leaf as
+        one; tests/test_attest_shim.py checks it), so every later handshake on this channel
+        must present exactly it: the session key is the attested one, not merely CA-issued.
+        """
+        _, key, cert = self.kit.channel_credentials_material()
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.ssl_target_name_override", self.kit.server_name),
+        ]
+        creds = grpc.ssl_channel_credentials(certificate_pem, key, cert)
+        old, self.channel = self.channel, grpc.secure_channel(self.address, creds, options=options)
+        self.stub = pb_grpc.AggregatorStub(self.channel)
+        self._metadata = ()
+        old.close()
 
     def wait_until_ready(self, timeout: float, *, backoff: float = 0.5) -> None:
         """Retry with exponential backoff until the appliance answers, or raise clearly."""
@@ -69,7 +133,7 @@ class Connection:
 
     def get_task(self, wait_seconds: float) -> pb.Task:
         """The next task; while the appliance is unreachable, retry with backoff."""
-        delay, waited = 0.25, 0.0
+        delay, began = 0.25, time.monotonic()
         while True:
             try:
                 return self.stub.GetTask(
@@ -78,17 +142,54 @@ class Connection:
                     metadata=self._metadata,
                 )
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or waited >= self.retry_seconds:
+                # A silent network (partition, dead route) shows as DEADLINE_EXCEEDED: a
+                # healthy appliance always answers a poll within wait_seconds.
+                transient = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if error.code() not in transient or (
+                    time.monotonic() - began >= self.retry_seconds
+                ):
                     raise
                 time.sleep(delay)
-                waited += delay
                 delay = min(delay * 2, 5.0)
 
-    def submit(self, header: pb.UploadHeader, payload: bytes | memoryview) -> pb.SubmitAck:
+    def submit(
+        self,
+        header: pb.UploadHeader,
+        payload: bytes | memoryview,
+        *,
+        deadline_unix: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> pb.SubmitAck:
+        """Stream one upload; if the connection is lost, send it again until ``deadline_unix``.
+
+        With no deadline (0) there is one attempt. An ALREADY_EXISTS answer to a repeated
+        attempt means an earlier attempt landed and only its acknowledgement was lost.
+        """
         header.total_bytes = len(payload)
-        return self.stub.Submit(
-            _chunks(header, payload), timeout=self.timeout, metadata=self._metadata
-        )
+        delay, attempts = 0.25, 0
+        while True:
+            remaining = deadline_unix - clock()
+            timeout = self.timeout if not deadline_unix else max(1.0, min(self.timeout, remaining))
+            try:
+                return self.stub.Submit(
+                    _chunks(header, payload), timeout=timeout, metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                code = error.code()
+                if attempts and code == grpc.StatusCode.ALREADY_EXISTS:
+                    return pb.SubmitAck(accepted=True, detail="accepted by an earlier attempt")
+                if code not in RESUBMIT_ON or clock() + delay >= deadline_unix:
+                    raise
+                attempts += 1
+                _log.warning(
+                    "%s: upload for phase %d failed (%s); sending it again (attempt %d)",
+                    self.kit.name,
+                    header.phase,
+                    code.name,
+                    attempts + 1,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def download_model(self, version: int = 0) -> tuple[int, bytes]:
         """A model version's safetensors bytes, checked against the announced SHA-256."""

@@ -12,6 +12,13 @@ hiding the rest, with a calibrated discrete mechanism and accounting across roun
 later. The noise is drawn from a generator seeded from ``os.urandom`` on every call, so it
 cannot be replayed or predicted from a global seed the training code may have set.
 
+:func:`round_privacy` is the federation-wide counterpart the appliance asks for in each
+round's ``RoundStart.privacy`` (``[privacy]`` in ``sealagg.toml``): clip to the round's C
+(adaptive clipping moves it), add this client's *share* of the noise (sigma/√min_survivors), and
+report whether the update was under the clip (plaintext: as metadata; masked: as a noisy
+extra coordinate of the masked vector, see :mod:`crypto.dp`). Float noise there comes from
+the same ``os.urandom``-seeded generator; discrete noise and rounding from the AES-CTR PRG.
+
 Note that the appliance also clips every *coordinate* to ``aggregation.clip`` before
 quantization; noise large compared with that range gets clipped there as well, which biases
 the mean. Keep ``noise_multiplier * clip`` well below the appliance's per-coordinate clip.
@@ -26,11 +33,25 @@ import dataclasses
 import math
 import numbers
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["ClientDP", "add_gaussian_noise", "clip_l2", "opacus_epsilon", "protect_update"]
+from crypto.dp import MECHANISMS, DistributedDPSpec, encode_dp_update, rotation_seed
+
+if TYPE_CHECKING:
+    from appliance.wire import sealagg_pb2 as pb
+
+__all__ = [
+    "ClientDP",
+    "PrivacyRefusedError",
+    "RoundPrivacy",
+    "add_gaussian_noise",
+    "clip_l2",
+    "opacus_epsilon",
+    "protect_update",
+    "round_privacy",
+]
 
 
 def _real(name: str, value: object) -> float:
@@ -126,3 +147,65 @@ def opacus_epsilon(privacy_engine: Any, delta: float) -> float:
     if math.isnan(epsilon) or epsilon < 0.0:
         raise ValueError(f"the privacy engine reported an invalid epsilon {epsilon!r}")
     return epsilon
+
+
+class PrivacyRefusedError(RuntimeError):
+    """The round's DP parameters would protect this client less than they claim."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundPrivacy:
+    """This round's client-level DP as the client applies it (from ``RoundStart.privacy``)."""
+
+    mode: str
+    spec: DistributedDPSpec
+    seed: bytes
+
+    def protect_plain(self, update: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Plaintext mode: the clipped update plus this client's Gaussian share; under clip?"""
+        x = np.asarray(update, dtype=np.float32)
+        below = float(np.linalg.norm(x.astype(np.float64))) <= self.spec.clip
+        return add_gaussian_noise(clip_l2(x, self.spec.clip), self.spec.noise_std), below
+
+    def encode(self, update: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Masked modes: the ring vector (rotated, rounded, noised, count, indicator)."""
+        return encode_dp_update(update, self.spec, self.seed)
+
+
+def round_privacy(start: pb.RoundStart, dimension: int) -> RoundPrivacy | None:
+    """The round's DP parameters, checked; None when the federation runs without DP.
+
+    Refuses noise sized for more survivors than the protocol guarantees (the appliance
+    could otherwise reveal a sum over fewer clients, with less noise than it claims), a
+    distributed mode outside masked aggregation, and noise that is zero or not finite.
+    """
+    if not start.HasField("privacy") or start.privacy.mode in ("", "none"):
+        return None
+    p = start.privacy
+    masked = start.mode != "plaintext"
+    if p.mode not in ("client", "distributed"):
+        raise PrivacyRefusedError(f"unknown privacy mode {p.mode!r}")
+    if p.mode == "distributed" and not masked:
+        raise PrivacyRefusedError("distributed DP in plaintext mode would expose the noise shares")
+    if p.mechanism not in MECHANISMS or (p.mode == "distributed") == (p.mechanism == "gaussian"):
+        raise PrivacyRefusedError(f"mechanism {p.mechanism!r} does not fit mode {p.mode!r}")
+    if not (math.isfinite(p.noise_std) and p.noise_std > 0.0) or p.min_survivors < 1:
+        raise PrivacyRefusedError("the round asks for no noise")
+    if masked and p.min_survivors > start.minimum_survivors:
+        raise PrivacyRefusedError(
+            f"noise sized for {p.min_survivors} survivors, but the protocol reveals sums over "
+            f"as few as {start.minimum_survivors}"
+        )
+    try:
+        spec = DistributedDPSpec(
+            mechanism=p.mechanism,  # type: ignore[arg-type]
+            dimension=dimension,
+            clip=p.clip,
+            noise_std=p.noise_std,
+            indicator_std=p.indicator_std,
+            max_clients=max(start.max_clients, 1),
+            range_bits=p.range_bits or 20,
+        )
+    except ValueError as error:
+        raise PrivacyRefusedError(f"invalid privacy parameters: {error}") from None
+    return RoundPrivacy(p.mode, spec, rotation_seed(bytes(start.round_id)))

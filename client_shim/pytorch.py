@@ -67,9 +67,11 @@ import numpy as np
 from appliance.kit import ClientKit, load_kit
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
+from client_shim.attestation import AttestationGuard
 from client_shim.connection import ApplianceUnavailableError, Connection
 from client_shim.privacy import ClientDP, protect_update
 from client_shim.session import Participant, RoundReport
+from client_shim.vendor import Evaluator
 
 if TYPE_CHECKING:
     import torch
@@ -439,6 +441,8 @@ class Federation:
         clip: float | None = None,
         dp: ClientDP | None = None,
         poll_seconds: float = 2.0,
+        evaluate: Evaluator | None = None,
+        attestation: AttestationGuard | None = None,
     ) -> None:
         _check_share(share)
         if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral):
@@ -460,7 +464,11 @@ class Federation:
         self.max_examples = int(max_examples)
         self.clip = None if clip is None else float(clip)
         self.dp = dp
-        self.participant = Participant(connection, poll_seconds=float(poll_seconds))
+        # evaluate=: this party is the vendor gate; it scores candidates on its own holdout
+        # attestation=None: the kit's attestation policy (if any) is enforced every round
+        self.participant = Participant(
+            connection, poll_seconds=float(poll_seconds), evaluate=evaluate, attestation=attestation
+        )
 
     def rounds(self, model: nn.Module, *, max_rounds: int | None = None) -> Iterator[RoundContext]:
         """Yield a :class:`RoundContext` for each round the appliance opens with this client.
@@ -533,6 +541,7 @@ def connect(
     dp: ClientDP | None = None,
     poll_seconds: float = 2.0,
     ready_timeout: float = 120.0,
+    evaluate: Evaluator | None = None,
 ) -> Federation:
     """Load the client kit, wait for the appliance (up to ``ready_timeout`` s), join.
 
@@ -555,11 +564,20 @@ def connect(
             clip=clip,
             dp=dp,
             poll_seconds=poll_seconds,
+            evaluate=evaluate,
         )
         _log.info("%s: connecting to the appliance at %s", kit.name, connection.address)
+        connection.check_appliance_identity()
         connection.wait_until_ready(ready_timeout)
     except ApplianceUnavailableError:
+        answered = connection.check_appliance_identity()
         connection.close()
+        if answered:
+            raise ApplianceUnavailableError(
+                f"the appliance of federation {kit.federation!r} at {connection.address} "
+                f"answers but refuses client {kit.name!r} in the TLS handshake: its certificate "
+                "is revoked, superseded by a newer kit, or not registered. Ask the operator."
+            ) from None
         raise ApplianceUnavailableError(
             f"client {kit.name!r} could not reach the sealagg appliance of federation "
             f"{kit.federation!r} at {connection.address} within {ready_timeout:g} s (retried "

@@ -20,7 +20,10 @@ from safetensors.numpy import load as load_safetensors
 
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout
+from client_shim import ckks
+from client_shim.attestation import AttestationGuard, require_attestation
 from client_shim.connection import Connection
+from client_shim.vendor import Evaluator, answer_evaluation
 from crypto import (
     IdentityKey,
     QuantizationSpec,
@@ -65,8 +68,18 @@ class RoundReport:
 class Participant:
     """Runs this client's side of each round over a :class:`Connection`."""
 
-    def __init__(self, connection: Connection, *, poll_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        poll_seconds: float = 5.0,
+        evaluate: Evaluator | None = None,
+        attestation: AttestationGuard | None = None,
+    ) -> None:
         self.connection = connection
+        # A kit that carries an attestation policy is enforced by default (PolicyError if broken).
+        self.attestation = attestation or AttestationGuard.from_kit(connection)
+        self.evaluate = evaluate  # the vendor gate's party: candidate tensors -> holdout metrics
         self.identity = IdentityKey.from_seed(connection.kit.identity_seed)
         self.poll_seconds = poll_seconds
         self._models: dict[int, dict[str, np.ndarray]] = {}
@@ -90,12 +103,16 @@ class Participant:
             polls += 1
             if task.WhichOneof("kind") == "round_start":
                 return task.round_start
+            self._maybe_evaluate(task)
         raise TimeoutError("no round started")
 
     def run_round(self, compute: ComputeUpdate, start: pb.RoundStart | None = None) -> RoundReport:
         """Take part in one round (waiting for it to open unless ``start`` is given)."""
         start = start or self.wait_for_round()
+        require_attestation(self.attestation, start)  # raises: nothing of ours is sent
         _, tensors = self.global_model(start.model_version)
+        if start.mode == "ckks":  # only ciphertexts leave a data owner (client_shim/ckks.py)
+            return ckks.take_part(self, start, tensors, compute)
         layout = Layout.of(tensors)
         update, weight, metadata = compute(start, tensors)
         weight = float(weight) * (start.contribution_weight or 1.0)
@@ -108,7 +125,7 @@ class Participant:
             raise ValueError("update contains NaN or Inf; nothing was sent")
         meta = json.dumps(dict(metadata))
         try:
-            if start.mode == "plaintext":
+            if start.mode in ("plaintext", "attested"):  # attested: to the verified TEE only
                 header = pb.UploadHeader(
                     round_id=start.round_id,
                     phase=0,
@@ -116,7 +133,9 @@ class Participant:
                     weight=weight,
                     metadata_json=meta,
                 )
-                self.connection.submit(header, memoryview(update).cast("B"))
+                self.connection.submit(
+                    header, memoryview(update).cast("B"), deadline_unix=start.submit_deadline_unix
+                )
                 return self._follow(start, update.nbytes, None)
             return self._secure(start, layout, update, weight, meta)
         except grpc.RpcError as error:
@@ -139,19 +158,22 @@ class Participant:
         spec = QuantizationSpec(clip=start.clip, max_clients=start.max_clients)
         client = SecAggClient(config, start.client_index, self.identity)
         client.set_input(encode_update(update, weight, spec))
-        sent = self._send(start, 0, client.advertise_keys().encode(), meta)
+        advertise = client.advertise_keys().encode()
+        sent = self._send(start, 0, advertise, meta, start.submit_deadline_unix)
 
         def answer(step: pb.ProtocolStep) -> int:
             reply = client.handle(decode(step.payload))
-            return self._send(start, step.phase, reply.encode(), "")
+            return self._send(start, step.phase, reply.encode(), "", step.deadline_unix)
 
         return self._follow(start, sent, answer)
 
-    def _send(self, start: pb.RoundStart, phase: int, payload: bytes, meta: str) -> int:
+    def _send(
+        self, start: pb.RoundStart, phase: int, payload: bytes, meta: str, deadline_unix: float
+    ) -> int:
         header = pb.UploadHeader(
             round_id=start.round_id, phase=phase, kind="protocol", metadata_json=meta
         )
-        self.connection.submit(header, payload)
+        self.connection.submit(header, payload, deadline_unix=deadline_unix)
         return len(payload)
 
     def _follow(
@@ -171,6 +193,16 @@ class Participant:
                 return _report(start, task.round_end, sent)
             if kind == "step" and answer and bytes(task.step.round_id) == start.round_id:
                 sent += answer(task.step)
+            self._maybe_evaluate(task)
+
+    def _maybe_evaluate(self, task: pb.Task) -> None:
+        """Answer the vendor gate's request, if this party evaluates (client_shim/vendor.py)."""
+        if task.WhichOneof("kind") != "evaluate":
+            return
+        if self.evaluate is None:
+            _log.warning("asked to evaluate a candidate, but no evaluate= callback was given")
+            return
+        answer_evaluation(self.connection, task.evaluate, self.evaluate)
 
 
 def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3) -> RoundConfig:

@@ -119,3 +119,27 @@ class InfeasibleParametersError(SecAggError):
     """No (k, t) meets the requested security and reliability; the text says why."""
 
     reason = AbortReason.INFEASIBLE_PARAMETERS
+
+
+class CkksError(SecAggError):
+    """A CKKS round or message is unusable (see the subclasses)."""
+
+    reason = AbortReason.MALFORMED_MESSAGE
+
+
+class CkksParameterError(CkksError):
+    """CKKS parameters refused: no room for one plain multiplication, error or size too large."""
+
+    reason = AbortReason.INFEASIBLE_PARAMETERS
+
+
+class CkksCiphertextError(CkksError):
+    """A ciphertext was made under other parameters or context, truncated or padded."""
+
+    reason = AbortReason.BAD_CIPHERTEXT
+
+
+class CkksKeyError(CkksError):
+    """A context is of the wrong kind (a secret key where only a public one belongs, or none)."""
+
+    reason = AbortReason.BAD_CIPHERTEXT

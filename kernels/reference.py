@@ -13,6 +13,13 @@ import numpy as np
 
 __all__ = [
     "clip_l2",
+    "coordinate_median",
+    "geometric_median",
+    "krum",
+    "krum_scores",
+    "multi_krum",
+    "pairwise_sq_distances",
+    "trimmed_mean",
     "dequantize",
     "l2_norm",
     "mod_add",
@@ -88,3 +95,69 @@ def weighted_mean(updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
     w = weights.astype(np.float64)
     avg = np.average(updates.astype(np.float64), axis=0, weights=w / w.max())
     return avg.astype(np.float32)
+
+
+def coordinate_median(updates: np.ndarray) -> np.ndarray:
+    """``np.median`` per coordinate in float64 (even n: midpoint of the middle two), as float32."""
+    return np.median(updates.astype(np.float64), axis=0).astype(np.float32)
+
+
+def trimmed_mean(updates: np.ndarray, beta: float) -> np.ndarray:
+    """Sort each coordinate, drop ``floor(beta * n)`` values per side, average the rest."""
+    n = updates.shape[0]
+    k = int(np.floor(beta * n + 1e-9))
+    ordered = np.sort(updates.astype(np.float64), axis=0)
+    return ordered[k : n - k].mean(axis=0).astype(np.float32)
+
+
+def pairwise_sq_distances(updates: np.ndarray) -> np.ndarray:
+    """Direct ``sum((x_i - x_j)^2)`` in float64 for every pair (no Gram shortcut)."""
+    x = updates.astype(np.float64)
+    n = x.shape[0]
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            diff = x[i] - x[j]
+            out[i, j] = out[j, i] = float(diff @ diff)
+    return out
+
+
+def krum_scores(updates: np.ndarray, f: int) -> np.ndarray:
+    """Sum of squared distances to the ``n - f - 2`` nearest other updates (Blanchard et al.)."""
+    dist = pairwise_sq_distances(updates)
+    n = dist.shape[0]
+    return np.array(
+        [np.sort(np.delete(dist[i], i))[: n - f - 2].sum() for i in range(n)], dtype=np.float64
+    )
+
+
+def krum(updates: np.ndarray, f: int) -> int:
+    """Index of the lowest Krum score (first on ties)."""
+    return int(np.argmin(krum_scores(updates, f)))
+
+
+def multi_krum(updates: np.ndarray, f: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the ``m`` lowest-scoring updates (stable order on ties), and their indices."""
+    chosen = np.argsort(krum_scores(updates, f), kind="stable")[:m]
+    return updates[chosen].astype(np.float64).mean(axis=0).astype(np.float32), chosen
+
+
+def geometric_median(
+    updates: np.ndarray, nu: float = 1e-6, max_iter: int = 100, ftol: float = 1e-6
+) -> np.ndarray:
+    """Smoothed Weiszfeld in float64 from the mean, equal weights, same stopping rule."""
+    x = updates.astype(np.float64)
+    z = x.mean(axis=0)
+    dist = np.linalg.norm(x - z, axis=1)
+    objective = dist.mean()
+    for _ in range(max_iter):
+        beta = 1.0 / np.maximum(nu, dist)
+        z_next = (beta[:, None] * x).sum(axis=0) / beta.sum()
+        dist_next = np.linalg.norm(x - z_next, axis=1)
+        obj_next = dist_next.mean()
+        improved = objective - obj_next
+        if obj_next <= objective:
+            z, dist, objective = z_next, dist_next, obj_next
+        if improved <= ftol * obj_next:
+            break
+    return z.astype(np.float32)

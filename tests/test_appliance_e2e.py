@@ -109,11 +109,11 @@ class _VanishAfter(Participant):
 
     budget = 3
 
-    def _send(self, start, phase, payload, meta):
+    def _send(self, start, phase, payload, *rest):
         if self.budget <= 0:
             raise ConnectionAbortedError("client vanished")
         self.budget -= 1
-        return super()._send(start, phase, payload, meta)
+        return super()._send(start, phase, payload, *rest)
 
 
 def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):

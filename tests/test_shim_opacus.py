@@ -76,9 +76,9 @@ def uploads(monkeypatch) -> dict[str, list[tuple[int, str]]]:
     sent: dict[str, list[tuple[int, str]]] = {}
 
     class Recording(Connection):
-        def submit(self, header, payload):
+        def submit(self, header, payload, **kwargs):
             sent.setdefault(self.kit.name, []).append((header.phase, header.metadata_json))
-            return super().submit(header, payload)
+            return super().submit(header, payload, **kwargs)
 
     monkeypatch.setattr(shim_torch, "Connection", Recording)
     return sent

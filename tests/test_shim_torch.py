@@ -174,10 +174,10 @@ def uploads(monkeypatch) -> dict[str, list[tuple[int, str, int]]]:
     sent: dict[str, list[tuple[int, str, int]]] = {}
 
     class Recording(Connection):
-        def submit(self, header, payload):
+        def submit(self, header, payload, **kwargs):
             record = (header.phase, header.metadata_json, memoryview(payload).nbytes)
             sent.setdefault(self.kit.name, []).append(record)
-            return super().submit(header, payload)
+            return super().submit(header, payload, **kwargs)
 
     monkeypatch.setattr(shim_torch, "Connection", Recording)
     return sent
@@ -401,6 +401,36 @@ def test_unreachable_appliance_fails_clearly(tmp_path):
     with pytest.raises(client_shim.ApplianceUnavailableError) as info:
         client_shim.connect(dep.kits["client0"].source, address=address, ready_timeout=1.0)
     assert address in str(info.value) and "client0" in str(info.value)
+
+
+def test_wrong_expired_or_revoked_kits_fail_clearly_and_send_nothing(tmp_path, running, accepted):
+    from datetime import UTC, datetime, timedelta
+
+    from appliance.errors import KitExpiredError, KitMismatchError
+    from appliance.federation import Federation, add_client, init_federation, revoke_client
+    from appliance.kit import load_kit
+
+    dep = make_deployment(tmp_path / "ours", clients=3)
+    running(dep.folder)
+    fed = Federation.load(dep.folder)
+    # A kit of another federation pointed at our appliance: refused at once, by name.
+    other = init_federation(tmp_path / "other", name="other", hosts=["localhost"], port=dep.port)
+    stranger = load_kit(add_client(other, "client0"))
+    started = time.monotonic()
+    with pytest.raises(KitMismatchError, match="another federation"):
+        client_shim.connect(stranger, address=dep.address, ready_timeout=30)
+    assert time.monotonic() - started < 10
+    # An expired kit: refused before any connection.
+    past = datetime.now(UTC) - timedelta(days=800)
+    aged = init_federation(tmp_path / "aged", name="testfed", hosts=["localhost"], now=past)
+    old = load_kit(add_client(aged, "client0", now=past))
+    with pytest.raises(KitExpiredError, match="expired on"):
+        client_shim.connect(old, address=dep.address, ready_timeout=1)
+    # A revoked kit: the appliance answers but refuses it in the handshake; the message says so.
+    revoke_client(fed, "client2")
+    with pytest.raises(client_shim.ApplianceUnavailableError, match="revoked"):
+        client_shim.connect(dep.kits["client2"], address=dep.address, ready_timeout=1)
+    assert accepted == []
 
 
 def test_bad_arguments_are_refused_before_connecting(tmp_path):

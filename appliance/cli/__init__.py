@@ -13,6 +13,7 @@ command                          module
 ``model import|list|export``,    :mod:`appliance.cli.models`
 ``export``
 ``audit verify|export``          :mod:`appliance.cli.audit`
+``bench``                        :mod:`appliance.cli.bench` (source checkout only)
 ===============================  =================================================
 
 Every command takes ``--folder/-f`` (default ``./federation``, or ``$SEALAGG_FOLDER``).
@@ -22,7 +23,7 @@ imports torch (only ``export --format torch`` does, on demand).
 
 import typer
 
-from appliance.cli import audit, clients, demo, init, models, rounds, serve, status
+from appliance.cli import audit, bench, clients, demo, init, models, rounds, serve, status
 from appliance.cli._common import SealaggGroup
 
 __all__ = ["app"]
@@ -37,5 +38,5 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for _module in (demo, init, clients, serve, status, rounds, models, audit):
+for _module in (demo, init, clients, serve, status, rounds, models, audit, bench):
     _module.register(app)

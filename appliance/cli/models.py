@@ -1,4 +1,4 @@
-"""``sealagg model import|list|export`` and ``sealagg export``: model versions in the store.
+"""``sealagg model import|list|show|export|rollback``, ``sealagg export``, ``sealagg rollback``.
 
 Models enter and leave as safetensors (a JSON header and raw tensor bytes: no pickle).
 ``--format torch`` writes a PyTorch state dict and is the only place torch is imported, on
@@ -35,7 +35,7 @@ from appliance.cli._common import (
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 FLOAT_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64"}
 
-model_app = typer.Typer(help="Model versions: import a base model, list, export.")
+model_app = typer.Typer(help="Model versions: import a base model, list, show, export, roll back.")
 
 
 class ExportFormat(enum.StrEnum):
@@ -77,7 +77,7 @@ def _load_float_tensors(path: Path) -> dict[str, np.ndarray]:
         raise CLIError(f"{path} holds no tensors")
     for name, info in sorted(tensors.items()):
         dtype = info.get("dtype") if isinstance(info, dict) else None
-        if dtype not in FLOAT_DTYPES:
+        if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:  # a list is unhashable
             hint = " (convert bfloat16 to float32 first)" if dtype == "BF16" else ""
             raise CLIError(
                 f"{path}: tensor {name!r} has dtype {dtype}: only float16/32/64 tensors are "
@@ -144,7 +144,7 @@ def list_models(folder: FolderOption = DEFAULT_FOLDER) -> None:
         console.print("no model versions yet (import one with `sealagg model import FILE`)")
         return
     table = Table(title="model versions")
-    for column in ("version", "parent", "round", "status", "created", "sha256"):
+    for column in ("version", "parent", "round", "status", "created", "sha256", "metrics"):
         table.add_column(column)
     for m in models:
         mark = " [bold](current)[/]" if current is not None and m.version == current.version else ""
@@ -155,8 +155,93 @@ def list_models(folder: FolderOption = DEFAULT_FOLDER) -> None:
             styled(m.status) + mark,
             short_time(m.created_at),
             m.sha256[:16],
+            _metrics_brief(m.metrics),
         )
     console.print(table)
+
+
+#: Shown first in `model list` (the rest are in `model show`).
+_BRIEF_METRICS = ("eer", "hter", "accuracy", "fpr", "fnr")
+
+
+def _metrics_brief(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    keys = [k for k in _BRIEF_METRICS if k in metrics] or sorted(metrics)[:3]
+    return escape(" ".join(f"{k}={_number(metrics[k])}" for k in keys))
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def show_model(
+    version: Annotated[int, typer.Argument(help="Model version number.", min=1)],
+    folder: FolderOption = DEFAULT_FOLDER,
+) -> None:
+    """Show one model version: lineage, status, file, every recorded metric."""
+    from appliance.errors import StoreError
+
+    store = open_state_readonly(folder)
+    try:
+        try:
+            model = store.model_version(version)
+        except StoreError as error:
+            raise CLIError(str(error)) from None
+        current = store.current_model()
+        restored = [
+            m.version for m in store.model_versions() if m.sha256 == model.sha256 and m is not model
+        ]
+    finally:
+        store.close()
+    mark = " (current)" if current is not None and current.version == model.version else ""
+    console.print(f"model version [bold]{model.version}[/]{mark}", soft_wrap=True)
+    parent = "-" if model.parent is None else str(model.parent)
+    origin = (
+        "base model"
+        if model.parent is None
+        else (f"round {model.round}" if model.round is not None else f"restored from {parent}")
+    )
+    console.print(f"  status   {styled(model.status)}", soft_wrap=True)
+    console.print(f"  parent   {parent} ({origin})", soft_wrap=True)
+    console.print(f"  created  {short_time(model.created_at)}", soft_wrap=True)
+    console.print(f"  sha256   {model.sha256}", soft_wrap=True)
+    same = [v for v in restored if v != model.version]
+    if same:
+        console.print(f"  same weights as version(s) {', '.join(map(str, same))}", soft_wrap=True)
+    if not model.metrics:
+        console.print("  metrics  none recorded", soft_wrap=True)
+        return
+    console.print("  metrics", soft_wrap=True)
+    for key in sorted(model.metrics):
+        console.print(f"    {escape(key)} = {_number(model.metrics[key])}", soft_wrap=True)
+
+
+def rollback_model(
+    version: Annotated[int, typer.Argument(help="An earlier accepted version.", min=1)],
+    folder: FolderOption = DEFAULT_FOLDER,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Make an earlier accepted version current again (a new version, same weights; audited)."""
+    import getpass
+
+    from appliance.errors import StoreError
+    from appliance.versions import rollback
+
+    store = open_state_writable(folder)
+    try:
+        try:
+            restored = rollback(store, version, by=getpass.getuser(), reason=reason)
+        except StoreError as error:
+            raise CLIError(str(error)) from None
+    finally:
+        store.close()
+    console.print(
+        f"[green]rolled back:[/] version {version}'s weights are current again as version "
+        f"[bold]{restored.version}[/] (sha256 {restored.sha256[:16]}); the next round trains "
+        "from it",
+        soft_wrap=True,
+    )
 
 
 def _write_atomically(path: Path, write: Any, *, force: bool) -> None:
@@ -265,5 +350,8 @@ def register(app: typer.Typer) -> None:
     model_app.command("import")(import_model)
     model_app.command("list")(list_models)
     model_app.command("export")(export_model)
+    model_app.command("show")(show_model)
+    model_app.command("rollback")(rollback_model)
     app.add_typer(model_app, name="model")
+    app.command("rollback")(rollback_model)
     app.command("export")(export_model)

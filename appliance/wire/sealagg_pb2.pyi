@@ -14,16 +14,32 @@ class TaskRequest(_message.Message):
     def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("idle", "round_start", "step", "round_end")
+    __slots__ = ("idle", "round_start", "step", "round_end", "evaluate")
     IDLE_FIELD_NUMBER: _ClassVar[int]
     ROUND_START_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ROUND_END_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     idle: Idle
     round_start: RoundStart
     step: ProtocolStep
     round_end: RoundEnd
-    def __init__(self, idle: _Optional[_Union[Idle, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., step: _Optional[_Union[ProtocolStep, _Mapping]] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ...) -> None: ...
+    evaluate: Evaluate
+    def __init__(self, idle: _Optional[_Union[Idle, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., step: _Optional[_Union[ProtocolStep, _Mapping]] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ...) -> None: ...
+
+class Evaluate(_message.Message):
+    __slots__ = ("round_id", "model_version", "model_sha256", "metric", "deadline_unix")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    model_version: int
+    model_sha256: str
+    metric: str
+    deadline_unix: float
+    def __init__(self, round_id: _Optional[bytes] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., deadline_unix: _Optional[float] = ...) -> None: ...
 
 class Idle(_message.Message):
     __slots__ = ("retry_after_seconds", "current_model_version")
@@ -34,7 +50,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +66,8 @@ class RoundStart(_message.Message):
     SUBMIT_DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CKKS_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -65,7 +83,45 @@ class RoundStart(_message.Message):
     submit_deadline_unix: float
     model_sha256: str
     contribution_weight: float
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ...) -> None: ...
+    ckks: CkksParams
+    privacy: PrivacyParams
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ...) -> None: ...
+
+class PrivacyParams(_message.Message):
+    __slots__ = ("mode", "mechanism", "clip", "noise_std", "indicator_std", "min_survivors", "range_bits")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    INDICATOR_STD_FIELD_NUMBER: _ClassVar[int]
+    MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    RANGE_BITS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    mechanism: str
+    clip: float
+    noise_std: float
+    indicator_std: float
+    min_survivors: int
+    range_bits: int
+    def __init__(self, mode: _Optional[str] = ..., mechanism: _Optional[str] = ..., clip: _Optional[float] = ..., noise_std: _Optional[float] = ..., indicator_std: _Optional[float] = ..., min_survivors: _Optional[int] = ..., range_bits: _Optional[int] = ...) -> None: ...
+
+class CkksParams(_message.Message):
+    __slots__ = ("poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits", "key_holder_index", "key_holder_contributes", "share_secret_key", "max_error")
+    POLY_MODULUS_DEGREE_FIELD_NUMBER: _ClassVar[int]
+    COEFF_MOD_BIT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    SCALE_BITS_FIELD_NUMBER: _ClassVar[int]
+    KEY_HOLDER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    KEY_HOLDER_CONTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SHARE_SECRET_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: _containers.RepeatedScalarFieldContainer[int]
+    scale_bits: int
+    key_holder_index: int
+    key_holder_contributes: bool
+    share_secret_key: bool
+    max_error: float
+    def __init__(self, poly_modulus_degree: _Optional[int] = ..., coeff_mod_bit_sizes: _Optional[_Iterable[int]] = ..., scale_bits: _Optional[int] = ..., key_holder_index: _Optional[int] = ..., key_holder_contributes: _Optional[bool] = ..., share_secret_key: _Optional[bool] = ..., max_error: _Optional[float] = ...) -> None: ...
 
 class Participant(_message.Message):
     __slots__ = ("index", "name", "identity_key")
@@ -198,3 +254,37 @@ class DecisionReply(_message.Message):
     ok: bool
     detail: str
     def __init__(self, ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AttestRequest(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class AttestReply(_message.Message):
+    __slots__ = ("format", "evidence", "certificates", "tls_certificate_der")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    evidence: bytes
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    tls_certificate_der: bytes
+    def __init__(self, format: _Optional[str] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ..., tls_certificate_der: _Optional[bytes] = ...) -> None: ...
+
+class AttestationReport(_message.Message):
+    __slots__ = ("accepted", "format", "reason", "detail")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    format: str
+    reason: str
+    detail: str
+    def __init__(self, accepted: _Optional[bool] = ..., format: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AttestationReportAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -49,6 +49,16 @@ class AggregatorStub:
                 request_serializer=appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
                 response_deserializer=appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
                 _registered_method=True)
+        self.Attest = channel.unary_unary(
+                '/sealagg.v1.Aggregator/Attest',
+                request_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestRequest.SerializeToString,
+                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestReply.FromString,
+                _registered_method=True)
+        self.ReportAttestation = channel.unary_unary(
+                '/sealagg.v1.Aggregator/ReportAttestation',
+                request_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
+                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -75,6 +85,20 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attest(self, request, context):
+        """TEE evidence for a client-chosen nonce, bound to the appliance's TLS key (attested mode).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportAttestation(self, request, context):
+        """A client reports how its appraisal of that evidence ended; the appliance audits it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +116,16 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.DownloadModel,
                     request_deserializer=appliance_dot_wire_dot_sealagg__pb2.ModelRequest.FromString,
                     response_serializer=appliance_dot_wire_dot_sealagg__pb2.ModelChunk.SerializeToString,
+            ),
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
+                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestRequest.FromString,
+                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestReply.SerializeToString,
+            ),
+            'ReportAttestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAttestation,
+                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReport.FromString,
+                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +209,60 @@ class Aggregator:
             '/sealagg.v1.Aggregator/DownloadModel',
             appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
             appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Aggregator/Attest',
+            appliance_dot_wire_dot_sealagg__pb2.AttestRequest.SerializeToString,
+            appliance_dot_wire_dot_sealagg__pb2.AttestReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportAttestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Aggregator/ReportAttestation',
+            appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
+            appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,7 +98,7 @@ class Vanisher:
         self.phase: int | None = None
 
     def wrap(self, submit: Callable) -> Callable:
-        def submit_or_vanish(header, payload):
+        def submit_or_vanish(header, payload, **kwargs):
             if self.phase is not None and header.phase >= self.phase:
                 self.write(
                     {
@@ -113,7 +113,7 @@ class Vanisher:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(VANISHED_EXIT_CODE)
-            return submit(header, payload)
+            return submit(header, payload, **kwargs)
 
         return submit_or_vanish
 

@@ -1,0 +1,351 @@
+"""Mode ``ckks``: the appliance sums CKKS ciphertexts under a public context it cannot decrypt.
+
+Phases (each closes when its expected clients answered or its deadline passed):
+
+``keys``             every party uploads a fresh X25519 key signed by its identity key; the
+                     key holder's advert also carries (and signs) the public CKKS context.
+                     The appliance refuses a context that holds a secret key.
+``context``          the key holder receives the data owners' adverts and returns one secret
+                     context sealed to each (or none, when the secret is not shared).
+``encrypted_input``  each data owner receives the key holder's signed advert and its sealed
+                     context, and uploads ⌈(d+1)/slots⌉ ciphertexts of [w·x, w]; the appliance
+                     checks each upload against the round's context and adds it to a running sum.
+``decrypt``          the key holder decrypts the sum only and returns [Σw·x, Σw]; the appliance
+                     divides by Σw and publishes like any other mode.
+
+A bad upload is refused with a clear error and that client leaves the round; the round
+continues for the others as long as at least three data owners contribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from appliance.config import ApplianceConfig, DeadlinesSection
+from appliance.rounds import ActiveRound, Aggregate, Member, UploadRefusedError
+from appliance.wire import sealagg_pb2 as pb
+from crypto.ckks import (
+    MAX_CONTEXT_BYTES,
+    CkksAccumulator,
+    CkksParameters,
+    estimate,
+    input_limit,
+    mean_from_sum,
+)
+from crypto.ckks_keys import (
+    MAX_SEALED_BYTES,
+    SMALL_BYTES,
+    Advert,
+    bundle_message,
+    read_advert,
+    read_result,
+    read_sealed,
+    roster_message,
+)
+from crypto.errors import BadSignatureError, CkksError, SecAggError
+
+#: Data owners whose updates must be in a sum before anyone may decrypt it.
+MINIMUM_CONTRIBUTORS = 3
+UPLOAD_KIND = "ckks"
+
+
+@dataclasses.dataclass(frozen=True)
+class CkksPlan:
+    """Who holds the key, with which parameters; decided before the round opens."""
+
+    params: CkksParameters
+    key_holder: Member
+    contributes: bool
+    share_secret_key: bool
+    max_error: float
+
+    @property
+    def key_holder_index(self) -> int:
+        return self.key_holder.index
+
+
+class CkksRound(ActiveRound):
+    """One CKKS round; holds only the public context and a running ciphertext sum."""
+
+    phase_names = ("keys", "context", "encrypted_input", "decrypt")
+
+    def __init__(
+        self,
+        number: int,
+        round_id: bytes,
+        members: list[Member],
+        plan: CkksPlan,
+        dimension: int,
+    ) -> None:
+        super().__init__(number, round_id, members)
+        self.plan = plan
+        self.dimension = dimension
+        self.key_holder = plan.key_holder
+        self.data_owners = {
+            m.name for m in members if plan.contributes or m.name != plan.key_holder.name
+        }
+        self.adverts: dict[str, Advert] = {}
+        self.accumulator: CkksAccumulator | None = None
+        self.sealed: dict[int, bytes] = {}
+        self.contributors: tuple[str, ...] = ()
+        self.refused: dict[str, str] = {}
+        self._weighted_sum: np.ndarray | None = None
+        self._done = False
+
+    @staticmethod
+    def deadlines(deadlines: DeadlinesSection) -> list[float]:
+        """Per-phase deadlines, mapped onto the masked modes' settings."""
+        return [
+            deadlines.advertise_keys,
+            deadlines.share_keys,
+            deadlines.masked_input,
+            deadlines.unmasking,
+        ]
+
+    # ------------------------------------------------------------------------- uploads
+
+    def upload_limit(self, header: pb.UploadHeader) -> int:
+        if header.kind != UPLOAD_KIND:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT", f"ckks rounds take {UPLOAD_KIND!r} uploads, not {header.kind!r}"
+            )
+        return [
+            MAX_CONTEXT_BYTES + SMALL_BYTES,
+            len(self.members) * MAX_SEALED_BYTES + SMALL_BYTES,
+            input_limit(self.plan.params, self.dimension),
+            8 * (self.dimension + 1) + 256,
+        ][self.phase_index]
+
+    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
+        try:
+            [self._keys, self._context, self._input, self._result][self.phase_index](
+                member, bytes(payload)
+            )
+        except BadSignatureError as error:
+            self._refuse(member, str(error))
+            raise UploadRefusedError("UNAUTHENTICATED", str(error)) from None
+        except SecAggError as error:
+            self._refuse(member, str(error))
+            raise UploadRefusedError("INVALID_ARGUMENT", f"{error.reason.value}: {error}") from None
+
+    def _refuse(self, member: Member, why: str) -> None:
+        """A refused party leaves the phase (the round goes on without it, if it can)."""
+        self.refused[member.name] = why
+        self.expected.discard(member.name)
+
+    def _keys(self, member: Member, payload: bytes) -> None:
+        advert = read_advert(payload, self.round_id)
+        if advert.index != member.index:
+            raise CkksError(f"advert names index {advert.index}, the sender is {member.index}")
+        advert.verify(self.round_id, member.identity_key, signer=member.name)
+        if member.name == self.key_holder.name:
+            if advert.context is None:
+                raise CkksError("the key holder's advert must carry the public context")
+            # Refuses a context holding a secret key, and one with other parameters.
+            self.accumulator = CkksAccumulator(
+                self.plan.params, advert.context, self.round_id, self.dimension
+            )
+        elif advert.context is not None:
+            raise CkksError("only the key holder sends a context")
+        self.adverts[member.name] = advert
+
+    def _context(self, member: Member, payload: bytes) -> None:
+        sealed = read_sealed(payload, self.round_id, len(self.members))
+        wanted = {
+            self.adverts[n].index
+            for n in self.data_owners
+            if n in self.adverts and n != self.key_holder.name
+        }
+        if self.plan.share_secret_key and set(sealed) != wanted:
+            raise CkksError(f"sealed contexts for {sorted(sealed)}, expected {sorted(wanted)}")
+        if not self.plan.share_secret_key and sealed:
+            raise CkksError("this round does not share the secret context")
+        self.sealed = sealed
+
+    def _input(self, member: Member, payload: bytes) -> None:
+        if member.name not in self.data_owners:
+            raise CkksError("the separate key holder contributes no update")
+        assert self.accumulator is not None  # set in phase keys, or the round aborted
+        self.accumulator.add(payload)
+
+    def _result(self, member: Member, payload: bytes) -> None:
+        raw = read_result(payload, self.round_id, self.dimension)
+        weighted = np.frombuffer(raw, dtype="<f8").copy()
+        if not np.isfinite(weighted).all():
+            raise CkksError("decrypted sum contains NaN or Inf")
+        _, total = mean_from_sum(weighted)
+        if total > len(self.contributors) + 1e-6:
+            raise CkksError(
+                f"total weight {total:g} exceeds the {len(self.contributors)} contributors' maximum"
+            )
+        self._weighted_sum = weighted
+
+    # -------------------------------------------------------------------------- phases
+
+    def close_phase(self) -> dict[str, pb.Task]:
+        return [self._close_keys, self._close_context, self._close_input, self._close_decrypt][
+            self.phase_index
+        ]()
+
+    def _next(self, expected: set[str]) -> None:
+        self.phase_index += 1
+        self.expected = expected
+        self.answered = set()
+
+    def _close_keys(self) -> dict[str, pb.Task]:
+        kh = self.key_holder.name
+        if kh not in self.answered or self.accumulator is None:
+            why = self.refused.get(kh, "it sent no key advert in time")
+            raise CkksError(f"the key holder {kh} gave no usable public context: {why}")
+        self.data_owners &= self.answered
+        self._need_contributors(len(self.data_owners), "advertised keys")
+        roster = {self.members[n].index: self.adverts[n] for n in self.data_owners if n != kh}
+        self._next({kh})
+        return {kh: self._step(roster_message(self.round_id, roster))}
+
+    def _close_context(self) -> dict[str, pb.Task]:
+        kh = self.key_holder.name
+        if kh not in self.answered:
+            raise CkksError(f"the key holder {kh} did not hand out the context in time")
+        advert = self.adverts[kh]
+        self._next(set(self.data_owners))
+        return {
+            name: self._step(
+                bundle_message(
+                    self.round_id,
+                    self.key_holder.index,
+                    advert,
+                    self.sealed.get(self.members[name].index),
+                )
+            )
+            for name in sorted(self.data_owners)
+        }
+
+    def _close_input(self) -> dict[str, pb.Task]:
+        self.contributors = tuple(sorted(self.answered))
+        self._need_contributors(len(self.contributors), "sent an encrypted update")
+        assert self.accumulator is not None
+        message = self.accumulator.sum_message(len(self.contributors))
+        kh = self.key_holder.name
+        self._next({kh})
+        return {kh: self._step(message)}
+
+    def _close_decrypt(self) -> dict[str, pb.Task]:
+        if self._weighted_sum is None:
+            why = self.refused.get(self.key_holder.name, "no answer in time")
+            raise CkksError(f"the key holder did not return the decrypted sum: {why}")
+        self._done = True
+        return {}
+
+    def _need_contributors(self, count: int, what: str) -> None:
+        if count < MINIMUM_CONTRIBUTORS:
+            raise CkksError(
+                f"only {count} data owners {what}; a sum of fewer than {MINIMUM_CONTRIBUTORS} "
+                "would reveal individual updates"
+            )
+
+    def _step(self, payload: bytes) -> pb.Task:
+        return pb.Task(
+            step=pb.ProtocolStep(round_id=self.round_id, phase=self.phase_index, payload=payload)
+        )
+
+    # -------------------------------------------------------------------------- result
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def aggregate(self) -> Aggregate:
+        assert self._weighted_sum is not None
+        mean, total = mean_from_sum(self._weighted_sum)
+        dropped = tuple(sorted(self._all_data_owners() - set(self.contributors)))
+        return Aggregate(mean.astype(np.float32), total, self.contributors, dropped)
+
+    def _all_data_owners(self) -> set[str]:
+        return {n for n in self.members if self.plan.contributes or n != self.plan.key_holder.name}
+
+    def total_digest_source(self) -> bytes:
+        assert self._weighted_sum is not None
+        return self._weighted_sum.tobytes()
+
+
+def build_ckks_round(
+    config: ApplianceConfig,
+    number: int,
+    round_id: bytes,
+    members: list[Member],
+    dimension: int,
+    start: pb.RoundStart,
+) -> tuple[CkksRound, dict]:
+    """The round and its public parameters; ValueError (with the reason) refuses the round.
+
+    The size guard runs here: a model whose ciphertexts would exceed ``[ckks].budget_bytes``
+    per client (or the upload limit) is refused before any client does work.
+    """
+    section = config.ckks
+    params = CkksParameters(
+        section.poly_modulus_degree, tuple(section.coeff_mod_bit_sizes), section.scale_bits
+    )
+    if section.key_holder:
+        holder = next((m for m in members if m.name == section.key_holder), None)
+        if holder is None:
+            raise ValueError(
+                f"the key holder {section.key_holder!r} is not among the ready clients"
+            )
+        contributes = False
+    else:
+        holder, contributes = min(members, key=lambda m: m.index), True
+    owners = len(members) - (0 if contributes else 1)
+    if owners < MINIMUM_CONTRIBUTORS:
+        raise ValueError(
+            f"ckks needs at least {MINIMUM_CONTRIBUTORS} data owners besides a separate key holder"
+        )
+    try:
+        params.validate(
+            num_clients=owners, value_bound=config.aggregation.clip, max_error=section.max_error
+        )
+    except CkksError as error:
+        raise ValueError(f"ckks parameters refused: {error}") from None
+    guess = estimate(params, dimension)
+    if guess.bytes_per_client > section.budget_bytes:
+        raise ValueError(
+            f"ckks size guard: a model of {dimension:,} values needs {guess.describe()}, above "
+            f"[ckks].budget_bytes = {section.budget_bytes:,}; CKKS is for small models, "
+            "use mode secagg+ for this one"
+        )
+    limit = input_limit(params, dimension)
+    if limit > config.aggregation.max_upload_bytes:
+        raise ValueError(
+            f"ckks uploads may reach {limit:,} B, above [aggregation].max_upload_bytes = "
+            f"{config.aggregation.max_upload_bytes:,}; raise it or use mode secagg+"
+        )
+    plan = CkksPlan(params, holder, contributes, section.share_secret_key, section.max_error)
+    start.vector_length = dimension + 1
+    start.ckks.CopyFrom(
+        pb.CkksParams(
+            poly_modulus_degree=params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            scale_bits=params.scale_bits,
+            key_holder_index=holder.index,
+            key_holder_contributes=contributes,
+            share_secret_key=section.share_secret_key,
+            max_error=section.max_error,
+        )
+    )
+    audit = {
+        "round": number,
+        "mode": "ckks",
+        "poly_modulus_degree": params.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
+        "scale_bits": params.scale_bits,
+        "key_holder": holder.name,
+        "key_holder_contributes": contributes,
+        "share_secret_key": section.share_secret_key,
+        "ciphertexts_per_client": guess.ciphertexts,
+        "estimated_bytes_per_client": guess.bytes_per_client,
+        "error_bound": params.error_bound(owners),
+        "dimension": dimension,
+    }
+    return CkksRound(number, round_id, members, plan, dimension), audit

@@ -1,0 +1,249 @@
+"""Runs one bench profile: pytest-benchmark over benchmarks/, the appliance, the peers; merges JSON.
+
+Every measurement runs in a child process (its own interpreter, so one crashing benchmark or a
+peer's Ray cluster cannot take the command down); each step's failure is recorded in the
+results' ``errors`` and the run goes on. The merged document (``results.json``)::
+
+    {"schema": 1, "profile", "started", "finished", "command", "machine",
+     "pytest": <pytest-benchmark JSON>, "appliance": {"round": [...], "rss": [...]},
+     "peers": {"flower": {...}, "robust": {...}}, "errors": [...],
+     "metrics": {...}, "budgets": [...]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.cli._bench import machine
+
+PROFILES = ("smoke", "quick", "full")
+PEER_VENV = ".venv-peers"
+PEER_STAMP = ".sealagg-peers-installed"
+
+#: pytest-benchmark options per profile (smoke runs one round: it proves execution, not speed).
+PYTEST_OPTIONS = {
+    "smoke": ["--benchmark-disable-gc", "--benchmark-min-rounds=1", "--benchmark-max-time=0"],
+    "quick": ["--benchmark-min-rounds=3", "--benchmark-max-time=0.2", "--benchmark-disable-gc"],
+    "full": ["--benchmark-min-rounds=5", "--benchmark-max-time=1.0", "--benchmark-disable-gc"],
+}
+#: Smoke measures only these (tiny sizes); every other benchmark file is collected (imported).
+SMOKE_FILES = ("test_bench_modes.py", "test_bench_peer_workloads.py")
+#: bench_appliance.py runs per profile: (what, clients, dimension, modes).
+BOTH = ("plaintext", "secagg+")
+APPLIANCE_RUNS: dict[str, list[tuple[str, list[int], int, tuple[str, ...]]]] = {
+    "smoke": [],
+    # Quick: the budgets' shapes only (100 client threads take minutes: secagg+ alone there).
+    "quick": [("round", [10], 1_000_000, BOTH), ("rss", [10, 100], 1_000_000, ("secagg+",))],
+    "full": [
+        ("round", [10, 50], 100_000, BOTH),
+        ("round", [10, 50], 1_000_000, BOTH),
+        ("rss", [10, 50, 100], 1_000_000, BOTH),
+    ],
+}
+PEER_ROUNDS = {"smoke": 2, "quick": 2, "full": 3}
+TIMEOUTS = {"smoke": 300, "quick": 1200, "full": 5400}
+
+
+@dataclasses.dataclass
+class SuiteConfig:
+    profile: str
+    bench_dir: Path
+    out_dir: Path
+    peers: bool
+    appliance: bool
+    select: str | None = None
+    python: str = sys.executable
+    log: Callable[[str], None] = print
+
+
+class Run:
+    """One profile's measurements, written into ``out_dir`` as they complete."""
+
+    def __init__(self, config: SuiteConfig) -> None:
+        if config.profile not in PROFILES:
+            raise ValueError(f"unknown profile {config.profile!r}")
+        # Children run in the checkout's root: every path handed to them must be absolute.
+        config.out_dir = config.out_dir.resolve()
+        self.c = config
+        self.root = config.bench_dir.parent
+        self.errors: list[dict[str, str]] = []
+        self.c.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _run(self, step: str, argv: list[str], timeout: float, **env: str) -> bool:
+        """Run a child with its output in ``<step>.log``; record a failure, never raise."""
+        log_path = self.c.out_dir / f"{step}.log"
+        self.c.log(f"[{step}] {' '.join(argv[1:])}")
+        t0 = time.perf_counter()
+        try:
+            with log_path.open("w") as log:
+                proc = subprocess.run(  # noqa: S603 - argv built here, no shell
+                    argv,
+                    cwd=self.root,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    env={**os.environ, **env},
+                    check=False,
+                )
+        except subprocess.TimeoutExpired:
+            self._error(step, f"timed out after {timeout:.0f} s (log: {log_path.name})")
+            return False
+        except OSError as error:
+            self._error(step, f"could not start: {error}")
+            return False
+        self.c.log(f"[{step}] exit {proc.returncode} after {time.perf_counter() - t0:.0f} s")
+        if proc.returncode != 0:
+            self._error(
+                step, f"exit code {proc.returncode} (log: {log_path.name}): {_tail(log_path)}"
+            )
+            return False
+        return True
+
+    def _error(self, step: str, message: str) -> None:
+        self.errors.append({"step": step, "error": message})
+        self.c.log(f"[{step}] {message}")
+
+    def _read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def pytest_benchmarks(self) -> dict[str, Any] | None:
+        files = sorted(self.c.bench_dir.glob("test_bench_*.py"))
+        if not files:
+            self._error("pytest", f"no test_bench_*.py in {self.c.bench_dir}")
+            return None
+        env = {"SEALAGG_BENCH_PROFILE": self.c.profile}
+        base = [self.c.python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        if self.c.profile == "smoke":
+            # Prove every benchmark file still imports and collects; measure only the tiny ones.
+            self._run("collect", [*base, "--collect-only", *map(str, files)], 300, **env)
+            files = [f for f in files if f.name in SMOKE_FILES]
+        out = self.c.out_dir / "pytest.json"
+        argv = [
+            *base,
+            *map(str, files),
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            *PYTEST_OPTIONS[self.c.profile],
+        ]
+        if self.c.select:
+            argv += ["-k", self.c.select]
+        self._run("pytest", argv, TIMEOUTS[self.c.profile], **env)
+        doc = self._read_json(out)
+        if doc is not None:
+            for bench in doc.get("benchmarks", []):
+                bench["stats"].pop("data", None)  # raw samples: large, not reported
+        return doc
+
+    def appliance_runs(self) -> dict[str, list[dict[str, Any]]]:
+        script = self.c.bench_dir / "bench_appliance.py"
+        merged: dict[str, list[dict[str, Any]]] = {"round": [], "rss": []}
+        for what, clients, d, modes in APPLIANCE_RUNS[self.c.profile]:
+            step = f"appliance-{what}-d{d}"
+            out = self.c.out_dir / f"{step}.json"
+            argv = [self.c.python, str(script), what, "--clients", *map(str, clients)]
+            argv += ["--dimension", str(d), "--modes", *modes, "--json", str(out)]
+            if self._run(step, argv, TIMEOUTS[self.c.profile]):
+                merged[what].extend(self._read_json(out) or [])
+        return merged
+
+    def peer_python(self) -> Path | None:
+        """The benchmark-only venv's interpreter, created and installed on first use."""
+        venv = self.root / PEER_VENV
+        python = venv / "bin" / "python"
+        requirements = self.c.bench_dir / "peers" / "requirements.txt"
+        stamp = venv / PEER_STAMP
+        if (
+            python.exists()
+            and stamp.exists()
+            and stamp.stat().st_mtime >= requirements.stat().st_mtime
+        ):
+            return python
+        base = shutil.which("python3.11") or sys.executable
+        self.c.log(f"[peers] creating {venv} (flwr and ray: a few minutes, once)")
+        if not python.exists() and not self._run(
+            "peers-venv", [base, "-m", "venv", str(venv)], 600
+        ):
+            return None
+        pip = [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
+        if not self._run("peers-install", pip, 1800):
+            return None
+        stamp.touch()
+        return python
+
+    def peers(self) -> dict[str, Any]:
+        python = self.peer_python()
+        if python is None:
+            return {}
+        table = tomllib.loads((self.c.bench_dir / "peers" / "workloads.toml").read_text())
+        names = [w["name"] for w in table["workload"] if self.c.profile in w["profiles"]]
+        flower: dict[str, Any] = {"results": [], "errors": []}
+        for name in names:
+            out = self.c.out_dir / f"flower-{name}.json"
+            argv = [str(python), str(self.c.bench_dir / "peers" / "flower_secagg.py")]
+            argv += ["--workload", name, "--rounds", str(PEER_ROUNDS[self.c.profile])]
+            argv += ["--json", str(out)]
+            self._run(f"flower-{name}", argv, 900)
+            doc = self._read_json(out)
+            if doc is not None:
+                flower["results"] += doc.get("results", [])
+                flower["errors"] += doc.get("errors", [])
+                flower.setdefault("engine", doc.get("engine"))
+                flower.setdefault("versions", doc.get("versions"))
+        for e in flower["errors"]:
+            self._error(f"flower-{e.get('workload')}", f"{e.get('mode')}: {e.get('error')}")
+        found: dict[str, Any] = {"flower": flower}
+        robust = self.c.bench_dir / "peers" / "robust_peers.py"
+        if robust.exists():
+            # Another engineer's script (Flower's Krum/median vs our kernels); reused as is.
+            out = self.c.out_dir / "robust-peers.json"
+            argv = [str(python), str(robust), "--json", str(out)]
+            if self._run("robust-peers", argv, 1800, SEALAGG_BENCH_PROFILE=self.c.profile):
+                found["robust"] = self._read_json(out) or {}
+        return found
+
+    def run(self) -> dict[str, Any]:
+        started = _now()
+        results: dict[str, Any] = {
+            "schema": 1,
+            "profile": self.c.profile,
+            "started": started,
+            "command": " ".join(["sealagg", *sys.argv[1:]]),
+            "machine": machine.describe(self.root),
+        }
+        results["pytest"] = self.pytest_benchmarks()
+        results["appliance"] = self.appliance_runs() if self.c.appliance else {}
+        results["peers"] = self.peers() if self.c.peers else {}
+        results["machine"]["load_average_end"] = machine.load_average()
+        results["finished"] = _now()
+        results["errors"] = self.errors
+        return results
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])[-400:]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,194 @@
+"""``sealagg bench``: the benchmark suite that proves the overhead budgets (issue 9).
+
+Runs pytest-benchmark over every ``benchmarks/test_bench_*.py`` (sizes from the profile), the
+appliance on loopback (``benchmarks/bench_appliance.py``) and Flower's own SecAgg+ in a separate
+benchmark-only venv (``benchmarks/peers/``); merges everything into ``results.json``, renders
+``report.md`` and PNG plots, and with ``--check`` exits 1 naming each budget of
+``benchmarks/budgets.toml`` that was exceeded (ratios measured in the same run, never absolute
+times). The suite lives in the source checkout: an installed package without ``benchmarks/``
+gets a clear error. Everything heavy (matplotlib, the runs) is imported only when this runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from appliance.cli._common import console, err_console, fail
+
+BUDGETS_FILE = "budgets.toml"
+RESULTS_MD = "RESULTS.md"
+RESULTS_BEGIN = "<!-- sealagg-bench:begin (written by `sealagg bench --full --update-results`) -->"
+RESULTS_END = "<!-- sealagg-bench:end -->"
+LATEST_DIR = "report"
+
+
+def find_bench_dir(explicit: Path | None) -> Path:
+    """The checkout's ``benchmarks/``: ``--benchmarks``, else ./benchmarks, else beside the code."""
+    candidates = (
+        [explicit]
+        if explicit
+        else [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
+    )
+    for candidate in candidates:
+        if (candidate / BUDGETS_FILE).is_file():
+            return candidate.resolve()
+    where = ", ".join(str(c) for c in candidates)
+    fail(
+        f"no benchmark suite found (looked for {BUDGETS_FILE} in {where}): the suite ships with "
+        "the source checkout, not the installed package; run `sealagg bench` from a clone of "
+        "the repository (or pass --benchmarks PATH)"
+    )
+
+
+def finish(results: dict[str, Any], bench_dir: Path | None, out_dir: Path) -> list[str]:
+    """Metrics, budget verdicts, plots and report.md for ``results``; returns failure lines."""
+    from appliance.cli._bench import budgets, metrics, plots, report
+
+    results["metrics"] = metrics.collect(results)
+    failures: list[str] = []
+    if bench_dir is not None:
+        try:
+            spec = budgets.load(bench_dir / BUDGETS_FILE)
+        except budgets.BudgetFileError as error:
+            fail(str(error))
+        verdicts = budgets.check(spec.budgets, results["metrics"], results.get("profile", ""))
+        results["budgets_version"] = spec.version
+        results["budgets"] = budgets.as_json(verdicts)
+        failures = budgets.failure_lines(verdicts)
+    drawn = plots.draw(results, out_dir / "plots")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, sort_keys=False))
+    (out_dir / "report.md").write_text(report.render(results, drawn))
+    return failures
+
+
+def update_results_md(bench_dir: Path, out_dir: Path) -> Path:
+    """Copy the report into benchmarks/report/ and between RESULTS.md's markers (only there)."""
+    latest = bench_dir / LATEST_DIR
+    if latest.exists():
+        shutil.rmtree(latest)
+    shutil.copytree(out_dir, latest, ignore=shutil.ignore_patterns("*.log", "flower-*.json"))
+    text = (out_dir / "report.md").read_text()
+    body = "\n".join(
+        ("#" + line if line.startswith("#") else line) for line in text.splitlines()
+    ).replace("](plots/", f"]({LATEST_DIR}/plots/")
+    section = f"{RESULTS_BEGIN}\n{body}\n{RESULTS_END}"
+    path = bench_dir / RESULTS_MD
+    current = path.read_text() if path.exists() else "# Benchmark results\n"
+    if RESULTS_BEGIN in current and RESULTS_END in current:
+        head, _, rest = current.partition(RESULTS_BEGIN)
+        _, _, tail = rest.partition(RESULTS_END)
+        current = head + section + tail
+    else:
+        current = current.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(current)
+    return path
+
+
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A few minutes: main shapes, 3 Flower workloads.")
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Every shape and all 8 Flower workloads (~30 min).")
+    ] = False,
+    smoke: Annotated[
+        bool,
+        typer.Option("--smoke", help="Tiny sizes, no appliance, no peers: proves the suite runs."),
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 naming every budget exceeded or not measured.")
+    ] = False,
+    peers: Annotated[
+        bool | None,
+        typer.Option("--peers/--no-peers", help="Run Flower (default: yes unless --smoke)."),
+    ] = None,
+    appliance: Annotated[
+        bool | None,
+        typer.Option(
+            "--appliance/--no-appliance",
+            help="Run the loopback appliance (default: unless --smoke).",
+        ),
+    ] = None,
+    select: Annotated[
+        str | None, typer.Option("-k", help="Only pytest benchmarks matching this expression.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default bench-results/<time>-<profile>)."),
+    ] = None,
+    results_file: Annotated[
+        Path | None,
+        typer.Option("--results", help="Re-render / re-check an earlier results.json; no runs."),
+    ] = None,
+    benchmarks: Annotated[
+        Path | None, typer.Option("--benchmarks", help="The suite folder (default ./benchmarks).")
+    ] = None,
+    update_results: Annotated[
+        bool,
+        typer.Option(
+            "--update-results",
+            help="Write the report into benchmarks/RESULTS.md (between its markers) and "
+            "benchmarks/report/ (meant for --full runs).",
+        ),
+    ] = False,
+) -> None:
+    """Run the benchmark suite: report, plots, peer comparison, overhead budgets."""
+    if sum((quick, full, smoke)) > 1:
+        fail("choose one of --smoke, --quick and --full")
+    profile = "full" if full else "smoke" if smoke else "quick"
+    if results_file is not None:
+        try:
+            results = json.loads(results_file.read_text())
+        except ValueError as error:
+            fail(f"{results_file}: not a bench results file: {error}")
+        bench_dir = find_bench_dir(benchmarks)
+        out_dir = out or results_file.parent
+    else:
+        bench_dir = find_bench_dir(benchmarks)
+        from appliance.cli._bench.runner import Run, SuiteConfig
+
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = out or Path("bench-results") / f"{stamp}-{profile}"
+        config = SuiteConfig(
+            profile=profile,
+            bench_dir=bench_dir,
+            out_dir=out_dir,
+            peers=(profile != "smoke") if peers is None else peers,
+            appliance=(profile != "smoke") if appliance is None else appliance,
+            select=select,
+            log=lambda line: err_console.print(line, markup=False, soft_wrap=True),
+        )
+        results = Run(config).run()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = finish(results, bench_dir, out_dir)
+    console.print(f"report: {out_dir / 'report.md'}")
+    verdicts = results.get("budgets", [])
+    for verdict in verdicts:
+        if verdict["status"] != "skipped":
+            line = f"  {verdict['status']:9s} {verdict['id']}: {verdict['detail']}"
+            console.print(line, markup=False, soft_wrap=True)
+    skipped = sum(v["status"] == "skipped" for v in verdicts)
+    if skipped:
+        console.print(
+            f"  ({skipped} budgets skipped: not part of the {results.get('profile')} profile)"
+        )
+    for error in results.get("errors", []):
+        err_console.print(
+            f"step failed: {error['step']}: {error['error']}", markup=False, soft_wrap=True
+        )
+    if update_results:
+        console.print(f"updated {update_results_md(bench_dir, out_dir)}")
+    if check and failures:
+        for line in failures:
+            err_console.print(line, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

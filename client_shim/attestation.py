@@ -1,0 +1,241 @@
+"""Verify the appliance's TEE before any update leaves this client (attested mode).
+
+Flow (the relay defence is in steps 2-3):
+
+1. Ask the appliance (over the kit's CA-trusted channel) which TLS certificate C it will
+   attest, and check C was issued by the federation CA.
+2. Pin C: reopen the channel with C as its only trust anchor. From now on every handshake
+   must present exactly C, i.e. the live TLS session's key is C's key.
+3. Over the pinned channel, send a fresh verifier nonce and appraise the evidence against
+   the kit's policy with C's SubjectPublicKeyInfo as the bound key. A relay with another
+   certificate either fails the pinned handshake or returns evidence bound to another key;
+   both are refused as ``bound_to_another_tls_key``.
+4. Report the result to the appliance (audited there) and raise on refusal: nothing is sent.
+
+Verification runs before the first upload and again every round (or every
+``interval_seconds``). A software-attester result is accepted only if the policy opts in,
+and always with a loud warning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from appliance.kit import ClientKit
+from appliance.wire import sealagg_pb2 as pb
+from appliance.wire import sealagg_pb2_grpc as pb_grpc
+from attest import (
+    INSECURE_WARNING,
+    AttestationError,
+    AttestationRefusedError,
+    AttestationResult,
+    Evidence,
+    Policy,
+    PolicyError,
+    Reason,
+    Verifier,
+    VerifierLike,
+    parse_policy,
+)
+from client_shim.connection import MAX_MESSAGE_BYTES, Connection
+
+_log = logging.getLogger("sealagg.client.attestation")
+
+CALL_TIMEOUT = 15.0
+POLICY_SOURCE = "attestation_policy.toml in the client kit"
+
+
+def policy_from_kit(kit: ClientKit) -> Policy | None:
+    """The kit's policy, None if the kit has none; :class:`PolicyError` if it is malformed."""
+    if kit.attestation_policy is None:
+        return None
+    try:
+        text = kit.attestation_policy.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{POLICY_SOURCE}: not UTF-8; nothing will be sent") from None
+    try:
+        return parse_policy(text, source=POLICY_SOURCE)
+    except PolicyError as error:
+        raise PolicyError(f"{error}; nothing will be sent") from None
+
+
+class AttestationGuard:
+    """Keeps one connection pinned to an attested appliance; refuses to go on otherwise."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        policy: Policy,
+        *,
+        verifier: VerifierLike | None = None,
+        interval_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connection = connection
+        self.verifier = verifier or Verifier(policy)
+        self.interval_seconds = interval_seconds
+        self._clock = clock
+        self._pinned: bytes | None = None
+        self._verified_at: float | None = None
+        self.last_result: AttestationResult | None = None
+
+    @classmethod
+    def from_kit(cls, connection: Connection, **kwargs: object) -> AttestationGuard | None:
+        policy = policy_from_kit(connection.kit)
+        return None if policy is None else cls(connection, policy, **kwargs)  # type: ignore[arg-type]
+
+    def due(self) -> bool:
+        if self._verified_at is None or self.interval_seconds <= 0:
+            return True
+        return self._clock() - self._verified_at >= self.interval_seconds
+
+    def before_upload(self) -> AttestationResult:
+        """Verify now if due (always before the first upload); raise if refused."""
+        if self.due():
+            return self.verify()
+        assert self.last_result is not None
+        return self.last_result
+
+    def verify(self) -> AttestationResult:
+        self._verified_at = None
+        try:
+            result = self._appraise()
+        except AttestationRefusedError as refused:  # refused before any evidence was read
+            result = refused.result  # type: ignore[assignment]
+        except grpc.RpcError as error:
+            raise AttestationError(
+                f"could not obtain attestation evidence from {self.connection.address}: "
+                f"{error.code().name}: {error.details()}. Nothing was sent."
+            ) from None
+        self.last_result = result
+        self._report(result)
+        if not result.accepted:
+            _log.error("attestation refused (%s): %s", result.reason.value, result.detail)  # type: ignore[union-attr]
+            raise AttestationRefusedError(result)
+        if result.insecure:
+            print(INSECURE_WARNING, file=sys.stderr)
+            _log.warning(INSECURE_WARNING)
+        self._verified_at = self._clock()
+        return result
+
+    def _appraise(self) -> AttestationResult:
+        if self._pinned is None:
+            self._pin()
+        assert self._pinned is not None
+        nonce = self.verifier.challenge()
+        try:
+            reply = self._stub().Attest(pb.AttestRequest(nonce=nonce), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            return _refused(
+                Reason.WRONG_TLS_KEY,
+                f"the appliance at {self.connection.address} did not complete a TLS handshake "
+                "with the attested certificate pinned: the server there does not hold the key "
+                "its evidence is bound to (a relay?), or it became unreachable",
+            )
+        if reply.tls_certificate_der != self._pinned:
+            return _refused(Reason.WRONG_TLS_KEY, "the appliance now names another TLS certificate")
+        evidence = Evidence(reply.format, bytes(reply.evidence), tuple(reply.certificates))
+        return self.verifier.appraise(
+            evidence, nonce=nonce, tls_spki_der=_spki(x509.load_der_x509_certificate(self._pinned))
+        )
+
+    def _pin(self) -> None:
+        """Learn the certificate to attest, check the federation CA issued it, and pin it."""
+        probe = self._stub().Attest(
+            pb.AttestRequest(nonce=secrets.token_bytes(32)), timeout=CALL_TIMEOUT
+        )
+        der = bytes(probe.tls_certificate_der)
+        cert = _federation_server_certificate(der, self.connection.kit)
+        self.connection.pin_server_certificate(cert.public_bytes(Encoding.PEM))
+        self._pinned = der
+
+    def _stub(self) -> pb_grpc.AggregatorStub:
+        return self.connection.stub
+
+    def _report(self, result: AttestationResult) -> None:
+        """Tell the appliance (its audit log) how the appraisal ended; best effort."""
+        report = pb.AttestationReport(
+            accepted=result.accepted,
+            format=result.format,
+            reason=result.reason.value if result.reason else "",
+            detail=result.detail[:300],
+        )
+        try:
+            self._stub().ReportAttestation(report, timeout=5.0)
+            return
+        except grpc.RpcError:
+            pass
+        channel = _ca_channel(self.connection.kit, self.connection.address)
+        try:  # the pinned channel is down (e.g. a relay): report over the CA-trusted one
+            pb_grpc.AggregatorStub(channel).ReportAttestation(report, timeout=5.0)
+        except grpc.RpcError as error:
+            _log.warning("could not report the attestation result: %s", error.code().name)
+        finally:
+            channel.close()
+
+
+def require_attestation(guard: AttestationGuard | None, start: pb.RoundStart) -> None:
+    """The shim's hook before a round's first upload: verify, or refuse an unverifiable round."""
+    if guard is not None:
+        guard.before_upload()
+    elif start.mode == "attested":
+        raise PolicyError(
+            "the appliance runs an attested round but this client kit carries no attestation "
+            "policy, so the appliance cannot be verified; nothing was sent"
+        )
+
+
+def _refused(reason: Reason, detail: str) -> AttestationResult:
+    return AttestationResult.refused("", reason, detail)
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _federation_server_certificate(der: bytes, kit: ClientKit) -> x509.Certificate:
+    """The appliance certificate to pin, if the federation CA issued it for server use now."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.verify_directly_issued_by(kit.ca_certificate)
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        raise AttestationRefusedError(
+            _refused(
+                Reason.BROKEN_CHAIN, "the appliance's TLS certificate is not from this federation"
+            )
+        ) from None
+    now = datetime.datetime.now(datetime.UTC)
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usage or not (
+        cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+    ):
+        raise AttestationRefusedError(
+            _refused(
+                Reason.BROKEN_CHAIN, "the appliance's TLS certificate is not valid for serving"
+            )
+        )
+    return cert
+
+
+def _ca_channel(kit: ClientKit, address: str) -> grpc.Channel:
+    ca, key, cert = kit.channel_credentials_material()
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.ssl_target_name_override", kit.server_name),
+    ]
+    return grpc.secure_channel(
+        address, grpc.ssl_channel_credentials(ca, key, cert), options=options
+    )

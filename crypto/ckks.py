@@ -1,0 +1,399 @@
+"""CKKS homomorphic sums: parameters, whole-model packing, the running sum, decryption.
+
+The flattened update x (d values) and the client's weight w are packed as
+[w·x_1, …, w·x_d, w] across ⌈(d+1)/slots⌉ ciphertexts (not one ciphertext per
+layer: a 10-value layer would otherwise cost a whole ciphertext). The appliance
+adds ciphertexts as they arrive under a *public* context; the key holder
+decrypts the sum and the appliance divides by the Σw found in the last slot.
+
+Parameters are validated before use: a setting that leaves no level for one
+plain multiplication, is below 128-bit security, or whose worst-case error for
+the round exceeds a limit is refused with the reason (:class:`CkksParameterError`).
+The error bound is the standard CKKS estimate (Cheon, Kim, Kim, Song 2017,
+Lemma 1 and the rescaling lemma), not a measurement; tests check it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hmac
+import math
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from crypto._primitives.ckks import MAX_SECURE_COEFF_BITS, PublicContext, SecretContext
+from crypto.errors import (
+    CkksCiphertextError,
+    CkksKeyError,
+    CkksParameterError,
+    MalformedMessageError,
+)
+
+SCHEMA_VERSION = 1
+#: Gaussian error width of SEAL's encryption.
+_SIGMA = 3.2
+#: Default limit on the worst-case absolute error of one slot of the weighted sum.
+DEFAULT_MAX_ERROR = 1e-3
+#: Largest serialized public context accepted (N=16384 with five primes is about 1.1 MB).
+MAX_CONTEXT_BYTES = 8 * 1024 * 1024
+_ENVELOPE_OVERHEAD = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class CkksParameters:
+    """Ring degree N, coefficient-modulus prime sizes in bits, and the scale 2^scale_bits."""
+
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40)
+    scale_bits: int = 40
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    def ciphertexts_for(self, dimension: int) -> int:
+        """Ciphertexts one client sends: ⌈(d+1)/slots⌉ (the +1 is the weight slot)."""
+        return math.ceil((dimension + 1) / self.slots)
+
+    def max_ciphertext_bytes(self) -> int:
+        """Upper bound on one serialized fresh ciphertext (uncompressed, plus headers)."""
+        levels = len(self.coeff_mod_bit_sizes) - 1
+        return 2 * self.poly_modulus_degree * levels * 8 + 1024
+
+    def error_bound(self, num_clients: int) -> float:
+        """Worst-case absolute error of one slot of the sum of ``num_clients`` fresh encryptions.
+
+        Per client: fresh public-key encryption B_clean = 8√2·sN + 6s√N + 16s√(hN) (s = 3.2,
+        the error width; h ≈ 2N/3, the weight of a ternary secret), plus encoding rounding
+        (N/2) and the rounding of one rescale after a plain multiplication, √(N/3)·(3 + 8√h);
+        all divided by the scale.
+        """
+        n = self.poly_modulus_degree
+        h = 2 * n / 3
+        clean = 8 * math.sqrt(2) * _SIGMA * n + 6 * _SIGMA * math.sqrt(n)
+        clean += 16 * _SIGMA * math.sqrt(h * n)
+        rescale = math.sqrt(n / 3) * (3 + 8 * math.sqrt(h))
+        return num_clients * (clean + n / 2 + rescale) / self.scale
+
+    def validate(
+        self, *, num_clients: int, value_bound: float, max_error: float = DEFAULT_MAX_ERROR
+    ) -> None:
+        """Refuse parameters that cannot serve this round, saying why."""
+        n, bits, scale_bits = self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits
+        if n not in MAX_SECURE_COEFF_BITS:
+            raise CkksParameterError(
+                f"poly_modulus_degree {n} unsupported; use one of {sorted(MAX_SECURE_COEFF_BITS)}"
+            )
+        if len(bits) < 3:
+            raise CkksParameterError(
+                f"coefficient moduli {list(bits)} leave no level for one plain multiplication: "
+                "need at least [first, middle, special] (e.g. [60, 40, 40])"
+            )
+        if any(not 20 <= b <= 60 for b in bits):
+            raise CkksParameterError(f"each modulus prime must have 20..60 bits, got {list(bits)}")
+        if sum(bits) > MAX_SECURE_COEFF_BITS[n]:
+            raise CkksParameterError(
+                f"coefficient moduli total {sum(bits)} bits; at N={n} at most "
+                f"{MAX_SECURE_COEFF_BITS[n]} keep 128-bit security"
+            )
+        middle = bits[1:-1]
+        if any(abs(b - scale_bits) > 1 for b in middle):
+            raise CkksParameterError(
+                f"middle primes {list(middle)} must match the scale (2^{scale_bits}) so one "
+                "rescale after a plain multiplication keeps the scale"
+            )
+        headroom_bits = bits[0] - scale_bits - 1
+        if num_clients * value_bound >= 2.0**headroom_bits:
+            raise CkksParameterError(
+                f"a sum of {num_clients} values up to {value_bound} overflows: the first prime "
+                f"({bits[0]} bits) leaves {headroom_bits} integer bits above the scale"
+            )
+        if 2 * scale_bits + math.log2(max(value_bound, 1.0)) >= sum(bits[:-1]):
+            raise CkksParameterError(
+                "a plain multiplication at this scale does not fit the ciphertext modulus"
+            )
+        bound = self.error_bound(num_clients)
+        if bound > max_error:
+            raise CkksParameterError(
+                f"worst-case error {bound:.3g} per value for {num_clients} clients exceeds the "
+                f"limit {max_error:g}; raise the scale or lower the ring degree's noise"
+            )
+
+    def generate_keys(self) -> SecretContext:
+        return SecretContext.generate(
+            self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits
+        )
+
+    def check_context(self, context: PublicContext) -> None:
+        """Refuse a public context that does not carry these parameters."""
+        if (
+            context.poly_modulus_degree != self.poly_modulus_degree
+            or context.coeff_mod_count != len(self.coeff_mod_bit_sizes) - 1
+            or not math.isclose(context.scale, self.scale)
+        ):
+            raise CkksParameterError(
+                f"context has N={context.poly_modulus_degree}, {context.coeff_mod_count + 1} "
+                f"primes, scale {context.scale:g}; the round uses N={self.poly_modulus_degree}, "
+                f"{len(self.coeff_mod_bit_sizes)} primes, scale 2^{self.scale_bits}"
+            )
+
+
+# ------------------------------------------------------------------------------ packing
+
+
+def chunk_sizes(dimension: int, slots: int) -> list[int]:
+    """Values in each ciphertext when d+1 values are packed into ``slots``-slot ciphertexts."""
+    total = dimension + 1
+    count = math.ceil(total / slots)
+    return [slots] * (count - 1) + [total - slots * (count - 1)]
+
+
+def pack(update: np.ndarray, weight: float, slots: int) -> list[np.ndarray]:
+    """[w·x, w] split into ciphertext-sized chunks (float64)."""
+    flat = np.empty(update.size + 1, dtype=np.float64)
+    np.multiply(update.reshape(-1), weight, out=flat[:-1], dtype=np.float64)
+    flat[-1] = weight
+    return [flat[i : i + slots] for i in range(0, flat.size, slots)]
+
+
+def per_layer_ciphertexts(layer_sizes: list[int], slots: int) -> int:
+    """What per-layer packing (one or more ciphertexts per tensor) costs, for comparison."""
+    return sum(math.ceil(size / slots) for size in layer_sizes)
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def pack_message(kind: str, round_id: bytes, **fields: Any) -> bytes:
+    return msgpack.packb(
+        {"v": SCHEMA_VERSION, "t": kind, "r": round_id, **fields}, use_bin_type=True
+    )
+
+
+def unpack_message(data: bytes, kind: str, round_id: bytes, *, max_bytes: int) -> dict[str, Any]:
+    """Decode a CKKS message and check its version, type and round (never pickle)."""
+    if len(data) > max_bytes:
+        raise MalformedMessageError(f"{kind}: {len(data)} bytes exceeds the limit {max_bytes}")
+    try:
+        body = msgpack.unpackb(bytes(data), raw=False, strict_map_key=False, max_bin_len=max_bytes)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise MalformedMessageError(f"{kind}: not a valid message ({exc})") from None
+    if not isinstance(body, dict) or body.get("v") != SCHEMA_VERSION or body.get("t") != kind:
+        raise MalformedMessageError(f"expected a version-{SCHEMA_VERSION} {kind!r} message")
+    if body.get("r") != round_id:
+        raise MalformedMessageError(f"{kind}: the message names another round")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, *, optional: bool = False) -> Any:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise MalformedMessageError(f"field {name!r}: expected {kind.__name__}")
+    return value
+
+
+# -------------------------------------------------------------------------- the parties
+
+
+class CkksEncryptor:
+    """A data owner's side: encrypt [w·x, w] under the key holder's public context."""
+
+    def __init__(self, params: CkksParameters, public_context: bytes, round_id: bytes) -> None:
+        self.params = params
+        self.context = PublicContext.from_bytes(public_context, max_bytes=MAX_CONTEXT_BYTES)
+        params.check_context(self.context)
+        self.round_id = round_id
+
+    def encrypt(self, update: np.ndarray, weight: float) -> bytes:
+        """The upload: every chunk encrypted; nothing in it is readable without the secret key."""
+        chunks = pack(np.asarray(update), weight, self.params.slots)
+        cts = [self.context.encrypt(c) for c in chunks]
+        return pack_message("ckks_input", self.round_id, f=self.context.fingerprint, c=cts)
+
+
+def input_limit(params: CkksParameters, dimension: int) -> int:
+    """Largest acceptable encrypted upload for a model of ``dimension`` values."""
+    return params.ciphertexts_for(dimension) * params.max_ciphertext_bytes() + _ENVELOPE_OVERHEAD
+
+
+class CkksAccumulator:
+    """The appliance's running sum of ciphertexts, under a public context only."""
+
+    def __init__(
+        self, params: CkksParameters, public_context: bytes, round_id: bytes, dimension: int
+    ) -> None:
+        self.params = params
+        self.context = PublicContext.from_bytes(public_context, max_bytes=MAX_CONTEXT_BYTES)
+        params.check_context(self.context)
+        self.round_id = round_id
+        self.dimension = dimension
+        self.sizes = chunk_sizes(dimension, params.slots)
+        self._sum: list[Any] | None = None
+        self.count = 0
+
+    def add(self, payload: bytes) -> None:
+        """Check one client's upload entirely, then add it (a bad upload changes nothing)."""
+        body = unpack_message(
+            payload, "ckks_input", self.round_id, max_bytes=input_limit(self.params, self.dimension)
+        )
+        fingerprint = field(body, "f", bytes)
+        if not hmac.compare_digest(fingerprint, self.context.fingerprint):
+            raise CkksCiphertextError(
+                "ciphertext refused: encrypted under another context than the round's"
+            )
+        cts = field(body, "c", list)
+        if len(cts) != len(self.sizes):
+            raise CkksCiphertextError(
+                f"ciphertext refused: {len(cts)} ciphertexts, the model needs {len(self.sizes)}"
+            )
+        limit = self.params.max_ciphertext_bytes()
+        vectors = []
+        for i, (ct, used) in enumerate(zip(cts, self.sizes, strict=True)):
+            if not isinstance(ct, bytes) or len(ct) > limit:
+                raise CkksCiphertextError(
+                    f"ciphertext refused: chunk {i} is oversized or not bytes"
+                )
+            vectors.append(self.context.load(ct, slots_used=used))
+        if self._sum is None:
+            self._sum = vectors
+        else:
+            for i, vector in enumerate(vectors):
+                self._sum[i] = self.context.add(self._sum[i], vector)
+        self.count += 1
+
+    @property
+    def sum_vectors(self) -> list[Any]:
+        if self._sum is None:
+            raise CkksCiphertextError("no ciphertext was added")
+        return self._sum
+
+    def sum_message(self, contributors: int) -> bytes:
+        """What the key holder receives: the summed ciphertexts and how many were added."""
+        cts = [self.context.serialize(v) for v in self.sum_vectors]
+        return pack_message(
+            "ckks_sum", self.round_id, f=self.context.fingerprint, n=contributors, c=cts
+        )
+
+
+class CkksKeyHolder:
+    """Generates the keys, hands out the public context, decrypts only the sum."""
+
+    def __init__(self, params: CkksParameters, round_id: bytes, secret: SecretContext) -> None:
+        self.params = params
+        self.round_id = round_id
+        self._secret = secret
+        self.public_context = secret.public_bytes()
+
+    @classmethod
+    def generate(cls, params: CkksParameters, round_id: bytes) -> CkksKeyHolder:
+        return cls(params, round_id, params.generate_keys())
+
+    def decrypt_sum(self, message: bytes, dimension: int, *, minimum: int = 3) -> np.ndarray:
+        """The weighted sum [Σw·x, Σw] (float64, d+1 values) from the appliance's sum message.
+
+        Refuses a sum that claims fewer than ``minimum`` contributors. The count is the
+        appliance's word: this check stops an honest-but-buggy appliance, not a malicious one
+        (which could present one client's ciphertext as a sum; see the README's key model).
+        """
+        sizes = chunk_sizes(dimension, self.params.slots)
+        limit = len(sizes) * self.params.max_ciphertext_bytes() + _ENVELOPE_OVERHEAD
+        body = unpack_message(message, "ckks_sum", self.round_id, max_bytes=limit)
+        contributors = field(body, "n", int)
+        if contributors < minimum:
+            raise CkksCiphertextError(
+                f"refusing to decrypt a sum of {contributors} contributions (need {minimum})"
+            )
+        cts = field(body, "c", list)
+        if len(cts) != len(sizes) or not all(isinstance(c, bytes) for c in cts):
+            raise CkksCiphertextError("sum message has the wrong number of ciphertexts")
+        out = np.concatenate(
+            [self._secret.decrypt(c)[:used] for c, used in zip(cts, sizes, strict=True)]
+        )
+        if out.size != dimension + 1:
+            raise CkksCiphertextError("decrypted sum has the wrong length")
+        return out
+
+    def export_secret_for_sealing(self) -> bytes:
+        return self._secret.export_secret_bytes_for_sealing()
+
+    def __reduce__(self) -> object:
+        raise TypeError("CkksKeyHolder holds a secret key and cannot be pickled")
+
+
+def check_secret_context(secret_context: bytes, public_context: bytes) -> None:
+    """A data owner's check that the sealed secret context belongs to the advertised public one."""
+    secret = SecretContext.from_secret_bytes(secret_context)
+    if not hmac.compare_digest(secret.public_bytes(), bytes(public_context)):
+        raise CkksKeyError("the sealed secret context does not match the key holder's public one")
+
+
+def mean_from_sum(weighted_sum: np.ndarray) -> tuple[np.ndarray, float]:
+    """Divide [Σw·x, Σw] by Σw: the weighted mean and the total weight."""
+    total = float(weighted_sum[-1])
+    if not (np.isfinite(total) and total > 0.0):
+        raise CkksCiphertextError(f"decrypted total weight {total} is not positive")
+    return weighted_sum[:-1] / total, total
+
+
+# ---------------------------------------------------------------------------- estimator
+
+
+@dataclasses.dataclass(frozen=True)
+class CkksEstimate:
+    ciphertexts: int
+    bytes_per_ciphertext: int
+    bytes_per_client: int
+    encrypt_seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.ciphertexts} ciphertexts of {self.bytes_per_ciphertext:,} B = "
+            f"{self.bytes_per_client:,} B per client, ≈{self.encrypt_seconds:.2f} s to encrypt"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _calibrate(params: CkksParameters) -> tuple[int, float]:
+    """Bytes and seconds of one full fresh ciphertext, measured once with throwaway keys."""
+    keys = params.generate_keys()
+    context = PublicContext.from_bytes(keys.public_bytes(), max_bytes=MAX_CONTEXT_BYTES)
+    values = np.random.default_rng(0).uniform(-1, 1, params.slots)
+    context.encrypt(values)  # warm up
+    started = time.perf_counter()
+    reps = 3
+    sizes = [len(context.encrypt(values)) for _ in range(reps)]
+    return max(sizes), (time.perf_counter() - started) / reps
+
+
+def estimate(params: CkksParameters, dimension: int) -> CkksEstimate:
+    """Bytes per ciphertext and client, and encryption time, for a model of ``dimension`` values."""
+    per_ct, seconds = _calibrate(params)
+    count = params.ciphertexts_for(dimension)
+    return CkksEstimate(count, per_ct, count * per_ct + 64, count * seconds)
+
+
+__all__ = [
+    "DEFAULT_MAX_ERROR",
+    "CkksAccumulator",
+    "CkksEncryptor",
+    "CkksEstimate",
+    "CkksKeyHolder",
+    "CkksParameters",
+    "check_secret_context",
+    "chunk_sizes",
+    "estimate",
+    "input_limit",
+    "mean_from_sum",
+    "pack",
+    "per_layer_ciphertexts",
+]

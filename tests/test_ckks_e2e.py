@@ -1,0 +1,278 @@
+"""Mode ckks end to end: real gRPC over loopback TLS, real TenSEAL keys, real clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from appliance.federation import Federation
+from appliance.server import open_store
+from appliance.testing import base_model
+from appliance.wire import sealagg_pb2 as pb
+from appliance.wire.modelcodec import Layout, flatten
+from client_shim.connection import Connection
+from client_shim.session import Participant
+from crypto import IdentityKey
+from crypto.ckks import CkksEncryptor, CkksKeyHolder, CkksParameters, pack_message
+from crypto.ckks_keys import CkksParty, read_bundle
+
+pytest.importorskip("tenseal")
+
+DIM = Layout.of(base_model()).dimension
+FAST = {
+    "advertise_keys": 4,
+    "share_keys": 4,
+    "masked_input": 4,
+    "consistency_check": 4,
+    "unmasking": 4,
+}
+PARAMS = CkksParameters()
+
+
+def _delta(i: int) -> np.ndarray:
+    return np.random.default_rng(300 + i).normal(0, 0.05, DIM).astype(np.float32)
+
+
+def _weight(i: int) -> float:
+    return 0.2 + 0.15 * i
+
+
+def _run_clients(dep, names, called=None):
+    reports, errors = {}, {}
+
+    def work(name: str) -> None:
+        i = int(name.removeprefix("client"))
+
+        def compute(start, tensors):
+            if called is not None:
+                called.add(name)
+            return _delta(i), _weight(i), {"n": i}
+
+        conn = Connection(dep.kits[name], address=dep.address)
+        try:
+            reports[name] = Participant(conn, poll_seconds=1.0).run_round(compute)
+        except Exception as error:  # collected for the assertion message
+            errors[name] = error
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    return threads, reports, errors
+
+
+def _weighted_mean(members: list[int]) -> tuple[np.ndarray, float]:
+    w = np.array([_weight(i) for i in members])
+    x = np.stack([_delta(i).astype(np.float64) for i in members])
+    return (w[:, None] * x).sum(0) / w.sum(), float(w.sum())
+
+
+def _published(dep):
+    store = open_store(Federation.load(dep.folder))
+    try:
+        model = store.current_model()
+        base = store.load_model(1)
+        tensors = store.load_model(model.version)
+        layout = Layout.of(tensors)
+        delta = flatten(tensors, layout).astype(np.float64) - flatten(base, layout)
+        entries = list(store.audit.entries())
+        return model, delta, store.rounds(), entries
+    finally:
+        store.close()
+
+
+def _finish(app, threads):
+    app.wait(90)
+    for t in threads:
+        t.join(30)
+
+
+def _check_mean(delta: np.ndarray, members: list[int]) -> None:
+    mean, total = _weighted_mean(members)
+    bound = PARAMS.error_bound(len(members)) / total + 2e-7  # + float32 storage of the model
+    assert np.abs(delta - mean).max() <= bound
+
+
+def test_ckks_round_publishes_the_weighted_mean_within_the_error_bound(deployment, running):
+    dep = deployment(clients=3)
+    dep.configure(aggregation={"mode": "ckks", "min_clients": 3, "rounds": 1}, deadlines=FAST)
+    app = running(dep.folder)
+    threads, reports, errors = _run_clients(dep, sorted(dep.kits))
+    _finish(app, threads)
+    assert not errors, errors
+    assert {r.outcome for r in reports.values()} == {"published"}, reports
+    model, delta, rounds, entries = _published(dep)
+    assert model.version == 2 and rounds[-1].status == "accepted"
+    _check_mean(delta, [0, 1, 2])
+    params = [e for e in entries if e.event == "round_parameters"][-1].details
+    assert params["mode"] == "ckks" and params["key_holder"] == "client0"
+    assert params["ciphertexts_per_client"] == 1  # d=136: one ciphertext holds [w·x, w]
+
+
+def test_separate_key_holder_sends_no_update(deployment, running):
+    dep = deployment(clients=4)
+    dep.configure(
+        aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1},
+        deadlines=FAST,
+        ckks={"key_holder": "client3", "share_secret_key": False},
+    )
+    app = running(dep.folder)
+    called: set[str] = set()
+    threads, _, errors = _run_clients(dep, sorted(dep.kits), called)
+    _finish(app, threads)
+    assert not errors, errors
+    assert called == {"client0", "client1", "client2"}
+    _, delta, rounds, _ = _published(dep)
+    assert rounds[-1].status == "accepted"
+    _check_mean(delta, [0, 1, 2])
+
+
+def _raw_client(dep, name: str, behaviour, out: dict) -> threading.Thread:
+    """A hand-driven client: advertises a real key, then does what ``behaviour`` says."""
+
+    def work() -> None:
+        conn = Connection(dep.kits[name], address=dep.address)
+        identity = IdentityKey.from_seed(dep.kits[name].identity_seed)
+        try:
+            while (task := conn.get_task(1.0)).WhichOneof("kind") != "round_start":
+                pass
+            start = task.round_start
+            rid = bytes(start.round_id)
+            party = CkksParty(rid, start.client_index)
+            header = pb.UploadHeader(round_id=rid, phase=0, kind="ckks")
+            conn.submit(header, party.advert(identity, None))
+            if behaviour == "drop":
+                return  # vanishes after the keys phase
+            while True:
+                task = conn.get_task(1.0)
+                if task.WhichOneof("kind") == "step" and task.step.phase == 2:
+                    break
+            advert, _ = read_bundle(task.step.payload, rid)
+            header = pb.UploadHeader(round_id=rid, phase=2, kind="ckks")
+            try:
+                conn.submit(header, behaviour(advert.context, rid))
+            except grpc.RpcError as error:
+                out["code"], out["detail"] = error.code(), error.details()
+            while conn.get_task(1.0).WhichOneof("kind") != "round_end":
+                pass  # collect the outcome, as a live client would
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def test_a_client_that_drops_after_keys_does_not_break_the_round(deployment, running):
+    dep = deployment(clients=4)
+    dep.configure(aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1}, deadlines=FAST)
+    app = running(dep.folder)
+    threads, reports, errors = _run_clients(dep, ["client0", "client1", "client2"])
+    threads.append(_raw_client(dep, "client3", "drop", {}))
+    _finish(app, threads)
+    assert not errors, errors
+    assert {r.outcome for r in reports.values()} == {"published"}, reports
+    _, delta, _, entries = _published(dep)
+    _check_mean(delta, [0, 1, 2])
+    aggregate = [e for e in entries if e.event == "aggregate"][-1].details
+    assert aggregate["dropped"] == ["client3"]
+
+
+def _foreign_context(context: bytes, rid: bytes) -> bytes:
+    """Encrypted under a context of the attacker's own (same parameters, other keys)."""
+    other = CkksKeyHolder.generate(PARAMS, rid)
+    return CkksEncryptor(PARAMS, other.public_context, rid).encrypt(_delta(3), 1.0)
+
+
+def _wrong_parameters(context: bytes, rid: bytes, n: int = 4096) -> bytes:
+    """Claims the round's context, but the ciphertext was made under another ring degree."""
+    big = CkksParameters(n, (40, 20, 40) if n == 4096 else (60, 40, 40), 40)
+    holder = CkksKeyHolder.generate(big, rid)
+    real = CkksEncryptor(PARAMS, context, rid).context.fingerprint
+    cts = [CkksEncryptor(big, holder.public_context, rid).context.encrypt(np.zeros(DIM + 1))]
+    return pack_message("ckks_input", rid, f=real, c=cts)
+
+
+def _oversized(context: bytes, rid: bytes) -> bytes:
+    return _wrong_parameters(context, rid, 16384)
+
+
+def _truncated(context: bytes, rid: bytes) -> bytes:
+    good = CkksEncryptor(PARAMS, context, rid)
+    ct = good.context.encrypt(np.zeros(DIM + 1))
+    return pack_message("ckks_input", rid, f=good.context.fingerprint, c=[ct[:-200]])
+
+
+def _padded(context: bytes, rid: bytes) -> bytes:
+    good = CkksEncryptor(PARAMS, context, rid)
+    ct = good.context.encrypt(np.full(DIM + 1, 5.0))
+    return pack_message(
+        "ckks_input", rid, f=good.context.fingerprint, c=[ct + b"xx"]
+    )  # parses: protobuf skips an unknown field
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code", "expected"),
+    [
+        (_foreign_context, "INVALID_ARGUMENT", "another context"),
+        (_wrong_parameters, "INVALID_ARGUMENT", "does not parse"),
+        (_oversized, "RESOURCE_EXHAUSTED", "exceeds"),
+        (_padded, "INVALID_ARGUMENT", "canonical"),
+    ],
+    ids=["foreign-context", "wrong-parameters", "oversized", "padded"],
+)
+def test_a_bad_ciphertext_is_refused_and_the_round_completes(
+    deployment, running, behaviour, code, expected
+):
+    dep = deployment(clients=4)
+    dep.configure(aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1}, deadlines=FAST)
+    app = running(dep.folder)
+    began = time.monotonic()
+    out: dict = {}
+    threads, reports, errors = _run_clients(dep, ["client0", "client1", "client2"])
+    threads.append(_raw_client(dep, "client3", behaviour, out))
+    _finish(app, threads)
+    assert not errors, errors
+    assert out["code"] == getattr(grpc.StatusCode, code) and expected in out["detail"], out
+    assert {r.outcome for r in reports.values()} == {"published"}, reports
+    _, delta, _, _ = _published(dep)
+    _check_mean(delta, [0, 1, 2])
+    if code == "INVALID_ARGUMENT":  # refused after reading: the phase closes without waiting
+        assert time.monotonic() - began < FAST["masked_input"] + 4
+
+
+def test_a_model_above_the_budget_is_refused_naming_secagg_plus(deployment, running):
+    dep = deployment(clients=3)
+    dep.configure(
+        aggregation={"mode": "ckks", "min_clients": 3, "rounds": 1},
+        deadlines=FAST,
+        ckks={"budget_bytes": 100_000},
+    )
+    app = running(dep.folder)
+    ends: dict[str, pb.RoundEnd] = {}
+
+    def poll(name: str) -> None:  # ready clients; the round is refused before it starts
+        conn = Connection(dep.kits[name], address=dep.address)
+        try:
+            for _ in range(30):
+                task = conn.get_task(1.0)
+                if task.WhichOneof("kind") == "round_end":
+                    ends[name] = task.round_end
+                    return
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=poll, args=(n,)) for n in sorted(dep.kits)]
+    for t in threads:
+        t.start()
+    _finish(app, threads)
+    _, _, rounds, _ = _published(dep)
+    assert rounds[-1].status == "aborted"
+    assert {e.outcome for e in ends.values()} == {pb.RoundEnd.ABORTED}
+    reason = next(iter(ends.values())).reason
+    assert "size guard" in reason and "secagg+" in reason and "budget_bytes" in reason

@@ -1,0 +1,144 @@
+"""DP rounds end to end over real gRPC on loopback: noise scale, ε in status and audit."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from appliance.accounting import RoundPrivacy, epsilon
+from appliance.federation import Federation
+from appliance.server import open_store
+from appliance.testing import base_model
+from appliance.wire.modelcodec import Layout, flatten
+from client_shim.connection import Connection
+from client_shim.session import Participant
+
+BASE = flatten(base_model(), Layout.of(base_model()))
+DIM = BASE.shape[0]
+FAST = {k: 6 for k in ("advertise_keys", "share_keys", "masked_input", "consistency_check")}
+FAST["unmasking"] = 6
+
+
+def _delta(i: int, rnd: int = 0) -> np.ndarray:
+    return np.random.default_rng(100 + i + 10 * rnd).normal(0, 0.05, DIM).astype(np.float32)
+
+
+def _run(dep, rounds: int = 1, scale: float = 1.0) -> dict:
+    errors: dict = {}
+
+    def work(name: str) -> None:
+        i = int(name.removeprefix("client"))
+        conn = Connection(dep.kits[name], address=dep.address)
+        p = Participant(conn, poll_seconds=1.0)
+        try:
+            for r in range(rounds):
+                p.run_round(
+                    lambda start, tensors, i=i, r=r: (
+                        _delta(i, r) * scale,
+                        0.7,  # ignored under DP: every client counts once
+                        {"epsilon": 0.5 + i},
+                    )
+                )
+        except Exception as error:  # collected for the assertion message
+            errors[name] = error
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in sorted(dep.kits)]
+    for t in threads:
+        t.start()
+    return {"threads": threads, "errors": errors}
+
+
+def _finish(app, run, timeout=90):
+    app.wait(timeout)
+    for t in run["threads"]:
+        t.join(30)
+    assert not run["errors"], run["errors"]
+
+
+def _state(dep):
+    store = open_store(Federation.load(dep.folder))
+    try:
+        model = store.current_model()
+        flat = flatten(store.load_model(model.version), Layout.of(base_model()))
+        entries = store.audit.entries()
+        return model, flat, entries
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("mechanism", ["discrete_gaussian", "skellam"])
+def test_distributed_dp_round_with_secagg_has_the_expected_noise_and_epsilon(
+    deployment, running, mechanism
+):
+    dep = deployment(clients=5)
+    z, clip = 0.5, 1.0
+    dep.configure(
+        aggregation={"mode": "secagg+", "min_clients": 5, "rounds": 1},
+        deadlines=FAST,
+        privacy={
+            "mode": "distributed",
+            "mechanism": mechanism,
+            "noise_multiplier": z,
+            "clip": clip,
+            "population": 50,
+            "delta": 1e-5,
+        },
+    )
+    app = running(dep.folder)
+    _finish(app, _run(dep))
+    outcome = app.app.orchestrator.history[-1]
+    assert outcome.outcome == "published" and len(outcome.contributors) == 5
+    model, flat, entries = _state(dep)
+    assert model.version == 2
+    record = next(e.details for e in entries if e.event == "privacy")
+    m = record["min_survivors"]
+    assert record["survivors"] == 5 and record["mechanism"] == mechanism
+    # The deltas (norm ~0.6) are under the clip: mean = (sum of deltas + noise) / 5.
+    residual = flat - BASE - np.mean([_delta(i) for i in range(5)], axis=0)
+    expected_std = math.sqrt(5) * z * clip / math.sqrt(m) / 5
+    assert abs(residual.mean()) < 4 * expected_std / math.sqrt(DIM)
+    assert 0.75 * expected_std < residual.std() < 1.25 * expected_std
+    z_eff = record["effective_noise_multiplier"]
+    assert z_eff == pytest.approx(z * math.sqrt(5 / m), rel=0.01)
+    eps = epsilon([RoundPrivacy(1, 0.1, z_eff)], 1e-5)
+    assert record["epsilon_cumulative"] == pytest.approx(eps)
+    status = app.app.orchestrator.status()["privacy"]
+    assert status["epsilon_cumulative"] == pytest.approx(eps)
+    assert status["mode"] == "distributed" and status["rounds_accounted"] == 1
+    assert status["local_dp_epsilon"] == {f"client{i}": 0.5 + i for i in range(5)}
+    json.dumps(status)  # the Admin Status is JSON
+
+
+def test_plaintext_client_dp_with_adaptive_clipping_moves_and_keeps_the_clip(deployment, running):
+    dep = deployment(clients=4)
+    dep.configure(
+        aggregation={"mode": "plaintext", "min_clients": 4, "rounds": 2},
+        deadlines=FAST,
+        privacy={
+            "mode": "client",
+            "noise_multiplier": 1.0,
+            "clip": 5.0,
+            "target_quantile": 0.5,
+            "quantile_noise": 0.6,
+            "clip_learning_rate": 0.5,
+        },
+    )
+    app = running(dep.folder)
+    _finish(app, _run(dep, rounds=2, scale=0.1))  # norms ~0.06, far under the clip
+    assert [o.outcome for o in app.app.orchestrator.history] == ["published", "published"]
+    _, _, entries = _state(dep)
+    records = [e.details for e in entries if e.event == "privacy"]
+    assert len(records) == 2
+    assert records[1]["clip"] == pytest.approx(records[0]["next_clip"])
+    assert records[1]["next_clip"] < records[0]["next_clip"] < 5.0
+    status = app.app.orchestrator.status()["privacy"]
+    assert status["clip"] == pytest.approx(records[1]["next_clip"])
+    assert status["epsilon_cumulative"] > records[0]["epsilon_cumulative"]
+    state = json.loads((dep.folder / "privacy_state.json").read_text())
+    assert state["clip"] == pytest.approx(status["clip"]) and len(state["rounds"]) == 2
