@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance import pki
 from attest import (
-    INSECURE_WARNING,
     NONCE_BYTES,
     SEV_SNP,
     TDX,
@@ -99,7 +98,6 @@ def build_attester(provider: str, folder: Path, *, software_key: str = "", tsm_r
         path = software_key_path(folder, software_key)
         if not path.exists():
             setup_software_attestation(folder, key_path=path)
-        print(APPLIANCE_WARNING, file=sys.stderr)
         return SoftwareAttester(_load_software_key(path), SOFTWARE_MEASUREMENT)
     root = {"root": Path(tsm_root)} if tsm_root else {}
     expect = {"sev-snp": SEV_SNP, "tdx": TDX, "configfs-tsm": None}[provider]
@@ -117,7 +115,7 @@ class AttestationEndpoint:
         )
         self.insecure = attester.insecure
         if self.insecure:
-            print(INSECURE_WARNING, file=sys.stderr)
+            print(APPLIANCE_WARNING, file=sys.stderr)
 
     def evidence(self, nonce: bytes):
         """(format, evidence bytes, certificates) for ``nonce``; ValueError on a bad nonce."""

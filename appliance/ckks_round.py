@@ -60,6 +60,7 @@ class CkksPlan:
     contributes: bool
     share_secret_key: bool
     max_error: float
+    clip: float
 
     @property
     def key_holder_index(self) -> int:
@@ -175,10 +176,17 @@ class CkksRound(ActiveRound):
         weighted = np.frombuffer(raw, dtype="<f8").copy()
         if not np.isfinite(weighted).all():
             raise CkksError("decrypted sum contains NaN or Inf")
-        _, total = mean_from_sum(weighted)
-        if total > len(self.contributors) + 1e-6:
+        mean, total = mean_from_sum(weighted)
+        slack = self.plan.params.error_bound(len(self.contributors))
+        if total > len(self.contributors) + slack:
             raise CkksError(
                 f"total weight {total:g} exceeds the {len(self.contributors)} contributors' maximum"
+            )
+        worst = float(np.abs(mean).max()) if mean.size else 0.0
+        if worst > self.plan.clip + slack / total:  # honest inputs are clipped to ±clip
+            raise CkksError(
+                f"decrypted mean reaches {worst:.6g}, outside the clipping range "
+                f"±{self.plan.clip:g}: a client encrypted values outside it"
             )
         self._weighted_sum = weighted
 
@@ -306,9 +314,9 @@ def build_ckks_round(
         params.validate(
             num_clients=owners, value_bound=config.aggregation.clip, max_error=section.max_error
         )
+        guess = estimate(params, dimension)
     except CkksError as error:
         raise ValueError(f"ckks parameters refused: {error}") from None
-    guess = estimate(params, dimension)
     if guess.bytes_per_client > section.budget_bytes:
         raise ValueError(
             f"ckks size guard: a model of {dimension:,} values needs {guess.describe()}, above "
@@ -321,7 +329,14 @@ def build_ckks_round(
             f"ckks uploads may reach {limit:,} B, above [aggregation].max_upload_bytes = "
             f"{config.aggregation.max_upload_bytes:,}; raise it or use mode secagg+"
         )
-    plan = CkksPlan(params, holder, contributes, section.share_secret_key, section.max_error)
+    plan = CkksPlan(
+        params,
+        holder,
+        contributes,
+        section.share_secret_key,
+        section.max_error,
+        config.aggregation.clip,
+    )
     start.vector_length = dimension + 1
     start.ckks.CopyFrom(
         pb.CkksParams(

@@ -52,6 +52,17 @@ class AggregationSection(_Section):
     rounds: int = Field(0, ge=0)
     #: Seconds a client may go without polling and still count as ready.
     ready_window: float = Field(10.0, gt=0.0)
+    #: Robust rule (appliance/robust.py): on individual updates in plaintext/attested mode
+    #: (the appliance then keeps all n updates: O(n·d) memory), on bucket means in masked modes.
+    rule: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median"] = (
+        "mean"
+    )
+    #: Byzantine clients Krum/Multi-Krum tolerate (needs n > 2f + 2 points: updates or buckets).
+    f: int = Field(0, ge=0)
+    #: Trimmed mean: fraction trimmed per side (floor(beta·n) values).
+    beta: float = Field(0.1, ge=0.0, lt=0.5)
+    #: Masked modes with a robust rule: clients per SecAgg bucket (the appliance sees bucket sums).
+    bucket_size: int = Field(3, ge=3)
 
     @model_validator(mode="after")
     def _masking_needs_three(self) -> AggregationSection:
@@ -62,6 +73,11 @@ class AggregationSection(_Section):
             )
         if self.max_clients < self.min_clients:
             raise ValueError("max_clients must be at least min_clients")
+        if self.rule != "mean" and self.mode == "ckks":
+            raise ValueError(
+                f"rule = {self.rule} needs individual updates or bucket sums: use plaintext, "
+                "attested, secagg or secagg+ (ckks sums everything under one key)"
+            )
         return self
 
 

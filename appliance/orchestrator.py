@@ -32,6 +32,7 @@ from appliance.models import ModelVersion
 from appliance.optimizers import ServerOptimizer, make_optimizer
 from appliance.pki import write_file_atomic
 from appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
+from appliance.robust import BucketedRound, build_robust_round
 from appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -52,6 +53,9 @@ _log = logging.getLogger("sealagg.orchestrator")
 #: A quality gate sees the candidate and the aggregate; it returns (accept, reason).
 QualityGate = Callable[[Mapping[str, np.ndarray], Aggregate], tuple[bool, str]]
 MAX_POLL_SECONDS = 30.0
+SETUP_FAILURE = "cannot set up the round"
+#: Uploads larger than this are checked and added in a worker thread (the lock keeps order).
+OFF_LOOP_BYTES = 1 << 20
 MAX_QUEUED_TASKS = 16
 
 
@@ -161,7 +165,10 @@ class Orchestrator:
                     "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
                 )
             try:
-                current.accept(name, header, payload)
+                if len(payload) > OFF_LOOP_BYTES:  # keep serving polls while a big one is added
+                    await asyncio.to_thread(current.accept, name, header, payload)
+                else:
+                    current.accept(name, header, payload)
             finally:  # a refused client may leave the phase (ckks): it can close early too
                 if not current.waiting_for:
                     self._phase_done.set()
@@ -259,7 +266,7 @@ class Orchestrator:
     async def run(self, stop: asyncio.Event) -> None:
         """Open rounds while enough clients are ready, until ``stop`` or the round budget."""
         self.recover()
-        done = 0
+        done = setup_failures = 0
         while not stop.is_set():
             ready = self.ready_clients()
             if (
@@ -284,6 +291,11 @@ class Orchestrator:
             if self.config.aggregation.rounds and done >= self.config.aggregation.rounds:
                 await self.deliver_pending(timeout=5.0)
                 return
+            if outcome.reason.startswith(SETUP_FAILURE):  # e.g. the CKKS size guard
+                setup_failures += 1  # back off: the next attempt would fail the same way
+                await _sleep_or_stop(stop, min(60.0, 2.0**setup_failures))
+            else:
+                setup_failures = 0
 
     async def deliver_pending(self, timeout: float) -> None:
         """Before shutting down, give clients a moment to collect their last tasks."""
@@ -318,7 +330,7 @@ class Orchestrator:
             active, start = self._build_round(number, round_id, members, layout, model)
         except (InfeasibleParametersError, ValueError) as error:
             return self._finish_aborted(
-                number, members, round_id, f"cannot set up the round: {error}"
+                number, members, round_id, f"{SETUP_FAILURE}: {error}"
             )
         for m in members:
             self._links.setdefault(m.name, _Link(m.name))
@@ -328,6 +340,8 @@ class Orchestrator:
             task.round_start.CopyFrom(start)
             task.round_start.client_index = m.index
             task.round_start.contribution_weight = self.config.contribution_weight(m.name)
+            if isinstance(active, BucketedRound):  # each client sees only its own bucket
+                task.round_start.CopyFrom(active.round_start_for(m.name, task.round_start))
             _enqueue(self._links[m.name], task)
         opened = time.perf_counter()
         try:
@@ -378,7 +392,11 @@ class Orchestrator:
                 _enqueue(self._links[name], task)
             if active.finished:
                 break
-        aggregate = await asyncio.to_thread(active.aggregate)
+        try:
+            aggregate = await asyncio.to_thread(active.aggregate)
+        except ValueError as error:  # an impossible sum (out-of-range input): publish nothing
+            reason = f"aggregate refused: {error}"
+            return self._finish_aborted(active.number, members, active.round_id, reason)
         return await self._publish(active, members, aggregate, weights, layout, version)
 
     async def _wait_for_phase(self, active: ActiveRound, timeout: float) -> None:
@@ -421,6 +439,8 @@ class Orchestrator:
             model_sha256=model.sha256,
         )
         self._privacy_plan = None
+        if agg.rule != "mean":  # robust rules (appliance/robust.py): ValueError if infeasible
+            return self._build_robust_round(number, round_id, members, d, start)
         if agg.mode in ("plaintext", "attested"):  # attested: clients verified the TEE first
             start.vector_length = d
             self._privacy_plan = self.privacy.plan_for(start, dimension=d, minimum=agg.min_clients)
@@ -460,6 +480,19 @@ class Orchestrator:
         self._privacy_plan = plan
         decoder = plan.decode if plan is not None else None
         return MaskedRound(number, round_id, members, config, spec, decoder), start
+
+    def _build_robust_round(
+        self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
+    ) -> tuple[ActiveRound, pb.RoundStart]:
+        if self.privacy.enabled:
+            raise ValueError("robust aggregation rules are not combined with DP yet")
+        active, audit = build_robust_round(
+            self.config.aggregation, number, round_id, members, d, choose_graph
+        )
+        start.vector_length = d if audit is None else encoded_length(d)
+        if audit is not None:
+            self.store.audit.append("round_parameters", audit)
+        return active, start
 
     def _next_round_id(self) -> bytes:
         """Bound to the audit chain's head, so the SecAgg+ graph seed is on the record."""
@@ -504,6 +537,10 @@ class Orchestrator:
                 "aggregate_sha256": digest,
             },
         )
+        if getattr(active, "robust_report", None):  # which rule, who/which bucket was chosen
+            self.store.audit.append(
+                "robust_aggregation", {"round": active.number, **active.robust_report}
+            )
         accept, why = (
             (True, "no quality gate")
             if self._quality_gate is None

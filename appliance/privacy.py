@@ -39,7 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.accounting import RoundPrivacy, combine_noise_multipliers, epsilon
+from appliance.accounting import (
+    RoundPrivacy,
+    combine_noise_multipliers,
+    conservative,
+    epsilon,
+)
 from appliance.audit import AuditLog
 from appliance.config import PrivacySection
 from appliance.pki import write_file_atomic
@@ -281,7 +286,7 @@ class PrivacyController:
             parts.append(
                 math.sqrt(survivors) * spec.indicator_std if plan.masked else plan.count_noise
             )
-        z_eff = combine_noise_multipliers(parts)
+        z_eff = conservative(combine_noise_multipliers(parts))
         self.rounds.append(RoundPrivacy(plan.number, plan.sampling_rate, z_eff))
         self._note_local_epsilon(reports)
         delta, kind = self.config.delta, self.config.accountant

@@ -231,6 +231,7 @@ class MaskedRound(ActiveRound):
             mean, total_weight, extras = self.decoder(result.total)
         else:
             mean, total_weight = decode_sum(result.total, self.spec)
+            check_in_range(mean, total_weight, self.spec, len(result.survivors))
         contributors = tuple(self.by_index[i].name for i in result.survivors)
         dropped = tuple(sorted(set(self.members) - set(contributors)))
         return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped, extras)
@@ -291,6 +292,32 @@ class PlainRound(ActiveRound):
 
     def total_digest_source(self) -> bytes:
         return self.weighted_sum.tobytes()
+
+
+def check_in_range(
+    mean: np.ndarray, total_weight: float, spec: QuantizationSpec, survivors: int
+) -> None:
+    """Refuse a sum no set of honest clients can produce (ValueError: the round aborts).
+
+    Honest inputs are clipped to [-clip, clip] with weights in (0, 1], so their weighted mean
+    lies in [-clip, clip] (plus the quantization error) and the total weight in (0, survivors].
+    A client that put values outside the quantization range inside its mask breaks one of
+    these; a smaller in-range shift cannot be told apart without range proofs.
+    """
+    slack = spec.error_bound(survivors)  # rounding error of the weighted sum
+    weight_slack = survivors / spec.weight_scale  # rounding error of the total weight
+    if not 0.0 < total_weight <= survivors + weight_slack:
+        raise ValueError(
+            f"aggregated weight {total_weight:.6g} is outside (0, {survivors}]: a client sent "
+            "values outside the quantization range"
+        )
+    limit = spec.clip + (weight_slack * spec.clip + slack) / total_weight
+    worst = float(np.max(np.abs(mean))) if mean.size else 0.0
+    if not np.isfinite(worst) or worst > limit:
+        raise ValueError(
+            f"aggregated mean reaches {worst:.6g}, outside the clipping range ±{spec.clip:g}: "
+            "a client sent values outside the quantization range"
+        )
 
 
 def _status_for(error: SecAggError) -> str:

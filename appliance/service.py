@@ -185,6 +185,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelChunk]:
         name = await _who(self._identify, context, self._metrics)
+        if request.version > 2**63 - 1:  # beyond SQLite's INTEGER: no such version
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model version {request.version}")
         try:
             model = (
                 self._store.current_model()

@@ -1,16 +1,22 @@
-"""NVIDIA GPU confidential computing: an optional appraiser using NVIDIA's attestation SDK.
+"""NVIDIA GPU confidential computing: an optional appraiser on NVIDIA's attestation SDK.
 
-If ``nv_attestation_sdk`` is not installed the appraiser reports
-PROVIDER_UNAVAILABLE (a refused result, never an accept). When the SDK is
-present, the first 32 bytes of the binding (SHA-512(nonce || SPKI)) are the GPU
-nonce, so GPU evidence is bound to the same TLS key. The SDK path is untested
-here (no GPU, no SDK); treat it as a starting point.
+Without ``nv_attestation_sdk`` installed the appraiser refuses with
+PROVIDER_UNAVAILABLE (tested). With it, the GPU evidence list (JSON, from the
+SDK's ``get_evidence`` on the appliance) is appraised by the SDK against the
+policy's ``sdk_policy`` (NVIDIA's JSON appraisal policy: it must require CC mode
+on, i.e. not devtools, and the reference-manifest measurement checks), with the
+SDK nonce set to the first 32 bytes of SHA-512(nonce || SPKI), so GPU evidence
+is bound to the same TLS key as the CPU evidence. That path is untested here
+(no GPU, no SDK) and fails closed on any SDK error. SDK calls as in NVIDIA's
+nvtrust ``guest_tools/attestation_sdk`` (``Attestation.set_nonce``,
+``add_verifier``, ``attest``, ``validate_token``).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 from collections.abc import Mapping
 
 from attest.errors import AppraisalFailure, Reason
@@ -28,26 +34,37 @@ class NvidiaGpuAppraiser:
     format = NVIDIA_GPU
     insecure = False
 
-    def appraise(self, evidence: Evidence, section: FormatPolicy, now: float) -> dict[str, object]:
+    def appraise(
+        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+    ) -> dict[str, object]:
         if not sdk_available():
             raise AppraisalFailure(
                 Reason.PROVIDER_UNAVAILABLE,
                 "NVIDIA GPU attestation needs nv_attestation_sdk, which is not installed",
             )
-        sdk = importlib.import_module(f"{SDK_MODULE}.attestation")
-        client = sdk.Attestation()
-        client.add_verifier(
-            sdk.Devices.GPU, sdk.Environment.REMOTE, section.options.get("verifier_url", ""), ""
-        )
-        token = evidence.data.decode("utf-8", "replace")
-        sdk_policy = section.options.get("sdk_policy", "")
-        if not sdk_policy or not client.validate_token(sdk_policy, token):
-            raise AppraisalFailure(Reason.BAD_SIGNATURE, "NVIDIA SDK refused the GPU token")
-        claims = getattr(client, "get_token_claims", lambda _t: {})(token) or {}
-        raise AppraisalFailure(  # binding to the TLS key is not extractable generically yet
-            Reason.WRONG_TLS_KEY,
-            f"GPU token verified ({len(claims)} claims) but its nonce binding is not checked yet",
-        )
+        try:
+            evidence_list = json.loads(evidence.data)
+        except (ValueError, UnicodeDecodeError):
+            raise AppraisalFailure(Reason.MALFORMED_EVIDENCE, "GPU evidence is not JSON") from None
+        try:
+            sdk = importlib.import_module(f"{SDK_MODULE}.attestation")
+            client = sdk.Attestation()
+            client.set_nonce(binding[:32].hex())
+            url = str(section.options.get("verifier_url", ""))
+            client.add_verifier(sdk.Devices.GPU, sdk.Environment.REMOTE, url, "")
+            verified = client.attest(evidence_list) is True
+            accepted = verified and client.validate_token(section.options["sdk_policy"]) is True
+        except Exception as exc:  # fail closed on any SDK or network error
+            raise AppraisalFailure(
+                Reason.PROVIDER_UNAVAILABLE, f"NVIDIA SDK failed: {exc}"
+            ) from None
+        if not accepted:
+            raise AppraisalFailure(
+                Reason.BAD_SIGNATURE if not verified else Reason.MEASUREMENT_NOT_ALLOWED,
+                "NVIDIA's SDK refused the GPU evidence (signature, nonce, or appraisal policy)",
+            )
+        # The SDK checked the GPU evidence's nonce equals binding[:32].
+        return {"report_data": binding, "debug": False}
 
     def check_tcb(self, claims: Mapping[str, object], section: FormatPolicy) -> None:
-        return None
+        return None  # TCB/driver versions are part of NVIDIA's appraisal policy

@@ -54,7 +54,7 @@ _SECTION_KEYS = {
     SEV_SNP: _COMMON_KEYS | {"trusted_ark_sha256", "min_guest_svn", "min_tcb"},
     TDX: _COMMON_KEYS | {"trusted_root_sha256", "min_tee_tcb_svn"},
     SOFTWARE: _COMMON_KEYS | {"trusted_keys", "allow_insecure", "min_svn"},
-    NVIDIA_GPU: _COMMON_KEYS | {"verifier_url", "sdk_policy"},
+    NVIDIA_GPU: {"required_claims", "verifier_url", "sdk_policy"},
 }
 _ANCHOR_KEY = {SEV_SNP: "trusted_ark_sha256", TDX: "trusted_root_sha256", SOFTWARE: "trusted_keys"}
 _SNP_TCB = ("bootloader", "tee", "snp", "microcode")
@@ -128,7 +128,16 @@ def _section(fmt: str, section: dict[str, Any], where: str) -> FormatPolicy:
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
     entries = section.get("measurements")
-    if not isinstance(entries, list) or not entries:
+    if fmt == NVIDIA_GPU:  # NVIDIA's SDK checks measurements against its reference manifests
+        sdk_policy = section.get("sdk_policy")
+        try:
+            json.loads(sdk_policy if isinstance(sdk_policy, str) else "")
+        except json.JSONDecodeError:
+            raise PolicyError(
+                f"{where}: sdk_policy must be NVIDIA's appraisal policy (JSON)"
+            ) from None
+        entries = []
+    elif not isinstance(entries, list) or not entries:
         raise PolicyError(f"{where}: measurements must list at least one allowed entry")
     measurements = []
     for entry in entries:

@@ -182,7 +182,9 @@ class SevSnpAppraiser:
     format = SEV_SNP
     insecure = False
 
-    def appraise(self, evidence: Evidence, section: FormatPolicy, now: float) -> dict[str, object]:
+    def appraise(
+        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+    ) -> dict[str, object]:
         report = parse_report(evidence.data)
         if len(evidence.certificates) != 3:
             raise AppraisalFailure(

@@ -61,7 +61,9 @@ class SoftwareAppraiser:
     format = SOFTWARE
     insecure = True
 
-    def appraise(self, evidence: Evidence, section: FormatPolicy, now: float) -> dict[str, object]:
+    def appraise(
+        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+    ) -> dict[str, object]:
         raw = bytes(evidence.data)
         if len(raw) != EVIDENCE_BYTES or raw[:8] != MAGIC:
             raise AppraisalFailure(Reason.MALFORMED_EVIDENCE, "not software evidence")

@@ -162,7 +162,9 @@ class TdxAppraiser:
     format = TDX
     insecure = False
 
-    def appraise(self, evidence: Evidence, section: FormatPolicy, now: float) -> dict[str, object]:
+    def appraise(
+        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+    ) -> dict[str, object]:
         quote = parse_quote(evidence.data)
         if quote.pck_chain_type != CERT_PCK_CHAIN:
             raise AppraisalFailure(

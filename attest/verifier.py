@@ -35,8 +35,12 @@ class Appraiser(Protocol):
     insecure: bool
 
     def appraise(
-        self, evidence: Evidence, section: FormatPolicy, now: float
-    ) -> dict[str, object]: ...
+        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+    ) -> dict[str, object]:
+        """``binding`` is the expected report data; hardware formats return theirs as the
+        ``report_data`` claim and the verifier compares; formats whose evidence cannot carry
+        it (NVIDIA's SDK takes a nonce) must hand it to their own verifier."""
+        ...
 
     def check_tcb(self, claims: Mapping[str, object], section: FormatPolicy) -> None: ...
 
@@ -105,15 +109,15 @@ class Verifier:
             raise AppraisalFailure(
                 Reason.PROVIDER_UNAVAILABLE, f"no appraiser for {evidence.format!r} evidence"
             )
+        expected = report_data(nonce, spki)
         try:
-            claims = appraiser.appraise(evidence, section, now)
+            claims = appraiser.appraise(evidence, section, now, binding=expected)
         except AppraisalFailure:
             raise
         except Exception as exc:  # a parser bug must refuse, never accept or crash
             raise AppraisalFailure(
                 Reason.MALFORMED_EVIDENCE, f"unparseable evidence: {exc}"
             ) from None
-        expected = report_data(nonce, spki)
         if not hmac.compare_digest(bytes(claims["report_data"]), expected):  # type: ignore[arg-type]
             raise AppraisalFailure(
                 Reason.WRONG_TLS_KEY,
@@ -122,7 +126,7 @@ class Verifier:
             )
         if claims.get("debug") is not False:
             raise AppraisalFailure(Reason.DEBUG_ENABLED, "the guest allows debugging")
-        if not any(_matches(claims, entry) for entry in section.measurements):
+        if section.measurements and not any(_matches(claims, e) for e in section.measurements):
             raise AppraisalFailure(
                 Reason.MEASUREMENT_NOT_ALLOWED,
                 "the measurement is not among those the policy allows",

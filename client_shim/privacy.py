@@ -7,10 +7,10 @@ torch-free client can use it.
 noise of standard deviation ``noise_multiplier * clip`` before the update leaves the process
 (the Gaussian mechanism applied per client, as in DP-FedAvg with local noise). Every client
 adds the full noise, so the published aggregate carries more noise than central DP would
-need; distributed DP proper (each client adding a share of the noise, secure aggregation
-hiding the rest, with a calibrated discrete mechanism and accounting across rounds) comes
-later. The noise is drawn from a generator seeded from ``os.urandom`` on every call, so it
-cannot be replayed or predicted from a global seed the training code may have set.
+need (local-DP-like protection of each update, with no accounting on the appliance); the
+federation-wide options below add only a share each. The noise is drawn from a generator
+seeded from ``os.urandom`` on every call, so it cannot be replayed or predicted from a global
+seed the training code may have set.
 
 :func:`round_privacy` is the federation-wide counterpart the appliance asks for in each
 round's ``RoundStart.privacy`` (``[privacy]`` in ``sealagg.toml``): clip to the round's C
@@ -19,9 +19,10 @@ report whether the update was under the clip (plaintext: as metadata; masked: as
 extra coordinate of the masked vector, see :mod:`crypto.dp`). Float noise there comes from
 the same ``os.urandom``-seeded generator; discrete noise and rounding from the AES-CTR PRG.
 
-Note that the appliance also clips every *coordinate* to ``aggregation.clip`` before
-quantization; noise large compared with that range gets clipped there as well, which biases
-the mean. Keep ``noise_multiplier * clip`` well below the appliance's per-coordinate clip.
+Note that without round DP the appliance clips every *coordinate* to ``aggregation.clip``
+before quantization; :class:`ClientDP` noise large compared with that range gets clipped there
+as well, which biases the mean. Keep ``noise_multiplier * clip`` well below that clip. (Round
+DP uses its own encoding, :mod:`crypto.dp`, sized for its noise.)
 
 :func:`opacus_epsilon` reads the privacy spent by example-level DP-SGD (Opacus) so that the
 client can report it to the appliance with each submission.
@@ -182,6 +183,8 @@ def round_privacy(start: pb.RoundStart, dimension: int) -> RoundPrivacy | None:
     if not start.HasField("privacy") or start.privacy.mode in ("", "none"):
         return None
     p = start.privacy
+    if start.mode not in ("plaintext", "secagg", "secagg+"):
+        raise PrivacyRefusedError(f"client-level DP is not available in {start.mode} mode yet")
     masked = start.mode != "plaintext"
     if p.mode not in ("client", "distributed"):
         raise PrivacyRefusedError(f"unknown privacy mode {p.mode!r}")

@@ -23,6 +23,7 @@ from appliance.wire.modelcodec import Layout
 from client_shim import ckks
 from client_shim.attestation import AttestationGuard, require_attestation
 from client_shim.connection import Connection
+from client_shim.privacy import round_privacy
 from client_shim.vendor import Evaluator, answer_evaluation
 from crypto import (
     IdentityKey,
@@ -123,6 +124,12 @@ class Participant:
             )
         if not np.isfinite(update).all():
             raise ValueError("update contains NaN or Inf; nothing was sent")
+        dp = round_privacy(start, layout.dimension)  # the round's DP (refused if too weak)
+        if dp is not None:
+            weight = 1.0  # a DP sum has fixed sensitivity: every client counts once
+            if start.mode == "plaintext":
+                update, below = dp.protect_plain(update)
+                metadata = {**metadata, "dp_below_clip": below}
         meta = json.dumps(dict(metadata))
         try:
             if start.mode in ("plaintext", "attested"):  # attested: to the verified TEE only
@@ -153,11 +160,14 @@ class Participant:
         self, start: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float, meta: str
     ) -> RoundReport:
         config = round_config_from(start)
-        if config.vector_length != encoded_length(layout.dimension):
+        dp = round_privacy(start, layout.dimension)
+        expected = encoded_length(layout.dimension) if dp is None else dp.spec.vector_length
+        if config.vector_length != expected:
             raise RoundRefusedError("the round's vector length does not match the model")
         spec = QuantizationSpec(clip=start.clip, max_clients=start.max_clients)
         client = SecAggClient(config, start.client_index, self.identity)
-        client.set_input(encode_update(update, weight, spec))
+        encoded = encode_update(update, weight, spec) if dp is None else dp.encode(update)[0]
+        client.set_input(encoded)
         advertise = client.advertise_keys().encode()
         sent = self._send(start, 0, advertise, meta, start.submit_deadline_unix)
 

@@ -7,8 +7,9 @@ refuse otherwise. Krum picks the lowest score (lowest index on ties);
 Multi-Krum averages the m lowest-scoring updates with scores computed once, as
 in the paper (default m = n - f), not the iterated variant.
 
-Distances use the Gram form ``|xi|^2 + |xj|^2 - 2 xi.xj`` because BLAS makes
-it n^2*d/2 fused multiply-adds at full speed. Done naively in float32 it fails
+Distances use the Gram form ``|xi|^2 + |xj|^2 - 2 xi.xj``: n^2*d/2 multiply-adds
+that tile in registers (8 dot products share 6 loads), unlike direct
+differences. Done naively in float32 it fails
 for the common case of near-identical full-weight vectors: |x|^2 is huge, the
 distances are tiny, and they cancel away (Flower >= 1.22 picks the wrong client
 there). We therefore (1) subtract the coordinate mean, taken in float64, before
@@ -34,6 +35,8 @@ from ._validate import raise_if_nonfinite, require_array
 
 #: Coordinates per Gram block: a (100, 256) float32 block of centred values is 100 KiB.
 _GRAM_BLOCK = 256
+#: Coordinate ranges with their own partial Gram matrix (enough to balance 2-16 threads).
+_GRAM_PARTS = 16
 _BLOCK = 1 << 12
 
 
@@ -58,7 +61,61 @@ def _column_mean(updates: np.ndarray, out: np.ndarray) -> int:
     return bad
 
 
-@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot(x: np.ndarray, y: np.ndarray, width: int) -> float:
+    acc = np.float32(0.0)  # <= 256 terms, vectorised 8-lane partial sums
+    for k in range(width):
+        acc += x[k] * y[k]
+    return np.float64(acc)
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _block_gram(buf: np.ndarray, width: int, g: np.ndarray) -> None:
+    """g[i, j] += buf[i] . buf[j] for j <= i (entries above the diagonal may also change).
+
+    Tiles of 2 rows x 4 columns: 8 dot products share 6 loads per coordinate
+    (a dot at a time needs 2), which is what limits this loop.
+    """
+    n = buf.shape[0]
+    i = 0
+    while i + 2 <= n:
+        x0 = buf[i]
+        x1 = buf[i + 1]
+        j = 0
+        while j + 4 <= i + 2:
+            r0, r1, r2, r3 = buf[j], buf[j + 1], buf[j + 2], buf[j + 3]
+            a00 = a01 = a02 = a03 = np.float32(0.0)
+            a10 = a11 = a12 = a13 = np.float32(0.0)
+            for k in range(width):
+                u = x0[k]
+                v = x1[k]
+                a00 += u * r0[k]
+                a01 += u * r1[k]
+                a02 += u * r2[k]
+                a03 += u * r3[k]
+                a10 += v * r0[k]
+                a11 += v * r1[k]
+                a12 += v * r2[k]
+                a13 += v * r3[k]
+            g[i, j] += np.float64(a00)
+            g[i, j + 1] += np.float64(a01)
+            g[i, j + 2] += np.float64(a02)
+            g[i, j + 3] += np.float64(a03)
+            g[i + 1, j] += np.float64(a10)
+            g[i + 1, j + 1] += np.float64(a11)
+            g[i + 1, j + 2] += np.float64(a12)
+            g[i + 1, j + 3] += np.float64(a13)
+            j += 4
+        for ii in range(i, i + 2):
+            for jj in range(j, ii + 1):
+                g[ii, jj] += _dot(buf[ii], buf[jj], width)
+        i += 2
+    if i < n:
+        for jj in range(i + 1):
+            g[i, jj] += _dot(buf[i], buf[jj], width)
+
+
+@numba.njit(cache=True, parallel=True)
 def _centred_gram(updates: np.ndarray, centre: np.ndarray, nparts: int) -> np.ndarray:
     """Lower triangle of (X - centre)(X - centre)^T, float64 across blocks.
 
@@ -78,14 +135,7 @@ def _centred_gram(updates: np.ndarray, centre: np.ndarray, nparts: int) -> np.nd
             for r in range(n):
                 for k in range(width):
                     buf[r, k] = np.float32(np.float64(updates[r, start + k]) - centre[start + k])
-            for i in range(n):
-                row_i = buf[i]
-                for j in range(i + 1):
-                    row_j = buf[j]
-                    acc = np.float32(0.0)  # <= 256 terms, vectorised 8-lane partial sums
-                    for k in range(width):
-                        acc += row_i[k] * row_j[k]
-                    g[i, j] += np.float64(acc)
+            _block_gram(buf, width, g)
     gram = np.zeros((n, n), dtype=np.float64)
     for p in range(nparts):
         gram += partial[p]
@@ -107,7 +157,8 @@ def pairwise_sq_distances(updates: np.ndarray) -> np.ndarray:
     centre = np.empty(d, dtype=np.float64)
     if _column_mean(updates, centre):
         raise_if_nonfinite(updates, "updates")
-    nparts = max(1, min(4 * numba.get_num_threads(), (d + _GRAM_BLOCK - 1) // _GRAM_BLOCK))
+    # A fixed number of parts (not one per thread) keeps the result thread-count independent.
+    nparts = max(1, min(_GRAM_PARTS, (d + _GRAM_BLOCK - 1) // _GRAM_BLOCK))
     gram = _centred_gram(updates, centre, nparts)
     gram = np.tril(gram) + np.tril(gram, -1).T
     sq = np.diag(gram).copy()
@@ -150,9 +201,7 @@ def krum(updates: np.ndarray, f: int) -> int:
     return int(np.argmin(krum_scores(updates, f)))
 
 
-def multi_krum(
-    updates: np.ndarray, f: int, m: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def multi_krum(updates: np.ndarray, f: int, m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(float32 mean of the m best-scoring updates, their indices best first).
 
     ``m`` defaults to ``n - f``; ``m = 1`` is Krum. Ties keep the lower index.

@@ -14,19 +14,19 @@ import numpy as np
 __all__ = [
     "clip_l2",
     "coordinate_median",
+    "dequantize",
     "geometric_median",
     "krum",
     "krum_scores",
-    "multi_krum",
-    "pairwise_sq_distances",
-    "trimmed_mean",
-    "dequantize",
     "l2_norm",
     "mod_add",
     "mod_add_bytes",
     "mod_sub",
     "mod_sum",
+    "multi_krum",
+    "pairwise_sq_distances",
     "quantize",
+    "trimmed_mean",
     "weighted_mean",
 ]
 

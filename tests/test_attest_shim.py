@@ -34,7 +34,7 @@ from appliance.wire import sealagg_pb2_grpc as pb_grpc
 from appliance.wire.modelcodec import Layout, flatten
 from attest import AttestationRefusedError, PolicyError, Reason
 from attest.testing import SnpAuthority
-from client_shim.attestation import AttestationGuard
+from client_shim.attestation import AttestationGuard, policy_from_kit
 from client_shim.connection import Connection
 from client_shim.session import Participant
 
@@ -311,3 +311,23 @@ def test_attested_mode_needs_an_attester() -> None:
         }
     )
     assert config.aggregation.min_clients == 2  # two parties are allowed: no masking involved
+
+
+def test_reverification_follows_the_configured_interval(tmp_path, running):
+    dep = _federation(tmp_path, clients=1)
+    dep.configure(attestation={"provider": "software"})
+    running(dep.folder)
+    now = [1000.0]
+    conn = Connection(dep.kits["client0"], address=dep.address)
+    guard = AttestationGuard(
+        conn, policy_from_kit(conn.kit), interval_seconds=60, clock=lambda: now[0]
+    )
+    try:
+        first = guard.before_upload()
+        now[0] += 59
+        assert guard.before_upload() is first  # within the interval: no new evidence
+        now[0] += 2
+        assert guard.before_upload() is not first
+    finally:
+        conn.close()
+    assert len(_audit(dep, "attestation_result")) == 2

@@ -158,3 +158,10 @@ def test_truncated_report_is_malformed(amd: SnpAuthority) -> None:
         Evidence("sev-snp", bytes(100), amd.certificates()), nonce=nonce, tls_spki_der=tls_spki()
     )
     assert result.reason is Reason.MALFORMED_EVIDENCE
+
+
+def test_required_claims_must_match(amd: SnpAuthority) -> None:
+    strict = Verifier(policy(snp=amd, measurement=GOOD, extra_snp="required_claims = { vmpl = 0 }"))
+    assert _appraise(amd, verifier=strict).accepted
+    result = _appraise(amd, verifier=strict, vmpl=2)
+    assert result.reason is Reason.REQUIRED_CLAIM and "vmpl" in result.detail

@@ -160,7 +160,7 @@ def test_software_policy_must_opt_in_to_insecure() -> None:
 def test_nvidia_plugin_is_cleanly_absent(amd: SnpAuthority) -> None:
     assert not sdk_available()  # the SDK is not a dependency; with it this test must change
     text = policy_text(snp=amd, measurement=GOOD) + (
-        f'[nvidia-gpu]\n[[nvidia-gpu.measurements]]\nmeasurement = "{GOOD.hex()}"\n'
+        '[nvidia-gpu]\nsdk_policy = \'{"version": "3.0"}\'\n'
     )
     verifier = Verifier(parse_policy(text))
     nonce = verifier.challenge()
@@ -191,6 +191,9 @@ def test_policy_file_missing_or_malformed(tmp_path: Path, amd: SnpAuthority) -> 
         "unknown key": good.replace("[sev-snp]\n", "[sev-snp]\nallow_debug = true\n"),
         "unknown format": good + "[sgx]\n",
         "negative age": good.replace("max_age_seconds = 60", "max_age_seconds = -1"),
+        "gpu without sdk policy": good + "[nvidia-gpu]\n",
+        "gpu with own measurements": good
+        + "[nvidia-gpu]\nsdk_policy = '{}'\n[[nvidia-gpu.measurements]]\nmeasurement = \"00\"\n",
     }
     for name, text in bad.items():
         path = tmp_path / f"{name}.toml"

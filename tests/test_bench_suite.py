@@ -267,6 +267,11 @@ def test_metrics_flatten_every_source() -> None:
     assert found["appliance:rss:secagg+:n100:d1000000"] == 520.0
     assert found["flower:fedavg:n10_d1M:round_seconds"] == 0.5
     assert found["flower:secagg+:n10_d1M:bytes_up_per_client"] == 8_500_000.0
+    # A test id may hold a slash: only the file's directory is dropped.
+    name = "benchmarks/test_bench_robust.py::test_robust_kernel[n=20-krum f=n/5]"
+    assert (
+        metrics.benchmark_key(name) == "test_bench_robust.py::test_robust_kernel[n=20-krum f=n/5]"
+    )
     # Workload shape fields and non-numbers are not metrics.
     assert "flower:secagg+:n10_d1M:n" not in found
     assert not any(k.endswith("#outcome") for k in found)
@@ -333,21 +338,20 @@ def _suite(tmp_path: Path, budget_text: str = BUDGETS) -> tuple[Path, Path]:
 def test_check_exits_nonzero_naming_each_exceeded_budget(tmp_path: Path) -> None:
     bench_dir, results = _suite(tmp_path)
     args = ["bench", "--results", str(results), "--benchmarks", str(bench_dir), "--check"]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--no-plots"])
     assert result.exit_code == 1, result.output
     assert "budget exceeded: loopback: 1.8x (limit <= 1.5x)" in result.output
     assert "vs-flower" not in result.output.split("report:")[-1].split("budget exceeded")[-1]
     written = json.loads(results.read_text())
     assert {v["id"]: v["status"] for v in written["budgets"]}["loopback"] == "exceeded"
-    assert (results.parent / "report.md").is_file()
-    assert (results.parent / "plots" / "cost_vs_d.png").is_file()
+    assert "| ❌ exceeded | `loopback` |" in (results.parent / "report.md").read_text()
 
 
 def test_check_exits_zero_when_every_budget_holds(tmp_path: Path) -> None:
     relaxed = BUDGETS.replace("max_ratio = 1.5", "max_ratio = 2.0")
     bench_dir, results = _suite(tmp_path, relaxed)
     args = ["bench", "--results", str(results), "--benchmarks", str(bench_dir), "--check"]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--no-plots"])
     assert result.exit_code == 0, result.output
     assert "ok        loopback: 1.8x (limit <= 2x)" in result.output
 
@@ -417,3 +421,42 @@ def test_smoke_run_executes_the_suite_end_to_end(tmp_path: Path) -> None:
         p.name for p in (out / "plots").iterdir()
     }
     assert elapsed < 120, f"smoke run took {elapsed:.0f} s"
+
+
+# --- the runner picks up any benchmark file and survives a broken one ---------------------------
+
+PICKED_UP = """
+def test_new_mode(benchmark):
+    benchmark.extra_info["sweep"] = {"mode": "newmode", "n": 3, "d": 10}
+    benchmark(sum, range(100))
+"""
+BROKEN = """
+def test_broken(benchmark):
+    benchmark(lambda: 1 / 0)
+"""
+
+
+def test_the_runner_picks_up_every_bench_file_and_records_a_broken_one(tmp_path: Path) -> None:
+    from appliance.cli._bench.runner import Run, SuiteConfig
+
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    (bench_dir / "test_bench_newmode.py").write_text(PICKED_UP)
+    (bench_dir / "test_bench_broken.py").write_text(BROKEN)
+    (bench_dir / "not_a_bench.py").write_text("raise SystemExit('must not be collected')\n")
+    lines: list[str] = []
+    config = SuiteConfig(
+        profile="quick",
+        bench_dir=bench_dir,
+        out_dir=tmp_path / "out",
+        peers=False,
+        appliance=False,
+        log=lines.append,
+    )
+    results = Run(config).run()
+    keys = metrics.collect(results)
+    assert "test_bench_newmode.py::test_new_mode" in keys
+    assert [p["mode"] for p in report.sweep_points(results["pytest"])] == ["newmode"]
+    assert [e["step"] for e in results["errors"]] == ["pytest"]
+    assert "exit code 1" in results["errors"][0]["error"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["profile"] == "quick"

@@ -13,6 +13,7 @@ from appliance.ckks_round import CkksRound, build_ckks_round
 from appliance.config import parse_config
 from appliance.rounds import Member, UploadRefusedError
 from appliance.wire import sealagg_pb2 as pb
+from client_shim.ckks import parameters_from
 from crypto import IdentityKey
 from crypto.ckks import (
     CkksAccumulator,
@@ -27,7 +28,15 @@ from crypto.ckks import (
     pack_message,
     per_layer_ciphertexts,
 )
-from crypto.ckks_keys import CkksParty, bundle_message, read_advert, read_bundle
+from crypto.ckks_keys import (
+    CkksParty,
+    bundle_message,
+    read_advert,
+    read_bundle,
+    read_roster,
+    result_message,
+    sealed_message,
+)
 from crypto.errors import (
     CkksCiphertextError,
     CkksKeyError,
@@ -301,3 +310,84 @@ def test_size_guard_and_key_holder_checks_refuse_with_the_reason():
     active, _, start, audit = _round(key_holder="c4")
     assert isinstance(active, CkksRound) and not start.ckks.key_holder_contributes
     assert audit["ciphertexts_per_client"] == 1 and start.vector_length == 137
+
+
+def test_clients_refuse_rounds_whose_parameters_would_not_protect_them():
+    members = [pb.Participant(index=i, name=f"c{i}") for i in (1, 2, 3, 4)]
+    good = pb.CkksParams(
+        poly_modulus_degree=8192,
+        coeff_mod_bit_sizes=[60, 40, 40],
+        scale_bits=40,
+        key_holder_index=1,
+        key_holder_contributes=True,
+        max_error=1e-3,
+    )
+    start = pb.RoundStart(participants=members, clip=1.0, ckks=good)
+    assert parameters_from(start).slots == 4096
+    weak = pb.RoundStart()
+    weak.CopyFrom(start)
+    del weak.ckks.coeff_mod_bit_sizes[:]
+    weak.ckks.coeff_mod_bit_sizes.extend([60, 40])
+    with pytest.raises(CkksParameterError, match="no level"):
+        parameters_from(weak)
+    few = pb.RoundStart()
+    few.CopyFrom(start)
+    few.ckks.key_holder_contributes = False
+    del few.participants[3]
+    with pytest.raises(Exception, match="only 2 data owners"):
+        parameters_from(few)
+
+
+def _upload(active, name, phase, payload):
+    header = pb.UploadHeader(round_id=RID, phase=phase, kind="ckks", total_bytes=len(payload))
+    active.accept(name, header, payload)
+
+
+def _drive_to_decrypt(active, ids, d=136):
+    """Run the keys, context and input phases in process; returns the key holder's secrets."""
+    holder = CkksKeyHolder.generate(PARAMS, RID)
+    parties = {i: CkksParty(RID, i) for i in ids}
+    for i in ids:
+        ctx = holder.public_context if i == 1 else None
+        _upload(active, f"c{i}", 0, parties[i].advert(ids[i], ctx))
+    roster_task = active.close_phase()["c1"]
+    roster = read_roster(roster_task.step.payload, RID)
+    sealed = {
+        j: parties[1].seal_for(a, holder.export_secret_for_sealing()) for j, a in roster.items()
+    }
+    _upload(active, "c1", 1, sealed_message(RID, sealed))
+    bundles = active.close_phase()
+    assert set(bundles) == {f"c{i}" for i in ids}
+    for i in ids:
+        advert, _ = read_bundle(bundles[f"c{i}"].step.payload, RID)
+        x = np.full(d, 0.1 * i, dtype=np.float32)
+        _upload(active, f"c{i}", 2, CkksEncryptor(PARAMS, advert.context, RID).encrypt(x, 1.0))
+    sum_task = active.close_phase()["c1"]
+    return holder, sum_task.step.payload
+
+
+def test_the_round_runs_in_process_and_refuses_out_of_phase_and_out_of_range():
+    active, ids, _, _ = _round()
+    with pytest.raises(UploadRefusedError, match="the round is in phase keys"):
+        _upload(active, "c2", 2, b"x")
+    holder, summed = _drive_to_decrypt(active, ids)
+    weighted = holder.decrypt_sum(summed, 136)
+    np.testing.assert_allclose(weighted[:-1], 1.0, atol=1e-5)  # 0.1+0.2+0.3+0.4
+    poisoned = weighted.copy()
+    poisoned[:-1] *= 100  # a mean of 25: outside the clipping range ±1
+    with pytest.raises(UploadRefusedError, match="outside the clipping range"):
+        _upload(active, "c1", 3, result_message(RID, poisoned.astype("<f8").tobytes()))
+    with pytest.raises(Exception, match="did not return the decrypted sum"):
+        active.close_phase()
+
+
+def test_the_round_publishes_the_decrypted_mean():
+    active, ids, _, _ = _round()
+    holder, summed = _drive_to_decrypt(active, ids)
+    weighted = holder.decrypt_sum(summed, 136)
+    _upload(active, "c1", 3, result_message(RID, weighted.astype("<f8").tobytes()))
+    assert active.close_phase() == {} and active.finished
+    aggregate = active.aggregate()
+    np.testing.assert_allclose(aggregate.mean_update, 0.25, atol=1e-5)
+    assert aggregate.total_weight == pytest.approx(4.0, abs=1e-5)
+    assert aggregate.contributors == ("c1", "c2", "c3", "c4") and aggregate.dropped == ()

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from appliance.federation import Federation
+from appliance.rounds import ActiveRound
 from appliance.server import open_store
-from appliance.testing import base_model
+from appliance.testing import base_model, make_deployment
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
@@ -33,15 +34,15 @@ FAST = {
 PARAMS = CkksParameters()
 
 
-def _delta(i: int) -> np.ndarray:
-    return np.random.default_rng(300 + i).normal(0, 0.05, DIM).astype(np.float32)
+def _delta(i: int, dim: int = DIM) -> np.ndarray:
+    return np.random.default_rng(300 + i).normal(0, 0.05, dim).astype(np.float32)
 
 
 def _weight(i: int) -> float:
     return 0.2 + 0.15 * i
 
 
-def _run_clients(dep, names, called=None):
+def _run_clients(dep, names, called=None, dim=DIM):
     reports, errors = {}, {}
 
     def work(name: str) -> None:
@@ -50,7 +51,7 @@ def _run_clients(dep, names, called=None):
         def compute(start, tensors):
             if called is not None:
                 called.add(name)
-            return _delta(i), _weight(i), {"n": i}
+            return _delta(i, dim), _weight(i), {"n": i}
 
         conn = Connection(dep.kits[name], address=dep.address)
         try:
@@ -66,9 +67,9 @@ def _run_clients(dep, names, called=None):
     return threads, reports, errors
 
 
-def _weighted_mean(members: list[int]) -> tuple[np.ndarray, float]:
+def _weighted_mean(members: list[int], dim: int = DIM) -> tuple[np.ndarray, float]:
     w = np.array([_weight(i) for i in members])
-    x = np.stack([_delta(i).astype(np.float64) for i in members])
+    x = np.stack([_delta(i, dim).astype(np.float64) for i in members])
     return (w[:, None] * x).sum(0) / w.sum(), float(w.sum())
 
 
@@ -92,26 +93,48 @@ def _finish(app, threads):
         t.join(30)
 
 
-def _check_mean(delta: np.ndarray, members: list[int]) -> None:
-    mean, total = _weighted_mean(members)
+def _check_mean(delta: np.ndarray, members: list[int], dim: int = DIM) -> None:
+    mean, total = _weighted_mean(members, dim)
     bound = PARAMS.error_bound(len(members)) / total + 2e-7  # + float32 storage of the model
     assert np.abs(delta - mean).max() <= bound
 
 
-def test_ckks_round_publishes_the_weighted_mean_within_the_error_bound(deployment, running):
-    dep = deployment(clients=3)
+def test_ckks_round_publishes_the_weighted_mean_within_the_error_bound(
+    tmp_path, running, monkeypatch
+):
+    # 12,162 values: three ciphertexts per client (1.3 MB, a multi-chunk upload), and the
+    # packing runs across the tensor boundary.
+    model = {"a.weight": np.zeros((95, 128), np.float32), "a.bias": np.zeros(2, np.float32)}
+    dep = make_deployment(tmp_path, clients=3, model=model)
     dep.configure(aggregation={"mode": "ckks", "min_clients": 3, "rounds": 1}, deadlines=FAST)
+    uploads: list[tuple[str, bytes]] = []
+    original = ActiveRound.accept
+
+    def accept(self, name, header, payload):
+        uploads.append((name, bytes(payload)))
+        original(self, name, header, payload)
+
+    monkeypatch.setattr(ActiveRound, "accept", accept)
     app = running(dep.folder)
-    threads, reports, errors = _run_clients(dep, sorted(dep.kits))
+    d = 95 * 128 + 2
+    threads, reports, errors = _run_clients(dep, sorted(dep.kits), dim=d)
     _finish(app, threads)
+    # Nothing unencrypted left a data owner: no upload holds its update's values (float32 x,
+    # or the float64 w·x that gets encrypted); only the key holder's final sum is plaintext.
+    assert len(uploads) == 3 + 1 + 3 + 1
+    for i in range(3):
+        x = _delta(i, d)
+        probes = [x[100:104].tobytes(), (_weight(i) * x[100:102].astype(np.float64)).tobytes()]
+        assert not any(p in payload for p in probes for _, payload in uploads)
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}, reports
+    assert all(r.bytes_sent > 3 * 230_000 for r in reports.values())
     model, delta, rounds, entries = _published(dep)
     assert model.version == 2 and rounds[-1].status == "accepted"
-    _check_mean(delta, [0, 1, 2])
+    _check_mean(delta, [0, 1, 2], dim=d)
     params = [e for e in entries if e.event == "round_parameters"][-1].details
     assert params["mode"] == "ckks" and params["key_holder"] == "client0"
-    assert params["ciphertexts_per_client"] == 1  # d=136: one ciphertext holds [w·x, w]
+    assert params["ciphertexts_per_client"] == 3 == -(-(d + 1) // 4096)
 
 
 def test_separate_key_holder_sends_no_update(deployment, running):

@@ -11,6 +11,7 @@ from dp_accounting import pld, rdp
 from appliance.accounting import (
     RoundPrivacy,
     combine_noise_multipliers,
+    conservative,
     epsilon,
     noise_multiplier_for,
 )
@@ -51,7 +52,7 @@ def test_client_level_gaussian_matches_opacus_rdp_accountant(q, z, rounds):
 
 
 def test_varying_rounds_compose_like_the_library():
-    rounds = [RoundPrivacy(1, 0.1, 1.0), RoundPrivacy(2, 0.1, 1.3), RoundPrivacy(3, 0.2, 1.0)]
+    rounds = [RoundPrivacy(1, 0.1, 1.0), RoundPrivacy(2, 0.1, 1.0), RoundPrivacy(3, 0.2, 1.3)]
     acc = rdp.RdpAccountant()
     for r in rounds:
         g = dp_accounting.GaussianDpEvent(r.noise_multiplier)
@@ -83,6 +84,14 @@ def test_no_noise_means_no_guarantee_and_no_rounds_mean_nothing_spent():
 
 
 def test_calibration_reaches_the_target():
-    z = noise_multiplier_for(3.0, DELTA, 0.1, 100)
-    assert epsilon(_rounds(100, 0.1, z), DELTA) == pytest.approx(3.0, rel=0.01)
-    assert epsilon(_rounds(100, 0.1, z * 1.1), DELTA) < 3.0
+    z = noise_multiplier_for(3.0, DELTA, 1.0, 10)
+    assert epsilon(_rounds(10, 1.0, z), DELTA) == pytest.approx(3.0, rel=0.01)
+    assert epsilon(_rounds(10, 1.0, z * 1.1), DELTA) < 3.0
+
+
+def test_conservative_rounding_only_lowers_the_noise_multiplier():
+    assert conservative(1.23456789) == 1.234
+    assert conservative(0.0987654) == 0.09876
+    assert conservative(0.0) == 0.0
+    for z in (0.3, 1.0, 1.2345, 7.77777):
+        assert 0.999 * z <= conservative(z) <= z

@@ -96,9 +96,11 @@ def test_finish_accounts_with_the_actual_survivors_and_audits(store):
     record = ctl.finish_round(plan, {"c0": {"epsilon": 2.5}}, _aggregate(9))
     # 9 survivors carry sqrt(9/6) times the configured noise; z over the rounded bound.
     z = math.sqrt(9) * plan.spec.noise_std / plan.spec.sensitivity
-    assert record["effective_noise_multiplier"] == pytest.approx(z)
+    recorded = record["effective_noise_multiplier"]
+    assert z * 0.999 <= recorded <= z  # rounded down to 4 digits: never overstated
     assert z == pytest.approx(math.sqrt(9 / 6), rel=0.01)
-    assert record["epsilon_cumulative"] == pytest.approx(epsilon([RoundPrivacy(1, 0.1, z)], 1e-5))
+    expected = epsilon([RoundPrivacy(1, 0.1, recorded)], 1e-5)
+    assert record["epsilon_cumulative"] == pytest.approx(expected)
     status = ctl.status()
     assert status["epsilon_cumulative"] == record["epsilon_cumulative"]
     assert status["local_dp_epsilon"] == {"c0": 2.5}

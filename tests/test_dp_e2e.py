@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from appliance.accounting import RoundPrivacy, epsilon
-from appliance.federation import Federation
+from appliance.cli._admin import AdminClient
+from appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
+from appliance.federation import Federation, add_client
 from appliance.server import open_store
 from appliance.testing import base_model
 from appliance.wire.modelcodec import Layout, flatten
@@ -27,13 +29,25 @@ def _delta(i: int, rnd: int = 0) -> np.ndarray:
     return np.random.default_rng(100 + i + 10 * rnd).normal(0, 0.05, DIM).astype(np.float32)
 
 
-def _run(dep, rounds: int = 1, scale: float = 1.0) -> dict:
+class _VanishAfterKeys(Participant):
+    """A client that crashes after advertising its keys (its masks must be removed)."""
+
+    budget = 1
+
+    def _send(self, *args, **kwargs):
+        if self.budget <= 0:
+            raise ConnectionAbortedError("client vanished")
+        self.budget -= 1
+        return super()._send(*args, **kwargs)
+
+
+def _run(dep, rounds: int = 1, scale: float = 1.0, vanish: frozenset = frozenset()) -> dict:
     errors: dict = {}
 
     def work(name: str) -> None:
         i = int(name.removeprefix("client"))
         conn = Connection(dep.kits[name], address=dep.address)
-        p = Participant(conn, poll_seconds=1.0)
+        p = (_VanishAfterKeys if name in vanish else Participant)(conn, poll_seconds=1.0)
         try:
             for r in range(rounds):
                 p.run_round(
@@ -79,7 +93,7 @@ def test_distributed_dp_round_with_secagg_has_the_expected_noise_and_epsilon(
     dep = deployment(clients=5)
     z, clip = 0.5, 1.0
     dep.configure(
-        aggregation={"mode": "secagg+", "min_clients": 5, "rounds": 1},
+        aggregation={"mode": "secagg+", "min_clients": 5, "rounds": 0, "ready_window": 0.2},
         deadlines=FAST,
         privacy={
             "mode": "distributed",
@@ -90,10 +104,18 @@ def test_distributed_dp_round_with_secagg_has_the_expected_noise_and_epsilon(
             "delta": 1e-5,
         },
     )
+    add_client(dep.federation, ADMIN_NAME, out=dep.folder / ADMIN_KIT_DIRNAME)
     app = running(dep.folder)
-    _finish(app, _run(dep))
-    outcome = app.app.orchestrator.history[-1]
+    run = _run(dep)
+    for t in run["threads"]:
+        t.join(90)
+    assert not run["errors"], run["errors"]
+    history = app.app.orchestrator.history
+    outcome = history[0]
     assert outcome.outcome == "published" and len(outcome.contributors) == 5
+    with AdminClient(dep.folder, address=dep.address) as admin:  # the Admin Status over mTLS
+        status = admin.status()["privacy"]
+    app.stop()
     model, flat, entries = _state(dep)
     assert model.version == 2
     record = next(e.details for e in entries if e.event == "privacy")
@@ -108,11 +130,9 @@ def test_distributed_dp_round_with_secagg_has_the_expected_noise_and_epsilon(
     assert z_eff == pytest.approx(z * math.sqrt(5 / m), rel=0.01)
     eps = epsilon([RoundPrivacy(1, 0.1, z_eff)], 1e-5)
     assert record["epsilon_cumulative"] == pytest.approx(eps)
-    status = app.app.orchestrator.status()["privacy"]
     assert status["epsilon_cumulative"] == pytest.approx(eps)
     assert status["mode"] == "distributed" and status["rounds_accounted"] == 1
     assert status["local_dp_epsilon"] == {f"client{i}": 0.5 + i for i in range(5)}
-    json.dumps(status)  # the Admin Status is JSON
 
 
 def test_plaintext_client_dp_with_adaptive_clipping_moves_and_keeps_the_clip(deployment, running):
@@ -137,8 +157,34 @@ def test_plaintext_client_dp_with_adaptive_clipping_moves_and_keeps_the_clip(dep
     assert len(records) == 2
     assert records[1]["clip"] == pytest.approx(records[0]["next_clip"])
     assert records[1]["next_clip"] < records[0]["next_clip"] < 5.0
-    status = app.app.orchestrator.status()["privacy"]
+    status = app.app.orchestrator.privacy.status()
     assert status["clip"] == pytest.approx(records[1]["next_clip"])
     assert status["epsilon_cumulative"] > records[0]["epsilon_cumulative"]
     state = json.loads((dep.folder / "privacy_state.json").read_text())
     assert state["clip"] == pytest.approx(status["clip"]) and len(state["rounds"]) == 2
+
+
+def test_a_dropout_leaves_less_noise_and_the_accountant_uses_the_survivors(deployment, running):
+    dep = deployment(clients=6)
+    z, clip = 0.5, 1.0
+    dep.configure(
+        aggregation={"mode": "secagg", "min_clients": 6, "rounds": 1},
+        deadlines=FAST,
+        privacy={"mode": "distributed", "noise_multiplier": z, "clip": clip},
+    )
+    app = running(dep.folder)
+    run = _run(dep, vanish=frozenset({"client5"}))
+    app.wait(90)
+    for t in run["threads"]:
+        t.join(30)
+    assert set(run["errors"]) == {"client5"}
+    assert app.app.orchestrator.history[-1].outcome == "published"
+    _, flat, entries = _state(dep)
+    record = next(e.details for e in entries if e.event == "privacy")
+    m = record["min_survivors"]
+    assert record["survivors"] == 5 and m <= 5
+    assert record["effective_noise_multiplier"] == pytest.approx(z * math.sqrt(5 / m), rel=0.01)
+    assert record["effective_noise_std"] == pytest.approx(math.sqrt(5) * z * clip / math.sqrt(m))
+    residual = flat - BASE - np.mean([_delta(i) for i in range(5)], axis=0)
+    expected_std = math.sqrt(5) * z * clip / math.sqrt(m) / 5
+    assert 0.75 * expected_std < residual.std() < 1.25 * expected_std

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hardening.clients import FAST, delta, published_flat, weight
 
-from appliance.errors import StoreError
+from appliance.errors import ProvisioningError, StoreError
 from appliance.federation import Federation
 from appliance.server import Appliance, open_store
 from appliance.store import Store, default_state_path
@@ -95,13 +95,14 @@ class _Gate:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(200)
 def test_sigkill_at_each_phase_then_restart(tmp_path):
     """kill -9 while the round waits in each of the five phases, restart each time.
 
     After each kill: the accepted model is the one from before the round. After each restart:
-    that round is aborted ("restart" in its reason), clients inside it are told, and the next
-    rounds publish. At the end the model is exactly base + (published rounds) x (the mean of
+    that round is aborted ("restart" in its reason) and clients inside it are told; after the
+    last restart the next round publishes. At the end the model is exactly
+    base + (published rounds) x (the mean of
     the four fixed updates), and the audit chain verifies."""
     dep = make_deployment(tmp_path, clients=4)
     deadlines = dict(FAST, advertise_keys=15, share_keys=15, masked_input=15)
@@ -145,14 +146,20 @@ def test_sigkill_at_each_phase_then_restart(tmp_path):
             interrupted += open_rounds
             gate.release()
             proc = _spawn(dep.folder)
-            _wait(lambda b=before: _state(dep.folder)[1].version > b, 90, "a model after restart")
+            _wait(
+                lambda r=open_rounds[0]: _state(dep.folder)[0][r - 1].status == "aborted",
+                60,
+                "the restarted appliance to abort the interrupted round",
+            )
+        before = _state(dep.folder)[1].version
+        _wait(lambda: _state(dep.folder)[1].version > before, 90, "a model after the last restart")
     finally:
         stop.set()
         gate.release()
         proc.kill()
         proc.wait(10)
-        for t in threads:
-            t.join(15)
+        for t in threads:  # daemons; one may still be retrying against the killed appliance
+            t.join(2)
     rounds, current = _state(dep.folder)
     by_id = {r.id: r for r in rounds}
     for number in interrupted:
@@ -163,7 +170,7 @@ def test_sigkill_at_each_phase_then_restart(tmp_path):
     assert current.version == len(published) + 1
     w = np.array([weight(i) for i in range(4)])
     mean = np.average(np.stack([delta(i) for i in range(4)]), axis=0, weights=w)
-    version, flat, audited = published_flat(dep)
+    _, flat, audited = published_flat(dep)
     base = flatten(base_model(), Layout.of(base_model()))
     np.testing.assert_allclose(flat, base + len(published) * mean, atol=1e-5 * len(published))
     assert audited > 50
@@ -217,12 +224,13 @@ def _round_clients(dep, stop: threading.Event):
     return threads
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_disk_full_stops_clearly_and_loses_nothing(small_disk):
     """The federation lives on a 32 MiB tmpfs filled to the last byte before a round ends.
 
-    Asserted: the appliance stops with a StoreError that says the disk is full (it fails
-    closed rather than serve with state it cannot record); the published model versions and
+    Asserted: the appliance stops with an error that says the disk is full (it fails closed
+    rather than serve with state it cannot record); the published model versions and
     the audit chain verify afterwards; once space is freed, a restart aborts the interrupted
     round and the next round publishes."""
     dep = make_deployment(small_disk, clients=3)
@@ -235,7 +243,9 @@ def test_disk_full_stops_clearly_and_loses_nothing(small_disk):
         ballast = _fill(small_disk)
         app.thread.join(60)
         assert not app.thread.is_alive(), "the appliance kept running on a full disk"
-        assert isinstance(app.error, StoreError), app.error
+        # StoreError from SQLite, or ProvisioningError from the optimizer-state file: both
+        # name the cause.
+        assert isinstance(app.error, StoreError | ProvisioningError), app.error
         assert "disk is full" in str(app.error) or "No space" in str(app.error), app.error
         rounds, current = _state(dep.folder)
         kept = current.version

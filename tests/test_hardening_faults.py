@@ -62,6 +62,7 @@ def test_client_killed_at_each_phase(deployment, running, budget):
     assert all(r[0].outcome == "published" for r in reports.values())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_too_many_killed_aborts_cleanly(deployment, running):
     """Two of four clients killed before their masked input: 2 survivors are below the
@@ -121,7 +122,7 @@ def test_slowloris_upload_is_dropped_and_others_unaffected(deployment, running, 
 
     attacker = threading.Thread(target=slowloris)
     attacker.start()
-    threads, reports, errors = run_clients(dep, ["client0", "client1", "client2"])
+    threads, _, errors = run_clients(dep, ["client0", "client1", "client2"])
     join(threads)
     attacker.join(30)
     stall.set()
@@ -176,7 +177,9 @@ def test_partition_of_half_the_clients_aborts_then_heals(deployment, running):
             conn.close()
 
     threads = [
-        threading.Thread(target=client, args=(f"client{i}", dep.address if i < 3 else proxy.address))
+        threading.Thread(
+            target=client, args=(f"client{i}", dep.address if i < 3 else proxy.address)
+        )
         for i in range(6)
     ]
     for t in threads:

@@ -27,13 +27,13 @@ def matrices(draw, min_rows=1, max_rows=12):
     return draw(hnp.arrays(np.float32, (n, d), elements=values))
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=40)
 @given(matrices())
 def test_median_equals_reference_exactly(x):
     assert np.array_equal(kernels.coordinate_median(x), ref.coordinate_median(x))
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=40)
 @given(matrices(), st.floats(0.0, 0.49))
 def test_trimmed_mean_matches_reference(x, beta):
     if x.shape[0] - 2 * int(np.floor(beta * x.shape[0] + 1e-9)) < 1:
@@ -50,7 +50,9 @@ def test_median_even_and_odd_wide(n):
     got = kernels.coordinate_median(x)
     assert np.array_equal(got, ref.coordinate_median(x))
     if n == 2:  # even: the midpoint of the two middle values
-        np.testing.assert_array_equal(got, ((x[0].astype(np.float64) + x[1]) / 2).astype(np.float32))
+        np.testing.assert_array_equal(
+            got, ((x[0].astype(np.float64) + x[1]) / 2).astype(np.float32)
+        )
 
 
 def test_median_with_all_ties_and_one_outlier_per_coordinate():
@@ -59,7 +61,9 @@ def test_median_with_all_ties_and_one_outlier_per_coordinate():
     np.testing.assert_array_equal(kernels.coordinate_median(x), np.ones(WIDE, np.float32))
 
 
-@pytest.mark.parametrize(("n", "beta", "trim"), [(10, 0.1, 1), (10, 0.3, 3), (7, 0.2, 1), (3, 0.34, 1)])
+@pytest.mark.parametrize(
+    ("n", "beta", "trim"), [(10, 0.1, 1), (10, 0.3, 3), (7, 0.2, 1), (3, 0.34, 1)]
+)
 def test_trimmed_mean_trims_floor_beta_n_per_side(n, beta, trim):
     assert kernels.trim_count(n, beta) == trim
     rng = np.random.default_rng(n)
@@ -131,7 +135,7 @@ def _naive_float32_gram_distances(x: np.ndarray) -> np.ndarray:
 
 
 def test_near_identical_full_weights_pick_the_right_winner():
-    """Updates = the same large weight vector + tiny client offsets; one client sits at the centre."""
+    """Updates = one large weight vector + tiny client offsets; one client sits at the centre."""
     rng = np.random.default_rng(7)
     n, f, d = 9, 2, 50_000
     weights = rng.normal(0, 3.0, d).astype(np.float32)  # |w|^2 ~ 4.5e5

@@ -1,8 +1,8 @@
-"""Two-party vendor-client fine-tuning (issue 8) over real loopback TLS, plaintext mode.
+"""Two-party vendor-client fine-tuning (issue 8) over real loopback TLS.
 
-``attested`` mode was still being integrated (no end-to-end client path to build on yet), so
-the networked tests run the two parties in plaintext mode; the gate, the weights and the
-version logic do not depend on the mode. The trust rule for masked modes is tested below.
+The gate test runs in ``attested`` mode (software attester: the shim verifies the appliance
+before sending anything) and in ``plaintext`` mode; the gate, the weights and the version
+logic do not depend on the mode. The trust rule for masked modes is tested at the end.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import grpc
 import numpy as np
 import pytest
 
+from appliance.attestation import setup_software_attestation
 from appliance.config import parse_config
 from appliance.errors import ConfigError
-from appliance.federation import Federation
+from appliance.federation import Federation, add_client, init_federation
+from appliance.kit import load_kit
 from appliance.server import open_store
-from appliance.testing import base_model
+from appliance.testing import Deployment, base_model, free_port
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
@@ -53,9 +55,24 @@ def benign(seed: int) -> np.ndarray:
 HARMFUL = (-10.0 * flatten(BASE, LAYOUT)).astype(np.float32)
 
 
-def _gated(dep, rounds: int, *, tolerance: float = 0.02) -> None:
+def _attested_deployment(root) -> Deployment:
+    """Two kits that carry the software attester's policy (as tests/test_attest_shim.py)."""
+    port = free_port()
+    folder = root / "federation"
+    fed = init_federation(folder, name="testfed", hosts=["localhost", "127.0.0.1"], port=port)
+    setup_software_attestation(folder)
+    kits = {name: load_kit(add_client(fed, name)) for name in ("client0", "client1")}
+    store = open_store(fed)
+    store.add_model_version(base_model(), parent=None, status="accepted")
+    store.close()
+    return Deployment(folder, port, fed, kits)
+
+
+def _gated(dep, rounds: int, *, tolerance: float = 0.02, mode: str = "plaintext") -> None:
+    if mode == "attested":
+        dep.configure(attestation={"provider": "software"})
     dep.configure(
-        aggregation={"mode": "plaintext", "min_clients": 2, "rounds": rounds},
+        aggregation={"mode": mode, "min_clients": 2, "rounds": rounds},
         deadlines=FAST,
         gates={
             "vendor": "client0",
@@ -99,9 +116,12 @@ def _run(dep, plan: dict[str, list[np.ndarray]], evaluated: list[float] | None):
     return threads, reports, errors
 
 
-def test_gate_rejects_a_harmful_candidate_and_weights_are_exact(deployment, running):
-    dep = deployment(clients=2)
-    _gated(dep, rounds=2)
+@pytest.mark.parametrize("mode", ["attested", "plaintext"])
+def test_gate_rejects_a_harmful_candidate_and_weights_are_exact(
+    deployment, running, tmp_path, mode
+):
+    dep = _attested_deployment(tmp_path) if mode == "attested" else deployment(clients=2)
+    _gated(dep, rounds=2, mode=mode)
     app = running(dep.folder)
     vendor, client = benign(1), benign(2)
     evaluated: list[float] = []
@@ -133,6 +153,9 @@ def test_gate_rejects_a_harmful_candidate_and_weights_are_exact(deployment, runn
         assert [g["accept"] for g in gate] == [True, False]
         participants = [e.details for e in store.audit.entries() if e.event == "participants"]
         assert participants[0]["contribution_weights"] == {"client0": 0.8, "client1": 0.2}
+        if mode == "attested":  # both parties verified the appliance before sending
+            events = [e.event for e in store.audit.entries()]
+            assert events.count("attestation_result") >= 2
     finally:
         store.close()
     # weights applied exactly: base + (0.8·Δvendor + 0.2·Δclient) / (0.8 + 0.2)
@@ -189,6 +212,31 @@ def test_gate_fails_closed_without_a_vendor_report(deployment, running):
         store.close()
 
 
+def test_human_approval_on_top_of_the_vendor_gate(deployment, running):
+    dep = deployment(clients=2)
+    _gated(dep, rounds=1)
+    dep.configure(gates={"require_approval": True})
+    app = running(dep.folder)
+    evaluated: list[float] = []
+    threads, reports, errors = _run(
+        dep, {"client0": [benign(1)], "client1": [benign(2)]}, evaluated
+    )
+    app.wait(60)
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert reports["client1"][0].outcome == "pending_approval"  # the gate passed; a human decides
+    assert len(evaluated) == 2
+    store = open_store(Federation.load(dep.folder))
+    try:
+        assert store.current_model().version == 1
+        app.app.orchestrator.store = store
+        assert "published" in app.app.orchestrator.decide(1, True, "ok", "admin")
+        assert store.current_model().version == 2 and store.current_model().metrics is not None
+    finally:
+        store.close()
+
+
 def test_two_party_masking_is_refused_in_config_and_at_round_start(deployment, running):
     with pytest.raises(ConfigError, match="hides nothing"):
         parse_config(
@@ -216,3 +264,44 @@ def test_two_party_masking_is_refused_in_config_and_at_round_start(deployment, r
     finally:
         for c in conns:
             c.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"model_version": 2}', "model_version"),
+        (b'{"model_version": 0, "metrics": {"eer": 0.1}}', "positive integer"),
+        (b'{"model_version": 2, "metrics": {}}', "1 to 64 numbers"),
+        (b'{"model_version": 2, "metrics": {"eer": NaN}}', "finite numbers"),
+        (b'{"model_version": 2, "metrics": {"eer": "low"}}', "finite numbers"),
+        (b'{"model_version": 2, "metrics": {"eer": true}}', "finite numbers"),
+    ],
+)
+def test_malformed_reports_are_refused_with_a_reason(body, message):
+    from appliance.rounds import UploadRefusedError
+    from appliance.vendor_gate import parse_report
+
+    with pytest.raises(UploadRefusedError, match=message) as refused:
+        parse_report(body)
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert parse_report(b'{"model_version": 2, "metrics": {"eer": 1}}') == (2, {"eer": 1.0})
+
+
+def test_comparison_rule_and_tolerance():
+    from appliance.config import GatesSection
+    from appliance.vendor_gate import VendorGate
+    from client_shim.metrics import no_worse
+
+    lower = VendorGate(GatesSection(vendor="v", metric="eer", tolerance=0.01), None, print)
+    assert lower.compare({"eer": 0.05}, {"eer": 0.04}, 1)[0]  # within the tolerance
+    ok, why = lower.compare({"eer": 0.0501}, {"eer": 0.04}, 1)
+    assert not ok and "worse than version 1's" in why
+    higher = VendorGate(
+        GatesSection(vendor="v", metric="accuracy", higher_is_better=True), None, print
+    )
+    assert higher.compare({"accuracy": 0.9}, {"accuracy": 0.9}, 1)[0]
+    assert not higher.compare({"accuracy": 0.899}, {"accuracy": 0.9}, 1)[0]
+    # the study's local copy of the rule agrees
+    assert no_worse({"eer": 0.05}, {"eer": 0.04}, "eer", higher_is_better=False, tolerance=0.01)
+    assert not no_worse({"a": 0.899}, {"a": 0.9}, "a", higher_is_better=True)

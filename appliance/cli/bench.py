@@ -46,7 +46,9 @@ def find_bench_dir(explicit: Path | None) -> Path:
     )
 
 
-def finish(results: dict[str, Any], bench_dir: Path | None, out_dir: Path) -> list[str]:
+def finish(
+    results: dict[str, Any], bench_dir: Path | None, out_dir: Path, draw: bool = True
+) -> list[str]:
     """Metrics, budget verdicts, plots and report.md for ``results``; returns failure lines."""
     from appliance.cli._bench import budgets, metrics, plots, report
 
@@ -61,7 +63,7 @@ def finish(results: dict[str, Any], bench_dir: Path | None, out_dir: Path) -> li
         results["budgets_version"] = spec.version
         results["budgets"] = budgets.as_json(verdicts)
         failures = budgets.failure_lines(verdicts)
-    drawn = plots.draw(results, out_dir / "plots")
+    drawn = plots.draw(results, out_dir / "plots") if draw else []
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, sort_keys=False))
     (out_dir / "report.md").write_text(report.render(results, drawn))
     return failures
@@ -72,8 +74,19 @@ def update_results_md(bench_dir: Path, out_dir: Path) -> Path:
     latest = bench_dir / LATEST_DIR
     if latest.exists():
         shutil.rmtree(latest)
-    shutil.copytree(out_dir, latest, ignore=shutil.ignore_patterns("*.log", "flower-*.json"))
+    latest.mkdir(parents=True)
+    if (out_dir / "plots").is_dir():
+        shutil.copytree(out_dir / "plots", latest / "plots")
+    for name in ("report.md", "results.json"):
+        if (out_dir / name).is_file():
+            shutil.copy2(out_dir / name, latest / name)
     text = (out_dir / "report.md").read_text()
+    # The long table of every benchmark stays in report/report.md only.
+    head, sep, rest = text.partition("\n## Every benchmark")
+    if sep:
+        _, sep2, tail = rest.partition("\n## Reproduce")
+        link = f"\n\nEvery benchmark's figure: `benchmarks/{LATEST_DIR}/report.md`.\n"
+        text = head + link + (sep2 + tail if sep2 else "")
     body = "\n".join(
         ("#" + line if line.startswith("#") else line) for line in text.splitlines()
     ).replace("](plots/", f"]({LATEST_DIR}/plots/")
@@ -129,6 +142,9 @@ def bench(
     benchmarks: Annotated[
         Path | None, typer.Option("--benchmarks", help="The suite folder (default ./benchmarks).")
     ] = None,
+    with_plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots (matplotlib).")
+    ] = True,
     update_results: Annotated[
         bool,
         typer.Option(
@@ -166,7 +182,7 @@ def bench(
         )
         results = Run(config).run()
     out_dir.mkdir(parents=True, exist_ok=True)
-    failures = finish(results, bench_dir, out_dir)
+    failures = finish(results, bench_dir, out_dir, draw=with_plots)
     console.print(f"report: {out_dir / 'report.md'}")
     verdicts = results.get("budgets", [])
     for verdict in verdicts:

@@ -21,6 +21,7 @@ class DemoMode(enum.StrEnum):
     plaintext = "plaintext"
     secagg = "secagg"
     secagg_plus = "secagg+"
+    ckks = "ckks"
 
 
 def demo(

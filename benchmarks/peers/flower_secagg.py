@@ -99,11 +99,13 @@ class TimedGrid:
 class TimedFit:
     """Times one fit workflow (SecAgg+ or Flower's default) per round."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, mode: str) -> None:
         self.inner = inner
+        self.mode = mode
 
     def __call__(self, grid: Grid, context: Context) -> None:
         record: dict[str, Any] = {
+            "mode": self.mode,
             "wait_seconds": 0.0,
             "bytes_up": {},
             "bytes_down": {},
@@ -143,10 +145,47 @@ def make_dropout_mod(dropping: set[int]) -> Any:
     return dropout_mod
 
 
-def run_workload(w: dict[str, Any], secure: bool, rounds: int) -> dict[str, Any]:
-    """One simulation of ``rounds`` rounds; returns the best non-warm-up round."""
+def secagg_or_plain_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
+    """Flower's secaggplus_mod for SecAgg+ messages; plain FedAvg messages go straight to fit.
+
+    Lets one simulation (one Ray start-up) run Flower's FedAvg rounds and then its SecAgg+
+    rounds on the same client actors; secaggplus_mod itself is called unmodified.
+    """
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def _summary(w: dict[str, Any], mode: str, records: list[dict[str, Any]], drop: int) -> dict:
+    """The best round after the warm-up round (all rounds are listed too)."""
+    timed = records[1:] if len(records) > 1 else records
+    best = min(timed, key=lambda r: r["round_seconds"])
+    uploaders = len(best["bytes_up"]) or 1
+    return {
+        "workload": w["name"],
+        "mode": mode,
+        "n": int(w["n"]),
+        "d": int(w["d"]),
+        "k": int(w["k"]),
+        "t": int(w["t"]),
+        "dropout": float(w["dropout"]) if mode == "secagg+" else 0.0,
+        "dropped": drop if mode == "secagg+" else 0,
+        "rounds": [round(r["round_seconds"], 4) for r in records],
+        "round_seconds": best["round_seconds"],
+        "server_seconds": best["server_seconds"],
+        "client_seconds_per_client": (
+            sum(best["client_seconds"].values()) / max(1, len(best["client_seconds"]))
+        ),
+        "bytes_up_per_client": sum(best["bytes_up"].values()) / uploaders,
+        "bytes_down_per_client": sum(best["bytes_down"].values()) / max(1, len(best["bytes_down"])),
+        "outcome": "completed" if all(r["completed"] for r in records) else "halted",
+    }
+
+
+def run_workload(w: dict[str, Any], rounds: int, fedavg: bool) -> list[dict[str, Any]]:
+    """One simulation: ``rounds`` of Flower's FedAvg (optional), then ``rounds`` of SecAgg+."""
     n, d = int(w["n"]), int(w["d"])
-    drop = round(float(w["dropout"]) * n) if secure else 0
+    drop = round(float(w["dropout"]) * n)
     dropping = set(random.Random(n).sample(range(n), drop))
     initial = ndarrays_to_parameters([np.zeros(d, dtype=np.float32)])
 
@@ -161,15 +200,11 @@ def run_workload(w: dict[str, Any], secure: bool, rounds: int) -> dict[str, Any]
     def client_fn(context: Context):
         return BenchClient(int(context.node_config["partition-id"])).to_client()
 
-    mods = [timing_mod]
-    if secure:
-        mods = [make_dropout_mod(dropping), timing_mod, secaggplus_mod]
+    mods = [make_dropout_mod(dropping), timing_mod, secagg_or_plain_mod]
     client_app = ClientApp(client_fn=client_fn, mods=mods)
-
     server_app = ServerApp()
 
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
+    def legacy(context: Context) -> LegacyContext:
         strategy = CountingFedAvg(
             fraction_fit=1.0,
             min_fit_clients=n,
@@ -178,20 +213,21 @@ def run_workload(w: dict[str, Any], secure: bool, rounds: int) -> dict[str, Any]
             initial_parameters=initial,
             accept_failures=True,
         )
-        legacy = LegacyContext(
+        return LegacyContext(
             context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy
         )
-        if secure:
-            fit = TimedFit(
-                SecAggPlusWorkflow(
-                    num_shares=int(w["k"]),
-                    reconstruction_threshold=int(w["t"]),
-                    timeout=float(w.get("timeout", 300)),
-                )
-            )
-        else:
-            fit = TimedFit(default_fit_workflow)
-        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if fedavg:
+            plain = TimedFit(default_fit_workflow, "fedavg")
+            DefaultWorkflow(fit_workflow=plain)(grid, legacy(context))
+        secure = SecAggPlusWorkflow(
+            num_shares=int(w["k"]),
+            reconstruction_threshold=int(w["t"]),
+            timeout=float(w.get("timeout", 300)),
+        )
+        DefaultWorkflow(fit_workflow=TimedFit(secure, "secagg+"))(grid, legacy(context))
 
     _ROUNDS.clear()
     _AGGREGATED.clear()
@@ -203,31 +239,13 @@ def run_workload(w: dict[str, Any], secure: bool, rounds: int) -> dict[str, Any]
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
     wall = time.perf_counter() - t0
-    if not _ROUNDS:
-        raise RuntimeError("Flower's simulation ran no fit round (see its log above)")
-    timed = _ROUNDS[1:] if len(_ROUNDS) > 1 else _ROUNDS
-    best = min(timed, key=lambda r: r["round_seconds"])
-    uploaders = len(best["bytes_up"]) or 1
-    return {
-        "workload": w["name"],
-        "mode": "secagg+" if secure else "fedavg",
-        "n": n,
-        "d": d,
-        "k": int(w["k"]),
-        "t": int(w["t"]),
-        "dropout": float(w["dropout"]) if secure else 0.0,
-        "dropped": drop,
-        "rounds": [round(r["round_seconds"], 4) for r in _ROUNDS],
-        "round_seconds": best["round_seconds"],
-        "server_seconds": best["server_seconds"],
-        "client_seconds_per_client": (
-            sum(best["client_seconds"].values()) / max(1, len(best["client_seconds"]))
-        ),
-        "bytes_up_per_client": sum(best["bytes_up"].values()) / uploaders,
-        "bytes_down_per_client": sum(best["bytes_down"].values()) / max(1, len(best["bytes_down"])),
-        "simulation_wall_seconds": wall,
-        "outcome": "completed" if all(r["completed"] for r in _ROUNDS) else "halted",
-    }
+    out = []
+    for mode in ("fedavg", "secagg+") if fedavg else ("secagg+",):
+        records = [r for r in _ROUNDS if r["mode"] == mode]
+        if not records:
+            raise RuntimeError(f"Flower's simulation ran no {mode} round (see its log)")
+        out.append({**_summary(w, mode, records, drop), "simulation_wall_seconds": wall})
+    return out
 
 
 def main() -> None:
@@ -258,19 +276,11 @@ def main() -> None:
     for name in args.workload:
         if name not in table:
             parser.error(f"unknown workload {name!r} (known: {', '.join(table)})")
-        modes = [True] if args.no_fedavg else [False, True]
-        for secure in modes:
-            try:
-                out["results"].append(run_workload(table[name], secure, args.rounds))
-            except Exception as error:  # a peer failure is a result to report, not a crash
-                out["errors"].append(
-                    {
-                        "workload": name,
-                        "mode": "secagg+" if secure else "fedavg",
-                        "error": repr(error),
-                    }
-                )
-            args.json.write_text(json.dumps(out, indent=2))
+        try:
+            out["results"] += run_workload(table[name], args.rounds, not args.no_fedavg)
+        except Exception as error:  # a peer failure is a result to report, not a crash
+            out["errors"].append({"workload": name, "mode": "secagg+", "error": repr(error)})
+        args.json.write_text(json.dumps(out, indent=2))
     print(json.dumps(out["results"], indent=1), file=sys.stderr)
 
 

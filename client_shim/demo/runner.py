@@ -45,7 +45,7 @@ from rich.table import Table
 from client_shim.demo.client import PHASES, VANISHED_EXIT_CODE
 from client_shim.demo.data import dirichlet_shards, load_split, save_shard
 
-MODES = ("plaintext", "secagg", "secagg+")
+MODES = ("plaintext", "secagg", "secagg+", "ckks")
 ADMIN_NAME = "admin"
 #: Seconds each phase waits for late clients. The first phase includes local training (~0.2 s)
 #: and, for a client that vanished in the previous round, possibly its restart (a cold Python
@@ -893,7 +893,7 @@ def render_report(result: DemoResult, console: Console) -> None:
         f"{_pct(result.centralized_accuracy)}"
         + (f"   gap {gap:+.1f} points" if gap is not None else "")
     )
-    if result.masking:
+    if result.masking and config.mode != "ckks":  # ckks rounds have no graph or threshold
         console.print(f"masking: {escape(_describe_masking(result.masking, config.mode))}")
     if config.dp:
         eps = "-" if result.epsilon is None else f"{result.epsilon:.3g}"

@@ -14,9 +14,19 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
-import tenseal as ts
 
 from crypto.errors import CkksCiphertextError, CkksKeyError, CkksParameterError
+
+try:  # optional (extra "he"): everything else of sealagg imports and runs without it
+    import tenseal as ts
+except ImportError:  # pragma: no cover - exercised only where the extra is absent
+    ts = None
+
+
+def _require() -> None:
+    if ts is None:
+        raise CkksParameterError("mode ckks needs TenSEAL: pip install 'sealagg[he]'")
+
 
 #: Largest coefficient-modulus bit total SEAL allows at 128-bit security, per ring degree.
 MAX_SECURE_COEFF_BITS = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -44,6 +54,7 @@ class PublicContext:
     @classmethod
     def from_bytes(cls, data: bytes, *, max_bytes: int) -> PublicContext:
         """Load a serialized public context; refuses one carrying a secret key."""
+        _require()
         if len(data) > max_bytes:
             raise CkksKeyError(f"context is {len(data)} bytes, at most {max_bytes} accepted")
         try:
@@ -122,6 +133,7 @@ class SecretContext:
         cls, poly_modulus_degree: int, coeff_mod_bit_sizes: Sequence[int], scale_bits: int
     ) -> SecretContext:
         """Fresh keys. Relinearization and Galois keys are not made: sums need neither."""
+        _require()
         try:
             ctx = ts.context(
                 ts.SCHEME_TYPE.CKKS,
@@ -135,6 +147,7 @@ class SecretContext:
 
     @classmethod
     def from_secret_bytes(cls, data: bytes) -> SecretContext:
+        _require()
         try:
             ctx = ts.context_from(bytes(data))
         except (ValueError, RuntimeError, TypeError) as exc:

@@ -85,12 +85,12 @@ def make_current(fed: Federation, name: str, cert: x509.Certificate) -> None:
     )
 
 
-def kit_with(
-    kit: ClientKit, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> ClientKit:
+def kit_with(kit: ClientKit, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> ClientKit:
     """The same kit presenting another certificate and TLS key."""
     return dataclasses.replace(
-        kit, client_cert_pem=pki.certificate_pem(cert), client_key_pem=pki.private_key_pem(key, None)
+        kit,
+        client_cert_pem=pki.certificate_pem(cert),
+        client_key_pem=pki.private_key_pem(key, None),
     )
 
 

@@ -103,7 +103,9 @@ def run_clients(
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in names]
+    threads = [
+        threading.Thread(target=work, args=(n,), daemon=True, name=str(index_of(n))) for n in names
+    ]
     for t in threads:
         t.start()
     return threads, reports, errors

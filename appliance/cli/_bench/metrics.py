@@ -25,7 +25,8 @@ PEER_FIELDS = (
 
 def benchmark_key(fullname: str) -> str:
     """``benchmarks/test_x.py::test_y[a]`` -> ``test_x.py::test_y[a]`` (independent of the cwd)."""
-    return fullname.rsplit("/", 1)[-1] if "::" in fullname else fullname
+    path, sep, test = fullname.partition("::")
+    return path.rsplit("/", 1)[-1] + sep + test if sep else fullname
 
 
 def _number(value: Any) -> float | None:
@@ -61,6 +62,8 @@ def peer_metrics(peer: str, results: Iterable[Mapping[str, Any]]) -> dict[str, f
     """Flatten a peer script's ``results`` rows; a halted round keeps no timing (nothing summed)."""
     out: dict[str, float] = {}
     for r in results:
+        if not isinstance(r, Mapping):
+            continue  # a malformed peer row is reported by the runner, not a crash here
         name = r.get("workload") or r.get("name")
         if name is None:
             continue

@@ -45,6 +45,9 @@ def _cost_plot(plt: Any, points: list[dict[str, Any]], vary: str, path: Path) ->
         ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=mode)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ticks = sorted({x for xy in series.values() for x, _ in xy})
+    ax.set_xticks(ticks, [f"{x:,}" for x in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("clients n" if vary == "n" else "model size d (coordinates)")
     ax.set_ylabel("round, one process (s, best)")
     ax.set_title(f"Round cost vs {vary} ({fixed} = {ref:,})")
@@ -61,6 +64,7 @@ def _phase_plot(plt: Any, points: list[dict[str, Any]], path: Path) -> bool:
     if not phased:
         return False
     names = [ph for ph in PHASE_ORDER if any(ph in p["phases"] for p in phased)]
+    names += sorted({ph for p in phased for ph in p["phases"]} - set(names))
     labels = [f"{p['mode']}\nn={p['n']}\nd={p['d']:,}" for p in phased]
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(phased)), 4.6))
     bottom = [0.0] * len(phased)
@@ -114,10 +118,25 @@ def _peers_plot(plt: Any, results: Mapping[str, Any], path: Path) -> bool:
     names = sorted(set(theirs) | set(ours), key=lambda w: (len(w), w))
     if not names or not theirs:
         return False
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(names)), 4.2))
+    shapes = {
+        r["workload"]: (r["n"], r["d"]) for r in flower.get("results", []) if not r.get("dropout")
+    }
+    rounds = {
+        (r["clients"], r["d"]): r["best"]
+        for r in (results.get("appliance") or {}).get("round", [])
+        if r["mode"] == "secagg+"
+    }
+    appliance = {w: rounds.get(shape, 0) for w, shape in shapes.items()}
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(names)), 4.2))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [theirs.get(w, 0) for w in names], 0.4, label="Flower SecAgg+")
-    ax.bar([x + 0.2 for x in xs], [ours.get(w, 0) for w in names], 0.4, label="ours, one process")
+    bars = [
+        ("Flower SecAgg+ (its engine)", theirs),
+        ("ours, one process", ours),
+        ("ours, appliance on loopback", appliance),
+    ]
+    for i, (label, values) in enumerate(bars):
+        offset = (i - 1) * 0.27
+        ax.bar([x + offset for x in xs], [values.get(w, 0) for w in names], 0.27, label=label)
     ax.set_xticks(list(xs), names, fontsize=7, rotation=20)
     ax.set_yscale("log")
     ax.set_ylabel("round (s, best; 0 = halted / not run)")

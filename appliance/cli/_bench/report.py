@@ -267,9 +267,29 @@ def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]
     lines += [f"![{name}](plots/{name})" for name in plots if name.startswith("peers")]
     robust = (results.get("peers") or {}).get("robust")
     if robust:
-        lines += ["", "### Robust aggregators: Flower's Krum / median against our kernels", ""]
-        lines += _generic_rows(robust.get("results", []))
+        lines += [
+            "",
+            "### Robust aggregators: Flower's and ByzFL's (`benchmarks/peers/robust_peers.py`)",
+            "",
+            "Best time in seconds at d=1M (that script's inputs match "
+            "`benchmarks/test_bench_robust.py`, whose figures for our kernels are in the "
+            "table of every benchmark below when it ran).",
+            "",
+        ]
+        lines += _pivot(robust.get("results", []))
     return lines
+
+
+def _pivot(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``{name, mode, seconds}`` rows as one line per name, one column per mode."""
+    if not rows or not all({"name", "mode", "seconds"} <= set(r) for r in rows):
+        return _generic_rows(rows)
+    modes = list(dict.fromkeys(str(r["mode"]) for r in rows))
+    table: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        table.setdefault(str(r["name"]), {})[str(r["mode"])] = r["seconds"]
+    body = [[name, *(seconds(by.get(m)) for m in modes)] for name, by in table.items()]
+    return _table(["aggregator", *modes], body)
 
 
 def _generic_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -390,6 +410,8 @@ def render(results: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"`{results.get('command', 'sealagg bench')}`.",
         "",
         f"> {NOISE_NOTE}",
+        "",
+        *[f"Note: {note}" for note in results.get("notes") or []],
         "",
         *machine_section(results.get("machine") or {}),
         "",

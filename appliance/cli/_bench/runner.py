@@ -202,22 +202,60 @@ class Run:
             argv += ["--json", str(out)]
             self._run(f"flower-{name}", argv, 900)
             doc = self._read_json(out)
-            if doc is not None:
-                flower["results"] += doc.get("results", [])
+            if isinstance(doc, dict) and isinstance(doc.get("results"), list):
+                flower["results"] += [r for r in doc["results"] if isinstance(r, dict)]
                 flower["errors"] += doc.get("errors", [])
                 flower.setdefault("engine", doc.get("engine"))
                 flower.setdefault("versions", doc.get("versions"))
         for e in flower["errors"]:
             self._error(f"flower-{e.get('workload')}", f"{e.get('mode')}: {e.get('error')}")
         found: dict[str, Any] = {"flower": flower}
-        robust = self.c.bench_dir / "peers" / "robust_peers.py"
-        if robust.exists():
-            # Another engineer's script (Flower's Krum/median vs our kernels); reused as is.
-            out = self.c.out_dir / "robust-peers.json"
-            argv = [str(python), str(robust), "--json", str(out)]
-            if self._run("robust-peers", argv, 1800, SEALAGG_BENCH_PROFILE=self.c.profile):
-                found["robust"] = self._read_json(out) or {}
+        robust = self.robust_peers(python)
+        if robust is not None:
+            found["robust"] = robust
         return found
+
+    def robust_peers(self, python: Path) -> dict[str, Any] | None:
+        """Flower's / ByzFL's Krum, median, trimmed mean: ``benchmarks/peers/robust_peers.py``.
+
+        Another engineer's script, reused as is: it prints one JSON object per line and needs
+        flwr, byzfl and torch. Those are not in ``.venv-peers`` (byzfl would pull a second,
+        CUDA, torch), so it runs with ``$SEALAGG_ROBUST_PEERS_PYTHON`` when set, else with the
+        peers venv if that can import them, else it is reported as not run, naming why.
+        """
+        script = self.c.bench_dir / "peers" / "robust_peers.py"
+        if not script.exists():
+            return None
+        interpreter = os.environ.get("SEALAGG_ROBUST_PEERS_PYTHON") or str(python)
+        probe = [interpreter, "-c", "import byzfl, flwr, torch"]
+        if not self._run("robust-peers-probe", probe, 300):
+            self._error(
+                "robust-peers",
+                f"not run: {interpreter} cannot import byzfl, flwr and torch (set "
+                "SEALAGG_ROBUST_PEERS_PYTHON to a venv that has them; see robust_peers.py)",
+            )
+            return None
+        clients = {"smoke": ["20"], "quick": ["20"], "full": ["20", "100"]}[self.c.profile]
+        repeat = "1" if self.c.profile != "full" else "2"
+        argv = [interpreter, str(script), "--clients", *clients, "--repeat", repeat]
+        if not self._run("robust-peers", argv, 1800, OPENBLAS_NUM_THREADS="1"):
+            return None
+        rows: list[dict[str, Any]] = []
+        versions: dict[str, Any] = {}
+        for line in (self.c.out_dir / "robust-peers.log").read_text().splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict):
+                continue
+            if "n" in doc and "d" in doc:
+                for key, value in doc.items():
+                    if key not in ("n", "d", "f", "input"):
+                        rows.append({"name": key, "mode": f"n{doc['n']}", "seconds": value})
+            elif "precision" not in doc:
+                versions.update(doc)
+        return {"results": rows, "versions": versions}
 
     def run(self) -> dict[str, Any]:
         started = _now()
@@ -234,6 +272,8 @@ class Run:
         results["machine"]["load_average_end"] = machine.load_average()
         results["finished"] = _now()
         results["errors"] = self.errors
+        # The raw document first: a failure while reporting must not lose the measurements.
+        (self.c.out_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
 
 
