@@ -329,9 +329,7 @@ class Orchestrator:
         try:
             active, start = self._build_round(number, round_id, members, layout, model)
         except (InfeasibleParametersError, ValueError) as error:
-            return self._finish_aborted(
-                number, members, round_id, f"{SETUP_FAILURE}: {error}"
-            )
+            return self._finish_aborted(number, members, round_id, f"{SETUP_FAILURE}: {error}")
         for m in members:
             self._links.setdefault(m.name, _Link(m.name))
         self._round = active
