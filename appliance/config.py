@@ -190,11 +190,15 @@ class ApplianceConfig(_Section):
                 raise ValueError(f"weights.{name} = {weight}: a contribution weight lies in (0, 1]")
         if self.privacy.mode != "none" and self.aggregation.mode not in (
             "plaintext",
+            "attested",
             "secagg",
             "secagg+",
         ):
             raise ValueError(f"privacy is not available in {self.aggregation.mode} mode yet")
-        if self.privacy.mode == "distributed" and self.aggregation.mode == "plaintext":
+        if self.privacy.mode == "distributed" and self.aggregation.mode in (
+            "plaintext",
+            "attested",
+        ):
             raise ValueError(
                 "privacy.mode = distributed needs a masked aggregation mode (secagg, secagg+): "
                 "in plaintext the appliance would see each client's small noise share"

@@ -54,6 +54,8 @@ from crypto.dp import DistributedDPSpec, decode_dp_sum, rotation_seed
 
 _log = logging.getLogger("sealagg.privacy")
 STATE_FILE = "privacy_state.json"
+#: Modes where the appliance sums individual float updates (a TEE in attested mode).
+UNMASKED_MODES = ("plaintext", "attested")
 _CLIP_RANGE = (1e-6, 1e6)
 __all__ = ["PrivacyBudgetExhaustedError", "PrivacyController", "RoundPlan"]
 
@@ -221,7 +223,7 @@ class PrivacyController:
         plan = self.plan(
             number=int(start.round_number),
             round_id=bytes(start.round_id),
-            masked=start.mode != "plaintext",
+            masked=start.mode not in UNMASKED_MODES,
             n=len(start.participants),
             dimension=dimension,
             minimum=minimum,

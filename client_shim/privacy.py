@@ -183,9 +183,9 @@ def round_privacy(start: pb.RoundStart, dimension: int) -> RoundPrivacy | None:
     if not start.HasField("privacy") or start.privacy.mode in ("", "none"):
         return None
     p = start.privacy
-    if start.mode not in ("plaintext", "secagg", "secagg+"):
+    if start.mode not in ("plaintext", "attested", "secagg", "secagg+"):
         raise PrivacyRefusedError(f"client-level DP is not available in {start.mode} mode yet")
-    masked = start.mode != "plaintext"
+    masked = start.mode not in ("plaintext", "attested")  # attested: each update seen in a TEE
     if p.mode not in ("client", "distributed"):
         raise PrivacyRefusedError(f"unknown privacy mode {p.mode!r}")
     if p.mode == "distributed" and not masked:

@@ -127,7 +127,7 @@ class Participant:
         dp = round_privacy(start, layout.dimension)  # the round's DP (refused if too weak)
         if dp is not None:
             weight = 1.0  # a DP sum has fixed sensitivity: every client counts once
-            if start.mode == "plaintext":
+            if start.mode in ("plaintext", "attested"):
                 update, below = dp.protect_plain(update)
                 metadata = {**metadata, "dp_below_clip": below}
         meta = json.dumps(dict(metadata))

@@ -188,3 +188,42 @@ def test_a_dropout_leaves_less_noise_and_the_accountant_uses_the_survivors(deplo
     residual = flat - BASE - np.mean([_delta(i) for i in range(5)], axis=0)
     expected_std = math.sqrt(5) * z * clip / math.sqrt(m) / 5
     assert 0.75 * expected_std < residual.std() < 1.25 * expected_std
+
+
+def test_client_dp_in_attested_mode_noises_each_update_before_it_leaves(tmp_path, running):
+    """Attested mode (software attester): the TEE sees each update, already clipped + noised."""
+    from appliance.attestation import setup_software_attestation
+    from appliance.federation import add_client, init_federation
+    from appliance.kit import load_kit
+    from appliance.server import open_store
+    from appliance.testing import Deployment, free_port
+
+    port = free_port()
+    folder = tmp_path / "federation"
+    fed = init_federation(folder, name="testfed", hosts=["localhost", "127.0.0.1"], port=port)
+    setup_software_attestation(folder)
+    kits = {f"client{i}": load_kit(add_client(fed, f"client{i}")) for i in range(3)}
+    store = open_store(fed)
+    store.add_model_version(base_model(), parent=None, status="accepted")
+    store.close()
+    dep = Deployment(folder, port, fed, kits)
+    dep.configure(
+        attestation={"provider": "software"},
+        aggregation={"mode": "attested", "min_clients": 3, "rounds": 1},
+        deadlines=FAST,
+        privacy={"mode": "client", "noise_multiplier": 1.0, "clip": 0.5},
+    )
+    app = running(dep.folder)
+    _finish(app, _run(dep, rounds=1))
+    assert [o.outcome for o in app.app.orchestrator.history] == ["published"]
+    _, flat, entries = _state(dep)
+    records = [e.details for e in entries if e.event == "privacy"]
+    assert len(records) == 1 and records[0]["epsilon_cumulative"] > 0
+    # Each client adds std z*C/sqrt(m) (m = 3): the sum carries z*C, the mean z*C/3.
+    clipped = []
+    for i in range(3):
+        d = _delta(i)
+        clipped.append(d * min(1.0, 0.5 / np.linalg.norm(d)))
+    noise = (flat - BASE) - np.mean(clipped, axis=0)
+    expected_std = 1.0 * 0.5 / 3
+    assert 0.75 * expected_std < noise.std() < 1.25 * expected_std
