@@ -167,6 +167,9 @@ class Appliance:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a second appliance on the same port must fail to bind
+            # Fixed 64 KiB stream windows: a client waiting for an upload slot cannot park
+            # megabytes in the transport, so memory stays flat in the number of clients.
+            ("grpc.http2.bdp_probe", 0),
         ]
         server = grpc.aio.server(options=options, interceptors=[MalformedRequestInterceptor()])
         identify: Callable = insecure_identity

@@ -36,6 +36,8 @@ CHUNK_IDLE_SECONDS = 30.0
 #: Large uploads buffered at once: keeps appliance memory flat in the number of clients
 #: (others wait, held back by gRPC flow control).
 LARGE_UPLOAD_SLOTS = 4
+#: Model downloads streamed at once; the others wait (bounds send buffers at any n).
+DOWNLOAD_SLOTS = 8
 INSECURE_NAME_HEADER = "sealagg-insecure-client"
 
 Identify = Callable[[grpc.aio.ServicerContext], str]
@@ -92,6 +94,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self._identify = identify
         self._metrics = metrics
         self._large_uploads = asyncio.Semaphore(LARGE_UPLOAD_SLOTS)
+        self._downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self._attestation = attestation
 
     async def Attest(
@@ -206,9 +209,10 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         yield pb.ModelChunk(
             header=pb.ModelHeader(version=model.version, total_bytes=size, sha256=model.sha256)
         )
-        with path.open("rb") as handle:  # stream: the model is never held whole in memory
-            while chunk := handle.read(CHUNK_BYTES):
-                yield pb.ModelChunk(data=chunk)
+        async with self._downloads:
+            with path.open("rb") as handle:  # stream: the model is never held whole in memory
+                while chunk := handle.read(CHUNK_BYTES):
+                    yield pb.ModelChunk(data=chunk)
         self._metrics.bytes_out.inc(size)
 
 
