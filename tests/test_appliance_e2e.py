@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -17,6 +16,7 @@ from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
 from client_shim.session import Participant
+from client_shim.testing import start_participants
 
 DIM = Layout.of(base_model()).dimension
 FAST = {
@@ -37,30 +37,19 @@ def _weight(i: int) -> float:
 
 
 def _run_clients(dep, names, rounds=1, participant_cls=Participant, delay=0.0):
-    reports, errors = {}, {}
-
-    def compute(start, tensors, i):
-        time.sleep(delay)
-        return _delta(i), _weight(i), {"n": i}
-
-    def work(name: str) -> None:
+    def compute_for(name):
         i = int(name.removeprefix("client"))
-        conn = Connection(dep.kits[name], address=dep.address)
-        p = participant_cls(conn, poll_seconds=1.0)
-        try:
-            out = []
-            for _ in range(rounds):
-                out.append(p.run_round(lambda start, tensors, i=i: compute(start, tensors, i)))
-            reports[name] = out
-        except Exception as error:  # collected for the assertion message
-            errors[name] = error
-        finally:
-            conn.close()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    return threads, reports, errors
+        def compute(start, tensors):
+            time.sleep(delay)
+            return _delta(i), _weight(i), {"n": i}
+
+        return compute
+
+    threads, reports, errors = start_participants(
+        dep.kits, dep.address, names, compute_for, rounds=rounds, participant_cls=participant_cls
+    )
+    return threads, {n: r if rounds > 1 else [r] for n, r in reports.items()}, errors
 
 
 def _expected(members: list[int], contribution=None) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from appliance.testing import base_model, make_deployment
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
-from client_shim.session import Participant
+from client_shim.testing import start_participants
 from crypto import IdentityKey
 from crypto.ckks import CkksEncryptor, CkksKeyHolder, CkksParameters, pack_message
 from crypto.ckks_keys import CkksParty, read_bundle
@@ -43,9 +43,7 @@ def _weight(i: int) -> float:
 
 
 def _run_clients(dep, names, called=None, dim=DIM):
-    reports, errors = {}, {}
-
-    def work(name: str) -> None:
+    def compute_for(name):
         i = int(name.removeprefix("client"))
 
         def compute(start, tensors):
@@ -53,18 +51,9 @@ def _run_clients(dep, names, called=None, dim=DIM):
                 called.add(name)
             return _delta(i, dim), _weight(i), {"n": i}
 
-        conn = Connection(dep.kits[name], address=dep.address)
-        try:
-            reports[name] = Participant(conn, poll_seconds=1.0).run_round(compute)
-        except Exception as error:  # collected for the assertion message
-            errors[name] = error
-        finally:
-            conn.close()
+        return compute
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    return threads, reports, errors
+    return start_participants(dep.kits, dep.address, names, compute_for)
 
 
 def _weighted_mean(members: list[int], dim: int = DIM) -> tuple[np.ndarray, float]:

@@ -21,6 +21,7 @@ from appliance.testing import base_model
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
 from client_shim.session import Participant
+from client_shim.testing import start_participants
 from kernels import reference as ref
 
 DIM = Layout.of(base_model()).dimension
@@ -50,23 +51,11 @@ def _update(name: str) -> np.ndarray:
 
 
 def _run(dep, names):
-    reports, errors = {}, {}
-
-    def work(name: str) -> None:
+    def compute_for(name):
         i = int(name.removeprefix("client"))
-        conn = Connection(dep.kits[name], address=dep.address)
-        try:
-            p = Participant(conn, poll_seconds=1.0)
-            reports[name] = p.run_round(lambda start, tensors: (_update(name), _weight(i), {}))
-        except Exception as error:  # collected for the assertion message
-            errors[name] = error
-        finally:
-            conn.close()
+        return lambda start, tensors: (_update(name), _weight(i), {})
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    return threads, reports, errors
+    return start_participants(dep.kits, dep.address, names, compute_for)
 
 
 def _finish(dep, app, threads, reports, errors):
