@@ -365,6 +365,12 @@ class Federation:
             if not (r.revoked or r.serial in revoked)
         }
 
+    def provisioning_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """Changes whenever a client is issued or revoked (``clients/``, ``revoked.json``):
+        the key for caches of anything derived from the client records."""
+        files = [os.stat(p) for p in (self.paths.clients, self.paths.revoked)]
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in files)
+
     def handshake_trust_anchors(self) -> bytes:
         """PEM certificates a client may present in the TLS handshake: exactly the current
         certificates of the clients that are neither revoked nor expired.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -72,10 +71,9 @@ def handshake_credentials(federation: Federation) -> grpc.ServerCredentials:
     """
     key, chain, _ = federation.server_credentials_material()
 
-    def stamp() -> tuple:
-        files = [os.stat(p) for p in (federation.paths.clients, federation.paths.revoked)]
+    def stamp() -> tuple:  # hourly too, so clients whose certificates expired drop out
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-        return (*((st.st_ino, st.st_mtime_ns, st.st_size) for st in files), hour)
+        return (federation.provisioning_stamp(), hour)
 
     def build() -> grpc.ServerCertificateConfiguration:
         try:
@@ -85,7 +83,7 @@ def handshake_credentials(federation: Federation) -> grpc.ServerCredentials:
             anchors = chain
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=anchors)
 
-    current = {"stamp": stamp(), "config": None}
+    current = {"stamp": stamp()}
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
         try:
@@ -132,6 +130,7 @@ class Appliance:
             fmt, insecure = self.attestation.attester.format, self.attestation.insecure
             self.store.audit.append("attestation_provider", {"format": fmt, "insecure": insecure})
         sync_participants(self.federation, self.store)
+        self._keys_cache: tuple[tuple, dict[str, bytes]] | None = None
         self.orchestrator = Orchestrator(
             config=self.config,
             store=self.store,
@@ -146,19 +145,11 @@ class Appliance:
         """Active clients' identity keys; re-read only when a client record or the revocation
         list changed (every poll asks, and parsing every record each time made the event loop
         the bottleneck at 200 clients)."""
-        paths = self.federation.paths
-        stamp = tuple(
-            p.stat().st_mtime_ns if p.exists() else 0 for p in (paths.clients, paths.revoked)
-        )
-        cached = getattr(self, "_keys_cache", None)
-        if cached is None or cached[0] != stamp:
-            keys = {
-                r.name: r.identity_public_key
-                for r in self.federation.client_records()
-                if not r.revoked and r.name not in ADMIN_NAMES
-            }
-            self._keys_cache = cached = (stamp, keys)
-        return dict(cached[1])
+        stamp = self.federation.provisioning_stamp()
+        if self._keys_cache is None or self._keys_cache[0] != stamp:
+            keys = self.federation.client_identity_keys()
+            self._keys_cache = (stamp, {n: k for n, k in keys.items() if n not in ADMIN_NAMES})
+        return dict(self._keys_cache[1])
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
