@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -368,8 +369,12 @@ class Federation:
     def provisioning_stamp(self) -> tuple[tuple[int, int, int], ...]:
         """Changes whenever a client is issued or revoked (``clients/``, ``revoked.json``):
         the key for caches of anything derived from the client records."""
-        files = [os.stat(p) for p in (self.paths.clients, self.paths.revoked)]
+        files = [os.stat(p) for p in self._stamped_paths]
         return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in files)
+
+    @functools.cached_property
+    def _stamped_paths(self) -> tuple[str, str]:  # asked on every call: no Path building
+        return (str(self.paths.clients), str(self.paths.revoked))
 
     def handshake_trust_anchors(self) -> bytes:
         """PEM certificates a client may present in the TLS handshake: exactly the current

@@ -22,15 +22,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save as save_safetensors
 
 from appliance.ckks_round import CkksRound, build_ckks_round
 from appliance.config import ApplianceConfig
 from appliance.metrics import Metrics
 from appliance.models import ModelVersion
+from appliance.optimizer_state import discard_state, restore_state, save_state
 from appliance.optimizers import ServerOptimizer, make_optimizer
-from appliance.pki import write_file_atomic
 from appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
 from appliance.robust import BucketedRound, build_robust_round
 from appliance.rounds import (
@@ -43,6 +41,7 @@ from appliance.rounds import (
 )
 from appliance.store import Store
 from appliance.vendor_gate import EVALUATION_KIND, VendorGate, refuse_two_party_masking
+from appliance.versions import superseded_during_round
 from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten, unflatten
 from crypto import QuantizationSpec, RoundConfig, encoded_length, find_parameters
@@ -109,6 +108,7 @@ class Orchestrator:
         self.history: list[RoundOutcome] = []
         self._restart_notices: list[pb.Task] = []
         self._recovered = False
+        self._optimizer_version: int | None = None  # the model version its state belongs to
         self._load_optimizer_state()
         self.privacy = PrivacyController(config.privacy, Path(store.folder), store.audit)
         self._privacy_plan: RoundPlan | None = None
@@ -128,10 +128,9 @@ class Orchestrator:
                 _enqueue(link, notice)
         link.last_poll = self._clock()
         link.polling += 1
-        try:
-            return await asyncio.wait_for(
-                link.tasks.get(), timeout=min(max(wait_seconds, 0.0), MAX_POLL_SECONDS)
-            )
+        try:  # a timer, not a task per poll (every round makes a dozen polls per client)
+            async with asyncio.timeout(min(max(wait_seconds, 0.0), MAX_POLL_SECONDS)):
+                return await link.tasks.get()
         except TimeoutError:
             current = self.store.current_model()
             return pb.Task(
@@ -513,6 +512,7 @@ class Orchestrator:
             reason = f"privacy: {error}"
             return self._finish_aborted(active.number, members, active.round_id, reason)
         delta = unflatten(aggregate.mean_update, layout)
+        self._use_optimizer_state_of(version)  # e.g. after a rollback: the restored version's
         before = self._optimizer.state_dict()  # the state only advances with an accepted model
         try:
             candidate = self._optimizer.step(weights, delta)
@@ -547,15 +547,22 @@ class Orchestrator:
         model = self.store.add_model_version(
             candidate, parent=version, round=active.number, status="candidate"
         )
+        save_state(self.store.folder, model, self._optimizer)  # durable before it can publish
+        self._optimizer_version = model.version
         if accept and self.vendor_gate is not None:  # evaluated on the vendor's own holdout
             previous = self.store.model_version(version)
             accept, why = await self.vendor_gate.judge(active.round_id, previous, model)
+        stale = superseded_during_round(self.store, version) if accept else None
+        if stale:  # e.g. a rollback during the round: publishing would silently undo it
+            accept, why = False, stale
         self.store.audit.append(
             "gate_decision",
             {"round": active.number, "version": model.version, "accept": accept, "reason": why},
         )
         if not accept:
             self._optimizer.load_state_dict(before)
+            self._optimizer_version = version
+            discard_state(self.store.folder, model.version)
             self.store.set_model_status(model.version, "rejected")
             self.store.set_round_status(active.number, "rejected", why)
             outcome = RoundOutcome(
@@ -589,31 +596,29 @@ class Orchestrator:
             return outcome
         self.store.set_model_status(model.version, "accepted")
         self.store.set_round_status(active.number, "accepted")
-        self._save_optimizer_state()
         self._tell_all(members, active.round_id, pb.RoundEnd.PUBLISHED, "", model.version)
         return RoundOutcome(
             active.number, "published", "", model.version, aggregate.contributors, aggregate.dropped
         )
 
-    @property
-    def _optimizer_path(self) -> Path:
-        return Path(self.store.folder) / "optimizer_state.safetensors"
-
-    def _save_optimizer_state(self) -> None:
-        """Persist the server optimizer's state (momenta) so a restart continues it exactly."""
-        state = self._optimizer.state_dict()
-        data = save_safetensors(state, metadata={"optimizer": self.config.optimizer.name})
-        write_file_atomic(self._optimizer_path, data, mode=0o600)
-
     def _load_optimizer_state(self) -> None:
-        path = self._optimizer_path
-        if not path.exists():
+        """On start: the state that belongs to the current model (appliance/optimizer_state.py)."""
+        current = self.store.current_model()
+        if current is not None:
+            restore_state(self.store, current.version, self._optimizer)
+            self._optimizer_version = current.version
+
+    def _use_optimizer_state_of(self, version: int) -> None:
+        """Continue the state of the version this round trained from: after a rollback, a
+        rejected approval or a restart it is not the state the optimizer holds in memory."""
+        if self._optimizer_version == version:
             return
-        with safe_open(str(path), framework="numpy") as handle:
-            if (handle.metadata() or {}).get("optimizer") != self.config.optimizer.name:
-                _log.warning("optimizer changed in the config: starting its state afresh")
-                return
-            self._optimizer.load_state_dict({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+        origin, note = restore_state(self.store, version, self._optimizer)
+        self._optimizer_version = version
+        if note or (origin is not None and origin != version):
+            self.store.audit.append(
+                "optimizer_state", {"model_version": version, "state_of": origin, "note": note}
+            )
 
     def _finish_aborted(
         self, number: int, members: list[Member], round_id: bytes, reason: str

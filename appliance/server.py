@@ -17,6 +17,7 @@ from appliance.errors import ProvisioningError
 from appliance.federation import Federation
 from appliance.metrics import Metrics
 from appliance.orchestrator import Orchestrator, QualityGate
+from appliance.peer_check import CachedPeerCheck
 from appliance.service import (
     AdminService,
     AggregatorService,
@@ -165,7 +166,7 @@ class Appliance:
         server = grpc.aio.server(options=options, interceptors=[MalformedRequestInterceptor()])
         identify: Callable = insecure_identity
         if not self.insecure:
-            identify = certificate_identity(self.federation.check_peer_certificate)
+            identify = certificate_identity(CachedPeerCheck(self.federation))
         pb_grpc.add_AggregatorServicer_to_server(
             AggregatorService(
                 self.orchestrator, self.store, identify, self.metrics, self.attestation

@@ -218,7 +218,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
 
 async def _next_chunk(chunks: AsyncIterator[pb.UploadChunk]) -> pb.UploadChunk | None:
     try:
-        return await asyncio.wait_for(anext(chunks), CHUNK_IDLE_SECONDS)
+        async with asyncio.timeout(CHUNK_IDLE_SECONDS):  # a timer, not a task per chunk
+            return await anext(chunks)
     except StopAsyncIteration:
         return None
     except TimeoutError:

@@ -45,6 +45,14 @@ run across rounds and the epoch/step bookkeeping would not match any round.
 A Trainer built with ``model_init`` is refused: ``train()`` would re-create the model each
 round and drop the global weights the shim loaded.
 
+Vendor quality gate: the party named in ``[gates] vendor`` answers the appliance's
+``Evaluate`` tasks with ``evaluate=`` (here, or in :func:`client_shim.connect`): a callable
+``tensors -> {metric: number}``. :func:`trainer_evaluator` builds one from the Trainer itself:
+it loads the candidate into ``trainer.model``, runs ``trainer.evaluate()`` on the holdout
+(``eval_dataset``; it never leaves this process), and puts the model's weights back, so an
+evaluation between or inside rounds does not disturb training. Only the summary numbers are
+uploaded (``eval_loss``, and whatever ``compute_metrics`` returns).
+
 PEFT / LoRA: pass the ``PeftModel`` as the Trainer's model. With the federation's default
 ``share="trainable"`` only parameters with ``requires_grad`` travel, which after
 ``peft.get_peft_model(model, LoraConfig(...))`` are exactly the adapter tensors
@@ -78,14 +86,19 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "first, then `pip install 'sealagg[client]'`"
     ) from error
 
+from client_shim.pytorch import Share, _load, check_matches, shared_parameters
 from client_shim.session import RoundReport
+from client_shim.vendor import Evaluator
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
     from client_shim.pytorch import Federation, RoundContext
 
-__all__ = ["FederatedCallback", "RoundRecord", "federated_train"]
+__all__ = ["FederatedCallback", "RoundRecord", "federated_train", "trainer_evaluator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +140,8 @@ class FederatedCallback(TrainerCallback):
     stopped). ``num_examples`` overrides ``len(trainer.train_dataset)`` (needed for an
     iterable dataset). ``before_submit(round_context, trainer)`` runs after local training,
     before the update is sent (e.g. to evaluate, or to look at ``round_context.update()``).
+    ``evaluate`` makes this party answer the vendor gate's ``Evaluate`` tasks while the rounds
+    run (see :func:`trainer_evaluator`); it is handed to the federation's participant.
 
     Use :meth:`train`, or :func:`federated_train`. As a plain Trainer callback (without
     :meth:`train`; ``federation`` may then be None) it only enforces the ``steps_per_round``
@@ -143,6 +158,7 @@ class FederatedCallback(TrainerCallback):
         num_examples: int | None = None,
         reset_optimizer: bool = True,
         before_submit: Callable[[RoundContext, Trainer], object] | None = None,
+        evaluate: Evaluator | None = None,
     ) -> None:
         if steps_per_round is not None and epochs_per_round is not None:
             raise ValueError("give steps_per_round or epochs_per_round, not both")
@@ -166,6 +182,8 @@ class FederatedCallback(TrainerCallback):
             num_examples = _positive_int(num_examples, "num_examples")
         if before_submit is not None and not callable(before_submit):
             raise TypeError("before_submit must be callable (round_context, trainer)")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError("evaluate must be callable (tensors) -> {metric: number}")
         self.federation = federation
         self.max_rounds = max_rounds
         self.steps_per_round = steps_per_round
@@ -173,6 +191,7 @@ class FederatedCallback(TrainerCallback):
         self.num_examples = num_examples
         self.reset_optimizer = bool(reset_optimizer)
         self.before_submit = before_submit
+        self.evaluate = evaluate
         #: One record per round taken part in, oldest first.
         self.history: list[RoundRecord] = []
         #: Optimizer steps of the current (or last) ``train()`` call.
@@ -233,6 +252,15 @@ class FederatedCallback(TrainerCallback):
         saved = (args.max_steps, args.num_train_epochs)
         user_optimizer = None if trainer.optimizer is None else _unwrap_optimizer(trainer.optimizer)
         user_scheduler = trainer.lr_scheduler
+        participant = None if self.evaluate is None else self.federation.participant
+        connected_evaluate = None if participant is None else participant.evaluate
+        if participant is not None:
+            if connected_evaluate is not None and connected_evaluate is not self.evaluate:
+                raise ValueError(
+                    "evaluate= was given to client_shim.connect() and to the Trainer "
+                    "integration; give it once"
+                )
+            participant.evaluate = self.evaluate  # answers Evaluate tasks during the rounds
         added = self not in trainer.callback_handler.callbacks
         if added:
             trainer.add_callback(self)
@@ -247,6 +275,8 @@ class FederatedCallback(TrainerCallback):
             elif self.reset_optimizer:
                 trainer.optimizer = None  # a later train() or round starts fresh too
             trainer.lr_scheduler = user_scheduler
+            if participant is not None:
+                participant.evaluate = connected_evaluate
             if added:
                 trainer.remove_callback(self)
         return list(self.history)
@@ -299,6 +329,7 @@ def federated_train(
     num_examples: int | None = None,
     reset_optimizer: bool = True,
     before_submit: Callable[[RoundContext, Trainer], object] | None = None,
+    evaluate: Evaluator | None = None,
 ) -> list[RoundRecord]:
     """Train ``trainer`` federated for ``max_rounds`` rounds; see :class:`FederatedCallback`."""
     callback = FederatedCallback(
@@ -309,5 +340,41 @@ def federated_train(
         num_examples=num_examples,
         reset_optimizer=reset_optimizer,
         before_submit=before_submit,
+        evaluate=evaluate,
     )
     return callback.train(trainer)
+
+
+def trainer_evaluator(
+    trainer: Trainer, *, eval_dataset: Any = None, share: Share = "trainable"
+) -> Evaluator:
+    """An ``evaluate=`` callback that scores a candidate with ``trainer.evaluate()``.
+
+    The candidate's tensors replace ``trainer.model``'s shared parameters (``share`` as in
+    :func:`client_shim.connect`) for the evaluation only; the model's own weights are put
+    back afterwards, even if the evaluation fails. ``eval_dataset`` defaults to the
+    Trainer's. Returns the finite numbers of the evaluation (``eval_loss``, ``eval_*`` from
+    ``compute_metrics``); the vendor gate compares the one named in ``[gates] metric``.
+    """
+    import torch
+
+    def evaluate(tensors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        shared = shared_parameters(trainer.model, share)
+        check_matches(shared, tensors, share=share, note="the candidate was not evaluated")
+        saved = {name: param.detach().clone() for name, param in shared.items()}
+        try:
+            _load(shared, tensors)
+            result = trainer.evaluate(eval_dataset=eval_dataset)
+        finally:
+            with torch.no_grad():
+                for name, param in shared.items():
+                    param.copy_(saved[name])
+        return {
+            str(key): float(value)
+            for key, value in result.items()
+            if isinstance(value, numbers.Real)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        }
+
+    return evaluate

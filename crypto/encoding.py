@@ -66,10 +66,11 @@ def encode_update(update: np.ndarray, weight: float, spec: QuantizationSpec) -> 
     if not finite.all():
         bad = int(np.argmin(finite))
         raise ValueError(f"update has a non-finite value ({x[bad]}) at index {bad}; nothing sent")
-    weighted = np.clip(x, -spec.clip, spec.clip, dtype=np.float64) * weight
     noise = uniform_uint16(os.urandom(SEED_BYTES), x.shape[0] + 1)
     out = np.empty(encoded_length(x.shape[0]), dtype=np.uint32)
-    out[:-1] = quantize(weighted, spec.scale, spec.clip, noise[:-1], spec.bits)
+    # clamp(x)·(weight·scale) in one pass: the kernel clips, and weight <= 1 keeps every
+    # code within the bound the scale was chosen for.
+    out[:-1] = quantize(x, spec.scale * weight, spec.clip, noise[:-1], spec.bits)
     out[-1:] = quantize(np.array([weight]), spec.weight_scale, 1.0, noise[-1:], spec.bits)
     return out
 

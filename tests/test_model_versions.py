@@ -61,6 +61,7 @@ def test_rollback_restores_the_exact_tensors_and_is_audited(deployment):
                 "to_version": 1,
                 "new_version": 4,
                 "sha256": original.sha256,
+                "optimizer_state_of": None,  # a base model: the optimizer starts afresh
                 "by": audit[0]["by"],
                 "reason": "client complaint",
             }
