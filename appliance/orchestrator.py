@@ -208,6 +208,9 @@ class Orchestrator:
         if not pending:
             raise ValueError(f"round {round_number} has no model waiting for approval")
         model = pending[0]
+        stale = None if model.parent is None else superseded_during_round(self.store, model.parent)
+        if approve and stale:  # approving would undo e.g. a rollback made while it waited
+            raise ValueError(f"cannot approve round {round_number}: {stale}; reject it instead")
         with self.store.transaction() as tx:
             self.store.audit.append(
                 "approval",

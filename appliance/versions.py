@@ -58,7 +58,7 @@ def rollback(store: Store, version: int, *, by: str, reason: str = "") -> ModelV
 
 
 def superseded_during_round(store: Store, trained_from: int) -> str | None:
-    """Why a round's candidate must not be published, or None.
+    """Why a round's candidate must not be published (or approved), or None.
 
     The current model is the newest accepted version, so publishing a candidate trained
     from ``trained_from`` after another version became current meanwhile (a rollback, a

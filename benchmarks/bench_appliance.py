@@ -13,6 +13,7 @@ for the memory figures the appliance runs in its own process and its peak RSS
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -111,23 +112,40 @@ def round_seconds(
     mode: str, clients: int, dimension: int, rounds: int = 3, processes: bool = False
 ) -> list[float]:
     """Round durations (open → published) for ``rounds`` consecutive rounds; the first warms up."""
+    return _rounds(mode, clients, dimension, rounds, processes)[0]
+
+
+def _rounds(
+    mode: str, clients: int, dimension: int, rounds: int, processes: bool
+) -> tuple[list[float], list[float]]:
+    """(round seconds, CPU seconds of this process per round). With client processes this
+    process is the appliance alone, so the CPU figure is what the appliance itself spends."""
     with tempfile.TemporaryDirectory() as tmp:
         dep = make_deployment(Path(tmp), clients=clients, model=_model(dimension))
         _configure(dep, mode, clients, rounds)
         app = RunningAppliance(dep.folder)
-        if processes:
-            procs = _client_processes(dep, rounds, dimension)
-            app.wait(600)
-            for proc in procs:
-                proc.wait(60)
-        else:
-            threads = _clients(dep, rounds, dimension)
-            app.wait(600)
-            for t in threads:
-                t.join(60)
+        workers = (
+            _client_processes(dep, rounds, dimension)
+            if processes
+            else _clients(dep, rounds, dimension)
+        )
         history = app.app.orchestrator.history
+        marks, seen = [time.process_time()], 0
+        while app.thread.is_alive() and len(history) < rounds:
+            if len(history) != seen:  # a round ended: the next one opens right away
+                seen = len(history)
+                marks.append(time.process_time())
+            time.sleep(0.002)
+        marks.append(time.process_time())
+        app.wait(600)
+        for worker in workers:
+            if isinstance(worker, subprocess.Popen):
+                worker.wait(60)
+            else:
+                worker.join(60)
         assert all(o.outcome == "published" for o in history), history
-        return [o.seconds for o in history]
+        cpu = [b - a for a, b in itertools.pairwise(marks)]
+        return [o.seconds for o in history], cpu
 
 
 SERVE = (
@@ -169,19 +187,24 @@ def _compare_rounds(args: argparse.Namespace, n: int) -> list[dict]:
     """Warm rounds of each mode, the modes alternating ``--repeat`` times; the ratio of the
     medians is the headline (best-of is kept for the bench suite's budgets)."""
     warm: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
     for _ in range(args.repeat):
         for mode in args.modes:
-            times = round_seconds(
-                mode, n, args.dimension, rounds=args.rounds, processes=args.client_processes
-            )
+            times, seconds = _rounds(mode, n, args.dimension, args.rounds, args.client_processes)
             warm[mode] += times[1:]  # the first round of a run warms up (JIT, connections)
+            cpu[mode] += seconds[1:]
             print(
                 f"{mode:10s} n={n:3d} d={args.dimension:,}: rounds {[round(t, 3) for t in times]}"
             )
     results = []
     for mode, times in warm.items():
         median, best = statistics.median(times), min(times)
-        print(f"{mode:10s} n={n:3d}: median {median:.3f} s, best {best:.3f} s of {len(times)}")
+        used = statistics.median(cpu[mode])
+        who = "the appliance" if args.client_processes else "the whole run"
+        print(
+            f"{mode:10s} n={n:3d}: median {median:.3f} s, best {best:.3f} s of {len(times)}; "
+            f"CPU of {who} {used:.3f} s per round (median)"
+        )
         results.append(
             {
                 "mode": mode,
@@ -190,13 +213,15 @@ def _compare_rounds(args: argparse.Namespace, n: int) -> list[dict]:
                 "round_seconds": times,
                 "median": median,
                 "best": best,
+                "cpu_seconds_per_round": cpu[mode],
             }
         )
     if "plaintext" in warm and "secagg+" in warm:
         plain, secure = results[args.modes.index("plaintext")], results[args.modes.index("secagg+")]
         print(
             f"secagg+ / plaintext at n={n}: {secure['median'] / plain['median']:.2f}x (medians), "
-            f"{secure['best'] / plain['best']:.2f}x (best rounds)"
+            f"{secure['best'] / plain['best']:.2f}x (best rounds), CPU "
+            f"{statistics.median(cpu['secagg+']) / statistics.median(cpu['plaintext']):.2f}x"
         )
     return results
 

@@ -42,6 +42,7 @@ def _deployment(root: Path, base: dict[str, np.ndarray], args: argparse.Namespac
     store.add_model_version(base, parent=None, status="accepted")
     store.close()
     dep = Deployment(folder, port, fed, kits)
+    metric, tolerance = ds.gate_rule(args.gate_reference, args.tolerance)
     if args.mode == "attested":
         dep.configure(attestation={"provider": "software"})
     dep.configure(
@@ -49,9 +50,9 @@ def _deployment(root: Path, base: dict[str, np.ndarray], args: argparse.Namespac
         deadlines={"advertise_keys": 120},
         gates={
             "vendor": "vendor",
-            "metric": "eer",
+            "metric": metric,
             "higher_is_better": False,
-            "tolerance": args.tolerance,
+            "tolerance": tolerance,
             "evaluate_deadline": 120,
         },
         weights={"vendor": ds.VENDOR_WEIGHT, "client": round(1 - ds.VENDOR_WEIGHT, 6)},
@@ -62,13 +63,14 @@ def _deployment(root: Path, base: dict[str, np.ndarray], args: argparse.Namespac
 def run_loopback(args: argparse.Namespace) -> None:
     seed, samples = 0, args.samples_list[0]
     split = ds.data_drift_split(seed, samples)
-    base_model = ds.vendor_base_model(split, seed)
+    base_model = ds.base_for(split, seed, args)
     base = ds.get_weights(base_model)
+    base_eer = ds.evaluate(base_model, split.holdout_x, split.holdout_y)["eer"]
     timings: dict[str, list[float]] = {"vendor": [], "client": [], "evaluate": []}
     errors: dict[str, BaseException] = {}
 
     def party(dep: Deployment, name: str, x: np.ndarray, y: np.ndarray) -> None:
-        model = ds.new_model(seed)
+        model = ds.new_model(seed, args.model)
 
         def compute(start, tensors):
             ds.set_weights(model, {k: np.array(v) for k, v in tensors.items()})
@@ -83,6 +85,8 @@ def run_loopback(args: argparse.Namespace) -> None:
                 seed=step_seed,
                 sgd=True,
                 batch=args.batch,
+                augmented=args.client_augment if name == "client" else args.vendor_augment,
+                pos_boost=args.client_pos_boost if name == "client" else 1.0,
             )
             timings[name].append(time.process_time() - started)
             layout = Layout.of(tensors)
@@ -91,9 +95,14 @@ def run_loopback(args: argparse.Namespace) -> None:
 
         def evaluate(tensors):  # the vendor's holdout stays in this thread
             started = time.process_time()
-            scorer = ds.new_model(seed)
+            scorer = ds.new_model(seed, args.model)
             ds.set_weights(scorer, {k: np.array(v) for k, v in tensors.items()})
-            metrics = ds.evaluate(scorer, split.holdout_x, split.holdout_y)
+            metrics = ds.gate_report(
+                ds.evaluate(scorer, split.holdout_x, split.holdout_y),
+                base_eer,
+                args.tolerance,
+                args.gate_reference,
+            )
             timings["evaluate"].append(time.process_time() - started)
             return metrics
 
@@ -132,14 +141,15 @@ def run_loopback(args: argparse.Namespace) -> None:
             final = store.load_model(current.version)
         finally:
             store.close()
-    scorer = ds.new_model(seed)
+    scorer = ds.new_model(seed, args.model)
     ds.set_weights(scorer, base)
     before = ds.evaluate(scorer, split.test_x, split.test_y)
     ds.set_weights(scorer, final)
     after = ds.evaluate(scorer, split.test_x, split.test_y)
     statuses = [v.status for v in versions[1:]]
     print(
-        f"loopback ({args.mode}, vendor gate over TLS) | seed {seed} | {samples} samples | "
+        f"loopback ({args.mode}, vendor gate over TLS, {args.model}, gate vs "
+        f"{args.gate_reference} ± {args.tolerance:g} EER) | seed {seed} | {samples} samples | "
         f"{args.rounds} rounds: {statuses.count('accepted')} published, "
         f"{statuses.count('rejected')} rejected by the gate | client EER "
         f"{100 * before['eer']:.2f}% → {100 * after['eer']:.2f}% | vendor holdout EER "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from test_appliance_e2e import FAST, _published, _run_clients
 
 from appliance.federation import Federation
@@ -68,6 +69,34 @@ def test_human_approval_gate(deployment, running):
         assert "published" in detail
         assert store.current_model().version == 2
         assert [e.event for e in store.audit.entries()].count("approval") == 1
+    finally:
+        store.close()
+
+
+def test_a_pending_candidate_cannot_be_approved_over_a_newer_current_model(deployment, running):
+    dep = deployment(clients=3)
+    dep.configure(
+        aggregation={"mode": "secagg+", "min_clients": 3, "rounds": 1},
+        deadlines=FAST,
+        gates={"require_approval": True},
+    )
+    app = running(dep.folder)
+    threads, _, errors = _run_clients(dep, sorted(dep.kits))
+    _finish(app, threads, errors)
+    orchestrator = app.app.orchestrator
+    store = open_store(Federation.load(dep.folder))
+    try:
+        orchestrator.store = store
+        base = store.load_model(1)
+        imported = store.add_model_version(  # e.g. an import while the candidate waited
+            {k: v + 1.0 for k, v in base.items()}, parent=None, round=None, status="accepted"
+        )
+        with pytest.raises(ValueError, match=r"cannot approve .* reject it instead"):
+            orchestrator.decide(rounds_number(store), True, "", "admin")
+        assert store.current_model().version == imported.version
+        assert "approval" not in [e.event for e in store.audit.entries()]
+        assert "rejected" in orchestrator.decide(rounds_number(store), False, "stale", "admin")
+        assert store.current_model().version == imported.version
     finally:
         store.close()
 
