@@ -49,7 +49,9 @@ def test_quality_gate_rejection_keeps_the_previous_model(deployment, running):
         store.close()
 
 
-def test_human_approval_gate(deployment, running):
+@pytest.fixture
+def pending_round(deployment, running):
+    """One secagg+ round whose candidate waits for approval: (orchestrator, open store)."""
     dep = deployment(clients=3)
     dep.configure(
         aggregation={"mode": "secagg+", "min_clients": 3, "rounds": 1},
@@ -60,45 +62,34 @@ def test_human_approval_gate(deployment, running):
     threads, reports, errors = _run_clients(dep, sorted(dep.kits))
     _finish(app, threads, errors)
     assert all(r[0].outcome == "pending_approval" for r in reports.values())
-    orchestrator = app.app.orchestrator
     store = open_store(Federation.load(dep.folder))
-    try:
-        assert store.current_model().version == 1  # nothing published yet
-        orchestrator.store = store
-        detail = orchestrator.decide(rounds_number(store), True, "looks good", "admin")
-        assert "published" in detail
-        assert store.current_model().version == 2
-        assert [e.event for e in store.audit.entries()].count("approval") == 1
-    finally:
-        store.close()
+    orchestrator = app.app.orchestrator
+    orchestrator.store = store
+    yield orchestrator, store
+    store.close()
 
 
-def test_a_pending_candidate_cannot_be_approved_over_a_newer_current_model(deployment, running):
-    dep = deployment(clients=3)
-    dep.configure(
-        aggregation={"mode": "secagg+", "min_clients": 3, "rounds": 1},
-        deadlines=FAST,
-        gates={"require_approval": True},
+def test_human_approval_gate(pending_round):
+    orchestrator, store = pending_round
+    assert store.current_model().version == 1  # nothing published yet
+    detail = orchestrator.decide(rounds_number(store), True, "looks good", "admin")
+    assert "published" in detail
+    assert store.current_model().version == 2
+    assert [e.event for e in store.audit.entries()].count("approval") == 1
+
+
+def test_a_pending_candidate_cannot_be_approved_over_a_newer_current_model(pending_round):
+    orchestrator, store = pending_round
+    base = store.load_model(1)
+    imported = store.add_model_version(  # e.g. an import while the candidate waited
+        {k: v + 1.0 for k, v in base.items()}, parent=None, round=None, status="accepted"
     )
-    app = running(dep.folder)
-    threads, _, errors = _run_clients(dep, sorted(dep.kits))
-    _finish(app, threads, errors)
-    orchestrator = app.app.orchestrator
-    store = open_store(Federation.load(dep.folder))
-    try:
-        orchestrator.store = store
-        base = store.load_model(1)
-        imported = store.add_model_version(  # e.g. an import while the candidate waited
-            {k: v + 1.0 for k, v in base.items()}, parent=None, round=None, status="accepted"
-        )
-        with pytest.raises(ValueError, match=r"cannot approve .* reject it instead"):
-            orchestrator.decide(rounds_number(store), True, "", "admin")
-        assert store.current_model().version == imported.version
-        assert "approval" not in [e.event for e in store.audit.entries()]
-        assert "rejected" in orchestrator.decide(rounds_number(store), False, "stale", "admin")
-        assert store.current_model().version == imported.version
-    finally:
-        store.close()
+    with pytest.raises(ValueError, match=r"cannot approve .* reject it instead"):
+        orchestrator.decide(rounds_number(store), True, "", "admin")
+    assert store.current_model().version == imported.version
+    assert "approval" not in [e.event for e in store.audit.entries()]
+    assert "rejected" in orchestrator.decide(rounds_number(store), False, "stale", "admin")
+    assert store.current_model().version == imported.version
 
 
 def rounds_number(store) -> int:
