@@ -8,6 +8,8 @@ candidate on its holdout (``[gates] vendor``): the vendor's shim downloads the c
 scores it in the vendor's thread and reports only the metrics. Mode ``attested`` by default
 (with the INSECURE software attester: no TEE here; the shims verify its evidence before
 sending anything), or ``--mode plaintext``. Masked modes are refused with two parties.
+Same model, augmentation and gate rule as the sweep (``--gate-reference base``: the vendor
+reports ``eer_over_base`` and the appliance gates it with tolerance 0).
 """
 
 from __future__ import annotations
