@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from appliance.errors import ConfigError
 
 Mode = Literal["plaintext", "secagg", "secagg+", "ckks", "attested"]
+#: Aggregation rules (appliance/robust.py); the one list of their names.
+Rule = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median"]
 
 
 class _Section(BaseModel):
@@ -54,9 +56,7 @@ class AggregationSection(_Section):
     ready_window: float = Field(10.0, gt=0.0)
     #: Robust rule (appliance/robust.py): on individual updates in plaintext/attested mode
     #: (the appliance then keeps all n updates: O(n·d) memory), on bucket means in masked modes.
-    rule: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median"] = (
-        "mean"
-    )
+    rule: Rule = "mean"
     #: Byzantine clients Krum/Multi-Krum tolerate (needs n > 2f + 2 points: updates or buckets).
     f: int = Field(0, ge=0)
     #: Trimmed mean: fraction trimmed per side (floor(beta·n) values).

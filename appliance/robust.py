@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 
 import kernels
-from appliance.config import AggregationSection
+from appliance.config import AggregationSection, Rule
 from appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -56,15 +56,7 @@ from appliance.wire import sealagg_pb2 as pb
 from crypto import QuantizationSpec, RoundConfig, encoded_length
 from crypto.errors import SecAggError
 
-Rule = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median"]
-RULES: tuple[str, ...] = (
-    "mean",
-    "median",
-    "trimmed_mean",
-    "krum",
-    "multi_krum",
-    "geometric_median",
-)
+RULES: tuple[str, ...] = get_args(Rule)
 #: (n, mode, dropout_rate, corrupt_fraction) -> (degree or None, threshold, audit note).
 GraphChooser = Callable[[int, str, float, float], tuple[int | None, int, str]]
 

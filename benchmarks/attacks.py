@@ -39,17 +39,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels
+from appliance.robust import RULES as APPLIANCE_RULES
 
 ATTACKS = ("none", "sign_flip", "gaussian", "alie", "ipm", "label_flip")
-RULES = (
-    "mean",
-    "median",
-    "trimmed_mean",
-    "krum",
-    "multi_krum",
-    "geometric_median",
-    "bucket_median",
-)
+RULES = (*APPLIANCE_RULES, "bucket_median")  # the appliance's rules, plus bucketing
 HIDDEN = 32
 CLASSES = 10
 
