@@ -157,11 +157,45 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 payload = await self._receive(header, request_iterator)
                 await self._orch.submit(name, header, payload)
         except UploadRefusedError as refused:
-            self._metrics.refused_uploads.inc()
-            _log.info("refused upload from %s: %s", name, refused.detail)
-            await context.abort(getattr(grpc.StatusCode, refused.code), refused.detail)
-        self._metrics.bytes_in.inc(len(payload))
-        return pb.SubmitAck(accepted=True, detail="accepted")
+            await self._refuse(name, refused, context)
+        return await self._accepted(name, header, len(payload))
+
+    async def SubmitMessage(
+        self, request: pb.UploadMessage, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitAck:
+        name = await _who(self._identify, context, self._metrics)
+        header = request.header
+        try:
+            self._orch.check_upload(name, header)
+            if header.total_bytes > CHUNK_BYTES:
+                raise UploadRefusedError(
+                    "INVALID_ARGUMENT", "an upload over one chunk goes through Submit"
+                )
+            if len(request.data) != header.total_bytes:
+                raise UploadRefusedError(
+                    "INVALID_ARGUMENT",
+                    f"upload of {len(request.data)} bytes, its header declared "
+                    f"{header.total_bytes}",
+                )
+            await self._orch.submit(name, header, request.data)
+        except UploadRefusedError as refused:
+            await self._refuse(name, refused, context)
+        return await self._accepted(name, header, len(request.data))
+
+    async def _refuse(
+        self, name: str, refused: UploadRefusedError, context: grpc.aio.ServicerContext
+    ) -> None:
+        self._metrics.refused_uploads.inc()
+        _log.info("refused upload from %s: %s", name, refused.detail)
+        await context.abort(getattr(grpc.StatusCode, refused.code), refused.detail)
+
+    async def _accepted(self, name: str, header: pb.UploadHeader, size: int) -> pb.SubmitAck:
+        """The acknowledgement, carrying the next task if the client asked to wait for it."""
+        self._metrics.bytes_in.inc(size)
+        ack = pb.SubmitAck(accepted=True, detail="accepted")
+        if header.wait_seconds > 0 and name in self._orch.registered_clients():
+            ack.next.CopyFrom(await self._orch.poll(name, header.wait_seconds))
+        return ack
 
     async def _receive(
         self, header: pb.UploadHeader, chunks: AsyncIterator[pb.UploadChunk]

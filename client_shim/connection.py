@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -33,6 +33,10 @@ RESUBMIT_ON = frozenset(
 )
 
 _log = logging.getLogger("sealagg.client")
+
+Buffer = bytes | bytearray | memoryview
+#: One buffer, or a list/tuple of buffers sent back to back as one upload.
+Payload = Buffer | list[Buffer] | tuple[Buffer, ...]
 
 
 class ApplianceUnavailableError(ConnectionError):
@@ -155,25 +159,28 @@ class Connection:
     def submit(
         self,
         header: pb.UploadHeader,
-        payload: bytes | memoryview,
+        payload: Payload,
         *,
         deadline_unix: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> pb.SubmitAck:
-        """Stream one upload; if the connection is lost, send it again until ``deadline_unix``.
+        """Send one upload; if the connection is lost, send it again until ``deadline_unix``.
 
-        With no deadline (0) there is one attempt. An ALREADY_EXISTS answer to a repeated
-        attempt means an earlier attempt landed and only its acknowledgement was lost.
+        ``payload`` is one buffer or a sequence of buffers sent back to back (a large vector
+        goes out without being joined to its message header first). Up to one chunk travels
+        in a single unary call, more as a chunk stream. With no deadline (0) there is one
+        attempt. An ALREADY_EXISTS answer to a repeated attempt means an earlier attempt
+        landed and only its acknowledgement was lost. With ``header.wait_seconds`` set, the
+        acknowledgement may carry the next task (``SubmitAck.next``).
         """
-        header.total_bytes = len(payload)
+        parts = [memoryview(p).cast("B") for p in _buffers(payload)]
+        header.total_bytes = sum(len(p) for p in parts)
         delay, attempts = 0.25, 0
         while True:
             remaining = deadline_unix - clock()
             timeout = self.timeout if not deadline_unix else max(1.0, min(self.timeout, remaining))
             try:
-                return self.stub.Submit(
-                    _chunks(header, payload), timeout=timeout, metadata=self._metadata
-                )
+                return self._send_once(header, parts, timeout + header.wait_seconds)
             except grpc.RpcError as error:
                 code = error.code()
                 if attempts and code == grpc.StatusCode.ALREADY_EXISTS:
@@ -190,6 +197,14 @@ class Connection:
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _send_once(
+        self, header: pb.UploadHeader, parts: list[memoryview], timeout: float
+    ) -> pb.SubmitAck:
+        if header.total_bytes <= CHUNK_BYTES:
+            message = pb.UploadMessage(header=header, data=b"".join(parts))
+            return self.stub.SubmitMessage(message, timeout=timeout, metadata=self._metadata)
+        return self.stub.Submit(_chunks(header, parts), timeout=timeout, metadata=self._metadata)
 
     def download_model(self, version: int = 0) -> tuple[int, bytes]:
         """A model version's safetensors bytes, checked against the announced SHA-256."""
@@ -214,8 +229,25 @@ class Connection:
         self.channel.close()
 
 
-def _chunks(header: pb.UploadHeader, payload: bytes | memoryview) -> Iterator[pb.UploadChunk]:
+def _buffers(payload: Payload) -> Sequence[Buffer]:
+    """A list or tuple is several buffers; anything else is one (any buffer-protocol object)."""
+    return payload if isinstance(payload, list | tuple) else (payload,)
+
+
+def _chunks(header: pb.UploadHeader, parts: Sequence[memoryview]) -> Iterator[pb.UploadChunk]:
+    """The header, then the parts' bytes in chunks of ``CHUNK_BYTES`` (across part borders)."""
     yield pb.UploadChunk(header=header)
-    view = memoryview(payload).cast("B")
-    for start in range(0, len(view), CHUNK_BYTES):
-        yield pb.UploadChunk(data=bytes(view[start : start + CHUNK_BYTES]))
+    pending: list[memoryview] = []
+    size = 0
+    for part in parts:
+        start = 0
+        while start < len(part):
+            piece = part[start : start + CHUNK_BYTES - size]
+            pending.append(piece)
+            size += len(piece)
+            start += len(piece)
+            if size == CHUNK_BYTES:
+                yield pb.UploadChunk(data=b"".join(pending))
+                pending, size = [], 0
+    if size:
+        yield pb.UploadChunk(data=b"".join(pending))

@@ -22,11 +22,12 @@ from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout
 from client_shim import ckks
 from client_shim.attestation import AttestationGuard, require_attestation
-from client_shim.connection import Connection
+from client_shim.connection import Connection, Payload
 from client_shim.privacy import round_privacy
 from client_shim.vendor import Evaluator, answer_evaluation
 from crypto import (
     IdentityKey,
+    Message,
     QuantizationSpec,
     RoundConfig,
     SecAggClient,
@@ -85,6 +86,7 @@ class Participant:
         self.poll_seconds = poll_seconds
         self._models: dict[int, dict[str, np.ndarray]] = {}
         self._next_start: pb.RoundStart | None = None
+        self._next_task: pb.Task | None = None  # handed over with an upload's acknowledgement
 
     def global_model(self, version: int = 0) -> tuple[int, dict[str, np.ndarray]]:
         if version and version in self._models:
@@ -100,7 +102,7 @@ class Participant:
             return start
         polls = 0
         while max_polls is None or polls < max_polls:
-            task = self.connection.get_task(self.poll_seconds)
+            task = self._task()
             polls += 1
             if task.WhichOneof("kind") == "round_start":
                 return task.round_start
@@ -140,9 +142,7 @@ class Participant:
                     weight=weight,
                     metadata_json=meta,
                 )
-                self.connection.submit(
-                    header, memoryview(update).cast("B"), deadline_unix=start.submit_deadline_unix
-                )
+                self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
                 return self._follow(start, update.nbytes, None)
             return self._secure(start, layout, update, weight, meta)
         except grpc.RpcError as error:
@@ -168,23 +168,35 @@ class Participant:
         client = SecAggClient(config, start.client_index, self.identity)
         encoded = encode_update(update, weight, spec) if dp is None else dp.encode(update)[0]
         client.set_input(encoded)
-        advertise = client.advertise_keys().encode()
+        advertise = client.advertise_keys()
         sent = self._send(start, 0, advertise, meta, start.submit_deadline_unix)
 
         def answer(step: pb.ProtocolStep) -> int:
             reply = client.handle(decode(step.payload))
-            return self._send(start, step.phase, reply.encode(), "", step.deadline_unix)
+            return self._send(start, step.phase, reply, "", step.deadline_unix)
 
         return self._follow(start, sent, answer)
 
     def _send(
-        self, start: pb.RoundStart, phase: int, payload: bytes, meta: str, deadline_unix: float
+        self, start: pb.RoundStart, phase: int, message: Message, meta: str, deadline_unix: float
     ) -> int:
         header = pb.UploadHeader(
             round_id=start.round_id, phase=phase, kind="protocol", metadata_json=meta
         )
-        self.connection.submit(header, payload, deadline_unix=deadline_unix)
-        return len(payload)
+        return self._upload(header, message.encode_parts(), deadline_unix)
+
+    def _upload(self, header: pb.UploadHeader, payload: Payload, deadline_unix: float) -> int:
+        """Upload, and keep the next task if the appliance sent it with the acknowledgement."""
+        header.wait_seconds = self.poll_seconds  # one call per phase instead of two
+        ack = self.connection.submit(header, payload, deadline_unix=deadline_unix)
+        if ack.HasField("next"):
+            self._next_task = ack.next
+        return header.total_bytes
+
+    def _task(self) -> pb.Task:
+        """The task an acknowledgement brought, else the next one from a poll."""
+        task, self._next_task = self._next_task, None
+        return task if task is not None else self.connection.get_task(self.poll_seconds)
 
     def _follow(
         self,
@@ -194,7 +206,7 @@ class Participant:
     ) -> RoundReport:
         """Answer this round's protocol steps until it ends (or a newer round starts)."""
         while True:
-            task = self.connection.get_task(self.poll_seconds)
+            task = self._task()
             kind = task.WhichOneof("kind")
             if kind == "round_start":  # our round ended unseen (e.g. an appliance restart)
                 self._next_start = task.round_start

@@ -119,6 +119,15 @@ def _signature(field: str, v: Any) -> bytes:
 # --- messages -------------------------------------------------------------------
 
 
+def _bin_header(length: int) -> bytes:
+    """msgpack's bin 8/16/32 header for ``length`` bytes, as ``packb`` writes it."""
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
 @dataclasses.dataclass(frozen=True)
 class Message(abc.ABC):
     """Base of every protocol message; ``round_id`` ties it to one round."""
@@ -139,6 +148,10 @@ class Message(abc.ABC):
     def encode(self) -> bytes:
         body = {"v": SCHEMA_VERSION, "t": self.TYPE, "r": self.round_id, **self._fields()}
         return msgpack.packb(body, use_bin_type=True)
+
+    def encode_parts(self) -> list[bytes | memoryview]:
+        """``encode()`` as buffers to send back to back (a large field is not copied)."""
+        return [self.encode()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +231,17 @@ class MaskedInput(Message):
 
     def _fields(self) -> dict[str, Any]:
         return {"y": self.vector}
+
+    def encode_parts(self) -> list[bytes | memoryview]:
+        """The msgpack bytes of ``encode()`` up to the vector, then the vector itself.
+
+        ``y`` is the map's last entry, so the encoding ends with a bin header and the raw
+        vector: packing an empty ``y`` and swapping its header for the real one gives the
+        same bytes without copying megabytes into a new buffer.
+        """
+        vector = memoryview(self.vector).cast("B")
+        empty = dataclasses.replace(self, vector=b"").encode()
+        return [empty[:-2] + _bin_header(len(vector)), vector]
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> MaskedInput:

@@ -4,10 +4,11 @@ A masked round is held open while hypothesis sends: uploads built from mutated r
 transcripts with fuzzed headers and chunk framing; polls with any wait (NaN, inf, negative);
 downloads of any version; admin calls by a non-admin and by the admin; and raw random bytes
 to every method of every service (so RPCs added later are covered without editing this file).
-Asserted: each call returns within its timeout with OK or a specific status and a message
-(never UNKNOWN, which is what an unhandled exception in a handler yields); afterwards the
-appliance still serves a good client. Example counts: SEALAGG_FUZZ_EXAMPLES (default 25 per
-handler group).
+One-message uploads (SubmitMessage) and the wait for the next task in the header are fuzzed
+with the chunked ones. Asserted: each call returns within its timeout with OK or a specific
+status and a message (never UNKNOWN, which is what an unhandled exception in a handler
+yields); afterwards the appliance still serves a good client. Example counts:
+SEALAGG_FUZZ_EXAMPLES (default 25 per handler group).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ headers = st.builds(
     weight=st.floats(allow_nan=True, allow_infinity=True),
     metadata_json=st.sampled_from(["", "{}", '{"n": 3}', "[1]", "{", "x" * 5000]),
     declared=st.sampled_from(["exact", "less", "more", "huge", "max"]),
-    framing=st.sampled_from(["normal", "two_headers", "data_first", "header_only", "empty"]),
+    framing=st.sampled_from(
+        ["normal", "two_headers", "data_first", "header_only", "empty", "one_message"]
+    ),
+    wait_seconds=st.sampled_from([0.0, 0.0, 0.2, -1.0, float("nan"), float("inf")]),
 )
 
 
@@ -140,7 +144,13 @@ def test_every_handler_survives_fuzzing(held_round):
             kind=h["kind"],
             weight=h["weight"],
             metadata_json=h["metadata_json"],
+            wait_seconds=h["wait_seconds"],
         )
+        if h["framing"] == "one_message":
+            message = pb.UploadMessage(header=header, data=payload)
+            code = _refusal(lambda: conns[who].stub.SubmitMessage(message, timeout=10))
+            seen.setdefault("SubmitMessage", set()).add(code.name)
+            return
         chunks = {
             "normal": [pb.UploadChunk(header=header), pb.UploadChunk(data=payload)],
             "two_headers": [pb.UploadChunk(header=header)] * 2,

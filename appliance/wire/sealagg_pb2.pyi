@@ -180,28 +180,40 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("round_id", "phase", "total_bytes", "kind", "weight", "metadata_json")
+    __slots__ = ("round_id", "phase", "total_bytes", "kind", "weight", "metadata_json", "wait_seconds")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     round_id: bytes
     phase: int
     total_bytes: int
     kind: str
     weight: float
     metadata_json: str
-    def __init__(self, round_id: _Optional[bytes] = ..., phase: _Optional[int] = ..., total_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., weight: _Optional[float] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    wait_seconds: float
+    def __init__(self, round_id: _Optional[bytes] = ..., phase: _Optional[int] = ..., total_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., weight: _Optional[float] = ..., metadata_json: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class UploadMessage(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SubmitAck(_message.Message):
-    __slots__ = ("accepted", "detail")
+    __slots__ = ("accepted", "detail", "next")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     detail: str
-    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    next: Task
+    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ..., next: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class ModelRequest(_message.Message):
     __slots__ = ("version",)

@@ -44,6 +44,11 @@ class AggregatorStub:
                 request_serializer=appliance_dot_wire_dot_sealagg__pb2.UploadChunk.SerializeToString,
                 response_deserializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
                 _registered_method=True)
+        self.SubmitMessage = channel.unary_unary(
+                '/sealagg.v1.Aggregator/SubmitMessage',
+                request_serializer=appliance_dot_wire_dot_sealagg__pb2.UploadMessage.SerializeToString,
+                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
+                _registered_method=True)
         self.DownloadModel = channel.unary_stream(
                 '/sealagg.v1.Aggregator/DownloadModel',
                 request_serializer=appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
@@ -73,6 +78,14 @@ class AggregatorServicer:
 
     def Submit(self, request_iterator, context):
         """Upload one reply for the current phase, in chunks: a header first, then data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMessage(self, request, context):
+        """The same for a reply of at most one chunk (1 MiB), in one message: a unary call costs
+        client and appliance less than a stream (no request-iterator thread on the client).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +123,11 @@ def add_AggregatorServicer_to_server(servicer, server):
             'Submit': grpc.stream_unary_rpc_method_handler(
                     servicer.Submit,
                     request_deserializer=appliance_dot_wire_dot_sealagg__pb2.UploadChunk.FromString,
+                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.SerializeToString,
+            ),
+            'SubmitMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMessage,
+                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.UploadMessage.FromString,
                     response_serializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.SerializeToString,
             ),
             'DownloadModel': grpc.unary_stream_rpc_method_handler(
@@ -181,6 +199,33 @@ class Aggregator:
             target,
             '/sealagg.v1.Aggregator/Submit',
             appliance_dot_wire_dot_sealagg__pb2.UploadChunk.SerializeToString,
+            appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Aggregator/SubmitMessage',
+            appliance_dot_wire_dot_sealagg__pb2.UploadMessage.SerializeToString,
             appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
             options,
             channel_credentials,
