@@ -180,10 +180,15 @@ class Participant:
     def _send(
         self, start: pb.RoundStart, phase: int, message: Message, meta: str, deadline_unix: float
     ) -> int:
+        return self._send_encoded(start, phase, message.encode_parts(), meta, deadline_unix)
+
+    def _send_encoded(
+        self, start: pb.RoundStart, phase: int, payload: Payload, meta: str, deadline_unix: float
+    ) -> int:
         header = pb.UploadHeader(
             round_id=start.round_id, phase=phase, kind="protocol", metadata_json=meta
         )
-        return self._upload(header, message.encode_parts(), deadline_unix)
+        return self._upload(header, payload, deadline_unix)
 
     def _upload(self, header: pb.UploadHeader, payload: Payload, deadline_unix: float) -> int:
         """Upload, and keep the next task if the appliance sent it with the acknowledgement."""

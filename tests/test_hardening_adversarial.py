@@ -130,10 +130,9 @@ def test_unmask_shares_that_fail_to_reconstruct_abort_the_round(deployment, runn
 class _Equivocator(Hooked):
     """Advertises its keys, then advertises a second, different key pair."""
 
-    def _send(self, start, phase, payload, *rest):
-        sent = super()._send(start, phase, payload, *rest)
+    def _send(self, start, phase, msg, *rest):
+        sent = super()._send(start, phase, msg, *rest)
         if phase == 0:
-            msg = decode(payload)
             other = dataclasses.replace(
                 msg.keys, cipher_public=os.urandom(32), mask_public=os.urandom(32)
             )
@@ -222,12 +221,12 @@ def test_values_outside_the_quantization_range_are_refused(deployment, running, 
 class _Repeater(Hooked):
     """Sends its key advertisement twice (while the others still train, so the phase is open)."""
 
-    def _send(self, start, phase, payload, *rest):
-        sent = super()._send(start, phase, payload, *rest)
+    def _send(self, start, phase, msg, *rest):
+        sent = super()._send(start, phase, msg, *rest)
         if phase == 0:
             header = pb.UploadHeader(round_id=start.round_id, phase=0, kind="protocol")
             try:
-                self.connection.submit(header, payload)
+                self.connection.submit(header, msg.encode())
             except grpc.RpcError as error:
                 self.again = error.code()
         return sent

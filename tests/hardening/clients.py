@@ -16,6 +16,7 @@ from appliance.wire import sealagg_pb2 as pb
 from appliance.wire.modelcodec import Layout, flatten
 from client_shim.connection import Connection
 from client_shim.session import Participant, RoundReport
+from crypto.messages import Message
 
 DIM = Layout.of(base_model()).dimension
 #: Short phase deadlines: a missing client costs one deadline, so tests stay fast.
@@ -66,10 +67,10 @@ class Hooked(Participant):
 
     hook: Callable[[int, bytes], bytes] | None = None
 
-    def _send(self, start: pb.RoundStart, phase: int, payload: bytes, *rest) -> int:
-        if self.hook is not None:
-            payload = self.hook(phase, payload)
-        return super()._send(start, phase, payload, *rest)
+    def _send(self, start: pb.RoundStart, phase: int, message: Message, *rest) -> int:
+        if self.hook is None:
+            return super()._send(start, phase, message, *rest)
+        return self._send_encoded(start, phase, self.hook(phase, message.encode()), *rest)
 
 
 def run_clients(
