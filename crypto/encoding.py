@@ -62,16 +62,12 @@ def encode_update(update: np.ndarray, weight: float, spec: QuantizationSpec) -> 
     x = np.asarray(update)
     if x.ndim != 1 or x.dtype not in (np.float32, np.float64):
         raise TypeError(f"update must be a 1-D float32/float64 array, got {x.dtype} {x.shape}")
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise ValueError(f"update has a non-finite value ({x[bad]}) at index {bad}; nothing sent")
     noise = uniform_uint16(os.urandom(SEED_BYTES), x.shape[0] + 1)
     out = np.empty(encoded_length(x.shape[0]), dtype=np.uint32)
-    # clamp(x)·(weight·scale) in one pass: the kernel clips, and weight <= 1 keeps every
-    # code within the bound the scale was chosen for.
-    out[:-1] = quantize(x, spec.scale * weight, spec.clip, noise[:-1], spec.bits)
-    out[-1:] = quantize(np.array([weight]), spec.weight_scale, 1.0, noise[-1:], spec.bits)
+    # clamp(x)·(weight·scale) in one pass straight into the output: the kernel clips, refuses
+    # NaN/Inf (naming the first), and weight <= 1 keeps every code within the scale's bound.
+    quantize(x, spec.scale * weight, spec.clip, noise[:-1], spec.bits, out=out[:-1])
+    quantize(np.array([weight]), spec.weight_scale, 1.0, noise[-1:], spec.bits, out=out[-1:])
     return out
 
 

@@ -105,13 +105,21 @@ def _dequantize_kernel(q: np.ndarray, scale: float, shift: np.uint32, out: np.nd
 
 
 def quantize(
-    x: np.ndarray, scale: float, clip: float, noise: np.ndarray, bits: int = 32
+    x: np.ndarray,
+    scale: float,
+    clip: float,
+    noise: np.ndarray,
+    bits: int = 32,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Encode ``x`` as ``floor(clamp(x, -clip, clip)*scale + noise/65536) mod 2^bits``.
 
     ``noise`` (uint16, one per coordinate, from the caller's cryptographic PRG)
     makes the rounding unbiased: E[q] = clamp(x)*scale up to 2^-16. Negative
-    values are stored in two's complement within ``bits`` bits.
+    values are stored in two's complement within ``bits`` bits. ``out`` (contiguous
+    uint32, same length) receives the codes instead of a new array: a slice of a larger
+    buffer is filled without a copy.
     """
     x = np.ascontiguousarray(require_array(x, "x", (np.float32, np.float64), ndim=1))
     noise = np.ascontiguousarray(require_array(noise, "noise", (np.uint16,), ndim=1))
@@ -124,7 +132,13 @@ def quantize(
             f"clip*scale = {clip * scale} exceeds 2^(bits-1) - 1 = {_signed_limit(bits)}: "
             "a single value would wrap; use quantization_scale()"
         )
-    out = np.empty(x.shape[0], dtype=np.uint32)
+    if out is None:
+        out = np.empty(x.shape[0], dtype=np.uint32)
+    else:
+        require_array(out, "out", (np.uint32,), ndim=1)
+        require_same_length(x, "x", out, "out")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a contiguous, writeable uint32 array")
     if _quantize_kernel(x, noise, scale, clip, np.uint32((1 << bits) - 1), out):
         raise_if_nonfinite(x, "x")
     return out

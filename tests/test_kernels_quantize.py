@@ -295,3 +295,28 @@ def test_quantize_accepts_the_largest_single_client_scale():
 def test_dequantize_rejects_bad_input(q, scale, bits, error, message):
     with pytest.raises(error, match=message):
         dequantize(q, scale, bits)
+
+
+def test_quantize_into_a_slice_of_a_larger_buffer():
+    """``out=`` fills a slice in place with exactly the allocating call's codes."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, 1000).astype(np.float32)
+    noise = rng.integers(0, 1 << 16, 1000, dtype=np.uint16)
+    buffer = np.full(1002, 7, dtype=np.uint32)
+    returned = quantize(x, 1000.0, 3.0, noise, 20, out=buffer[1:-1])
+    np.testing.assert_array_equal(buffer[1:-1], quantize(x, 1000.0, 3.0, noise, 20))
+    assert returned.base is buffer and buffer[0] == 7 and buffer[-1] == 7
+
+
+@pytest.mark.parametrize(
+    "out, error",
+    [
+        (np.zeros(10, dtype=np.int32), TypeError),
+        (np.zeros(9, dtype=np.uint32), ValueError),
+        (np.zeros(20, dtype=np.uint32)[::2], ValueError),
+    ],
+)
+def test_quantize_refuses_an_unusable_out(out, error):
+    x = np.zeros(10, dtype=np.float32)
+    with pytest.raises(error):
+        quantize(x, 10.0, 1.0, np.zeros(10, dtype=np.uint16), out=out)

@@ -175,7 +175,8 @@ def uploads(monkeypatch) -> dict[str, list[tuple[int, str, int]]]:
 
     class Recording(Connection):
         def submit(self, header, payload, **kwargs):
-            record = (header.phase, header.metadata_json, memoryview(payload).nbytes)
+            parts = payload if isinstance(payload, list | tuple) else [payload]
+            record = (header.phase, header.metadata_json, sum(memoryview(p).nbytes for p in parts))
             sent.setdefault(self.kit.name, []).append(record)
             return super().submit(header, payload, **kwargs)
 
