@@ -26,7 +26,7 @@ from crypto import (
     decode_sum,
 )
 from crypto.errors import SecAggError
-from crypto.messages import Message
+from crypto.messages import Message, masked_input_view
 
 #: Protocol messages other than the masked vector are small; this bounds them.
 SMALL_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -193,7 +193,11 @@ class MaskedRound(ActiveRound):
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
         try:
-            message = decode(payload, max_bytes=self.upload_limit(header))
+            message = (
+                masked_input_view(payload, self.round_id, 4 * self.config.vector_length)
+                if self.phase_index == Phase.MASKED_INPUT
+                else None
+            ) or decode(payload, max_bytes=self.upload_limit(header))
             if self.phase_index != message.PHASE:
                 raise UploadRefusedError(
                     "FAILED_PRECONDITION",

@@ -354,6 +354,19 @@ _TYPES: dict[str, type[Message]] = {
 }
 
 
+def masked_input_view(
+    data: bytes | bytearray | memoryview, round_id: bytes, vector_bytes: int
+) -> MaskedInput | None:
+    """``data`` as a MaskedInput of ``vector_bytes`` for ``round_id`` whose vector is a view
+    into ``data``, if ``data`` is exactly that message's encoding; else None (``decode``
+    then parses it and names what is wrong). Saves copying megabytes out of an upload."""
+    prefix = MaskedInput(round_id, b"").encode()[:-2] + _bin_header(vector_bytes)
+    view = memoryview(data).cast("B")
+    if len(view) != len(prefix) + vector_bytes or view[: len(prefix)] != prefix:
+        return None
+    return MaskedInput(round_id, view[len(prefix) :])
+
+
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Parse and validate one message; raise :class:`MalformedMessageError` otherwise."""
     if not isinstance(data, bytes | bytearray | memoryview):

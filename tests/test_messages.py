@@ -22,6 +22,7 @@ from crypto.messages import (
     UnmaskRequest,
     UnmaskShares,
     decode,
+    masked_input_view,
 )
 
 RID = bytes(range(32))
@@ -151,3 +152,22 @@ def test_masked_input_parts_are_the_encoding_without_a_copy(length):
 @pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)
 def test_every_message_has_parts_that_join_to_its_encoding(msg):
     assert b"".join(msg.encode_parts()) == msg.encode()
+
+
+def test_a_canonical_masked_input_is_read_in_place_and_anything_else_is_left_to_decode():
+    """The appliance's fast path takes exactly the canonical encoding for the expected round
+    and length, as a view into the upload; any other bytes get None, so ``decode`` parses them
+    and gives the precise refusal."""
+    vector = bytes(range(256)) * 64
+    data = bytearray(MaskedInput(RID, vector).encode())
+    got = masked_input_view(data, RID, len(vector))
+    assert got == decode(bytes(data)) and got.vector.obj is data  # a view, not a copy
+    assert masked_input_view(data, bytes(32), len(vector)) is None  # another round
+    assert masked_input_view(data, RID, len(vector) - 4) is None  # another length
+    assert masked_input_view(data + b"\x00", RID, len(vector)) is None  # trailing bytes
+    reordered = msgpack.packb({"y": vector, "v": 1, "t": "masked_input", "r": RID})
+    assert masked_input_view(reordered, RID, len(vector)) is None
+    assert decode(reordered) == got  # valid, only not canonical: decode still takes it
+    flipped = bytearray(data)
+    flipped[3] ^= 1
+    assert masked_input_view(flipped, RID, len(vector)) is None
