@@ -156,9 +156,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                     await slots.enter_async_context(self._large_uploads)
                 payload = await self._receive(header, request_iterator)
                 await self._orch.submit(name, header, payload)
+                size = len(payload)
+                del payload  # not held while the acknowledgement waits for the next task
         except UploadRefusedError as refused:
             await self._refuse(name, refused, context)
-        return await self._accepted(name, header, len(payload))
+        return await self._accepted(name, header, size)
 
     async def SubmitMessage(
         self, request: pb.UploadMessage, context: grpc.aio.ServicerContext
