@@ -3,7 +3,8 @@
 Keys (values are seconds unless the field name says otherwise):
   ``<file>::<test>[<id>]``            pytest-benchmark's best (min) time of a benchmark
   ``<file>::<test>[<id>]#<field>``    a numeric ``extra_info`` field of that benchmark
-  ``appliance:round:<mode>:n<N>:d<D>`` best round over the appliance on loopback
+  ``appliance:round:<mode>:n<N>:d<D>`` median warm round over the appliance on loopback
+                                       (best round for results that predate the median)
   ``appliance:rss:<mode>:n<N>:d<D>``   the appliance process's peak RSS in MiB over one round
   ``<peer>:<mode>:<workload>:<field>`` a peer script's numeric field (``flower``, ``robust``);
                                        a halted round gives only ``...:halted = 1``
@@ -52,7 +53,8 @@ def appliance_metrics(
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in rounds:
-        out[f"appliance:round:{r['mode']}:n{r['clients']}:d{r['d']}"] = float(r["best"])
+        key = f"appliance:round:{r['mode']}:n{r['clients']}:d{r['d']}"
+        out[key] = float(r.get("median", r["best"]))  # medians: one slow round moves nothing
     for r in rss:
         out[f"appliance:rss:{r['mode']}:n{r['clients']}:d{r['d']}"] = float(r["peak_rss_mib"])
     return out

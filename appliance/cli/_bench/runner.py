@@ -39,16 +39,23 @@ PYTEST_OPTIONS = {
 }
 #: Smoke measures only these (tiny sizes); every other benchmark file is collected (imported).
 SMOKE_FILES = ("test_bench_modes.py", "test_bench_peer_workloads.py")
-#: bench_appliance.py runs per profile: (what, clients, dimension, modes).
+#: bench_appliance.py runs per profile: (what, clients, dimension, modes, extra arguments).
 BOTH = ("plaintext", "secagg+")
-APPLIANCE_RUNS: dict[str, list[tuple[str, list[int], int, tuple[str, ...]]]] = {
+#: The loopback budget's round: one process per client (as on their own machines; threads
+#: would share the appliance's GIL), the modes alternating three times, medians of 9 rounds.
+CLIENT_PROCESSES = ("--client-processes", "--rounds", "4", "--repeat", "3")
+APPLIANCE_RUNS: dict[str, list[tuple[str, list[int], int, tuple[str, ...], tuple[str, ...]]]] = {
     "smoke": [],
     # Quick: the budgets' shapes only (100 client threads take minutes: secagg+ alone there).
-    "quick": [("round", [10], 1_000_000, BOTH), ("rss", [10, 100], 1_000_000, ("secagg+",))],
+    "quick": [
+        ("round", [10], 1_000_000, BOTH, CLIENT_PROCESSES),
+        ("rss", [10, 100], 1_000_000, ("secagg+",), ()),
+    ],
     "full": [
-        ("round", [10, 50], 100_000, BOTH),
-        ("round", [10, 50], 1_000_000, BOTH),
-        ("rss", [10, 50, 100], 1_000_000, BOTH),
+        ("round", [10, 50], 100_000, BOTH, ()),
+        ("round", [10], 1_000_000, BOTH, CLIENT_PROCESSES),
+        ("round", [50], 1_000_000, BOTH, ()),
+        ("rss", [10, 50, 100], 1_000_000, BOTH, ()),
     ],
 }
 PEER_ROUNDS = {"smoke": 2, "quick": 2, "full": 3}
@@ -155,12 +162,13 @@ class Run:
     def appliance_runs(self) -> dict[str, list[dict[str, Any]]]:
         script = self.c.bench_dir / "bench_appliance.py"
         merged: dict[str, list[dict[str, Any]]] = {"round": [], "rss": []}
-        for what, clients, d, modes in APPLIANCE_RUNS[self.c.profile]:
-            step = f"appliance-{what}-d{d}"
+        for what, clients, d, modes, extra in APPLIANCE_RUNS[self.c.profile]:
+            step = f"appliance-{what}-d{d}-n{'-'.join(map(str, clients))}"
             out = self.c.out_dir / f"{step}.json"
             argv = [self.c.python, str(script), what, "--clients", *map(str, clients)]
-            argv += ["--dimension", str(d), "--modes", *modes, "--json", str(out)]
-            if self._run(step, argv, TIMEOUTS[self.c.profile]):
+            argv += ["--dimension", str(d), "--modes", *modes, "--json", str(out), *extra]
+            # One numba thread per process: eleven processes share this machine's cores.
+            if self._run(step, argv, TIMEOUTS[self.c.profile], NUMBA_NUM_THREADS="1"):
                 merged[what].extend(self._read_json(out) or [])
         return merged
 
