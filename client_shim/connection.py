@@ -56,6 +56,7 @@ class Connection:
         retry_seconds: float = 120.0,
     ) -> None:
         self.kit = kit
+        self._unary_uploads = True  # False once an older appliance answered UNIMPLEMENTED
         self.address = address or kit.address
         self.timeout = timeout
         self.retry_seconds = retry_seconds
@@ -201,9 +202,16 @@ class Connection:
     def _send_once(
         self, header: pb.UploadHeader, parts: list[memoryview], timeout: float
     ) -> pb.SubmitAck:
-        if header.total_bytes <= CHUNK_BYTES:
+        if self._unary_uploads and header.total_bytes <= CHUNK_BYTES:
             message = pb.UploadMessage(header=header, data=b"".join(parts))
-            return self.stub.SubmitMessage(message, timeout=timeout, metadata=self._metadata)
+            try:
+                return self.stub.SubmitMessage(message, timeout=timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                # An appliance from before SubmitMessage: nothing was accepted; stream instead.
+                _log.info("%s: the appliance has no one-message uploads; streaming", self.kit.name)
+                self._unary_uploads = False
         return self.stub.Submit(_chunks(header, parts), timeout=timeout, metadata=self._metadata)
 
     def download_model(self, version: int = 0) -> tuple[int, bytes]:

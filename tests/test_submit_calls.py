@@ -140,3 +140,30 @@ def test_a_one_message_upload_is_checked_like_a_stream(deployment, running):
     outcome = app.app.orchestrator.history[-1]
     assert outcome.outcome == "published"
     assert outcome.contributors == ("client0", "client1", "client2")
+
+
+def test_a_client_falls_back_to_streaming_on_an_appliance_without_one_message_uploads(
+    deployment, running, monkeypatch
+):
+    """Version skew: an appliance that predates SubmitMessage answers UNIMPLEMENTED; the
+    client streams the same upload instead (and keeps doing so), and the round publishes."""
+    from appliance.service import AggregatorService
+    from appliance.wire import sealagg_pb2_grpc as pb_grpc
+
+    monkeypatch.setattr(
+        AggregatorService, "SubmitMessage", pb_grpc.AggregatorServicer.SubmitMessage
+    )
+    dep = deployment(clients=3)
+    dep.configure(aggregation={"mode": "secagg", "min_clients": 3, "rounds": 1})
+    app = running(dep.folder)
+    threads, reports, errors = start_participants(
+        dep.kits,
+        dep.address,
+        sorted(dep.kits),
+        lambda name: lambda s, t: (_delta(int(name[-1])), 1.0, {}),
+    )
+    app.wait(60)
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert all(r.outcome == "published" for r in reports.values()), reports
