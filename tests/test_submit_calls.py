@@ -59,34 +59,23 @@ class _Counting(Participant):
         connection.get_task, connection.submit = counted_poll, counted_submit
 
 
-def test_each_acknowledgement_hands_over_the_next_task(deployment, running):
-    """A secagg round of three: five uploads per client and no poll after the round start
-    (each ack carries the next step, the last one the round's end); the mean is exact."""
+def _compute_for(name: str):
+    return lambda start, tensors: (_delta(int(name.removeprefix("client"))), 1.0, {})
+
+
+def _secagg_round_of_three(deployment, running, participant_cls=Participant) -> None:
+    """One secagg round of three client threads; it must publish the exact mean."""
     dep = deployment(clients=3)
     dep.configure(aggregation={"mode": "secagg", "min_clients": 3, "rounds": 1})
     app = running(dep.folder)
-    participants: dict[str, _Counting] = {}
-
-    class Recorded(_Counting):
-        def __init__(self, connection, poll_seconds):
-            super().__init__(connection, poll_seconds)
-            participants[connection.kit.name] = self
-
-    def compute_for(name):
-        i = int(name.removeprefix("client"))
-        return lambda start, tensors: (_delta(i), 1.0, {})
-
     threads, reports, errors = start_participants(
-        dep.kits, dep.address, sorted(dep.kits), compute_for, participant_cls=Recorded
+        dep.kits, dep.address, sorted(dep.kits), _compute_for, participant_cls=participant_cls
     )
     app.wait(60)
     for t in threads:
         t.join(30)
     assert not errors, errors
     assert all(r.outcome == "published" for r in reports.values()), reports
-    for name, p in participants.items():
-        assert p.handed_over == 5, (name, p.handed_over)
-        assert p.polls <= 2, (name, p.polls)  # the round start (and at most one idle answer)
     base = base_model()
     mean = np.mean([_delta(i) for i in range(3)], axis=0)
     store = open_store(Federation.load(dep.folder))
@@ -97,6 +86,23 @@ def test_each_acknowledgement_hands_over_the_next_task(deployment, running):
     np.testing.assert_allclose(got, flatten(base, Layout.of(base)) + mean, atol=2e-6)
 
 
+def test_each_acknowledgement_hands_over_the_next_task(deployment, running):
+    """A secagg round of three: five uploads per client and no poll after the round start
+    (each ack carries the next step, the last one the round's end); the mean is exact."""
+    participants: dict[str, _Counting] = {}
+
+    class Recorded(_Counting):
+        def __init__(self, connection, poll_seconds):
+            super().__init__(connection, poll_seconds)
+            participants[connection.kit.name] = self
+
+    _secagg_round_of_three(deployment, running, Recorded)
+    assert len(participants) == 3
+    for name, p in participants.items():
+        assert p.handed_over == 5, (name, p.handed_over)
+        assert p.polls <= 2, (name, p.polls)  # the round start (and at most one idle answer)
+
+
 def test_a_one_message_upload_is_checked_like_a_stream(deployment, running):
     """SubmitMessage refuses a body that is not what its header declared (INVALID_ARGUMENT)
     and a declared size the phase does not take, as a stream would (RESOURCE_EXHAUSTED);
@@ -105,10 +111,7 @@ def test_a_one_message_upload_is_checked_like_a_stream(deployment, running):
     dep.configure(aggregation={"mode": "plaintext", "min_clients": 3, "rounds": 1})
     app = running(dep.folder)
     others, _, errors = start_participants(
-        dep.kits,
-        dep.address,
-        ["client1", "client2"],
-        lambda name: lambda s, t: (_delta(int(name[-1])), 1.0, {}),
+        dep.kits, dep.address, ["client1", "client2"], _compute_for
     )
     conn = Connection(dep.kits["client0"], address=dep.address)
     start = Participant(conn, poll_seconds=1.0).wait_for_round(max_polls=30)
@@ -146,24 +149,11 @@ def test_a_client_falls_back_to_streaming_on_an_appliance_without_one_message_up
     deployment, running, monkeypatch
 ):
     """Version skew: an appliance that predates SubmitMessage answers UNIMPLEMENTED; the
-    client streams the same upload instead (and keeps doing so), and the round publishes."""
+    client streams the same upload instead (and keeps doing so); the mean is exact."""
     from appliance.service import AggregatorService
     from appliance.wire import sealagg_pb2_grpc as pb_grpc
 
     monkeypatch.setattr(
         AggregatorService, "SubmitMessage", pb_grpc.AggregatorServicer.SubmitMessage
     )
-    dep = deployment(clients=3)
-    dep.configure(aggregation={"mode": "secagg", "min_clients": 3, "rounds": 1})
-    app = running(dep.folder)
-    threads, reports, errors = start_participants(
-        dep.kits,
-        dep.address,
-        sorted(dep.kits),
-        lambda name: lambda s, t: (_delta(int(name[-1])), 1.0, {}),
-    )
-    app.wait(60)
-    for t in threads:
-        t.join(30)
-    assert not errors, errors
-    assert all(r.outcome == "published" for r in reports.values()), reports
+    _secagg_round_of_three(deployment, running)
