@@ -175,6 +175,10 @@ class Orchestrator:
     def registered_clients(self) -> set[str]:
         return set(self._identity_keys())
 
+    def is_registered(self, name: str) -> bool:
+        """One lookup, without building the set of every client (asked on every call)."""
+        return name in self._identity_keys()
+
     def status(self) -> dict:
         """A JSON-safe snapshot for ``sealagg status`` (counts and names, no data)."""
         current = self.store.current_model()

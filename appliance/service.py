@@ -135,7 +135,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         name = await _who(self._identify, context, self._metrics)
-        if name not in self._orch.registered_clients():
+        if not self._orch.is_registered(name):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{name} does not take part in rounds"
             )
@@ -195,7 +195,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         """The acknowledgement, carrying the next task if the client asked to wait for it."""
         self._metrics.bytes_in.inc(size)
         ack = pb.SubmitAck(accepted=True, detail="accepted")
-        if header.wait_seconds > 0 and name in self._orch.registered_clients():
+        if header.wait_seconds > 0 and self._orch.is_registered(name):
             ack.next.CopyFrom(await self._orch.poll(name, header.wait_seconds))
         return ack
 

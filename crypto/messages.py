@@ -233,15 +233,10 @@ class MaskedInput(Message):
         return {"y": self.vector}
 
     def encode_parts(self) -> list[bytes | memoryview]:
-        """The msgpack bytes of ``encode()`` up to the vector, then the vector itself.
-
-        ``y`` is the map's last entry, so the encoding ends with a bin header and the raw
-        vector: packing an empty ``y`` and swapping its header for the real one gives the
-        same bytes without copying megabytes into a new buffer.
-        """
+        """The msgpack bytes of ``encode()`` up to the vector, then the vector itself: the
+        same bytes without copying megabytes into a new buffer."""
         vector = memoryview(self.vector).cast("B")
-        empty = dataclasses.replace(self, vector=b"").encode()
-        return [empty[:-2] + _bin_header(len(vector)), vector]
+        return [_masked_input_prefix(self.round_id, len(vector)), vector]
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> MaskedInput:
@@ -354,13 +349,19 @@ _TYPES: dict[str, type[Message]] = {
 }
 
 
+def _masked_input_prefix(round_id: bytes, vector_bytes: int) -> bytes:
+    """The encoding of a MaskedInput up to its vector: an empty ``y`` packed, with its bin
+    header swapped for the one of ``vector_bytes`` (``y`` is the map's last entry)."""
+    return MaskedInput(round_id, b"").encode()[:-2] + _bin_header(vector_bytes)
+
+
 def masked_input_view(
     data: bytes | bytearray | memoryview, round_id: bytes, vector_bytes: int
 ) -> MaskedInput | None:
     """``data`` as a MaskedInput of ``vector_bytes`` for ``round_id`` whose vector is a view
     into ``data``, if ``data`` is exactly that message's encoding; else None (``decode``
     then parses it and names what is wrong). Saves copying megabytes out of an upload."""
-    prefix = MaskedInput(round_id, b"").encode()[:-2] + _bin_header(vector_bytes)
+    prefix = _masked_input_prefix(round_id, vector_bytes)
     view = memoryview(data).cast("B")
     if len(view) != len(prefix) + vector_bytes or view[: len(prefix)] != prefix:
         return None
