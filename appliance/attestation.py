@@ -23,8 +23,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from appliance import pki
-from attest import (
+from sealagg.appliance import pki
+from sealagg.attest import (
     NONCE_BYTES,
     SEV_SNP,
     TDX,
@@ -34,7 +34,7 @@ from attest import (
     parse_policy,
     report_data,
 )
-from crypto import IdentityKey
+from sealagg.crypto import IdentityKey
 
 ATTESTATION_DIR = "attestation"
 CLIENT_POLICY = "policy.toml"  # shipped in every kit issued while it exists

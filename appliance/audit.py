@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from appliance.errors import AuditChainError, AuditVerificationError, StoreError
+from sealagg.appliance.errors import AuditChainError, AuditVerificationError, StoreError
 
 __all__ = [
     "ENTRY_CONTEXT",

@@ -23,10 +23,10 @@ import dataclasses
 
 import numpy as np
 
-from appliance.config import ApplianceConfig, DeadlinesSection
-from appliance.rounds import ActiveRound, Aggregate, Member, UploadRefusedError
-from appliance.wire import sealagg_pb2 as pb
-from crypto.ckks import (
+from sealagg.appliance.config import ApplianceConfig, DeadlinesSection
+from sealagg.appliance.rounds import ActiveRound, Aggregate, Member, UploadRefusedError
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.crypto.ckks import (
     MAX_CONTEXT_BYTES,
     CkksAccumulator,
     CkksParameters,
@@ -34,7 +34,7 @@ from crypto.ckks import (
     input_limit,
     mean_from_sum,
 )
-from crypto.ckks_keys import (
+from sealagg.crypto.ckks_keys import (
     MAX_SEALED_BYTES,
     SMALL_BYTES,
     Advert,
@@ -44,7 +44,7 @@ from crypto.ckks_keys import (
     read_sealed,
     roster_message,
 )
-from crypto.errors import BadSignatureError, CkksError, SecAggError
+from sealagg.crypto.errors import BadSignatureError, CkksError, SecAggError
 
 #: Data owners whose updates must be in a sum before anyone may decrypt it.
 MINIMUM_CONTRIBUTORS = 3

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from appliance.errors import ConfigError
+from sealagg.appliance.errors import ConfigError
 
 Mode = Literal["plaintext", "secagg", "secagg+", "ckks", "attested"]
 #: Aggregation rules (appliance/robust.py); the one list of their names.

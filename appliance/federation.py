@@ -42,10 +42,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from appliance import kit, pki
-from appliance.attestation import client_policy_path
-from appliance.errors import CertificateError, ProvisioningError
-from attest import PolicyError, parse_policy
+from sealagg.appliance import kit, pki
+from sealagg.appliance.attestation import client_policy_path
+from sealagg.appliance.errors import CertificateError, ProvisioningError
+from sealagg.attest import PolicyError, parse_policy
 
 DEFAULT_PORT = 50051
 CONFIG_FORMAT = 1
@@ -186,7 +186,7 @@ class ClientRecord:
             raise ProvisioningError(f"client record {source} is corrupt: {exc}") from None
 
 
-class Federation:
+class FederationFolder:
     """An opened federation folder. Use :meth:`load` or :func:`init_federation`."""
 
     def __init__(
@@ -211,15 +211,15 @@ class Federation:
         self._revocations_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Federation(name={self.name!r}, folder={str(self.paths.folder)!r})"
+        return f"FederationFolder(name={self.name!r}, folder={str(self.paths.folder)!r})"
 
     def __reduce__(self) -> object:
-        raise TypeError("Federation holds private keys and cannot be pickled")
+        raise TypeError("FederationFolder holds private keys and cannot be pickled")
 
     # ---- opening ------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, folder: Path, *, passphrase: bytes | None = None) -> Federation:
+    def load(cls, folder: Path, *, passphrase: bytes | None = None) -> FederationFolder:
         """Open an existing federation, checking it is complete and self-consistent.
 
         ``passphrase`` is needed only to issue kits; when given it is checked right away.
@@ -444,7 +444,7 @@ def init_federation(
     passphrase: bytes | None = None,
     now: datetime | None = None,
     port: int = DEFAULT_PORT,
-) -> Federation:
+) -> FederationFolder:
     """Create a federation in ``folder`` (new or empty): CA, server certificate for ``hosts``,
     audit key, empty revocation list and a loopback-only configuration.
 
@@ -492,11 +492,11 @@ def init_federation(
     except BaseException:
         _undo_init(paths, created_folder)
         raise
-    return Federation.load(paths.folder, passphrase=passphrase)
+    return FederationFolder.load(paths.folder, passphrase=passphrase)
 
 
 def add_client(
-    federation: Federation,
+    federation: FederationFolder,
     name: str,
     *,
     out: Path | None = None,
@@ -565,7 +565,7 @@ def add_client(
     return path
 
 
-def revoke_client(federation: Federation, name: str, *, now: datetime | None = None) -> None:
+def revoke_client(federation: FederationFolder, name: str, *, now: datetime | None = None) -> None:
     """Refuse client ``name`` from the next handshake on.
 
     The serial goes into ``revoked.json`` first (that is what handshakes consult), then the
@@ -717,7 +717,7 @@ def _undo_init(paths: FederationPaths, created_folder: bool) -> None:
                 path.unlink()
 
 
-def _attestation_policy(federation: Federation) -> bytes | None:
+def _attestation_policy(federation: FederationFolder) -> bytes | None:
     """The client attestation policy to ship in kits, checked so no kit carries a broken one."""
     path = client_policy_path(federation.folder)
     if not path.exists():

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from appliance import pki
-from appliance.errors import (
+from sealagg.appliance import pki
+from sealagg.appliance.errors import (
     CertificateError,
     KitExpiredError,
     KitTamperedError,

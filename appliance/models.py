@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from appliance.errors import StoreError
+from sealagg.appliance.errors import StoreError
 
 __all__ = [
     "ALLOWED_DTYPES",

@@ -32,11 +32,11 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
-from appliance.errors import ProvisioningError
-from appliance.models import ModelVersion
-from appliance.optimizers import STEP_KEY, ServerOptimizer
-from appliance.pki import write_file_atomic
-from appliance.store import Store
+from sealagg.appliance.errors import ProvisioningError
+from sealagg.appliance.models import ModelVersion
+from sealagg.appliance.optimizers import STEP_KEY, ServerOptimizer
+from sealagg.appliance.pki import write_file_atomic
+from sealagg.appliance.store import Store
 
 __all__ = [
     "LEGACY_FILENAME",

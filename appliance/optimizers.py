@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appliance.errors import ConfigError
+from sealagg.appliance.errors import ConfigError
 
 __all__ = [
     "OPTIMIZER_NAMES",

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.ckks_round import CkksRound, build_ckks_round
-from appliance.config import ApplianceConfig
-from appliance.metrics import Metrics
-from appliance.models import ModelVersion
-from appliance.optimizer_state import discard_state, restore_state, save_state
-from appliance.optimizers import ServerOptimizer, make_optimizer
-from appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
-from appliance.robust import BucketedRound, build_robust_round
-from appliance.rounds import (
+from sealagg.appliance.ckks_round import CkksRound, build_ckks_round
+from sealagg.appliance.config import ApplianceConfig
+from sealagg.appliance.metrics import Metrics
+from sealagg.appliance.models import ModelVersion
+from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
+from sealagg.appliance.optimizers import ServerOptimizer, make_optimizer
+from sealagg.appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
+from sealagg.appliance.robust import BucketedRound, build_robust_round
+from sealagg.appliance.rounds import (
     ActiveRound,
     Aggregate,
     MaskedRound,
@@ -39,13 +39,13 @@ from appliance.rounds import (
     PlainRound,
     UploadRefusedError,
 )
-from appliance.store import Store
-from appliance.vendor_gate import EVALUATION_KIND, VendorGate, refuse_two_party_masking
-from appliance.versions import superseded_during_round
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire.modelcodec import Layout, flatten, unflatten
-from crypto import QuantizationSpec, RoundConfig, encoded_length, find_parameters
-from crypto.errors import InfeasibleParametersError, SecAggError
+from sealagg.appliance.store import Store
+from sealagg.appliance.vendor_gate import EVALUATION_KIND, VendorGate, refuse_two_party_masking
+from sealagg.appliance.versions import superseded_during_round
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire.modelcodec import Layout, flatten, unflatten
+from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length, find_parameters
+from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
 
 _log = logging.getLogger("sealagg.orchestrator")
 

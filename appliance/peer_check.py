@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
-from appliance.federation import Federation
+from sealagg.appliance.federation import FederationFolder
 
 #: Distinct certificates remembered; beyond this the memo starts over (bounded memory).
 MAX_ENTRIES = 4096
@@ -34,11 +34,11 @@ class _Verdict:
 
 
 class CachedPeerCheck:
-    """``Federation.check_peer_certificate`` with a memo of accepted certificates."""
+    """``FederationFolder.check_peer_certificate`` with a memo of accepted certificates."""
 
     def __init__(
         self,
-        federation: Federation,
+        federation: FederationFolder,
         *,
         max_entries: int = MAX_ENTRIES,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),

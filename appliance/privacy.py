@@ -39,18 +39,18 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.accounting import (
+from sealagg.appliance.accounting import (
     RoundPrivacy,
     combine_noise_multipliers,
     conservative,
     epsilon,
 )
-from appliance.audit import AuditLog
-from appliance.config import PrivacySection
-from appliance.pki import write_file_atomic
-from appliance.wire import sealagg_pb2 as pb
-from crypto.config import default_minimum_survivors
-from crypto.dp import DistributedDPSpec, decode_dp_sum, rotation_seed
+from sealagg.appliance.audit import AuditLog
+from sealagg.appliance.config import PrivacySection
+from sealagg.appliance.pki import write_file_atomic
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.crypto.config import default_minimum_survivors
+from sealagg.crypto.dp import DistributedDPSpec, decode_dp_sum, rotation_seed
 
 _log = logging.getLogger("sealagg.privacy")
 STATE_FILE = "privacy_state.json"

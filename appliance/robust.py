@@ -42,9 +42,9 @@ from typing import get_args
 
 import numpy as np
 
-import kernels
-from appliance.config import AggregationSection, Rule
-from appliance.rounds import (
+from sealagg import kernels
+from sealagg.appliance.config import AggregationSection, Rule
+from sealagg.appliance.rounds import (
     ActiveRound,
     Aggregate,
     MaskedRound,
@@ -52,9 +52,9 @@ from appliance.rounds import (
     PlainRound,
     UploadRefusedError,
 )
-from appliance.wire import sealagg_pb2 as pb
-from crypto import QuantizationSpec, RoundConfig, encoded_length
-from crypto.errors import SecAggError
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
+from sealagg.crypto.errors import SecAggError
 
 RULES: tuple[str, ...] = get_args(Rule)
 #: (n, mode, dropout_rate, corrupt_fraction) -> (degree or None, threshold, audit note).

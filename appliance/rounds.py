@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from appliance.wire import sealagg_pb2 as pb
-from crypto import (
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.crypto import (
     Phase,
     QuantizationSpec,
     RoundConfig,
@@ -25,8 +25,8 @@ from crypto import (
     decode,
     decode_sum,
 )
-from crypto.errors import SecAggError
-from crypto.messages import Message, masked_input_view
+from sealagg.crypto.errors import SecAggError
+from sealagg.crypto.messages import Message, masked_input_view
 
 #: Protocol messages other than the masked vector are small; this bounds them.
 SMALL_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -325,7 +325,7 @@ def check_in_range(
 
 
 def _status_for(error: SecAggError) -> str:
-    from crypto.errors import AbortReason as R
+    from sealagg.crypto.errors import AbortReason as R
 
     return {
         R.OUT_OF_PHASE: "FAILED_PRECONDITION",

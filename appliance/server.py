@@ -11,23 +11,23 @@ from pathlib import Path
 
 import grpc
 
-from appliance.attestation import endpoint_for
-from appliance.config import ApplianceConfig, load_config
-from appliance.errors import ProvisioningError
-from appliance.federation import Federation
-from appliance.metrics import Metrics
-from appliance.orchestrator import Orchestrator, QualityGate
-from appliance.peer_check import CachedPeerCheck
-from appliance.service import (
+from sealagg.appliance.attestation import endpoint_for
+from sealagg.appliance.config import ApplianceConfig, load_config
+from sealagg.appliance.errors import ProvisioningError
+from sealagg.appliance.federation import FederationFolder
+from sealagg.appliance.interceptors import MalformedRequestInterceptor
+from sealagg.appliance.metrics import Metrics
+from sealagg.appliance.orchestrator import Orchestrator, QualityGate
+from sealagg.appliance.peer_check import CachedPeerCheck
+from sealagg.appliance.service import (
     AdminService,
     AggregatorService,
     certificate_identity,
     insecure_identity,
 )
-from appliance.store import Store, default_state_path
-from appliance.wire import sealagg_pb2_grpc as pb_grpc
-from appliance.wireguard import MalformedRequestInterceptor
-from attest import Attester
+from sealagg.appliance.store import Store, default_state_path
+from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.attest import Attester
 
 _log = logging.getLogger("sealagg.server")
 
@@ -39,7 +39,7 @@ INSECURE_WARNING = (
 )
 
 
-def open_store(federation: Federation) -> Store:
+def open_store(federation: FederationFolder) -> Store:
     return Store.open(
         default_state_path(federation.folder),
         audit_key=federation.audit_signing_key,
@@ -47,7 +47,7 @@ def open_store(federation: Federation) -> Store:
     )
 
 
-def sync_participants(federation: Federation, store: Store) -> None:
+def sync_participants(federation: FederationFolder, store: Store) -> None:
     """Mirror issued and revoked client kits into the store (each change audited)."""
     active = {p.name: p for p in store.participants(active_only=True)}
     for record in federation.client_records():
@@ -61,11 +61,11 @@ def sync_participants(federation: Federation, store: Store) -> None:
             )
 
 
-def handshake_credentials(federation: Federation) -> grpc.ServerCredentials:
+def handshake_credentials(federation: FederationFolder) -> grpc.ServerCredentials:
     """Mutual-TLS credentials whose client trust anchors follow provisioning.
 
     gRPC asks for the certificate configuration before every new handshake; the anchors are
-    the active clients' own certificates (:meth:`Federation.handshake_trust_anchors`), so a
+    the active clients' own certificates (:meth:`FederationFolder.handshake_trust_anchors`), so a
     revoked, expired or unknown client certificate fails the handshake itself. The
     configuration is rebuilt only when ``clients/`` or ``revoked.json`` changed. Calls on a
     connection opened before a revocation are refused by the per-call certificate check.
@@ -111,7 +111,7 @@ class Appliance:
         config: ApplianceConfig | None = None,
         attester: Attester | None = None,
     ) -> None:
-        self.federation = Federation.load(folder)
+        self.federation = FederationFolder.load(folder)
         self.config = config or load_config(self.federation.paths.config)
         self.attestation = endpoint_for(self.federation, self.config.attestation, attester)
         self.store = open_store(self.federation)

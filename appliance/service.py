@@ -20,14 +20,14 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from appliance.attestation import AttestationEndpoint, report_details
-from appliance.errors import ProvisioningError, StoreError
-from appliance.metrics import Metrics
-from appliance.orchestrator import Orchestrator
-from appliance.rounds import UploadRefusedError
-from appliance.store import Store
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.appliance.attestation import AttestationEndpoint, report_details
+from sealagg.appliance.errors import ProvisioningError, StoreError
+from sealagg.appliance.metrics import Metrics
+from sealagg.appliance.orchestrator import Orchestrator
+from sealagg.appliance.rounds import UploadRefusedError
+from sealagg.appliance.store import Store
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
 _log = logging.getLogger("sealagg.service")
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.audit import (
+from sealagg.appliance.audit import (
     MAX_DETAILS_BYTES,
     AuditKey,
     AuditLog,
@@ -55,8 +55,8 @@ from appliance.audit import (
     check_json_value,
     format_time,
 )
-from appliance.errors import StoreError
-from appliance.models import (
+from sealagg.appliance.errors import StoreError
+from sealagg.appliance.models import (
     MODEL_STATUSES,
     ModelVersion,
     load_tensors,
@@ -70,9 +70,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATE_FILENAME",
     "TERMINAL_ROUND_STATUSES",
-    "Federation",
+    "FederationRecord",
     "ModelVersion",
-    "Participant",
+    "ParticipantRecord",
     "PhaseTransition",
     "Round",
     "Store",
@@ -213,13 +213,13 @@ def _utc_now() -> datetime:
 
 
 @dataclasses.dataclass(frozen=True)
-class Federation:
+class FederationRecord:
     name: str
     created: str
 
 
 @dataclasses.dataclass(frozen=True)
-class Participant:
+class ParticipantRecord:
     name: str
     cert_serial: str
     identity_key: bytes
@@ -263,8 +263,8 @@ _SELECT_MODELS = (
 )
 
 
-def _participant(row: tuple[Any, ...]) -> Participant:
-    return Participant(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6])
+def _participant(row: tuple[Any, ...]) -> ParticipantRecord:
+    return ParticipantRecord(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6])
 
 
 def _round(row: tuple[Any, ...]) -> Round:
@@ -583,18 +583,18 @@ class Store:
 
     # ----------------------------------------------------------------------- federation
 
-    def federation(self) -> Federation:
+    def federation(self) -> FederationRecord:
         with self.snapshot() as conn:
             row = conn.execute("SELECT name, created FROM federation WHERE id = 1").fetchone()
         if row is None:
             raise StoreError(f"{self.path}: the federation row is missing")
-        return Federation(row[0], row[1])
+        return FederationRecord(row[0], row[1])
 
     # --------------------------------------------------------------------- participants
 
     def add_participant(
         self, name: str, *, cert_serial: int | str, identity_key: bytes
-    ) -> Participant:
+    ) -> ParticipantRecord:
         """Register an active participant (unique active name, serial and identity key)."""
         self._require_audit()
         name = _check_name(name, "participant name")
@@ -624,9 +624,9 @@ class Store:
                 {"name": name, "cert_serial": serial, "identity_key": identity_key.hex()},
                 conn=tx,
             )
-        return Participant(name, serial, identity_key, "active", now, None, None)
+        return ParticipantRecord(name, serial, identity_key, "active", now, None, None)
 
-    def revoke_participant(self, name: str, *, reason: str | None = None) -> Participant:
+    def revoke_participant(self, name: str, *, reason: str | None = None) -> ParticipantRecord:
         """Mark the active participant ``name`` revoked (kept for the record)."""
         self._require_audit()
         reason = _check_text(reason, "reason")
@@ -653,7 +653,7 @@ class Store:
             _participant(row[1:]), status="revoked", revoked_at=now, revoke_reason=reason
         )
 
-    def participants(self, active_only: bool = True) -> list[Participant]:
+    def participants(self, active_only: bool = True) -> list[ParticipantRecord]:
         with self.snapshot() as conn:
             rows = conn.execute(
                 _SELECT_PARTICIPANTS + " WHERE status = 'active' OR ? ORDER BY id",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.federation import Federation, add_client, init_federation
-from appliance.kit import ClientKit, load_kit
-from appliance.server import Appliance, open_store
+from sealagg.appliance.federation import FederationFolder, add_client, init_federation
+from sealagg.appliance.kit import ClientKit, load_kit
+from sealagg.appliance.server import Appliance, open_store
 
 
 def free_port() -> int:
@@ -38,7 +38,7 @@ def base_model(seed: int = 0) -> dict[str, np.ndarray]:
 class Deployment:
     folder: Path
     port: int
-    federation: Federation
+    federation: FederationFolder
     kits: dict[str, ClientKit]
 
     @property

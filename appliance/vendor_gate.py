@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from appliance.config import GatesSection
-from appliance.models import ModelVersion
-from appliance.rounds import UploadRefusedError
-from appliance.store import Store
-from appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.config import GatesSection
+from sealagg.appliance.models import ModelVersion
+from sealagg.appliance.rounds import UploadRefusedError
+from sealagg.appliance.store import Store
+from sealagg.appliance.wire import sealagg_pb2 as pb
 
 __all__ = [
     "EVALUATION_KIND",

@@ -15,10 +15,10 @@ current, not those of the rounds rolled back. The audit entry names that version
 
 from __future__ import annotations
 
-from appliance.errors import StoreError
-from appliance.models import ModelVersion
-from appliance.optimizer_state import state_origin
-from appliance.store import Store
+from sealagg.appliance.errors import StoreError
+from sealagg.appliance.models import ModelVersion
+from sealagg.appliance.optimizer_state import state_origin
+from sealagg.appliance.store import Store
 
 __all__ = ["rollback", "superseded_during_round"]
 

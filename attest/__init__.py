@@ -9,20 +9,20 @@
   and an INSECURE software attester for development.
 """
 
-from attest.attesters import Attester, ConfigfsTsmAttester
-from attest.binding import NONCE_BYTES, report_data
-from attest.errors import (
+from sealagg.attest.attesters import Attester, ConfigfsTsmAttester
+from sealagg.attest.binding import NONCE_BYTES, report_data
+from sealagg.attest.errors import (
     AttestationError,
     AttestationRefusedError,
     AttesterUnavailableError,
     PolicyError,
     Reason,
 )
-from attest.evidence import FORMATS, NVIDIA_GPU, SEV_SNP, SOFTWARE, TDX, Evidence
-from attest.policy import Policy, load_policy, parse_policy
-from attest.result import INSECURE_WARNING, AttestationResult
-from attest.software import SoftwareAttester
-from attest.verifier import Verifier, VerifierLike
+from sealagg.attest.evidence import FORMATS, NVIDIA_GPU, SEV_SNP, SOFTWARE, TDX, Evidence
+from sealagg.attest.policy import Policy, load_policy, parse_policy
+from sealagg.attest.result import INSECURE_WARNING, AttestationResult
+from sealagg.attest.software import SoftwareAttester
+from sealagg.attest.verifier import Verifier, VerifierLike
 
 __all__ = [
     "FORMATS",

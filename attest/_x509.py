@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from attest.errors import AppraisalFailure, Reason
+from sealagg.attest.errors import AppraisalFailure, Reason
 
 
 def load_certificate(blob: bytes, what: str) -> x509.Certificate:

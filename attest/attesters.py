@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from attest.binding import REPORT_DATA_BYTES
-from attest.errors import AttesterUnavailableError
-from attest.evidence import SEV_SNP, TDX, Evidence
+from sealagg.attest.binding import REPORT_DATA_BYTES
+from sealagg.attest.errors import AttesterUnavailableError
+from sealagg.attest.evidence import SEV_SNP, TDX, Evidence
 
 TSM_ROOT = Path("/sys/kernel/config/tsm/report")
 _TSM_PROVIDERS = {"sev_guest": SEV_SNP, "tdx_guest": TDX}

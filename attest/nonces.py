@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from attest.binding import NONCE_BYTES
-from attest.errors import AppraisalFailure, Reason
+from sealagg.attest.binding import NONCE_BYTES
+from sealagg.attest.errors import AppraisalFailure, Reason
 
 MAX_OUTSTANDING = 1024
 

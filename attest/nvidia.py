@@ -19,9 +19,9 @@ import importlib.util
 import json
 from collections.abc import Mapping
 
-from attest.errors import AppraisalFailure, Reason
-from attest.evidence import NVIDIA_GPU, Evidence
-from attest.policy import FormatPolicy
+from sealagg.attest.errors import AppraisalFailure, Reason
+from sealagg.attest.evidence import NVIDIA_GPU, Evidence
+from sealagg.attest.policy import FormatPolicy
 
 SDK_MODULE = "nv_attestation_sdk"
 

@@ -44,8 +44,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from attest.errors import PolicyError
-from attest.evidence import FORMATS, NVIDIA_GPU, SEV_SNP, SOFTWARE, TDX
+from sealagg.attest.errors import PolicyError
+from sealagg.attest.evidence import FORMATS, NVIDIA_GPU, SEV_SNP, SOFTWARE, TDX
 
 POLICY_VERSION = 1
 

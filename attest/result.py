@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from attest.errors import AttestationRefusedError, Reason
+from sealagg.attest.errors import AttestationRefusedError, Reason
 
 INSECURE_WARNING = (
     "WARNING: the appliance was attested by the SOFTWARE attester. This proves nothing about "

@@ -17,12 +17,12 @@ import hmac
 import struct
 from collections.abc import Mapping
 
-from attest.errors import AppraisalFailure, Reason
-from attest.evidence import SOFTWARE, Evidence
-from attest.policy import FormatPolicy
-from crypto import IdentityKey
-from crypto._primitives.signing import verify_signature
-from crypto.errors import BadSignatureError, MalformedMessageError
+from sealagg.attest.errors import AppraisalFailure, Reason
+from sealagg.attest.evidence import SOFTWARE, Evidence
+from sealagg.attest.policy import FormatPolicy
+from sealagg.crypto import IdentityKey
+from sealagg.crypto._primitives.signing import verify_signature
+from sealagg.crypto.errors import BadSignatureError, MalformedMessageError
 
 MAGIC = b"SAGSWEV1"
 VERSION = 1

@@ -39,10 +39,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from attest import _x509
-from attest.errors import AppraisalFailure, Reason
-from attest.evidence import TDX, Evidence
-from attest.policy import FormatPolicy
+from sealagg.attest import _x509
+from sealagg.attest.errors import AppraisalFailure, Reason
+from sealagg.attest.evidence import TDX, Evidence
+from sealagg.attest.policy import FormatPolicy
 
 HEADER_BYTES = 48
 BODY_BYTES = 584

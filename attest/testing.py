@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from attest import sevsnp, tdx
-from attest.evidence import SEV_SNP, TDX, Evidence
+from sealagg.attest import sevsnp, tdx
+from sealagg.attest.evidence import SEV_SNP, TDX, Evidence
 
 _DER = serialization.Encoding.DER
 _PEM = serialization.Encoding.PEM

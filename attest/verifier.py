@@ -16,16 +16,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from attest.binding import report_data
-from attest.errors import AppraisalFailure, Reason
-from attest.evidence import Evidence
-from attest.nonces import NonceIssuer
-from attest.nvidia import NvidiaGpuAppraiser
-from attest.policy import FormatPolicy, Policy
-from attest.result import AttestationResult
-from attest.sevsnp import SevSnpAppraiser
-from attest.software import SoftwareAppraiser
-from attest.tdx import TdxAppraiser
+from sealagg.attest.binding import report_data
+from sealagg.attest.errors import AppraisalFailure, Reason
+from sealagg.attest.evidence import Evidence
+from sealagg.attest.nonces import NonceIssuer
+from sealagg.attest.nvidia import NvidiaGpuAppraiser
+from sealagg.attest.policy import FormatPolicy, Policy
+from sealagg.attest.result import AttestationResult
+from sealagg.attest.sevsnp import SevSnpAppraiser
+from sealagg.attest.software import SoftwareAppraiser
+from sealagg.attest.tdx import TdxAppraiser
 
 
 class Appraiser(Protocol):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +36,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels
-from appliance.robust import RULES as APPLIANCE_RULES
+from sealagg import kernels
+from sealagg.appliance.robust import RULES as APPLIANCE_RULES
 
 ATTACKS = ("none", "sign_flip", "gaussian", "alie", "ipm", "label_flip")
 RULES = (*APPLIANCE_RULES, "bucket_median")  # the appliance's rules, plus bucketing

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.testing import Deployment, RunningAppliance, make_deployment
-from client_shim.connection import Connection
-from client_shim.session import Participant
+from sealagg.appliance.testing import Deployment, RunningAppliance, make_deployment
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
 
 
 def _model(dimension: int) -> dict[str, np.ndarray]:
@@ -55,9 +55,9 @@ def _clients(dep: Deployment, rounds: int, dimension: int) -> list[threading.Thr
 CLIENT_PROCESS = """
 import sys
 import numpy as np
-from appliance.kit import load_kit
-from client_shim.connection import Connection
-from client_shim.session import Participant
+from sealagg.appliance.kit import load_kit
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
 
 kit, address = sys.argv[1], sys.argv[2]
 index, dim, rounds = (int(a) for a in sys.argv[3:6])
@@ -149,7 +149,7 @@ def _rounds(
 
 
 SERVE = (
-    "import asyncio, sys; from appliance.server import Appliance; "
+    "import asyncio, sys; from sealagg.appliance.server import Appliance; "
     "asyncio.run(Appliance(sys.argv[1]).run())"
 )
 

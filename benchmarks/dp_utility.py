@@ -30,9 +30,9 @@ import time
 
 import numpy as np
 
-from appliance.accounting import RoundPrivacy, epsilon, noise_multiplier_for
-from client_shim.demo.data import load_split
-from crypto import (
+from sealagg.appliance.accounting import RoundPrivacy, epsilon, noise_multiplier_for
+from sealagg.client_shim.demo.data import load_split
+from sealagg.crypto import (
     IdentityKey,
     QuantizationSpec,
     RoundConfig,
@@ -40,9 +40,9 @@ from crypto import (
     encode_update,
     find_parameters,
 )
-from crypto.dp import DistributedDPSpec, decode_dp_sum, encode_dp_update, rotation_seed
-from crypto.errors import InfeasibleParametersError
-from crypto.simulation import run_round
+from sealagg.crypto.dp import DistributedDPSpec, decode_dp_sum, encode_dp_update, rotation_seed
+from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.simulation import run_round
 
 CLASSES, FEATURES = 10, 64
 DIM = FEATURES * CLASSES + CLASSES

@@ -23,14 +23,14 @@ from pathlib import Path
 import drift_study as ds  # a sibling file: run through drift_study.py --loopback
 import numpy as np
 
-from appliance.attestation import setup_software_attestation
-from appliance.federation import Federation, add_client, init_federation
-from appliance.kit import load_kit
-from appliance.server import open_store
-from appliance.testing import Deployment, RunningAppliance, free_port
-from appliance.wire.modelcodec import Layout, flatten
-from client_shim.connection import Connection
-from client_shim.session import Participant
+from sealagg.appliance.attestation import setup_software_attestation
+from sealagg.appliance.federation import FederationFolder, add_client, init_federation
+from sealagg.appliance.kit import load_kit
+from sealagg.appliance.server import open_store
+from sealagg.appliance.testing import Deployment, RunningAppliance, free_port
+from sealagg.appliance.wire.modelcodec import Layout, flatten
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
 
 
 def _deployment(root: Path, base: dict[str, np.ndarray], args: argparse.Namespace) -> Deployment:
@@ -136,7 +136,7 @@ def run_loopback(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - started
         if errors:
             raise RuntimeError(f"a party failed: {errors}")
-        store = open_store(Federation.load(dep.folder))
+        store = open_store(FederationFolder.load(dep.folder))
         try:
             versions = store.model_versions()
             current = store.current_model()

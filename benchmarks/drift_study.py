@@ -54,7 +54,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -62,9 +61,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from client_shim.metrics import detection_metrics, no_worse
+from sealagg.client_shim.metrics import detection_metrics, no_worse
 
 ANOMALY_CLASSES = (3, 5)  # designated anomalies (positives) in the data-drift task
 NEW_CLASS = 8  # concept drift: the vendor never sees it; at the client it is a new anomaly

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.testing import RunningAppliance, make_deployment
-from client_shim.connection import Connection
-from client_shim.session import Participant
+from sealagg.appliance.testing import RunningAppliance, make_deployment
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
 
 
 def main() -> None:

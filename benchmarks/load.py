@@ -25,20 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.store import Store, default_state_path
-from appliance.testing import make_deployment
+from sealagg.appliance.store import Store, default_state_path
+from sealagg.appliance.testing import make_deployment
 
 SERVE = (
-    "import asyncio, sys; from appliance.server import Appliance; "
+    "import asyncio, sys; from sealagg.appliance.server import Appliance; "
     "asyncio.run(Appliance(sys.argv[1]).run())"
 )
 
 CLIENTS = """
 import json, sys, threading
 import numpy as np
-from appliance.kit import load_kit
-from client_shim.connection import Connection
-from client_shim.session import Participant
+from sealagg.appliance.kit import load_kit
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
 
 address, dim, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kits = sys.argv[4:]

@@ -22,9 +22,9 @@ import time
 import numpy as np
 import pytest
 
-import kernels
-from crypto import QuantizationSpec, decode_sum, encode_update, encoded_length
-from crypto.ckks import (
+from sealagg import kernels
+from sealagg.crypto import QuantizationSpec, decode_sum, encode_update, encoded_length
+from sealagg.crypto.ckks import (
     CkksAccumulator,
     CkksEncryptor,
     CkksKeyHolder,
@@ -33,10 +33,10 @@ from crypto.ckks import (
     mean_from_sum,
     per_layer_ciphertexts,
 )
-from crypto.errors import InfeasibleParametersError
-from crypto.params import find_parameters
-from crypto.simulation import RoundStats, run_round
-from crypto.testing import make_round
+from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.params import find_parameters
+from sealagg.crypto.simulation import RoundStats, run_round
+from sealagg.crypto.testing import make_round
 
 PROFILE = os.environ.get("SEALAGG_BENCH_PROFILE", "quick")
 _SIZES = {"smoke": (4, [2_000]), "quick": (10, [100_000]), "full": (10, [100_000, 1_000_000])}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-import kernels
-from kernels import reference as ref
+from sealagg import kernels
+from sealagg.kernels import reference as ref
 
 D = 1_000_000
 N_CLIENTS = 20

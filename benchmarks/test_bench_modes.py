@@ -22,12 +22,12 @@ import time
 import numpy as np
 import pytest
 
-import kernels
-from crypto import Phase
-from crypto.errors import InfeasibleParametersError
-from crypto.params import find_parameters
-from crypto.simulation import RoundStats, run_round
-from crypto.testing import make_round
+from sealagg import kernels
+from sealagg.crypto import Phase
+from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.params import find_parameters
+from sealagg.crypto.simulation import RoundStats, run_round
+from sealagg.crypto.testing import make_round
 
 PROFILE = os.environ.get("SEALAGG_BENCH_PROFILE", "quick")
 _SIZES = {

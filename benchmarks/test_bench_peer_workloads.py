@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crypto import Phase
-from crypto.errors import SecAggError
-from crypto.simulation import RoundStats, run_round
-from crypto.testing import make_round
+from sealagg.crypto import Phase
+from sealagg.crypto.errors import SecAggError
+from sealagg.crypto.simulation import RoundStats, run_round
+from sealagg.crypto.testing import make_round
 
 PROFILE = os.environ.get("SEALAGG_BENCH_PROFILE", "quick")
 WORKLOADS = [

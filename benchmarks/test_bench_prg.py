@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from crypto._primitives.prg import apply_masks, expand_mask
+from sealagg.crypto._primitives.prg import apply_masks, expand_mask
 
 D = 1_000_000
 

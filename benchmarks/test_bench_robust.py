@@ -12,16 +12,13 @@ Run: ``python -m pytest benchmarks/test_bench_robust.py --benchmark-only``, or
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels
+from sealagg import kernels
 
 D = 1_000_000
 SIZES = (20, 100)

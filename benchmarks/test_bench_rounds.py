@@ -16,10 +16,10 @@ import random
 import numpy as np
 import pytest
 
-from crypto import Phase
-from crypto.simulation import RoundStats, run_round
-from crypto.testing import make_round
-from kernels import weighted_mean
+from sealagg.crypto import Phase
+from sealagg.crypto.simulation import RoundStats, run_round
+from sealagg.crypto.testing import make_round
+from sealagg.kernels import weighted_mean
 
 SHAPES = [
     # (label, n, d, degree or None for complete, threshold, dropout fraction)

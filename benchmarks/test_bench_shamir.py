@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from crypto._primitives.shamir import (
+from sealagg.crypto._primitives.shamir import (
     PRIME,
     combine_many,
     combine_shares,

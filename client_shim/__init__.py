@@ -1,15 +1,15 @@
 """The sealagg client shim: join a federation from a training loop.
 
 ```python
-import client_shim
+from sealagg import client_shim
 federation = client_shim.connect("kit/")
 for rnd in federation.rounds(model):
     train(model, loader)
     rnd.submit(num_examples=len(dataset))
 ```
 
-Names are imported on first use, so ``import client_shim`` needs neither torch nor opacus;
-only using the PyTorch entry points (``connect(...).rounds``, ``proximal_term``) does.
+Names are imported on first use, so ``from sealagg import client_shim`` needs neither torch
+nor opacus; only using the PyTorch entry points (``connect(...).rounds``, ``proximal_term``) does.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from client_shim.connection import ApplianceUnavailableError, Connection
-    from client_shim.fedprox import proximal_term
-    from client_shim.privacy import ClientDP, opacus_epsilon, protect_update
-    from client_shim.pytorch import (
+    from sealagg.client_shim.connection import ApplianceUnavailableError, Connection
+    from sealagg.client_shim.fedprox import proximal_term
+    from sealagg.client_shim.privacy import ClientDP, opacus_epsilon, protect_update
+    from sealagg.client_shim.pytorch import (
         Federation,
         RoundContext,
         check_matches,
@@ -29,24 +29,24 @@ if TYPE_CHECKING:
         parameter_name,
         shared_parameters,
     )
-    from client_shim.session import Participant, RoundRefusedError, RoundReport
+    from sealagg.client_shim.session import Participant, RoundRefusedError, RoundReport
 
 _EXPORTS = {
-    "ApplianceUnavailableError": "client_shim.connection",
-    "ClientDP": "client_shim.privacy",
-    "Connection": "client_shim.connection",
-    "Federation": "client_shim.pytorch",
-    "Participant": "client_shim.session",
-    "RoundContext": "client_shim.pytorch",
-    "RoundRefusedError": "client_shim.session",
-    "RoundReport": "client_shim.session",
-    "check_matches": "client_shim.pytorch",
-    "connect": "client_shim.pytorch",
-    "opacus_epsilon": "client_shim.privacy",
-    "parameter_name": "client_shim.pytorch",
-    "protect_update": "client_shim.privacy",
-    "proximal_term": "client_shim.fedprox",
-    "shared_parameters": "client_shim.pytorch",
+    "ApplianceUnavailableError": "sealagg.client_shim.connection",
+    "ClientDP": "sealagg.client_shim.privacy",
+    "Connection": "sealagg.client_shim.connection",
+    "Federation": "sealagg.client_shim.pytorch",
+    "Participant": "sealagg.client_shim.session",
+    "RoundContext": "sealagg.client_shim.pytorch",
+    "RoundRefusedError": "sealagg.client_shim.session",
+    "RoundReport": "sealagg.client_shim.session",
+    "check_matches": "sealagg.client_shim.pytorch",
+    "connect": "sealagg.client_shim.pytorch",
+    "opacus_epsilon": "sealagg.client_shim.privacy",
+    "parameter_name": "sealagg.client_shim.pytorch",
+    "protect_update": "sealagg.client_shim.privacy",
+    "proximal_term": "sealagg.client_shim.fedprox",
+    "shared_parameters": "sealagg.client_shim.pytorch",
 }
 
 __all__ = [
@@ -71,7 +71,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'client_shim' has no attribute {name!r}")
+        raise AttributeError(f"module 'sealagg.client_shim' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

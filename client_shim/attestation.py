@@ -32,10 +32,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from appliance.kit import ClientKit
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire import sealagg_pb2_grpc as pb_grpc
-from attest import (
+from sealagg.appliance.kit import ClientKit
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.attest import (
     INSECURE_WARNING,
     AttestationError,
     AttestationRefusedError,
@@ -48,7 +48,7 @@ from attest import (
     VerifierLike,
     parse_policy,
 )
-from client_shim.connection import MAX_MESSAGE_BYTES, Connection
+from sealagg.client_shim.connection import MAX_MESSAGE_BYTES, Connection
 
 _log = logging.getLogger("sealagg.client.attestation")
 

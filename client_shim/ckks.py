@@ -17,23 +17,23 @@ from collections.abc import Callable, Mapping
 import grpc
 import numpy as np
 
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire.modelcodec import Layout
-from crypto import IdentityKey
-from crypto.ckks import (
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire.modelcodec import Layout
+from sealagg.crypto import IdentityKey
+from sealagg.crypto.ckks import (
     CkksEncryptor,
     CkksKeyHolder,
     CkksParameters,
     check_secret_context,
 )
-from crypto.ckks_keys import (
+from sealagg.crypto.ckks_keys import (
     CkksParty,
     read_bundle,
     read_roster,
     result_message,
     sealed_message,
 )
-from crypto.errors import CkksError, SecAggError
+from sealagg.crypto.errors import CkksError, SecAggError
 
 _log = logging.getLogger("sealagg.client.ckks")
 UPLOAD_KIND = "ckks"
@@ -71,7 +71,7 @@ def take_part(
     ``participant`` is the session's :class:`~client_shim.session.Participant` (its
     connection, identity and ``_follow`` loop). A separate key holder never calls ``compute``.
     """
-    from client_shim.session import _ROUND_LOST, RoundRefusedError  # session imports us
+    from sealagg.client_shim.session import _ROUND_LOST, RoundRefusedError  # session imports us
 
     try:
         params = parameters_from(start)

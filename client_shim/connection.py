@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from appliance.errors import KitMismatchError
-from appliance.kit import ClientKit
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.appliance.errors import KitMismatchError
+from sealagg.appliance.kit import ClientKit
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024

@@ -25,7 +25,7 @@ import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from client_shim.pytorch import RoundContext, _all_parameters, _torch
+from sealagg.client_shim.pytorch import RoundContext, _all_parameters, _torch
 
 if TYPE_CHECKING:
     import torch

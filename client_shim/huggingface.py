@@ -1,8 +1,8 @@
 """Join a sealagg federation from a Hugging Face ``transformers.Trainer``.
 
 ```python
-import client_shim
-from client_shim.huggingface import federated_train
+from sealagg import client_shim
+from sealagg.client_shim.huggingface import federated_train
 
 trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset)
 federation = client_shim.connect("kit/")
@@ -62,7 +62,7 @@ never leaves the client and never changes. Names are those of the PeftModel's
 ``named_parameters()`` (``base_model.model.…``), so the appliance's base model must be built
 from exactly those tensors::
 
-    from client_shim import shared_parameters
+    from sealagg.client_shim import shared_parameters
     base = {n: p.detach().numpy() for n, p in shared_parameters(peft_model, "trainable").items()}
 
 This module imports ``transformers`` when it is imported; :mod:`client_shim` never imports it,
@@ -86,9 +86,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "first, then `pip install 'sealagg[client]'`"
     ) from error
 
-from client_shim.pytorch import Share, _load, check_matches, shared_parameters
-from client_shim.session import RoundReport
-from client_shim.vendor import Evaluator
+from sealagg.client_shim.pytorch import Share, _load, check_matches, shared_parameters
+from sealagg.client_shim.session import RoundReport
+from sealagg.client_shim.vendor import Evaluator
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -96,7 +96,7 @@ if TYPE_CHECKING:
     import numpy as np
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
-    from client_shim.pytorch import Federation, RoundContext
+    from sealagg.client_shim.pytorch import Federation, RoundContext
 
 __all__ = ["FederatedCallback", "RoundRecord", "federated_train", "trainer_evaluator"]
 

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crypto.dp import MECHANISMS, DistributedDPSpec, encode_dp_update, rotation_seed
+from sealagg.crypto.dp import MECHANISMS, DistributedDPSpec, encode_dp_update, rotation_seed
 
 if TYPE_CHECKING:
-    from appliance.wire import sealagg_pb2 as pb
+    from sealagg.appliance.wire import sealagg_pb2 as pb
 
 __all__ = [
     "ClientDP",

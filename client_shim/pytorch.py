@@ -3,7 +3,7 @@
 The user's loop needs at most five added lines:
 
 ```python
-import client_shim
+from sealagg import client_shim
 federation = client_shim.connect("kit/")            # added
 for rnd in federation.rounds(model):                 # added
     train(model, loader)                             # the user's own code
@@ -64,14 +64,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import grpc
 import numpy as np
 
-from appliance.kit import ClientKit, load_kit
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire.modelcodec import Layout, flatten
-from client_shim.attestation import AttestationGuard
-from client_shim.connection import ApplianceUnavailableError, Connection
-from client_shim.privacy import ClientDP, protect_update
-from client_shim.session import Participant, RoundReport
-from client_shim.vendor import Evaluator
+from sealagg.appliance.kit import ClientKit, load_kit
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire.modelcodec import Layout, flatten
+from sealagg.client_shim.attestation import AttestationGuard
+from sealagg.client_shim.connection import ApplianceUnavailableError, Connection
+from sealagg.client_shim.privacy import ClientDP, protect_update
+from sealagg.client_shim.session import Participant, RoundReport
+from sealagg.client_shim.vendor import Evaluator
 
 if TYPE_CHECKING:
     import torch

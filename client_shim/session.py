@@ -18,14 +18,14 @@ import grpc
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire.modelcodec import Layout
-from client_shim import ckks
-from client_shim.attestation import AttestationGuard, require_attestation
-from client_shim.connection import Connection, Payload
-from client_shim.privacy import round_privacy
-from client_shim.vendor import Evaluator, answer_evaluation
-from crypto import (
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire.modelcodec import Layout
+from sealagg.client_shim import ckks
+from sealagg.client_shim.attestation import AttestationGuard, require_attestation
+from sealagg.client_shim.connection import Connection, Payload
+from sealagg.client_shim.privacy import round_privacy
+from sealagg.client_shim.vendor import Evaluator, answer_evaluation
+from sealagg.crypto import (
     IdentityKey,
     Message,
     QuantizationSpec,
@@ -35,8 +35,8 @@ from crypto import (
     encode_update,
     encoded_length,
 )
-from crypto.config import default_minimum_survivors
-from crypto.graph import complete_graph, harary_graph
+from sealagg.crypto.config import default_minimum_survivors
+from sealagg.crypto.graph import complete_graph, harary_graph
 
 _log = logging.getLogger("sealagg.client")
 

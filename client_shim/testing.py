@@ -6,9 +6,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from appliance.kit import ClientKit
-from client_shim.connection import Connection
-from client_shim.session import Participant
+from sealagg.appliance.kit import ClientKit
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
 
 
 def start_participants(

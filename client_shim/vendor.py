@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
-from appliance.wire import sealagg_pb2 as pb
-from client_shim.connection import Connection
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.client_shim.connection import Connection
 
 __all__ = ["Evaluator", "answer_evaluation"]
 

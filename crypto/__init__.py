@@ -12,14 +12,14 @@ Primitives (X25519, AEAD, HKDF, PRG, Shamir) live in ``crypto._primitives`` and 
 the only code that touches ``cryptography`` or PyNaCl.
 """
 
-from crypto._primitives.signing import IdentityKey
-from crypto.client import SecAggClient
-from crypto.config import RING_BITS, RoundConfig
-from crypto.encoding import QuantizationSpec, decode_sum, encode_update, encoded_length
-from crypto.graph import CommunicationGraph, complete_graph, harary_graph
-from crypto.messages import Message, Phase, decode
-from crypto.params import SecAggParameters, find_parameters
-from crypto.server import AggregateResult, SecAggServer
+from sealagg.crypto._primitives.signing import IdentityKey
+from sealagg.crypto.client import SecAggClient
+from sealagg.crypto.config import RING_BITS, RoundConfig
+from sealagg.crypto.encoding import QuantizationSpec, decode_sum, encode_update, encoded_length
+from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph
+from sealagg.crypto.messages import Message, Phase, decode
+from sealagg.crypto.params import SecAggParameters, find_parameters
+from sealagg.crypto.server import AggregateResult, SecAggServer
 
 __all__ = [
     "RING_BITS",

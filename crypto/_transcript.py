@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from crypto._primitives.kdf import derive_key
-from crypto.messages import Phase
+from sealagg.crypto._primitives.kdf import derive_key
+from sealagg.crypto.messages import Phase
 
 
 def _id(client_id: int) -> bytes:

@@ -25,8 +25,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from crypto._primitives.ckks import MAX_SECURE_COEFF_BITS, PublicContext, SecretContext
-from crypto.errors import (
+from sealagg.crypto._primitives.ckks import MAX_SECURE_COEFF_BITS, PublicContext, SecretContext
+from sealagg.crypto.errors import (
     CkksCiphertextError,
     CkksKeyError,
     CkksParameterError,

@@ -16,12 +16,12 @@ import hashlib
 import struct
 from typing import Any
 
-from crypto._primitives.aead import open_sealed, seal
-from crypto._primitives.agreement import PUBLIC_KEY_BYTES, AgreementKey
-from crypto._primitives.kdf import derive_key
-from crypto._primitives.signing import IdentityKey, verify_signature
-from crypto.ckks import MAX_CONTEXT_BYTES, field, pack_message, unpack_message
-from crypto.errors import CkksKeyError, MalformedMessageError
+from sealagg.crypto._primitives.aead import open_sealed, seal
+from sealagg.crypto._primitives.agreement import PUBLIC_KEY_BYTES, AgreementKey
+from sealagg.crypto._primitives.kdf import derive_key
+from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
+from sealagg.crypto.ckks import MAX_CONTEXT_BYTES, field, pack_message, unpack_message
+from sealagg.crypto.errors import CkksKeyError, MalformedMessageError
 
 _PURPOSE_CONTEXT = b"ckks-secret-context"
 MAX_SEALED_BYTES = MAX_CONTEXT_BYTES + 64

@@ -16,14 +16,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from crypto import _transcript as tr
-from crypto._primitives.aead import open_sealed, seal
-from crypto._primitives.agreement import AgreementKey
-from crypto._primitives.prg import SEED_BYTES, apply_masks
-from crypto._primitives.shamir import split_secrets
-from crypto._primitives.signing import IdentityKey, verify_signature
-from crypto.config import RoundConfig
-from crypto.errors import (
+from sealagg.crypto import _transcript as tr
+from sealagg.crypto._primitives.aead import open_sealed, seal
+from sealagg.crypto._primitives.agreement import AgreementKey
+from sealagg.crypto._primitives.prg import SEED_BYTES, apply_masks
+from sealagg.crypto._primitives.shamir import split_secrets
+from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
+from sealagg.crypto.config import RoundConfig
+from sealagg.crypto.errors import (
     BadSignatureError,
     BelowThresholdError,
     BothSharesRequestedError,
@@ -34,7 +34,7 @@ from crypto.errors import (
     SecAggError,
     UnknownSenderError,
 )
-from crypto.messages import (
+from sealagg.crypto.messages import (
     SHARE_BYTES,
     AdvertiseKeys,
     ConsistencySignature,

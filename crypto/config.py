@@ -6,8 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from crypto.graph import CommunicationGraph, complete_graph, harary_graph
-from crypto.messages import ROUND_ID_BYTES
+from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph
+from sealagg.crypto.messages import ROUND_ID_BYTES
 
 RING_BITS = 32
 

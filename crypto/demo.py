@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from crypto import (
+from sealagg.crypto import (
     IdentityKey,
     Phase,
     QuantizationSpec,
@@ -24,8 +24,8 @@ from crypto import (
     encoded_length,
     find_parameters,
 )
-from crypto.errors import SecAggError
-from crypto.simulation import RoundStats, run_round
+from sealagg.crypto.errors import SecAggError
+from sealagg.crypto.simulation import RoundStats, run_round
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -42,8 +42,8 @@ from typing import Literal
 
 import numpy as np
 
-from crypto._primitives.prg import SEED_BYTES, expand_mask
-from crypto.config import RING_BITS
+from sealagg.crypto._primitives.prg import SEED_BYTES, expand_mask
+from sealagg.crypto.config import RING_BITS
 
 Mechanism = Literal["gaussian", "discrete_gaussian", "skellam"]
 MECHANISMS: tuple[str, ...] = ("gaussian", "discrete_gaussian", "skellam")

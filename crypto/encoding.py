@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from crypto._primitives.prg import SEED_BYTES, uniform_uint16
-from crypto.config import RING_BITS
-from kernels import dequantize, quantization_scale, quantize
+from sealagg.crypto._primitives.prg import SEED_BYTES, uniform_uint16
+from sealagg.crypto.config import RING_BITS
+from sealagg.kernels import dequantize, quantization_scale, quantize
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from crypto.errors import MalformedMessageError, UnsupportedVersionError
+from sealagg.crypto.errors import MalformedMessageError, UnsupportedVersionError
 
 SCHEMA_VERSION = 1
 ROUND_ID_BYTES = 32

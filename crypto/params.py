@@ -88,8 +88,8 @@ from typing import Literal
 
 import numpy as np
 
-from crypto.errors import InfeasibleParametersError
-from crypto.graph import TWO_PARTY_EXPLANATION, CommunicationGraph
+from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.graph import TWO_PARTY_EXPLANATION, CommunicationGraph
 
 __all__ = [
     "MAX_REMOVED_FRACTION",

@@ -15,13 +15,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from crypto import _transcript as tr
-from crypto._primitives.agreement import AgreementKey
-from crypto._primitives.prg import apply_masks
-from crypto._primitives.shamir import combine_shares
-from crypto._primitives.signing import verify_signature
-from crypto.config import RoundConfig
-from crypto.errors import (
+from sealagg.crypto import _transcript as tr
+from sealagg.crypto._primitives.agreement import AgreementKey
+from sealagg.crypto._primitives.prg import apply_masks
+from sealagg.crypto._primitives.shamir import combine_shares
+from sealagg.crypto._primitives.signing import verify_signature
+from sealagg.crypto.config import RoundConfig
+from sealagg.crypto.errors import (
     BelowThresholdError,
     DuplicateMessageError,
     MalformedMessageError,
@@ -31,7 +31,7 @@ from crypto.errors import (
     SecAggError,
     UnknownSenderError,
 )
-from crypto.messages import (
+from sealagg.crypto.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     KeyDirectory,

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from crypto._primitives.signing import IdentityKey
-from crypto.client import SecAggClient
-from crypto.config import RoundConfig
-from crypto.errors import SecAggError
-from crypto.messages import Message, Phase, decode
-from crypto.server import AggregateResult, SecAggServer
+from sealagg.crypto._primitives.signing import IdentityKey
+from sealagg.crypto.client import SecAggClient
+from sealagg.crypto.config import RoundConfig
+from sealagg.crypto.errors import SecAggError
+from sealagg.crypto.messages import Message, Phase, decode
+from sealagg.crypto.server import AggregateResult, SecAggServer
 
 
 @dataclasses.dataclass

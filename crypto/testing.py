@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from crypto import IdentityKey, RoundConfig
+from sealagg.crypto import IdentityKey, RoundConfig
 
 
 @dataclasses.dataclass

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+# Test subprocesses started from the repository root (``python -c``) must not find our folders
+# under their bare names before the installed distributions (Hugging Face's ``kernels``).
+os.environ["PYTHONSAFEPATH"] = "1"
+
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from appliance.rounds import ActiveRound
-from appliance.testing import Deployment, RunningAppliance, base_model, make_deployment
+from sealagg.appliance.rounds import ActiveRound
+from sealagg.appliance.testing import Deployment, RunningAppliance, base_model, make_deployment
 
 __all__ = ["base_model"]
 

@@ -23,8 +23,8 @@ imports torch (only ``export --format torch`` does, on demand).
 
 import typer
 
-from appliance.cli import audit, bench, clients, demo, init, models, rounds, serve, status
-from appliance.cli._common import SealaggGroup
+from sealagg.appliance.cli import audit, bench, clients, demo, init, models, rounds, serve, status
+from sealagg.appliance.cli._common import SealaggGroup
 
 __all__ = ["app"]
 

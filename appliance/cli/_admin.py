@@ -10,10 +10,10 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME, CLIError
-from appliance.kit import ClientKit, load_kit, raw_public_key
-from appliance.wire import sealagg_pb2 as pb
-from appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME, CLIError
+from sealagg.appliance.kit import ClientKit, load_kit, raw_public_key
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
 #: What ``client_shim.connection`` sends in --insecure mode (development only).
 INSECURE_NAME_HEADER = "sealagg-insecure-client"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from appliance.errors import ApplianceError
+from sealagg.appliance.errors import ApplianceError
 
 FOLDER_ENV = "SEALAGG_FOLDER"
 DEFAULT_FOLDER = Path("federation")
@@ -27,7 +27,7 @@ FolderOption = Annotated[
         "--folder",
         "-f",
         envvar=FOLDER_ENV,
-        help="Federation folder.",
+        help="FederationFolder folder.",
         show_envvar=True,
     ),
 ]
@@ -97,7 +97,7 @@ def check_federation(folder: Path) -> None:
 
 
 def state_exists(folder: Path) -> bool:
-    from appliance.store import default_state_path
+    from sealagg.appliance.store import default_state_path
 
     return default_state_path(folder).is_file()
 
@@ -105,7 +105,7 @@ def state_exists(folder: Path) -> bool:
 def open_state_readonly(folder: Path) -> Any:
     """The federation's state database opened read-only: reading needs no private key and
     never writes. Raises :class:`CLIError` when it does not exist yet."""
-    from appliance.store import Store, default_state_path
+    from sealagg.appliance.store import Store, default_state_path
 
     check_federation(folder)
     path = default_state_path(folder)
@@ -119,11 +119,11 @@ def open_state_readonly(folder: Path) -> Any:
 
 def open_state_writable(folder: Path) -> Any:
     """The store exactly as the appliance opens it (creating it on first use)."""
-    from appliance.federation import Federation
-    from appliance.server import open_store
+    from sealagg.appliance.federation import FederationFolder
+    from sealagg.appliance.server import open_store
 
     check_federation(folder)
-    return open_store(Federation.load(folder))
+    return open_store(FederationFolder.load(folder))
 
 
 def short_time(stamp: str | None) -> str:

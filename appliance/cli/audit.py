@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from rich.markup import escape
 
-from appliance.cli._common import (
+from sealagg.appliance.cli._common import (
     DEFAULT_FOLDER,
     CLIError,
     FolderOption,
     console,
     open_state_readonly,
 )
-from appliance.errors import AuditVerificationError
+from sealagg.appliance.errors import AuditVerificationError
 
 audit_app = typer.Typer(help="The signed, hash-chained audit log.")
 
@@ -66,7 +66,7 @@ def verify(
     ] = None,
 ) -> None:
     """Verify every entry, the chain and the signed head; exit 1 at the first bad entry."""
-    from appliance.audit import verify_jsonl
+    from sealagg.appliance.audit import verify_jsonl
 
     if (expected_count is None) != (expected_hash is None):
         raise typer.BadParameter(

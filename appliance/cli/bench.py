@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from appliance.cli._common import console, err_console, fail
+from sealagg.appliance.cli._common import console, err_console, fail
 
 BUDGETS_FILE = "budgets.toml"
 RESULTS_MD = "RESULTS.md"
@@ -50,7 +50,7 @@ def finish(
     results: dict[str, Any], bench_dir: Path | None, out_dir: Path, draw: bool = True
 ) -> list[str]:
     """Metrics, budget verdicts, plots and report.md for ``results``; returns failure lines."""
-    from appliance.cli._bench import budgets, metrics, plots, report
+    from sealagg.appliance.cli._bench import budgets, metrics, plots, report
 
     results["metrics"] = metrics.collect(results)
     failures: list[str] = []
@@ -167,7 +167,7 @@ def bench(
         out_dir = out or results_file.parent
     else:
         bench_dir = find_bench_dir(benchmarks)
-        from appliance.cli._bench.runner import Run, SuiteConfig
+        from sealagg.appliance.cli._bench.runner import Run, SuiteConfig
 
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         out_dir = out or Path("bench-results") / f"{stamp}-{profile}"

@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from appliance.cli._common import (
+from sealagg.appliance.cli._common import (
     ADMIN_NAME,
     DEFAULT_FOLDER,
     CLIError,
@@ -17,7 +17,7 @@ from appliance.cli._common import (
     console,
     read_passphrase,
 )
-from appliance.federation import Federation, add_client, revoke_client
+from sealagg.appliance.federation import FederationFolder, add_client, revoke_client
 
 
 def add_client_command(
@@ -48,7 +48,7 @@ def add_client_command(
             f"rounds and may call the Admin service); add --admin to issue those credentials"
         )
     check_federation(folder)
-    federation = Federation.load(folder, passphrase=read_passphrase(passphrase_file))
+    federation = FederationFolder.load(folder, passphrase=read_passphrase(passphrase_file))
     path = add_client(federation, name, out=out, archive=archive)
     record = federation.client_record(name)
     serial = f" (certificate serial {record.serial:x})" if record is not None else ""
@@ -70,7 +70,7 @@ def revoke(
 ) -> None:
     """Revoke a client's certificate; the appliance refuses it from its next call on."""
     check_federation(folder)
-    federation = Federation.load(folder)
+    federation = FederationFolder.load(folder)
     revoke_client(federation, name)
     console.print(f"[yellow]revoked[/] [bold]{escape(name)}[/]", soft_wrap=True)
     console.print(
@@ -89,7 +89,7 @@ def revoke(
 def list_clients(folder: FolderOption = DEFAULT_FOLDER) -> None:
     """List issued clients and whether they are revoked."""
     check_federation(folder)
-    federation = Federation.load(folder)
+    federation = FederationFolder.load(folder)
     revoked_serials = federation.revocations()
     table = Table(title=f"clients of {federation.name}")
     table.add_column("name")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from appliance.cli._common import console, fail
+from sealagg.appliance.cli._common import console, fail
 
 
 class DemoMode(enum.StrEnum):
@@ -70,7 +70,7 @@ def demo(
 ) -> None:
     """Run a demo federation on this machine: provisioning, rounds, accuracy, audit."""
     try:
-        from client_shim.demo.runner import DemoConfig, render_report, run_demo
+        from sealagg.client_shim.demo.runner import DemoConfig, render_report, run_demo
     except ImportError as error:
         fail(
             f"the demo needs the client extra ({error.name} is missing): install torch (CPU "

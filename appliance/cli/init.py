@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from appliance.cli._common import (
+from sealagg.appliance.cli._common import (
     ADMIN_KIT_DIRNAME,
     ADMIN_NAME,
     DEFAULT_FOLDER,
@@ -16,8 +16,8 @@ from appliance.cli._common import (
     console,
     read_passphrase,
 )
-from appliance.errors import ApplianceError
-from appliance.federation import DEFAULT_PORT, add_client, init_federation
+from sealagg.appliance.errors import ApplianceError
+from sealagg.appliance.federation import DEFAULT_PORT, add_client, init_federation
 
 
 def init(

@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from appliance.cli._common import (
+from sealagg.appliance.cli._common import (
     DEFAULT_FOLDER,
     CLIError,
     FolderOption,
@@ -99,7 +99,7 @@ def import_model(
     folder: FolderOption = DEFAULT_FOLDER,
 ) -> None:
     """Register a base model version (accepted, no parent): rounds start from it."""
-    from appliance.models import validate_tensors
+    from sealagg.appliance.models import validate_tensors
 
     check_federation(folder)
     tensors = _load_float_tensors(file)
@@ -180,7 +180,7 @@ def show_model(
     folder: FolderOption = DEFAULT_FOLDER,
 ) -> None:
     """Show one model version: lineage, status, file, every recorded metric."""
-    from appliance.errors import StoreError
+    from sealagg.appliance.errors import StoreError
 
     store = open_state_readonly(folder)
     try:
@@ -225,8 +225,8 @@ def rollback_model(
     """Make an earlier accepted version current again (a new version, same weights; audited)."""
     import getpass
 
-    from appliance.errors import StoreError
-    from appliance.versions import rollback
+    from sealagg.appliance.errors import StoreError
+    from sealagg.appliance.versions import rollback
 
     store = open_state_writable(folder)
     try:
@@ -318,8 +318,8 @@ def export_model(
 def _stored_bytes(folder: Path, sha256: str) -> bytes:
     """The stored file of a model version, byte for byte, after checking its SHA-256 (so the
     export hashes to the value the store and the audit log record)."""
-    from appliance.errors import StoreError
-    from appliance.models import model_relpath
+    from sealagg.appliance.errors import StoreError
+    from sealagg.appliance.models import model_relpath
 
     path = folder / model_relpath(sha256)
     try:

@@ -6,14 +6,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from appliance.cli._admin import (
+from sealagg.appliance.cli._admin import (
     AddressOption,
     AdminClient,
     InsecureOption,
     KitOption,
     TimeoutOption,
 )
-from appliance.cli._common import (
+from sealagg.appliance.cli._common import (
     DEFAULT_FOLDER,
     FolderOption,
     check_federation,

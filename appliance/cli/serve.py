@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from appliance.cli._common import DEFAULT_FOLDER, CLIError, FolderOption, check_federation
+from sealagg.appliance.cli._common import DEFAULT_FOLDER, CLIError, FolderOption, check_federation
 
 if TYPE_CHECKING:
-    from appliance.server import Appliance
+    from sealagg.appliance.server import Appliance
 
 _log = logging.getLogger("sealagg.cli")
 
@@ -127,7 +127,7 @@ def serve(
     check_federation(Path(folder))
     with json_logging(log_level.value):
         # Imported here: the server pulls in the numba kernels; the other commands need not.
-        from appliance.server import Appliance
+        from sealagg.appliance.server import Appliance
 
         # Config errors surface here, before anything binds. The --insecure warning is
         # printed by the appliance itself at start (to stderr, whatever the log level).

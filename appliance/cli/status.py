@@ -12,14 +12,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from appliance.cli._admin import (
+from sealagg.appliance.cli._admin import (
     AddressOption,
     AdminClient,
     InsecureOption,
     KitOption,
     TimeoutOption,
 )
-from appliance.cli._common import DEFAULT_FOLDER, CLIError, FolderOption, console, styled
+from sealagg.appliance.cli._common import DEFAULT_FOLDER, CLIError, FolderOption, console, styled
 
 
 def _names(names: Any, limit: int = 12) -> str:

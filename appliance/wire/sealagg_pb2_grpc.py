@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from appliance.wire import sealagg_pb2 as appliance_dot_wire_dot_sealagg__pb2
+from sealagg.appliance.wire import sealagg_pb2 as sealagg_dot_appliance_dot_wire_dot_sealagg__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in appliance/wire/sealagg_pb2_grpc.py depends on'
+        + ' but the generated code in sealagg/appliance/wire/sealagg_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class AggregatorStub:
         """
         self.GetTask = channel.unary_unary(
                 '/sealagg.v1.Aggregator/GetTask',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.TaskRequest.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.Task.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.TaskRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.Task.FromString,
                 _registered_method=True)
         self.Submit = channel.stream_unary(
                 '/sealagg.v1.Aggregator/Submit',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.UploadChunk.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.UploadChunk.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
                 _registered_method=True)
         self.SubmitMessage = channel.unary_unary(
                 '/sealagg.v1.Aggregator/SubmitMessage',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.UploadMessage.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.UploadMessage.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
                 _registered_method=True)
         self.DownloadModel = channel.unary_stream(
                 '/sealagg.v1.Aggregator/DownloadModel',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
                 _registered_method=True)
         self.Attest = channel.unary_unary(
                 '/sealagg.v1.Aggregator/Attest',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestRequest.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestReply.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestReply.FromString,
                 _registered_method=True)
         self.ReportAttestation = channel.unary_unary(
                 '/sealagg.v1.Aggregator/ReportAttestation',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
                 _registered_method=True)
 
 
@@ -117,33 +117,33 @@ def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.TaskRequest.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.Task.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.TaskRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.Task.SerializeToString,
             ),
             'Submit': grpc.stream_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.UploadChunk.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.UploadChunk.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.SubmitAck.SerializeToString,
             ),
             'SubmitMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitMessage,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.UploadMessage.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.SubmitAck.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.UploadMessage.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.SubmitAck.SerializeToString,
             ),
             'DownloadModel': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadModel,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.ModelRequest.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.ModelChunk.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelChunk.SerializeToString,
             ),
             'Attest': grpc.unary_unary_rpc_method_handler(
                     servicer.Attest,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestRequest.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestReply.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestReply.SerializeToString,
             ),
             'ReportAttestation': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportAttestation,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReport.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReport.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -171,8 +171,8 @@ class Aggregator:
             request,
             target,
             '/sealagg.v1.Aggregator/GetTask',
-            appliance_dot_wire_dot_sealagg__pb2.TaskRequest.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.Task.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.TaskRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,
@@ -198,8 +198,8 @@ class Aggregator:
             request_iterator,
             target,
             '/sealagg.v1.Aggregator/Submit',
-            appliance_dot_wire_dot_sealagg__pb2.UploadChunk.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.UploadChunk.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -225,8 +225,8 @@ class Aggregator:
             request,
             target,
             '/sealagg.v1.Aggregator/SubmitMessage',
-            appliance_dot_wire_dot_sealagg__pb2.UploadMessage.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.UploadMessage.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.SubmitAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -252,8 +252,8 @@ class Aggregator:
             request,
             target,
             '/sealagg.v1.Aggregator/DownloadModel',
-            appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -279,8 +279,8 @@ class Aggregator:
             request,
             target,
             '/sealagg.v1.Aggregator/Attest',
-            appliance_dot_wire_dot_sealagg__pb2.AttestRequest.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.AttestReply.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -306,8 +306,8 @@ class Aggregator:
             request,
             target,
             '/sealagg.v1.Aggregator/ReportAttestation',
-            appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -330,13 +330,13 @@ class AdminStub:
         """
         self.Status = channel.unary_unary(
                 '/sealagg.v1.Admin/Status',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.StatusRequest.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.StatusReply.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.StatusRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.StatusReply.FromString,
                 _registered_method=True)
         self.Decide = channel.unary_unary(
                 '/sealagg.v1.Admin/Decide',
-                request_serializer=appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.SerializeToString,
-                response_deserializer=appliance_dot_wire_dot_sealagg__pb2.DecisionReply.FromString,
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionReply.FromString,
                 _registered_method=True)
 
 
@@ -360,13 +360,13 @@ def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.StatusRequest.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.StatusReply.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.StatusRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.StatusReply.SerializeToString,
             ),
             'Decide': grpc.unary_unary_rpc_method_handler(
                     servicer.Decide,
-                    request_deserializer=appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.FromString,
-                    response_serializer=appliance_dot_wire_dot_sealagg__pb2.DecisionReply.SerializeToString,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,8 +394,8 @@ class Admin:
             request,
             target,
             '/sealagg.v1.Admin/Status',
-            appliance_dot_wire_dot_sealagg__pb2.StatusRequest.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.StatusReply.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.StatusRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -421,8 +421,8 @@ class Admin:
             request,
             target,
             '/sealagg.v1.Admin/Decide',
-            appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.SerializeToString,
-            appliance_dot_wire_dot_sealagg__pb2.DecisionReply.FromString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionReply.FromString,
             options,
             channel_credentials,
             insecure,

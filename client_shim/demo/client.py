@@ -1,6 +1,6 @@
 """One demo client process: train on its own data shard, take part in the federation's rounds.
 
-    python -m client_shim.demo.client --kit KIT --shard-file SHARD.npz --rounds R \
+    python -m sealagg.client_shim.demo.client --kit KIT --shard-file SHARD.npz --rounds R \
         --epochs E --seed S --result-file RESULT.jsonl [--dp] [--vanish ROUND:PHASE ...]
 
 It joins through the PyTorch shim (:func:`client_shim.connect`), exactly as a user's
@@ -52,7 +52,9 @@ def parse_vanish(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m client_shim.demo.client", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m sealagg.client_shim.demo.client", description=__doc__
+    )
     p.add_argument("--kit", type=Path, required=True, help="this client's kit folder")
     p.add_argument("--shard-file", type=Path, required=True, help=".npz with x and y")
     p.add_argument("--rounds", type=int, required=True, help="leave after this round number")
@@ -135,8 +137,8 @@ def warm_up(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> None:
     quantization kernels), so that a round's first deadline covers training only."""
     import copy
 
-    from client_shim.demo.model import train
-    from crypto import QuantizationSpec, encode_update
+    from sealagg.client_shim.demo.model import train
+    from sealagg.crypto import QuantizationSpec, encode_update
 
     train(copy.deepcopy(model), x[:16], y[:16], epochs=1)
     encode_update(np.zeros(8, dtype=np.float32), 1.0, QuantizationSpec(clip=1.0, max_clients=3))
@@ -150,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
     import torch
 
-    import client_shim
-    from client_shim.demo.data import load_shard
-    from client_shim.demo.model import DigitsMLP, train
-    from client_shim.session import RoundRefusedError
+    from sealagg import client_shim
+    from sealagg.client_shim.demo.data import load_shard
+    from sealagg.client_shim.demo.model import DigitsMLP, train
+    from sealagg.client_shim.session import RoundRefusedError
 
     torch.set_num_threads(1)  # several clients share a small machine
     x, y = load_shard(args.shard_file)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from client_shim.demo.data import NUM_CLASSES, NUM_FEATURES
+from sealagg.client_shim.demo.data import NUM_CLASSES, NUM_FEATURES
 
 HIDDEN = 64
 #: Local training defaults, tuned on the non-IID split (see runner.py).

@@ -6,7 +6,7 @@
 2. Split scikit-learn's bundled 8x8 digits (no network) into a fixed held-out test set and a
    training part shared out non-IID (Dirichlet over labels) across the clients; each client
    gets its shard as an ``.npz`` file and trains on that alone.
-3. Start the appliance and one process per client (``python -m client_shim.demo.client``).
+3. Start the appliance and one process per client (``python -m sealagg.client_shim.demo.client``).
    With ``dropout``, chosen clients vanish mid-protocol (their process exits instead of
    sending a phase's message); they are started again for the next round.
 4. Show live progress from the Admin.Status RPC (mutual TLS with the admin kit).
@@ -42,8 +42,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from client_shim.demo.client import PHASES, VANISHED_EXIT_CODE
-from client_shim.demo.data import dirichlet_shards, load_split, save_shard
+from sealagg.client_shim.demo.client import PHASES, VANISHED_EXIT_CODE
+from sealagg.client_shim.demo.data import dirichlet_shards, load_split, save_shard
 
 MODES = ("plaintext", "secagg", "secagg+", "ckks")
 ADMIN_NAME = "admin"
@@ -65,10 +65,9 @@ APPLIANCE_SCRIPT = (
     "import asyncio, logging, sys\n"
     "logging.basicConfig(level=logging.INFO, "
     "format='%(asctime)s %(name)s %(levelname)s %(message)s')\n"
-    "from appliance.server import Appliance\n"
+    "from sealagg.appliance.server import Appliance\n"
     "asyncio.run(Appliance(sys.argv[1]).run())\n"
 )
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,10 +226,10 @@ def _toml_value(value: object) -> str:
 
 def provision(folder: Path, config: DemoConfig) -> tuple[Any, dict[str, Path], Path]:
     """Federation, client kits and admin kit in ``folder``; config written; base model in."""
-    from appliance.federation import add_client, init_federation
-    from appliance.server import open_store
-    from appliance.testing import free_port
-    from client_shim.demo.model import make_model, to_numpy
+    from sealagg.appliance.federation import add_client, init_federation
+    from sealagg.appliance.server import open_store
+    from sealagg.appliance.testing import free_port
+    from sealagg.client_shim.demo.model import make_model, to_numpy
 
     federation = init_federation(
         folder, name="sealagg-demo", hosts=["localhost", "127.0.0.1"], port=free_port()
@@ -264,8 +263,8 @@ def provision(folder: Path, config: DemoConfig) -> tuple[Any, dict[str, Path], P
 
 def _env(*, single_threaded: bool = False) -> dict[str, str]:
     env = dict(os.environ)
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + path if path else "")
+    # sealagg is installed: no PYTHONPATH, and never the working directory first on sys.path.
+    env["PYTHONSAFEPATH"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     if single_threaded:
         # Several clients share a small machine and their tensors are tiny: worker threads
@@ -299,7 +298,7 @@ class ClientProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_env(single_threaded=True),
-                cwd=_PACKAGE_ROOT,
+                cwd=self.log.parent,
             )
         self.starts += 1
 
@@ -340,9 +339,9 @@ class StatusPoller:
     def __init__(self, kit_path: Path, address: str) -> None:
         import grpc
 
-        from appliance.kit import load_kit
-        from appliance.wire import sealagg_pb2 as pb
-        from appliance.wire import sealagg_pb2_grpc as pb_grpc
+        from sealagg.appliance.kit import load_kit
+        from sealagg.appliance.wire import sealagg_pb2 as pb
+        from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
         kit = load_kit(kit_path)
         ca, key, cert = kit.channel_credentials_material()
@@ -498,7 +497,7 @@ def _run(
         argv = [
             sys.executable,
             "-m",
-            "client_shim.demo.client",
+            "sealagg.client_shim.demo.client",
             "--kit",
             str(kits[name]),
             "--shard-file",
@@ -553,7 +552,7 @@ def _run(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_env(),
-            cwd=_PACKAGE_ROOT,
+            cwd=work,
         )
     poller: StatusPoller | None = None
     progress = Progress(config.rounds, config.mode, time.monotonic())
@@ -686,9 +685,9 @@ def _evaluate(config: DemoConfig, folder: Path, split: Any, result: DemoResult) 
     """Accuracy of every global model, the audit chain, and the centralized baseline."""
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    from appliance.errors import ApplianceError
-    from appliance.store import Store, default_state_path
-    from client_shim.demo.model import accuracy_of, make_model, to_numpy, train
+    from sealagg.appliance.errors import ApplianceError
+    from sealagg.appliance.store import Store, default_state_path
+    from sealagg.client_shim.demo.model import accuracy_of, make_model, to_numpy, train
 
     # What an auditor holds: the federation's audit public key.
     verify_key = load_pem_public_key((folder / "audit_public_key.pem").read_bytes())
@@ -919,7 +918,7 @@ def render_report(result: DemoResult, console: Console) -> None:
 
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
-    """``python -m client_shim.demo.runner`` with the defaults (the CLI has the options)."""
+    """``python -m sealagg.client_shim.demo.runner`` with the defaults (the CLI has the options)."""
     console = Console(file=stdout, highlight=False)
     result = run_demo(DemoConfig(), console)
     render_report(result, console)

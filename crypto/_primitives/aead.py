@@ -11,7 +11,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from crypto.errors import DecryptionError
+from sealagg.crypto.errors import DecryptionError
 
 NONCE_BYTES = 12
 TAG_BYTES = 16

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from crypto.errors import MalformedMessageError
+from sealagg.crypto.errors import MalformedMessageError
 
 PUBLIC_KEY_BYTES = 32
 PRIVATE_KEY_BYTES = 32

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from crypto.errors import CkksCiphertextError, CkksKeyError, CkksParameterError
+from sealagg.crypto.errors import CkksCiphertextError, CkksKeyError, CkksParameterError
 
 try:  # optional (extra "he"): everything else of sealagg imports and runs without it
     import tenseal as ts

@@ -47,7 +47,11 @@ from typing import SupportsIndex
 import numpy as np
 import numpy.typing as npt
 
-from crypto.errors import InconsistentSharesError, MalformedMessageError, NotEnoughSharesError
+from sealagg.crypto.errors import (
+    InconsistentSharesError,
+    MalformedMessageError,
+    NotEnoughSharesError,
+)
 
 __all__ = [
     "CHUNK_BYTES",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import nacl.exceptions
 import nacl.signing
 
-from crypto.errors import BadSignatureError, MalformedMessageError
+from sealagg.crypto.errors import BadSignatureError, MalformedMessageError
 
 SIGNATURE_BYTES = 64
 VERIFY_KEY_BYTES = 32

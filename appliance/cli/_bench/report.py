@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from appliance.cli._bench.metrics import benchmark_key
+from sealagg.appliance.cli._bench.metrics import benchmark_key
 
 NOISE_NOTE = (
     "Measured on a shared machine while other work was running: expect noise of ±20% or more "

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.cli._bench import machine
+from sealagg.appliance.cli._bench import machine
 
 PROFILES = ("smoke", "quick", "full")
 PEER_VENV = ".venv-peers"

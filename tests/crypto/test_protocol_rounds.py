@@ -1,0 +1,108 @@
+"""Whole rounds: the unmasked result is the exact modular sum of the survivors' inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sealagg.crypto import Phase
+from sealagg.crypto.errors import BelowThresholdError
+from sealagg.crypto.simulation import RoundStats, run_round
+from sealagg.crypto.testing import make_round
+
+
+def test_complete_graph_no_dropouts_gives_exact_sum():
+    kit = make_round(5, threshold=3)
+    stats = RoundStats()
+    result = run_round(kit.config, kit.identities, kit.inputs, stats=stats)
+    assert result.survivors == (1, 2, 3, 4, 5)
+    np.testing.assert_array_equal(result.total, kit.expected_sum(range(1, 6)))
+    assert stats.bytes_up > 5 * 4 * 33
+    assert set(stats.client_seconds) == set(Phase)
+
+
+def test_harary_graph_with_dropouts_at_every_phase():
+    kit = make_round(24, threshold=3, degree=8, seed=3)  # t=3: any graph survives these 5 dropouts
+    dropouts = {
+        2: Phase.ADVERTISE_KEYS,
+        5: Phase.SHARE_KEYS,
+        9: Phase.MASKED_INPUT,
+        13: Phase.CONSISTENCY_CHECK,
+        17: Phase.UNMASKING,
+    }
+    result = run_round(kit.config, kit.identities, kit.inputs, dropouts)
+    # Clients that sent a masked input are in the sum, even if they vanished later.
+    expected_members = [u for u in range(1, 25) if u not in (2, 5, 9)]
+    assert result.survivors == tuple(expected_members)
+    assert result.dropped_after_masking == (9,)
+    np.testing.assert_array_equal(result.total, kit.expected_sum(expected_members))
+
+
+def test_masked_input_hides_the_input():
+    from sealagg.crypto.client import SecAggClient
+    from sealagg.crypto.server import SecAggServer
+
+    kit = make_round(4, threshold=2, dimension=1000)
+    server = SecAggServer(kit.config)
+    clients = {u: SecAggClient(kit.config, u, kit.identities[u]) for u in kit.identities}
+    for u, c in clients.items():
+        c.set_input(kit.inputs[u])
+        server.receive(u, c.advertise_keys())
+    for u, m in server.close_phase().items():
+        server.receive(u, clients[u].receive_key_directory(m))
+    bundles = server.close_phase()
+    masked = clients[1].receive_share_bundle(bundles[1])
+    y = np.frombuffer(masked.vector, dtype="<u4")
+    assert np.count_nonzero(y == kit.inputs[1]) < 5  # essentially every coordinate changed
+
+
+def test_below_threshold_aborts_without_partial_sum():
+    kit = make_round(6, threshold=4)
+    # Three vanish after masking: the survivors' self masks need 4 shares, only 3 holders answer.
+    dropouts = {4: Phase.UNMASKING, 5: Phase.UNMASKING, 6: Phase.UNMASKING}
+    with pytest.raises(BelowThresholdError, match="no partial sum"):
+        run_round(kit.config, kit.identities, kit.inputs, dropouts)
+
+
+def test_too_few_masked_inputs_aborts():
+    kit = make_round(5, threshold=3)
+    dropouts = {u: Phase.MASKED_INPUT for u in (1, 2, 3)}
+    with pytest.raises(BelowThresholdError, match="masked input"):
+        run_round(kit.config, kit.identities, kit.inputs, dropouts)
+
+
+_phase = st.sampled_from(list(Phase))
+
+
+@st.composite
+def _schedules(draw):
+    n = draw(st.integers(min_value=3, max_value=100))
+    complete = n <= 12 or (draw(st.booleans()) and n <= 20)
+    degree = None if complete else draw(st.sampled_from([4, 6, 8, 10]))
+    k = n - 1 if degree is None else degree
+    threshold = draw(st.integers(min_value=2, max_value=max(2, k // 2)))
+    ids = list(range(1, n + 1))
+    drops = draw(st.lists(st.sampled_from(ids), unique=True, max_size=n // 4))
+    schedule = {u: draw(_phase) for u in drops}
+    return n, degree, threshold, schedule
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_schedules(), st.integers(min_value=0, max_value=2**16))
+def test_property_exact_sum_of_survivors_or_clean_abort(params, seed):
+    n, degree, threshold, schedule = params
+    kit = make_round(n, threshold=threshold, degree=degree, dimension=7, seed=seed)
+    try:
+        result = run_round(kit.config, kit.identities, kit.inputs, schedule)
+    except BelowThresholdError:
+        return  # a clean abort: the property is that no wrong sum is ever released
+    masked = [
+        u for u in range(1, n + 1) if schedule.get(u, Phase.UNMASKING + 1) > Phase.MASKED_INPUT
+    ]
+    assert set(result.survivors) <= set(masked)
+    np.testing.assert_array_equal(result.total, kit.expected_sum(result.survivors))
+    # Survivors are exactly the clients that masked and were kept in the round.
+    dropped_early = {u for u, p in schedule.items() if p <= Phase.MASKED_INPUT}
+    assert not dropped_early & set(result.survivors)

@@ -1,0 +1,333 @@
+"""Attested mode end to end: real gRPC on loopback, real federation certificates.
+
+The shim verifies the appliance before anything of its own is sent, pins the attested
+certificate for the session, and refuses a relay holding another certificate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent import futures
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from sealagg.appliance import pki
+from sealagg.appliance.attestation import (
+    SOFTWARE_MEASUREMENT,
+    client_policy_path,
+    setup_software_attestation,
+)
+from sealagg.appliance.config import parse_config
+from sealagg.appliance.errors import ConfigError, ProvisioningError
+from sealagg.appliance.federation import FederationFolder, add_client, init_federation
+from sealagg.appliance.kit import load_kit
+from sealagg.appliance.server import open_store
+from sealagg.appliance.testing import Deployment, base_model, free_port
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.appliance.wire.modelcodec import Layout, flatten
+from sealagg.attest import AttestationRefusedError, PolicyError, Reason
+from sealagg.attest.testing import SnpAuthority
+from sealagg.client_shim.attestation import AttestationGuard, policy_from_kit
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.session import Participant
+
+DIM = Layout.of(base_model()).dimension
+FAST = {"advertise_keys": 6}
+HOSTS = ["localhost", "127.0.0.1"]
+MEASUREMENT = bytes.fromhex("44" * 48)
+
+
+def _federation(root: Path, *, clients: int = 2, policy: str | None = None, software=True):
+    """A federation whose kits carry an attestation policy (software attester by default)."""
+    port = free_port()
+    folder = root / "federation"
+    fed = init_federation(folder, name="testfed", hosts=HOSTS, port=port)
+    if software:
+        setup_software_attestation(folder)
+    if policy is not None:
+        client_policy_path(folder).parent.mkdir(exist_ok=True)
+        client_policy_path(folder).write_text(policy)
+    kits = {f"client{i}": load_kit(add_client(fed, f"client{i}")) for i in range(clients)}
+    store = open_store(fed)
+    store.add_model_version(base_model(), parent=None, status="accepted")
+    store.close()
+    return Deployment(folder, port, fed, kits)
+
+
+def _audit(dep: Deployment, event: str) -> list[dict]:
+    store = open_store(FederationFolder.load(dep.folder))
+    try:
+        return [e.details for e in store.audit.entries() if e.event == event]
+    finally:
+        store.close()
+
+
+def _delta(i: int) -> np.ndarray:
+    return np.random.default_rng(7 + i).normal(0, 0.05, DIM).astype(np.float32)
+
+
+def test_grpc_accepts_a_ca_issued_leaf_as_the_only_trust_anchor(tmp_path, running):
+    """The pinning the shim relies on: the leaf alone is a trust anchor; another leaf is not."""
+    dep = _federation(tmp_path, clients=1, software=False)
+    other = _federation(tmp_path / "other", clients=1, software=False)
+    running(dep.folder)
+    kit = dep.kits["client0"]
+    for leaf, ok in (
+        (dep.federation.server_certificate, True),
+        (other.federation.server_certificate, False),
+    ):
+        conn = Connection(kit, address=dep.address)
+        conn.pin_server_certificate(pki.certificate_pem(leaf))
+        ready = grpc.channel_ready_future(conn.channel)
+        try:
+            ready.result(timeout=3)
+            connected = True
+        except grpc.FutureTimeoutError:
+            connected = False
+        conn.close()
+        assert connected is ok
+
+
+def test_attested_rounds_publish_the_mean_and_audit_every_verification(tmp_path, running, capfd):
+    dep = _federation(tmp_path)
+    dep.configure(
+        aggregation={"mode": "attested", "min_clients": 2, "rounds": 2},
+        attestation={"provider": "software"},
+        deadlines=FAST,
+    )
+    app = running(dep.folder)
+    reports, errors = {}, {}
+
+    def work(name: str) -> None:
+        i = int(name.removeprefix("client"))
+        conn = Connection(dep.kits[name], address=dep.address)
+        participant = Participant(conn, poll_seconds=1.0)
+        try:
+            reports[name] = [
+                participant.run_round(lambda s, t, i=i: (_delta(i), 0.5, {})) for _ in range(2)
+            ]
+            assert participant.attestation.last_result.insecure
+        except Exception as error:
+            errors[name] = error
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in dep.kits]
+    for t in threads:
+        t.start()
+    app.wait(90)
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert all(r.outcome == "published" for rs in reports.values() for r in rs), reports
+    store = open_store(FederationFolder.load(dep.folder))
+    try:
+        model = store.current_model()
+        tensors = store.load_model(model.version)
+    finally:
+        store.close()
+    base = base_model()
+    mean = (_delta(0) + _delta(1)) / 2
+    want = flatten(base, Layout.of(base)) + 2 * mean  # the same update in both rounds
+    np.testing.assert_allclose(flatten(tensors, Layout.of(base)), want, atol=1e-5)
+    results = _audit(dep, "attestation_result")
+    assert len(results) == 4 and all(r["accepted"] for r in results)  # 2 clients x 2 rounds
+    assert {r["client"] for r in results} == {"client0", "client1"}
+    assert _audit(dep, "attestation_provider") == [{"format": "software", "insecure": True}]
+    assert "SOFTWARE attester" in capfd.readouterr().err
+
+
+def test_refused_evidence_stops_the_client_and_nothing_is_sent(tmp_path, running, accepted):
+    dep = _federation(tmp_path, clients=2)
+    # Issue client9's kit under a policy that expects another measurement.
+    path = client_policy_path(dep.folder)
+    path.write_text(path.read_text().replace(SOFTWARE_MEASUREMENT.hex(), "55" * 48))
+    kit = load_kit(add_client(dep.federation, "client9"))
+    dep.configure(
+        aggregation={"mode": "attested", "min_clients": 1, "rounds": 1},
+        attestation={"provider": "software"},
+        deadlines={"advertise_keys": 2},
+    )
+    app = running(dep.folder)
+    conn = Connection(kit, address=dep.address)
+    participant = Participant(conn, poll_seconds=1.0)
+    computed = []
+    with pytest.raises(AttestationRefusedError) as refused:
+        participant.run_round(lambda s, t: computed.append(1) or (_delta(0), 1.0, {}))
+    conn.close()
+    assert refused.value.reason is Reason.MEASUREMENT_NOT_ALLOWED
+    assert "measurement_not_allowed" in str(refused.value)
+    assert not computed and not accepted  # nothing of client9 reached a round
+    app.stop()
+    results = _audit(dep, "attestation_result")
+    assert [(r["client"], r["accepted"], r["reason"]) for r in results] == [
+        ("client9", False, "measurement_not_allowed")
+    ]
+
+
+class _Relay(pb_grpc.AggregatorServicer):
+    """A man in the middle with its own CA-issued certificate, forwarding Attest upstream."""
+
+    def __init__(self, upstream: Connection, own_der: bytes | None) -> None:
+        self.upstream, self.own_der, self.calls = upstream, own_der, []
+
+    def Attest(self, request, context):
+        self.calls.append("Attest")
+        reply = self.upstream.stub.Attest(request, timeout=10)
+        if self.own_der is not None:
+            reply.tls_certificate_der = self.own_der
+        return reply
+
+    def ReportAttestation(self, request, context):
+        self.calls.append(("Report", request.reason))
+        return pb.AttestationReportAck()
+
+    def GetTask(self, request, context):
+        self.calls.append("GetTask")
+        context.abort(grpc.StatusCode.UNAVAILABLE, "relay")
+
+    def Submit(self, request_iterator, context):
+        self.calls.append("Submit")
+        context.abort(grpc.StatusCode.UNAVAILABLE, "relay")
+
+
+def _start_relay(dep: Deployment, upstream: Connection, *, substitute: bool):
+    key = pki.generate_tls_key()
+    fed = dep.federation
+    cert = pki.issue_server_certificate(
+        fed.ca_certificate, fed.ca_private_key(), key.public_key(), hosts=HOSTS,
+        now=datetime.now(UTC),
+    )  # fmt: skip
+    der = cert.public_bytes(Encoding.DER)
+    relay = _Relay(upstream, der if substitute else None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_AggregatorServicer_to_server(relay, server)
+    creds = grpc.ssl_server_credentials(
+        [(pki.private_key_pem(key, None), pki.certificate_pem(cert))]
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    return server, relay, f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("substitute", [False, True], ids=["passes-cert-through", "own-cert"])
+def test_relay_with_another_certificate_is_refused(tmp_path, running, accepted, substitute):
+    dep = _federation(tmp_path, clients=2)
+    dep.configure(
+        aggregation={"mode": "attested", "min_clients": 2}, attestation={"provider": "software"}
+    )
+    running(dep.folder)
+    upstream = Connection(dep.kits["client1"], address=dep.address)  # the relay is a member
+    server, relay, address = _start_relay(dep, upstream, substitute=substitute)
+    conn = Connection(dep.kits["client0"], address=address)
+    try:
+        participant = Participant(conn, poll_seconds=1.0)
+        start = pb.RoundStart(round_number=1, round_id=b"\x01" * 32, mode="attested")
+        computed = []
+        with pytest.raises(AttestationRefusedError) as refused:
+            participant.run_round(lambda s, t: computed.append(1) or (_delta(0), 1.0, {}), start)
+        assert refused.value.reason is Reason.WRONG_TLS_KEY
+        assert not computed and "Submit" not in relay.calls and not accepted
+        assert ("Report", "bound_to_another_tls_key") in relay.calls
+    finally:
+        conn.close()
+        upstream.close()
+        server.stop(0)
+
+
+def test_fake_snp_hardware_over_the_wire(tmp_path, running):
+    amd = SnpAuthority()
+    policy = (
+        f'version = 1\nmax_age_seconds = 30\n[sev-snp]\ntrusted_ark_sha256 = ["{amd.ark_sha256}"]\n'
+        f'[[sev-snp.measurements]]\nmeasurement = "{MEASUREMENT.hex()}"\n'
+    )
+    dep = _federation(tmp_path, clients=1, software=False, policy=policy)
+    for attester, reason in (
+        (amd.attester(MEASUREMENT), None),
+        (amd.attester(MEASUREMENT, debug=True), Reason.DEBUG_ENABLED),
+    ):
+        app = running(dep.folder, attester=attester)
+        conn = Connection(dep.kits["client0"], address=f"127.0.0.1:{app.port}")
+        guard = AttestationGuard.from_kit(conn)
+        try:
+            if reason is None:
+                result = guard.verify()
+                assert result.accepted and not result.insecure and result.format == "sev-snp"
+                result = guard.verify()  # again, over the pinned channel: a fresh nonce
+                assert result.claims["measurement"] == MEASUREMENT.hex()
+            else:
+                with pytest.raises(AttestationRefusedError) as refused:
+                    guard.verify()
+                assert refused.value.reason is reason
+        finally:
+            conn.close()
+            app.stop()
+    results = _audit(dep, "attestation_result")
+    assert [(r["accepted"], r["reason"]) for r in results] == [
+        (True, ""),
+        (True, ""),
+        (False, "debug_enabled"),
+    ]
+
+
+def test_attested_round_needs_a_policy_in_the_kit(tmp_path, running, accepted):
+    dep = _federation(tmp_path, clients=1, software=False)
+    conn = Connection(dep.kits["client0"], address=dep.address)
+    participant = Participant(conn)
+    assert participant.attestation is None
+    start = pb.RoundStart(round_number=1, round_id=b"\x02" * 32, mode="attested")
+    with pytest.raises(PolicyError, match="no attestation policy"):
+        participant.run_round(lambda s, t: (_delta(0), 1.0, {}), start)
+    conn.close()
+
+
+def test_a_malformed_policy_is_never_shipped_nor_accepted(tmp_path):
+    dep = _federation(tmp_path, clients=1)
+    client_policy_path(dep.folder).write_text("version = 1\n[software]\n")
+    with pytest.raises(ProvisioningError, match="attestation policy"):
+        add_client(dep.federation, "client5")
+    broken = dataclasses.replace(dep.kits["client0"], attestation_policy=b"version = = 1")
+    conn = Connection(broken, address=dep.address)
+    with pytest.raises(PolicyError, match="nothing"):
+        Participant(conn)
+    conn.close()
+
+
+def test_attested_mode_needs_an_attester() -> None:
+    with pytest.raises(ConfigError, match="attestation"):
+        parse_config({"federation": {"name": "f"}, "aggregation": {"mode": "attested"}})
+    config = parse_config(
+        {
+            "federation": {"name": "f"},
+            "aggregation": {"mode": "attested", "min_clients": 2},
+            "attestation": {"provider": "software"},
+        }
+    )
+    assert config.aggregation.min_clients == 2  # two parties are allowed: no masking involved
+
+
+def test_reverification_follows_the_configured_interval(tmp_path, running):
+    dep = _federation(tmp_path, clients=1)
+    dep.configure(attestation={"provider": "software"})
+    running(dep.folder)
+    now = [1000.0]
+    conn = Connection(dep.kits["client0"], address=dep.address)
+    guard = AttestationGuard(
+        conn, policy_from_kit(conn.kit), interval_seconds=60, clock=lambda: now[0]
+    )
+    try:
+        first = guard.before_upload()
+        now[0] += 59
+        assert guard.before_upload() is first  # within the interval: no new evidence
+        now[0] += 2
+        assert guard.before_upload() is not first
+    finally:
+        conn.close()
+    assert len(_audit(dep, "attestation_result")) == 2
