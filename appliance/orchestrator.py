@@ -44,8 +44,9 @@ from sealagg.appliance.vendor_gate import EVALUATION_KIND, VendorGate, refuse_tw
 from sealagg.appliance.versions import superseded_during_round
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten, unflatten
-from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length, find_parameters
+from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
 from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
+from sealagg.crypto.params import choose_graph
 
 _log = logging.getLogger("sealagg.orchestrator")
 
@@ -651,33 +652,6 @@ class Orchestrator:
                 round_id=round_id, outcome=outcome, reason=reason, model_version=version or 0
             )
             _enqueue(self._links[m.name], pb.Task(round_end=end))
-
-
-def choose_graph(
-    n: int, mode: str, dropout_rate: float, corrupt_fraction: float
-) -> tuple[int | None, int, str]:
-    """(degree or None for complete, threshold, a note for the audit log).
-
-    The parameter finder's targets (2^-40 privacy, 2^-20 failure) cannot be met by
-    very small federations; there the complete graph with the smallest threshold
-    that still exceeds the assumed corrupt clients is used, and the note says so.
-    ``secagg`` mode always uses the complete graph.
-    """
-    try:
-        params = find_parameters(n, dropout_rate, corrupt_fraction)
-    except InfeasibleParametersError as error:
-        threshold = max(2, int(corrupt_fraction * n) + 1)
-        if threshold > n - 1:
-            raise
-        return (
-            None,
-            threshold,
-            f"finder targets unreachable ({error}); complete graph, t={threshold}",
-        )
-    if mode == "secagg" or params.complete:
-        threshold = params.threshold if params.complete else max(2, n // 2 + 1)
-        return None, threshold, params.describe()
-    return params.degree, params.threshold, params.describe()
 
 
 def _enqueue(link: _Link, task: pb.Task) -> None:

@@ -94,6 +94,7 @@ from sealagg.crypto.graph import TWO_PARTY_EXPLANATION, CommunicationGraph
 __all__ = [
     "MAX_REMOVED_FRACTION",
     "SecAggParameters",
+    "choose_graph",
     "find_parameters",
     "log2_correctness_failure",
     "log2_disconnection_bound",
@@ -437,3 +438,30 @@ def _best_threshold(
 
 def _fmt_log2(value: float) -> str:
     return "0" if value == -math.inf else f"<= 2^{value:.1f}"
+
+
+def choose_graph(
+    n: int, mode: str, dropout_rate: float, corrupt_fraction: float
+) -> tuple[int | None, int, str]:
+    """(degree or None for complete, threshold, a note for the audit log).
+
+    The parameter finder's targets (2^-40 privacy, 2^-20 failure) cannot be met by
+    very small federations; there the complete graph with the smallest threshold
+    that still exceeds the assumed corrupt clients is used, and the note says so.
+    ``secagg`` mode always uses the complete graph.
+    """
+    try:
+        params = find_parameters(n, dropout_rate, corrupt_fraction)
+    except InfeasibleParametersError as error:
+        threshold = max(2, int(corrupt_fraction * n) + 1)
+        if threshold > n - 1:
+            raise
+        return (
+            None,
+            threshold,
+            f"finder targets unreachable ({error}); complete graph, t={threshold}",
+        )
+    if mode == "secagg" or params.complete:
+        threshold = params.threshold if params.complete else max(2, n // 2 + 1)
+        return None, threshold, params.describe()
+    return params.degree, params.threshold, params.describe()

@@ -222,8 +222,8 @@ def test_buckets_are_a_public_deterministic_partition():
 
 
 def test_each_client_round_start_lists_only_its_bucket():
-    from sealagg.appliance.orchestrator import choose_graph
     from sealagg.appliance.wire import sealagg_pb2 as pb
+    from sealagg.crypto.params import choose_graph
 
     agg = parse_config(
         {
@@ -261,7 +261,7 @@ def test_rules_without_robustness_are_refused(rule, k, f, beta, match):
 
 
 def test_two_buckets_are_refused_for_krum_at_round_setup():
-    from sealagg.appliance.orchestrator import choose_graph
+    from sealagg.crypto.params import choose_graph
 
     agg = parse_config(
         {
