@@ -38,10 +38,10 @@ from sealagg.crypto import (
     RoundConfig,
     decode_sum,
     encode_update,
-    find_parameters,
 )
 from sealagg.crypto.dp import DistributedDPSpec, decode_dp_sum, encode_dp_update, rotation_seed
-from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.params import choose_graph
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 from sealagg.crypto.simulation import run_round
 
 CLASSES, FEATURES = 10, 64
@@ -78,11 +78,7 @@ class _Protocol:
     def sum(self, vectors: list[np.ndarray]) -> np.ndarray:
         n = len(vectors)
         ids = {u: self._ids.setdefault(u, IdentityKey.generate()) for u in range(1, n + 1)}
-        try:
-            p = find_parameters(n, 0.1, 0.05)
-            degree, threshold = (None if p.complete else p.degree), p.threshold
-        except InfeasibleParametersError:
-            degree, threshold = None, max(2, n // 2 + 1)
+        degree, threshold, _ = choose_graph(n, "secagg+", 0.1, 0.05)  # as the appliance does
         config = RoundConfig.create(
             round_id=os.urandom(32),
             identities={u: k.verify_key_bytes for u, k in ids.items()},
@@ -115,7 +111,7 @@ def run(args: argparse.Namespace, column: str, target_eps: float | None) -> dict
     started = time.perf_counter()
     for rnd in range(args.rounds):
         chosen = np.flatnonzero(rng.random(args.population) < q)  # Poisson sampling
-        if len(chosen) < 3:
+        if len(chosen) < MIN_MASKED_PARTIES:
             continue
         updates = [
             _local_update(

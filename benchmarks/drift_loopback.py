@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-import drift_study as ds  # a sibling file: run through drift_study.py --loopback
+import drift_common as dc  # a sibling file: run through drift_study.py --loopback
 import numpy as np
 
 from sealagg.appliance.attestation import setup_software_attestation
@@ -44,7 +44,7 @@ def _deployment(root: Path, base: dict[str, np.ndarray], args: argparse.Namespac
     store.add_model_version(base, parent=None, status="accepted")
     store.close()
     dep = Deployment(folder, port, fed, kits)
-    metric, tolerance = ds.gate_rule(args.gate_reference, args.tolerance)
+    metric, tolerance = dc.gate_rule(args.gate_reference, args.tolerance)
     if args.mode == "attested":
         dep.configure(attestation={"provider": "software"})
     dep.configure(
@@ -57,28 +57,28 @@ def _deployment(root: Path, base: dict[str, np.ndarray], args: argparse.Namespac
             "tolerance": tolerance,
             "evaluate_deadline": 120,
         },
-        weights={"vendor": ds.VENDOR_WEIGHT, "client": round(1 - ds.VENDOR_WEIGHT, 6)},
+        weights={"vendor": dc.VENDOR_WEIGHT, "client": round(1 - dc.VENDOR_WEIGHT, 6)},
     )
     return dep
 
 
 def run_loopback(args: argparse.Namespace) -> None:
     seed, samples = 0, args.samples_list[0]
-    split = ds.data_drift_split(seed, samples)
-    base_model = ds.base_for(split, seed, args)
-    base = ds.get_weights(base_model)
-    base_eer = ds.evaluate(base_model, split.holdout_x, split.holdout_y)["eer"]
+    split = dc.data_drift_split(seed, samples)
+    base_model = dc.base_for(split, seed, args)
+    base = dc.get_weights(base_model)
+    base_eer = dc.evaluate(base_model, split.holdout_x, split.holdout_y)["eer"]
     timings: dict[str, list[float]] = {"vendor": [], "client": [], "evaluate": []}
     errors: dict[str, BaseException] = {}
 
     def party(dep: Deployment, name: str, x: np.ndarray, y: np.ndarray) -> None:
-        model = ds.new_model(seed, args.model)
+        model = dc.new_model(seed, args.model)
 
         def compute(start, tensors):
-            ds.set_weights(model, {k: np.array(v) for k, v in tensors.items()})
+            dc.set_weights(model, {k: np.array(v) for k, v in tensors.items()})
             started = time.process_time()
             step_seed = seed * 1000 + int(start.round_number) * 2 + (name == "client")
-            ds.train(
+            dc.train(
                 model,
                 x,
                 y,
@@ -92,15 +92,15 @@ def run_loopback(args: argparse.Namespace) -> None:
             )
             timings[name].append(time.process_time() - started)
             layout = Layout.of(tensors)
-            delta = flatten(ds.get_weights(model), layout) - flatten(tensors, layout)
+            delta = flatten(dc.get_weights(model), layout) - flatten(tensors, layout)
             return delta, 1.0, {"num_examples": len(y)}
 
         def evaluate(tensors):  # the vendor's holdout stays in this thread
             started = time.process_time()
-            scorer = ds.new_model(seed, args.model)
-            ds.set_weights(scorer, {k: np.array(v) for k, v in tensors.items()})
-            metrics = ds.gate_report(
-                ds.evaluate(scorer, split.holdout_x, split.holdout_y),
+            scorer = dc.new_model(seed, args.model)
+            dc.set_weights(scorer, {k: np.array(v) for k, v in tensors.items()})
+            metrics = dc.gate_report(
+                dc.evaluate(scorer, split.holdout_x, split.holdout_y),
                 base_eer,
                 args.tolerance,
                 args.gate_reference,
@@ -143,11 +143,11 @@ def run_loopback(args: argparse.Namespace) -> None:
             final = store.load_model(current.version)
         finally:
             store.close()
-    scorer = ds.new_model(seed, args.model)
-    ds.set_weights(scorer, base)
-    before = ds.evaluate(scorer, split.test_x, split.test_y)
-    ds.set_weights(scorer, final)
-    after = ds.evaluate(scorer, split.test_x, split.test_y)
+    scorer = dc.new_model(seed, args.model)
+    dc.set_weights(scorer, base)
+    before = dc.evaluate(scorer, split.test_x, split.test_y)
+    dc.set_weights(scorer, final)
+    after = dc.evaluate(scorer, split.test_x, split.test_y)
     statuses = [v.status for v in versions[1:]]
     print(
         f"loopback ({args.mode}, vendor gate over TLS, {args.model}, gate vs "

@@ -8,7 +8,7 @@ The packing comparison counts ciphertexts for ResNet-18's 62 parameter tensors (
 adapter set) packed whole-model versus one-or-more ciphertexts per tensor, with bytes and
 encryption time extrapolated from a sample of real ciphertexts.
 
-    SEALAGG_BENCH_PROFILE=quick .venv/bin/python -m pytest --benchmark-only \
+    SEALAGG_BENCH_PROFILE=quick .venv/bin/pytest --benchmark-only \
         benchmarks/test_bench_ckks.py
     .venv/bin/python benchmarks/test_bench_ckks.py            # the RESULTS.md tables (d=100k, 1M)
 """

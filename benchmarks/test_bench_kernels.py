@@ -5,7 +5,7 @@ includes allocating the copy; ``np.copyto`` into an existing buffer is the
 pure-bandwidth floor, shown once). JIT compilation is triggered once per module
 before any timing (the ``warm_jit`` fixture), so numbers are steady-state.
 
-Run: ``python -m pytest benchmarks/test_bench_kernels.py --benchmark-only``
+Run: ``.venv/bin/pytest benchmarks/test_bench_kernels.py --benchmark-only``
 """
 
 from __future__ import annotations

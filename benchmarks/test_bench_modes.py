@@ -6,11 +6,11 @@ accumulate / unmask, and bytes per client. ``plaintext`` is FedAvg on the same f
 weighted mean the appliance computes when it may see updates), the baseline of each sweep point.
 
 Sizes follow ``SEALAGG_BENCH_PROFILE`` (smoke | quick | full; default quick), set by
-``sealagg bench``. Any benchmark that records ``extra_info["sweep"] = {"mode", "n", "d"}`` (and
+``./run bench``. Any benchmark that records ``extra_info["sweep"] = {"mode", "n", "d"}`` (and
 optionally ``extra_info["phases"]``) is plotted by the bench report, so other modes (ckks, ...)
 can join these plots from their own files.
 
-    SEALAGG_BENCH_PROFILE=quick .venv/bin/python -m pytest --benchmark-only \
+    SEALAGG_BENCH_PROFILE=quick .venv/bin/pytest --benchmark-only \
         benchmarks/test_bench_modes.py
 """
 

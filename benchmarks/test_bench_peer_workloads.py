@@ -1,13 +1,13 @@
 """Our secagg+ in one process on exactly the workloads Flower's SecAgg+ runs (issue 9).
 
 Shapes come from ``benchmarks/peers/workloads.toml``, the same file
-``benchmarks/peers/flower_secagg.py`` reads; ``sealagg bench`` merges both into one table.
+``benchmarks/peers/flower_secagg.py`` reads; ``./run bench`` merges both into one table.
 Flower's ``num_shares`` k counts the client itself, so our Harary degree is k - 1 (k >= n: the
 complete graph). Dropping clients go silent after sharing keys, as in the Flower script. A
 round that cannot finish (a neighbourhood with fewer than t survivors) is recorded as
 ``outcome = "halted"`` with the time it took to find out, not as a failed benchmark.
 
-    SEALAGG_BENCH_PROFILE=quick .venv/bin/python -m pytest --benchmark-only \
+    SEALAGG_BENCH_PROFILE=quick .venv/bin/pytest --benchmark-only \
         benchmarks/test_bench_peer_workloads.py
 """
 

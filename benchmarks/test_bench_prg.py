@@ -1,6 +1,6 @@
 """Mask PRG throughput (AES-256-CTR keystream as uint32) against a numpy copy of the same bytes.
 
-.venv/bin/python -m pytest benchmarks/test_bench_prg.py --benchmark-only
+.venv/bin/pytest benchmarks/test_bench_prg.py --benchmark-only
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ trimmed mean <= 5x the floor, Krum <= 300 ms at n = 100. Krum uses f = n // 5,
 trimmed mean beta = 0.1. Inputs: ``default_rng(0).standard_normal((n, d), dtype=float32)``,
 the same as benchmarks/peers/robust_peers.py generates for Flower and ByzFL.
 
-Run: ``python -m pytest benchmarks/test_bench_robust.py --benchmark-only``, or
+Run: ``.venv/bin/pytest benchmarks/test_bench_robust.py --benchmark-only``, or
 ``python benchmarks/test_bench_robust.py`` for a Markdown table with ratios to the floor.
 """
 

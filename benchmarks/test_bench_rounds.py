@@ -6,7 +6,7 @@ deployments clients run in parallel). Client, server and wire (msgpack encode
 + decode) seconds are reported separately in ``extra_info``. The baseline in
 each group is the plaintext weighted mean of the same clients' float inputs.
 
-    .venv/bin/python -m pytest benchmarks/test_bench_rounds.py --benchmark-only
+    .venv/bin/pytest benchmarks/test_bench_rounds.py --benchmark-only
 """
 
 from __future__ import annotations

@@ -13,17 +13,18 @@ command                          module
 ``model import|list|export``,    :mod:`appliance.cli.models`
 ``export``
 ``audit verify|export``          :mod:`appliance.cli.audit`
-``bench``                        :mod:`appliance.cli.bench` (source checkout only)
 ===============================  =================================================
 
 Every command takes ``--folder/-f`` (default ``./federation``, or ``$SEALAGG_FOLDER``).
 Errors from the appliance's packages print one line and exit with code 1. The CLI never
-imports torch (only ``export --format torch`` does, on demand).
+imports torch: models export as safetensors. The benchmark suite is ``./run bench``
+(``benchmarks/suite.py``) and the demo federation the client shim's ``sealagg-demo``: neither
+is part of the appliance.
 """
 
 import typer
 
-from sealagg.appliance.cli import audit, bench, clients, demo, init, models, rounds, serve, status
+from sealagg.appliance.cli import audit, clients, init, models, rounds, serve, status
 from sealagg.appliance.cli._common import SealaggGroup
 
 __all__ = ["app"]
@@ -38,5 +39,5 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for _module in (demo, init, clients, serve, status, rounds, models, audit, bench):
+for _module in (init, clients, serve, status, rounds, models, audit):
     _module.register(app)

@@ -1,8 +1,7 @@
 """``sealagg model import|list|show|export|rollback``, ``sealagg export``, ``sealagg rollback``.
 
-Models enter and leave as safetensors (a JSON header and raw tensor bytes: no pickle).
-``--format torch`` writes a PyTorch state dict and is the only place torch is imported, on
-demand: the appliance itself runs without it.
+Models enter and leave as safetensors (a JSON header and raw tensor bytes: no pickle), the
+only export format: the appliance never imports torch (a client converts, where torch is).
 """
 
 import contextlib
@@ -39,8 +38,9 @@ model_app = typer.Typer(help="Model versions: import a base model, list, show, e
 
 
 class ExportFormat(enum.StrEnum):
+    """The export formats: safetensors only (anything else is refused by the option's choice)."""
+
     safetensors = "safetensors"
-    torch = "torch"
 
 
 def _read_header(path: Path) -> dict[str, Any]:
@@ -266,12 +266,11 @@ def export_model(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
     folder: FolderOption = DEFAULT_FOLDER,
     format: Annotated[
-        ExportFormat, typer.Option("--format", help="safetensors, or torch (needs PyTorch).")
+        ExportFormat, typer.Option("--format", help="safetensors (the only format).")
     ] = ExportFormat.safetensors,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Write a model version to a file (safetensors by default)."""
-    torch = _import_torch() if format is ExportFormat.torch else None
+    """Write a model version to a file, as safetensors, byte for byte as stored."""
     store = open_state_readonly(folder)
     try:
         if version == "current":
@@ -288,29 +287,17 @@ def export_model(
             if number < 1:
                 raise CLIError(f"{version!r} is not a model version (they count from 1)")
             model = store.model_version(number)
-        if torch is None:
-            data = _stored_bytes(store.folder, model.sha256)
-        else:
-            tensors = store.load_model(model.version)  # checks the file against its SHA-256
+        data = _stored_bytes(store.folder, model.sha256)
     finally:
         store.close()
-    if torch is None:
 
-        def write(tmp: Path) -> None:
-            tmp.write_bytes(data)
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
 
-        digest = f", sha256 {model.sha256}"
-    else:
-        state = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in tensors.items()}
-
-        def write(tmp: Path) -> None:
-            torch.save(state, tmp)
-
-        digest = ""
     _write_atomically(out, write, force=force)
     console.print(
         f"[green]exported[/] model version {model.version} ({styled(model.status)}) to "
-        f"{escape(str(out))} as {format.value}{digest}",
+        f"{escape(str(out))} as {format.value}, sha256 {model.sha256}",
         soft_wrap=True,
     )
 
@@ -332,18 +319,6 @@ def _stored_bytes(folder: Path, sha256: str) -> bytes:
             "recorded one); refusing to export it"
         )
     return data
-
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise CLIError(
-            "--format torch needs PyTorch, which the appliance does not install: install the "
-            "client extra (pip install 'sealagg[client]') or export safetensors and convert "
-            "where torch is available"
-        ) from None
-    return torch
 
 
 def register(app: typer.Typer) -> None:

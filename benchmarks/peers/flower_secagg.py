@@ -1,6 +1,6 @@
 """Flower's own SecAgg+ (SecAggPlusWorkflow + secaggplus_mod) through Flower's simulation engine.
 
-Peer baseline for ``sealagg bench`` (issue 9). Runs in the separate benchmark-only venv
+Peer baseline for ``./run bench`` (issue 9). Runs in the separate benchmark-only venv
 (``.venv-peers``, requirements in ``benchmarks/peers/requirements.txt``) because flwr pins
 grpcio/protobuf versions that conflict with ours; it imports nothing of sealagg. Flower's code
 runs unmodified: we only add a timing mod in front of ``secaggplus_mod`` on the clients and a

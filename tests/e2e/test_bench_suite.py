@@ -1,5 +1,7 @@
-"""``sealagg bench`` (issue 9): budget checker, metrics, report and plots on synthetic JSON, the
-CLI's exit codes, and one real smoke run of the suite on tiny sizes (no appliance, no peers)."""
+"""``./run bench`` (``benchmarks/suite.py``, issue 9): budget checker, metrics, report and plots
+on synthetic JSON, the command's exit codes, and one real smoke run of the suite on tiny sizes
+(no appliance, no peers). ``benchmarks/`` is on pytest's pythonpath: ``suite`` and ``harness``
+import by name, as they do when the script runs."""
 
 from __future__ import annotations
 
@@ -11,15 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import budgets, metrics, report
+from suite import RESULTS_BEGIN, RESULTS_END, app, update_results_md
 from typer.testing import CliRunner
 
-from sealagg.appliance.cli import app
-from sealagg.appliance.cli._bench import budgets, metrics, report
-from sealagg.appliance.cli.bench import RESULTS_BEGIN, RESULTS_END, update_results_md
-
 ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "benchmarks" / "suite.py"
 runner = CliRunner()
-CLI = "from sealagg.appliance.cli import app; app(prog_name='sealagg')"
 
 BUDGETS = """
 version = 1
@@ -118,7 +118,7 @@ def synthetic_results(flower_round: float = 1.2, secure_round: float = 0.9) -> d
         "profile": "quick",
         "started": "2026-11-26T06:00:00Z",
         "finished": "2026-11-26T06:05:00Z",
-        "command": "sealagg bench --quick",
+        "command": "./run bench --quick",
         "machine": {
             "cpu": "Test CPU",
             "cpu_flags": ["aes"],
@@ -303,11 +303,11 @@ def test_report_renders_machine_budgets_sweeps_peers_and_appliance() -> None:
     assert "halted / not run" in halted
     assert "| secagg+ | 100 | 1,000,000 | 520 MiB | 2.00x |" in text
     assert "`robust-peers`: exit code 2" in text
-    assert "sealagg bench --quick --check" in text
+    assert "./run bench --quick --check" in text
 
 
 def test_plots_are_written_as_png(tmp_path: Path) -> None:
-    from sealagg.appliance.cli._bench import plots
+    from harness import plots
 
     made = plots.draw(synthetic_results(), tmp_path)
     assert set(made) == {
@@ -337,7 +337,7 @@ def _suite(tmp_path: Path, budget_text: str = BUDGETS) -> tuple[Path, Path]:
 
 def test_check_exits_nonzero_naming_each_exceeded_budget(tmp_path: Path) -> None:
     bench_dir, results = _suite(tmp_path)
-    args = ["bench", "--results", str(results), "--benchmarks", str(bench_dir), "--check"]
+    args = ["--results", str(results), "--benchmarks", str(bench_dir), "--check"]
     result = runner.invoke(app, [*args, "--no-plots"])
     assert result.exit_code == 1, result.output
     assert "budget exceeded: loopback: 1.8x (limit <= 1.5x)" in result.output
@@ -350,23 +350,48 @@ def test_check_exits_nonzero_naming_each_exceeded_budget(tmp_path: Path) -> None
 def test_check_exits_zero_when_every_budget_holds(tmp_path: Path) -> None:
     relaxed = BUDGETS.replace("max_ratio = 1.5", "max_ratio = 2.0")
     bench_dir, results = _suite(tmp_path, relaxed)
-    args = ["bench", "--results", str(results), "--benchmarks", str(bench_dir), "--check"]
+    args = ["--results", str(results), "--benchmarks", str(bench_dir), "--check"]
     result = runner.invoke(app, [*args, "--no-plots"])
     assert result.exit_code == 0, result.output
     assert "ok        loopback: 1.8x (limit <= 2x)" in result.output
 
 
 def test_without_the_suite_the_command_fails_clearly(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["bench", "--benchmarks", str(tmp_path / "nowhere")])
+    result = runner.invoke(app, ["--benchmarks", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
     assert "no benchmark suite found" in result.output
     assert "source checkout" in result.output
 
 
+def test_an_unreadable_results_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["--results", str(tmp_path / "missing.json"), "--no-plots"])
+    assert result.exit_code == 1
+    assert "missing.json: No such file or directory" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_profiles_are_exclusive() -> None:
-    result = runner.invoke(app, ["bench", "--quick", "--full"])
+    result = runner.invoke(app, ["--quick", "--full"])
     assert result.exit_code == 1
     assert "choose one of --smoke, --quick and --full" in result.output
+
+
+def test_the_script_runs_as_a_script_and_refuses_safe_path_clearly() -> None:
+    """``.venv/bin/python benchmarks/suite.py`` imports ``harness`` from its own folder; with
+    ``-P`` (no script folder on sys.path) it says how to run it instead of a traceback."""
+    env = {**os.environ, "PYTHONSAFEPATH": ""}
+    plain = subprocess.run(
+        [sys.executable, str(SUITE), "--help"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert all(flag in plain.stdout for flag in ("--quick", "--full", "--smoke", "--check"))
+    safe = subprocess.run(
+        [sys.executable, "-P", str(SUITE), "--help"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert safe.returncode != 0
+    assert "./run bench" in safe.stderr and "Traceback" not in safe.stderr
 
 
 def test_update_results_md_replaces_only_its_own_section(tmp_path: Path) -> None:
@@ -394,13 +419,17 @@ def test_update_results_md_replaces_only_its_own_section(tmp_path: Path) -> None
 
 
 def test_smoke_run_executes_the_suite_end_to_end(tmp_path: Path) -> None:
-    """``sealagg bench --smoke``: every benchmark file collects, the sweeps run on tiny sizes,
-    and the report, plots and budget verdicts are written (no appliance, no peers)."""
+    """``./run bench --smoke``: every benchmark file collects, the sweeps run on tiny sizes,
+    and the report, plots and budget verdicts are written (no appliance, no peers).
+
+    Run as ``./run bench`` runs it: the script, whose own folder (benchmarks/, never the
+    repository root) Python puts first on sys.path, so PYTHONSAFEPATH must be unset here.
+    """
     out = tmp_path / "smoke"
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONSAFEPATH": ""}
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", CLI, "bench", "--smoke", "--check", "--out", str(out)],
+        [sys.executable, str(SUITE), "--smoke", "--check", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -437,7 +466,7 @@ def test_broken(benchmark):
 
 
 def test_the_runner_picks_up_every_bench_file_and_records_a_broken_one(tmp_path: Path) -> None:
-    from sealagg.appliance.cli._bench.runner import Run, SuiteConfig
+    from harness.runner import Run, SuiteConfig
 
     bench_dir = tmp_path / "benchmarks"
     bench_dir.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sealagg.appliance.cli._bench.metrics import benchmark_key
+from harness.metrics import benchmark_key
 
 NOISE_NOTE = (
     "Measured on a shared machine while other work was running: expect noise of ±20% or more "
@@ -378,14 +378,15 @@ def reproduce_section(profile: str) -> list[str]:
         "## Reproduce",
         "",
         "```",
-        f"sealagg bench --{profile} --check        # measure, report, check the budgets",
-        "sealagg bench --results DIR/results.json --check   # re-render / re-check, no measuring",
+        f"./run bench --{profile} --check        # measure, report, check the budgets",
+        "./run bench --results DIR/results.json --check   # re-render / re-check, no measuring",
         "```",
         "",
         "Results, logs and plots go to `bench-results/<time>-<profile>/` (`--out` to change). "
         "The first run with peers creates `.venv-peers/` from `benchmarks/peers/requirements.txt` "
-        "(needs the package index). Single pieces: `SEALAGG_BENCH_PROFILE=quick python -m pytest "
-        "benchmarks/test_bench_modes.py --benchmark-only`; `python benchmarks/bench_appliance.py "
+        "(needs the package index). Single pieces: `SEALAGG_BENCH_PROFILE=quick .venv/bin/pytest "
+        "benchmarks/test_bench_modes.py --benchmark-only`; `.venv/bin/python -P "
+        "benchmarks/bench_appliance.py "
         "round --clients 10 --dimension 1000000`; `.venv-peers/bin/python "
         "benchmarks/peers/flower_secagg.py --workload n10_d1M --json flower.json`.",
     ]
@@ -409,7 +410,7 @@ def render(results: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"# sealagg benchmark report ({profile})",
         "",
         f"Run {results.get('started', '?')} → {results.get('finished', '?')}: "
-        f"`{results.get('command', 'sealagg bench')}`.",
+        f"`{results.get('command', './run bench')}`.",
         "",
         f"> {NOISE_NOTE}",
         "",

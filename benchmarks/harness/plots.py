@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sealagg.appliance.cli._bench.report import PHASE_ORDER, _ours_one_process, sweep_points
+from harness.report import PHASE_ORDER, _ours_one_process, sweep_points
 
 
 def _pyplot() -> Any:

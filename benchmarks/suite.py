@@ -1,12 +1,14 @@
-"""``sealagg bench``: the benchmark suite that proves the overhead budgets (issue 9).
+"""``./run bench``: the benchmark suite that proves the overhead budgets (issue 9).
 
 Runs pytest-benchmark over every ``benchmarks/test_bench_*.py`` (sizes from the profile), the
 appliance on loopback (``benchmarks/bench_appliance.py``) and Flower's own SecAgg+ in a separate
 benchmark-only venv (``benchmarks/peers/``); merges everything into ``results.json``, renders
 ``report.md`` and PNG plots, and with ``--check`` exits 1 naming each budget of
 ``benchmarks/budgets.toml`` that was exceeded (ratios measured in the same run, never absolute
-times). The suite lives in the source checkout: an installed package without ``benchmarks/``
-gets a clear error. Everything heavy (matplotlib, the runs) is imported only when this runs.
+times). Run as a script (``.venv/bin/python benchmarks/suite.py``): Python puts this folder on
+``sys.path``, which is how ``harness`` (the machinery, ``benchmarks/harness/``) imports. The
+suite is part of the source checkout, never of the installed appliance. Everything heavy
+(matplotlib, the runs) is imported only when this runs.
 """
 
 from __future__ import annotations
@@ -14,35 +16,42 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-
-from sealagg.appliance.cli._common import console, err_console, fail
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand
 
 BUDGETS_FILE = "budgets.toml"
 RESULTS_MD = "RESULTS.md"
-RESULTS_BEGIN = "<!-- sealagg-bench:begin (written by `sealagg bench --full --update-results`) -->"
+RESULTS_BEGIN = "<!-- sealagg-bench:begin (written by `./run bench --full --update-results`) -->"
 RESULTS_END = "<!-- sealagg-bench:end -->"
 LATEST_DIR = "report"
 
 
+# file=None: both consoles write to whatever sys.stdout / sys.stderr are at print time.
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str) -> NoReturn:
+    """One red line on stderr, exit code 1."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
 def find_bench_dir(explicit: Path | None) -> Path:
-    """The checkout's ``benchmarks/``: ``--benchmarks``, else ./benchmarks, else beside the code."""
-    candidates = (
-        [explicit]
-        if explicit
-        else [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
-    )
-    for candidate in candidates:
-        if (candidate / BUDGETS_FILE).is_file():
-            return candidate.resolve()
-    where = ", ".join(str(c) for c in candidates)
+    """The suite folder: ``--benchmarks``, else the folder this script sits in."""
+    candidate = explicit or Path(__file__).resolve().parent
+    if (candidate / BUDGETS_FILE).is_file():
+        return candidate.resolve()
     fail(
-        f"no benchmark suite found (looked for {BUDGETS_FILE} in {where}): the suite ships with "
-        "the source checkout, not the installed package; run `sealagg bench` from a clone of "
-        "the repository (or pass --benchmarks PATH)"
+        f"no benchmark suite found (looked for {BUDGETS_FILE} in {candidate}): the suite ships "
+        "with the source checkout, not the installed package; run `./run bench` from a clone "
+        "of the repository (or pass --benchmarks PATH)"
     )
 
 
@@ -50,7 +59,7 @@ def finish(
     results: dict[str, Any], bench_dir: Path | None, out_dir: Path, draw: bool = True
 ) -> list[str]:
     """Metrics, budget verdicts, plots and report.md for ``results``; returns failure lines."""
-    from sealagg.appliance.cli._bench import budgets, metrics, plots, report
+    from harness import budgets, metrics, plots, report
 
     results["metrics"] = metrics.collect(results)
     failures: list[str] = []
@@ -140,7 +149,7 @@ def bench(
         typer.Option("--results", help="Re-render / re-check an earlier results.json; no runs."),
     ] = None,
     benchmarks: Annotated[
-        Path | None, typer.Option("--benchmarks", help="The suite folder (default ./benchmarks).")
+        Path | None, typer.Option("--benchmarks", help="The suite folder (default: its own).")
     ] = None,
     with_plots: Annotated[
         bool, typer.Option("--plots/--no-plots", help="Draw the PNG plots (matplotlib).")
@@ -167,7 +176,7 @@ def bench(
         out_dir = out or results_file.parent
     else:
         bench_dir = find_bench_dir(benchmarks)
-        from sealagg.appliance.cli._bench.runner import Run, SuiteConfig
+        from harness.runner import Run, SuiteConfig
 
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         out_dir = out or Path("bench-results") / f"{stamp}-{profile}"
@@ -206,5 +215,30 @@ def bench(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+class OneLineErrors(TyperCommand):
+    """A file that cannot be read or written prints one line and exits 1, as in the CLI."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            fail(f"{where}{error.strerror or error}")
+
+
+app = typer.Typer(
+    add_completion=False,
+    # A traceback of an unexpected error must never print local variables.
+    pretty_exceptions_show_locals=False,
+)
+app.command(cls=OneLineErrors)(bench)
+
+
+if __name__ == "__main__":
+    if sys.flags.safe_path:
+        # -P / PYTHONSAFEPATH keeps this folder off sys.path, and with it `harness`.
+        sys.exit(
+            "benchmarks/suite.py must run without -P / PYTHONSAFEPATH (it imports harness/ "
+            "beside it): use ./run bench, or .venv/bin/python benchmarks/suite.py"
+        )
+    app(prog_name="./run bench")

@@ -54,8 +54,8 @@ def _mem_total_gib() -> float | None:
 def _git_commit(root: Path) -> str | None:
     """The checkout's HEAD (read only), so a report names the code it measured."""
     try:
-        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],  # noqa: S607
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sealagg.appliance.cli._bench import machine
+from harness import machine
 
 PROFILES = ("smoke", "quick", "full")
 PEER_VENV = ".venv-peers"
@@ -90,19 +90,23 @@ class Run:
     # -- helpers -----------------------------------------------------------------------------
 
     def _run(self, step: str, argv: list[str], timeout: float, **env: str) -> bool:
-        """Run a child with its output in ``<step>.log``; record a failure, never raise."""
+        """Run a child with its output in ``<step>.log``; record a failure, never raise.
+
+        Every child gets ``PYTHONSAFEPATH=1``: no script's folder or working directory goes first
+        on its ``sys.path``, so the checkout's folders never shadow installed packages.
+        """
         log_path = self.c.out_dir / f"{step}.log"
         self.c.log(f"[{step}] {' '.join(argv[1:])}")
         t0 = time.perf_counter()
         try:
             with log_path.open("w") as log:
-                proc = subprocess.run(  # noqa: S603 - argv built here, no shell
+                proc = subprocess.run(
                     argv,
                     cwd=self.root,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     timeout=timeout,
-                    env={**os.environ, **env},
+                    env={**os.environ, "PYTHONSAFEPATH": "1", **env},
                     check=False,
                 )
         except subprocess.TimeoutExpired:
@@ -137,7 +141,8 @@ class Run:
             self._error("pytest", f"no test_bench_*.py in {self.c.bench_dir}")
             return None
         env = {"SEALAGG_BENCH_PROFILE": self.c.profile}
-        base = [self.c.python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        # -P: the interpreter's own pytest, with nothing of the working directory on sys.path.
+        base = [self.c.python, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         if self.c.profile == "smoke":
             # Prove every benchmark file still imports and collects; measure only the tiny ones.
             self._run("collect", [*base, "--collect-only", *map(str, files)], 300, **env)
@@ -271,7 +276,7 @@ class Run:
             "schema": 1,
             "profile": self.c.profile,
             "started": started,
-            "command": " ".join(["sealagg", *sys.argv[1:]]),
+            "command": " ".join(["./run", "bench", *sys.argv[1:]]),
             "machine": machine.describe(self.root),
         }
         results["pytest"] = self.pytest_benchmarks()
