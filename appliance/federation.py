@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sealagg.appliance import kit, pki
+from sealagg.appliance import kit, kit_issue, pki
 from sealagg.appliance.attestation import client_policy_path
 from sealagg.appliance.errors import CertificateError, ProvisioningError
 from sealagg.attest import PolicyError, parse_policy
@@ -531,7 +531,7 @@ def add_client(
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
-        files = kit.build_kit(
+        files = kit_issue.build_kit(
             name=name,
             federation=federation.name,
             address=federation.public_address,
@@ -547,9 +547,9 @@ def add_client(
         if out is None:
             out = federation.paths.kits / (f"{name}.tar.gz" if archive else name)
         if archive:
-            path = kit.write_kit_archive(files, Path(out), mtime=moment)
+            path = kit_issue.write_kit_archive(files, Path(out), mtime=moment)
         else:
-            path = kit.write_kit_folder(files, Path(out))
+            path = kit_issue.write_kit_folder(files, Path(out))
         record = ClientRecord(
             name=name,
             serial=cert.serial_number,
@@ -593,7 +593,7 @@ def revoke_client(federation: FederationFolder, name: str, *, now: datetime | No
 
 def render_config(*, name: str, listen: str, public_address: str, tls_server_name: str) -> bytes:
     """``sealagg.toml`` with safe defaults: loopback only, SecAgg+, at least three clients."""
-    s = kit.toml_string
+    s = kit_issue.toml_string
     lines = [
         "# sealagg federation configuration; written by init_federation.",
         "# The appliance listens on loopback only until [server].listen is changed.",

@@ -18,7 +18,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sealagg.client_shim.connection import ApplianceUnavailableError, Connection
+    from sealagg.client_shim.connection import Connection
+    from sealagg.client_shim.errors import ApplianceUnavailableError, RoundRefusedError
     from sealagg.client_shim.fedprox import proximal_term
     from sealagg.client_shim.privacy import ClientDP, opacus_epsilon, protect_update
     from sealagg.client_shim.pytorch import (
@@ -29,16 +30,16 @@ if TYPE_CHECKING:
         parameter_name,
         shared_parameters,
     )
-    from sealagg.client_shim.session import Participant, RoundRefusedError, RoundReport
+    from sealagg.client_shim.session import Participant, RoundReport
 
 _EXPORTS = {
-    "ApplianceUnavailableError": "sealagg.client_shim.connection",
+    "ApplianceUnavailableError": "sealagg.client_shim.errors",
     "ClientDP": "sealagg.client_shim.privacy",
     "Connection": "sealagg.client_shim.connection",
     "Federation": "sealagg.client_shim.pytorch",
     "Participant": "sealagg.client_shim.session",
     "RoundContext": "sealagg.client_shim.pytorch",
-    "RoundRefusedError": "sealagg.client_shim.session",
+    "RoundRefusedError": "sealagg.client_shim.errors",
     "RoundReport": "sealagg.client_shim.session",
     "check_matches": "sealagg.client_shim.pytorch",
     "connect": "sealagg.client_shim.pytorch",

@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
 
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
-from sealagg.crypto import IdentityKey
+from sealagg.client_shim.errors import ROUND_LOST, RoundRefusedError
 from sealagg.crypto.ckks import (
     CkksEncryptor,
     CkksKeyHolder,
     CkksParameters,
+    check_ckks_round,
     check_secret_context,
 )
 from sealagg.crypto.ckks_keys import (
@@ -35,6 +37,10 @@ from sealagg.crypto.ckks_keys import (
 )
 from sealagg.crypto.errors import CkksError, SecAggError
 
+if TYPE_CHECKING:
+    from sealagg.client_shim.connection import Connection
+    from sealagg.crypto import IdentityKey
+
 _log = logging.getLogger("sealagg.client.ckks")
 UPLOAD_KIND = "ckks"
 MINIMUM_CONTRIBUTORS = 3
@@ -44,6 +50,28 @@ ComputeUpdate = Callable[
     [pb.RoundStart, Mapping[str, np.ndarray]], tuple[np.ndarray, float, Mapping[str, object]]
 ]
 
+Report_co = TypeVar("Report_co", covariant=True)
+
+
+class RoundFollower(Protocol[Report_co]):
+    """What a ckks round needs from the session's :class:`~client_shim.session.Participant`.
+
+    Named here so this module never imports ``session`` (which dispatches ckks rounds to us).
+    """
+
+    @property
+    def connection(self) -> Connection: ...
+
+    @property
+    def identity(self) -> IdentityKey: ...
+
+    def follow(
+        self,
+        start: pb.RoundStart,
+        sent: int,
+        answer: Callable[[pb.ProtocolStep], int] | None,
+    ) -> Report_co: ...
+
 
 def parameters_from(start: pb.RoundStart) -> CkksParameters:
     """The round's CKKS parameters, refused (``CkksParameterError``) if they cannot protect us."""
@@ -51,28 +79,27 @@ def parameters_from(start: pb.RoundStart) -> CkksParameters:
     params = CkksParameters(
         int(c.poly_modulus_degree), tuple(int(b) for b in c.coeff_mod_bit_sizes), int(c.scale_bits)
     )
-    owners = len(start.participants) - (0 if c.key_holder_contributes else 1)
-    if owners < MINIMUM_CONTRIBUTORS:
-        raise CkksError(f"only {owners} data owners: the sum would reveal individual updates")
-    if c.key_holder_index not in {p.index for p in start.participants}:
-        raise CkksError("the key holder is not a participant of the round")
-    params.validate(num_clients=owners, value_bound=start.clip, max_error=c.max_error or 1e-3)
+    check_ckks_round(  # the same check the appliance made before opening the round
+        params,
+        data_owners=len(start.participants) - (0 if c.key_holder_contributes else 1),
+        key_holder_listed=c.key_holder_index in {p.index for p in start.participants},
+        value_bound=start.clip,
+        max_error=c.max_error or 1e-3,
+    )
     return params
 
 
 def take_part(
-    participant: object,
+    participant: RoundFollower[Report_co],
     start: pb.RoundStart,
     tensors: Mapping[str, np.ndarray],
     compute: ComputeUpdate,
-) -> object:
-    """Run this client's side of one ckks round; returns the session's RoundReport.
+) -> Report_co:
+    """Run this client's side of one ckks round; returns what ``participant.follow`` returns.
 
     ``participant`` is the session's :class:`~client_shim.session.Participant` (its
-    connection, identity and ``_follow`` loop). A separate key holder never calls ``compute``.
+    connection, identity and ``follow`` loop). A separate key holder never calls ``compute``.
     """
-    from sealagg.client_shim.session import _ROUND_LOST, RoundRefusedError  # session imports us
-
     try:
         params = parameters_from(start)
     except SecAggError as error:
@@ -84,12 +111,12 @@ def take_part(
         update, weight, meta = _prepare(start, tensors, layout, compute)
     try:
         sent = side.send(0, side.advert(), meta)
-        return participant._follow(start, sent, side.answer_with(update, weight))
+        return participant.follow(start, sent, side.answer_with(update, weight))
     except grpc.RpcError as error:
-        if error.code() not in _ROUND_LOST:
+        if error.code() not in ROUND_LOST:
             raise
         _log.warning("round %d: upload failed (%s)", start.round_number, error.code().name)
-        return participant._follow(start, 0, None)
+        return participant.follow(start, 0, None)
 
 
 def _prepare(
@@ -116,7 +143,11 @@ class _Side:
     """This client's state for one ckks round (its round key, and the secret key if it holds it)."""
 
     def __init__(
-        self, participant: object, start: pb.RoundStart, layout: Layout, params: CkksParameters
+        self,
+        participant: RoundFollower[Any],
+        start: pb.RoundStart,
+        layout: Layout,
+        params: CkksParameters,
     ) -> None:
         self.participant = participant
         self.start = start
@@ -133,7 +164,7 @@ class _Side:
         self.holder = CkksKeyHolder.generate(params, self.round_id) if self.is_key_holder else None
 
     def advert(self) -> bytes:
-        identity: IdentityKey = self.participant.identity
+        identity = self.participant.identity
         return self.party.advert(identity, self.holder.public_context if self.holder else None)
 
     def send(self, phase: int, payload: bytes, meta: str = "", deadline: float = 0.0) -> int:

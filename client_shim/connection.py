@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from sealagg.appliance.errors import KitMismatchError
-from sealagg.appliance.kit import ClientKit
+from sealagg.appliance.kit import ClientKit, KitMismatchError
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.client_shim.errors import ApplianceUnavailableError
 
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
@@ -37,10 +37,6 @@ _log = logging.getLogger("sealagg.client")
 Buffer = bytes | bytearray | memoryview
 #: One buffer, or a list/tuple of buffers sent back to back as one upload.
 Payload = Buffer | list[Buffer] | tuple[Buffer, ...]
-
-
-class ApplianceUnavailableError(ConnectionError):
-    """The appliance could not be reached after the retries allowed."""
 
 
 class Connection:

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sealagg import kernels
+from sealagg.client_shim.errors import PrivacyRefusedError
 from sealagg.crypto.dp import MECHANISMS, DistributedDPSpec, encode_dp_update, rotation_seed
 
 if TYPE_CHECKING:
@@ -90,19 +92,16 @@ class ClientDP:
 
 
 def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
-    """``update`` scaled down so that its L2 norm is at most ``bound`` (a float32 copy)."""
+    """``update`` scaled down so that its L2 norm is at most ``bound`` (a float32 copy).
+
+    The one L2 clip is :func:`sealagg.kernels.clip_l2`; this keeps the shim's argument
+    checks (any shape, a real positive bound) and drops the norm it also returns.
+    """
     bound = _real("clip", bound)
     if bound <= 0.0:
         raise ValueError(f"clip must be > 0 (an L2 bound), got {bound!r}")
     x = np.asarray(update, dtype=np.float32)
-    norm = float(np.linalg.norm(x.astype(np.float64)))
-    if norm <= bound:
-        return x.copy()
-    # Scale in float64, then make sure float32 rounding did not push the norm over the bound.
-    out = (x.astype(np.float64) * (bound / norm)).astype(np.float32)
-    while float(np.linalg.norm(out.astype(np.float64))) > bound:
-        out = np.nextafter(out, np.float32(0.0), dtype=np.float32)
-    return out
+    return kernels.clip_l2(x.reshape(-1), bound)[0].reshape(x.shape)
 
 
 def add_gaussian_noise(update: np.ndarray, std: float) -> np.ndarray:
@@ -150,10 +149,6 @@ def opacus_epsilon(privacy_engine: Any, delta: float) -> float:
     return epsilon
 
 
-class PrivacyRefusedError(RuntimeError):
-    """The round's DP parameters would protect this client less than they claim."""
-
-
 @dataclasses.dataclass(frozen=True)
 class RoundPrivacy:
     """This round's client-level DP as the client applies it (from ``RoundStart.privacy``)."""
@@ -164,9 +159,8 @@ class RoundPrivacy:
 
     def protect_plain(self, update: np.ndarray) -> tuple[np.ndarray, bool]:
         """Plaintext mode: the clipped update plus this client's Gaussian share; under clip?"""
-        x = np.asarray(update, dtype=np.float32)
-        below = float(np.linalg.norm(x.astype(np.float64))) <= self.spec.clip
-        return add_gaussian_noise(clip_l2(x, self.spec.clip), self.spec.noise_std), below
+        clipped, norm = kernels.clip_l2(np.asarray(update, dtype=np.float32), self.spec.clip)
+        return add_gaussian_noise(clipped, self.spec.noise_std), norm <= self.spec.clip
 
     def encode(self, update: np.ndarray) -> tuple[np.ndarray, bool]:
         """Masked modes: the ring vector (rotated, rounded, noised, count, indicator)."""

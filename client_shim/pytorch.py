@@ -68,7 +68,8 @@ from sealagg.appliance.kit import ClientKit, load_kit
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.attestation import AttestationGuard
-from sealagg.client_shim.connection import ApplianceUnavailableError, Connection
+from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.errors import ApplianceUnavailableError
 from sealagg.client_shim.privacy import ClientDP, protect_update
 from sealagg.client_shim.session import Participant, RoundReport
 from sealagg.client_shim.vendor import Evaluator

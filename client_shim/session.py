@@ -23,6 +23,7 @@ from sealagg.appliance.wire.modelcodec import Layout
 from sealagg.client_shim import ckks
 from sealagg.client_shim.attestation import AttestationGuard, require_attestation
 from sealagg.client_shim.connection import Connection, Payload
+from sealagg.client_shim.errors import ROUND_LOST, RoundRefusedError
 from sealagg.client_shim.privacy import round_privacy
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
 from sealagg.crypto import (
@@ -35,27 +36,16 @@ from sealagg.crypto import (
     encode_update,
     encoded_length,
 )
-from sealagg.crypto.config import default_minimum_survivors
+from sealagg.crypto.config import check_round_parameters
+from sealagg.crypto.errors import InfeasibleParametersError
 from sealagg.crypto.graph import complete_graph, harary_graph
 
 _log = logging.getLogger("sealagg.client")
-
-#: Upload failures after which the client waits for the round's outcome instead of failing.
-_ROUND_LOST = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-)
 
 #: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
 ComputeUpdate = Callable[
     [pb.RoundStart, Mapping[str, np.ndarray]], tuple[np.ndarray, float, Mapping[str, object]]
 ]
-
-
-class RoundRefusedError(RuntimeError):
-    """The client refused a round whose parameters would not protect its update."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +133,10 @@ class Participant:
                     metadata_json=meta,
                 )
                 self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
-                return self._follow(start, update.nbytes, None)
+                return self.follow(start, update.nbytes, None)
             return self._secure(start, layout, update, weight, meta)
         except grpc.RpcError as error:
-            if error.code() not in _ROUND_LOST:
+            if error.code() not in ROUND_LOST:
                 raise
             # The appliance restarted, or the round moved on without us: learn how it ended.
             _log.warning(
@@ -154,7 +144,7 @@ class Participant:
                 start.round_number,
                 error.code().name,
             )
-            return self._follow(start, 0, None)
+            return self.follow(start, 0, None)
 
     def _secure(
         self, start: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float, meta: str
@@ -175,7 +165,7 @@ class Participant:
             reply = client.handle(decode(step.payload))
             return self._send(start, step.phase, reply, "", step.deadline_unix)
 
-        return self._follow(start, sent, answer)
+        return self.follow(start, sent, answer)
 
     def _send(
         self, start: pb.RoundStart, phase: int, message: Message, meta: str, deadline_unix: float
@@ -203,7 +193,7 @@ class Participant:
         task, self._next_task = self._next_task, None
         return task if task is not None else self.connection.get_task(self.poll_seconds)
 
-    def _follow(
+    def follow(
         self,
         start: pb.RoundStart,
         sent: int,
@@ -235,15 +225,15 @@ class Participant:
 def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3) -> RoundConfig:
     """Rebuild the round's public config and refuse parameters that would not protect us."""
     identities = {p.index: bytes(p.identity_key) for p in start.participants}
-    n = len(identities)
-    if n < 3:
-        raise RoundRefusedError("fewer than three participants: masking would hide nothing")
-    floor = max(minimum_survivors_floor, min(default_minimum_survivors(n, start.threshold), n))
-    if start.minimum_survivors < floor:
-        raise RoundRefusedError(
-            f"the appliance asks for only {start.minimum_survivors} survivors; "
-            f"this client needs {floor}"
+    try:  # the rule lives in crypto, shared with the appliance's own check
+        check_round_parameters(
+            participants=len(identities),
+            threshold=start.threshold,
+            minimum_survivors=start.minimum_survivors,
+            minimum_survivors_floor=minimum_survivors_floor,
         )
+    except InfeasibleParametersError as error:
+        raise RoundRefusedError(str(error)) from None
     ids = sorted(identities)
     graph = (
         complete_graph(ids)

@@ -11,7 +11,7 @@ from torch import nn
 from sealagg.client_shim.demo.data import NUM_CLASSES, NUM_FEATURES
 
 HIDDEN = 64
-#: Local training defaults, tuned on the non-IID split (see runner.py).
+#: Local training defaults, tuned on the non-IID split (see config.py).
 LR = 0.05
 MOMENTUM = 0.9
 BATCH_SIZE = 16

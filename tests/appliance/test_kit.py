@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sealagg.appliance import kit
+from sealagg.appliance import kit, kit_issue
 from sealagg.appliance.errors import KitTamperedError, ProvisioningError
 from sealagg.appliance.federation import add_client, init_federation
 
@@ -89,7 +89,7 @@ def test_kit_secrets_stay_out_of_repr_and_pickle(kit_dir):
 
 def test_kit_path_is_never_overwritten(federation, kit_dir):
     with pytest.raises(ProvisioningError, match="already exists"):
-        kit.write_kit_folder({"x": b""}, kit_dir)
+        kit_issue.write_kit_folder({"x": b""}, kit_dir)
 
 
 # ---- tampering ----------------------------------------------------------------------------

@@ -13,7 +13,6 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
+
+from sealagg_testkit.huggingface import (  # noqa: E402
+    as_numpy,
+    make_trainer,
+    tiny_config,
+    tiny_lm,
+    token_dataset,
+)
 
 from sealagg import client_shim  # noqa: E402
 from sealagg.appliance.federation import FederationFolder  # noqa: E402
@@ -39,57 +46,10 @@ DEADLINES = {
 }
 MAX_EXAMPLES = 100
 SHARD_SIZES = (24, 32, 48)
-VOCAB, SEQ = 512, 16
 STEPS = 3
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _config() -> transformers.GPT2Config:
-    return transformers.GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=SEQ,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-
-
-def _lm(seed: int) -> transformers.GPT2LMHeadModel:
-    """A tiny causal LM with random weights; call from the main thread (global RNG)."""
-    torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(_config())
-
-
-def _dataset(seed: int, size: int) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB, (size, SEQ), generator=generator)
-    return [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x} for x in ids]
-
-
-def _trainer(model, dataset, folder: Path, **overrides) -> transformers.Trainer:
-    settings = {
-        "output_dir": str(folder),
-        "report_to": "none",
-        "save_strategy": "no",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "logging_steps": 1,
-        "per_device_train_batch_size": 8,
-        "learning_rate": 1e-3,
-        "dataloader_pin_memory": False,
-        "num_train_epochs": 100,  # the round's budget must come from the integration
-        **overrides,
-    }
-    args = transformers.TrainingArguments(**settings)
-    return transformers.Trainer(model=model, args=args, train_dataset=dataset)
-
-
-def _numpy(params) -> dict[str, np.ndarray]:
-    return {n: p.detach().cpu().numpy().astype(np.float32).copy() for n, p in params.items()}
 
 
 def _deploy(tmp_path, model: dict[str, np.ndarray], rounds: int = 2):
@@ -138,7 +98,7 @@ def _client(dep, i: int, trainer, seen: dict, **options):
         seen[i, rnd.round_number] = {
             "version": rnd.model_version,
             "global": {k: v.copy() for k, v in rnd.global_tensors.items()},
-            "trained": _numpy(shared_parameters(trainer.model)),
+            "trained": as_numpy(shared_parameters(trainer.model)),
             "update": rnd.update(),
         }
 
@@ -193,15 +153,15 @@ def _check_fedavg(models, seen, sizes) -> None:
 
 
 def test_trainer_federated_two_rounds_fedavg(tmp_path, running):
-    base_model = _lm(0)
-    base = _numpy(shared_parameters(base_model))
+    base_model = tiny_lm(0)
+    base = as_numpy(shared_parameters(base_model))
     assert len(base) == len(list(base_model.parameters()))  # every weight travels
     dep = _deploy(tmp_path, base)
     app = running(dep.folder)
     # Trainers (and their Accelerate state) are built in the main thread; each client's model
     # starts from other weights, so the integration must load the global model.
     trainers = {
-        i: _trainer(_lm(100 + i), _dataset(i, n), tmp_path / f"out{i}")
+        i: make_trainer(tiny_lm(100 + i), token_dataset(i, n), tmp_path / f"out{i}")
         for i, n in enumerate(SHARD_SIZES)
     }
     seen: dict[tuple[int, int], dict] = {}
@@ -229,7 +189,7 @@ def test_trainer_federated_two_rounds_fedavg(tmp_path, running):
         assert trainer.args.max_steps == -1  # the user's arguments are restored
         assert trainer.args.num_train_epochs == 100
         assert FederatedCallback not in {type(c) for c in trainer.callback_handler.callbacks}
-        final = _numpy(shared_parameters(trainer.model))
+        final = as_numpy(shared_parameters(trainer.model))
         for name, value in models[3].items():  # the model holds the published weights
             np.testing.assert_array_equal(final[name], value)
 
@@ -242,18 +202,18 @@ def _lora(model) -> peft.PeftModel:
 
 
 def test_peft_lora_only_adapters_travel(tmp_path, running, capsys):
-    pretrained = {k: v.clone() for k, v in _lm(0).state_dict().items()}  # the shared backbone
+    pretrained = {k: v.clone() for k, v in tiny_lm(0).state_dict().items()}  # the shared backbone
 
     def backbone_with_adapters(seed: int) -> peft.PeftModel:
-        model = transformers.GPT2LMHeadModel(_config())
+        model = transformers.GPT2LMHeadModel(tiny_config())
         model.load_state_dict(pretrained)
         torch.manual_seed(seed)  # each client's own random LoRA init
         return _lora(model)
 
     reference = backbone_with_adapters(0)
-    base = _numpy(shared_parameters(reference, "trainable"))
+    base = as_numpy(shared_parameters(reference, "trainable"))
     frozen = {n: p for n, p in reference.named_parameters() if not p.requires_grad}
-    frozen_before = _numpy(frozen)
+    frozen_before = as_numpy(frozen)
     full_bytes = sum(p.numel() * p.element_size() for p in frozen.values())
     adapter_bytes = sum(v.nbytes for v in base.values())
     assert base and all("lora_" in name for name in base), sorted(base)
@@ -262,7 +222,7 @@ def test_peft_lora_only_adapters_travel(tmp_path, running, capsys):
     dep = _deploy(tmp_path, base)
     app = running(dep.folder)
     trainers = {
-        i: _trainer(backbone_with_adapters(100 + i), _dataset(i, n), tmp_path / f"out{i}")
+        i: make_trainer(backbone_with_adapters(100 + i), token_dataset(i, n), tmp_path / f"out{i}")
         for i, n in enumerate(SHARD_SIZES)
     }
     seen: dict[tuple[int, int], dict] = {}
@@ -303,7 +263,7 @@ def test_peft_lora_only_adapters_travel(tmp_path, running, capsys):
 
 def test_step_budget_callback_stops_a_plain_trainer(tmp_path):
     callback = FederatedCallback(None, steps_per_round=2)
-    trainer = _trainer(_lm(0), _dataset(0, 32), tmp_path / "out")
+    trainer = make_trainer(tiny_lm(0), token_dataset(0, 32), tmp_path / "out")
     trainer.add_callback(callback)
     output = trainer.train()  # the args say 100 epochs: the callback stops after 2 steps
     assert output.global_step == 2 and callback.steps == 2
@@ -343,9 +303,9 @@ def _inner(optimizer):
 
 @pytest.mark.parametrize("mode", ["reset", "keep", "user"])
 def test_optimizer_per_round_and_epoch_budget(tmp_path, mode):
-    model = _lm(0)
+    model = tiny_lm(0)
     user = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if mode == "user" else None
-    trainer = _trainer(model, _dataset(0, 16), tmp_path / "out")  # 2 steps per epoch
+    trainer = make_trainer(model, token_dataset(0, 16), tmp_path / "out")  # 2 steps per epoch
     if user is not None:
         trainer.optimizer = user  # what Trainer(optimizers=(user, None)) sets
     used = []
@@ -383,12 +343,12 @@ def test_bad_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match="max_rounds"):
         FederatedCallback(None, max_rounds=-1)
     dep = make_deployment(tmp_path, clients=1)
-    with client_shim.FederationFolder(Connection(dep.kits["client0"])) as federation:
+    with client_shim.Federation(Connection(dep.kits["client0"])) as federation:
         args = transformers.TrainingArguments(
             output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True
         )
         trainer = transformers.Trainer(
-            model_init=lambda: _lm(0), args=args, train_dataset=_dataset(0, 8)
+            model_init=lambda: tiny_lm(0), args=args, train_dataset=token_dataset(0, 8)
         )
         with pytest.raises(ValueError, match="model_init"):
             federated_train(trainer, federation, max_rounds=1)

@@ -407,14 +407,13 @@ def test_unreachable_appliance_fails_clearly(tmp_path):
 def test_wrong_expired_or_revoked_kits_fail_clearly_and_send_nothing(tmp_path, running, accepted):
     from datetime import UTC, datetime, timedelta
 
-    from sealagg.appliance.errors import KitExpiredError, KitMismatchError
     from sealagg.appliance.federation import (
         FederationFolder,
         add_client,
         init_federation,
         revoke_client,
     )
-    from sealagg.appliance.kit import load_kit
+    from sealagg.appliance.kit import KitExpiredError, KitMismatchError, load_kit
 
     dep = make_deployment(tmp_path / "ours", clients=3)
     running(dep.folder)

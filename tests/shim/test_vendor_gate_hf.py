@@ -2,7 +2,7 @@
 each candidate on its own holdout with ``trainer_evaluator``, over real gRPC on loopback.
 
 Nothing is downloaded: tiny GPT-2 models with random weights, random token ids (the helpers
-of tests/test_shim_huggingface.py).
+of sealagg_testkit.huggingface).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_shim_huggingface import _dataset, _lm, _numpy, _trainer
+from sealagg_testkit.huggingface import as_numpy, make_trainer, tiny_lm, token_dataset
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -28,32 +28,32 @@ STEPS = 2
 
 
 def _holdout():
-    return _dataset(99, 16)  # the vendor's: it never leaves the vendor's process
+    return token_dataset(99, 16)  # the vendor's: it never leaves the vendor's process
 
 
-def _federation(dep, name: str) -> client_shim.FederationFolder:
+def _federation(dep, name: str) -> client_shim.Federation:
     return client_shim.connect(
         dep.kits[name].source, address=dep.address, max_examples=32, poll_seconds=0.5
     )
 
 
 def test_trainer_evaluator_scores_the_candidate_and_puts_the_weights_back(tmp_path):
-    trainer = _trainer(_lm(0), _dataset(0, 8), tmp_path / "out")
+    trainer = make_trainer(tiny_lm(0), token_dataset(0, 8), tmp_path / "out")
     evaluate = trainer_evaluator(trainer, eval_dataset=_holdout())
-    own = _numpy(shared_parameters(trainer.model))
-    other = _numpy(shared_parameters(_lm(5)))
+    own = as_numpy(shared_parameters(trainer.model))
+    other = as_numpy(shared_parameters(tiny_lm(5)))
     scored_own, scored_other = evaluate(own), evaluate(other)
     assert set(scored_own) >= {"eval_loss"} and all(np.isfinite(list(scored_own.values())))
     assert scored_own["eval_loss"] != scored_other["eval_loss"]
     assert evaluate(other)["eval_loss"] == pytest.approx(scored_other["eval_loss"], rel=1e-6)
-    for name, value in _numpy(shared_parameters(trainer.model)).items():
+    for name, value in as_numpy(shared_parameters(trainer.model)).items():
         np.testing.assert_array_equal(value, own[name])  # the model's own weights are back
     with pytest.raises(ValueError, match="not evaluated"):  # a candidate of another shape
         evaluate({k: v for k, v in other.items() if "wte" not in k})
 
 
 def test_hf_vendor_answers_the_gate_and_the_candidate_is_published(tmp_path, running):
-    dep = make_deployment(tmp_path, clients=2, model=_numpy(shared_parameters(_lm(0))))
+    dep = make_deployment(tmp_path, clients=2, model=as_numpy(shared_parameters(tiny_lm(0))))
     dep.configure(
         aggregation={"mode": "plaintext", "min_clients": 2, "rounds": 1, "ready_window": 10.0},
         deadlines={"advertise_keys": 30.0},
@@ -67,7 +67,9 @@ def test_hf_vendor_answers_the_gate_and_the_candidate_is_published(tmp_path, run
         weights={"client0": 0.8, "client1": 0.2},
     )
     app = running(dep.folder)
-    trainers = {i: _trainer(_lm(10 + i), _dataset(i, 16), tmp_path / f"out{i}") for i in (0, 1)}
+    trainers = {
+        i: make_trainer(tiny_lm(10 + i), token_dataset(i, 16), tmp_path / f"out{i}") for i in (0, 1)
+    }
     evaluations: list[float] = []
     scorer = trainer_evaluator(trainers[0], eval_dataset=_holdout())
 
@@ -113,7 +115,7 @@ def test_hf_vendor_answers_the_gate_and_the_candidate_is_published(tmp_path, run
     finally:
         store.close()
     # the reported number is the candidate's loss on the vendor's holdout, computed afresh here
-    check = _trainer(_lm(0), _dataset(0, 8), tmp_path / "check")
+    check = make_trainer(tiny_lm(0), token_dataset(0, 8), tmp_path / "check")
     _load(shared_parameters(check.model), candidate)
     expected = check.evaluate(eval_dataset=_holdout())["eval_loss"]
     assert evaluations[1] == pytest.approx(expected, rel=1e-5)
@@ -121,9 +123,9 @@ def test_hf_vendor_answers_the_gate_and_the_candidate_is_published(tmp_path, run
 
 def test_evaluate_given_twice_is_refused(tmp_path):
     dep = make_deployment(tmp_path, clients=1)
-    trainer = _trainer(_lm(0), _dataset(0, 8), tmp_path / "out")
+    trainer = make_trainer(tiny_lm(0), token_dataset(0, 8), tmp_path / "out")
     evaluate = trainer_evaluator(trainer)
-    federation = client_shim.FederationFolder(Connection(dep.kits["client0"]), evaluate=evaluate)
+    federation = client_shim.Federation(Connection(dep.kits["client0"]), evaluate=evaluate)
     with federation, pytest.raises(ValueError, match="give it once"):
         federated_train(trainer, federation, max_rounds=1, evaluate=lambda tensors: {})
     assert federation.participant.evaluate is evaluate
