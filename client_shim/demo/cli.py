@@ -115,6 +115,8 @@ def main(
             keep=args.keep,
         )
         config.plan()  # refuses a dropout the rounds could not survive, before any work
+        if args.folder is not None and args.folder.is_dir() and any(args.folder.iterdir()):
+            raise ValueError(f"{args.folder} is not empty: give a new or empty folder")
     except ValueError as error:
         errors.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 1

@@ -97,14 +97,17 @@ def provision(folder: Path, config: DemoConfig, work: Path) -> Federation:
         cwd=work,
     )
     kits = {name: folder / "kits" / name for name in config.client_names}
-    run_sealagg_each(
-        [("add-client", name, "--out", str(kit)) for name, kit in kits.items()],
-        federation=folder,
-        cwd=work,
-    )
     federation = Federation(folder, kits, folder / ADMIN_KIT_DIRNAME)
     set_keys_in_file(federation.config_file, demo_settings(config))
     base_model = work / "base-model.safetensors"
     write_base_model(base_model, config.seed)
-    run_sealagg("model", "import", str(base_model), federation=folder, cwd=work)
+    # Independent of each other once the federation exists: issued side by side.
+    run_sealagg_each(
+        [
+            *(("add-client", name, "--out", str(kit)) for name, kit in kits.items()),
+            ("model", "import", str(base_model)),
+        ],
+        federation=folder,
+        cwd=work,
+    )
     return federation

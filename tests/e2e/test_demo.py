@@ -1,4 +1,4 @@
-"""``sealagg demo`` end to end: real appliance and client processes on loopback.
+"""``sealagg-demo`` end to end: real appliance and client processes on loopback.
 
 Three small federations (4 clients, 3 rounds) run here: secagg+, plaintext with the same
 seed, and secagg+ with a client that vanishes mid-protocol. Together they take about a
@@ -17,8 +17,13 @@ from rich.console import Console
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from sealagg.client_shim.demo.cli import main
+from sealagg.client_shim.demo.config import DemoConfig
 from sealagg.client_shim.demo.data import dirichlet_shards, load_split
-from sealagg.client_shim.demo.runner import DemoConfig, DemoResult, render_report, run_demo
+from sealagg.client_shim.demo.report import render_report
+from sealagg.client_shim.demo.results import DemoResult
+from sealagg.client_shim.demo.runner import run_demo
+from sealagg.client_shim.demo.toml_edit import set_keys
 
 SMALL = {"clients": 4, "rounds": 3, "seed": 0, "timeout": 120.0}
 
@@ -113,15 +118,49 @@ def test_dropout_the_rounds_cannot_survive_is_refused_before_starting():
     assert DemoConfig(clients=4, dropout=0.25).min_clients() == 3
 
 
-def test_cli_refuses_a_dropout_the_rounds_cannot_survive():
-    import typer
-    from typer.testing import CliRunner
+def test_cli_refuses_a_dropout_the_rounds_cannot_survive(tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+    folder = tmp_path / "never-created"
+    code = main(["--clients", "4", "--dropout", "0.5", "--folder", str(folder)], out, err)
+    assert code == 1
+    assert "at most 1 may vanish" in err.getvalue()
+    assert not folder.exists()
 
-    from sealagg.appliance.cli import demo
 
-    app = typer.Typer()
-    demo.register(app)
-    app.command("noop")(lambda: None)  # a second command keeps "demo" a sub-command
-    result = CliRunner().invoke(app, ["demo", "--clients", "4", "--dropout", "0.5"])
-    assert result.exit_code == 1
-    assert "at most 1 may vanish" in result.output
+def test_cli_options_reach_the_config():
+    from sealagg.client_shim.demo.cli import build_parser
+
+    args = build_parser().parse_args(["--clients", "7", "--mode", "ckks", "--dp", "-f", "x"])
+    assert (args.clients, args.mode, args.dp, args.folder) == (7, "ckks", True, Path("x"))
+    assert build_parser().parse_args(["--no-dp"]).dp is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--clients", "2"])
+
+
+def test_config_edit_keeps_what_init_wrote_and_sets_only_the_demo_keys():
+    text = (
+        '# written by init\n\n[federation]\nname = "x"\n\n[aggregation]\n'
+        '# a comment init wrote\nmode = "secagg+"\nmin_clients = 3\n\n'
+        "[deadlines]\nshare_keys = 60\n"
+    )
+    edited = set_keys(
+        text,
+        {
+            "aggregation": {"mode": "plaintext", "rounds": 2, "clip": 2.0},
+            "deadlines": {"share_keys": 5.0},
+            "optimizer": {"name": "fedavg", "server_lr": 1.0},
+        },
+    )
+    import tomllib
+
+    parsed = tomllib.loads(edited)
+    assert parsed["federation"] == {"name": "x"}
+    assert parsed["aggregation"] == {
+        "mode": "plaintext",
+        "min_clients": 3,
+        "rounds": 2,
+        "clip": 2.0,
+    }
+    assert parsed["deadlines"] == {"share_keys": 5.0}
+    assert parsed["optimizer"] == {"name": "fedavg", "server_lr": 1.0}
+    assert "# a comment init wrote" in edited and edited.startswith("# written by init")

@@ -36,14 +36,6 @@ SHIM_TORCH_AT_IMPORT = frozenset(
     }
 )
 
-#: TEMPORARY: client_shim/demo/* still imports appliance internals (federation, server,
-#: store, testing, errors) to run a whole federation in one command; it is being rewritten to
-#: drop them. Its modules stay in the door check but are expected to fail until then: the lead
-#: deletes this (and the xfail below) once the rewrite lands.
-DEMO_DOOR_XFAIL = pytest.mark.xfail(
-    strict=False, reason="client_shim/demo is being rewritten to drop its appliance imports"
-)
-
 
 def _package_dir(package: str) -> Path:
     """The folder a ``sealagg.<name>`` package is installed from, found without importing it."""
@@ -132,12 +124,11 @@ def imports_of(path: Path, module: str) -> Iterator[Import]:
     yield from walk(tree.body, True)
 
 
-def _cases(package: str, root: Path, *, xfail_under: str | None = None) -> list[object]:
+def _cases(package: str, root: Path) -> list[object]:
     cases: list[object] = []
     for path in _sources(root):
         rel = path.relative_to(root).as_posix()
-        marks = [DEMO_DOOR_XFAIL] if xfail_under and rel.startswith(xfail_under) else []
-        cases.append(pytest.param(path, _module_name(package, root, path), id=rel, marks=marks))
+        cases.append(pytest.param(path, _module_name(package, root, path), id=rel))
     return cases
 
 
@@ -157,9 +148,7 @@ def _root(module: str) -> str:
 # The client shim
 
 
-@pytest.mark.parametrize(
-    ("path", "module"), _cases("sealagg.client_shim", SHIM, xfail_under="demo/")
-)
+@pytest.mark.parametrize(("path", "module"), _cases("sealagg.client_shim", SHIM))
 def test_shim_reaches_the_appliance_only_through_the_wire_and_kit_api(
     path: Path, module: str
 ) -> None:
