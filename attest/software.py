@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import SOFTWARE, Evidence
 from sealagg.attest.policy import FormatPolicy
-from sealagg.crypto import IdentityKey
-from sealagg.crypto._primitives.signing import verify_signature
+from sealagg.crypto import IdentityKey, verify_signature
 from sealagg.crypto.errors import BadSignatureError, MalformedMessageError
 
 MAGIC = b"SAGSWEV1"

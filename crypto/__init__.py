@@ -6,13 +6,14 @@ The public surface is deliberately small:
   :func:`find_parameters` picks the SecAgg+ degree and threshold for you.
 * :class:`SecAggClient` and :class:`SecAggServer` run the protocol, transport-free.
 * :func:`encode_update` / :func:`decode_sum` move float updates in and out of the ring.
-* :class:`IdentityKey` is a participant's Ed25519 identity.
+* :class:`IdentityKey` is a participant's Ed25519 identity; :func:`verify_signature` checks
+  one of its signatures (it raises, never returns a bool a caller could ignore).
 
 Primitives (X25519, AEAD, HKDF, PRG, Shamir) live in ``crypto._primitives`` and are
 the only code that touches ``cryptography`` or PyNaCl.
 """
 
-from sealagg.crypto._primitives.signing import IdentityKey
+from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
 from sealagg.crypto.client import SecAggClient
 from sealagg.crypto.config import RING_BITS, RoundConfig
 from sealagg.crypto.encoding import QuantizationSpec, decode_sum, encode_update, encoded_length
@@ -40,4 +41,5 @@ __all__ = [
     "encoded_length",
     "find_parameters",
     "harary_graph",
+    "verify_signature",
 ]
