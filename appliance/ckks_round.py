@@ -30,6 +30,7 @@ from sealagg.crypto.ckks import (
     MAX_CONTEXT_BYTES,
     CkksAccumulator,
     CkksParameters,
+    check_ckks_round,
     estimate,
     input_limit,
     mean_from_sum,
@@ -45,9 +46,10 @@ from sealagg.crypto.ckks_keys import (
     roster_message,
 )
 from sealagg.crypto.errors import BadSignatureError, CkksError, SecAggError
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
 #: Data owners whose updates must be in a sum before anyone may decrypt it.
-MINIMUM_CONTRIBUTORS = 3
+MINIMUM_CONTRIBUTORS = MIN_MASKED_PARTIES
 UPLOAD_KIND = "ckks"
 
 
@@ -95,15 +97,30 @@ class CkksRound(ActiveRound):
         self._weighted_sum: np.ndarray | None = None
         self._done = False
 
-    @staticmethod
-    def deadlines(deadlines: DeadlinesSection) -> list[float]:
+    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
         """Per-phase deadlines, mapped onto the masked modes' settings."""
-        return [
+        return (
             deadlines.advertise_keys,
             deadlines.share_keys,
             deadlines.masked_input,
             deadlines.unmasking,
-        ]
+        )
+
+    def describe(self, start: pb.RoundStart) -> None:
+        """The vector length ([w·x, w]) and the CKKS parameters, key holder included."""
+        plan, params = self.plan, self.plan.params
+        start.vector_length = self.dimension + 1
+        start.ckks.CopyFrom(
+            pb.CkksParams(
+                poly_modulus_degree=params.poly_modulus_degree,
+                coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+                scale_bits=params.scale_bits,
+                key_holder_index=plan.key_holder_index,
+                key_holder_contributes=plan.contributes,
+                share_secret_key=plan.share_secret_key,
+                max_error=plan.max_error,
+            )
+        )
 
     # ------------------------------------------------------------------------- uploads
 
@@ -306,13 +323,13 @@ def build_ckks_round(
     else:
         holder, contributes = min(members, key=lambda m: m.index), True
     owners = len(members) - (0 if contributes else 1)
-    if owners < MINIMUM_CONTRIBUTORS:
-        raise ValueError(
-            f"ckks needs at least {MINIMUM_CONTRIBUTORS} data owners besides a separate key holder"
-        )
-    try:
-        params.validate(
-            num_clients=owners, value_bound=config.aggregation.clip, max_error=section.max_error
+    try:  # the same check every data owner makes before it sends anything
+        check_ckks_round(
+            params,
+            data_owners=owners,
+            key_holder_listed=True,
+            value_bound=config.aggregation.clip,
+            max_error=section.max_error,
         )
         guess = estimate(params, dimension)
     except CkksError as error:
@@ -337,18 +354,8 @@ def build_ckks_round(
         section.max_error,
         config.aggregation.clip,
     )
-    start.vector_length = dimension + 1
-    start.ckks.CopyFrom(
-        pb.CkksParams(
-            poly_modulus_degree=params.poly_modulus_degree,
-            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-            scale_bits=params.scale_bits,
-            key_holder_index=holder.index,
-            key_holder_contributes=contributes,
-            share_secret_key=section.share_secret_key,
-            max_error=section.max_error,
-        )
-    )
+    active = CkksRound(number, round_id, members, plan, dimension)
+    active.describe(start)
     audit = {
         "round": number,
         "mode": "ckks",
@@ -363,4 +370,4 @@ def build_ckks_round(
         "error_bound": params.error_bound(owners),
         "dimension": dimension,
     }
-    return CkksRound(number, round_id, members, plan, dimension), audit
+    return active, audit

@@ -15,6 +15,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sealagg.appliance.errors import ConfigError
+from sealagg.crypto.rules import MIN_MASKED_PARTIES, require_masking_parties
 
 Mode = Literal["plaintext", "secagg", "secagg+", "ckks", "attested"]
 #: Aggregation rules (appliance/robust.py); the one list of their names.
@@ -62,15 +63,12 @@ class AggregationSection(_Section):
     #: Trimmed mean: fraction trimmed per side (floor(beta·n) values).
     beta: float = Field(0.1, ge=0.0, lt=0.5)
     #: Masked modes with a robust rule: clients per SecAgg bucket (the appliance sees bucket sums).
-    bucket_size: int = Field(3, ge=3)
+    bucket_size: int = Field(MIN_MASKED_PARTIES, ge=MIN_MASKED_PARTIES)
 
     @model_validator(mode="after")
     def _masking_needs_three(self) -> AggregationSection:
-        if self.mode not in ("plaintext", "attested") and self.min_clients < 3:
-            raise ValueError(
-                "min_clients must be at least 3 in masked modes: with two parties, masking "
-                "hides nothing (use attested mode and/or DP)"
-            )
+        if self.mode not in ("plaintext", "attested"):
+            require_masking_parties(self.min_clients, f"min_clients: a {self.mode} round")
         if self.max_clients < self.min_clients:
             raise ValueError("max_clients must be at least min_clients")
         if self.rule != "mean" and self.mode == "ckks":

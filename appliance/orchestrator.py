@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sealagg.appliance.ckks_round import CkksRound, build_ckks_round
+from sealagg.appliance.ckks_round import build_ckks_round
 from sealagg.appliance.config import ApplianceConfig
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.models import ModelVersion
 from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
 from sealagg.appliance.optimizers import ServerOptimizer, make_optimizer
 from sealagg.appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
-from sealagg.appliance.robust import BucketedRound, build_robust_round
+from sealagg.appliance.robust import build_robust_round
 from sealagg.appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -40,18 +40,22 @@ from sealagg.appliance.rounds import (
     UploadRefusedError,
 )
 from sealagg.appliance.store import Store
-from sealagg.appliance.vendor_gate import EVALUATION_KIND, VendorGate, refuse_two_party_masking
+from sealagg.appliance.vendor_gate import EVALUATION_KIND, VendorGate
 from sealagg.appliance.versions import superseded_during_round
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten, unflatten
 from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
+from sealagg.crypto.config import check_round_parameters
 from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
 from sealagg.crypto.params import choose_graph
+from sealagg.crypto.rules import require_masking_parties
 
 _log = logging.getLogger("sealagg.orchestrator")
 
 #: A quality gate sees the candidate and the aggregate; it returns (accept, reason).
 QualityGate = Callable[[Mapping[str, np.ndarray], Aggregate], tuple[bool, str]]
+#: (number, round id, members, dimension, common RoundStart) -> the round, described in it.
+RoundBuilder = Callable[[int, bytes, list[Member], int, pb.RoundStart], ActiveRound]
 MAX_POLL_SECONDS = 30.0
 SETUP_FAILURE = "cannot set up the round"
 #: Uploads larger than this are checked and added in a worker thread (the lock keeps order).
@@ -341,12 +345,12 @@ class Orchestrator:
             self._links.setdefault(m.name, _Link(m.name))
         self._round = active
         for m in members:
-            task = pb.Task()
-            task.round_start.CopyFrom(start)
-            task.round_start.client_index = m.index
-            task.round_start.contribution_weight = self.config.contribution_weight(m.name)
-            if isinstance(active, BucketedRound):  # each client sees only its own bucket
-                task.round_start.CopyFrom(active.round_start_for(m.name, task.round_start))
+            personal = pb.RoundStart()
+            personal.CopyFrom(start)
+            personal.client_index = m.index
+            personal.contribution_weight = self.config.contribution_weight(m.name)
+            # The round decides what each member sees (e.g. only its own bucket).
+            task = pb.Task(round_start=active.round_start_for(m.name, personal))
             _enqueue(self._links[m.name], task)
         opened = time.perf_counter()
         try:
@@ -363,16 +367,7 @@ class Orchestrator:
         layout: Layout,
         version: int,
     ) -> RoundOutcome:
-        deadlines = self.config.deadlines
-        per_phase = [
-            deadlines.advertise_keys,
-            deadlines.share_keys,
-            deadlines.masked_input,
-            deadlines.consistency_check,
-            deadlines.unmasking,
-        ]
-        if isinstance(active, CkksRound):
-            per_phase = CkksRound.deadlines(deadlines)
+        per_phase = active.phase_deadlines(self.config.deadlines)
         while True:
             timeout = per_phase[min(active.phase_index, len(per_phase) - 1)]
             opened = self._clock()
@@ -427,8 +422,12 @@ class Orchestrator:
         layout: Layout,
         model: ModelVersion,
     ) -> tuple[ActiveRound, pb.RoundStart]:
+        """The round for the configured mode and rule, and the RoundStart that describes it.
+
+        Raises ``ValueError`` / ``InfeasibleParametersError`` with the reason when the round
+        cannot run with these members; the round is then aborted and every member told why.
+        """
         agg = self.config.aggregation
-        d = layout.dimension
         start = pb.RoundStart(
             round_number=number,
             round_id=round_id,
@@ -444,18 +443,46 @@ class Orchestrator:
             model_sha256=model.sha256,
         )
         self._privacy_plan = None
-        if agg.rule != "mean":  # robust rules (appliance/robust.py): ValueError if infeasible
-            return self._build_robust_round(number, round_id, members, d, start)
-        if agg.mode in ("plaintext", "attested"):  # attested: clients verified the TEE first
-            start.vector_length = d
-            self._privacy_plan = self.privacy.plan_for(start, dimension=d, minimum=agg.min_clients)
-            return PlainRound(number, round_id, members, d), start
-        if agg.mode == "ckks":  # size guard and parameter checks raise ValueError
-            ckks_round, audit = build_ckks_round(self.config, number, round_id, members, d, start)
-            self.store.audit.append("round_parameters", audit)
-            return ckks_round, start
+        build = self._build_robust_round if agg.rule != "mean" else self._builders[agg.mode]
+        return build(number, round_id, members, layout.dimension, start), start
+
+    @property
+    def _builders(self) -> dict[str, RoundBuilder]:
+        """One builder per aggregation mode (robust rules: :meth:`_build_robust_round`).
+
+        A builder returns the round with its parameters written into ``start`` and audited.
+        """
+        return {
+            "plaintext": self._build_plain_round,
+            "attested": self._build_plain_round,  # clients verified the TEE first
+            "ckks": self._build_ckks_round,
+            "secagg": self._build_masked_round,
+            "secagg+": self._build_masked_round,
+        }
+
+    def _build_plain_round(
+        self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
+    ) -> ActiveRound:
+        active = PlainRound(number, round_id, members, d)
+        active.describe(start)
+        minimum = self.config.aggregation.min_clients
+        self._privacy_plan = self.privacy.plan_for(start, dimension=d, minimum=minimum)
+        return active
+
+    def _build_ckks_round(
+        self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
+    ) -> ActiveRound:
+        # The size guard and the parameter checks raise ValueError.
+        active, audit = build_ckks_round(self.config, number, round_id, members, d, start)
+        self.store.audit.append("round_parameters", audit)
+        return active
+
+    def _build_masked_round(
+        self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
+    ) -> ActiveRound:
+        agg = self.config.aggregation
         n = len(members)
-        refuse_two_party_masking(agg.mode, n)  # explained in the abort reason and the docs
+        require_masking_parties(n, f"{agg.mode} round")  # the reason reaches every client
         degree, threshold, note = choose_graph(n, agg.mode, agg.dropout_rate, agg.corrupt_fraction)
         config = RoundConfig.create(
             round_id=round_id,
@@ -465,11 +492,14 @@ class Orchestrator:
             degree=degree,
             minimum_survivors=self.privacy.minimum_survivors(n, threshold),
         )
+        check_round_parameters(  # refuse here what every client would refuse
+            participants=n,
+            threshold=config.threshold,
+            minimum_survivors=config.minimum_survivors,
+        )
         spec = QuantizationSpec(clip=agg.clip, max_clients=n)
-        start.vector_length = config.vector_length
-        start.threshold = config.threshold
-        start.degree = 0 if config.graph.is_complete else config.graph.degree
-        start.minimum_survivors = config.minimum_survivors
+        active = MaskedRound(number, round_id, members, config, spec)
+        active.describe(start)
         self.store.audit.append(
             "round_parameters",
             {
@@ -483,21 +513,22 @@ class Orchestrator:
         )
         plan = self.privacy.plan_for(start, dimension=d, minimum=config.minimum_survivors)
         self._privacy_plan = plan
-        decoder = plan.decode if plan is not None else None
-        return MaskedRound(number, round_id, members, config, spec, decoder), start
+        active.decoder = plan.decode if plan is not None else None  # DP: decode the ring sum
+        return active
 
     def _build_robust_round(
         self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
-    ) -> tuple[ActiveRound, pb.RoundStart]:
+    ) -> ActiveRound:
+        """Robust rules (appliance/robust.py); ValueError when infeasible."""
         if self.privacy.enabled:
             raise ValueError("robust aggregation rules are not combined with DP yet")
         active, audit = build_robust_round(
             self.config.aggregation, number, round_id, members, d, choose_graph
         )
-        start.vector_length = d if audit is None else encoded_length(d)
+        active.describe(start)
         if audit is not None:
             self.store.audit.append("round_parameters", audit)
-        return active, start
+        return active
 
     def _next_round_id(self) -> bytes:
         """Bound to the audit chain's head, so the SecAgg+ graph seed is on the record."""
@@ -513,21 +544,37 @@ class Orchestrator:
         layout: Layout,
         version: int,
     ) -> RoundOutcome:
+        """Aggregate -> candidate -> gates -> decision -> announcement, each a named step."""
         plan, self._privacy_plan = self._privacy_plan, None
         try:  # account a DP round (too few updates for its noise: abort); note local ε
             self.privacy.finish_round(plan, active.metadata, aggregate)
         except ValueError as error:
             reason = f"privacy: {error}"
             return self._finish_aborted(active.number, members, active.round_id, reason)
-        delta = unflatten(aggregate.mean_update, layout)
         self._use_optimizer_state_of(version)  # e.g. after a rollback: the restored version's
         before = self._optimizer.state_dict()  # the state only advances with an accepted model
         try:
-            candidate = self._optimizer.step(weights, delta)
+            candidate = self._optimizer.step(weights, unflatten(aggregate.mean_update, layout))
         except ValueError as error:
             return self._finish_aborted(
                 active.number, members, active.round_id, f"optimizer refused: {error}"
             )
+        self._audit_aggregate(active, aggregate)
+        accept, why = (
+            (True, "no quality gate")
+            if self._quality_gate is None
+            else self._quality_gate(candidate, aggregate)
+        )
+        model = self._store_candidate(candidate, version, active.number)
+        accept, why = await self._gate(active, model, version, accept, why)
+        if not accept:
+            return self._reject(active, members, aggregate, model, version, before, why)
+        if self.config.gates.require_approval:
+            return self._hold_for_approval(active, members, aggregate, model)
+        return self._accept(active, members, aggregate, model)
+
+    def _audit_aggregate(self, active: ActiveRound, aggregate: Aggregate) -> None:
+        """What clients declared, the aggregate's digest, and what the round kind reports."""
         digest = hashlib.sha256(active.total_digest_source()).hexdigest()
         if active.metadata:  # what clients declared (example counts, spent ε): no update values
             self.store.audit.append(
@@ -543,20 +590,24 @@ class Orchestrator:
                 "aggregate_sha256": digest,
             },
         )
-        if getattr(active, "robust_report", None):  # which rule, who/which bucket was chosen
-            self.store.audit.append(
-                "robust_aggregation", {"round": active.number, **active.robust_report}
-            )
-        accept, why = (
-            (True, "no quality gate")
-            if self._quality_gate is None
-            else self._quality_gate(candidate, aggregate)
-        )
+        for kind, record in active.result_audit().items():  # e.g. which rule chose whom
+            self.store.audit.append(kind, record)
+
+    def _store_candidate(
+        self, candidate: dict[str, np.ndarray], parent: int, number: int
+    ) -> ModelVersion:
+        """The candidate version and the optimizer state that produced it, durably."""
         model = self.store.add_model_version(
-            candidate, parent=version, round=active.number, status="candidate"
+            candidate, parent=parent, round=number, status="candidate"
         )
         save_state(self.store.folder, model, self._optimizer)  # durable before it can publish
         self._optimizer_version = model.version
+        return model
+
+    async def _gate(
+        self, active: ActiveRound, model: ModelVersion, version: int, accept: bool, why: str
+    ) -> tuple[bool, str]:
+        """After the quality gate: the vendor's holdout, then staleness; the decision audited."""
         if accept and self.vendor_gate is not None:  # evaluated on the vendor's own holdout
             previous = self.store.model_version(version)
             accept, why = await self.vendor_gate.judge(active.round_id, previous, model)
@@ -567,46 +618,73 @@ class Orchestrator:
             "gate_decision",
             {"round": active.number, "version": model.version, "accept": accept, "reason": why},
         )
-        if not accept:
-            self._optimizer.load_state_dict(before)
-            self._optimizer_version = version
-            discard_state(self.store.folder, model.version)
-            self.store.set_model_status(model.version, "rejected")
-            self.store.set_round_status(active.number, "rejected", why)
-            outcome = RoundOutcome(
-                active.number,
-                "rejected",
-                why,
-                model.version,
-                aggregate.contributors,
-                aggregate.dropped,
-            )
-            self._tell_all(members, active.round_id, pb.RoundEnd.REJECTED, why, model.version)
-            return outcome
-        if self.config.gates.require_approval:
-            self.store.set_model_status(model.version, "pending")
-            self.store.set_round_status(active.number, "pending_approval")
-            outcome = RoundOutcome(
-                active.number,
-                "pending_approval",
-                "",
-                model.version,
-                aggregate.contributors,
-                aggregate.dropped,
-            )
-            self._tell_all(
-                members,
-                active.round_id,
-                pb.RoundEnd.PENDING_APPROVAL,
-                "waiting for approval",
-                model.version,
-            )
-            return outcome
+        return accept, why
+
+    def _reject(
+        self,
+        active: ActiveRound,
+        members: list[Member],
+        aggregate: Aggregate,
+        model: ModelVersion,
+        version: int,
+        before: dict,
+        why: str,
+    ) -> RoundOutcome:
+        """Undo the optimizer step, discard its state, and record the rejection."""
+        self._optimizer.load_state_dict(before)
+        self._optimizer_version = version
+        discard_state(self.store.folder, model.version)
+        self.store.set_model_status(model.version, "rejected")
+        self.store.set_round_status(active.number, "rejected", why)
+        return self._announce(
+            active, members, aggregate, model, "rejected", why, pb.RoundEnd.REJECTED, why
+        )
+
+    def _hold_for_approval(
+        self, active: ActiveRound, members: list[Member], aggregate: Aggregate, model: ModelVersion
+    ) -> RoundOutcome:
+        self.store.set_model_status(model.version, "pending")
+        self.store.set_round_status(active.number, "pending_approval")
+        return self._announce(
+            active,
+            members,
+            aggregate,
+            model,
+            "pending_approval",
+            "",
+            pb.RoundEnd.PENDING_APPROVAL,
+            "waiting for approval",
+        )
+
+    def _accept(
+        self, active: ActiveRound, members: list[Member], aggregate: Aggregate, model: ModelVersion
+    ) -> RoundOutcome:
         self.store.set_model_status(model.version, "accepted")
         self.store.set_round_status(active.number, "accepted")
-        self._tell_all(members, active.round_id, pb.RoundEnd.PUBLISHED, "", model.version)
+        return self._announce(
+            active, members, aggregate, model, "published", "", pb.RoundEnd.PUBLISHED, ""
+        )
+
+    def _announce(
+        self,
+        active: ActiveRound,
+        members: list[Member],
+        aggregate: Aggregate,
+        model: ModelVersion,
+        outcome: str,
+        reason: str,
+        wire_outcome: int,
+        wire_reason: str,
+    ) -> RoundOutcome:
+        """Tell every member how the round ended; the outcome for the history."""
+        self._tell_all(members, active.round_id, wire_outcome, wire_reason, model.version)
         return RoundOutcome(
-            active.number, "published", "", model.version, aggregate.contributors, aggregate.dropped
+            active.number,
+            outcome,
+            reason,
+            model.version,
+            aggregate.contributors,
+            aggregate.dropped,
         )
 
     def _load_optimizer_state(self) -> None:

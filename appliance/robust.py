@@ -43,7 +43,7 @@ from typing import get_args
 import numpy as np
 
 from sealagg import kernels
-from sealagg.appliance.config import AggregationSection, Rule
+from sealagg.appliance.config import AggregationSection, DeadlinesSection, Rule
 from sealagg.appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -55,6 +55,7 @@ from sealagg.appliance.rounds import (
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
 from sealagg.crypto.errors import SecAggError
+from sealagg.crypto.rules import require_masking_parties
 
 RULES: tuple[str, ...] = get_args(Rule)
 #: (n, mode, dropout_rate, corrupt_fraction) -> (degree or None, threshold, audit note).
@@ -145,6 +146,10 @@ class RobustPlainRound(PlainRound):
     def total_digest_source(self) -> bytes:
         return b"" if self._result is None else self._result.tobytes()
 
+    def result_audit(self) -> dict[str, dict]:
+        """Which rule ran and which clients it chose."""
+        return _robust_audit(self.number, self.robust_report)
+
 
 def assign_buckets(round_id: bytes, names: list[str], bucket_size: int) -> list[list[str]]:
     """Split ``names`` into ``len(names) // bucket_size`` buckets (sizes differ by at most 1).
@@ -152,8 +157,7 @@ def assign_buckets(round_id: bytes, names: list[str], bucket_size: int) -> list[
     The order is SHA-256(round id ‖ name): public, reproducible by anyone holding
     the round id and the participant list, and not choosable by a client.
     """
-    if bucket_size < 3:
-        raise ValueError(f"bucket_size must be at least 3 (got {bucket_size})")
+    require_masking_parties(bucket_size, "a bucket")  # the appliance sees each bucket's sum
     k = len(names) // bucket_size
     if k < 1:
         raise ValueError(f"{len(names)} clients cannot fill one bucket of {bucket_size}")
@@ -194,6 +198,13 @@ class BucketedRound(ActiveRound):
         self.robust_report: dict = {}
         self._done = False
 
+    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
+        return self.buckets[0].phase_deadlines(deadlines)  # the buckets move in lockstep
+
+    def describe(self, start: pb.RoundStart) -> None:
+        """The common vector length; the rest is per bucket (:meth:`round_start_for`)."""
+        start.vector_length = self.buckets[0].config.vector_length
+
     def round_start_for(self, name: str, common: pb.RoundStart) -> pb.RoundStart:
         """This client's RoundStart: only its bucket, re-indexed, with the bucket's parameters."""
         bucket = self.buckets[self.bucket_of[name]]
@@ -205,13 +216,13 @@ class BucketedRound(ActiveRound):
             for m in sorted(bucket.members.values(), key=lambda m: m.index)
         )
         start.client_index = bucket.members[name].index
-        config = bucket.config
-        start.vector_length = config.vector_length
-        start.threshold = config.threshold
-        start.degree = 0 if config.graph.is_complete else config.graph.degree
-        start.minimum_survivors = config.minimum_survivors
+        bucket.describe(start)
         start.max_clients = len(bucket.members)
         return start
+
+    def result_audit(self) -> dict[str, dict]:
+        """Which rule ran over which buckets, which failed and which were chosen."""
+        return _robust_audit(self.number, self.robust_report)
 
     def upload_limit(self, header: pb.UploadHeader) -> int:
         return self.buckets[min(self.live)].upload_limit(header) if self.live else 0
@@ -275,6 +286,10 @@ class BucketedRound(ActiveRound):
 
     def total_digest_source(self) -> bytes:
         return b"".join(self.buckets[b].total_digest_source() for b in sorted(self.live))
+
+
+def _robust_audit(number: int, report: dict) -> dict[str, dict]:
+    return {"robust_aggregation": {"round": number, **report}} if report else {}
 
 
 def build_bucketed_round(

@@ -5,6 +5,12 @@ accepts (or refuses) their uploads, and closes a phase into the next step for
 each client. :class:`MaskedRound` drives the secure-aggregation server of
 ``crypto/`` and holds only a running sum; :class:`PlainRound` accumulates a
 weighted float64 sum of plaintext updates (the aggregator sees every update).
+
+Each round kind also describes itself to the orchestrator, which never asks what
+kind it holds: its phase deadlines (:meth:`ActiveRound.phase_deadlines`), the
+public parameters it puts into the RoundStart (:meth:`~ActiveRound.describe`) and
+the one each member receives (:meth:`~ActiveRound.round_start_for`), and what it
+adds to the audit log once aggregated (:meth:`~ActiveRound.result_audit`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sealagg.appliance.config import DeadlinesSection
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto import (
     Phase,
@@ -81,6 +88,24 @@ class ActiveRound(abc.ABC):
     @property
     def phase_name(self) -> str:
         return self.phase_names[self.phase_index]
+
+    # ------------------------------------------------------- how the round describes itself
+
+    @abc.abstractmethod
+    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
+        """Seconds each phase waits for clients, one per phase name."""
+
+    @abc.abstractmethod
+    def describe(self, start: pb.RoundStart) -> None:
+        """Write this round's public parameters into the RoundStart its members receive."""
+
+    def round_start_for(self, name: str, common: pb.RoundStart) -> pb.RoundStart:
+        """The RoundStart member ``name`` receives; by default the common one."""
+        return common
+
+    def result_audit(self) -> dict[str, dict]:
+        """Audit records (kind -> record) about how the aggregate was formed; none by default."""
+        return {}
 
     @property
     def waiting_for(self) -> set[str]:
@@ -182,6 +207,23 @@ class MaskedRound(ActiveRound):
         self.server = SecAggServer(config)
         self._done = False
 
+    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
+        return (
+            deadlines.advertise_keys,
+            deadlines.share_keys,
+            deadlines.masked_input,
+            deadlines.consistency_check,
+            deadlines.unmasking,
+        )
+
+    def describe(self, start: pb.RoundStart) -> None:
+        """Vector length, threshold, degree (0: complete) and minimum survivors of the config."""
+        config = self.config
+        start.vector_length = config.vector_length
+        start.threshold = config.threshold
+        start.degree = 0 if config.graph.is_complete else config.graph.degree
+        start.minimum_survivors = config.minimum_survivors
+
     def upload_limit(self, header: pb.UploadHeader) -> int:
         if header.kind != "protocol":
             raise UploadRefusedError(
@@ -255,6 +297,12 @@ class PlainRound(ActiveRound):
         self.weighted_sum = np.zeros(dimension, dtype=np.float64)
         self.total_weight = 0.0
         self._done = False
+
+    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
+        return (deadlines.advertise_keys,)  # one phase: local training and the upload
+
+    def describe(self, start: pb.RoundStart) -> None:
+        start.vector_length = self.dimension
 
     def upload_limit(self, header: pb.UploadHeader) -> int:
         if header.kind != "plaintext_update":

@@ -8,8 +8,6 @@ is accepted only if its gate metric is no worse than the previous accepted versi
 the configured tolerance. Metrics are stored with each version (write-once, audited); a
 previous version without metrics is evaluated first, in the same round. Fail closed: no
 report before the deadline, a missing metric or a non-finite value rejects the candidate.
-
-Also here: the two-party rule for masked modes (see :func:`refuse_two_party_masking`).
 """
 
 from __future__ import annotations
@@ -29,29 +27,11 @@ from sealagg.appliance.rounds import UploadRefusedError
 from sealagg.appliance.store import Store
 from sealagg.appliance.wire import sealagg_pb2 as pb
 
-__all__ = [
-    "EVALUATION_KIND",
-    "MASKED_MODES",
-    "TWO_PARTY_EXPLANATION",
-    "VendorGate",
-    "refuse_two_party_masking",
-]
+__all__ = ["EVALUATION_KIND", "VendorGate"]
 
 EVALUATION_KIND = "evaluation"
 MAX_REPORT_BYTES = 64 * 1024
 MAX_METRICS = 64
-MASKED_MODES = ("secagg", "secagg+")
-TWO_PARTY_EXPLANATION = (
-    "pairwise masking with two parties hides nothing: each party can subtract its own input "
-    "from the sum and read the other's; run two-party work in attested mode and/or with "
-    "client-side DP"
-)
-
-
-def refuse_two_party_masking(mode: str, parties: int) -> None:
-    """Raise ValueError (with the reason) for a masked round of fewer than three parties."""
-    if mode in MASKED_MODES and parties < 3:
-        raise ValueError(f"{mode} round with {parties} parties refused: {TWO_PARTY_EXPLANATION}")
 
 
 @dataclasses.dataclass

@@ -28,10 +28,12 @@ import numpy as np
 from sealagg.crypto._primitives.ckks import MAX_SECURE_COEFF_BITS, PublicContext, SecretContext
 from sealagg.crypto.errors import (
     CkksCiphertextError,
+    CkksError,
     CkksKeyError,
     CkksParameterError,
     MalformedMessageError,
 )
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
 SCHEMA_VERSION = 1
 #: Gaussian error width of SEAL's encryption.
@@ -147,6 +149,31 @@ class CkksParameters:
 
 
 # ------------------------------------------------------------------------------ packing
+
+
+def check_ckks_round(
+    params: CkksParameters,
+    *,
+    data_owners: int,
+    key_holder_listed: bool,
+    value_bound: float,
+    max_error: float,
+) -> None:
+    """Refuse a ckks round that cannot protect its data owners, saying why (``CkksError``).
+
+    One check for both sides: the appliance before it opens the round, each client before
+    it sends anything. A sum over fewer than three data owners reveals their updates; a key
+    holder outside the round's participants is unaccountable; and the parameters must
+    leave room for the sum (:meth:`CkksParameters.validate`).
+    """
+    if data_owners < MIN_MASKED_PARTIES:
+        raise CkksParameterError(
+            f"only {data_owners} data owners: ckks needs at least {MIN_MASKED_PARTIES} data "
+            "owners besides a separate key holder, or the sum would reveal individual updates"
+        )
+    if not key_holder_listed:
+        raise CkksError("the key holder is not a participant of the round")
+    params.validate(num_clients=data_owners, value_bound=value_bound, max_error=max_error)
 
 
 def chunk_sizes(dimension: int, slots: int) -> list[int]:
@@ -389,6 +416,7 @@ __all__ = [
     "CkksEstimate",
     "CkksKeyHolder",
     "CkksParameters",
+    "check_ckks_round",
     "check_secret_context",
     "chunk_sizes",
     "estimate",

@@ -6,8 +6,10 @@ import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from sealagg.crypto.errors import RoundParametersRefusedError
 from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph
 from sealagg.crypto.messages import ROUND_ID_BYTES
+from sealagg.crypto.rules import MIN_MASKED_PARTIES, require_masking_parties
 
 RING_BITS = 32
 
@@ -35,11 +37,7 @@ class RoundConfig:
         object.__setattr__(self, "identities", MappingProxyType(dict(self.identities)))
         if tuple(sorted(self.identities)) != tuple(self.graph.participants):
             raise ValueError("the graph must cover exactly the participants with identities")
-        if len(self.identities) < 3:
-            raise ValueError(
-                "pairwise masking needs three or more parties: with two, each learns the "
-                "other's input from the sum; use the attested mode and/or DP instead"
-            )
+        require_masking_parties(len(self.identities), "pairwise masking")
         if not 2 <= self.threshold <= self.graph.degree:
             raise ValueError(
                 f"threshold {self.threshold} must lie in 2..{self.graph.degree} (the degree)"
@@ -92,4 +90,29 @@ def default_minimum_survivors(num_clients: int, threshold: int) -> int:
     signatures: with a majority quorum, that takes corrupt clients signing both.
     A sum over two clients would reveal each input to the other, hence the three.
     """
-    return max(threshold, num_clients // 2 + 1, min(3, num_clients))
+    return max(threshold, num_clients // 2 + 1, min(MIN_MASKED_PARTIES, num_clients))
+
+
+def check_round_parameters(
+    *,
+    participants: int,
+    threshold: int,
+    minimum_survivors: int,
+    minimum_survivors_floor: int = MIN_MASKED_PARTIES,
+) -> None:
+    """A client's refusal of masked-round parameters that would not protect its input.
+
+    The round must have at least three parties, and the appliance may not ask clients to
+    unmask a sum over fewer survivors than :func:`default_minimum_survivors` (capped at
+    the number of participants) or the client's own ``minimum_survivors_floor``: a
+    smaller quorum lets a lying appliance show different survivor lists to different
+    clients, or reveal a sum over too few inputs. Raises ``TooFewPartiesError`` or
+    :class:`~sealagg.crypto.errors.RoundParametersRefusedError` with the reason.
+    """
+    require_masking_parties(participants, "a masked round")
+    default = default_minimum_survivors(participants, threshold)
+    floor = max(minimum_survivors_floor, min(default, participants))
+    if minimum_survivors < floor:
+        raise RoundParametersRefusedError(
+            f"the appliance asks for only {minimum_survivors} survivors; this client needs {floor}"
+        )

@@ -42,6 +42,7 @@ from typing import Literal
 
 import numpy as np
 
+from sealagg import kernels
 from sealagg.crypto._primitives.prg import SEED_BYTES, expand_mask
 from sealagg.crypto.config import RING_BITS
 
@@ -361,10 +362,10 @@ def encode_dp_update(
     if not np.isfinite(x).all():
         raise ValueError("update contains NaN or Inf; nothing sent")
     rng = sampler or Sampler()
-    norm = float(np.linalg.norm(x))
+    clipped, norm = kernels.clip_l2(x, spec.clip)  # the one L2 clip (float32, never over C)
     below = norm <= spec.clip
     if not below:
-        x = x * (spec.clip / norm)
+        x = clipped.astype(np.float64)
     scaled = hadamard_rotate(x, seed) / spec.gamma
     n = scaled.shape[0]
     if spec.mechanism == "gaussian":

@@ -121,6 +121,18 @@ class InfeasibleParametersError(SecAggError):
     reason = AbortReason.INFEASIBLE_PARAMETERS
 
 
+class TooFewPartiesError(InfeasibleParametersError, ValueError):
+    """A sum over fewer than three parties was asked for: it would reveal their inputs.
+
+    Also a ``ValueError``, so configuration validators and graph constructors report it
+    like any other invalid value.
+    """
+
+
+class RoundParametersRefusedError(InfeasibleParametersError):
+    """A client refuses a round whose public parameters would not protect its input."""
+
+
 class CkksError(SecAggError):
     """A CKKS round or message is unusable (see the subclasses)."""
 

@@ -41,8 +41,8 @@ Two parties
 -----------
 With two participants pairwise masking hides nothing: the sum and one's own
 input reveal the other input. Both constructors refuse fewer than three
-participants; for two parties use an attested aggregator and/or differential
-privacy instead.
+participants (:func:`crypto.rules.require_masking_parties`); for two parties
+use an attested aggregator and/or differential privacy instead.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from sealagg.crypto.rules import TWO_PARTY_EXPLANATION, require_masking_parties
 
 __all__ = [
     "GRAPH_DOMAIN",
@@ -65,12 +67,6 @@ __all__ = [
 GRAPH_DOMAIN = b"sealagg/graph/v1"
 #: Shortest accepted graph seed (public round randomness).
 MIN_SEED_BYTES = 16
-
-TWO_PARTY_EXPLANATION = (
-    "secure aggregation needs at least 3 participants: with two parties pairwise "
-    "masking hides nothing, because the sum minus one's own input is the other "
-    "party's input; use an attested aggregator and/or differential privacy instead"
-)
 
 
 @dataclass(frozen=True)
@@ -152,7 +148,7 @@ class CommunicationGraph:
 def complete_graph(participants: Iterable[int]) -> CommunicationGraph:
     """The complete graph of SecAgg: everyone is everyone's neighbour."""
     ids = _validate_ids(participants)
-    _require_three(ids)
+    require_masking_parties(len(ids))
     return _complete(ids)
 
 
@@ -166,7 +162,7 @@ def harary_graph(participants: Iterable[int], degree: int, seed: bytes) -> Commu
     docstring); the same seed always yields the same graph.
     """
     ids = _validate_ids(participants)
-    _require_three(ids)
+    require_masking_parties(len(ids))
     if isinstance(degree, bool) or not isinstance(degree, int):
         raise TypeError("degree must be an int")
     if degree < 2:
@@ -207,11 +203,6 @@ def _validate_ids(participants: Iterable[int]) -> tuple[int, ...]:
         dupes = sorted({cid for cid in ids if ids.count(cid) > 1})
         raise ValueError(f"client ids must be distinct (repeated: {dupes})")
     return tuple(sorted(ids))
-
-
-def _require_three(ids: tuple[int, ...]) -> None:
-    if len(ids) < 3:
-        raise ValueError(f"{len(ids)} participant(s): {TWO_PARTY_EXPLANATION}")
 
 
 def _complete(ids: tuple[int, ...]) -> CommunicationGraph:

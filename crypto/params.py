@@ -89,7 +89,8 @@ from typing import Literal
 import numpy as np
 
 from sealagg.crypto.errors import InfeasibleParametersError
-from sealagg.crypto.graph import TWO_PARTY_EXPLANATION, CommunicationGraph
+from sealagg.crypto.graph import CommunicationGraph
+from sealagg.crypto.rules import require_masking_parties
 
 __all__ = [
     "MAX_REMOVED_FRACTION",
@@ -338,8 +339,7 @@ def _check_inputs(
             raise TypeError(f"{name} must be a number")
         if not 0.0 <= rate < 1.0:  # also rejects NaN
             raise InfeasibleParametersError(f"{name} must be in [0, 1) (got {rate!r})")
-    if num_clients < 3:
-        raise InfeasibleParametersError(f"{num_clients} client(s): {TWO_PARTY_EXPLANATION}")
+    require_masking_parties(num_clients, "the parameter finder")
     return num_clients
 
 

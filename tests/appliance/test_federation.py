@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sealagg.appliance import kit as kits
 from sealagg.appliance.errors import CertificateError, ProvisioningError
 from sealagg.appliance.federation import (
-    Federation,
+    FederationFolder,
     add_client,
     init_federation,
     revoke_client,
@@ -28,7 +28,7 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 HOSTS = ["localhost", "127.0.0.1", "::1"]
 
 
-def _init(folder: Path, **kwargs) -> Federation:
+def _init(folder: Path, **kwargs) -> FederationFolder:
     kwargs.setdefault("name", "demo")
     kwargs.setdefault("hosts", HOSTS)
     kwargs.setdefault("now", T0)
@@ -36,7 +36,7 @@ def _init(folder: Path, **kwargs) -> Federation:
 
 
 @pytest.fixture
-def federation(tmp_path) -> Federation:
+def federation(tmp_path) -> FederationFolder:
     return _init(tmp_path / "fed")
 
 
@@ -44,7 +44,9 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _issue(federation: Federation, name: str, tmp_path: Path, now: datetime = T0) -> kits.ClientKit:
+def _issue(
+    federation: FederationFolder, name: str, tmp_path: Path, now: datetime = T0
+) -> kits.ClientKit:
     path = add_client(federation, name, out=tmp_path / f"kit-{name}-{now:%Y%m%d}", now=now)
     return kits.load_kit(path, trusted_signer=federation.signer_public_key)
 
@@ -126,16 +128,16 @@ def test_bad_federation_names_and_ports_are_refused(tmp_path):
 
 
 def test_load_reopens_and_reports_missing_or_incomplete_folders(federation, tmp_path):
-    again = Federation.load(federation.folder)
+    again = FederationFolder.load(federation.folder)
     assert again.name == "demo"
     assert again.ca_certificate == federation.ca_certificate
     assert again.server_certificate == federation.server_certificate
     assert "PRIVATE" not in repr(again)
     with pytest.raises(ProvisioningError, match="does not exist"):
-        Federation.load(tmp_path / "nowhere")
+        FederationFolder.load(tmp_path / "nowhere")
     (federation.folder / "server.key").unlink()
     with pytest.raises(ProvisioningError, match=r"incomplete: missing server\.key"):
-        Federation.load(federation.folder)
+        FederationFolder.load(federation.folder)
 
 
 def test_a_passphrase_protected_ca_key_needs_the_passphrase(tmp_path):
@@ -145,14 +147,14 @@ def test_a_passphrase_protected_ca_key_needs_the_passphrase(tmp_path):
     with pytest.raises(TypeError):
         serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
     # Serving does not need the CA key; issuing does.
-    serving = Federation.load(folder)
+    serving = FederationFolder.load(folder)
     assert serving.server_credentials_material()[0].startswith(b"-----BEGIN PRIVATE KEY")
     with pytest.raises(ProvisioningError, match="encrypted: give the federation passphrase"):
         add_client(serving, "alice", now=T0)
     assert serving.client_names(include_revoked=True) == []
     with pytest.raises(ProvisioningError, match="wrong passphrase"):
-        Federation.load(folder, passphrase=b"wrong")
-    issuing = Federation.load(folder, passphrase=b"correct horse")
+        FederationFolder.load(folder, passphrase=b"wrong")
+    issuing = FederationFolder.load(folder, passphrase=b"correct horse")
     add_client(issuing, "alice", out=tmp_path / "kit", now=T0)
     assert issuing.client_names() == ["alice"]
 
@@ -230,7 +232,7 @@ def test_revoked_clients_are_refused_and_revocation_persists(federation, tmp_pat
     with pytest.raises(CertificateError, match="revoked"):
         federation.check_peer_certificate(der, now=T0)
     assert federation.check_peer_certificate(_der(bob.certificate), now=T0) == "bob"
-    reopened = Federation.load(federation.folder)
+    reopened = FederationFolder.load(federation.folder)
     assert reopened.is_revoked(alice.certificate)
     assert not reopened.is_revoked(bob.certificate)
     with pytest.raises(CertificateError, match="revoked"):
@@ -245,7 +247,7 @@ def test_revoked_clients_are_refused_and_revocation_persists(federation, tmp_pat
 def test_a_revocation_made_elsewhere_applies_at_the_next_check(federation, tmp_path):
     kit = _issue(federation, "alice", tmp_path)
     assert federation.check_peer_certificate(_der(kit.certificate), now=T0) == "alice"
-    revoke_client(Federation.load(federation.folder), "alice")  # e.g. the operator's CLI
+    revoke_client(FederationFolder.load(federation.folder), "alice")  # e.g. the operator's CLI
     with pytest.raises(CertificateError, match="revoked"):
         federation.check_peer_certificate(_der(kit.certificate), now=T0)
 
@@ -291,7 +293,9 @@ def _write(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
     return paths
 
 
-def _handshake(federation: Federation, client_material: tuple[bytes, bytes, bytes], tmp: Path):
+def _handshake(
+    federation: FederationFolder, client_material: tuple[bytes, bytes, bytes], tmp: Path
+):
     """Serve one TLS connection on loopback that demands a client certificate; return what
     each side saw (the client name the server read, or the errors)."""
     key_pem, chain_pem, ca_pem = federation.server_credentials_material()
@@ -341,7 +345,7 @@ def _handshake(federation: Federation, client_material: tuple[bytes, bytes, byte
 
 
 @pytest.fixture
-def live_federation(tmp_path) -> Federation:
+def live_federation(tmp_path) -> FederationFolder:
     """Issued at the real time: OpenSSL checks validity against the system clock."""
     return _init(tmp_path / "live", now=None)
 
