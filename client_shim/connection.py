@@ -102,7 +102,7 @@ class Connection:
         """Reconnect trusting only this appliance certificate (attested mode).
 
         The certificate is the sole trust anchor (gRPC/BoringSSL accept a CA-issued leaf as
-        one; tests/test_attest_shim.py checks it), so every later handshake on this channel
+        one; tests/shim/test_attestation.py checks it), so every later handshake on this channel
         must present exactly it: the session key is the attested one, not merely CA-issued.
         """
         _, key, cert = self.kit.channel_credentials_material()

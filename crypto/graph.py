@@ -14,7 +14,7 @@ Deterministic derivation
 ------------------------
 Every party recomputes the same graph from the same ``seed``; nobody has to
 trust a graph sent by the server. The permutation is derived as follows (this
-is the wire contract; ``tests/test_graph.py`` re-derives it independently):
+is the wire contract; ``tests/crypto/test_graph.py`` re-derives it independently):
 
 * keystream = ``B_0 ‖ B_1 ‖ …`` with
   ``B_c = SHA-256(b"sealagg/graph/v1" ‖ seed ‖ c.to_bytes(8, "big"))``;

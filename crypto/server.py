@@ -45,6 +45,7 @@ from sealagg.crypto.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
+from sealagg.kernels import mod_add_bytes_into
 
 SECRET_BYTES = 32
 
@@ -179,8 +180,7 @@ class _CollectMaskedInputs(_State):
     def receive(self, sender: int, msg: Message) -> None:
         super().receive(sender, msg)
         assert isinstance(msg, MaskedInput)
-        vector = np.frombuffer(msg.vector, dtype="<u4")
-        np.add(self.total, vector, out=self.total)
+        mod_add_bytes_into(self.total, msg.vector, 1)  # the buffer is viewed, not copied
         self.received[sender] = None  # keep O(d): drop the vector, remember the sender
 
     def check(self, sender: int, msg: Message) -> None:

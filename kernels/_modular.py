@@ -1,5 +1,7 @@
 """Arithmetic in Z_(2^bits) on uint32 vectors: the server's running sum and masking.
 
+crypto.server adds each masked input into its running sum with :func:`mod_add_bytes_into`.
+
 uint32 addition wraps mod 2^32 for free, and 2^bits divides 2^32, so every
 operation is "wrap, then mask with 2^bits - 1". In-place updates keep the
 server at O(d) memory however many clients report. The parallel Numba loops

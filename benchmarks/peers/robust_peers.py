@@ -79,7 +79,7 @@ def byzfl_agg(name: str, x, f: int):
 
 
 def precision_check() -> dict:
-    """Same construction as tests/test_kernels_robust.py::test_near_identical_full_weights..."""
+    """Same construction as tests/kernels/test_robust.py::test_near_identical_full_weights..."""
     rng = np.random.default_rng(7)
     n, f, d = 9, 2, 50_000
     weights = rng.normal(0, 3.0, d).astype(np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_appliance_e2e import FAST, _published, _run_clients
+from sealagg_testkit.rounds import FAST, published, run_clients
 
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.server import open_store
@@ -31,11 +31,11 @@ def test_quality_gate_rejection_keeps_the_previous_model(deployment, running):
         return False, "holdout accuracy fell"
 
     app = running(dep.folder, quality_gate=gate)
-    threads, reports, errors = _run_clients(dep, sorted(dep.kits))
+    threads, reports, errors = run_clients(dep, sorted(dep.kits))
     _finish(app, threads, errors)
     assert seen == [("client0", "client1", "client2")]
     assert all(r[0].outcome == "rejected" for r in reports.values())
-    model, _, _audit, rounds = _published(dep)
+    model, _, _audit, rounds = published(dep)
     assert model.version == 1  # the base model stays current
     assert rounds[-1].status == "rejected"
     assert app.app.orchestrator._optimizer.steps == 0  # momentum did not advance
@@ -59,7 +59,7 @@ def pending_round(deployment, running):
         gates={"require_approval": True},
     )
     app = running(dep.folder)
-    threads, reports, errors = _run_clients(dep, sorted(dep.kits))
+    threads, reports, errors = run_clients(dep, sorted(dep.kits))
     _finish(app, threads, errors)
     assert all(r[0].outcome == "pending_approval" for r in reports.values())
     store = open_store(FederationFolder.load(dep.folder))
@@ -104,7 +104,7 @@ def test_optimizer_state_survives_a_restart(deployment, running):
         optimizer={"name": "fedavgm", "server_lr": 1.0, "momentum": 0.5},
     )
     app = running(dep.folder)
-    threads, _, errors = _run_clients(dep, sorted(dep.kits))
+    threads, _, errors = run_clients(dep, sorted(dep.kits))
     _finish(app, threads, errors)
     first = app.app.orchestrator._optimizer.state_dict()
     assert int(first["step"][0]) == 1

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.vendor_gate import BASE, DIM, FAST, HARMFUL, LAYOUT, benign, run_parties
 
 from sealagg.appliance.attestation import setup_software_attestation
 from sealagg.appliance.config import parse_config
@@ -23,40 +23,12 @@ from sealagg.appliance.kit import load_kit
 from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import Deployment, base_model, free_port
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire.modelcodec import Layout, flatten
+from sealagg.appliance.wire.modelcodec import flatten
 from sealagg.client_shim.connection import Connection
-from sealagg.client_shim.session import Participant
-
-FAST = {
-    "advertise_keys": 10,
-    "share_keys": 5,
-    "masked_input": 5,
-    "consistency_check": 5,
-    "unmasking": 5,
-}
-BASE = base_model()
-LAYOUT = Layout.of(BASE)
-DIM = LAYOUT.dimension
-HOLDOUT = np.random.default_rng(7).normal(0, 1, (300, 16))
-LABELS = np.argmax(HOLDOUT @ BASE["layer.weight"] + BASE["layer.bias"], axis=1)
-
-
-def holdout_accuracy(tensors) -> dict[str, float]:
-    """The vendor's evaluation, in the vendor's process: its holdout never leaves it."""
-    predicted = np.argmax(HOLDOUT @ tensors["layer.weight"] + tensors["layer.bias"], axis=1)
-    return {"accuracy": float(np.mean(predicted == LABELS)), "samples": float(len(LABELS))}
-
-
-def benign(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1e-3, DIM).astype(np.float32)
-
-
-#: A client update that destroys the vendor's accuracy: at weight 0.2 it flips every logit.
-HARMFUL = (-10.0 * flatten(BASE, LAYOUT)).astype(np.float32)
 
 
 def _attested_deployment(root) -> Deployment:
-    """Two kits that carry the software attester's policy (as tests/test_attest_shim.py)."""
+    """Two kits that carry the software attester's policy (as tests/shim/test_attestation.py)."""
     port = free_port()
     folder = root / "federation"
     fed = init_federation(folder, name="testfed", hosts=["localhost", "127.0.0.1"], port=port)
@@ -85,37 +57,6 @@ def _gated(dep, rounds: int, *, tolerance: float = 0.02, mode: str = "plaintext"
     )
 
 
-def _party(dep, name, updates, reports, errors, evaluated=None):
-    def evaluate(tensors):
-        evaluated.append(holdout_accuracy(tensors)["accuracy"])
-        return holdout_accuracy(tensors)
-
-    conn = Connection(dep.kits[name], address=dep.address)
-    p = Participant(conn, poll_seconds=1.0, evaluate=evaluate if evaluated is not None else None)
-    try:
-        reports[name] = [
-            p.run_round(lambda start, tensors, u=u: (u, 1.0, {"n": 1})) for u in updates
-        ]
-    except Exception as error:  # collected for the assertion message
-        errors[name] = error
-    finally:
-        conn.close()
-
-
-def _run(dep, plan: dict[str, list[np.ndarray]], evaluated: list[float] | None):
-    reports, errors = {}, {}
-    threads = [
-        threading.Thread(
-            target=_party,
-            args=(dep, name, updates, reports, errors, evaluated if name == "client0" else None),
-        )
-        for name, updates in plan.items()
-    ]
-    for t in threads:
-        t.start()
-    return threads, reports, errors
-
-
 @pytest.mark.parametrize("mode", ["attested", "plaintext"])
 def test_gate_rejects_a_harmful_candidate_and_weights_are_exact(
     deployment, running, tmp_path, mode
@@ -125,7 +66,7 @@ def test_gate_rejects_a_harmful_candidate_and_weights_are_exact(
     app = running(dep.folder)
     vendor, client = benign(1), benign(2)
     evaluated: list[float] = []
-    threads, reports, errors = _run(
+    threads, reports, errors = run_parties(
         dep, {"client0": [vendor, benign(3)], "client1": [client, HARMFUL]}, evaluated
     )
     app.wait(90)
@@ -198,7 +139,9 @@ def test_gate_fails_closed_without_a_vendor_report(deployment, running):
     dep.configure(gates={"evaluate_deadline": 1.5})
     app = running(dep.folder)
     # client0 is the gate party but runs no evaluate= callback: nothing is reported
-    threads, reports, errors = _run(dep, {"client0": [benign(1)], "client1": [benign(2)]}, None)
+    threads, reports, errors = run_parties(
+        dep, {"client0": [benign(1)], "client1": [benign(2)]}, None
+    )
     app.wait(60)
     for t in threads:
         t.join(30)
@@ -218,7 +161,7 @@ def test_human_approval_on_top_of_the_vendor_gate(deployment, running):
     dep.configure(gates={"require_approval": True})
     app = running(dep.folder)
     evaluated: list[float] = []
-    threads, reports, errors = _run(
+    threads, reports, errors = run_parties(
         dep, {"client0": [benign(1)], "client1": [benign(2)]}, evaluated
     )
     app.wait(60)

@@ -8,7 +8,7 @@ rejects every candidate at the evaluation deadline (fail closed).
 from __future__ import annotations
 
 import pytest
-from test_vendor_gate import FAST, HARMFUL, _run, benign
+from sealagg_testkit.vendor_gate import FAST, HARMFUL, benign, run_parties
 
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.server import open_store
@@ -36,7 +36,7 @@ def test_ckks_gate_party_evaluates_candidates_during_the_round(deployment, runni
         "client1": [benign(2), benign(5)],
         "client2": [benign(3), HARMFUL],  # at weight 1/3 it still ruins the vendor's holdout
     }
-    threads, reports, errors = _run(dep, plan, evaluated)
+    threads, reports, errors = run_parties(dep, plan, evaluated)
     app.wait(120)
     for t in threads:
         t.join(30)

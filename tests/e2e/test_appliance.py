@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.rounds import (
+    DIM,
+    FAST,
+    delta,
+    expected_model,
+    published,
+    run_clients,
+    weight,
+)
 
 from sealagg.appliance.federation import (
     FederationFolder,
@@ -15,68 +22,9 @@ from sealagg.appliance.federation import (
     revoke_client,
 )
 from sealagg.appliance.kit import load_kit
-from sealagg.appliance.server import open_store
-from sealagg.appliance.testing import base_model
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
-from sealagg.client_shim.testing import start_participants
-
-DIM = Layout.of(base_model()).dimension
-FAST = {
-    "advertise_keys": 4,
-    "share_keys": 4,
-    "masked_input": 4,
-    "consistency_check": 4,
-    "unmasking": 4,
-}
-
-
-def _delta(i: int) -> np.ndarray:
-    return np.random.default_rng(100 + i).normal(0, 0.05, DIM).astype(np.float32)
-
-
-def _weight(i: int) -> float:
-    return 0.2 + 0.15 * i
-
-
-def _run_clients(dep, names, rounds=1, participant_cls=Participant, delay=0.0):
-    def compute_for(name):
-        i = int(name.removeprefix("client"))
-
-        def compute(start, tensors):
-            time.sleep(delay)
-            return _delta(i), _weight(i), {"n": i}
-
-        return compute
-
-    threads, reports, errors = start_participants(
-        dep.kits, dep.address, names, compute_for, rounds=rounds, participant_cls=participant_cls
-    )
-    return threads, {n: r if rounds > 1 else [r] for n, r in reports.items()}, errors
-
-
-def _expected(members: list[int], contribution=None) -> dict[str, np.ndarray]:
-    base = base_model()
-    w = np.array([_weight(i) * (contribution or {}).get(i, 1.0) for i in members])
-    mean = np.average(np.clip(np.stack([_delta(i) for i in members]), -1, 1), axis=0, weights=w)
-    flat = flatten(base, Layout.of(base)) + mean
-    out, offset = {}, 0
-    for spec in Layout.of(base).tensors:
-        out[spec.name] = flat[offset : offset + spec.size].reshape(spec.shape)
-        offset += spec.size
-    return out
-
-
-def _published(dep):
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        model = store.current_model()
-        report = store.audit.verify(dep.federation.audit_signing_key.public_key())
-        return model, store.load_model(model.version), report, store.rounds()
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("mode", ["secagg+", "secagg", "plaintext"])
@@ -84,15 +32,15 @@ def test_round_publishes_the_exact_weighted_mean(deployment, running, mode):
     dep = deployment(clients=5)
     dep.configure(aggregation={"mode": mode, "min_clients": 5, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
-    threads, reports, errors = _run_clients(dep, sorted(dep.kits))
+    threads, reports, errors = run_clients(dep, sorted(dep.kits))
     app.wait(60)
     for t in threads:
         t.join(30)
     assert not errors, errors
     assert all(r[0].outcome == "published" for r in reports.values()), reports
-    model, tensors, audit, rounds = _published(dep)
+    model, tensors, audit, rounds = published(dep)
     assert model.version == 2 and rounds[-1].status == "accepted"
-    expected = _expected(list(range(5)))
+    expected = expected_model(list(range(5)))
     for name, value in expected.items():
         np.testing.assert_allclose(tensors[name], value, atol=2e-6)
     assert audit.count > 10
@@ -117,11 +65,11 @@ def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):
     # client4 vanishes after its masked input (it stays in the sum); client5 after advertising
     # keys (its pairwise masks must be removed with its reconstructed mask key).
     steady = [f"client{i}" for i in range(4)]
-    threads, _, errors = _run_clients(dep, steady)
+    threads, _, errors = run_clients(dep, steady)
     vanish_late = type("Late", (_VanishAfter,), {"budget": 3})
     vanish_early = type("Early", (_VanishAfter,), {"budget": 1})
-    t4, _, err4 = _run_clients(dep, ["client4"], participant_cls=vanish_late)
-    t5, _, err5 = _run_clients(dep, ["client5"], participant_cls=vanish_early)
+    t4, _, err4 = run_clients(dep, ["client4"], participant_cls=vanish_late)
+    t5, _, err5 = run_clients(dep, ["client5"], participant_cls=vanish_early)
     app.wait(90)
     for t in threads + t4 + t5:
         t.join(30)
@@ -131,8 +79,8 @@ def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):
     outcome = app.app.orchestrator.history[-1]
     assert outcome.outcome == "published", outcome
     assert outcome.contributors == ("client0", "client1", "client2", "client3", "client4")
-    _, tensors, _, _ = _published(dep)
-    for name, value in _expected([0, 1, 2, 3, 4]).items():
+    _, tensors, _, _ = published(dep)
+    for name, value in expected_model([0, 1, 2, 3, 4]).items():
         np.testing.assert_allclose(tensors[name], value, atol=2e-6)
 
 
@@ -146,17 +94,15 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
     dep = deployment(clients=4)
     dep.configure(aggregation={"mode": "plaintext", "min_clients": 4, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
-    honest, _, errors = _run_clients(dep, ["client1", "client2"])
-    slow, _, slow_errors = _run_clients(dep, ["client3"], delay=3.0)  # keeps the round open
+    honest, _, errors = run_clients(dep, ["client1", "client2"])
+    slow, _, slow_errors = run_clients(dep, ["client3"], delay=3.0)  # keeps the round open
     conn = Connection(dep.kits["client0"], address=dep.address)
     attacker = Participant(conn, poll_seconds=1.0)
     start = attacker.wait_for_round(max_polls=20)
-    good = _delta(0)
+    good = delta(0)
 
     def upload(payload, **fields):
-        header = pb.UploadHeader(
-            round_id=start.round_id, kind="plaintext_update", weight=_weight(0)
-        )
+        header = pb.UploadHeader(round_id=start.round_id, kind="plaintext_update", weight=weight(0))
         for key, value in fields.items():
             setattr(header, key, value)
         return lambda: conn.submit(header, payload)
@@ -180,7 +126,7 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
 
     assert _code(declared_only) == grpc.StatusCode.RESOURCE_EXHAUSTED
     conn.submit(
-        pb.UploadHeader(round_id=start.round_id, kind="plaintext_update", weight=_weight(0)),
+        pb.UploadHeader(round_id=start.round_id, kind="plaintext_update", weight=weight(0)),
         good.tobytes(),
     )
     again = upload(good.tobytes())
@@ -202,8 +148,8 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
     outcome = app.app.orchestrator.history[-1]
     assert outcome.outcome == "published"
     assert outcome.contributors == ("client0", "client1", "client2", "client3")
-    _, tensors, _, _ = _published(dep)
-    for name, value in _expected([0, 1, 2, 3]).items():
+    _, tensors, _, _ = published(dep)
+    for name, value in expected_model([0, 1, 2, 3]).items():
         np.testing.assert_allclose(tensors[name], value, atol=1e-6)
 
 
@@ -291,8 +237,8 @@ def test_secure_round_with_client_processes(deployment, running):
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
     app.wait(60)
     assert outputs == ["published"] * 3
-    _, tensors, _, _ = _published(dep)
-    for name, value in _expected([0, 1, 2]).items():
+    _, tensors, _, _ = published(dep)
+    for name, value in expected_model([0, 1, 2]).items():
         np.testing.assert_allclose(tensors[name], value, atol=2e-6)
 
 
@@ -304,11 +250,11 @@ def test_contribution_weights_from_the_config_scale_each_party(deployment, runni
         weights={"client0": 0.8, "client1": 0.2},
     )
     app = running(dep.folder)
-    threads, _, errors = _run_clients(dep, sorted(dep.kits))
+    threads, _, errors = run_clients(dep, sorted(dep.kits))
     app.wait(60)
     for t in threads:
         t.join(30)
     assert not errors, errors
-    _, tensors, _, _ = _published(dep)
-    for name, value in _expected([0, 1, 2], {0: 0.8, 1: 0.2}).items():
+    _, tensors, _, _ = published(dep)
+    for name, value in expected_model([0, 1, 2], {0: 0.8, 1: 0.2}).items():
         np.testing.assert_allclose(tensors[name], value, atol=2e-6)

@@ -1,6 +1,6 @@
 """Adversarial clients over real gRPC: each attack detected or neutralised, outcome exact.
 
-The protocol-level versions (no network) are in tests/test_protocol_refusals.py; here one
+The protocol-level versions (no network) are in tests/crypto/test_protocol_refusals.py; here one
 participant of a real secure round misbehaves through the client shim, and each test states
 exactly what happens to the round, to the honest clients and to the published model.
 """

@@ -2,7 +2,7 @@
 
 Outcome asserted each time: nothing accepted is lost (the published model versions and their
 bytes survive), the interrupted round is aborted on restart with every client told, the
-federation goes on, and the audit chain verifies. tests/test_appliance_recovery.py covers one
+federation goes on, and the audit chain verifies. tests/appliance/test_recovery.py covers one
 kill during training; this file kills in every phase.
 """
 

@@ -1,17 +1,17 @@
 """Fuzzing every decoder of outside input and every gRPC handler (hypothesis).
 
-Corpus: the messages of real rounds (tests/hardening/transcript.py), a real model file, a
+Corpus: the messages of real rounds (sealagg_testkit/transcript.py), a real model file, a
 real client kit and a real sealagg.toml, mutated byte-wise (flip, truncate, insert, splice)
 and structure-wise (one field replaced by an arbitrary value). Asserted for each input: the
 only exception is the decoder's documented error type (no crash), every call returns within
 its timeout (no hang), declared sizes are refused before allocation (tracemalloc peak), and
 every gRPC refusal carries a specific status code and a message (never UNKNOWN/INTERNAL from a
-handler). tests/test_messages.py already fuzzes crypto.messages.decode with random bytes; here
-the inputs start from real transcripts.
+handler). tests/crypto/test_messages.py already fuzzes crypto.messages.decode with random
+bytes; here the inputs start from real transcripts.
 
 CI runs a bounded smoke (SEALAGG_FUZZ_EXAMPLES, default 60 per target). Longer run:
 
-    SEALAGG_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest -q tests/test_hardening_fuzz*.py
+    SEALAGG_FUZZ_EXAMPLES=5000 .venv/bin/pytest -q tests/hardening/test_fuzz*.py
 """
 
 from __future__ import annotations

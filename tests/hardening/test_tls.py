@@ -1,11 +1,11 @@
 """Mutual TLS refuses every bad client certificate, and clients refuse a bad appliance.
 
 Each forged client certificate has exactly one defect and is recorded as the client's current
-certificate (tests/hardening/certs.py), so the refusal is for that defect alone; a control
+certificate (sealagg_testkit/certs.py), so the refusal is for that defect alone; a control
 with the same forging but no defect is accepted. A refusal is either a failed handshake
 (UNAVAILABLE: the TLS layer verified the chain or the validity) or UNAUTHENTICATED (the
 handshake passed and the per-call certificate check refused it). Another CA's client is
-covered by test_appliance_e2e.py::test_bad_uploads_are_refused_and_the_round_goes_on.
+covered by tests/e2e/test_appliance.py::test_bad_uploads_are_refused_and_the_round_goes_on.
 """
 
 from __future__ import annotations
