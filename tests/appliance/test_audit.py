@@ -6,13 +6,14 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nacl.signing
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sealagg_testkit.clock import FakeClock
 
 from sealagg.appliance.audit import (
     ENTRY_CONTEXT,
@@ -24,22 +25,6 @@ from sealagg.appliance.audit import (
 from sealagg.appliance.errors import AuditChainError, AuditVerificationError, StoreError
 from sealagg.appliance.store import Store
 from sealagg.crypto import IdentityKey
-
-
-class FakeClock:
-    """One second per call, from a fixed instant: deterministic timestamps."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture

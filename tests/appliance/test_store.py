@@ -10,12 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sealagg_testkit.clock import FakeClock
 
 from sealagg.appliance.errors import AuditChainError, StoreError
 from sealagg.appliance.models import MODELS_DIRNAME, save_tensors, validate_tensors
@@ -23,20 +23,6 @@ from sealagg.appliance.store import SCHEMA_VERSION, Store, default_state_path
 
 REPO = Path(__file__).resolve().parents[2]
 RID = bytes(range(32))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
