@@ -6,15 +6,25 @@ Phases (each closes when its expected clients answered or its deadline passed):
                      key holder's advert also carries (and signs) the public CKKS context.
                      The appliance refuses a context that holds a secret key.
 ``context``          the key holder receives the data owners' adverts and returns one secret
-                     context sealed to each (or none, when the secret is not shared).
-``encrypted_input``  each data owner receives the key holder's signed advert and its sealed
-                     context, and uploads ⌈(d+1)/slots⌉ ciphertexts of [w·x, w]; the appliance
-                     checks each upload against the round's context and adds it to a running sum.
-``decrypt``          the key holder decrypts the sum only and returns [Σw·x, Σw]; the appliance
-                     divides by Σw and publishes like any other mode.
+                     context sealed to each when the federation shares it (by default it does
+                     not: no data owner holds the secret key).
+``encrypted_input``  each data owner receives the key holder's signed advert and uploads
+                     ⌈(d+1)/slots⌉ ciphertexts of [w·x, w], signed with its identity key over
+                     the round, its index and name, the model version and the parameters; the
+                     appliance checks signature and ciphertexts and keeps each upload.
+``decrypt``          the appliance forwards every contributor's signed upload verbatim, one per
+                     step (each step is no larger than the sum it replaces); the key holder
+                     checks them against the roster, recomputes the homomorphic sum itself
+                     from at least m distinct signed contributions, decrypts only that, once,
+                     and returns [Σw·x, Σw]; the appliance divides by Σw and publishes.
+
+Forwarding the ciphertexts themselves (not digests): a key holder cannot check that a sum
+covers m data owners without the parts, and this mode is for small models. The cost is that
+the key holder receives each individual ciphertext: it must be trusted with individual updates
+(as it always had to be against a colluding appliance; TenSEAL has no threshold CKKS).
 
 A bad upload is refused with a clear error and that client leaves the round; the round
-continues for the others as long as at least three data owners contribute.
+continues for the others as long as at least m data owners contribute.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from sealagg.crypto.ckks import (
     MAX_CONTEXT_BYTES,
     CkksAccumulator,
     CkksParameters,
+    Contributor,
     check_ckks_round,
     estimate,
     input_limit,
@@ -40,16 +51,16 @@ from sealagg.crypto.ckks_keys import (
     SMALL_BYTES,
     Advert,
     bundle_message,
+    contribution_message,
     read_advert,
-    read_result,
+    read_key_holder_reply,
+    read_refusal,
     read_sealed,
+    reply_limit,
     roster_message,
 )
 from sealagg.crypto.errors import BadSignatureError, CkksError, SecAggError
-from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
-#: Data owners whose updates must be in a sum before anyone may decrypt it.
-MINIMUM_CONTRIBUTORS = MIN_MASKED_PARTIES
 UPLOAD_KIND = "ckks"
 
 
@@ -63,6 +74,9 @@ class CkksPlan:
     share_secret_key: bool
     max_error: float
     clip: float
+    model_version: int
+    #: m: the fewest data owners whose updates must be in a sum before it is decrypted.
+    minimum: int
 
     @property
     def key_holder_index(self) -> int:
@@ -92,8 +106,12 @@ class CkksRound(ActiveRound):
         self.adverts: dict[str, Advert] = {}
         self.accumulator: CkksAccumulator | None = None
         self.sealed: dict[int, bytes] = {}
+        self.uploads: dict[str, bytes] = {}  # signed uploads, forwarded to the key holder
         self.contributors: tuple[str, ...] = ()
         self.refused: dict[str, str] = {}
+        self.key_holder_refusal: str | None = None
+        self._position = 0  # the contribution the key holder has been sent last
+        self._acked = False
         self._weighted_sum: np.ndarray | None = None
         self._done = False
 
@@ -121,6 +139,7 @@ class CkksRound(ActiveRound):
                 max_error=plan.max_error,
             )
         )
+        start.minimum_survivors = plan.minimum  # m: the key holder decrypts no smaller sum
 
     # ------------------------------------------------------------------------- uploads
 
@@ -133,7 +152,7 @@ class CkksRound(ActiveRound):
             MAX_CONTEXT_BYTES + SMALL_BYTES,
             len(self.members) * MAX_SEALED_BYTES + SMALL_BYTES,
             input_limit(self.plan.params, self.dimension),
-            8 * (self.dimension + 1) + 256,
+            reply_limit(self.dimension),
         ][self.phase_index]
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
@@ -163,13 +182,20 @@ class CkksRound(ActiveRound):
                 raise CkksError("the key holder's advert must carry the public context")
             # Refuses a context holding a secret key, and one with other parameters.
             self.accumulator = CkksAccumulator(
-                self.plan.params, advert.context, self.round_id, self.dimension
+                self.plan.params,
+                advert.context,
+                self.round_id,
+                self.dimension,
+                model_version=self.plan.model_version,
             )
         elif advert.context is not None:
             raise CkksError("only the key holder sends a context")
         self.adverts[member.name] = advert
 
     def _context(self, member: Member, payload: bytes) -> None:
+        if (why := read_refusal(payload, self.round_id)) is not None:
+            self.key_holder_refusal = why  # e.g. a ghost data owner: the round aborts, audited
+            return
         sealed = read_sealed(payload, self.round_id, len(self.members))
         wanted = {
             self.adverts[n].index
@@ -186,10 +212,26 @@ class CkksRound(ActiveRound):
         if member.name not in self.data_owners:
             raise CkksError("the separate key holder contributes no update")
         assert self.accumulator is not None  # set in phase keys, or the round aborted
-        self.accumulator.add(payload)
+        # Signature by this member, context, shape, every ciphertext: a bad upload is refused
+        # here, so the key holder's own check fails only if the appliance cheats.
+        self.accumulator.add(payload, Contributor(member.index, member.name, member.identity_key))
+        self.uploads[member.name] = payload
 
     def _result(self, member: Member, payload: bytes) -> None:
-        raw = read_result(payload, self.round_id, self.dimension)
+        kind, value = read_key_holder_reply(payload, self.round_id, self.dimension)
+        last = self._position == len(self.contributors) - 1
+        if kind == "refused":
+            self.key_holder_refusal = str(value)
+            return
+        if kind == "ack":
+            if value != self._position or last:
+                raise CkksError(f"acknowledgement for contribution {value}, expected the result")
+            self._acked = True
+            return
+        if not last:
+            raise CkksError("a result before every contribution was forwarded")
+        assert isinstance(value, bytes)
+        raw = value
         weighted = np.frombuffer(raw, dtype="<f8").copy()
         if not np.isfinite(weighted).all():
             raise CkksError("decrypted sum contains NaN or Inf")
@@ -232,6 +274,7 @@ class CkksRound(ActiveRound):
 
     def _close_context(self) -> dict[str, pb.Task]:
         kh = self.key_holder.name
+        self._check_refusal()
         if kh not in self.answered:
             raise CkksError(f"the key holder {kh} did not hand out the context in time")
         advert = self.adverts[kh]
@@ -251,24 +294,44 @@ class CkksRound(ActiveRound):
     def _close_input(self) -> dict[str, pb.Task]:
         self.contributors = tuple(sorted(self.answered))
         self._need_contributors(len(self.contributors), "sent an encrypted update")
-        assert self.accumulator is not None
-        message = self.accumulator.sum_message(len(self.contributors))
         kh = self.key_holder.name
         self._next({kh})
-        return {kh: self._step(message)}
+        return {kh: self._forward(0)}
+
+    def _forward(self, position: int) -> pb.Task:
+        """Step ``position``: one contributor's signed upload, verbatim, for the key holder."""
+        self._position, self._acked = position, False
+        name = self.contributors[position]
+        message = contribution_message(
+            self.round_id,
+            position,
+            len(self.contributors),
+            self.members[name].index,
+            self.uploads[name],
+        )
+        return self._step(message)
 
     def _close_decrypt(self) -> dict[str, pb.Task]:
+        self._check_refusal()
+        if self._acked:  # the same phase again, with the next contribution
+            self.expected, self.answered = {self.key_holder.name}, set()
+            return {self.key_holder.name: self._forward(self._position + 1)}
         if self._weighted_sum is None:
             why = self.refused.get(self.key_holder.name, "no answer in time")
             raise CkksError(f"the key holder did not return the decrypted sum: {why}")
         self._done = True
+        self.uploads.clear()
         return {}
 
+    def _check_refusal(self) -> None:
+        if self.key_holder_refusal is not None:
+            raise CkksError(f"the key holder refused: {self.key_holder_refusal}")
+
     def _need_contributors(self, count: int, what: str) -> None:
-        if count < MINIMUM_CONTRIBUTORS:
+        if count < self.plan.minimum:
             raise CkksError(
-                f"only {count} data owners {what}; a sum of fewer than {MINIMUM_CONTRIBUTORS} "
-                "would reveal individual updates"
+                f"only {count} data owners {what}; the key holder decrypts no sum of fewer "
+                f"than {self.plan.minimum}"
             )
 
     def _step(self, payload: bytes) -> pb.Task:
@@ -313,15 +376,15 @@ def build_ckks_round(
     params = CkksParameters(
         section.poly_modulus_degree, tuple(section.coeff_mod_bit_sizes), section.scale_bits
     )
-    if section.key_holder:
-        holder = next((m for m in members if m.name == section.key_holder), None)
-        if holder is None:
-            raise ValueError(
-                f"the key holder {section.key_holder!r} is not among the ready clients"
-            )
-        contributes = False
-    else:
-        holder, contributes = min(members, key=lambda m: m.index), True
+    if not section.key_holder:
+        raise ValueError(
+            "mode ckks needs a designated key holder: set [ckks].key_holder to the party with "
+            "the key_holder role (it holds the secret key and sends no update)"
+        )
+    holder = next((m for m in members if m.name == section.key_holder), None)
+    if holder is None:
+        raise ValueError(f"the key holder {section.key_holder!r} is not among the ready clients")
+    contributes = section.key_holder_contributes
     owners = len(members) - (0 if contributes else 1)
     try:  # the same check every data owner makes before it sends anything
         check_ckks_round(
@@ -330,6 +393,7 @@ def build_ckks_round(
             key_holder_listed=True,
             value_bound=config.aggregation.clip,
             max_error=section.max_error,
+            minimum_contributors=section.min_contributors,
         )
         guess = estimate(params, dimension)
     except CkksError as error:
@@ -353,6 +417,8 @@ def build_ckks_round(
         section.share_secret_key,
         section.max_error,
         config.aggregation.clip,
+        start.model_version,
+        section.min_contributors,
     )
     active = CkksRound(number, round_id, members, plan, dimension)
     active.describe(start)
@@ -365,6 +431,8 @@ def build_ckks_round(
         "key_holder": holder.name,
         "key_holder_contributes": contributes,
         "share_secret_key": section.share_secret_key,
+        "min_contributors": section.min_contributors,
+        "key_holder_receives": "each contributor's signed ciphertexts, verbatim",
         "ciphertexts_per_client": guess.ciphertexts,
         "estimated_bytes_per_client": guess.bytes_per_client,
         "error_bound": params.error_bound(owners),

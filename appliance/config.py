@@ -15,7 +15,11 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sealagg.appliance.errors import ConfigError
-from sealagg.crypto.rules import MIN_MASKED_PARTIES, require_masking_parties
+from sealagg.crypto.config import default_minimum_survivors
+from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.params import choose_graph
+from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
+from sealagg.crypto.rules import DEFAULT_COLLUDERS, MIN_MASKED_PARTIES, require_masking_parties
 
 Mode = Literal["plaintext", "secagg", "secagg+", "ckks", "attested"]
 #: Aggregation rules (appliance/robust.py); the one list of their names.
@@ -79,6 +83,27 @@ class AggregationSection(_Section):
         return self
 
 
+class PolicySection(_Section):
+    """The federation policy written into every client kit, which the clients enforce.
+
+    ``colluders`` (c) data owners may work with the appliance; every revealed sum covers at
+    least ``minimum_sum`` (m) clients; clients take part only in ``allowed_modes`` (empty:
+    just ``aggregation.mode``). Checked at start with the clients' own function, so the
+    appliance refuses to start with a configuration its clients would refuse.
+    """
+
+    colluders: int = Field(DEFAULT_COLLUDERS, ge=0)
+    minimum_sum: int = Field(MIN_MASKED_PARTIES, ge=MIN_MASKED_PARTIES)
+    allowed_modes: tuple[Mode, ...] = ()
+
+    def federation_policy(self, mode: str) -> FederationPolicy:
+        return FederationPolicy(
+            colluders=self.colluders,
+            minimum_sum=self.minimum_sum,
+            allowed_modes=frozenset(self.allowed_modes or (mode,)),
+        )
+
+
 class DeadlinesSection(_Section):
     """Seconds each phase waits for clients before it closes without them."""
 
@@ -89,18 +114,62 @@ class DeadlinesSection(_Section):
     unmasking: float = Field(60.0, gt=0.0)
 
 
+class UploadsSection(_Section):
+    """Bounds on uploads in flight (``appliance/upload_limits.py``).
+
+    Any certificate holder can open uploads; without these bounds one authenticated client
+    held every upload slot with a byte every few seconds (the round aborted) or grew the
+    appliance's memory with hundreds of declared-but-unsent uploads. An upload must finish
+    within ``grace_seconds`` + its declared size / ``min_rate`` after it gets its memory, and
+    never after its phase's deadline; a client has at most ``per_client`` uploads and
+    ``client_bytes`` declared bytes in flight (one upload is always allowed, whatever its
+    size); all clients together at most ``total_bytes`` being received (an upload waits,
+    first come first served, until it fits; one alone is admitted whatever its size).
+    """
+
+    #: Slowest accepted upload rate, bytes per second (the default is 2 Mbit/s).
+    min_rate: int = Field(256 * 1024, ge=1024)
+    #: Seconds added to every upload's size-derived deadline (connection and TLS set-up).
+    grace_seconds: float = Field(30.0, gt=0.0)
+    #: Uploads one client may have in flight (a second one covers a retry while the
+    #: appliance has not yet noticed that the first connection died).
+    per_client: int = Field(2, ge=1, le=64)
+    #: Declared bytes one client may have in flight.
+    client_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    #: Declared bytes of all uploads being received at once.
+    total_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _total_holds_a_client(self) -> UploadsSection:
+        if self.total_bytes < self.client_bytes:
+            raise ValueError("total_bytes must be at least client_bytes")
+        return self
+
+
 class CkksSection(_Section):
-    """Mode ``ckks`` (TenSEAL): ring degree, moduli, scale, per-client size budget, key holder."""
+    """Mode ``ckks`` (TenSEAL): ring degree, moduli, scale, per-client size budget, key holder.
+
+    The key holder is a designated party (role ``key_holder`` on the authority's roster) that
+    sends no update; no data owner holds the secret key unless the federation says so here.
+    """
 
     poly_modulus_degree: Literal[8192, 16384] = 8192
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40)
     scale_bits: int = Field(40, ge=20, le=60)
     #: Largest encrypted upload per client; a bigger model is refused (use secagg+).
     budget_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    #: "" = the first data owner of each round holds the key; else a separate party (no data).
+    #: The party that holds the CKKS secret key and decrypts the (verified) sum. Required for
+    #: mode ckks: a round without a designated key holder is refused.
     key_holder: str = ""
-    #: Seal the secret context to every data owner (false: only the key holder holds it).
-    share_secret_key: bool = True
+    #: The key holder also sends an update (it is then a data owner holding the secret key:
+    #: only when the federation accepts that).
+    key_holder_contributes: bool = False
+    #: INSECURE against a colluding appliance: seal the secret key to every data owner, so any
+    #: of them (with the appliance's copy of the ciphertexts) reads every other's update.
+    #: Clients refuse such a round unless their own configuration accepts it too.
+    share_secret_key: bool = False
+    #: m: the fewest distinct signed data owners the key holder decrypts a sum of (never < 3).
+    min_contributors: int = Field(MIN_MASKED_PARTIES, ge=MIN_MASKED_PARTIES)
     #: Refuse parameters whose worst-case error per value of the weighted sum exceeds this.
     max_error: float = Field(1e-3, gt=0.0)
 
@@ -174,12 +243,51 @@ class ApplianceConfig(_Section):
     server: ServerSection = ServerSection()
     aggregation: AggregationSection = AggregationSection()
     deadlines: DeadlinesSection = DeadlinesSection()
+    uploads: UploadsSection = UploadsSection()
     optimizer: OptimizerSection = OptimizerSection()
     gates: GatesSection = GatesSection()
     privacy: PrivacySection = PrivacySection()
     ckks: CkksSection = CkksSection()
     attestation: AttestationSection = AttestationSection()
+    policy: PolicySection = PolicySection()
     weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _clients_would_accept(self) -> ApplianceConfig:
+        """Refuse what the clients would refuse: the same crypto check, at min_clients."""
+        try:
+            policy = self.federation_policy()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"policy: {error}") from None
+        try:
+            self._check_policy(policy)
+        except InfeasibleParametersError as error:
+            raise ValueError(
+                f"the clients' policy would refuse this configuration: {error}"
+            ) from None
+        return self
+
+    def _check_policy(self, policy: FederationPolicy) -> None:
+        agg = self.aggregation
+        check_round_against_policy(policy, agg.mode, agg.min_clients, None, 2, agg.min_clients)
+        if agg.mode in ("secagg", "secagg+") and agg.rule == "mean":
+            n = agg.min_clients
+            degree, threshold, _ = choose_graph(
+                n,
+                agg.mode,
+                agg.dropout_rate,
+                agg.corrupt_fraction,
+                colluders=policy.colluders,
+                minimum_sum=policy.minimum_sum,
+            )
+            quorum = default_minimum_survivors(n, threshold, policy.colluders)
+            check_round_against_policy(
+                policy, agg.mode, n, degree, threshold, max(quorum, policy.minimum_sum)
+            )
+
+    def federation_policy(self) -> FederationPolicy:
+        """The policy the clients enforce (written into their kits)."""
+        return self.policy.federation_policy(self.aggregation.mode)
 
     @model_validator(mode="after")
     def _weights_in_range(self) -> ApplianceConfig:

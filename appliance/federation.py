@@ -11,6 +11,12 @@ One folder holds everything the appliance needs to authenticate a federation::
     revoked.json               revoked certificate serials (replaced atomically)
     clients/<name>.json        one public record per issued client (serial, identity key)
     kits/                      default place for new kits (0700); hand them over, then delete
+    authority.pub              optional: the federation authority's public key (hex), pinned
+    roster.json                optional: the authority's signed roster, served in RoundStart
+
+The authority's *private* key never lives here (the appliance may be malicious: the roster is
+what clients check its list of round members against). The appliance keeps the signed
+roster only to hand it out; it cannot change it without the clients noticing.
 
 The CA key is needed only to issue kits, so a passphrase-protected federation can serve
 without ever decrypting it.
@@ -46,11 +52,14 @@ from sealagg.appliance import kit, kit_issue, pki
 from sealagg.appliance.attestation import client_policy_path
 from sealagg.appliance.errors import CertificateError, ProvisioningError
 from sealagg.attest import PolicyError, parse_policy
+from sealagg.crypto.errors import RosterError, RosterRollbackError
+from sealagg.crypto.roster import Roster, verify_enrolment_request, verify_roster
 
 DEFAULT_PORT = 50051
 CONFIG_FORMAT = 1
 RECORD_FORMAT = "sealagg-client/1"
 MAX_KEY_FILE_BYTES = 64 * 1024
+MAX_ROSTER_FILE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,14 @@ class FederationPaths:
     @property
     def kits(self) -> Path:
         return self.folder / "kits"
+
+    @property
+    def authority_public_key(self) -> Path:
+        return self.folder / "authority.pub"
+
+    @property
+    def roster(self) -> Path:
+        return self.folder / "roster.json"
 
     @property
     def lock(self) -> Path:
@@ -308,6 +325,34 @@ class FederationFolder:
     def ca_pem(self) -> bytes:
         return pki.certificate_pem(self.ca_certificate)
 
+    # ---- the authority's roster -----------------------------------------------------------
+
+    @property
+    def authority_public_key(self) -> bytes | None:
+        """The federation authority's raw Ed25519 key, if one is pinned (then kits carry it)."""
+        path = self.paths.authority_public_key
+        if not path.exists():
+            return None
+        return kit.parse_authority_key(_read(path))
+
+    def signed_roster(self) -> bytes:
+        """The installed signed roster, as the authority signed it (b"" if none)."""
+        path = self.paths.roster
+        if not path.exists():
+            return b""
+        return pki.read_file(path, limit=MAX_ROSTER_FILE_BYTES)
+
+    def roster(self) -> Roster | None:
+        """The installed roster, verified against the pinned authority key (None if none)."""
+        data = self.signed_roster()
+        key = self.authority_public_key
+        if not data or key is None:
+            return None
+        try:
+            return verify_roster(data, authority_key=key, federation=self.name)
+        except RosterError as error:
+            raise ProvisioningError(f"{self.paths.roster}: {error}") from None
+
     # ---- clients and revocation ---------------------------------------------------------
 
     def revocations(self) -> pki.RevocationList:
@@ -503,7 +548,12 @@ def add_client(
     archive: bool = False,
     now: datetime | None = None,
 ) -> Path:
-    """Issue a signed kit for client ``name`` and record it; return the kit's path.
+    """Issue a signed *development* kit for client ``name`` and record it; return its path.
+
+    INSECURE against a malicious appliance: the appliance generates the client's identity
+    seed and TLS key here, so it could impersonate the client (and list it as a ghost in a
+    round). For development, tests and fully trusted sites only; real clients enrol
+    (``sealagg-enrol``, the authority's approval, :func:`add_enrolled_client`).
 
     The kit goes to ``out`` or ``kits/<name>`` (``kits/<name>.tar.gz`` with ``archive``) and
     is never written over an existing path. A name may be issued again only once its previous
@@ -543,6 +593,7 @@ def add_client(
             signer=federation.audit_signing_key,
             issued_at=moment,
             attestation_policy=_attestation_policy(federation),
+            authority_public_key=federation.authority_public_key,
         )
         if out is None:
             out = federation.paths.kits / (f"{name}.tar.gz" if archive else name)
@@ -563,6 +614,179 @@ def add_client(
             federation.paths.client_record(name), record.to_json(), mode=pki.PUBLIC_FILE_MODE
         )
     return path
+
+
+def add_enrolled_client(
+    federation: FederationFolder,
+    request: bytes,
+    *,
+    out: Path | None = None,
+    archive: bool = False,
+    now: datetime | None = None,
+) -> Path:
+    """Issue the TLS certificate for an enrolment request the authority approved, and write
+    the client's kit: public files only (CA, certificate, config, the authority key). The
+    client made its identity and TLS keys itself; the appliance never sees either private key.
+
+    Refused unless the installed roster (signed by the authority) lists the request's name
+    with exactly its identity key and TLS key: the CA certifies only admitted clients.
+    """
+    moment = pki.issuance_time(now)
+    try:
+        fields = verify_enrolment_request(request)
+    except RosterError as error:
+        raise ProvisioningError(f"enrolment request refused: {error}") from None
+    name = pki.validate_client_name(fields["name"])
+    if fields["federation"] != federation.name:
+        raise ProvisioningError(
+            f"the request is for federation {fields['federation']!r}, not {federation.name!r}"
+        )
+    csr = pki.load_client_csr(fields["tls_csr_pem"], name=name)
+    roster = federation.roster()
+    if roster is None:
+        raise ProvisioningError("no signed roster is installed: install the authority's first")
+    try:
+        entry = roster.entry(name)
+    except RosterError:
+        raise ProvisioningError(
+            f"{name!r} is not on the installed roster (version {roster.version}): the "
+            "authority must approve the request first"
+        ) from None
+    identity = bytes.fromhex(fields["identity_key"])
+    if entry.identity_key != identity or entry.tls_key_sha256 != pki.spki_sha256(csr.public_key()):
+        raise ProvisioningError(
+            f"the request's keys are not the ones roster version {roster.version} admits "
+            f"for {name!r}"
+        )
+    with federation._exclusive():
+        _refuse_active(federation, name)
+        cert = pki.issue_client_certificate(
+            federation.ca_certificate,
+            federation.ca_private_key(),
+            csr.public_key(),
+            name=name,
+            now=moment,
+        )
+        files = kit_issue.build_kit(
+            name=name,
+            federation=federation.name,
+            address=federation.public_address,
+            server_name=federation.tls_server_name,
+            ca_cert_pem=federation.ca_pem(),
+            client_cert_pem=pki.certificate_pem(cert),
+            client_key_pem=None,
+            identity_seed=None,
+            signer=federation.audit_signing_key,
+            issued_at=moment,
+            attestation_policy=_attestation_policy(federation),
+            authority_public_key=federation.authority_public_key,
+        )
+        path = _write_kit(federation, files, name, out, archive, moment)
+        _record(federation, name, cert, identity, moment)
+    return path
+
+
+def _refuse_active(federation: FederationFolder, name: str) -> None:
+    previous = federation.client_record(name)
+    if previous is not None and not (
+        previous.revoked or previous.serial in federation.revocations()
+    ):
+        raise ProvisioningError(
+            f"client {name!r} already has a kit (serial {previous.serial:x}); "
+            "revoke it before issuing a new one"
+        )
+
+
+def _write_kit(
+    federation: FederationFolder,
+    files: dict[str, bytes],
+    name: str,
+    out: Path | None,
+    archive: bool,
+    moment: datetime,
+) -> Path:
+    if out is None:
+        out = federation.paths.kits / (f"{name}.tar.gz" if archive else name)
+    if archive:
+        return kit_issue.write_kit_archive(files, Path(out), mtime=moment)
+    return kit_issue.write_kit_folder(files, Path(out))
+
+
+def _record(
+    federation: FederationFolder,
+    name: str,
+    cert: x509.Certificate,
+    identity_public_key: bytes,
+    moment: datetime,
+) -> None:
+    record = ClientRecord(
+        name=name,
+        serial=cert.serial_number,
+        certificate_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        identity_public_key=identity_public_key,
+        issued_at=moment,
+        not_after=cert.not_valid_after_utc,
+        certificate_pem=pki.certificate_pem(cert),
+    )
+    pki.write_file_atomic(
+        federation.paths.client_record(name), record.to_json(), mode=pki.PUBLIC_FILE_MODE
+    )
+
+
+def installed_roster(folder: Path) -> bytes:
+    """The signed roster installed in federation ``folder`` (b"" if none), for RoundStart.
+
+    Read as bytes and not checked: the appliance only relays it, every client verifies it
+    against its own pinned authority key. Re-read per round, so an installed new version
+    applies from the next round on.
+    """
+    path = FederationPaths(Path(folder)).roster
+    if not path.exists():
+        return b""
+    return pki.read_file(path, limit=MAX_ROSTER_FILE_BYTES)
+
+
+def pin_authority(federation: FederationFolder, key: bytes) -> None:
+    """Pin the federation authority's public key: kits issued from now on carry it, and only
+    rosters it signed can be installed. Pinning another key over an existing one is refused
+    (a new authority means new kits for every client, which must be deliberate)."""
+    data = kit.render_authority_key(key)
+    with federation._exclusive():
+        current = federation.authority_public_key
+        if current is not None and current != key:
+            raise ProvisioningError(
+                f"federation {federation.name!r} already pins authority key "
+                f"{current.hex()[:16]}…; refusing to replace it"
+            )
+        pki.write_file_atomic(
+            federation.paths.authority_public_key, data, mode=pki.PUBLIC_FILE_MODE
+        )
+
+
+def install_roster(federation: FederationFolder, data: bytes) -> Roster:
+    """Install a signed roster for the appliance to serve, after checking it: signed by the
+    pinned authority, for this federation, and not older than the installed one (clients
+    would refuse an older roster anyway; refusing it here says so at once)."""
+    key = federation.authority_public_key
+    if key is None:
+        raise ProvisioningError(
+            "no federation authority is pinned: run `sealagg authority pin` with the "
+            "authority's public key first"
+        )
+    try:
+        roster = verify_roster(data, authority_key=key, federation=federation.name)
+    except RosterError as error:
+        raise ProvisioningError(f"not installing the roster: {error}") from None
+    with federation._exclusive():
+        installed = federation.roster()
+        if installed is not None and roster.version < installed.version:
+            error = RosterRollbackError(
+                f"roster version {roster.version} is older than the installed version "
+                f"{installed.version}"
+            )
+            raise ProvisioningError(f"not installing the roster: {error}")
+        pki.write_file_atomic(federation.paths.roster, bytes(data), mode=pki.PUBLIC_FILE_MODE)
+    return roster
 
 
 def revoke_client(federation: FederationFolder, name: str, *, now: datetime | None = None) -> None:

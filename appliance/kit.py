@@ -8,6 +8,15 @@ kit changed after issue is refused, and with ``trusted_signer`` a kit re-signed 
 is refused too. Archives are read into memory, never extracted, so no member can land outside
 the kit.
 
+Kits come in two kinds. A *development* kit (``sealagg-kit/1``) is made whole by the
+appliance, private keys included: that appliance could impersonate the client, so it is for
+development and trusted sites only. An *enrolled* kit (``sealagg-kit/2``) lists only public
+files: the client made its identity and TLS keys itself (``sealagg-enrol``), they never left
+its folder, and the manifest does not name them. Either kind may pin the federation
+authority's public key (``authority.pub``); the client shim then verifies the authority's
+signed roster in every round (:mod:`sealagg.crypto.roster`). For an enrolled kit the client
+pinned that key itself, out of band, before the appliance was involved.
+
 This module is the client shim's one door into the appliance besides the wire schema: it only
 loads and validates kits (:func:`load_kit`, :class:`ClientKit`) and re-exports the kit errors,
 so a data owner never imports code that issues or signs kits. Issuing lives in
@@ -48,9 +57,17 @@ from sealagg.appliance.errors import (
     KitTamperedError,
     ProvisioningError,
 )
+from sealagg.crypto.policy import (
+    DEFAULT_ALLOWED_MODES,
+    DEFAULT_COLLUDERS,
+    MODES,
+    FederationPolicy,
+)
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
 __all__ = [
     "ATTESTATION_POLICY",
+    "AUTHORITY_KEY",
     "CA_CERT",
     "CLIENT_CERT",
     "CLIENT_CONFIG",
@@ -66,6 +83,7 @@ __all__ = [
     "KitTamperedError",
     "ProvisioningError",
     "load_kit",
+    "parse_authority_key",
     "raw_public_key",
     "verify_kit_files",
 ]
@@ -77,12 +95,16 @@ IDENTITY_KEY = "identity.key"
 CLIENT_CONFIG = "client.toml"
 MANIFEST = "MANIFEST.json"
 SIGNATURE = "MANIFEST.sig"
+#: Optional: the federation authority's raw Ed25519 public key (hex), which signs the roster.
+AUTHORITY_KEY = "authority.pub"
 #: Optional: the TEE attestation policy (attest/policy.py) the client enforces before sending.
 ATTESTATION_POLICY = "attestation_policy.toml"
 
 KIT_FILES = (CA_CERT, CLIENT_CERT, CLIENT_KEY, IDENTITY_KEY, CLIENT_CONFIG)
 PRIVATE_FILES = frozenset({CLIENT_KEY, IDENTITY_KEY})
 MANIFEST_FORMAT = "sealagg-kit/1"
+#: An enrolled kit: the private files are the client's own and absent from the manifest.
+ENROLLED_MANIFEST_FORMAT = "sealagg-kit/2"
 # The provisioning key also signs audit entries; this prefix keeps a manifest signature from
 # ever verifying as anything else.
 SIGNATURE_CONTEXT = b"sealagg kit manifest v1\x00"
@@ -118,6 +140,10 @@ class ClientKit:
     config: Mapping[str, Any] = field(default_factory=dict)
     #: The signed attestation policy, if the federation ships one (then the shim enforces it).
     attestation_policy: bytes | None = None
+    #: The federation authority's raw Ed25519 key; set: every round's roster is verified.
+    authority_public_key: bytes | None = None
+    #: True for an enrolled kit: no private key in it was made by the appliance.
+    enrolled: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -127,6 +153,27 @@ class ClientKit:
 
     def __reduce__(self) -> object:
         raise TypeError("ClientKit holds private keys and cannot be pickled")
+
+    @property
+    def policy(self) -> FederationPolicy:
+        """The federation policy this client enforces on every round (``[policy]`` in the kit).
+
+        Until the authority-signed policy replaces it, the kit's own ``[policy]`` section is
+        the source (the kit is signed as a whole). A kit without one (issued before policies
+        existed) gets c = 1, m = 3 and every mode, i.e. today's behaviour for modes: kits
+        issued from now on carry the section and refuse modes it does not list.
+        """
+        section = self.config.get("policy")
+        if not isinstance(section, Mapping):
+            return FederationPolicy(allowed_modes=MODES)
+        try:
+            return FederationPolicy(
+                colluders=section.get("colluders", DEFAULT_COLLUDERS),
+                minimum_sum=section.get("minimum_sum", MIN_MASKED_PARTIES),
+                allowed_modes=frozenset(section.get("allowed_modes", DEFAULT_ALLOWED_MODES)),
+            )
+        except (TypeError, ValueError) as error:
+            raise ProvisioningError(f"the kit's [policy] is invalid: {error}") from None
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -239,6 +286,14 @@ def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None
         ) from None
     listed: dict[str, str] = manifest["files"]
     present = set(files) - {MANIFEST, SIGNATURE}
+    enrolled = manifest["format"] == ENROLLED_MANIFEST_FORMAT
+    if enrolled:  # the client's own keys: never listed, never from the appliance
+        if listed_private := sorted(PRIVATE_FILES & set(listed)):
+            raise KitTamperedError(
+                f"an enrolled kit's manifest lists {', '.join(listed_private)}: private keys "
+                "made by the appliance are not accepted in an enrolled kit"
+            )
+        present -= PRIVATE_FILES
     if added := sorted(present - set(listed)):
         raise KitTamperedError(f"{', '.join(added)} added to the kit (not in {MANIFEST})")
     if missing := sorted(set(listed) - present):
@@ -247,6 +302,13 @@ def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None
         if hashlib.sha256(files[file]).hexdigest() != listed[file]:
             raise KitTamperedError(f"{file} was modified (its SHA-256 does not match {MANIFEST})")
     for required in KIT_FILES:
+        if enrolled and required in PRIVATE_FILES:
+            if required not in files:
+                raise ProvisioningError(
+                    f"the enrolled kit has no {required}: install the issued kit into the "
+                    "folder where sealagg-enrol wrote the client's keys"
+                )
+            continue
         if required not in listed:
             raise ProvisioningError(f"the kit manifest does not list {required}")
     return signer
@@ -255,7 +317,7 @@ def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None
 def _parse_manifest(data: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
-        if manifest["format"] != MANIFEST_FORMAT:
+        if manifest["format"] not in (MANIFEST_FORMAT, ENROLLED_MANIFEST_FORMAT):
             raise ValueError(f"unknown format {manifest['format']!r}")
         signer = manifest["signer"]
         if not isinstance(signer, str) or len(bytes.fromhex(signer)) != 32:
@@ -294,6 +356,7 @@ def _open_verified(
         raise ProvisioningError(f"{CLIENT_KEY} does not match {CLIENT_CERT} in the kit")
     if len(files[IDENTITY_KEY]) != 32:
         raise ProvisioningError(f"{IDENTITY_KEY} must hold a 32-byte Ed25519 seed")
+    authority = None if AUTHORITY_KEY not in files else parse_authority_key(files[AUTHORITY_KEY])
     return ClientKit(
         name=name,
         federation=federation,
@@ -308,7 +371,27 @@ def _open_verified(
         signer_public_key=signer,
         config=config,
         attestation_policy=files.get(ATTESTATION_POLICY),
+        authority_public_key=authority,
+        enrolled=_parse_manifest(files[MANIFEST])["format"] == ENROLLED_MANIFEST_FORMAT,
     )
+
+
+def parse_authority_key(data: bytes) -> bytes:
+    """The raw 32-byte key in an ``authority.pub`` file (64 hex digits and a newline)."""
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ProvisioningError(f"{AUTHORITY_KEY} must hold a 32-byte Ed25519 key in hex")
+    return key
+
+
+def render_authority_key(key: bytes) -> bytes:
+    """``authority.pub``'s content for a raw 32-byte key."""
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise ProvisioningError("an authority key is a raw 32-byte Ed25519 public key")
+    return key.hex().encode() + b"\n"
 
 
 def _check_file_name(file: object) -> None:

@@ -26,10 +26,12 @@ from sealagg.appliance import pki
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.appliance.kit import (
     ATTESTATION_POLICY,
+    AUTHORITY_KEY,
     CA_CERT,
     CLIENT_CERT,
     CLIENT_CONFIG,
     CLIENT_KEY,
+    ENROLLED_MANIFEST_FORMAT,
     IDENTITY_KEY,
     MANIFEST,
     MANIFEST_FORMAT,
@@ -37,11 +39,21 @@ from sealagg.appliance.kit import (
     SIGNATURE,
     SIGNATURE_CONTEXT,
     raw_public_key,
+    render_authority_key,
 )
+from sealagg.crypto.policy import FederationPolicy
 
 
-def render_client_config(*, name: str, federation: str, address: str, server_name: str) -> bytes:
-    """``client.toml``: who the client is and where (and as whom) the appliance answers."""
+def render_client_config(
+    *,
+    name: str,
+    federation: str,
+    address: str,
+    server_name: str,
+    policy: FederationPolicy | None = None,
+) -> bytes:
+    """``client.toml``: who the client is, where (and as whom) the appliance answers, and
+    the federation policy (c, m, allowed modes) the client enforces on every round."""
     lines = [
         "# sealagg client kit; written by add_client. Keep client.key and identity.key secret.",
         "",
@@ -59,7 +71,21 @@ def render_client_config(*, name: str, federation: str, address: str, server_nam
         f"private_key = {toml_string(CLIENT_KEY)}",
         f"identity_key = {toml_string(IDENTITY_KEY)}",
         "",
+        "[ckks]",
+        "# Accept a ckks round that seals the secret key to every data owner: INSECURE against",
+        "# a colluding appliance (any data owner could then read every other's update).",
+        "share_secret_key = false",
+        "",
     ]
+    if policy is not None:  # the federation policy the client enforces on every round
+        modes = ", ".join(toml_string(m) for m in sorted(policy.allowed_modes))
+        lines += [
+            "[policy]",
+            f"colluders = {int(policy.colluders)}",
+            f"minimum_sum = {int(policy.minimum_sum)}",
+            f"allowed_modes = [{modes}]",
+            "",
+        ]
     return "\n".join(lines).encode()
 
 
@@ -79,28 +105,44 @@ def build_kit(
     server_name: str,
     ca_cert_pem: bytes,
     client_cert_pem: bytes,
-    client_key_pem: bytes,
-    identity_seed: bytes,
+    client_key_pem: bytes | None,
+    identity_seed: bytes | None,
     signer: Ed25519PrivateKey,
     issued_at: datetime,
     attestation_policy: bytes | None = None,
+    authority_public_key: bytes | None = None,
+    policy: FederationPolicy | None = None,
 ) -> dict[str, bytes]:
-    """Every file of a kit, manifest and signature included, ready to write."""
-    if len(identity_seed) != 32:
+    """Every file of a kit, manifest and signature included, ready to write.
+
+    With ``client_key_pem`` and ``identity_seed`` both None the kit is an *enrolled* kit: it
+    carries no private key at all (the client made its own), and its manifest says so.
+    """
+    enrolled = client_key_pem is None and identity_seed is None
+    if not enrolled and (identity_seed is None or client_key_pem is None):
+        raise ProvisioningError("a kit carries both private keys or neither (enrolled)")
+    if identity_seed is not None and len(identity_seed) != 32:
         raise ProvisioningError("an Ed25519 identity seed is 32 bytes")
     files = {
         CA_CERT: ca_cert_pem,
         CLIENT_CERT: client_cert_pem,
-        CLIENT_KEY: client_key_pem,
-        IDENTITY_KEY: identity_seed,
         CLIENT_CONFIG: render_client_config(
-            name=name, federation=federation, address=address, server_name=server_name
+            name=name,
+            federation=federation,
+            address=address,
+            server_name=server_name,
+            policy=policy,
         ),
     }
+    if client_key_pem is not None and identity_seed is not None:
+        files[CLIENT_KEY] = client_key_pem
+        files[IDENTITY_KEY] = identity_seed
     if attestation_policy is not None:
         files[ATTESTATION_POLICY] = attestation_policy
+    if authority_public_key is not None:
+        files[AUTHORITY_KEY] = render_authority_key(authority_public_key)
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": ENROLLED_MANIFEST_FORMAT if enrolled else MANIFEST_FORMAT,
         "client": name,
         "federation": federation,
         "issued_at": pki.iso_time(issued_at),

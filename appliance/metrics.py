@@ -6,7 +6,7 @@ metrics carry counts and timings only, never client data.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class Metrics:
@@ -30,6 +30,17 @@ class Metrics:
         self.refused_uploads = Counter(
             "sealagg_refused_uploads_total",
             "Uploads refused as malformed or out of place",
+            registry=r,
+        )
+        self.upload_limit_refusals = Counter(
+            "sealagg_upload_limit_refusals_total",
+            "Uploads refused by an [uploads] bound (per client, memory, deadline)",
+            ["limit"],
+            registry=r,
+        )
+        self.upload_bytes_in_flight = Gauge(
+            "sealagg_upload_bytes_in_flight",
+            "Declared bytes of the uploads being received now",
             registry=r,
         )
 

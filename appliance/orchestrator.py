@@ -25,6 +25,7 @@ import numpy as np
 
 from sealagg.appliance.ckks_round import build_ckks_round
 from sealagg.appliance.config import ApplianceConfig
+from sealagg.appliance.federation import installed_roster
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.models import ModelVersion
 from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
@@ -45,9 +46,10 @@ from sealagg.appliance.versions import superseded_during_round
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten, unflatten
 from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
-from sealagg.crypto.config import check_round_parameters
+from sealagg.crypto.config import check_round_parameters, default_minimum_survivors
 from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
 from sealagg.crypto.params import choose_graph
+from sealagg.crypto.policy import check_round_against_policy
 from sealagg.crypto.rules import require_masking_parties
 
 _log = logging.getLogger("sealagg.orchestrator")
@@ -377,6 +379,8 @@ class Orchestrator:
             async with self._lock:
                 late = sorted(active.waiting_for)
                 phase = active.phase_name
+                for kind, record in active.pending_audit():  # e.g. a client excluded on a blame
+                    self.store.audit.append(kind, record)
                 try:
                     tasks = await asyncio.to_thread(active.close_phase)
                 except (SecAggError, UploadRefusedError) as error:
@@ -441,6 +445,7 @@ class Orchestrator:
             max_clients=len(members),
             submit_deadline_unix=self._clock() + self.config.deadlines.advertise_keys,
             model_sha256=model.sha256,
+            roster=installed_roster(self.store.folder),  # clients check members against it
         )
         self._privacy_plan = None
         build = self._build_robust_round if agg.rule != "mean" else self._builders[agg.mode]
@@ -483,14 +488,22 @@ class Orchestrator:
         agg = self.config.aggregation
         n = len(members)
         require_masking_parties(n, f"{agg.mode} round")  # the reason reaches every client
-        degree, threshold, note = choose_graph(n, agg.mode, agg.dropout_rate, agg.corrupt_fraction)
+        policy = self.config.federation_policy()  # what every client enforces
+        c, m = policy.colluders, policy.minimum_sum
+        degree, threshold, note = choose_graph(
+            n, agg.mode, agg.dropout_rate, agg.corrupt_fraction, colluders=c, minimum_sum=m
+        )
+        quorum = max(default_minimum_survivors(n, threshold, c), m)
         config = RoundConfig.create(
             round_id=round_id,
             identities={m.index: m.identity_key for m in members},
             threshold=threshold,
             vector_length=self.privacy.vector_length(d, encoded_length(d)),
             degree=degree,
-            minimum_survivors=self.privacy.minimum_survivors(n, threshold),
+            minimum_survivors=max(self.privacy.minimum_survivors(n, threshold) or 0, quorum),
+        )
+        check_round_against_policy(  # the clients' own check: refuse what they would refuse
+            policy, agg.mode, n, degree, config.threshold, config.minimum_survivors
         )
         check_round_parameters(  # refuse here what every client would refuse
             participants=n,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import ipaddress
 import json
 import os
@@ -248,6 +249,36 @@ def same_public_key(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> 
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     return key.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
+
+
+def spki_sha256(key_or_cert: x509.Certificate | ec.EllipticCurvePublicKey) -> bytes:
+    """SHA-256 of the DER SubjectPublicKeyInfo of a TLS key: what the authority's roster pins
+    (a key, not a certificate, so a renewed certificate for the same key needs no new roster)."""
+    key = key_or_cert.public_key() if isinstance(key_or_cert, x509.Certificate) else key_or_cert
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).digest()
+
+
+def load_client_csr(pem: object, *, name: str) -> x509.CertificateSigningRequest:
+    """A client's certificate request, if it is self-signed (the requester holds the TLS
+    key: the client made it, the appliance never sees it), uses a P-256 key like every
+    federation certificate, and names client ``name``."""
+    try:
+        csr = x509.load_pem_x509_csr(str(pem).encode("ascii"))
+        valid = csr.is_signature_valid
+    except (ValueError, UnicodeEncodeError, InvalidSignature):
+        raise CertificateError("the request's TLS CSR is not a valid PEM request") from None
+    if not valid:
+        raise CertificateError("the request's TLS CSR signature does not verify")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CertificateError("the request's TLS key must be ECDSA P-256")
+    names = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [validate_client_name(name)]:
+        raise CertificateError(f"the request's CSR does not name client {name!r}")
+    return csr
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from sealagg.appliance.config import PrivacySection
 from sealagg.appliance.pki import write_file_atomic
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto.config import default_minimum_survivors
-from sealagg.crypto.dp import DistributedDPSpec, decode_dp_sum, rotation_seed
+from sealagg.crypto.dp import DistributedDPSpec, Sampler, decode_dp_sum, rotation_seed
 
 _log = logging.getLogger("sealagg.privacy")
 STATE_FILE = "privacy_state.json"
@@ -259,8 +258,9 @@ class PrivacyController:
         bits = [bool(r.get("dp_below_clip")) for r in reports.values()]
         if not plan.count_noise:
             return float("nan")
-        rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
-        signed = sum(1 if b else -1 for b in bits) + rng.normal(0.0, plan.count_noise)
+        # The same CSPRNG, floating-point-safe Gaussian as the clients' DP noise (Mironov 2012).
+        exact = np.array([float(sum(1 if b else -1 for b in bits))])
+        signed = float(Sampler().gaussian_mechanism(exact, plan.count_noise)[0])
         return (signed + len(bits)) / 2.0
 
     def finish(

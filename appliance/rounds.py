@@ -33,7 +33,7 @@ from sealagg.crypto import (
     decode_sum,
 )
 from sealagg.crypto.errors import SecAggError
-from sealagg.crypto.messages import Message, masked_input_view
+from sealagg.crypto.messages import MAX_BLAME_BYTES, Message, masked_input_view
 
 #: Protocol messages other than the masked vector are small; this bounds them.
 SMALL_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -106,6 +106,10 @@ class ActiveRound(abc.ABC):
     def result_audit(self) -> dict[str, dict]:
         """Audit records (kind -> record) about how the aggregate was formed; none by default."""
         return {}
+
+    def pending_audit(self) -> list[tuple[str, dict]]:
+        """Audit records (kind, record) gathered during the phase (e.g. exclusions); none."""
+        return []
 
     @property
     def waiting_for(self) -> set[str]:
@@ -206,6 +210,8 @@ class MaskedRound(ActiveRound):
         self.decoder = decoder  # DP rounds: (mean, count, extras) from the ring sum
         self.server = SecAggServer(config)
         self._done = False
+        self._blames_seen = 0
+        self._audit: list[tuple[str, dict]] = []
 
     def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
         return (
@@ -221,7 +227,7 @@ class MaskedRound(ActiveRound):
         config = self.config
         start.vector_length = config.vector_length
         start.threshold = config.threshold
-        start.degree = 0 if config.graph.is_complete else config.graph.degree
+        start.degree = 0 if config.is_complete else config.degree
         start.minimum_survivors = config.minimum_survivors
 
     def upload_limit(self, header: pb.UploadHeader) -> int:
@@ -230,7 +236,8 @@ class MaskedRound(ActiveRound):
                 "INVALID_ARGUMENT", f"masked rounds take protocol messages, not {header.kind!r}"
             )
         if self.phase_index == Phase.MASKED_INPUT:
-            return 4 * self.config.vector_length + _MSGPACK_OVERHEAD
+            blames = len(self.members) * MAX_BLAME_BYTES  # evidence against bad share senders
+            return 4 * self.config.vector_length + _MSGPACK_OVERHEAD + blames
         return SMALL_MESSAGE_BYTES
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
@@ -248,6 +255,23 @@ class MaskedRound(ActiveRound):
             self.server.receive(member.index, message)
         except SecAggError as error:
             raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
+        self._note_blames()
+
+    def _note_blames(self) -> None:
+        """Audit each new blame; a proven one excludes its accused (no upload awaited)."""
+        for blame in self.server.blames[self._blames_seen :]:
+            accused, accuser = self.by_index[blame.accused].name, self.by_index[blame.accuser].name
+            kind = "client_excluded" if blame.proven else "client_blame_unresolved"
+            record = {"round": self.number, "client": accused, "blamed_by": accuser}
+            self._audit.append((kind, {**record, "reason": blame.reason}))
+            if blame.proven:
+                self.expected.discard(accused)
+        self._blames_seen = len(self.server.blames)
+
+    def pending_audit(self) -> list[tuple[str, dict]]:
+        """Audit records gathered while the phase ran (blames), handed over once."""
+        out, self._audit = self._audit, []
+        return out
 
     def close_phase(self) -> dict[str, pb.Task]:
         out = self.server.close_phase()  # raises SecAggError (e.g. below threshold): round aborts

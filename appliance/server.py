@@ -26,6 +26,7 @@ from sealagg.appliance.service import (
     insecure_identity,
 )
 from sealagg.appliance.store import Store, default_state_path
+from sealagg.appliance.upload_limits import UploadBudget
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.attest import Attester
 
@@ -117,6 +118,8 @@ class Appliance:
         self.store = open_store(self.federation)
         self.insecure = insecure
         self.metrics = Metrics()
+        #: Uploads in flight, by client and in total ([uploads]; appliance/upload_limits.py).
+        self.upload_budget = UploadBudget(self.config.uploads, self.metrics)
         self.store.audit.append(
             "config_loaded",
             {
@@ -169,7 +172,12 @@ class Appliance:
             identify = certificate_identity(CachedPeerCheck(self.federation))
         pb_grpc.add_AggregatorServicer_to_server(
             AggregatorService(
-                self.orchestrator, self.store, identify, self.metrics, self.attestation
+                self.orchestrator,
+                self.store,
+                identify,
+                self.metrics,
+                self.attestation,
+                self.upload_budget,
             ),
             server,
         )

@@ -3,16 +3,19 @@
 Every call first establishes who is calling from the verified client
 certificate (``Federation.check_peer_certificate``: CA, validity, clientAuth,
 revocation), never from a message field. Uploads are size-checked from their
-header before any buffer is allocated, and each chunk must arrive within
-``CHUNK_IDLE_SECONDS`` (a stalled uploader cannot hold a slot forever).
+header before any buffer is allocated, then held to the ``[uploads]`` bounds
+(:mod:`appliance.upload_limits`: uploads and bytes in flight per client, memory in
+total, a whole-upload deadline from the declared size, never past the phase's
+deadline); each chunk must also arrive within ``CHUNK_IDLE_SECONDS``. A refusal by
+one of those bounds reaches the client with its reason and is audited under its name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -26,6 +29,8 @@ from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.orchestrator import Orchestrator
 from sealagg.appliance.rounds import UploadRefusedError
 from sealagg.appliance.store import Store
+from sealagg.appliance.upload_limits import UploadBudget, UploadLimitError
+from sealagg.appliance.vendor_gate import EVALUATION_KIND
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
@@ -33,9 +38,8 @@ _log = logging.getLogger("sealagg.service")
 
 CHUNK_BYTES = 1 << 20
 CHUNK_IDLE_SECONDS = 30.0
-#: Large uploads buffered at once: keeps appliance memory flat in the number of clients
-#: (others wait, held back by gRPC flow control).
-LARGE_UPLOAD_SLOTS = 4
+#: Audit entries remembered to name each (client, bound, round, phase) refusal once.
+_AUDITED_KEYS = 4096
 #: Model downloads streamed at once; the others wait (bounds send buffers at any n).
 DOWNLOAD_SLOTS = 8
 INSECURE_NAME_HEADER = "sealagg-insecure-client"
@@ -88,14 +92,16 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         identify: Identify,
         metrics: Metrics,
         attestation: AttestationEndpoint | None = None,
+        budget: UploadBudget | None = None,
     ) -> None:
         self._orch = orchestrator
         self._store = store
         self._identify = identify
         self._metrics = metrics
-        self._large_uploads = asyncio.Semaphore(LARGE_UPLOAD_SLOTS)
+        self._budget = budget or UploadBudget(orchestrator.config.uploads, metrics)
         self._downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self._attestation = attestation
+        self._audited: set[tuple] = set()
 
     async def Attest(
         self, request: pb.AttestRequest, context: grpc.aio.ServicerContext
@@ -145,21 +151,22 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
     ) -> pb.SubmitAck:
         name = await _who(self._identify, context, self._metrics)
+        header = None
         try:
-            async with contextlib.AsyncExitStack() as slots:
+            with self._budget.stream(name):  # counted from its first byte, header or not
                 first = await _next_chunk(request_iterator)
                 if first is None or first.WhichOneof("kind") != "header":
                     raise UploadRefusedError("INVALID_ARGUMENT", "an upload starts with its header")
                 header = first.header
                 self._orch.check_upload(name, header)  # size and phase before allocating
-                if header.total_bytes > CHUNK_BYTES:
-                    await slots.enter_async_context(self._large_uploads)
-                payload = await self._receive(header, request_iterator)
-                await self._orch.submit(name, header, payload)
-                size = len(payload)
-                del payload  # not held while the acknowledgement waits for the next task
+                phase_end = self._phase_end(header)
+                async with self._budget.hold(name, header.total_bytes, phase_end):
+                    payload = await self._receive(header, request_iterator, phase_end)
+                    await self._orch.submit(name, header, payload)
+                    size = len(payload)
+                    del payload  # not held while the acknowledgement waits for the next task
         except UploadRefusedError as refused:
-            await self._refuse(name, refused, context)
+            await self._refuse(name, refused, context, header)
         return await self._accepted(name, header, size)
 
     async def SubmitMessage(
@@ -179,17 +186,61 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                     f"upload of {len(request.data)} bytes, its header declared "
                     f"{header.total_bytes}",
                 )
-            await self._orch.submit(name, header, request.data)
+            # Already received whole (gRPC caps it at two chunks); counted against the same
+            # per-client and memory bounds so a flood of them is refused like streams.
+            with self._budget.stream(name):
+                async with self._budget.hold(name, len(request.data), self._phase_end(header)):
+                    await self._orch.submit(name, header, request.data)
         except UploadRefusedError as refused:
-            await self._refuse(name, refused, context)
+            await self._refuse(name, refused, context, header)
         return await self._accepted(name, header, len(request.data))
 
+    def _phase_end(self, header: pb.UploadHeader) -> float | None:
+        """The phase's deadline in event-loop time; None for a gate report (no phase)."""
+        wall = self._orch.phase_deadline  # the orchestrator's clock is wall time (time.time)
+        if header.kind == EVALUATION_KIND or wall is None:
+            return None
+        return asyncio.get_running_loop().time() + (wall - time.time())
+
     async def _refuse(
-        self, name: str, refused: UploadRefusedError, context: grpc.aio.ServicerContext
+        self,
+        name: str,
+        refused: UploadRefusedError,
+        context: grpc.aio.ServicerContext,
+        header: pb.UploadHeader | None = None,
     ) -> None:
         self._metrics.refused_uploads.inc()
         _log.info("refused upload from %s: %s", name, refused.detail)
+        if isinstance(refused, UploadLimitError):
+            self._audit_limit(name, refused, header)
         await context.abort(getattr(grpc.StatusCode, refused.code), refused.detail)
+
+    def _audit_limit(
+        self, name: str, refused: UploadLimitError, header: pb.UploadHeader | None
+    ) -> None:
+        """Audit a bound's refusal under the client's name, once per (client, bound, round,
+        phase): the evidence is kept, and a flood of refused calls cannot flood the log (the
+        metric counts every refusal)."""
+        self._metrics.upload_limit_refusals.labels(refused.limit).inc()
+        round_id = bytes(header.round_id).hex() if header is not None else ""
+        phase = header.phase if header is not None else -1
+        key = (name, refused.limit, round_id, phase)
+        if key in self._audited:
+            return
+        if len(self._audited) >= _AUDITED_KEYS:
+            self._audited.clear()
+        self._audited.add(key)
+        self._store.audit.append(
+            "upload_refused",
+            {
+                "client": name,
+                "limit": refused.limit,
+                "status": refused.code,
+                "reason": refused.detail,
+                "round_id": round_id,
+                "phase": phase,
+            },
+        )
 
     async def _accepted(self, name: str, header: pb.UploadHeader, size: int) -> pb.SubmitAck:
         """The acknowledgement, carrying the next task if the client asked to wait for it."""
@@ -200,20 +251,51 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         return ack
 
     async def _receive(
-        self, header: pb.UploadHeader, chunks: AsyncIterator[pb.UploadChunk]
+        self,
+        header: pb.UploadHeader,
+        chunks: AsyncIterator[pb.UploadChunk],
+        phase_end: float | None,
     ) -> bytearray:
+        """The upload's bytes, within its whole-upload deadline (from now: memory granted)."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        allowed = self._budget.transfer_seconds(header.total_bytes)
+        until = began + allowed
+        by_phase = phase_end is not None and phase_end < until
+        if by_phase:
+            until = phase_end
         buffer = bytearray(header.total_bytes)
         filled = 0
-        while (chunk := await _next_chunk(chunks)) is not None:
-            if chunk.WhichOneof("kind") != "data":
-                raise UploadRefusedError("INVALID_ARGUMENT", "only one header per upload")
-            end = filled + len(chunk.data)
-            if end > header.total_bytes:
-                raise UploadRefusedError(
-                    "INVALID_ARGUMENT", "upload is longer than its header declared"
-                )
-            buffer[filled:end] = chunk.data
-            filled = end
+        try:
+            async with asyncio.timeout_at(until):
+                while (chunk := await _next_chunk(chunks)) is not None:
+                    if chunk.WhichOneof("kind") != "data":
+                        raise UploadRefusedError("INVALID_ARGUMENT", "only one header per upload")
+                    end = filled + len(chunk.data)
+                    if end > header.total_bytes:
+                        raise UploadRefusedError(
+                            "INVALID_ARGUMENT", "upload is longer than its header declared"
+                        )
+                    buffer[filled:end] = chunk.data
+                    filled = end
+        except TimeoutError:
+            progress = (
+                f"{filled:,} of {header.total_bytes:,} bytes after {loop.time() - began:.1f} s"
+            )
+            if by_phase:
+                raise UploadLimitError(
+                    "DEADLINE_EXCEEDED",
+                    "phase_deadline",
+                    f"upload not finished before the phase's deadline: {progress}",
+                ) from None
+            limits = self._budget.limits
+            raise UploadLimitError(
+                "DEADLINE_EXCEEDED",
+                "upload_deadline",
+                f"upload too slow: {progress}; an upload must finish within "
+                f"{limits.grace_seconds:g} s + its size at {limits.min_rate:,} B/s "
+                f"({allowed:.1f} s here; [uploads])",
+            ) from None
         if filled != header.total_bytes:
             raise UploadRefusedError(
                 "INVALID_ARGUMENT", f"upload truncated: {filled} of {header.total_bytes} bytes"

@@ -11,13 +11,24 @@ import contextlib
 import dataclasses
 import socket
 import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
-from sealagg.appliance.federation import FederationFolder, add_client, init_federation
+from sealagg.appliance import pki
+from sealagg.appliance.federation import (
+    FederationFolder,
+    add_client,
+    init_federation,
+    install_roster,
+    pin_authority,
+)
 from sealagg.appliance.kit import ClientKit, load_kit
-from sealagg.appliance.server import Appliance, open_store
+from sealagg.appliance.server import ADMIN_NAMES, Appliance, open_store
+from sealagg.crypto import IdentityKey
+from sealagg.crypto.roster import IdentityKeySigner, Role, Roster, RosterEntry, Signer, sign_roster
 
 
 def free_port() -> int:
@@ -40,10 +51,48 @@ class Deployment:
     port: int
     federation: FederationFolder
     kits: dict[str, ClientKit]
+    #: The test federation authority (kept beside, never inside, the federation folder).
+    authority: Signer | None = None
+    roster_version: int = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def sign_roster(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        roles: Mapping[str, Role] | None = None,
+        version: int | None = None,
+        signer: Signer | None = None,
+        install: bool = True,
+        policy: Mapping[str, object] | None = None,
+    ) -> bytes:
+        """Sign (as the test authority, or ``signer``) a roster of the issued clients (or just
+        ``names``) and install it; returns the signed bytes."""
+        signer = signer or self.authority
+        assert signer is not None, "this deployment has no federation authority"
+        federation = FederationFolder.load(self.folder)
+        records = {r.name: r for r in federation.client_records() if not r.revoked}
+        chosen = sorted(records) if names is None else list(names)
+        roles = roles or {}
+        self.roster_version = version if version is not None else self.roster_version + 1
+        roster = Roster(
+            federation=federation.name,
+            version=self.roster_version,
+            issued_at=datetime.now(UTC),
+            entries=tuple(
+                roster_entry(records[n], roles.get(n, Role.DATA_OWNER))
+                for n in chosen
+                if n not in ADMIN_NAMES
+            ),
+            policy=dict(policy or {}),
+        )
+        data = sign_roster(roster, signer)
+        if install:
+            install_roster(federation, data)
+        return data
 
     def configure(self, **sections: dict) -> None:
         """Rewrite sealagg.toml keys, e.g. configure(aggregation={"mode": "plaintext"})."""
@@ -107,18 +156,50 @@ class RunningAppliance:
             self.thread.join(10)
 
 
+def roster_entry(record, role: Role = Role.DATA_OWNER) -> RosterEntry:
+    """The roster entry for an issued client record (its key, its certificate's TLS key)."""
+    assert record.certificate_pem is not None
+    cert = pki.load_certificate(record.certificate_pem, what="client certificate")
+    return RosterEntry(
+        name=record.name,
+        identity_key=record.identity_public_key,
+        tls_key_sha256=pki.spki_sha256(cert),
+        role=role,
+        not_before=record.issued_at - timedelta(days=1),
+        not_after=record.not_after,
+    )
+
+
 def make_deployment(
-    root: Path, *, clients: int = 4, seed: int = 0, model: dict[str, np.ndarray] | None = None
+    root: Path,
+    *,
+    clients: int = 4,
+    seed: int = 0,
+    model: dict[str, np.ndarray] | None = None,
+    authority: bool = True,
 ) -> Deployment:
-    """A federation in ``root/federation`` with ``clients`` kits and a base model."""
+    """A federation in ``root/federation`` with ``clients`` kits and a base model.
+
+    With ``authority`` (the default) a test federation authority is pinned before the kits
+    are issued, and its signed roster of every client is installed: clients then verify the
+    members of every round, as in production. Its key lives in memory, never in the folder.
+    The kits themselves are development kits (the appliance made their keys), which is what
+    lets tests build many clients quickly; enrolment is tested on its own.
+    """
     port = free_port()
     folder = root / "federation"
     fed = init_federation(folder, name="testfed", hosts=["localhost", "127.0.0.1"], port=port)
+    signer = IdentityKeySigner(IdentityKey.generate()) if authority else None
+    if signer is not None:
+        pin_authority(fed, signer.public_key())
     kits = {f"client{i}": load_kit(add_client(fed, f"client{i}")) for i in range(clients)}
     store = open_store(fed)
     store.add_model_version(model or base_model(seed), parent=None, status="accepted")
     store.close()
-    return Deployment(folder, port, fed, kits)
+    deployment = Deployment(folder, port, fed, kits, authority=signer)
+    if signer is not None:
+        deployment.sign_roster()
+    return deployment
 
 
 class TcpProxy:

@@ -23,18 +23,20 @@ import numpy as np
 import pytest
 
 from sealagg import kernels
-from sealagg.crypto import QuantizationSpec, decode_sum, encode_update, encoded_length
+from sealagg.crypto import IdentityKey, QuantizationSpec, decode_sum, encode_update, encoded_length
 from sealagg.crypto.ckks import (
     CkksAccumulator,
     CkksEncryptor,
     CkksKeyHolder,
     CkksParameters,
+    Contributor,
     estimate,
     mean_from_sum,
     per_layer_ciphertexts,
 )
 from sealagg.crypto.errors import InfeasibleParametersError
 from sealagg.crypto.params import find_parameters
+from sealagg.crypto.roster import Role
 from sealagg.crypto.simulation import RoundStats, run_round
 from sealagg.crypto.testing import make_round
 
@@ -65,23 +67,45 @@ def _reference(updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (weights[:, None] * updates.astype(np.float64)).sum(0) / weights.sum()
 
 
+class _Owner:
+    """A roster data owner as the key holder sees it."""
+
+    role = Role.DATA_OWNER
+
+    def __init__(self, name: str, identity_key: bytes) -> None:
+        self.name, self.identity_key = name, identity_key
+
+
 def ckks_round(updates: np.ndarray, weights: np.ndarray) -> dict[str, float]:
-    """One CKKS round's costs: per-client encrypt, appliance add (all n), key holder decrypt."""
+    """One CKKS round's costs: per-client encrypt and sign, appliance checks (all n), key holder
+    verify + recompute + decrypt."""
     n, d = updates.shape
     holder = CkksKeyHolder.generate(PARAMS, RID)
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, d)
-    encrypt, add, sizes = [], 0.0, []
-    for x, w in zip(updates, weights, strict=True):
+    ids = [IdentityKey.generate() for _ in range(n)]
+    owners = {i: _Owner(f"c{i}", k.verify_key_bytes) for i, k in enumerate(ids)}
+    acc = CkksAccumulator(PARAMS, holder.public_context, RID, d, model_version=1)
+    encrypt, add, sizes, uploads = [], 0.0, [], []
+    for i, (x, w) in enumerate(zip(updates, weights, strict=True)):
         t0 = time.perf_counter()
-        payload = CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(x, float(w))
+        payload = CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(
+            x, float(w), identity=ids[i], index=i, name=f"c{i}", model_version=1
+        )
         t1 = time.perf_counter()
-        acc.add(payload)
+        acc.add(payload, Contributor(i, f"c{i}", ids[i].verify_key_bytes))
         add += time.perf_counter() - t1
         encrypt.append(t1 - t0)
         sizes.append(len(payload))
+        uploads.append((i, payload))
     t0 = time.perf_counter()
-    message = acc.sum_message(n)
-    weighted = holder.decrypt_sum(message, d)
+    weighted = holder.decrypt_contributions(
+        uploads,
+        owners,
+        dimension=d,
+        model_version=1,
+        key_holder=-1,
+        key_holder_contributes=False,
+        minimum=3,
+    )
     mean, _ = mean_from_sum(weighted)
     decrypt = time.perf_counter() - t0
     return {
@@ -89,7 +113,7 @@ def ckks_round(updates: np.ndarray, weights: np.ndarray) -> dict[str, float]:
         "appliance_add_s": add,
         "decrypt_s": decrypt,
         "bytes_up_per_client": float(np.mean(sizes)),
-        "bytes_down_key_holder": float(len(message)),
+        "bytes_down_key_holder": float(sum(sizes)),
         "max_error": float(np.abs(mean - _reference(updates, weights)).max()),
         "error_bound": PARAMS.error_bound(n) / float(weights.sum()),
     }

@@ -118,7 +118,7 @@ def test_round_cost(benchmark, point: tuple[str, int, int]) -> None:
         "server unmask": s.get(Phase.CONSISTENCY_CHECK, 0.0) + s.get(Phase.UNMASKING, 0.0),
         "wire encode+decode": best.wire_seconds,
     }
-    info["degree"] = kit.config.graph.degree
+    info["degree"] = kit.config.degree
     info["threshold"] = threshold
     info["bytes_up_per_client"] = best.bytes_up // n
     info["bytes_down_per_client"] = best.bytes_down // n

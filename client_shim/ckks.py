@@ -1,11 +1,14 @@
-"""A client's side of a ``ckks`` round: only ciphertexts of [w·x, w] leave a data owner.
+"""A client's side of a ``ckks`` round: only signed ciphertexts of [w·x, w] leave a data owner.
 
-The key holder (the round's designated data owner, or a separate party that sends
-no update) generates fresh CKKS keys, advertises the public context signed with its
-identity key, seals the secret context to each data owner when the round shares it,
-and at the end decrypts the appliance's sum and returns that sum only. Data owners
-check the key holder's signature before encrypting, so an appliance cannot hand them
-a context whose secret key it holds. Every check is done before anything is sent.
+The key holder (a designated party with the roster role ``key_holder``, sending no update
+unless the federation configures it to) generates fresh CKKS keys, advertises the public
+context signed with its identity key, and at the end decrypts one sum that it recomputed
+itself from the data owners' signed uploads, after checking that they come from at least m
+distinct roster data owners of this round. Data owners check, before they send anything,
+that the key holder is on the authority's roster in that role, so an appliance cannot hand
+them a context whose secret key it holds. No data owner receives the secret key unless both
+the federation and the data owner's own configuration (kit ``[ckks] share_secret_key``) say
+so, and the key holder seals it only to roster data owners.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
@@ -25,25 +29,33 @@ from sealagg.crypto.ckks import (
     CkksEncryptor,
     CkksKeyHolder,
     CkksParameters,
+    RosterMember,
     check_ckks_round,
+    check_key_holder,
     check_secret_context,
+    input_limit,
 )
 from sealagg.crypto.ckks_keys import (
     CkksParty,
+    ack_message,
     read_bundle,
+    read_contribution,
     read_roster,
+    refusal_message,
     result_message,
     sealed_message,
 )
-from sealagg.crypto.errors import CkksError, SecAggError
+from sealagg.crypto.errors import CkksError, CkksRoleError, SecAggError
+from sealagg.crypto.roster import CONTRIBUTING_ROLES, Role, members_from_roster
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
 if TYPE_CHECKING:
     from sealagg.client_shim.connection import Connection
     from sealagg.crypto import IdentityKey
+    from sealagg.crypto.roster import RosterVerifier
 
 _log = logging.getLogger("sealagg.client.ckks")
 UPLOAD_KIND = "ckks"
-MINIMUM_CONTRIBUTORS = 3
 
 #: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
 ComputeUpdate = Callable[
@@ -65,6 +77,9 @@ class RoundFollower(Protocol[Report_co]):
     @property
     def identity(self) -> IdentityKey: ...
 
+    @property
+    def roster(self) -> RosterVerifier | None: ...
+
     def follow(
         self,
         start: pb.RoundStart,
@@ -85,8 +100,64 @@ def parameters_from(start: pb.RoundStart) -> CkksParameters:
         key_holder_listed=c.key_holder_index in {p.index for p in start.participants},
         value_bound=start.clip,
         max_error=c.max_error or 1e-3,
+        minimum_contributors=minimum_contributors(start),
     )
     return params
+
+
+def minimum_contributors(start: pb.RoundStart, policy_minimum: int = MIN_MASKED_PARTIES) -> int:
+    """m for this round: the larger of the client's policy (``minimum_sum``) and the round's
+    value, never below :data:`MIN_MASKED_PARTIES`. The appliance can only raise it."""
+    return max(int(start.minimum_survivors), policy_minimum, MIN_MASKED_PARTIES)
+
+
+def policy_minimum(participant: RoundFollower[Any]) -> int:
+    """m from the federation policy this client enforces (its kit's ``[policy]``)."""
+    return int(participant.connection.kit.policy.minimum_sum)
+
+
+class _Announced:
+    """A member as the appliance announced it; its role inferred from the round (development
+    kits without a pinned authority only: there the appliance is trusted with identities)."""
+
+    __slots__ = ("identity_key", "name", "role")
+
+    def __init__(self, name: str, identity_key: bytes, role: Role) -> None:
+        self.name, self.identity_key, self.role = name, identity_key, role
+
+
+def round_members(verifier: RosterVerifier | None, start: pb.RoundStart) -> dict[int, RosterMember]:
+    """Each round member's roster entry by index (role included), refusing ghosts.
+
+    With a pinned authority the entries come from the signed roster; a development kit has
+    none, and then the appliance's list is all there is (the session warns about that kit).
+    """
+    c = start.ckks
+    if verifier is not None:
+        return dict(
+            members_from_roster(
+                verifier.accept(start.roster),
+                start.participants,
+                now=datetime.now(UTC),
+                key_holder=c.key_holder_index,
+                key_holder_contributes=c.key_holder_contributes,
+            )
+        )
+    separate = not c.key_holder_contributes
+    return {
+        p.index: _Announced(
+            p.name,
+            bytes(p.identity_key),
+            Role.KEY_HOLDER if separate and p.index == c.key_holder_index else Role.DATA_OWNER,
+        )
+        for p in start.participants
+    }
+
+
+def own_share_setting(participant: RoundFollower[Any]) -> bool:
+    """This client's own ``[ckks] share_secret_key`` (kit ``client.toml``; default false)."""
+    section = participant.connection.kit.config.get("ckks", {})
+    return bool(section.get("share_secret_key", False)) if isinstance(section, dict) else False
 
 
 def take_part(
@@ -102,13 +173,21 @@ def take_part(
     """
     try:
         params = parameters_from(start)
+        members = round_members(participant.roster, start)
+        side = _Side(
+            participant,
+            start,
+            Layout.of(tensors),
+            params,
+            members,
+            share_secret_key=own_share_setting(participant),
+            minimum=minimum_contributors(start, policy_minimum(participant)),
+        )
     except SecAggError as error:
         raise RoundRefusedError(f"ckks round refused: {error}") from None
-    layout = Layout.of(tensors)
-    side = _Side(participant, start, layout, params)
     update, weight, meta = None, 0.0, ""
     if side.contributes:
-        update, weight, meta = _prepare(start, tensors, layout, compute)
+        update, weight, meta = _prepare(start, tensors, side.layout, compute)
     try:
         sent = side.send(0, side.advert(), meta)
         return participant.follow(start, sent, side.answer_with(update, weight))
@@ -140,7 +219,13 @@ def _prepare(
 
 
 class _Side:
-    """This client's state for one ckks round (its round key, and the secret key if it holds it)."""
+    """This client's state for one ckks round (its round key, and the secret key if it holds it).
+
+    Every check that can be made before sending anything is made here: the key holder is on
+    the roster with the key-holder role (else ``CkksRoleError``: a ghost key holder gets no
+    ciphertext), and a round that would seal the secret key to data owners is refused unless
+    this client's own configuration accepts it.
+    """
 
     def __init__(
         self,
@@ -148,20 +233,37 @@ class _Side:
         start: pb.RoundStart,
         layout: Layout,
         params: CkksParameters,
+        members: Mapping[int, RosterMember],
+        *,
+        share_secret_key: bool,
+        minimum: int,
     ) -> None:
         self.participant = participant
         self.start = start
         self.round_id = bytes(start.round_id)
+        self.layout = layout
         self.dimension = layout.dimension
         self.params = params
         self.index = start.client_index
+        self.members = dict(members)
         c = start.ckks
-        self.is_key_holder = self.index == c.key_holder_index
+        self.key_holder = c.key_holder_index
+        self.key_holder_contributes = c.key_holder_contributes
+        check_key_holder(self.members, self.key_holder, contributes=c.key_holder_contributes)
+        if c.share_secret_key and not share_secret_key:
+            raise CkksError(
+                "the round would seal the CKKS secret key to every data owner (then any of "
+                "them, with the appliance's copy of the uploads, reads every other's update); "
+                "this client's configuration does not accept that ([ckks] share_secret_key)"
+            )
+        self.share = bool(c.share_secret_key and share_secret_key)
+        self.minimum = max(minimum, minimum_contributors(start))
+        self.is_key_holder = self.index == self.key_holder
         self.contributes = not self.is_key_holder or c.key_holder_contributes
-        self.identities = {p.index: bytes(p.identity_key) for p in start.participants}
-        self.names = {p.index: p.name for p in start.participants}
         self.party = CkksParty(self.round_id, self.index)
         self.holder = CkksKeyHolder.generate(params, self.round_id) if self.is_key_holder else None
+        self._received: list[tuple[int, bytes]] = []
+        self._total = 0
 
     def advert(self) -> bytes:
         identity = self.participant.identity
@@ -182,9 +284,11 @@ class _Side:
         def answer(step: pb.ProtocolStep) -> int:
             try:
                 reply = self._reply(step, update, weight)
-            except SecAggError as error:  # refuse: send nothing, the round goes on without us
+            except SecAggError as error:  # refuse; a key holder says why, so the round ends
                 _log.warning("round %d: %s", self.start.round_number, error)
-                return 0
+                if self.holder is None:
+                    return 0  # a data owner sends nothing: the round goes on without us
+                reply = refusal_message(self.round_id, str(error))
             return self.send(step.phase, reply, deadline=step.deadline_unix)
 
         return answer
@@ -195,37 +299,73 @@ class _Side:
         if step.phase == 2 and self.contributes and update is not None:
             return self._encrypt(step.payload, update, weight)
         if step.phase == 3 and self.holder is not None:
-            weighted = self.holder.decrypt_sum(
-                step.payload, self.dimension, minimum=MINIMUM_CONTRIBUTORS
-            )
-            return result_message(self.round_id, weighted.astype("<f8").tobytes())
+            return self._contribution(step.payload)
         raise CkksError(f"unexpected step for phase {step.phase}")
 
+    def _verify_advert(self, advert: Any, index: int) -> None:
+        member = self.members[index]
+        advert.verify(self.round_id, bytes(member.identity_key), signer=member.name)
+
     def _seal_contexts(self, payload: bytes) -> bytes:
+        """Check every advert the appliance relays; seal the secret only to roster data owners
+        of this round, and only when both the round and our own configuration share it."""
         assert self.holder is not None
         roster = read_roster(payload, self.round_id)
-        secret = (
-            self.holder.export_secret_for_sealing() if self.start.ckks.share_secret_key else None
-        )
+        secret = self.holder.export_secret_for_sealing() if self.share else None
+        for index, advert in roster.items():  # every advert checked before anything is sealed
+            member = self.members.get(index)
+            if member is None or index == self.index or member.role not in CONTRIBUTING_ROLES:
+                raise CkksRoleError(
+                    f"the appliance relays an advert of {index}, who is not a roster data "
+                    "owner of this round: nothing is sealed"
+                )
+            self._verify_advert(advert, index)
         sealed = {}
-        for index, advert in roster.items():
-            if index not in self.identities or index == self.index:
-                raise CkksError(f"roster names {index}, who is not a data owner of this round")
-            advert.verify(self.round_id, self.identities[index], signer=self.names[index])
-            if secret is not None:
-                sealed[index] = self.party.seal_for(advert, secret)
+        if secret is not None:
+            sealed = {i: self.party.seal_for(advert, secret) for i, advert in roster.items()}
         return sealed_message(self.round_id, sealed)
 
     def _encrypt(self, payload: bytes, update: np.ndarray, weight: float) -> bytes:
         advert, sealed = read_bundle(payload, self.round_id)
-        holder = self.start.ckks.key_holder_index
-        if advert.index != holder:
+        if advert.index != self.key_holder:
             raise CkksError("the context does not come from the round's key holder")
-        advert.verify(self.round_id, self.identities[holder], signer=self.names[holder])
+        self._verify_advert(advert, self.key_holder)  # checked against the roster at the start
         assert advert.context is not None
-        if self.start.ckks.share_secret_key and not self.is_key_holder:
+        if self.share and not self.is_key_holder:
             if sealed is None:
                 raise CkksError("the round shares the secret context, but none was sealed to us")
             check_secret_context(self.party.open_from(advert, sealed), advert.context)
+        elif sealed is not None:
+            raise CkksError("a secret context was sealed to us, but this round does not share it")
         encryptor = CkksEncryptor(self.params, advert.context, self.round_id)
-        return encryptor.encrypt(update, weight)
+        return encryptor.encrypt(
+            update,
+            weight,
+            identity=self.participant.identity,
+            index=self.index,
+            name=self.members[self.index].name,
+            model_version=int(self.start.model_version),
+        )
+
+    def _contribution(self, payload: bytes) -> bytes:
+        """Collect the forwarded uploads; after the last, decrypt the sum we recompute."""
+        assert self.holder is not None
+        limit = input_limit(self.params, self.dimension)
+        position, total, index, upload = read_contribution(payload, self.round_id, limit)
+        if position != len(self._received) or (self._total and total != self._total):
+            raise CkksError("contributions arrive out of order or change their number")
+        self._total = total
+        self._received.append((index, upload))
+        if position < total - 1:
+            return ack_message(self.round_id, position)
+        weighted = self.holder.decrypt_contributions(
+            self._received,
+            self.members,
+            dimension=self.dimension,
+            model_version=int(self.start.model_version),
+            key_holder=self.key_holder,
+            key_holder_contributes=self.key_holder_contributes,
+            minimum=self.minimum,
+        )
+        self._received.clear()
+        return result_message(self.round_id, weighted.astype("<f8").tobytes())

@@ -8,16 +8,19 @@ noise of standard deviation ``noise_multiplier * clip`` before the update leaves
 (the Gaussian mechanism applied per client, as in DP-FedAvg with local noise). Every client
 adds the full noise, so the published aggregate carries more noise than central DP would
 need (local-DP-like protection of each update, with no accounting on the appliance); the
-federation-wide options below add only a share each. The noise is drawn from a generator
-seeded from ``os.urandom`` on every call, so it cannot be replayed or predicted from a global
-seed the training code may have set.
+federation-wide options below add only a share each. The noise comes from the same sampler as
+distributed DP (:class:`sealagg.crypto.dp.Sampler`: AES-CTR keyed by ``os.urandom`` afresh on
+every call, never numpy.random), so it cannot be replayed or predicted from a global seed the
+training code may have set, and it is added on a fine integer grid
+(:meth:`~sealagg.crypto.dp.Sampler.gaussian_mechanism`), because a floating-point Gaussian
+leaks the input through the low bits of its output (Mironov 2012).
 
 :func:`round_privacy` is the federation-wide counterpart the appliance asks for in each
 round's ``RoundStart.privacy`` (``[privacy]`` in ``sealagg.toml``): clip to the round's C
 (adaptive clipping moves it), add this client's *share* of the noise (sigma/√min_survivors), and
 report whether the update was under the clip (plaintext: as metadata; masked: as a noisy
-extra coordinate of the masked vector, see :mod:`crypto.dp`). Float noise there comes from
-the same ``os.urandom``-seeded generator; discrete noise and rounding from the AES-CTR PRG.
+extra coordinate of the masked vector, see :mod:`crypto.dp`). All its noise and rounding
+come from that same sampler.
 
 Note that without round DP the appliance clips every *coordinate* to ``aggregation.clip``
 before quantization; :class:`ClientDP` noise large compared with that range gets clipped there
@@ -33,14 +36,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sealagg import kernels
 from sealagg.client_shim.errors import PrivacyRefusedError
-from sealagg.crypto.dp import MECHANISMS, DistributedDPSpec, encode_dp_update, rotation_seed
+from sealagg.crypto.dp import (
+    MECHANISMS,
+    DistributedDPSpec,
+    Sampler,
+    encode_dp_update,
+    rotation_seed,
+)
 
 if TYPE_CHECKING:
     from sealagg.appliance.wire import sealagg_pb2 as pb
@@ -105,15 +113,17 @@ def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
 
 
 def add_gaussian_noise(update: np.ndarray, std: float) -> np.ndarray:
-    """``update`` plus N(0, std²) per coordinate, from a generator seeded by ``os.urandom``."""
+    """``update`` plus N(0, std²) per coordinate: the crypto sampler's floating-point-safe
+    Gaussian mechanism, keyed from ``os.urandom`` on every call (the float32 cast of its
+    output is post-processing)."""
     std = _real("std", std)
     if std < 0.0:
         raise ValueError(f"std must be >= 0, got {std!r}")
     x = np.asarray(update, dtype=np.float32)
     if std == 0.0:
         return x.copy()
-    rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
-    return (x.astype(np.float64) + rng.normal(0.0, std, x.shape)).astype(np.float32)
+    noisy = Sampler().gaussian_mechanism(x.astype(np.float64), std)
+    return noisy.reshape(x.shape).astype(np.float32)
 
 
 def protect_update(

@@ -13,11 +13,13 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import grpc
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
+from sealagg.appliance.kit import ClientKit
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
 from sealagg.client_shim import ckks
@@ -25,6 +27,7 @@ from sealagg.client_shim.attestation import AttestationGuard, require_attestatio
 from sealagg.client_shim.connection import Connection, Payload
 from sealagg.client_shim.errors import ROUND_LOST, RoundRefusedError
 from sealagg.client_shim.privacy import round_privacy
+from sealagg.client_shim.transcript_ledger import ledger_beside
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
 from sealagg.crypto import (
     IdentityKey,
@@ -38,7 +41,8 @@ from sealagg.crypto import (
 )
 from sealagg.crypto.config import check_round_parameters
 from sealagg.crypto.errors import InfeasibleParametersError
-from sealagg.crypto.graph import complete_graph, harary_graph
+from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
+from sealagg.crypto.roster import Roster, RosterVerifier, members_from_roster
 
 _log = logging.getLogger("sealagg.client")
 
@@ -73,6 +77,8 @@ class Participant:
         self.attestation = attestation or AttestationGuard.from_kit(connection)
         self.evaluate = evaluate  # the vendor gate's party: candidate tensors -> holdout metrics
         self.identity = IdentityKey.from_seed(connection.kit.identity_seed)
+        self.ledger = ledger_beside(connection.kit)  # durable: no round transcript twice
+        self.roster = roster_verifier(connection.kit)  # None: a development kit, no authority
         self.poll_seconds = poll_seconds
         self._models: dict[int, dict[str, np.ndarray]] = {}
         self._next_start: pb.RoundStart | None = None
@@ -103,6 +109,8 @@ class Participant:
         """Take part in one round (waiting for it to open unless ``start`` is given)."""
         start = start or self.wait_for_round()
         require_attestation(self.attestation, start)  # raises: nothing of ours is sent
+        roster = check_members(self.roster, start)  # raises RosterError: nothing is sent
+        check_policy(governing_policy(roster, self.connection.kit), start)  # nothing is sent
         _, tensors = self.global_model(start.model_version)
         if start.mode == "ckks":  # only ciphertexts leave a data owner (client_shim/ckks.py)
             return ckks.take_part(self, start, tensors, compute)
@@ -155,7 +163,7 @@ class Participant:
         if config.vector_length != expected:
             raise RoundRefusedError("the round's vector length does not match the model")
         spec = QuantizationSpec(clip=start.clip, max_clients=start.max_clients)
-        client = SecAggClient(config, start.client_index, self.identity)
+        client = SecAggClient(config, start.client_index, self.identity, ledger=self.ledger)
         encoded = encode_update(update, weight, spec) if dp is None else dp.encode(update)[0]
         client.set_input(encoded)
         advertise = client.advertise_keys()
@@ -222,6 +230,60 @@ class Participant:
         answer_evaluation(self.connection, task.evaluate, self.evaluate)
 
 
+def roster_verifier(kit: ClientKit) -> RosterVerifier | None:
+    """The kit's pinned federation authority, or None for a development kit (whose appliance
+    made this client's keys and could impersonate it anyway: there, its list is trusted)."""
+    if kit.authority_public_key is None:
+        _log.warning(
+            "kit %r pins no federation authority: round members are not checked against a "
+            "signed roster (development kits only)",
+            kit.name,
+        )
+        return None
+    return RosterVerifier(kit.authority_public_key, kit.federation)
+
+
+def check_members(verifier: RosterVerifier | None, start: pb.RoundStart) -> Roster | None:
+    """Refuse a round whose members the authority's roster does not admit (ghosts); return
+    the verified roster (its signed policy: ``roster.federation_policy()``)."""
+    if verifier is None:
+        return None
+    ckks = start.mode == "ckks"
+    roster = verifier.accept(start.roster)
+    members_from_roster(
+        roster,
+        start.participants,
+        now=datetime.now(UTC),
+        key_holder=start.ckks.key_holder_index if ckks else None,
+        key_holder_contributes=start.ckks.key_holder_contributes if ckks else True,
+    )
+    return roster
+
+
+def governing_policy(roster: Roster | None, kit: ClientKit) -> FederationPolicy:
+    """The policy this client enforces: the authority's, signed into the roster, when it has
+    one (the appliance wrote the kit's ``client.toml`` and cannot be trusted to loosen it);
+    else the kit's own ``[policy]`` (a development kit trusts the appliance anyway)."""
+    if roster is not None and roster.policy:
+        return roster.federation_policy()
+    return kit.policy
+
+
+def check_policy(policy: FederationPolicy, start: pb.RoundStart) -> None:
+    """Refuse a round whose mode, n, k, t or quorum break the kit's federation policy."""
+    try:  # the one crypto function the appliance's config check also runs
+        check_round_against_policy(
+            policy,
+            start.mode,
+            len(start.participants),
+            start.degree or None,
+            start.threshold,
+            start.minimum_survivors,
+        )
+    except InfeasibleParametersError as error:
+        raise RoundRefusedError(str(error)) from None
+
+
 def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3) -> RoundConfig:
     """Rebuild the round's public config and refuse parameters that would not protect us."""
     identities = {p.index: bytes(p.identity_key) for p in start.participants}
@@ -234,16 +296,10 @@ def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3)
         )
     except InfeasibleParametersError as error:
         raise RoundRefusedError(str(error)) from None
-    ids = sorted(identities)
-    graph = (
-        complete_graph(ids)
-        if start.degree == 0
-        else harary_graph(ids, start.degree, seed=start.round_id)
-    )
-    return RoundConfig(
+    return RoundConfig.create(  # the graph is drawn later, from the round transcript
         round_id=bytes(start.round_id),
         identities=identities,
-        graph=graph,
+        degree=start.degree or None,
         threshold=start.threshold,
         vector_length=start.vector_length,
         minimum_survivors=start.minimum_survivors,

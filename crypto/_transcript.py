@@ -6,13 +6,21 @@ parties, so no signature, ciphertext or key can be reused in another context.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sealagg.crypto._primitives.agreement import check_public_key
 from sealagg.crypto._primitives.kdf import derive_key
-from sealagg.crypto.messages import Phase
+from sealagg.crypto._primitives.signing import verify_signature
+from sealagg.crypto.messages import PeerKeys, Phase
+
+if TYPE_CHECKING:
+    from sealagg.crypto.config import RoundConfig
 
 
 def _id(client_id: int) -> bytes:
@@ -23,8 +31,54 @@ def _pair(u: int, v: int) -> bytes:
     return _id(min(u, v)) + _id(max(u, v))
 
 
-def advertise_payload(round_id: bytes, client_id: int, cipher_pk: bytes, mask_pk: bytes) -> bytes:
-    return b"sealagg/advertise/v1" + round_id + _id(client_id) + cipher_pk + mask_pk
+def advertise_payload(
+    round_id: bytes, client_id: int, cipher_pk: bytes, mask_pk: bytes, seed_commitment: bytes
+) -> bytes:
+    return (
+        b"sealagg/advertise/v2" + round_id + _id(client_id) + cipher_pk + mask_pk + seed_commitment
+    )
+
+
+def seed_commitment(round_id: bytes, client_id: int, seed: bytes) -> bytes:
+    """Hash commitment to a self-mask seed: hiding (the seed is 32 uniform bytes), binding
+    (SHA-256 collision resistance). A seed reconstructed from shares must match it."""
+    return hashlib.sha256(b"sealagg/self-seed/v1" + round_id + _id(client_id) + seed).digest()
+
+
+def seed_matches(commitment: bytes, round_id: bytes, client_id: int, seed: bytes) -> bool:
+    return hmac.compare_digest(commitment, seed_commitment(round_id, client_id, seed))
+
+
+def transcript_hash(config: RoundConfig, advertised: Mapping[int, PeerKeys]) -> bytes:
+    """SHA-256 of the whole round transcript up to the key directory.
+
+    Covers the round id, the roster version, every public parameter (participants and
+    their identity keys, degree, threshold, minimum survivors, vector length) and every
+    advertised key with its seed commitment. Consistency signatures bind it, so a
+    signature made in another round (even one reusing the round id) never verifies here;
+    the SecAgg+ graph is seeded by it. Signatures over the keys are left out: they add
+    nothing a verifier needs and a signer could vary them.
+    """
+    h = hashlib.sha256(b"sealagg/transcript/v1")
+    h.update(config.round_id)
+    h.update(
+        struct.pack(
+            ">QIIIIQ",
+            config.roster_version,
+            len(config.identities),
+            config.degree,
+            config.threshold,
+            config.minimum_survivors,
+            config.vector_length,
+        )
+    )
+    for u in sorted(config.identities):
+        h.update(_id(u) + config.identities[u])
+    h.update(_id(len(advertised)))
+    for u in sorted(advertised):
+        k = advertised[u]
+        h.update(_id(u) + k.cipher_public + k.mask_public + k.seed_commitment)
+    return h.digest()
 
 
 def encode_ids(ids: Iterable[int]) -> bytes:
@@ -32,9 +86,40 @@ def encode_ids(ids: Iterable[int]) -> bytes:
     return np.asarray(sorted(ids), dtype=">u4").tobytes()
 
 
-def survivors_payload(round_id: bytes, client_id: int, survivors_blob: bytes) -> bytes:
-    """What ``client_id`` signs in the consistency check (blob from :func:`encode_ids`)."""
-    return b"sealagg/survivors/v1" + round_id + _id(client_id) + survivors_blob
+def survivors_payload(
+    round_id: bytes, transcript: bytes, client_id: int, survivors_blob: bytes
+) -> bytes:
+    """What ``client_id`` signs in the consistency check (blob from :func:`encode_ids`),
+    bound to the round's :func:`transcript_hash` so it cannot be replayed elsewhere."""
+    return b"sealagg/survivors/v2" + round_id + transcript + _id(client_id) + survivors_blob
+
+
+def share_key_commitment(key: bytes, round_id: bytes, sender: int, recipient: int) -> bytes:
+    """Commitment to the AEAD key of one sealed share: a recipient's blame reveals the key,
+    and only the key the sender committed to (and signed) counts as evidence."""
+    return hashlib.sha256(
+        b"sealagg/share-key-commit/v1" + round_id + _id(sender) + _id(recipient) + key
+    ).digest()
+
+
+def share_signature_payload(
+    round_id: bytes,
+    transcript: bytes,
+    sender: int,
+    recipient: int,
+    key_commitment: bytes,
+    ciphertext: bytes,
+) -> bytes:
+    """What a sender signs for each sealed share (its proof of origin if it is garbage)."""
+    return (
+        b"sealagg/sealed-share/v1"
+        + round_id
+        + transcript
+        + _id(sender)
+        + _id(recipient)
+        + key_commitment
+        + ciphertext
+    )
 
 
 def share_associated_data(round_id: bytes, sender: int, recipient: int) -> bytes:
@@ -64,3 +149,20 @@ SHARE_PLAINTEXT_HEADER = struct.Struct(">II")
 
 def share_plaintext(sender: int, recipient: int, mask_key_share: bytes, self_share: bytes) -> bytes:
     return SHARE_PLAINTEXT_HEADER.pack(sender, recipient) + mask_key_share + self_share
+
+
+def check_advertisement(
+    config: RoundConfig, client_id: int, keys: PeerKeys, *, check_keys: bool = True
+) -> None:
+    """The checks every party makes of one advertisement: the identity key's signature over
+    both public keys and the seed commitment, then both keys usable (not low-order:
+    :class:`~sealagg.crypto.errors.InvalidPublicKeyError`)."""
+    payload = advertise_payload(
+        config.round_id, client_id, keys.cipher_public, keys.mask_public, keys.seed_commitment
+    )
+    verify_signature(
+        config.identities[client_id], payload, keys.signature, signer=f"client {client_id}"
+    )
+    if check_keys:  # a client skips it: its own key agreements right after are the check
+        check_public_key(keys.cipher_public, owner=f"client {client_id}")
+        check_public_key(keys.mask_public, owner=f"client {client_id}")

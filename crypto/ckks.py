@@ -17,22 +17,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import hmac
 import math
+import struct
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
 
 from sealagg.crypto._primitives.ckks import MAX_SECURE_COEFF_BITS, PublicContext, SecretContext
+from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
 from sealagg.crypto.errors import (
     CkksCiphertextError,
+    CkksContributionsRefusedError,
     CkksError,
     CkksKeyError,
     CkksParameterError,
+    CkksRoleError,
     MalformedMessageError,
 )
+from sealagg.crypto.roster import CONTRIBUTING_ROLES, Role
 from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
 SCHEMA_VERSION = 1
@@ -158,17 +165,21 @@ def check_ckks_round(
     key_holder_listed: bool,
     value_bound: float,
     max_error: float,
+    minimum_contributors: int = MIN_MASKED_PARTIES,
 ) -> None:
     """Refuse a ckks round that cannot protect its data owners, saying why (``CkksError``).
 
     One check for both sides: the appliance before it opens the round, each client before
-    it sends anything. A sum over fewer than three data owners reveals their updates; a key
-    holder outside the round's participants is unaccountable; and the parameters must
-    leave room for the sum (:meth:`CkksParameters.validate`).
+    it sends anything. A sum over fewer than m data owners (never fewer than three: with two,
+    each reads the other's update from the sum) is refused, because the key holder will not
+    decrypt it (:func:`verify_contributions`); a key holder outside the round's participants
+    is unaccountable; and the parameters must leave room for the sum
+    (:meth:`CkksParameters.validate`).
     """
-    if data_owners < MIN_MASKED_PARTIES:
+    needed = max(minimum_contributors, MIN_MASKED_PARTIES)
+    if data_owners < needed:
         raise CkksParameterError(
-            f"only {data_owners} data owners: ckks needs at least {MIN_MASKED_PARTIES} data "
+            f"only {data_owners} data owners: ckks needs at least {needed} data "
             "owners besides a separate key holder, or the sum would reveal individual updates"
         )
     if not key_holder_listed:
@@ -205,18 +216,23 @@ def pack_message(kind: str, round_id: bytes, **fields: Any) -> bytes:
     )
 
 
-def unpack_message(data: bytes, kind: str, round_id: bytes, *, max_bytes: int) -> dict[str, Any]:
-    """Decode a CKKS message and check its version, type and round (never pickle)."""
+def unpack_message(
+    data: bytes, kind: str | tuple[str, ...], round_id: bytes, *, max_bytes: int
+) -> dict[str, Any]:
+    """Decode a CKKS message and check its version, type (one of ``kind``) and round (never
+    pickle)."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    what = "/".join(kinds)
     if len(data) > max_bytes:
-        raise MalformedMessageError(f"{kind}: {len(data)} bytes exceeds the limit {max_bytes}")
+        raise MalformedMessageError(f"{what}: {len(data)} bytes exceeds the limit {max_bytes}")
     try:
         body = msgpack.unpackb(bytes(data), raw=False, strict_map_key=False, max_bin_len=max_bytes)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise MalformedMessageError(f"{kind}: not a valid message ({exc})") from None
-    if not isinstance(body, dict) or body.get("v") != SCHEMA_VERSION or body.get("t") != kind:
-        raise MalformedMessageError(f"expected a version-{SCHEMA_VERSION} {kind!r} message")
+        raise MalformedMessageError(f"{what}: not a valid message ({exc})") from None
+    if not isinstance(body, dict) or body.get("v") != SCHEMA_VERSION or body.get("t") not in kinds:
+        raise MalformedMessageError(f"expected a version-{SCHEMA_VERSION} {what!r} message")
     if body.get("r") != round_id:
-        raise MalformedMessageError(f"{kind}: the message names another round")
+        raise MalformedMessageError(f"{what}: the message names another round")
     return body
 
 
@@ -232,8 +248,52 @@ def field(body: dict[str, Any], name: str, kind: type, *, optional: bool = False
 # -------------------------------------------------------------------------- the parties
 
 
+@dataclasses.dataclass(frozen=True)
+class ContributionBinding:
+    """What a data owner's signature over its ciphertexts binds, besides the signer itself.
+
+    The round id and the key holder's context fingerprint keep a signed upload from being
+    replayed into another round or presented under another key; the model version, the
+    parameters and the dimension keep it from answering another question. The signer's
+    round index and name are bound too (:meth:`digest`), so an upload cannot be re-attributed
+    to another member to make one party count twice.
+    """
+
+    round_id: bytes
+    model_version: int
+    params: CkksParameters
+    dimension: int
+    context_fingerprint: bytes
+
+    def digest(self, index: int, name: str, ciphertexts: Sequence[bytes]) -> bytes:
+        """SHA-256 over every bound field, length-prefixed, and each ciphertext's SHA-256."""
+        h = hashlib.sha256(b"sealagg/ckks/contribution/v1\x00")
+        name_bytes = name.encode("utf-8")
+        p = self.params
+        for part in (self.round_id, name_bytes, self.context_fingerprint):
+            h.update(struct.pack(">I", len(part)) + part)
+        h.update(struct.pack(">IQQ", index, self.model_version, self.dimension))
+        h.update(
+            struct.pack(">III", p.poly_modulus_degree, p.scale_bits, len(p.coeff_mod_bit_sizes))
+        )
+        h.update(b"".join(struct.pack(">I", b) for b in p.coeff_mod_bit_sizes))
+        h.update(struct.pack(">I", len(ciphertexts)))
+        for ct in ciphertexts:
+            h.update(hashlib.sha256(ct).digest())
+        return h.digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Contributor:
+    """A round member as a signer of contributions: its index, name and identity key."""
+
+    index: int
+    name: str
+    identity_key: bytes
+
+
 class CkksEncryptor:
-    """A data owner's side: encrypt [w·x, w] under the key holder's public context."""
+    """A data owner's side: encrypt [w·x, w] under the key holder's public context, and sign."""
 
     def __init__(self, params: CkksParameters, public_context: bytes, round_id: bytes) -> None:
         self.params = params
@@ -241,11 +301,31 @@ class CkksEncryptor:
         params.check_context(self.context)
         self.round_id = round_id
 
-    def encrypt(self, update: np.ndarray, weight: float) -> bytes:
-        """The upload: every chunk encrypted; nothing in it is readable without the secret key."""
-        chunks = pack(np.asarray(update), weight, self.params.slots)
-        cts = [self.context.encrypt(c) for c in chunks]
-        return pack_message("ckks_input", self.round_id, f=self.context.fingerprint, c=cts)
+    def encrypt(
+        self,
+        update: np.ndarray,
+        weight: float,
+        *,
+        identity: IdentityKey,
+        index: int,
+        name: str,
+        model_version: int,
+    ) -> bytes:
+        """The upload: every chunk encrypted, and signed with the data owner's identity key.
+
+        The signature lets the key holder check, before it decrypts anything, that a sum
+        covers distinct roster data owners (:func:`verify_contributions`); nothing in the
+        upload is readable without the secret key.
+        """
+        update = np.asarray(update)
+        cts = [self.context.encrypt(c) for c in pack(update, weight, self.params.slots)]
+        binding = ContributionBinding(
+            self.round_id, model_version, self.params, update.size, self.context.fingerprint
+        )
+        signature = identity.sign(binding.digest(index, name, cts))
+        return pack_message(
+            "ckks_input", self.round_id, f=self.context.fingerprint, c=cts, i=index, s=signature
+        )
 
 
 def input_limit(params: CkksParameters, dimension: int) -> int:
@@ -254,25 +334,44 @@ def input_limit(params: CkksParameters, dimension: int) -> int:
 
 
 class CkksAccumulator:
-    """The appliance's running sum of ciphertexts, under a public context only."""
+    """A running sum of signed uploads under a public context (the appliance's, or the key
+    holder's own recomputation). Each upload is checked entirely before it is added: its
+    signature by the member it claims, its context, its shape and every ciphertext."""
 
     def __init__(
-        self, params: CkksParameters, public_context: bytes, round_id: bytes, dimension: int
+        self,
+        params: CkksParameters,
+        public_context: bytes,
+        round_id: bytes,
+        dimension: int,
+        *,
+        model_version: int,
     ) -> None:
         self.params = params
         self.context = PublicContext.from_bytes(public_context, max_bytes=MAX_CONTEXT_BYTES)
         params.check_context(self.context)
         self.round_id = round_id
         self.dimension = dimension
+        self.binding = ContributionBinding(
+            round_id, model_version, params, dimension, self.context.fingerprint
+        )
         self.sizes = chunk_sizes(dimension, params.slots)
         self._sum: list[Any] | None = None
-        self.count = 0
+        self.contributors: list[int] = []
 
-    def add(self, payload: bytes) -> None:
+    @property
+    def count(self) -> int:
+        return len(self.contributors)
+
+    def add(self, payload: bytes, signer: Contributor) -> None:
         """Check one client's upload entirely, then add it (a bad upload changes nothing)."""
         body = unpack_message(
             payload, "ckks_input", self.round_id, max_bytes=input_limit(self.params, self.dimension)
         )
+        if field(body, "i", int) != signer.index:
+            raise CkksCiphertextError(
+                f"ciphertext refused: the upload names member {body['i']}, not {signer.index}"
+            )
         fingerprint = field(body, "f", bytes)
         if not hmac.compare_digest(fingerprint, self.context.fingerprint):
             raise CkksCiphertextError(
@@ -284,19 +383,23 @@ class CkksAccumulator:
                 f"ciphertext refused: {len(cts)} ciphertexts, the model needs {len(self.sizes)}"
             )
         limit = self.params.max_ciphertext_bytes()
-        vectors = []
-        for i, (ct, used) in enumerate(zip(cts, self.sizes, strict=True)):
-            if not isinstance(ct, bytes) or len(ct) > limit:
-                raise CkksCiphertextError(
-                    f"ciphertext refused: chunk {i} is oversized or not bytes"
-                )
-            vectors.append(self.context.load(ct, slots_used=used))
+        if not all(isinstance(ct, bytes) and len(ct) <= limit for ct in cts):
+            raise CkksCiphertextError("ciphertext refused: a chunk is oversized or not bytes")
+        verify_signature(
+            signer.identity_key,
+            self.binding.digest(signer.index, signer.name, cts),
+            field(body, "s", bytes),
+            signer=signer.name,
+        )
+        vectors = [
+            self.context.load(ct, slots_used=used) for ct, used in zip(cts, self.sizes, strict=True)
+        ]
         if self._sum is None:
             self._sum = vectors
         else:
             for i, vector in enumerate(vectors):
                 self._sum[i] = self.context.add(self._sum[i], vector)
-        self.count += 1
+        self.contributors.append(signer.index)
 
     @property
     def sum_vectors(self) -> list[Any]:
@@ -304,47 +407,154 @@ class CkksAccumulator:
             raise CkksCiphertextError("no ciphertext was added")
         return self._sum
 
-    def sum_message(self, contributors: int) -> bytes:
-        """What the key holder receives: the summed ciphertexts and how many were added."""
-        cts = [self.context.serialize(v) for v in self.sum_vectors]
-        return pack_message(
-            "ckks_sum", self.round_id, f=self.context.fingerprint, n=contributors, c=cts
+    def sum_ciphertexts(self) -> list[bytes]:
+        return [self.context.serialize(v) for v in self.sum_vectors]
+
+
+class RosterMember(Protocol):
+    """A round member's roster entry (:class:`sealagg.crypto.roster.RosterEntry` fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def identity_key(self) -> bytes: ...
+
+    @property
+    def role(self) -> Role: ...
+
+
+def check_key_holder(
+    members: Mapping[int, RosterMember], key_holder: int, *, contributes: bool
+) -> RosterMember:
+    """The key holder's roster entry; ``CkksRoleError`` unless the roster gives it that role.
+
+    ``members`` maps each round index to its entry in the authority's roster (not the
+    appliance's list: a "key holder" the appliance invented would hold a key the appliance
+    shares, and every data owner encrypting to it would be read). A key holder that also
+    contributes is a data owner holding the secret key: only by the federation's explicit
+    configuration, and then it must have a contributing role.
+    """
+    entry = members.get(key_holder)
+    if entry is None:
+        raise CkksRoleError("the round's key holder is not a roster member of the round")
+    wanted = CONTRIBUTING_ROLES if contributes else frozenset({Role.KEY_HOLDER})
+    if entry.role not in wanted:
+        raise CkksRoleError(
+            f"{entry.name!r} has role {entry.role.value!r} on the roster; the round's key "
+            f"holder needs role {' or '.join(sorted(r.value for r in wanted))}"
         )
+    return entry
+
+
+def verify_contributions(
+    uploads: Sequence[tuple[int, bytes]],
+    accumulator: CkksAccumulator,
+    members: Mapping[int, RosterMember],
+    *,
+    key_holder: int,
+    key_holder_contributes: bool,
+    minimum: int,
+) -> CkksAccumulator:
+    """The key holder's check before it decrypts anything; returns ``accumulator`` holding the
+    homomorphic sum it recomputed itself from exactly these uploads.
+
+    Why: TenSEAL has no threshold CKKS, so whatever the key holder decrypts, the appliance
+    reads. An appliance that forwards one client's ciphertext as "the sum of 3" would read that
+    client's update. So the key holder decrypts only a sum it added up itself from uploads
+    that are (1) signed over this round, model version, parameters and its own public context
+    (:class:`ContributionBinding`), (2) by distinct signers, each on the authority's roster with
+    a contributing role (``members``: the round's roster entries by index; never the key
+    holder unless it contributes by configuration), and (3) at least ``minimum`` of them
+    (m from the policy, never below :data:`MIN_MASKED_PARTIES`). Raises
+    :class:`CkksContributionsRefusedError`, :class:`CkksRoleError` or ``BadSignatureError``.
+    """
+    needed = max(minimum, MIN_MASKED_PARTIES)
+    if len(uploads) < needed:
+        raise CkksContributionsRefusedError(
+            f"refusing to decrypt a sum of {len(uploads)} contributions: at least {needed} "
+            "distinct signed data owners are needed"
+        )
+    indices = [index for index, _ in uploads]
+    if len(set(indices)) != len(indices):
+        raise CkksContributionsRefusedError(
+            "refusing to decrypt: one member's contribution is counted twice"
+        )
+    keys: set[bytes] = set()
+    for index, payload in uploads:
+        entry = members.get(index)
+        if entry is None:
+            raise CkksRoleError(
+                f"contribution from {index}, who is not a roster member of the round"
+            )
+        if index == key_holder and not key_holder_contributes:
+            raise CkksRoleError("the key holder contributes nothing in this round")
+        if entry.role not in CONTRIBUTING_ROLES:
+            raise CkksRoleError(
+                f"contribution from {entry.name!r}, whose roster role "
+                f"{entry.role.value!r} does not contribute"
+            )
+        key = bytes(entry.identity_key)
+        if key in keys:  # one party under two indices
+            raise CkksContributionsRefusedError(
+                "refusing to decrypt: two contributions are signed by the same identity key"
+            )
+        keys.add(key)
+        accumulator.add(payload, Contributor(index, entry.name, key))
+    return accumulator
 
 
 class CkksKeyHolder:
-    """Generates the keys, hands out the public context, decrypts only the sum."""
+    """Generates the keys, hands out the public context, decrypts one verified sum per round."""
 
     def __init__(self, params: CkksParameters, round_id: bytes, secret: SecretContext) -> None:
         self.params = params
         self.round_id = round_id
         self._secret = secret
         self.public_context = secret.public_bytes()
+        self._decrypted = False
 
     @classmethod
     def generate(cls, params: CkksParameters, round_id: bytes) -> CkksKeyHolder:
         return cls(params, round_id, params.generate_keys())
 
-    def decrypt_sum(self, message: bytes, dimension: int, *, minimum: int = 3) -> np.ndarray:
-        """The weighted sum [Σw·x, Σw] (float64, d+1 values) from the appliance's sum message.
+    def decrypt_contributions(
+        self,
+        uploads: Sequence[tuple[int, bytes]],
+        members: Mapping[int, RosterMember],
+        *,
+        dimension: int,
+        model_version: int,
+        key_holder: int,
+        key_holder_contributes: bool,
+        minimum: int,
+    ) -> np.ndarray:
+        """The weighted sum [Σw·x, Σw] (float64, d+1 values) of verified contributions.
 
-        Refuses a sum that claims fewer than ``minimum`` contributors. The count is the
-        appliance's word: this check stops an honest-but-buggy appliance, not a malicious one
-        (which could present one client's ciphertext as a sum; see the README's key model).
+        Recomputes the sum itself (:func:`verify_contributions`) and decrypts only that, at
+        most once per round: a second request (a second sum over another subset, whose
+        difference with the first would be one client's update) is refused.
         """
-        sizes = chunk_sizes(dimension, self.params.slots)
-        limit = len(sizes) * self.params.max_ciphertext_bytes() + _ENVELOPE_OVERHEAD
-        body = unpack_message(message, "ckks_sum", self.round_id, max_bytes=limit)
-        contributors = field(body, "n", int)
-        if contributors < minimum:
-            raise CkksCiphertextError(
-                f"refusing to decrypt a sum of {contributors} contributions (need {minimum})"
-            )
-        cts = field(body, "c", list)
-        if len(cts) != len(sizes) or not all(isinstance(c, bytes) for c in cts):
-            raise CkksCiphertextError("sum message has the wrong number of ciphertexts")
+        if self._decrypted:
+            raise CkksContributionsRefusedError("this round's sum was already decrypted once")
+        accumulator = CkksAccumulator(
+            self.params, self.public_context, self.round_id, dimension, model_version=model_version
+        )
+        verify_contributions(
+            uploads,
+            accumulator,
+            members,
+            key_holder=key_holder,
+            key_holder_contributes=key_holder_contributes,
+            minimum=minimum,
+        )
+        self._decrypted = True
+        sizes = accumulator.sizes
         out = np.concatenate(
-            [self._secret.decrypt(c)[:used] for c, used in zip(cts, sizes, strict=True)]
+            [
+                self._secret.decrypt(ct)[:used]
+                for ct, used in zip(accumulator.sum_ciphertexts(), sizes, strict=True)
+            ]
         )
         if out.size != dimension + 1:
             raise CkksCiphertextError("decrypted sum has the wrong length")
@@ -416,7 +626,11 @@ __all__ = [
     "CkksEstimate",
     "CkksKeyHolder",
     "CkksParameters",
+    "ContributionBinding",
+    "Contributor",
+    "RosterMember",
     "check_ckks_round",
+    "check_key_holder",
     "check_secret_context",
     "chunk_sizes",
     "estimate",
@@ -424,4 +638,5 @@ __all__ = [
     "mean_from_sum",
     "pack",
     "per_layer_ciphertexts",
+    "verify_contributions",
 ]

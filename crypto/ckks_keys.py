@@ -172,7 +172,7 @@ def result_message(round_id: bytes, weighted_sum: bytes) -> bytes:
 
 
 def read_result(data: bytes, round_id: bytes, dimension: int) -> bytes:
-    body = unpack_message(data, "ckks_result", round_id, max_bytes=8 * (dimension + 1) + 256)
+    body = unpack_message(data, "ckks_result", round_id, max_bytes=reply_limit(dimension))
     raw = field(body, "s", bytes)
     if len(raw) != 8 * (dimension + 1):
         raise MalformedMessageError(
@@ -181,18 +181,85 @@ def read_result(data: bytes, round_id: bytes, dimension: int) -> bytes:
     return raw
 
 
+def contribution_message(
+    round_id: bytes, position: int, total: int, index: int, upload: bytes
+) -> bytes:
+    """Appliance → key holder: one data owner's signed upload, verbatim (``position`` of
+    ``total``). The key holder adds these up itself and decrypts nothing else; one upload per
+    step keeps each step no larger than the sum message it replaces."""
+    return pack_message("ckks_contribution", round_id, k=position, n=total, i=index, u=upload)
+
+
+def read_contribution(data: bytes, round_id: bytes, max_upload: int) -> tuple[int, int, int, bytes]:
+    """(position, total, contributor index, upload) of a forwarded contribution."""
+    body = unpack_message(data, "ckks_contribution", round_id, max_bytes=max_upload + SMALL_BYTES)
+    out = (
+        field(body, "k", int),
+        field(body, "n", int),
+        field(body, "i", int),
+        field(body, "u", bytes),
+    )
+    if not 0 <= out[0] < out[1]:
+        raise MalformedMessageError("contribution: position outside 0..total-1")
+    return out
+
+
+def ack_message(round_id: bytes, position: int) -> bytes:
+    """Key holder → appliance: contribution ``position`` was received (not yet decrypted)."""
+    return pack_message("ckks_ack", round_id, k=position)
+
+
+def refusal_message(round_id: bytes, reason: str) -> bytes:
+    """Key holder → appliance: it refuses (a ghost, an unsigned or too small sum), and why."""
+    return pack_message("ckks_refused", round_id, why=reason[:1000])
+
+
+def reply_limit(dimension: int) -> int:
+    """Largest key-holder answer in the decrypt phase: the result, an ack or a refusal."""
+    return max(8 * (dimension + 1) + 256, SMALL_BYTES)
+
+
+def read_refusal(data: bytes, round_id: bytes) -> str | None:
+    """The key holder's reason if ``data`` is its refusal, else None (another message)."""
+    try:
+        body = unpack_message(data, "ckks_refused", round_id, max_bytes=SMALL_BYTES)
+    except MalformedMessageError:
+        return None
+    return field(body, "why", str)
+
+
+def read_key_holder_reply(
+    data: bytes, round_id: bytes, dimension: int
+) -> tuple[str, int | bytes | str]:
+    """("ack", position), ("result", weighted sum bytes) or ("refused", reason)."""
+    kinds = ("ckks_ack", "ckks_refused", "ckks_result")
+    body = unpack_message(data, kinds, round_id, max_bytes=reply_limit(dimension))
+    if body["t"] == "ckks_ack":
+        return "ack", field(body, "k", int)
+    if body["t"] == "ckks_refused":
+        return "refused", field(body, "why", str)
+    return "result", read_result(data, round_id, dimension)
+
+
 __all__ = [
     "Advert",
     "CkksParty",
+    "ack_message",
     "advert_payload",
     "bundle_message",
+    "contribution_message",
     "make_advert",
     "open_from",
     "read_advert",
     "read_bundle",
+    "read_contribution",
+    "read_key_holder_reply",
+    "read_refusal",
     "read_result",
     "read_roster",
     "read_sealed",
+    "refusal_message",
+    "reply_limit",
     "result_message",
     "roster_message",
     "seal_to",

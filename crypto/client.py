@@ -7,6 +7,13 @@ leaves the state unchanged; bad *contents* (a forged signature, an inconsistent
 survivor list, a request for both secrets of one peer) abort the client's part
 in the round for good. Secrets move from one state to the next and are dropped
 when no longer needed; nothing is kept in a shared bag of fields.
+
+Against a malicious server (issue 17): the client hashes the whole transcript
+(parameters and every advertised key) as soon as the key directory arrives, claims
+it in its :class:`~sealagg.crypto.ledger.TranscriptLedger` (no transcript, and no
+round id, twice), draws the graph from it, and binds its consistency signature to
+it. A neighbour's share that does not open is not a reason to abort: the client
+leaves that neighbour's mask out and hands the server signed evidence (a blame).
 """
 
 from __future__ import annotations
@@ -22,21 +29,25 @@ from sealagg.crypto._primitives.agreement import AgreementKey
 from sealagg.crypto._primitives.prg import SEED_BYTES, apply_masks
 from sealagg.crypto._primitives.shamir import split_secrets
 from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
-from sealagg.crypto.config import RoundConfig
+from sealagg.crypto.config import RoundConfig, active_after_pruning
 from sealagg.crypto.errors import (
     BadSignatureError,
     BelowThresholdError,
     BothSharesRequestedError,
+    DecryptionError,
     InconsistentSurvivorsError,
+    InvalidPublicKeyError,
     MalformedMessageError,
     OutOfPhaseError,
     ReplayedMessageError,
     SecAggError,
     UnknownSenderError,
 )
+from sealagg.crypto.ledger import InMemoryTranscriptLedger, TranscriptLedger
 from sealagg.crypto.messages import (
     SHARE_BYTES,
     AdvertiseKeys,
+    Blame,
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
@@ -44,6 +55,7 @@ from sealagg.crypto.messages import (
     PeerKeys,
     ShareBundle,
     ShareKeys,
+    SignedShare,
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
@@ -53,12 +65,20 @@ from sealagg.crypto.messages import (
 class _Context:
     """Public facts about the round, as seen by one client (no secrets)."""
 
-    def __init__(self, config: RoundConfig, client_id: int) -> None:
+    def __init__(self, config: RoundConfig, client_id: int, ledger: TranscriptLedger) -> None:
         if client_id not in config.identities:
             raise UnknownSenderError(f"client {client_id} is not a participant of this round")
         self.config = config
         self.me = client_id
-        self.neighbours = frozenset(config.graph.neighbours(client_id))
+        self.ledger = ledger
+
+
+class _Round:
+    """What the key directory fixed: the transcript hash and this client's neighbours."""
+
+    def __init__(self, transcript: bytes, neighbours: frozenset[int]) -> None:
+        self.transcript = transcript
+        self.neighbours = neighbours
 
 
 class _State:
@@ -98,62 +118,110 @@ class _AdvertiseKeys(_State):
         self._identity = identity
 
     def advertise(self) -> tuple[Message, _State]:
+        cfg = self.ctx.config
         cipher_key, mask_key = AgreementKey.generate(), AgreementKey.generate()
+        self_seed = os.urandom(SEED_BYTES)
+        commitment = tr.seed_commitment(cfg.round_id, self.ctx.me, self_seed)
         payload = tr.advertise_payload(
-            self.ctx.config.round_id, self.ctx.me, cipher_key.public_bytes, mask_key.public_bytes
+            cfg.round_id, self.ctx.me, cipher_key.public_bytes, mask_key.public_bytes, commitment
         )
         keys = PeerKeys(
-            cipher_key.public_bytes, mask_key.public_bytes, self._identity.sign(payload)
+            cipher_key.public_bytes, mask_key.public_bytes, commitment, self._identity.sign(payload)
         )
-        nxt = _AwaitKeyDirectory(self.ctx, self._identity, cipher_key, mask_key)
-        return AdvertiseKeys(self.ctx.config.round_id, keys), nxt
+        nxt = _AwaitKeyDirectory(self.ctx, self._identity, cipher_key, mask_key, self_seed, keys)
+        return AdvertiseKeys(cfg.round_id, keys), nxt
 
 
 class _AwaitKeyDirectory(_State):
     name = "await_key_directory"
 
     def __init__(
-        self, ctx: _Context, identity: IdentityKey, cipher_key: AgreementKey, mask_key: AgreementKey
+        self,
+        ctx: _Context,
+        identity: IdentityKey,
+        cipher_key: AgreementKey,
+        mask_key: AgreementKey,
+        self_seed: bytes,
+        own: PeerKeys,
     ) -> None:
         super().__init__(ctx)
         self._identity = identity
         self._cipher_key = cipher_key
         self._mask_key = mask_key
+        self._self_seed = self_seed
+        self._own = own
 
     def on_key_directory(self, msg: KeyDirectory) -> tuple[Message, _State]:
         ctx, cfg = self.ctx, self.ctx.config
-        peers = dict(msg.keys)
-        stray = set(peers) - ctx.neighbours
-        if stray:
-            raise UnknownSenderError(f"key directory lists non-neighbours {sorted(stray)}")
-        for v, keys in peers.items():
-            payload = tr.advertise_payload(cfg.round_id, v, keys.cipher_public, keys.mask_public)
-            verify_signature(cfg.identities[v], payload, keys.signature, signer=f"client {v}")
-        if len(peers) < cfg.threshold:
-            raise BelowThresholdError(
-                f"only {len(peers)} neighbours advertised keys; threshold is {cfg.threshold}"
+        advertised = dict(msg.keys)
+        unknown = set(advertised) - set(cfg.identities)
+        if unknown:
+            raise UnknownSenderError(f"key directory lists non-participants {sorted(unknown)}")
+        if advertised.get(ctx.me) != self._own:
+            raise ReplayedMessageError(
+                "the key directory does not carry the keys this client advertised in this round"
             )
-        holders = sorted(peers)
-        self_seed = os.urandom(SEED_BYTES)
-        shares = split_secrets(
-            [self._mask_key.export_private_bytes_for_sharing(), self_seed], cfg.threshold, holders
-        )
+        transcript = tr.transcript_hash(cfg, advertised)
+        ctx.ledger.claim(cfg.round_id, transcript)  # raises TranscriptReusedError
+        graph = cfg.graph_for(transcript)
+        active = active_after_pruning(graph, advertised, cfg.threshold)
+        if ctx.me not in active:
+            raise BelowThresholdError(
+                f"fewer than {cfg.threshold} of this client's neighbours advertised keys"
+            )
+        holders = sorted(v for v in graph.neighbours(ctx.me) if v in active)
+        # Only neighbours' keys are used; a forged non-neighbour entry changes the
+        # transcript hash, which no honest client's consistency signature then covers.
+        peers = {v: advertised[v] for v in holders}
+        for v, keys in peers.items():
+            tr.check_advertisement(cfg, v, keys, check_keys=False)
+        # Both key agreements per neighbour now, at advertisement: a low-order key raises
+        # InvalidPublicKeyError here (the exchange is the check, at no extra cost).
         share_keys = {
             v: tr.share_key(
-                self._cipher_key.exchange(peers[v].cipher_public), cfg.round_id, ctx.me, v
+                _agree(self._cipher_key, peers[v].cipher_public, v), cfg.round_id, ctx.me, v
             )
             for v in holders
         }
-        sealed = {
-            v: seal(
+        mask_keys = {
+            v: tr.pairwise_mask_key(
+                _agree(self._mask_key, peers[v].mask_public, v), cfg.round_id, ctx.me, v
+            )
+            for v in holders
+        }
+        shares = split_secrets(
+            [self._mask_key.export_private_bytes_for_sharing(), self._self_seed],
+            cfg.threshold,
+            holders,
+        )
+        sealed = {}
+        for v, pair in zip(holders, shares, strict=True):
+            ciphertext = seal(
                 share_keys[v],
                 tr.share_plaintext(ctx.me, v, pair[0], pair[1]),
                 tr.share_associated_data(cfg.round_id, ctx.me, v),
             )
-            for v, pair in zip(holders, shares, strict=True)
-        }
-        nxt = _AwaitShareBundle(ctx, self._identity, self._mask_key, self_seed, peers, share_keys)
+            commitment = tr.share_key_commitment(share_keys[v], cfg.round_id, ctx.me, v)
+            signature = self._identity.sign(
+                tr.share_signature_payload(
+                    cfg.round_id, transcript, ctx.me, v, commitment, ciphertext
+                )
+            )
+            sealed[v] = SignedShare(ciphertext, commitment, signature)
+        rnd = _Round(transcript, frozenset(holders))
+        nxt = _AwaitShareBundle(
+            ctx, rnd, self._identity, self._self_seed, peers, share_keys, mask_keys
+        )
         return ShareKeys(cfg.round_id, sealed), nxt
+
+
+def _agree(own: AgreementKey, public: bytes, owner: int) -> bytes:
+    try:
+        return own.exchange(public)
+    except InvalidPublicKeyError:
+        raise InvalidPublicKeyError(
+            f"client {owner} advertised a low-order (or all-zero) X25519 public key"
+        ) from None
 
 
 class _AwaitShareBundle(_State):
@@ -162,18 +230,20 @@ class _AwaitShareBundle(_State):
     def __init__(
         self,
         ctx: _Context,
+        rnd: _Round,
         identity: IdentityKey,
-        mask_key: AgreementKey,
         self_seed: bytes,
         peers: Mapping[int, PeerKeys],
         share_keys: Mapping[int, bytes],
+        mask_keys: Mapping[int, bytes],
     ) -> None:
         super().__init__(ctx)
+        self._round = rnd
         self._identity = identity
-        self._mask_key = mask_key
         self._self_seed = self_seed
         self._peers = peers
         self._share_keys = share_keys
+        self._mask_keys = mask_keys
 
     def on_share_bundle(self, msg: ShareBundle, x: np.ndarray) -> tuple[Message, _State]:
         ctx, cfg = self.ctx, self.ctx.config
@@ -188,21 +258,39 @@ class _AwaitShareBundle(_State):
                 f"only {len(senders)} neighbours shared keys; threshold is {cfg.threshold}"
             )
         held: dict[int, tuple[bytes, bytes]] = {}
-        for v, sealed in msg.sealed_shares.items():
-            plain = open_sealed(
-                self._share_keys[v], sealed, tr.share_associated_data(cfg.round_id, v, ctx.me)
-            )
-            held[v] = _parse_share_plaintext(plain, v, ctx.me)
+        blamed: dict[int, SignedShare] = {}
+        for v, share in msg.sealed_shares.items():
+            try:  # a share that opens is v's: AEAD under the v-u key, AD naming both
+                plain = open_sealed(
+                    self._share_keys[v],
+                    share.ciphertext,
+                    tr.share_associated_data(cfg.round_id, v, ctx.me),
+                )
+                held[v] = _parse_share_plaintext(plain, v, ctx.me)
+            except (DecryptionError, MalformedMessageError):
+                # Only a share v signed may cost v its mask with us: else a server could
+                # spoil every share to a victim until it masked with nobody. The server
+                # checks signatures at upload, so an unsigned one here means it lied.
+                payload = tr.share_signature_payload(
+                    cfg.round_id,
+                    self._round.transcript,
+                    v,
+                    ctx.me,
+                    share.key_commitment,
+                    share.ciphertext,
+                )
+                verify_signature(cfg.identities[v], payload, share.signature, signer=f"client {v}")
+                blamed[v] = share  # signed garbage: evidence against v, not a reason to abort
+        mask_keys = self._mask_keys
         masks = [(tr.self_mask_key(self._self_seed, cfg.round_id), 1)]
-        for v in sorted(senders):
-            secret = self._mask_key.exchange(self._peers[v].mask_public)
-            masks.append(
-                (tr.pairwise_mask_key(secret, cfg.round_id, ctx.me, v), tr.pairwise_sign(ctx.me, v))
-            )
+        masks += [  # no mask with a blamed sender: the server may exclude it
+            (mask_keys[v], tr.pairwise_sign(ctx.me, v)) for v in sorted(senders - set(blamed))
+        ]
         y = x.astype("<u4", copy=True)
         apply_masks(y, masks)
-        nxt = _AwaitSurvivorList(ctx, self._identity, frozenset(senders), held)
-        return MaskedInput(cfg.round_id, memoryview(y).cast("B")), nxt
+        blames = {v: Blame(s, self._share_keys[v], mask_keys[v]) for v, s in blamed.items()}
+        nxt = _AwaitSurvivorList(ctx, self._round, self._identity, frozenset(senders), held)
+        return MaskedInput(cfg.round_id, memoryview(y).cast("B"), blames), nxt
 
 
 def _parse_share_plaintext(plain: bytes, sender: int, recipient: int) -> tuple[bytes, bytes]:
@@ -221,11 +309,13 @@ class _AwaitSurvivorList(_State):
     def __init__(
         self,
         ctx: _Context,
+        rnd: _Round,
         identity: IdentityKey,
         sharers: frozenset[int],
         held: Mapping[int, tuple[bytes, bytes]],
     ) -> None:
         super().__init__(ctx)
+        self._round = rnd
         self._identity = identity
         self._sharers = sharers
         self._held = held
@@ -238,7 +328,7 @@ class _AwaitSurvivorList(_State):
         unknown = survivors - set(cfg.identities)
         if unknown:
             raise UnknownSenderError(f"survivor list names non-participants {sorted(unknown)}")
-        phantom = (survivors & ctx.neighbours) - self._sharers
+        phantom = (survivors & self._round.neighbours) - self._sharers
         if phantom:
             raise InconsistentSurvivorsError(
                 f"neighbours {sorted(phantom)} listed as survivors never shared keys with us"
@@ -248,8 +338,10 @@ class _AwaitSurvivorList(_State):
                 f"{len(survivors)} survivors; at least {cfg.minimum_survivors} are required"
             )
         blob = tr.encode_ids(msg.survivors)
-        signature = self._identity.sign(tr.survivors_payload(cfg.round_id, ctx.me, blob))
-        nxt = _AwaitUnmaskRequest(ctx, msg.survivors, self._sharers, self._held)
+        signature = self._identity.sign(
+            tr.survivors_payload(cfg.round_id, self._round.transcript, ctx.me, blob)
+        )
+        nxt = _AwaitUnmaskRequest(ctx, self._round, msg.survivors, self._held)
         return ConsistencySignature(cfg.round_id, signature), nxt
 
 
@@ -259,13 +351,13 @@ class _AwaitUnmaskRequest(_State):
     def __init__(
         self,
         ctx: _Context,
+        rnd: _Round,
         survivors: tuple[int, ...],
-        sharers: frozenset[int],
         held: Mapping[int, tuple[bytes, bytes]],
     ) -> None:
         super().__init__(ctx)
+        self._round = rnd
         self._survivors = survivors
-        self._sharers = sharers
         self._held = held
 
     def on_unmask_request(self, msg: UnmaskRequest) -> tuple[Message, _State]:
@@ -287,28 +379,31 @@ class _AwaitUnmaskRequest(_State):
                 f"{len(signers)} survivors confirmed the list; {cfg.minimum_survivors} required"
             )
         self._check_quorum(msg.signatures)
-        survivors = set(self._survivors)
-        self_shares = {v: self._held[v][1] for v in self._sharers & survivors}
-        key_shares = {v: self._held[v][0] for v in self._sharers & set(msg.dropped)}
+        survivors, dropped = set(self._survivors), set(msg.dropped)
+        self_shares = {v: pair[1] for v, pair in self._held.items() if v in survivors}
+        key_shares = {v: pair[0] for v, pair in self._held.items() if v in dropped}
         return UnmaskShares(cfg.round_id, self_shares, key_shares), _Done(ctx)
 
     def _check_quorum(self, signatures: Mapping[int, bytes]) -> None:
         """Verify signatures in id order until a quorum of them cover our list.
 
         Security rests on a quorum (``minimum_survivors``) of clients having signed
-        the very list we signed; signatures beyond the quorum add nothing, so they
-        are not checked. A bad one met on the way is evidence of a lying server.
+        the very list we signed *in this very transcript* (the payload binds its hash,
+        so a signature from an earlier round that reused the round id does not count);
+        signatures beyond the quorum add nothing, so they are not checked. A bad one
+        met on the way is evidence of a lying server.
         """
         cfg = self.ctx.config
         blob = tr.encode_ids(self._survivors)
         for v in sorted(signatures)[: cfg.minimum_survivors]:
-            payload = tr.survivors_payload(cfg.round_id, v, blob)
+            payload = tr.survivors_payload(cfg.round_id, self._round.transcript, v, blob)
             try:
                 verify_signature(cfg.identities[v], payload, signatures[v], signer=f"client {v}")
             except BadSignatureError:
                 raise InconsistentSurvivorsError(
-                    f"client {v} did not sign the survivor list this client signed: "
-                    "the server showed different lists or forged a signature"
+                    f"client {v} did not sign the survivor list this client signed in this "
+                    "transcript: the server showed different lists, forged a signature or "
+                    "replayed one from another round"
                 ) from None
 
 
@@ -330,14 +425,29 @@ class _Aborted(_State):
 
 
 class SecAggClient:
-    """One client's part in one round; feed it the server's messages in order."""
+    """One client's part in one round; feed it the server's messages in order.
 
-    def __init__(self, config: RoundConfig, client_id: int, identity: IdentityKey) -> None:
+    ``ledger`` records the transcripts this client took part in; pass a durable one
+    (the shim does) so a replayed round is refused across restarts. ``None`` gives a
+    ledger private to this object, which protects nothing across rounds by itself;
+    the transcript-bound consistency signatures still do.
+    """
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        client_id: int,
+        identity: IdentityKey,
+        *,
+        ledger: TranscriptLedger | None = None,
+    ) -> None:
         if identity.verify_key_bytes != config.identities.get(client_id):
             raise UnknownSenderError(
                 f"identity key does not match client {client_id}'s registration"
             )
-        self._ctx = _Context(config, client_id)
+        self._ctx = _Context(
+            config, client_id, ledger if ledger is not None else InMemoryTranscriptLedger()
+        )
         self._state: _State = _AdvertiseKeys(self._ctx, identity)
         self._input: np.ndarray | None = None
 

@@ -3,49 +3,82 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from sealagg.crypto.errors import RoundParametersRefusedError
-from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph
+from sealagg.crypto.graph import CommunicationGraph, complete_graph, random_graph
 from sealagg.crypto.messages import ROUND_ID_BYTES
-from sealagg.crypto.rules import MIN_MASKED_PARTIES, require_masking_parties
+from sealagg.crypto.rules import MIN_MASKED_PARTIES, minimum_quorum, require_masking_parties
 
 RING_BITS = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundConfig:
-    """Everything public about a round: who, with whom, how many must survive.
+    """Everything public about a round: who, how densely connected, how many must survive.
 
     ``identities`` maps each participant's round index (its Shamir x-coordinate)
-    to its Ed25519 verify key; the appliance fills it from client certificates.
-    ``minimum_survivors`` is the smallest number of masked inputs whose sum the
-    server may learn; clients refuse to unmask below it.
+    to its Ed25519 verify key. ``degree`` is the SecAgg+ graph's k (``n - 1``: the
+    complete graph of SecAgg). ``minimum_survivors`` is the smallest number of masked
+    inputs whose sum the server may learn; clients refuse to unmask below it.
+    ``roster_version`` names the authority's roster the members come from.
+
+    There is no graph here: the SecAgg+ graph is drawn only once every advertised key
+    is known, seeded by the hash of the round transcript (:meth:`graph_for`), so the
+    appliance cannot pick it by picking the round id (issue 17, item 3).
     """
 
     round_id: bytes
     identities: Mapping[int, bytes]
-    graph: CommunicationGraph
+    degree: int
     threshold: int
     vector_length: int
     minimum_survivors: int
+    roster_version: int = 0
 
     def __post_init__(self) -> None:
         if len(self.round_id) != ROUND_ID_BYTES:
             raise ValueError(f"round_id must be {ROUND_ID_BYTES} bytes")
         object.__setattr__(self, "identities", MappingProxyType(dict(self.identities)))
-        if tuple(sorted(self.identities)) != tuple(self.graph.participants):
-            raise ValueError("the graph must cover exactly the participants with identities")
-        require_masking_parties(len(self.identities), "pairwise masking")
-        if not 2 <= self.threshold <= self.graph.degree:
+        ids = sorted(self.identities)
+        require_masking_parties(len(ids), "pairwise masking")
+        if any(type(u) is not int or u < 1 for u in ids):
+            raise ValueError("participant indices are positive integers")
+        if not 2 <= self.degree <= len(ids) - 1:
+            raise ValueError(f"degree {self.degree} must lie in 2..{len(ids) - 1}")
+        if not 2 <= self.threshold <= self.degree:
             raise ValueError(
-                f"threshold {self.threshold} must lie in 2..{self.graph.degree} (the degree)"
+                f"threshold {self.threshold} must lie in 2..{self.degree} (the degree)"
             )
         if self.minimum_survivors < max(2, self.threshold):
             raise ValueError("minimum_survivors must be at least the threshold (and 2)")
         if self.vector_length < 1:
             raise ValueError("vector_length must be positive")
+        if type(self.roster_version) is not int or self.roster_version < 0:
+            raise ValueError("roster_version is a non-negative integer")
+
+    @property
+    def participants(self) -> tuple[int, ...]:
+        return tuple(sorted(self.identities))
+
+    @property
+    def is_complete(self) -> bool:
+        """SecAgg's complete graph (every client masks with every other)."""
+        return self.degree >= len(self.identities) - 1
+
+    def graph_for(self, transcript_hash: bytes) -> CommunicationGraph:
+        """The round's graph, drawn from the hash of the transcript's advertised keys.
+
+        Both sides call this after the key directory is known. The seed covers every
+        advertised key, which the appliance cannot choose (each is signed by its
+        client), so trying round ids no longer moves clients around. What it does not
+        stop: colluding clients re-drawing their own keys, or the appliance leaving
+        advertisements out, until the graph suits them (a commit-then-reveal of the
+        keys would; see the issue-17 report).
+        """
+        return _graph(self.participants, self.degree, bytes(transcript_hash))
 
     @classmethod
     def create(
@@ -57,40 +90,62 @@ class RoundConfig:
         vector_length: int,
         degree: int | None = None,
         minimum_survivors: int | None = None,
+        roster_version: int = 0,
     ) -> RoundConfig:
-        """Build a config; ``degree=None`` means the complete graph (SecAgg).
-
-        The Harary graph's permutation is seeded by the round id, so every party
-        derives the same graph and a server cannot pick it per client.
-        """
-        ids = sorted(identities)
-        if degree is None or degree >= len(ids) - 1:
-            graph = complete_graph(ids)
-        else:
-            graph = harary_graph(ids, degree, seed=round_id)
+        """Build a config; ``degree=None`` (or ``>= n - 1``) means the complete graph."""
+        n = len(identities)
         return cls(
             round_id=round_id,
             identities=identities,
-            graph=graph,
+            degree=n - 1 if degree is None or degree >= n - 1 else degree,
             threshold=threshold,
             vector_length=vector_length,
             minimum_survivors=(
-                default_minimum_survivors(len(ids), threshold)
+                default_minimum_survivors(n, threshold)
                 if minimum_survivors is None
                 else minimum_survivors
             ),
+            roster_version=roster_version,
         )
 
 
-def default_minimum_survivors(num_clients: int, threshold: int) -> int:
-    """A majority of the participants, at least the threshold, and never fewer than three.
+@functools.lru_cache(maxsize=8)
+def _graph(participants: tuple[int, ...], degree: int, seed: bytes) -> CommunicationGraph:
+    """One build per (participants, degree, seed): in a one-process simulation every client
+    of a round draws the same graph (it is immutable, so sharing it is safe)."""
+    if degree >= len(participants) - 1:
+        return complete_graph(participants)
+    return random_graph(participants, degree, seed=seed)
 
-    The consistency check stops a server from showing different survivor lists
-    to different clients only if two lists cannot both gather a quorum of
-    signatures: with a majority quorum, that takes corrupt clients signing both.
-    A sum over two clients would reveal each input to the other, hence the three.
+
+def active_after_pruning(
+    graph: CommunicationGraph, advertised: Iterable[int], threshold: int
+) -> frozenset[int]:
+    """Advertisers left once every client with fewer than t advertising neighbours is
+    removed (repeatedly): their secrets could not be recovered from t shares. Server and
+    clients both compute it from the transcript, so nobody has to be told who is in."""
+    active = set(advertised)
+    changed = True
+    while changed:
+        changed = False
+        for u in sorted(active):
+            if sum(v in active for v in graph.neighbours(u)) < threshold:
+                active.discard(u)
+                changed = True
+    return frozenset(active)
+
+
+def default_minimum_survivors(num_clients: int, threshold: int, colluders: int = 0) -> int:
+    """The smallest quorum that stops equivocation by a server with ``colluders`` clients.
+
+    The consistency check stops a server from showing different survivor lists to
+    different clients only if two lists cannot both gather a quorum of signatures:
+    with ``2(quorum - c) > n - c`` two quorums share an honest signer, who signs one
+    list only (derivation: :func:`crypto.rules.require_malicious_server_conditions`).
+    With ``c = 0`` that is a majority. At least the threshold (unmasking needs t
+    shares), and never fewer than three: a sum over two reveals each input to the other.
     """
-    return max(threshold, num_clients // 2 + 1, min(MIN_MASKED_PARTIES, num_clients))
+    return minimum_quorum(num_clients, threshold, colluders, min(MIN_MASKED_PARTIES, num_clients))
 
 
 def check_round_parameters(

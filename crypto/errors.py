@@ -155,3 +155,86 @@ class CkksKeyError(CkksError):
     """A context is of the wrong kind (a secret key where only a public one belongs, or none)."""
 
     reason = AbortReason.BAD_CIPHERTEXT
+
+
+class RosterError(SecAggError):
+    """The federation roster refuses a round or is itself unusable (crypto/roster.py)."""
+
+    reason = AbortReason.UNKNOWN_SENDER
+
+
+class MalformedRosterError(RosterError):
+    """A roster or signed roster does not match its format."""
+
+    reason = AbortReason.MALFORMED_MESSAGE
+
+
+class RosterSignatureError(RosterError):
+    """The roster is not signed by the pinned federation authority (or is for another
+    federation): the appliance's own list of participants is never enough."""
+
+    reason = AbortReason.BAD_SIGNATURE
+
+
+class RosterRollbackError(RosterError):
+    """The roster is older than one this client already accepted, or a second roster claims
+    an accepted version."""
+
+    reason = AbortReason.REPLAYED_MESSAGE
+
+
+class RosterMembershipError(RosterError):
+    """A round member is not on the roster, has another identity key, or a role that does
+    not fit (a ghost participant)."""
+
+    reason = AbortReason.UNKNOWN_SENDER
+
+
+class RosterValidityError(RosterMembershipError):
+    """A round member's roster entry is not valid at this time."""
+
+
+class PolicyRefusedError(RoundParametersRefusedError):
+    """A round's mode or parameters break the federation's policy (``c`` colluders, ``m``)."""
+
+
+class ModeNotAllowedError(PolicyRefusedError):
+    """The round's mode is not one the federation's policy allows (plaintext is opt-in)."""
+
+
+class CkksRoleError(CkksError):
+    """A CKKS party is not on the roster in the role the round gives it: a key holder without
+    the key-holder role, a contributor without a contributing role, or a ghost (the appliance
+    named a party the authority never admitted). Nothing is encrypted to, sealed for or
+    decrypted at its request."""
+
+    reason = AbortReason.UNKNOWN_SENDER
+
+
+class CkksContributionsRefusedError(CkksError):
+    """The key holder refuses to decrypt: what it was given is not a sum over at least m
+    distinct, signed contributions of roster data owners of this round."""
+
+    reason = AbortReason.BELOW_THRESHOLD
+
+
+class TranscriptReusedError(ReplayedMessageError):
+    """A client was asked to take part again in a round transcript (or round id) it already
+    took part in: a replay of an earlier round, refused by the client's transcript ledger."""
+
+
+class InvalidPublicKeyError(MalformedMessageError):
+    """An advertised X25519 public key is all-zero or of small order: every key agreement
+    with it yields the all-zero secret, so it would silently void the masks built on it."""
+
+
+class BlameRefusedError(SecAggError):
+    """A blame of a share sender does not hold up: its evidence is not signed by the accused,
+    or the revealed key does not match the sender's commitment, or the share opens fine."""
+
+    reason = AbortReason.BAD_CIPHERTEXT
+
+
+class ExcludedSenderError(UnknownSenderError):
+    """A client a neighbour proved to have sent a sealed share that does not open is out
+    of the round: its later messages are refused (it counts as dropped)."""

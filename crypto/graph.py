@@ -2,40 +2,45 @@
 
 SecAgg (Bonawitz et al., CCS 2017) uses the *complete* graph: every client masks
 with, and secret-shares its keys to, every other client. SecAgg+ (Bell et al.,
-CCS 2020) replaces it with a sparse k-regular graph, so each client talks to
-only k = O(log n) neighbours. We use the k-regular *Harary* graph (a circulant
-graph: position ``i`` is joined to positions ``i±1 .. i±k/2 (mod n)``, and for
-odd k also to ``i + n/2``) laid over a uniformly random permutation of the
-participants. The random placement is what makes the privacy analysis in
-:mod:`crypto.params` work: corrupt clients land on uniformly random positions,
-so how many of a client's neighbours are corrupt is hypergeometric.
+CCS 2020) replaces it with a sparse random graph of expected degree k = O(log n).
+We use the Erdos-Renyi graph of Bell et al.: every pair of participants is an
+edge independently with probability ``p = k / (n - 1)``.
+
+Why not a Harary ring
+---------------------
+A k-regular Harary graph has vertex cuts of size k: a malicious server that
+"drops" two blocks of k/2 ring-adjacent clients cuts off the arc between them and
+unmasks that arc's sum (a 9-client component at n=100, k=20). In a random graph a
+small set has few edges inside and many to the outside, so cutting it off needs
+more drops than the quorum allows, and its members lack the t live neighbours that
+unmasking their self-masks needs; :func:`crypto.params.log2_partition_bound`
+bounds the chance that any such set exists, for an adversary who chooses the
+drops after seeing the graph. Edges being independent, that bound (and the
+correctness and threshold-privacy bounds) are exact binomial tails.
 
 Deterministic derivation
 ------------------------
 Every party recomputes the same graph from the same ``seed``; nobody has to
-trust a graph sent by the server. The permutation is derived as follows (this
-is the wire contract; ``tests/crypto/test_graph.py`` re-derives it independently):
+trust a graph sent by the server. The wire contract (``tests/crypto/test_graph.py``
+re-derives it independently):
 
 * keystream = ``B_0 ‖ B_1 ‖ …`` with
-  ``B_c = SHA-256(b"sealagg/graph/v1" ‖ seed ‖ c.to_bytes(8, "big"))``;
-* start from the participants sorted ascending, ``a[0..n-1]``;
-* Fisher-Yates: for ``i = n-1`` down to ``1``, let ``w = i.bit_length()``; read
-  ``ceil(w/8)`` keystream bytes as a big-endian integer, keep its low ``w``
-  bits as ``r``, and retry with the next bytes while ``r > i`` (rejection
-  sampling: ``r`` is exactly uniform on ``0..i``, no modulo bias); swap
-  ``a[i]`` and ``a[r]``;
-* the participant at Harary position ``p`` is ``a[p]``.
+  ``B_c = SHA-256(b"sealagg/graph/v2" ‖ seed ‖ c.to_bytes(8, "big"))``;
+* participants sorted ascending ``a[0..n-1]``; the pairs ``(i, j)``, ``i < j``, in
+  lexicographic order, pair number ``l`` reading keystream bytes ``8l .. 8l+8`` as a
+  big-endian integer ``r``;
+* ``a[i]`` and ``a[j]`` are neighbours iff ``r < floor(k · 2^64 / (n - 1))``
+  (integer arithmetic only, so every platform derives the same graph).
+
+Degrees vary around k; :attr:`CommunicationGraph.degree` is the *smallest* degree,
+which the round checks against the threshold.
 
 Trust note
 ----------
-The seed must be *public round randomness* that the server cannot choose
-freely. A server that could pick the seed at will could try many seeds
-("grind" permutations) until colluding clients surround a victim, which would
-void the hypergeometric bound. The seed is therefore bound to the round: it is
-derived from the round id together with randomness the server commits to before
-it learns the participant list (or a public beacon), and clients recompute the
-graph themselves and refuse a round whose graph differs. Never derive it from
-:mod:`random` or anything the server picks after seeing who joined.
+The seed must be public round randomness the server cannot choose freely: a
+server that could grind seeds could look for a graph in which colluders surround
+a victim. It is bound to the round (the round transcript), and clients recompute
+the graph themselves.
 
 Two parties
 -----------
@@ -52,6 +57,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import numpy as np
+
 from sealagg.crypto.rules import TWO_PARTY_EXPLANATION, require_masking_parties
 
 __all__ = [
@@ -61,10 +68,11 @@ __all__ = [
     "CommunicationGraph",
     "complete_graph",
     "harary_graph",
+    "random_graph",
 ]
 
 #: Domain-separation label of the permutation keystream.
-GRAPH_DOMAIN = b"sealagg/graph/v1"
+GRAPH_DOMAIN = b"sealagg/graph/v2"
 #: Shortest accepted graph seed (public round randomness).
 MIN_SEED_BYTES = 16
 
@@ -126,14 +134,12 @@ class CommunicationGraph:
 
     @property
     def degree(self) -> int:
-        """k, the number of neighbours of every client (n-1 for the complete graph).
+        """The fewest neighbours any client has (every client's number on a regular graph).
 
-        Raises ``ValueError`` for a graph that is not regular.
+        Every client needs t live neighbours to hold its shares, so this is what the
+        threshold is checked against (n-1 for the complete graph).
         """
-        degrees = {len(nbrs) for nbrs in self.adjacency.values()}
-        if len(degrees) != 1:
-            raise ValueError(f"graph is not regular (degrees {sorted(degrees)})")
-        return degrees.pop()
+        return min(len(nbrs) for nbrs in self.adjacency.values())
 
     @property
     def is_complete(self) -> bool:
@@ -152,14 +158,13 @@ def complete_graph(participants: Iterable[int]) -> CommunicationGraph:
     return _complete(ids)
 
 
-def harary_graph(participants: Iterable[int], degree: int, seed: bytes) -> CommunicationGraph:
-    """The SecAgg+ graph: a k-regular Harary graph over a seed-derived permutation.
+def random_graph(participants: Iterable[int], degree: int, seed: bytes) -> CommunicationGraph:
+    """The SecAgg+ graph: each pair an edge with probability ``degree / (n - 1)``.
 
-    ``degree`` is k. For odd k the number of participants must be even (a
-    k-regular graph on an odd number of vertices does not exist). If
-    ``degree >= n - 1`` the complete graph is returned. ``seed`` is public
-    round randomness of at least 16 bytes bound to the round id (see the module
-    docstring); the same seed always yields the same graph.
+    ``degree`` is k, the expected number of neighbours. If ``degree >= n - 1`` the
+    complete graph is returned. ``seed`` is public round randomness of at least 16
+    bytes bound to the round (see the module docstring); the same seed always yields
+    the same graph.
     """
     ids = _validate_ids(participants)
     require_masking_parties(len(ids))
@@ -175,21 +180,20 @@ def harary_graph(participants: Iterable[int], degree: int, seed: bytes) -> Commu
     n = len(ids)
     if degree >= n - 1:
         return _complete(ids)
-    if degree % 2 == 1 and n % 2 == 1:
-        raise ValueError(
-            f"no {degree}-regular graph exists on {n} participants (odd degree needs an "
-            f"even number of participants); pick an even degree such as {degree + 1}"
-        )
-    order = _permute(ids, seed)
-    half = degree // 2
-    adjacency: dict[int, tuple[int, ...]] = {}
-    for pos, cid in enumerate(order):
-        nbr_pos = {(pos + d) % n for d in range(1, half + 1)}
-        nbr_pos |= {(pos - d) % n for d in range(1, half + 1)}
-        if degree % 2 == 1:
-            nbr_pos.add((pos + n // 2) % n)
-        adjacency[cid] = tuple(sorted(order[p] for p in nbr_pos))
-    return CommunicationGraph(participants=ids, adjacency=adjacency)
+    bound = (degree << 64) // (n - 1)
+    pairs = n * (n - 1) // 2
+    words = np.frombuffer(_keystream(seed, 8 * pairs), dtype=">u8")
+    edge = words < np.uint64(bound)
+    rows, cols = np.triu_indices(n, k=1)  # lexicographic (i, j), i < j
+    nbrs: dict[int, list[int]] = {cid: [] for cid in ids}
+    for i, j in zip(rows[edge].tolist(), cols[edge].tolist(), strict=True):
+        nbrs[ids[i]].append(ids[j])
+        nbrs[ids[j]].append(ids[i])
+    return CommunicationGraph(participants=ids, adjacency={c: tuple(v) for c, v in nbrs.items()})
+
+
+#: The old name, kept while callers move to :func:`random_graph` (the lead removes it).
+harary_graph = random_graph
 
 
 def _validate_ids(participants: Iterable[int]) -> tuple[int, ...]:
@@ -210,41 +214,9 @@ def _complete(ids: tuple[int, ...]) -> CommunicationGraph:
     return CommunicationGraph(participants=ids, adjacency=adjacency)
 
 
-class _Keystream:
-    """SHA-256 in counter mode over (domain ‖ seed ‖ counter), read byte by byte."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._prefix = GRAPH_DOMAIN + seed
-        self._counter = 0
-        self._buffer = b""
-        self._pos = 0
-
-    def read(self, count: int) -> bytes:
-        while len(self._buffer) - self._pos < count:
-            block = hashlib.sha256(self._prefix + self._counter.to_bytes(8, "big")).digest()
-            self._buffer = self._buffer[self._pos :] + block
-            self._pos = 0
-            self._counter += 1
-        out = self._buffer[self._pos : self._pos + count]
-        self._pos += count
-        return out
-
-    def below_or_equal(self, bound: int) -> int:
-        """A uniform integer in ``0..bound`` by masked rejection sampling."""
-        bits = bound.bit_length()
-        mask = (1 << bits) - 1
-        nbytes = (bits + 7) // 8
-        while True:
-            r = int.from_bytes(self.read(nbytes), "big") & mask
-            if r <= bound:
-                return r
-
-
-def _permute(ids: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
-    """Unbiased Fisher-Yates shuffle of the sorted ids driven by the seed keystream."""
-    order = list(ids)
-    stream = _Keystream(seed)
-    for i in range(len(order) - 1, 0, -1):
-        j = stream.below_or_equal(i)
-        order[i], order[j] = order[j], order[i]
-    return tuple(order)
+def _keystream(seed: bytes, count: int) -> bytes:
+    """``count`` bytes of SHA-256 in counter mode over (domain ‖ seed ‖ counter)."""
+    prefix = GRAPH_DOMAIN + seed
+    blocks = (count + 31) // 32
+    out = b"".join(hashlib.sha256(prefix + c.to_bytes(8, "big")).digest() for c in range(blocks))
+    return out[:count]

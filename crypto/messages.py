@@ -29,6 +29,8 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SHARE_BYTES = 44  # a 32-byte secret as 11 field elements of 4 bytes
 MAX_SEALED_SHARE_BYTES = 256
+#: Upper bound on one encoded blame in a masked input (a signed share plus two keys).
+MAX_BLAME_BYTES = MAX_SEALED_SHARE_BYTES + 256
 #: Upper bound on any decoded message, checked before msgpack allocates.
 MAX_MESSAGE_BYTES = 1 << 31
 
@@ -83,29 +85,97 @@ def _check_id_map(field: str, value: Any, check_value: Callable[[str, Any], Any]
     return {_check_client_id(field, k): check_value(f"{field}[{k}]", v) for k, v in value.items()}
 
 
+COMMITMENT_BYTES = 32
+KEY_BYTES = 32
+
+
 @dataclasses.dataclass(frozen=True)
 class PeerKeys:
-    """One client's advertised keys as relayed by the server."""
+    """One client's advertised keys as relayed by the server.
+
+    ``seed_commitment`` is a hash commitment to the client's self-mask seed; the
+    signature covers it with both public keys, so every reconstruction of the seed
+    can be checked against it (a bad share cannot slip a wrong seed in).
+    """
 
     cipher_public: bytes
     mask_public: bytes
+    seed_commitment: bytes
     signature: bytes
 
 
 def _check_peer_keys(field: str, value: Any) -> PeerKeys:
     if isinstance(value, PeerKeys):
-        value = [value.cipher_public, value.mask_public, value.signature]
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise _fail(field, "expected [cipher_public, mask_public, signature]")
+        value = _peer_keys_list(value)
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise _fail(field, "expected [cipher_public, mask_public, seed_commitment, signature]")
     return PeerKeys(
         _check_bytes(field, value[0], PUBLIC_KEY_BYTES),
         _check_bytes(field, value[1], PUBLIC_KEY_BYTES),
+        _check_bytes(field, value[2], COMMITMENT_BYTES),
+        _check_bytes(field, value[3], SIGNATURE_BYTES),
+    )
+
+
+def _peer_keys_list(k: PeerKeys) -> list[bytes]:
+    return [k.cipher_public, k.mask_public, k.seed_commitment, k.signature]
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedShare:
+    """A sealed share pair, signed by its sender with a commitment to the AEAD key.
+
+    The signature (over round, transcript, sender, recipient, key commitment and
+    ciphertext) lets the recipient prove who sent a share it cannot open; the key
+    commitment lets the server check the key the recipient reveals as evidence.
+    """
+
+    ciphertext: bytes
+    key_commitment: bytes
+    signature: bytes
+
+
+def _check_signed_share(field: str, value: Any) -> SignedShare:
+    if isinstance(value, SignedShare):
+        value = _signed_share_list(value)
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise _fail(field, "expected [ciphertext, key_commitment, signature]")
+    return SignedShare(
+        _check_bytes(field, value[0], max_size=MAX_SEALED_SHARE_BYTES),
+        _check_bytes(field, value[1], COMMITMENT_BYTES),
         _check_bytes(field, value[2], SIGNATURE_BYTES),
     )
 
 
-def _sealed(field: str, v: Any) -> bytes:
-    return _check_bytes(field, v, max_size=MAX_SEALED_SHARE_BYTES)
+def _signed_share_list(s: SignedShare) -> list[bytes]:
+    return [s.ciphertext, s.key_commitment, s.signature]
+
+
+@dataclasses.dataclass(frozen=True)
+class Blame:
+    """A recipient's evidence that a sender's signed share does not open.
+
+    ``share`` is the signed share as relayed; ``share_key`` is the pair's AEAD key
+    (it opens only the shares these two exchanged, which the accused holds anyway);
+    ``mask_key`` is the pair's pairwise-mask key: the blamer did not add that mask,
+    so the server needs it to remove the accused's half if the accused survives.
+    """
+
+    share: SignedShare
+    share_key: bytes
+    mask_key: bytes
+
+
+def _check_blame(field: str, value: Any) -> Blame:
+    if isinstance(value, Blame):
+        value = [_signed_share_list(value.share), value.share_key, value.mask_key]
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise _fail(field, "expected [signed_share, share_key, mask_key]")
+    return Blame(
+        _check_signed_share(field, value[0]),
+        _check_bytes(field, value[1], KEY_BYTES),
+        _check_bytes(field, value[2], KEY_BYTES),
+    )
 
 
 def _share(field: str, v: Any) -> bytes:
@@ -156,15 +226,15 @@ class Message(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class AdvertiseKeys(Message):
-    """Phase 0, client→server: two fresh X25519 public keys, signed by the identity key."""
+    """Phase 0, client→server: two fresh X25519 public keys and a commitment to the
+    self-mask seed, signed by the identity key."""
 
     TYPE: ClassVar[str] = "advertise_keys"
     PHASE: ClassVar[Phase] = Phase.ADVERTISE_KEYS
     keys: PeerKeys
 
     def _fields(self) -> dict[str, Any]:
-        k = self.keys
-        return {"k": [k.cipher_public, k.mask_public, k.signature]}
+        return {"k": _peer_keys_list(self.keys)}
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> AdvertiseKeys:
@@ -173,16 +243,18 @@ class AdvertiseKeys(Message):
 
 @dataclasses.dataclass(frozen=True)
 class KeyDirectory(Message):
-    """Phase 0, server→client: the advertised keys of the recipient's neighbours."""
+    """Phase 0, server→client: every advertised key of the round (the transcript).
+
+    All of them, not only the neighbours': the graph is drawn from their hash, and the
+    consistency signatures bind it, so every client must see the whole transcript.
+    """
 
     TYPE: ClassVar[str] = "key_directory"
     PHASE: ClassVar[Phase] = Phase.ADVERTISE_KEYS
     keys: Mapping[int, PeerKeys]
 
     def _fields(self) -> dict[str, Any]:
-        return {
-            "k": {u: [k.cipher_public, k.mask_public, k.signature] for u, k in self.keys.items()}
-        }
+        return {"k": {u: _peer_keys_list(k) for u, k in self.keys.items()}}
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> KeyDirectory:
@@ -191,51 +263,63 @@ class KeyDirectory(Message):
 
 @dataclasses.dataclass(frozen=True)
 class ShareKeys(Message):
-    """Phase 1, client→server: one sealed share pair per neighbour, keyed by recipient."""
+    """Phase 1, client→server: one signed sealed share pair per neighbour, keyed by recipient."""
 
     TYPE: ClassVar[str] = "share_keys"
     PHASE: ClassVar[Phase] = Phase.SHARE_KEYS
-    sealed_shares: Mapping[int, bytes]
+    sealed_shares: Mapping[int, SignedShare]
 
     def _fields(self) -> dict[str, Any]:
-        return {"s": dict(self.sealed_shares)}
+        return {"s": {v: _signed_share_list(x) for v, x in self.sealed_shares.items()}}
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> ShareKeys:
-        return cls(round_id, _check_id_map("s", f["s"], _sealed))
+        return cls(round_id, _check_id_map("s", f["s"], _check_signed_share))
 
 
 @dataclasses.dataclass(frozen=True)
 class ShareBundle(Message):
-    """Phase 1, server→client: the sealed shares addressed to the recipient, keyed by sender."""
+    """Phase 1, server→client: the signed sealed shares addressed to the recipient, by sender."""
 
     TYPE: ClassVar[str] = "share_bundle"
     PHASE: ClassVar[Phase] = Phase.SHARE_KEYS
-    sealed_shares: Mapping[int, bytes]
+    sealed_shares: Mapping[int, SignedShare]
 
     def _fields(self) -> dict[str, Any]:
-        return {"s": dict(self.sealed_shares)}
+        return {"s": {u: _signed_share_list(x) for u, x in self.sealed_shares.items()}}
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> ShareBundle:
-        return cls(round_id, _check_id_map("s", f["s"], _sealed))
+        return cls(round_id, _check_id_map("s", f["s"], _check_signed_share))
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskedInput(Message):
-    """Phase 2, client→server: y = x + PRG(b) + Σ ±PRG(s_uv) mod 2^32, little-endian uint32."""
+    """Phase 2, client→server: y = x + PRG(b) + Σ ±PRG(s_uv) mod 2^32, little-endian uint32.
+
+    ``blames`` (keyed by the accused sender) name neighbours whose signed share did not
+    open; the client left their pairwise masks out of ``y``.
+    """
 
     TYPE: ClassVar[str] = "masked_input"
     PHASE: ClassVar[Phase] = Phase.MASKED_INPUT
     vector: bytes | memoryview  # a memoryview lets the client skip one copy of a large vector
+    blames: Mapping[int, Blame] = dataclasses.field(default_factory=dict)
 
     def _fields(self) -> dict[str, Any]:
-        return {"y": self.vector}
+        # "y" last: encode_parts and masked_input_view rely on the vector ending the map.
+        blames = {
+            u: [_signed_share_list(b.share), b.share_key, b.mask_key]
+            for u, b in self.blames.items()
+        }
+        return {"b": blames, "y": self.vector}
 
     def encode_parts(self) -> list[bytes | memoryview]:
         """The msgpack bytes of ``encode()`` up to the vector, then the vector itself: the
         same bytes without copying megabytes into a new buffer."""
         vector = memoryview(self.vector).cast("B")
+        if self.blames:  # rare: the plain encoding
+            return [self.encode()]
         return [_masked_input_prefix(self.round_id, len(vector)), vector]
 
     @classmethod
@@ -243,7 +327,7 @@ class MaskedInput(Message):
         vector = _check_bytes("y", f["y"])
         if len(vector) % 4:
             raise _fail("y", "length is not a whole number of uint32 coordinates")
-        return cls(round_id, vector)
+        return cls(round_id, vector, _check_id_map("b", f["b"], _check_blame))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +411,7 @@ _FIELDS: dict[str, frozenset[str]] = {
     KeyDirectory.TYPE: frozenset("k"),
     ShareKeys.TYPE: frozenset("s"),
     ShareBundle.TYPE: frozenset("s"),
-    MaskedInput.TYPE: frozenset("y"),
+    MaskedInput.TYPE: frozenset({"b", "y"}),
     SurvivorList.TYPE: frozenset("u"),
     ConsistencySignature.TYPE: frozenset("g"),
     UnmaskRequest.TYPE: frozenset({"u", "g", "d"}),

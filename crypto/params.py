@@ -20,52 +20,43 @@ Targets: round failure ≤ 2^-failure_bits, privacy failure ≤ 2^-security_bits
   live clients dropped). Refused when ``q > 0.9``, when a rate is outside
   ``[0, 1)``, or when ``n < 3`` (with two parties, pairwise masking hides
   nothing: the sum reveals the other input).
-* **Correctness.** Unmasking needs, for every client (survivor: its self-mask
-  seed; dropped: its mask key), at least t shares from live neighbours. A client
-  has k neighbours, each live independently with probability 1-delta, so by the
-  union bound over the n clients::
+* **Graph.** Every pair of clients is an edge independently with probability
+  ``p = k/(n-1)`` (:func:`crypto.graph.random_graph`, Bell et al. 2020), so all
+  counts below are exact binomials.
+* **Quorum.** ``Q = minimum_quorum(n, t, c, m)`` (:mod:`crypto.rules`): two survivor
+  lists cannot both gather Q signatures, so one list L holds per round; the server
+  may "drop" up to ``n - Q`` clients *of its choice, after seeing the graph*.
+* **Correctness.** Unmasking needs, for every client, at least t shares from live
+  neighbours; the number of live neighbours is ``Binomial(n-1, p·(1-delta))``::
 
-      P[round fails] ≤ n · P[Binomial(k, 1-delta) < t] ≤ 2^-failure_bits.
+      P[round fails] ≤ n · P[Binomial(n-1, p(1-delta)) < t] ≤ 2^-failure_bits.
 
-* **Threshold privacy.** A client's secrets leak if at least t of its k
-  neighbours are corrupt. Its k neighbours are a uniformly random k-subset of
-  the other n-1 positions, of which at most c are corrupt, so::
+* **Privacy against a malicious dropper** (threshold privacy and partitions in one
+  bound). With one list L, the server learns the sum of each component S of the
+  honest survivors' graph, and only if it can remove every member's self-mask:
+  each ``u`` in S needs t shares from neighbours in ``S u C`` (C the colluders).
+  So a separate sum over S needs (ii) ``2·e(S) + e(S, C) ≥ s·t`` and (i) every
+  honest client outside S adjacent to S dropped: at most ``n - Q`` of them. The
+  pairs inside S, between S and C, and between S and the other honest clients are
+  disjoint, so (i) and (ii) are independent, and for ``s = |S|``, ``h = n - c``::
 
-      n · P[Hypergeometric(population n-1, c corrupt, k draws) ≥ t] ≤ 2^-security_bits.
+      P[some honest set of size < h/2 is cut off and unmasked]
+        ≤ Σ_{s=1}^{⌊h/2⌋} C(h, s) · P[2·Bin(C(s,2), p) + Bin(s·c, p) ≥ s·t]
+                          · P[Bin(h - s, 1 - (1-p)^s) ≤ n - Q]  ≤ 2^-security_bits.
 
-  In semi-malicious mode we also require ``t > k/2``: the two shares of one
-  client (self-mask seed, mask key) are requested from disjoint sets of
-  neighbours (those the server declares alive / dropped), and two disjoint sets
-  cannot both reach a majority, so a server lying about who dropped cannot
-  collect both.
-  Every t is also at least 2 (a threshold of 1 is no secret sharing: each share
-  is the secret itself).
-* **Connectivity** (Bell et al.: if the graph of honest surviving clients splits,
-  the sum of each component leaks). Position clients on the Harary circle and
-  remove the corrupt and dropped ones. Consecutive remaining clients (in circle
-  order) are adjacent whenever fewer than k/2 removed positions separate them,
-  so the remaining graph contains a Hamiltonian path — and is connected — unless
-  at least *two* gaps consist of ≥ k/2 consecutive removed positions. Such two
-  gaps contain two disjoint windows of exactly k/2 positions, i.e. k fixed
-  positions all removed. A position is removed if corrupt (negatively associated
-  indicators, sampling without replacement, each with probability c/n ≤ gamma) or
-  else dropped (independent, delta), so k fixed positions are all removed with
-  probability at most ``(gamma + delta)^k ≤ q^k``. A union bound over the at most
-  C(n, 2) pairs of window starts gives::
-
-      P[honest survivors disconnected] ≤ C(n, 2) · q^k ≤ 2^-security_bits.
-
-  (Semi-malicious mode uses the larger q = gamma + 2·delta, so falsely "dropped" honest
-  clients are counted as removed.) The complete graph never disconnects.
-* **Search.** The smallest even k ≥ 4 (k < n-1) for which some t satisfies all
-  three constraints; among those t, the largest: it meets the failure target
-  and tolerates the most colluding neighbours beyond the assumed gamma (a
-  smaller t would only buy reliability past the target that was asked for).
-  If no sparse k works, the complete graph k = n-1 (plain SecAgg): there an
-  honest client has exactly c corrupt neighbours, so ``t > c`` makes threshold
-  privacy deterministic (probability 0); the correctness bound is kept. If that
-  fails too, :class:`InfeasibleParametersError` explains which constraint
-  fails.
+  The ``s = 1`` term is threshold privacy (a client with t corrupt neighbours).
+  Below the bound, the honest survivors form one component apart from sets of at
+  least half of them: at most one sum per round (two halves would need no edge
+  between them *and* each half at least h/2). Corrupt clients are fixed before the
+  graph seed (static corruption); the seed must not be grindable.
+  In semi-malicious mode we also keep ``t > k/2``.
+  Every t is also at least 2 (a threshold of 1 is no secret sharing).
+* **Search.** The smallest k ≥ 4 (k < n-1) whose largest t meeting the failure
+  target also meets the privacy bound (a larger t only helps privacy). If no
+  sparse k works, the complete graph k = n-1 (plain SecAgg): there an honest
+  client has exactly c corrupt neighbours, so ``t > c`` makes threshold privacy
+  deterministic and the complete graph never splits. If that fails too,
+  :class:`InfeasibleParametersError` explains which constraint fails.
 
 The reported ``log2_privacy_failure`` is the larger of the threshold-privacy
 and connectivity bounds (each meets the target on its own; the probability of
@@ -90,7 +81,12 @@ import numpy as np
 
 from sealagg.crypto.errors import InfeasibleParametersError
 from sealagg.crypto.graph import CommunicationGraph
-from sealagg.crypto.rules import require_masking_parties
+from sealagg.crypto.rules import (
+    DEFAULT_COLLUDERS,
+    MIN_MASKED_PARTIES,
+    minimum_quorum,
+    require_masking_parties,
+)
 
 __all__ = [
     "MAX_REMOVED_FRACTION",
@@ -98,7 +94,7 @@ __all__ = [
     "choose_graph",
     "find_parameters",
     "log2_correctness_failure",
-    "log2_disconnection_bound",
+    "log2_partition_bound",
     "log2_threshold_privacy_failure",
     "round_success_probability",
 ]
@@ -136,10 +132,12 @@ class SecAggParameters:
     log2_privacy_failure: float
     log2_threshold_privacy_failure: float
     log2_disconnection_probability: float
+    #: The signature quorum Q (``minimum_survivors``) the bounds assume.
+    minimum_survivors: int = 0
 
     def describe(self) -> str:
         """One line for logs and the operator console."""
-        graph = "complete graph (SecAgg)" if self.complete else "Harary graph (SecAgg+)"
+        graph = "complete graph (SecAgg)" if self.complete else "random graph (SecAgg+)"
         return (
             f"{graph} k={self.degree}, t={self.threshold} for n={self.num_clients} "
             f"(dropout {self.dropout_rate:.3g}, corrupt {self.corrupt_fraction:.3g} = "
@@ -158,8 +156,13 @@ def find_parameters(
     security_bits: int = 40,
     failure_bits: int = 20,
     adversary: Adversary = "semi-honest",
+    colluders: int | None = None,
+    minimum_sum: int = MIN_MASKED_PARTIES,
 ) -> SecAggParameters:
-    """The smallest even degree k and its best threshold t under the module's model."""
+    """The smallest degree k and its best threshold t under the module's model.
+
+    ``colluders`` (the policy's c) overrides ``floor(corrupt_fraction · n)`` when larger.
+    """
     n = _check_inputs(
         num_clients, dropout_rate, corrupt_fraction, security_bits, failure_bits, adversary
     )
@@ -173,11 +176,11 @@ def find_parameters(
             f"{delta:.3g} dropout, {adversary}) exceeds {MAX_REMOVED_FRACTION}: too few honest "
             f"clients would remain; reduce dropouts or the corrupt fraction"
         )
-    c = _num_corrupt(n, gamma)
-    lf = _log_factorials(n)
+    c = min(n, max(_num_corrupt(n, gamma), colluders or 0))
     target_fail, target_priv = -float(failure_bits), -float(security_bits)
+    t_min = lambda k: max(2, k // 2 + 1) if malicious else 2  # noqa: E731
 
-    def build(k: int, t: int, corr: float, priv: float, disc: float) -> SecAggParameters:
+    def build(k: int, t: int, corr: float, priv: float, part: float) -> SecAggParameters:
         return SecAggParameters(
             num_clients=n,
             dropout_rate=delta,
@@ -191,76 +194,178 @@ def find_parameters(
             num_corrupt=c,
             removed_fraction=q,
             log2_failure_probability=corr,
-            log2_privacy_failure=max(priv, disc),
+            log2_privacy_failure=max(priv, part),
             log2_threshold_privacy_failure=priv,
-            log2_disconnection_probability=disc,
+            log2_disconnection_probability=part,
+            minimum_survivors=minimum_quorum(n, t, c, minimum_sum),
         )
 
-    # Sparse Harary graphs: the connectivity bound only improves with k, so start
-    # at the first even k that meets it.
-    k_conn = _min_connected_degree(n, q, security_bits)
-    for k in range(max(4, k_conn), n - 1, 2):
-        corr = _log2_live_lower_tails(k, delta, lf) + math.log2(n)
-        priv = _log2_hypergeom_upper_tails(n - 1, c, k, lf) + math.log2(n)
-        t = _best_threshold(k, corr, priv, target_fail, target_priv, malicious)
-        if t is not None:
-            disc = log2_disconnection_bound(n, k, q)
-            return build(k, t, float(corr[t]), float(priv[t]), disc)
+    def sparse(k: int) -> SecAggParameters | None:
+        t = _largest_reliable_threshold(n, k, delta, target_fail, t_min(k))
+        if t is None or minimum_quorum(n, t, c, minimum_sum) > n:
+            return None
+        part = log2_partition_bound(n, c, k, t, n - minimum_quorum(n, t, c, minimum_sum))
+        if part > target_priv:
+            return None
+        corr = log2_correctness_failure(n, k, t, delta)
+        return build(k, t, corr, log2_threshold_privacy_failure(n, c, k, t), part)
+
+    # Feasibility grows with k (more neighbours: more reliable, harder to cut off), so
+    # binary-search the smallest feasible k, then step down while smaller k still works.
+    lo, hi = 4, n - 2
+    best = sparse(hi) if hi >= lo else None
+    while best is not None and lo < hi:
+        mid = (lo + hi) // 2
+        found = sparse(mid)
+        if found is not None:
+            best, hi = found, mid
+        else:
+            lo = mid + 1
+    if best is not None:
+        return best
 
     # Complete graph: exactly c corrupt neighbours, so t > c is deterministic privacy.
     k = n - 1
-    corr = _log2_live_lower_tails(k, delta, lf) + math.log2(n)
-    priv = np.where(np.arange(k + 1) > c, -np.inf, math.log2(n))
-    t = _best_threshold(k, corr, priv, target_fail, target_priv, malicious)
-    if t is not None:
-        return build(k, t, float(corr[t]), float(priv[t]), -math.inf)
+    t = _largest_reliable_threshold(n, k, delta, target_fail, t_min(k))
+    if t is not None and t > c and minimum_quorum(n, t, c, minimum_sum) <= n:
+        return build(k, t, log2_correctness_failure(n, k, t, delta), -math.inf, -math.inf)
 
     t_need = max(2, c + 1, k // 2 + 1 if malicious else 2)
     why = [f"t > {c} corrupt clients"]
     if malicious:
         why.append(f"t > k/2 = {k / 2:g} against a server lying about dropouts")
-    t_allow = int(np.nonzero(corr <= target_fail)[0].max())
-    sparse = (
-        f"no sparse degree k < {n - 1} meets every constraint (connectivity alone needs "
-        f"k >= {k_conn}); "
-        if k_conn <= n - 2
-        else f"connectivity needs k >= {k_conn}, more than a sparse graph on {n} clients has; "
-    )
+    t_allow = t if t is not None else 0
     raise InfeasibleParametersError(
         f"no (k, t) for n={n}, delta={delta:.3g}, gamma={gamma:.3g} ({c} corrupt), {adversary}, "
-        f"targets 2^-{security_bits} privacy / 2^-{failure_bits} failure: {sparse}"
-        f"on the complete graph (k={k}) correctness allows at most t={t_allow} but "
-        f"privacy needs t >= {t_need} ({' and '.join(why)}). Use fewer dropouts, more "
+        f"targets 2^-{security_bits} privacy / 2^-{failure_bits} failure: no sparse degree "
+        f"k < {n - 1} meets the malicious-dropper bound; on the complete graph (k={k}) "
+        f"correctness allows at most t={t_allow} but privacy needs t >= {t_need} "
+        f"({' and '.join(why)}) and a quorum of at most n. Use fewer dropouts, more "
         f"clients, or a lower security/failure target"
     )
+
+
+def _largest_reliable_threshold(
+    n: int, k: int, delta: float, target_fail: float, t_min: int
+) -> int | None:
+    """The largest t in ``t_min..k`` with ``n · P[live neighbours < t] <= 2^target_fail``."""
+    tails = _correctness_tails(n, k, delta)
+    ok = [t for t in range(t_min, k + 1) if tails[t] + math.log2(n) <= target_fail]
+    return max(ok) if ok else None
+
+
+def _correctness_tails(n: int, k: int, delta: float) -> np.ndarray:
+    """``out[t] = log2 P[Binomial(n-1, p(1-delta)) < t]`` (complete graph: Bin(n-1, 1-delta))."""
+    if k >= n - 1:
+        return _log2_live_lower_tails(n - 1, delta, _log_factorials(n))
+    live = (k / (n - 1)) * (1.0 - delta)
+    return _log2_live_lower_tails(n - 1, 1.0 - live, _log_factorials(n))
 
 
 def log2_correctness_failure(
     num_clients: int, degree: int, threshold: int, dropout: float
 ) -> float:
-    """log2 of ``n · P[Binomial(k, 1-delta) < t]`` (union bound on the round failing)."""
+    """log2 of ``n · P[live neighbours < t]`` (union bound on the round failing)."""
     _check_kt(num_clients, degree, threshold)
-    tails = _log2_live_lower_tails(degree, dropout, _log_factorials(degree))
-    return float(tails[threshold]) + math.log2(num_clients)
+    return float(_correctness_tails(num_clients, degree, dropout)[threshold]) + math.log2(
+        num_clients
+    )
 
 
 def log2_threshold_privacy_failure(
     num_clients: int, num_corrupt: int, degree: int, threshold: int
 ) -> float:
-    """log2 of ``n · P[Hypergeometric(n-1, c, k) ≥ t]`` (some client's shares leak)."""
+    """log2 of ``n · P[Binomial(c, p) ≥ t]`` (some client has t corrupt neighbours)."""
     _check_kt(num_clients, degree, threshold)
     if not 0 <= num_corrupt <= num_clients:
         raise ValueError("num_corrupt must be between 0 and num_clients")
     c = min(num_corrupt, num_clients - 1)
-    tails = _log2_hypergeom_upper_tails(num_clients - 1, c, degree, _log_factorials(num_clients))
-    return float(tails[threshold]) + math.log2(num_clients)
+    if degree >= num_clients - 1:
+        return -math.inf if threshold > c else math.log2(num_clients)
+    p = degree / (num_clients - 1)
+    tail = _log2_binom_upper(c, p, threshold, _log_factorials(c))
+    return tail + math.log2(num_clients)
 
 
-def log2_disconnection_bound(num_clients: int, degree: int, removed_fraction: float) -> float:
-    """log2 of ``C(n, 2) · q^k``; ``-inf`` for the complete graph or q = 0."""
-    if degree >= num_clients - 1 or removed_fraction <= 0.0:
+def log2_partition_bound(
+    num_clients: int, colluders: int, degree: int, threshold: int, allowed_drops: int
+) -> float:
+    """log2 of the malicious-dropper bound of the module docstring; ``-inf`` when complete.
+
+    The server may drop ``allowed_drops`` clients of its choice after seeing the graph;
+    the result bounds the probability that it can then unmask a separate sum over a
+    set of fewer than half of the ``n - c`` honest clients (for ``s = 1``: one client).
+    """
+    n, c, k, t, b = num_clients, colluders, degree, threshold, allowed_drops
+    _check_kt(n, k, min(t, k))
+    if k >= n - 1:
         return -math.inf
-    return math.log2(math.comb(num_clients, 2)) + degree * math.log2(removed_fraction)
+    p = k / (n - 1)
+    h = n - c
+    log_p, log_q = math.log(p), math.log1p(-p)
+    lf_n = _log_factorials(n)
+    terms: list[float] = []
+    needs: list[tuple[int, float]] = []
+    for s in range(1, h // 2 + 1):
+        pi = -math.expm1(s * log_q)  # P[an outside honest client is adjacent to S]
+        log_cut = _ln_binom_lower(h - s, pi, b, lf_n)  # ln P[Bin(h-s, pi) <= b]
+        log_sets = float(lf_n[h] - lf_n[s] - lf_n[h - s])
+        if log_sets + log_cut < -120.0:  # negligible even if (ii) is certain
+            terms.append(log_sets + log_cut)
+        else:
+            needs.append((s, log_sets + log_cut))
+    if needs:
+        top = max(s * (s - 1) // 2 + s * c for s, _ in needs)
+        lf = _log_factorials(max(top, n) + 1)
+        for s, base in needs:
+            terms.append(base + _ln_dense_enough(s, c, p, t, log_p, log_q, lf))
+    if not terms:
+        return -math.inf
+    return float(np.logaddexp.reduce(np.array(terms))) / _LN2
+
+
+def _ln_binom_pmf(trials: int, log_p: float, log_q: float, lf: np.ndarray) -> np.ndarray:
+    j = np.arange(trials + 1)
+    return lf[trials] - lf[j] - lf[trials - j] + _xlog(j, log_p) + _xlog(trials - j, log_q)
+
+
+def _ln_binom_lower(trials: int, prob: float, at_most: int, lf: np.ndarray) -> float:
+    """``ln P[Binomial(trials, prob) <= at_most]``."""
+    if at_most >= trials:
+        return 0.0
+    if at_most < 0:
+        return -math.inf
+    log_p = math.log(prob) if prob > 0 else -math.inf
+    log_q = math.log1p(-prob) if prob < 1 else -math.inf
+    pmf = _ln_binom_pmf(trials, log_p, log_q, lf)
+    return min(0.0, float(np.logaddexp.reduce(pmf[: at_most + 1])))
+
+
+def _log2_binom_upper(trials: int, prob: float, at_least: int, lf: np.ndarray) -> float:
+    """``log2 P[Binomial(trials, prob) >= at_least]``."""
+    if at_least <= 0:
+        return 0.0
+    if at_least > trials:
+        return -math.inf
+    pmf = _ln_binom_pmf(trials, math.log(prob), math.log1p(-prob), lf)
+    return min(0.0, float(np.logaddexp.reduce(pmf[at_least:]))) / _LN2
+
+
+def _ln_dense_enough(
+    s: int, c: int, p: float, t: int, log_p: float, log_q: float, lf: np.ndarray
+) -> float:
+    """``ln P[2·Bin(C(s,2), p) + Bin(s·c, p) >= s·t]`` (exact convolution)."""
+    inside, across = s * (s - 1) // 2, s * c
+    x_pmf = _ln_binom_pmf(inside, log_p, log_q, lf)
+    x_upper = np.logaddexp.accumulate(x_pmf[::-1])[::-1]  # ln P[X >= x]
+    y_pmf = _ln_binom_pmf(across, log_p, log_q, lf)
+    need = -(-(s * t - np.arange(across + 1)) // 2)  # ceil((s·t - y) / 2)
+    need = np.maximum(need, 0)
+    reach = need <= inside
+    if not reach.any():
+        return -math.inf
+    terms = y_pmf[reach] + x_upper[need[reach]]
+    return min(0.0, float(np.logaddexp.reduce(terms)))
 
 
 def round_success_probability(
@@ -402,66 +507,48 @@ def _log2_hypergeom_upper_tails(
     return np.minimum(out, 0.0) / _LN2
 
 
-def _min_connected_degree(n: int, q: float, security_bits: int) -> int:
-    """Smallest even k >= 2 with ``C(n, 2) · q^k <= 2^-security_bits`` (may exceed n)."""
-    if q <= 0.0:
-        return 2
-    log2_pairs, log2_q = math.log2(math.comb(n, 2)), math.log2(q)
-
-    def ok(k: int) -> bool:
-        return log2_pairs + k * log2_q <= -security_bits
-
-    k = max(2, math.ceil((log2_pairs + security_bits) / -log2_q))
-    k += k % 2
-    while k > 2 and ok(k - 2):  # guard against floating-point rounding in ceil()
-        k -= 2
-    while not ok(k):
-        k += 2
-    return k
-
-
-def _best_threshold(
-    k: int,
-    log2_fail: np.ndarray,
-    log2_priv: np.ndarray,
-    target_fail: float,
-    target_priv: float,
-    malicious: bool,
-) -> int | None:
-    t = np.arange(k + 1)
-    t_min = max(2, k // 2 + 1) if malicious else 2
-    feasible = (t >= t_min) & (log2_fail <= target_fail) & (log2_priv <= target_priv)
-    if not feasible.any():
-        return None
-    return int(np.nonzero(feasible)[0].max())
-
-
 def _fmt_log2(value: float) -> str:
     return "0" if value == -math.inf else f"<= 2^{value:.1f}"
 
 
 def choose_graph(
-    n: int, mode: str, dropout_rate: float, corrupt_fraction: float
+    n: int,
+    mode: str,
+    dropout_rate: float,
+    corrupt_fraction: float,
+    *,
+    colluders: int = DEFAULT_COLLUDERS,
+    minimum_sum: int = MIN_MASKED_PARTIES,
 ) -> tuple[int | None, int, str]:
     """(degree or None for complete, threshold, a note for the audit log).
 
-    The parameter finder's targets (2^-40 privacy, 2^-20 failure) cannot be met by
-    very small federations; there the complete graph with the smallest threshold
-    that still exceeds the assumed corrupt clients is used, and the note says so.
-    ``secagg`` mode always uses the complete graph.
+    The threshold and the quorum ``minimum_quorum(n, t, c, m)`` meet
+    :func:`crypto.rules.require_malicious_server_conditions` for ``c = max(colluders,
+    floor(corrupt_fraction · n))``: the clients run the same check and would refuse
+    anything less. Very small federations cannot meet the finder's targets (2^-40
+    privacy, 2^-20 failure); there the complete graph with ``t = c + 1`` is used and
+    the note says so. ``secagg`` mode always uses the complete graph. Raises
+    :class:`InfeasibleParametersError` when no threshold and quorum fit in n.
     """
+    c = max(colluders, _num_corrupt(n, corrupt_fraction))
     try:
-        params = find_parameters(n, dropout_rate, corrupt_fraction)
+        params = find_parameters(
+            n, dropout_rate, corrupt_fraction, colluders=c, minimum_sum=minimum_sum
+        )
     except InfeasibleParametersError as error:
-        threshold = max(2, int(corrupt_fraction * n) + 1)
-        if threshold > n - 1:
-            raise
+        threshold = max(2, c + 1)
+        if threshold > n - 1 or minimum_quorum(n, threshold, c, minimum_sum) > n:
+            raise InfeasibleParametersError(
+                f"{n} clients cannot be protected against c={c} colluders with sums over "
+                f"m={minimum_sum}: threshold {threshold} and quorum "
+                f"{minimum_quorum(n, threshold, c, minimum_sum)} do not fit ({error})"
+            ) from None
         return (
             None,
             threshold,
-            f"finder targets unreachable ({error}); complete graph, t={threshold}",
+            f"finder targets unreachable ({error}); complete graph, t={threshold}, c={c}",
         )
     if mode == "secagg" or params.complete:
-        threshold = params.threshold if params.complete else max(2, n // 2 + 1)
+        threshold = params.threshold if params.complete else max(2, c + 1, n // 2 + 1)
         return None, threshold, params.describe()
     return params.degree, params.threshold, params.describe()

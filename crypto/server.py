@@ -6,24 +6,37 @@ together with the sender id it took from the client's TLS certificate, and calls
 A bad message is refused with a specific exception and changes nothing, so the
 round goes on for the others. In the masked-input phase the server keeps only a
 running sum: O(d) memory whatever the number of clients.
+
+Against malicious clients (issue 17, item 6): low-order keys are refused at
+advertisement; every sealed share must carry its sender's signature; a recipient's
+blame of a share that does not open is checked, and a proven sender is excluded
+(treated as dropped if its masked input has not been counted yet); every secret
+rebuilt from shares is checked against what its owner signed (the seed commitment,
+the mask public key), and a bad share is routed around or the round aborts: never a
+wrong sum.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import itertools
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from sealagg.crypto import _transcript as tr
+from sealagg.crypto._primitives.aead import open_sealed
 from sealagg.crypto._primitives.agreement import AgreementKey
 from sealagg.crypto._primitives.prg import apply_masks
 from sealagg.crypto._primitives.shamir import combine_shares
 from sealagg.crypto._primitives.signing import verify_signature
-from sealagg.crypto.config import RoundConfig
+from sealagg.crypto.config import RoundConfig, active_after_pruning
 from sealagg.crypto.errors import (
     BelowThresholdError,
+    BlameRefusedError,
+    DecryptionError,
     DuplicateMessageError,
+    ExcludedSenderError,
     MalformedMessageError,
     OutOfPhaseError,
     ReconstructionError,
@@ -31,8 +44,11 @@ from sealagg.crypto.errors import (
     SecAggError,
     UnknownSenderError,
 )
+from sealagg.crypto.graph import CommunicationGraph
 from sealagg.crypto.messages import (
+    SHARE_BYTES,
     AdvertiseKeys,
+    Blame,
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
@@ -41,6 +57,7 @@ from sealagg.crypto.messages import (
     Phase,
     ShareBundle,
     ShareKeys,
+    SignedShare,
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
@@ -48,6 +65,8 @@ from sealagg.crypto.messages import (
 from sealagg.kernels import mod_add_bytes_into
 
 SECRET_BYTES = 32
+#: Subsets of t shares tried when the shares of one secret disagree (a holder lied).
+MAX_RECONSTRUCTION_ATTEMPTS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +77,37 @@ class AggregateResult:
     survivors: tuple[int, ...]
     dropped_before_masking: tuple[int, ...]
     dropped_after_masking: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlameRecord:
+    """One recipient's blame of a share sender, as the server judged it.
+
+    ``proven``: the accused signed a share, committed to the key the accuser revealed,
+    and the share does not open under it; the accused is excluded from the round.
+    Otherwise the accused committed to another key than the one the accuser holds:
+    one of the two lies and the server cannot tell which, so nobody is excluded.
+    """
+
+    accused: int
+    accuser: int
+    proven: bool
+    reason: str
+
+
+@dataclasses.dataclass
+class _Facts:
+    """What the key directory fixed, plus what blames added, shared by later phases."""
+
+    transcript: bytes
+    graph: CommunicationGraph
+    keys: Mapping[int, PeerKeys]
+    #: The signed shares each sharer uploaded, by sender then recipient (blame evidence).
+    uploaded: dict[int, Mapping[int, SignedShare]] = dataclasses.field(default_factory=dict)
+    #: (u, v): u left its pairwise mask with v out of y_u; the value is that mask's key.
+    unmasked_pairs: dict[tuple[int, int], bytes] = dataclasses.field(default_factory=dict)
+    blames: list[BlameRecord] = dataclasses.field(default_factory=list)
+    excluded: set[int] = dataclasses.field(default_factory=set)
 
 
 class _State:
@@ -97,99 +147,142 @@ class _CollectKeys(_State):
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, AdvertiseKeys)
-        cfg = self.config
-        payload = tr.advertise_payload(
-            cfg.round_id, sender, msg.keys.cipher_public, msg.keys.mask_public
-        )
-        verify_signature(
-            cfg.identities[sender], payload, msg.keys.signature, signer=f"client {sender}"
-        )
+        tr.check_advertisement(self.config, sender, msg.keys)  # signature, then low-order keys
 
     def close(self) -> tuple[dict[int, Message], _State]:
+        cfg = self.config
         keys = {u: m.keys for u, m in self.received.items()}  # type: ignore[attr-defined]
-        active = _prune_below_threshold(self.config, set(keys))
+        transcript = tr.transcript_hash(cfg, keys)
+        graph = cfg.graph_for(transcript)  # drawn only now: nobody chose it
+        active = active_after_pruning(graph, keys, cfg.threshold)
         self.require(len(active), "advertise keys")
-        graph = self.config.graph
-        out: dict[int, Message] = {
-            u: KeyDirectory(
-                self.config.round_id, {v: keys[v] for v in graph.neighbours(u) if v in active}
-            )
-            for u in sorted(active)
-        }
-        active_keys = {u: keys[u] for u in active}
-        return out, _CollectShares(self.config, frozenset(active), active_keys)
-
-
-def _prune_below_threshold(config: RoundConfig, active: set[int]) -> set[int]:
-    """Drop clients with fewer than t active neighbours: their secrets could not be recovered."""
-    graph = config.graph
-    changed = True
-    while changed:
-        changed = False
-        for u in sorted(active):
-            if sum(v in active for v in graph.neighbours(u)) < config.threshold:
-                active.discard(u)
-                changed = True
-    return active
+        directory = KeyDirectory(cfg.round_id, keys)  # the whole transcript, for everyone
+        out: dict[int, Message] = {u: directory for u in sorted(active)}
+        return out, _CollectShares(cfg, active, _Facts(transcript, graph, keys))
 
 
 class _CollectShares(_State):
     phase = Phase.SHARE_KEYS
     accepts = ShareKeys
 
-    def __init__(
-        self, config: RoundConfig, expected: frozenset[int], keys: Mapping[int, PeerKeys]
-    ) -> None:
+    def __init__(self, config: RoundConfig, expected: frozenset[int], facts: _Facts) -> None:
         super().__init__(config, expected)
-        self.keys = keys
+        self.facts = facts
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, ShareKeys)
-        wanted = {v for v in self.config.graph.neighbours(sender) if v in self.expected}
+        wanted = {v for v in self.facts.graph.neighbours(sender) if v in self.expected}
         if set(msg.sealed_shares) != wanted:
             raise MalformedMessageError(
                 f"client {sender} must send one sealed share to each of its {len(wanted)} active "
                 f"neighbours, sent {len(msg.sealed_shares)}"
             )
+        # Every share must carry its sender's signature: a recipient that cannot open one
+        # may then leave the sender's mask out (it is provably corrupt), and a bad signature
+        # at a recipient can only mean a lying server. The copy judges blames cheaply.
+        cfg = self.config
+        for v, share in msg.sealed_shares.items():
+            payload = tr.share_signature_payload(
+                cfg.round_id,
+                self.facts.transcript,
+                sender,
+                v,
+                share.key_commitment,
+                share.ciphertext,
+            )
+            verify_signature(
+                cfg.identities[sender], payload, share.signature, signer=f"client {sender}"
+            )
+        self.facts.uploaded[sender] = msg.sealed_shares
 
     def close(self) -> tuple[dict[int, Message], _State]:
-        sharers = frozenset(self.received)
+        # A client left with fewer than t sharing neighbours could never be unmasked:
+        # leave it (and its shares) out now, before anyone masks with it.
+        sharers = active_after_pruning(self.facts.graph, self.received, self.config.threshold)
         self.require(len(sharers), "share keys")
         out: dict[int, Message] = {}
         for v in sorted(sharers):
             bundle = {
                 u: self.received[u].sealed_shares[v]  # type: ignore[attr-defined]
-                for u in self.config.graph.neighbours(v)
+                for u in self.facts.graph.neighbours(v)
                 if u in sharers
             }
             out[v] = ShareBundle(self.config.round_id, bundle)
-        return out, _CollectMaskedInputs(self.config, sharers, self.keys)
+        return out, _CollectMaskedInputs(self.config, sharers, self.facts)
 
 
 class _CollectMaskedInputs(_State):
     phase = Phase.MASKED_INPUT
     accepts = MaskedInput
 
-    def __init__(
-        self, config: RoundConfig, expected: frozenset[int], keys: Mapping[int, PeerKeys]
-    ) -> None:
+    def __init__(self, config: RoundConfig, expected: frozenset[int], facts: _Facts) -> None:
         super().__init__(config, expected)
-        self.keys = keys
+        self.facts = facts
         self.total = np.zeros(config.vector_length, dtype=np.uint32)
 
     def receive(self, sender: int, msg: Message) -> None:
         super().receive(sender, msg)
         assert isinstance(msg, MaskedInput)
+        for v, (record, mask_key) in self._judged.items():
+            self.facts.blames.append(record)
+            self.facts.unmasked_pairs[(sender, v)] = mask_key
+            if record.proven:
+                self.facts.excluded.add(v)
         mod_add_bytes_into(self.total, msg.vector, 1)  # the buffer is viewed, not copied
         self.received[sender] = None  # keep O(d): drop the vector, remember the sender
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, MaskedInput)
+        if sender in self.facts.excluded:
+            raise ExcludedSenderError(
+                f"client {sender} is excluded from this round: a neighbour proved that it "
+                "sent a sealed share that does not open"
+            )
         expected_bytes = 4 * self.config.vector_length
         if len(msg.vector) != expected_bytes:
             raise MalformedMessageError(
                 f"client {sender} sent {len(msg.vector)} bytes; the round expects {expected_bytes}"
             )
+        # Judge every blame before anything counts: one false blame refuses the message.
+        self._judged = {
+            v: (self._judge(sender, v, blame), blame.mask_key) for v, blame in msg.blames.items()
+        }
+
+    def _judge(self, accuser: int, accused: int, blame: Blame) -> BlameRecord:
+        cfg, facts = self.config, self.facts
+        if accused not in facts.graph.neighbours(accuser) or accused not in self.expected:
+            raise BlameRefusedError(f"client {accuser} blames {accused}, who sent it no share")
+        share = blame.share
+        if facts.uploaded.get(accused, {}).get(accuser) != share:
+            raise BlameRefusedError(
+                f"client {accuser} blames client {accused} for a share it never uploaded"
+            )
+        # The very share the accused uploaded, signature checked then: it is the accused's.
+        expected = tr.share_key_commitment(blame.share_key, cfg.round_id, accused, accuser)
+        if expected != share.key_commitment:
+            return BlameRecord(
+                accused,
+                accuser,
+                False,
+                "the accused committed to another share key than the accuser reveals; "
+                "one of them lies and the server cannot tell which",
+            )
+        try:
+            plain = open_sealed(
+                blame.share_key,
+                share.ciphertext,
+                tr.share_associated_data(cfg.round_id, accused, accuser),
+            )
+        except DecryptionError:
+            return BlameRecord(accused, accuser, True, "its signed sealed share does not decrypt")
+        if len(plain) != tr.SHARE_PLAINTEXT_HEADER.size + 2 * SHARE_BYTES or (
+            tr.SHARE_PLAINTEXT_HEADER.unpack_from(plain) != (accused, accuser)
+        ):
+            return BlameRecord(accused, accuser, True, "its signed sealed share is malformed")
+        raise BlameRefusedError(
+            f"client {accuser} blames client {accused}, but the share opens under the "
+            "committed key: a false blame"
+        )
 
     def close(self) -> tuple[dict[int, Message], _State]:
         survivors = tuple(sorted(self.received))
@@ -198,7 +291,7 @@ class _CollectMaskedInputs(_State):
             u: SurvivorList(self.config.round_id, survivors) for u in survivors
         }
         nxt = _CollectSignatures(
-            self.config, frozenset(survivors), self.keys, self.expected, self.total
+            self.config, frozenset(survivors), self.facts, self.expected, self.total
         )
         return out, nxt
 
@@ -211,12 +304,12 @@ class _CollectSignatures(_State):
         self,
         config: RoundConfig,
         survivors: frozenset[int],
-        keys: Mapping[int, PeerKeys],
+        facts: _Facts,
         sharers: frozenset[int],
         total: np.ndarray,
     ) -> None:
         super().__init__(config, survivors)
-        self.keys = keys
+        self.facts = facts
         self.sharers = sharers
         self.total = total
         self.survivors = tuple(sorted(survivors))
@@ -224,7 +317,9 @@ class _CollectSignatures(_State):
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, ConsistencySignature)
-        payload = tr.survivors_payload(self.config.round_id, sender, self.survivors_blob)
+        payload = tr.survivors_payload(
+            self.config.round_id, self.facts.transcript, sender, self.survivors_blob
+        )
         verify_signature(
             self.config.identities[sender], payload, msg.signature, signer=f"client {sender}"
         )
@@ -236,7 +331,7 @@ class _CollectSignatures(_State):
         request = UnmaskRequest(self.config.round_id, self.survivors, signatures, dropped)
         out: dict[int, Message] = {u: request for u in sorted(signatures)}
         nxt = _CollectUnmaskShares(
-            self.config, frozenset(signatures), self.keys, self.survivors, dropped, self.total
+            self.config, frozenset(signatures), self.facts, self.survivors, dropped, self.total
         )
         return out, nxt
 
@@ -249,48 +344,57 @@ class _CollectUnmaskShares(_State):
         self,
         config: RoundConfig,
         responders: frozenset[int],
-        keys: Mapping[int, PeerKeys],
+        facts: _Facts,
         survivors: tuple[int, ...],
         dropped: tuple[int, ...],
         total: np.ndarray,
     ) -> None:
         super().__init__(config, responders)
-        self.keys = keys
+        self.facts = facts
         self.survivors = survivors
         self.dropped = dropped
         self.total = total
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, UnmaskShares)
-        graph = self.config.graph
-        mine = set(graph.neighbours(sender))
+        mine = set(self.facts.graph.neighbours(sender))
         if not set(msg.self_mask_shares) <= mine & set(self.survivors):
             raise MalformedMessageError(f"client {sender} sent self-mask shares it cannot hold")
         if not set(msg.mask_key_shares) <= mine & set(self.dropped):
             raise MalformedMessageError(f"client {sender} sent mask-key shares it cannot hold")
 
     def close(self) -> tuple[dict[int, Message], AggregateResult]:
-        self_seeds = {u: self._reconstruct(u, "self_mask_shares") for u in self.survivors}
-        mask_keys = {v: self._recover_mask_key(v) for v in self.dropped}
-        total = self.total.copy()
-        round_id = self.config.round_id
-        masks = [(tr.self_mask_key(seed, round_id), -1) for seed in self_seeds.values()]
+        cfg, facts = self.config, self.facts
+        round_id = cfg.round_id
         survivors = set(self.survivors)
-        for v, key in mask_keys.items():
-            for w in self.config.graph.neighbours(v):
-                if w in survivors:
-                    secret = key.exchange(self.keys[w].mask_public)
-                    # w added sign(w, v)·PRG; remove it.
-                    masks.append(
-                        (tr.pairwise_mask_key(secret, round_id, w, v), -tr.pairwise_sign(w, v))
-                    )
+        unmasked = facts.unmasked_pairs
+        masks = [
+            (tr.self_mask_key(self._recover_self_seed(u), round_id), -1) for u in self.survivors
+        ]
+        for v in self.dropped:
+            # Survivors that added a mask with v (a blamer of v added none).
+            users = [
+                w for w in facts.graph.neighbours(v) if w in survivors and (w, v) not in unmasked
+            ]
+            if not users:
+                continue
+            key = self._recover_mask_key(v)
+            for w in users:
+                secret = key.exchange(facts.keys[w].mask_public)
+                # w added sign(w, v)·PRG; remove it.
+                masks.append(
+                    (tr.pairwise_mask_key(secret, round_id, w, v), -tr.pairwise_sign(w, v))
+                )
+        for (u, v), mask_key in unmasked.items():
+            # u left its mask with v out; if v survived and did add its half, remove that.
+            if u in survivors and v in survivors and (v, u) not in unmasked:
+                masks.append((mask_key, -tr.pairwise_sign(v, u)))
+        total = self.total.copy()
         apply_masks(total, masks)
         result = AggregateResult(
             total=total,
             survivors=self.survivors,
-            dropped_before_masking=tuple(
-                sorted(set(self.config.identities) - set(self.keys) - survivors)
-            ),
+            dropped_before_masking=tuple(sorted(set(cfg.identities) - set(facts.keys) - survivors)),
             dropped_after_masking=self.dropped,
         )
         return {}, result
@@ -302,22 +406,64 @@ class _CollectUnmaskShares(_State):
             if owner in getattr(msg, field)
         }
 
-    def _reconstruct(self, owner: int, field: str) -> bytes:
+    def _reconstruct(
+        self, owner: int, field: str, what: str, accept: Callable[[bytes], bool]
+    ) -> bytes:
+        """Rebuild ``owner``'s secret and accept it only if its owner's signed data agrees.
+
+        Exactly t shares determine *some* secret whatever their values, so one altered
+        share would go unnoticed without the check; with more than t, subsets of t are
+        tried until one rebuilds the committed secret (a bad holder is routed around).
+        None does: the round aborts, and no sum is released.
+        """
         shares = self._shares_for(owner, field)
-        if len(shares) < self.config.threshold:
+        t = self.config.threshold
+        if len(shares) < t:
             raise BelowThresholdError(
-                f"only {len(shares)} shares for client {owner}; threshold {self.config.threshold}: "
+                f"only {len(shares)} shares for client {owner}; threshold {t}: "
                 "the round is aborted and no partial sum is released"
             )
-        return combine_shares(shares, self.config.threshold, SECRET_BYTES)
+        try:
+            secret = combine_shares(shares, t, SECRET_BYTES)
+            if accept(secret):
+                return secret
+        except SecAggError:
+            pass
+        subsets = itertools.islice(
+            itertools.combinations(sorted(shares), t), MAX_RECONSTRUCTION_ATTEMPTS
+        )
+        for subset in subsets if len(shares) > t else ():
+            try:
+                secret = combine_shares({x: shares[x] for x in subset}, t, SECRET_BYTES)
+            except SecAggError:
+                continue
+            if accept(secret):
+                return secret
+        raise ReconstructionError(
+            f"the {len(shares)} shares of client {owner}'s {what} do not rebuild the secret "
+            "it committed to: a holder sent a bad share; the round is aborted and no sum "
+            "is released"
+        )
+
+    def _recover_self_seed(self, owner: int) -> bytes:
+        commitment = self.facts.keys[owner].seed_commitment
+        round_id = self.config.round_id
+        return self._reconstruct(
+            owner,
+            "self_mask_shares",
+            "self-mask seed",
+            lambda seed: tr.seed_matches(commitment, round_id, owner, seed),
+        )
 
     def _recover_mask_key(self, owner: int) -> AgreementKey:
-        key = AgreementKey.from_private_bytes(self._reconstruct(owner, "mask_key_shares"))
-        if key.public_bytes != self.keys[owner].mask_public:
-            raise ReconstructionError(
-                f"shares of client {owner}'s mask key reconstruct the wrong key"
-            )
-        return key
+        advertised = self.facts.keys[owner].mask_public
+
+        def matches(raw: bytes) -> bool:
+            return AgreementKey.from_private_bytes(raw).public_bytes == advertised
+
+        return AgreementKey.from_private_bytes(
+            self._reconstruct(owner, "mask_key_shares", "mask key", matches)
+        )
 
 
 class SecAggServer:
@@ -326,6 +472,7 @@ class SecAggServer:
     def __init__(self, config: RoundConfig) -> None:
         self.config = config
         self._state: _State | None = _CollectKeys(config, frozenset(config.identities))
+        self._facts: _Facts | None = None
         self._result: AggregateResult | None = None
         self._error: SecAggError | None = None
 
@@ -339,7 +486,25 @@ class SecAggServer:
         """Clients expected in this phase that have not answered yet."""
         if self._state is None:
             return frozenset()
-        return self._state.expected - set(self._state.received)
+        waiting = self._state.expected - set(self._state.received)
+        if isinstance(self._state, _CollectMaskedInputs):  # excluded: no upload is awaited
+            waiting -= self._state.facts.excluded
+        return waiting
+
+    @property
+    def transcript_hash(self) -> bytes | None:
+        """The hash of the round transcript, once the key directory went out."""
+        return self._facts.transcript if self._facts is not None else None
+
+    @property
+    def graph(self) -> CommunicationGraph | None:
+        """The round's graph, drawn from the transcript once the key directory went out."""
+        return self._facts.graph if self._facts is not None else None
+
+    @property
+    def blames(self) -> tuple[BlameRecord, ...]:
+        """Every blame accepted so far (proven ones excluded their accused)."""
+        return tuple(self._facts.blames) if self._facts is not None else ()
 
     @property
     def result(self) -> AggregateResult:
@@ -377,4 +542,5 @@ class SecAggServer:
             self._state, self._result = None, nxt
         else:
             self._state = nxt
+            self._facts = getattr(nxt, "facts", self._facts)
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -59,11 +59,14 @@ def run_round(
     inputs: Mapping[int, np.ndarray],
     dropouts: Mapping[int, Phase] | None = None,
     stats: RoundStats | None = None,
+    *,
+    tamper: Callable[[int, Message], Message] | None = None,
 ) -> AggregateResult:
     """Run one round; a client listed in ``dropouts`` goes silent from that phase on.
 
-    Raises whatever the server raises when the round cannot finish (for example
-    :class:`~crypto.errors.BelowThresholdError`).
+    ``tamper(client, reply)`` (tests only) may replace any client's reply before it is
+    sent: a corrupt client. Raises whatever the server raises when the round cannot
+    finish (for example :class:`~crypto.errors.BelowThresholdError`).
     """
     dropouts = dict(dropouts or {})
     stats = stats if stats is not None else RoundStats()
@@ -74,6 +77,8 @@ def run_round(
         return u not in dropouts or dropouts[u] > phase
 
     def deliver(phase: Phase, u: int, reply: Message) -> None:
+        if tamper is not None:
+            reply = tamper(u, reply)
         msg, size = _wire(reply, stats)
         stats.bytes_up += size
         t0 = time.perf_counter()

@@ -13,6 +13,9 @@ command                          module
 ``model import|list|export``,    :mod:`appliance.cli.models`
 ``export``
 ``audit verify|export``          :mod:`appliance.cli.audit`
+``authority init|approve|``      :mod:`appliance.cli.authority` (off the appliance)
+``sign-roster``
+``roster install``               :mod:`appliance.cli.clients`
 ===============================  =================================================
 
 Every command takes ``--folder/-f`` (default ``./federation``, or ``$SEALAGG_FOLDER``).
@@ -24,7 +27,7 @@ is part of the appliance.
 
 import typer
 
-from sealagg.appliance.cli import audit, clients, init, models, rounds, serve, status
+from sealagg.appliance.cli import audit, authority, clients, init, models, rounds, serve, status
 from sealagg.appliance.cli._common import SealaggGroup
 
 __all__ = ["app"]
@@ -39,5 +42,5 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for _module in (init, clients, serve, status, rounds, models, audit):
+for _module in (init, clients, serve, status, rounds, models, audit, authority):
     _module.register(app)

@@ -17,12 +17,39 @@ from sealagg.appliance.cli._common import (
     console,
     read_passphrase,
 )
-from sealagg.appliance.federation import FederationFolder, add_client, revoke_client
+from sealagg.appliance.federation import (
+    FederationFolder,
+    add_client,
+    add_enrolled_client,
+    install_roster,
+    pin_authority,
+    revoke_client,
+)
+from sealagg.appliance.kit import parse_authority_key
 
 
 def add_client_command(
-    name: Annotated[str, typer.Argument(help="Client name (A-Z a-z 0-9 . _ -).")],
+    name: Annotated[
+        str | None, typer.Argument(help="Client name (development kits; see --request).")
+    ] = None,
     folder: FolderOption = DEFAULT_FOLDER,
+    request: Annotated[
+        Path | None,
+        typer.Option(
+            "--request",
+            help="An enrolment request the authority approved (sealagg-enrol): certify the "
+            "client's own TLS key; the kit holds no private key.",
+        ),
+    ] = None,
+    insecure_dev_keys: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-dev-keys",
+            help="With NAME in a federation that pins an authority: let the appliance make "
+            "the client's keys anyway. INSECURE against a malicious appliance (it could "
+            "impersonate the client); development only.",
+        ),
+    ] = False,
     archive: Annotated[
         bool, typer.Option("--archive", help="Write one .tar.gz instead of a folder.")
     ] = False,
@@ -39,7 +66,22 @@ def add_client_command(
     ] = False,
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
-    """Issue a signed client kit (TLS certificate, key and protocol identity)."""
+    """Issue a signed client kit: for an approved enrolment request (--request), or a
+    development kit whose keys the appliance makes (NAME)."""
+    if request is not None:
+        if name is not None:
+            raise CLIError("give NAME or --request, not both (the request names the client)")
+        check_federation(folder)
+        federation = FederationFolder.load(folder, passphrase=read_passphrase(passphrase_file))
+        path = add_enrolled_client(federation, request.read_bytes(), out=out, archive=archive)
+        console.print(
+            f"[green]issued enrolled kit[/] (no private keys): {escape(str(path))}",
+            soft_wrap=True,
+        )
+        console.print("  the client installs it with `sealagg-enrol install`", soft_wrap=True)
+        return
+    if name is None:
+        raise CLIError("give the client NAME, or --request FILE for an enrolled client")
     if (name == ADMIN_NAME) != admin:
         if admin:
             raise CLIError(f"--admin issues credentials for {ADMIN_NAME!r} only, not {name!r}")
@@ -49,6 +91,12 @@ def add_client_command(
         )
     check_federation(folder)
     federation = FederationFolder.load(folder, passphrase=read_passphrase(passphrase_file))
+    if federation.authority_public_key is not None and not (admin or insecure_dev_keys):
+        raise CLIError(
+            "this federation pins an authority: clients enrol (sealagg-enrol, then "
+            "`sealagg add-client --request FILE`); --insecure-dev-keys lets the appliance make "
+            "the keys, which is insecure against a malicious appliance"
+        )
     path = add_client(federation, name, out=out, archive=archive)
     record = federation.client_record(name)
     serial = f" (certificate serial {record.serial:x})" if record is not None else ""
@@ -112,7 +160,31 @@ def list_clients(folder: FolderOption = DEFAULT_FOLDER) -> None:
     console.print(table)
 
 
+roster_app = typer.Typer(help="The authority's signed roster, as this appliance serves it.")
+
+
+@roster_app.command("install")
+def install_roster_command(
+    roster: Annotated[Path, typer.Argument(help="roster.json signed by the authority.")],
+    folder: FolderOption = DEFAULT_FOLDER,
+    authority_key: Annotated[
+        str | None,
+        typer.Option("--authority-key", help="Pin the authority's public key (hex) first."),
+    ] = None,
+) -> None:
+    """Install a signed roster (served in every RoundStart; clients verify it themselves)."""
+    check_federation(folder)
+    federation = FederationFolder.load(folder)
+    if authority_key is not None:
+        pin_authority(federation, parse_authority_key(authority_key.encode()))
+    installed = install_roster(federation, roster.read_bytes())
+    console.print(
+        f"[green]installed roster version {installed.version}[/] ({len(installed.entries)} entries)"
+    )
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(roster_app, name="roster")
     app.command("add-client")(add_client_command)
     app.command("revoke")(revoke)
     app.command("clients")(list_clients)

@@ -50,7 +50,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class RoundStart(_message.Message):
     CONTRIBUTION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CKKS_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -85,7 +86,8 @@ class RoundStart(_message.Message):
     contribution_weight: float
     ckks: CkksParams
     privacy: PrivacyParams
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ...) -> None: ...
+    roster: bytes
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ...) -> None: ...
 
 class PrivacyParams(_message.Message):
     __slots__ = ("mode", "mechanism", "clip", "noise_std", "indicator_std", "min_survivors", "range_bits")

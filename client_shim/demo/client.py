@@ -2,6 +2,7 @@
 
     python -m sealagg.client_shim.demo.client --kit KIT --shard-file SHARD.npz --rounds R \
         --epochs E --seed S --result-file RESULT.jsonl [--dp] [--vanish ROUND:PHASE ...]
+    python -m sealagg.client_shim.demo.client --kit KIT --key-holder --rounds R ...
 
 It joins through the PyTorch shim (:func:`client_shim.connect`), exactly as a user's
 training loop would, and appends one JSON line per round to ``--result-file`` (outcome,
@@ -12,6 +13,11 @@ takes part in the protocol up to the given phase (0 advertise keys, 1 share keys
 input, 3 consistency check, 4 unmasking; plaintext rounds have phase 0 only) and then exits
 with :data:`VANISHED_EXIT_CODE` instead of sending that phase's message, so the appliance sees
 a client disappear mid-protocol. The runner starts it again for the next round.
+
+Key holder (``--key-holder``, mode ckks, named in the appliance's ``[ckks] key_holder``): no
+data and no training; it takes part in every round without an update (the shim never asks it
+for one): it makes the round's CKKS keys, recomputes the sum of the data owners' signed
+ciphertexts and decrypts only that. Its result lines say ``"role": "key_holder"``.
 """
 
 from __future__ import annotations
@@ -56,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sealagg.client_shim.demo.client", description=__doc__
     )
     p.add_argument("--kit", type=Path, required=True, help="this client's kit folder")
-    p.add_argument("--shard-file", type=Path, required=True, help=".npz with x and y")
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--shard-file", type=Path, help=".npz with x and y")
+    role.add_argument(
+        "--key-holder",
+        action="store_true",
+        help="the ckks key holder: no data, sends no update, decrypts the verified sum",
+    )
     p.add_argument("--rounds", type=int, required=True, help="leave after this round number")
     p.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     p.add_argument("--lr", type=float, default=0.05, help="local SGD learning rate")
@@ -158,17 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     from sealagg.client_shim.session import RoundRefusedError
 
     torch.set_num_threads(1)  # several clients share a small machine
-    x, y = load_shard(args.shard_file)
     model = DigitsMLP()
     name = args.kit.name
     result = args.result_file
+    role = {"role": "key_holder"} if args.key_holder else {}
 
     def write(record: dict) -> None:
         if result is not None:
             with result.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"client": name, "pid": os.getpid(), **record}) + "\n")
+                f.write(json.dumps({"client": name, "pid": os.getpid(), **role, **record}) + "\n")
 
-    warm_up(model, x, y)
+    if args.key_holder:  # no shard: the shim never asks the key holder for an update
+        x, y = np.zeros((0, 64), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    else:
+        x, y = load_shard(args.shard_file)
+        warm_up(model, x, y)
     dp = client_shim.ClientDP(args.dp_clip, args.dp_noise) if args.dp else None
     if dp is not None:
         dp_epsilon(dp.noise_multiplier, 1)  # opacus takes seconds to import: not in a round
@@ -199,21 +215,25 @@ def main(argv: list[str] | None = None) -> int:
             if vanisher.phase is not None and rnd.start.mode == "plaintext":
                 vanisher.phase = 0
             trained = time.perf_counter()
-            loss = train(
-                model,
-                x,
-                y,
-                epochs=args.epochs,
-                lr=args.lr,
-                momentum=args.momentum,
-                batch_size=args.batch_size,
-                seed=args.seed * 100_003 + number * 1009 + _client_number(name),
-            )
+            loss = 0.0
+            if not args.key_holder:
+                loss = train(
+                    model,
+                    x,
+                    y,
+                    epochs=args.epochs,
+                    lr=args.lr,
+                    momentum=args.momentum,
+                    batch_size=args.batch_size,
+                    seed=args.seed * 100_003 + number * 1009 + _client_number(name),
+                )
             train_seconds = time.perf_counter() - trained
-            epsilon = dp_epsilon(dp.noise_multiplier, released + 1) if dp else None
+            epsilon = dp_epsilon(dp.noise_multiplier, released + 1) if dp and len(y) else None
             try:
-                report = rnd.submit(
-                    num_examples=len(y), metrics={"train_loss": round(loss, 5)}, epsilon=epsilon
+                report = rnd.submit(  # a key holder's num_examples is never used: no update
+                    num_examples=max(1, len(y)),
+                    metrics={"train_loss": round(loss, 5)},
+                    epsilon=epsilon,
                 )
             except (grpc.RpcError, RoundRefusedError) as error:  # the round goes on without us
                 detail = error.details() if isinstance(error, grpc.RpcError) else str(error)

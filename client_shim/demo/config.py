@@ -15,6 +15,11 @@ import numpy as np
 from sealagg.client_shim.demo.client import PHASES
 
 MODES = ("plaintext", "secagg", "secagg+", "ckks")
+#: The ckks rounds' designated key holder: one extra client process (``[ckks] key_holder``)
+#: that takes part in every round but sends no update. It generates the round's CKKS keys,
+#: receives the data owners' signed ciphertexts, recomputes their sum and decrypts only that;
+#: no data owner holds the secret key (so none can read another's upload).
+KEY_HOLDER = "keyholder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,16 @@ class DemoConfig:
     @property
     def client_names(self) -> list[str]:
         return [f"client{i}" for i in range(self.clients)]
+
+    @property
+    def key_holder(self) -> str | None:
+        """The key holder's client name in mode ckks; None in the other modes."""
+        return KEY_HOLDER if self.mode == "ckks" else None
+
+    @property
+    def process_names(self) -> list[str]:
+        """Every client process: the data owners, then the key holder (mode ckks only)."""
+        return self.client_names + ([self.key_holder] if self.key_holder else [])
 
     @property
     def phase_count(self) -> int:
@@ -104,5 +119,11 @@ class DemoConfig:
         return plan
 
     def min_clients(self) -> int:
-        """A round opens once this many clients are ready: all but the expected dropouts."""
-        return max(3, self.clients - self.vanishers_per_round())
+        """A round opens once this many clients are ready: all but the expected dropouts
+        (plus the key holder in mode ckks, which must be there and never vanishes)."""
+        owners = max(3, self.clients - self.vanishers_per_round())
+        return owners + (1 if self.key_holder else 0)
+
+    def max_clients(self) -> int:
+        """Every client process, the key holder included."""
+        return len(self.process_names)

@@ -73,20 +73,22 @@ def client_argv(
     name: str,
     *,
     kit: Path,
-    shard_file: Path,
+    shard_file: Path | None,
     result_file: Path,
     max_examples: int,
     plan: dict[int, dict[str, int]],
 ) -> list[str]:
-    """The command line of one client process (``python -m sealagg.client_shim.demo.client``)."""
+    """The command line of one client process (``python -m sealagg.client_shim.demo.client``).
+
+    ``shard_file`` None: the ckks key holder (``--key-holder``: no data, no update)."""
+    data = ["--key-holder"] if shard_file is None else ["--shard-file", str(shard_file)]
     argv = [
         sys.executable,
         "-m",
         "sealagg.client_shim.demo.client",
         "--kit",
         str(kit),
-        "--shard-file",
-        str(shard_file),
+        *data,
         "--rounds",
         str(config.rounds),
         "--epochs",

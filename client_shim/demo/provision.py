@@ -1,7 +1,8 @@
 """Provision the demo federation as an operator would, through the ``sealagg`` CLI.
 
 ``sealagg init`` creates the federation (CA, server certificate, audit key, ``sealagg.toml``
-and the administrator's kit), ``sealagg add-client`` one kit per client, a few keys of the
+and the administrator's kit), ``sealagg add-client`` one kit per client (in mode ckks also
+one for the key holder, named in ``[ckks] key_holder``), a few keys of the
 generated ``sealagg.toml`` are set for the demo, and ``sealagg model import`` registers the
 base model (a 64→64→10 MLP initialised from the seed, written as safetensors).
 """
@@ -57,11 +58,11 @@ def free_port() -> int:
 
 def demo_settings(config: DemoConfig) -> dict[str, dict[str, Scalar]]:
     """The ``sealagg.toml`` keys the demo sets on top of what ``sealagg init`` wrote."""
-    return {
+    settings: dict[str, dict[str, Scalar]] = {
         "aggregation": {
             "mode": config.mode,
             "min_clients": config.min_clients(),
-            "max_clients": config.clients,
+            "max_clients": config.max_clients(),
             "rounds": config.rounds,
             "dropout_rate": max(0.1, round(config.dropout, 3)),
             "clip": COORDINATE_CLIP,
@@ -70,6 +71,9 @@ def demo_settings(config: DemoConfig) -> dict[str, dict[str, Scalar]]:
         "deadlines": dict(DEADLINES),
         "optimizer": {"name": config.optimizer, "server_lr": config.server_lr},
     }
+    if config.key_holder:  # mode ckks refuses a round without a designated key holder
+        settings["ckks"] = {"key_holder": config.key_holder}
+    return settings
 
 
 def write_base_model(path: Path, seed: int) -> None:
@@ -96,7 +100,7 @@ def provision(folder: Path, config: DemoConfig, work: Path) -> Federation:
         federation=folder,
         cwd=work,
     )
-    kits = {name: folder / "kits" / name for name in config.client_names}
+    kits = {name: folder / "kits" / name for name in config.process_names}
     federation = Federation(folder, kits, folder / ADMIN_KIT_DIRNAME)
     set_keys_in_file(federation.config_file, demo_settings(config))
     base_model = work / "base-model.safetensors"

@@ -94,7 +94,10 @@ def render_report(result: DemoResult, console: Console) -> None:
                 cells.append("-")
             else:
                 cells.append(f"{(value or 0) / 1024:.1f}")
-        sent.add_row(name, str(result.shard_sizes.get(name, "")), *cells)
+        if name == config.key_holder:  # sends keys and the decrypted sum, never an update
+            sent.add_row(f"{name} (key holder)", "-", *cells)
+        else:
+            sent.add_row(name, str(result.shard_sizes.get(name, "")), *cells)
     console.print(Group(rounds, sent))
     gap = None
     if result.final_accuracy is not None and result.centralized_accuracy is not None:

@@ -77,7 +77,9 @@ def _run(
 ) -> None:
     console.print(
         f"[bold]sealagg demo[/]: {config.clients} clients, {config.rounds} rounds, "
-        f"mode {escape(config.mode)}, DP {'on' if config.dp else 'off'}, "
+        f"mode {escape(config.mode)}"
+        + (f" (key holder: {escape(config.key_holder)})" if config.key_holder else "")
+        + f", DP {'on' if config.dp else 'off'}, "
         f"dropout {config.dropout:g}, seed {config.seed}"
     )
     work = folder / WORK_DIRNAME
@@ -132,7 +134,7 @@ def _prepare_clients(
     plan: dict[int, dict[str, int]],
     result: DemoResult,
 ) -> dict[str, ClientProcess]:
-    """Write each client's shard and build (not start) its process."""
+    """Write each client's shard and build (not start) its process (and the key holder's)."""
     shards = dirichlet_shards(split.y_train, config.clients, alpha=config.alpha, seed=config.seed)
     clients: dict[str, ClientProcess] = {}
     for name, idx in zip(config.client_names, shards, strict=True):
@@ -148,6 +150,19 @@ def _prepare_clients(
             result_file=result_file,
             max_examples=len(split.y_train),
             plan=plan,
+        )
+        clients[name] = ClientProcess(name, argv, work / "logs" / f"{name}.log", result_file)
+    if config.key_holder:  # mode ckks: holds the round keys and decrypts; sends no update
+        name = config.key_holder
+        result_file = work / f"{name}.jsonl"
+        argv = client_argv(
+            config,
+            name,
+            kit=federation.kits[name],
+            shard_file=None,
+            result_file=result_file,
+            max_examples=len(split.y_train),
+            plan={},
         )
         clients[name] = ClientProcess(name, argv, work / "logs" / f"{name}.log", result_file)
     return clients

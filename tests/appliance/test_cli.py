@@ -435,3 +435,44 @@ def test_the_cli_never_imports_torch() -> None:
     )
     # -P: the repository root (cwd) must not go first on sys.path.
     subprocess.run([sys.executable, "-P", "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_authority_enrolment_round_trip_through_the_cli(folder: Path, tmp_path: Path) -> None:
+    """The security team creates the authority off the appliance, the client enrols, the
+    authority approves, the operator installs the roster and certifies the request; the
+    installed kit is an enrolled kit and no private key of the client's is on the appliance."""
+    from sealagg.client_shim import enrol
+
+    env = {"SEALAGG_AUTHORITY_PASSPHRASE": "a long test passphrase"}
+    inside = sealagg("authority", "init", "--out", folder / "authority", "--federation", "clifed",
+                     env=env)  # fmt: skip
+    assert_clean_error(inside, "off the appliance")
+    authority = tmp_path / "authority"
+    result = sealagg("authority", "init", "--out", authority, "--federation", "clifed", env=env)
+    assert result.exit_code == 0, result.output
+    key = (authority / "authority.pub").read_text().strip()
+    client = tmp_path / "alice"
+    request = tmp_path / "alice.request.json"
+    assert enrol.main(["request", "--name", "alice", "--federation", "clifed",
+                       "--authority-key", key, "--dir", str(client),
+                       "--request-out", str(request)]) == 0  # fmt: skip
+    result = sealagg("authority", "approve", request, "--dir", authority, env=env)
+    assert result.exit_code == 0 and "version 2" in result.output, result.output
+    roster = authority / "roster.json"
+    result = sealagg("roster", "install", roster, "-f", folder, "--authority-key", key)
+    assert result.exit_code == 0 and "version 2" in result.output, result.output
+    assert_clean_error(sealagg("add-client", "bob", "-f", folder), "--insecure-dev-keys")
+    result = sealagg("add-client", "-f", folder, "--request", request, "--out", tmp_path / "kit")
+    assert result.exit_code == 0, result.output
+    assert enrol.main(["install", str(tmp_path / "kit"), "--dir", str(client)]) == 0
+    kit = load_kit(client)
+    assert kit.enrolled and kit.authority_public_key == bytes.fromhex(key)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert kit.identity_seed not in path.read_bytes(), path
+            assert kit.client_key_pem not in path.read_bytes(), path
+    result = sealagg("authority", "sign-roster", "--dir", authority, "--remove", "alice",
+                     "--colluders", "1", env=env)  # fmt: skip
+    assert result.exit_code == 0 and "version 3" in result.output, result.output
+    assert sealagg("roster", "install", roster, "-f", folder).exit_code == 0
+    assert FederationFolder.load(folder).roster().policy == {"colluders": 1}

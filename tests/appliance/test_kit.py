@@ -257,3 +257,41 @@ def test_a_file_that_is_not_an_archive_is_refused(tmp_path):
     junk.write_bytes(b"not gzip at all")
     with pytest.raises(ProvisioningError, match="not a readable kit archive"):
         kit.load_kit(junk)
+
+
+def _enrolled_files(federation, kit_dir: Path, **private: bytes) -> dict[str, bytes]:
+    """An enrolled kit's files (no private key from the appliance), reusing kit_dir's cert."""
+    files = kit_issue.build_kit(
+        name="alice",
+        federation=federation.name,
+        address=federation.public_address,
+        server_name=federation.tls_server_name,
+        ca_cert_pem=(kit_dir / kit.CA_CERT).read_bytes(),
+        client_cert_pem=(kit_dir / kit.CLIENT_CERT).read_bytes(),
+        client_key_pem=None,
+        identity_seed=None,
+        signer=federation.audit_signing_key,
+        issued_at=datetime.now(UTC),
+        authority_public_key=b"\x07" * 32,
+    )
+    return {**files, **private}
+
+
+def test_an_enrolled_kit_holds_no_appliance_key_and_needs_the_clients_own(federation, kit_dir):
+    """An enrolled kit's manifest lists no private file; the client's own keys sit beside it
+    unlisted. A manifest that lists one (keys made by the appliance) is refused, and so is an
+    enrolled kit without the client's keys."""
+    own = {f: (kit_dir / f).read_bytes() for f in (kit.CLIENT_KEY, kit.IDENTITY_KEY)}
+    files = _enrolled_files(federation, kit_dir)
+    manifest = json.loads(files[kit.MANIFEST])
+    assert manifest["format"] == "sealagg-kit/2"
+    assert not set(manifest["files"]) & {kit.CLIENT_KEY, kit.IDENTITY_KEY}
+    kit.verify_kit_files({**files, **own}, trusted_signer=federation.signer_public_key)
+    with pytest.raises(ProvisioningError, match=r"no client\.key"):
+        kit.verify_kit_files(files, trusted_signer=federation.signer_public_key)
+    manifest["files"][kit.IDENTITY_KEY] = hashlib.sha256(own[kit.IDENTITY_KEY]).hexdigest()
+    body = (json.dumps(manifest) + "\n").encode()
+    signature = federation.audit_signing_key.sign(kit.SIGNATURE_CONTEXT + body).hex().encode()
+    forged = {**files, **own, kit.MANIFEST: body, kit.SIGNATURE: signature}
+    with pytest.raises(KitTamperedError, match="not accepted in an enrolled kit"):
+        kit.verify_kit_files(forged, trusted_signer=federation.signer_public_key)

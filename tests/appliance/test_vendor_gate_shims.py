@@ -12,15 +12,17 @@ from sealagg_testkit.vendor_gate import FAST, HARMFUL, benign, run_parties
 
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.server import open_store
+from sealagg.crypto.roster import Role
 
 pytest.importorskip("tenseal")
 
 
 def test_ckks_gate_party_evaluates_candidates_during_the_round(deployment, running):
-    dep = deployment(clients=3)  # ckks needs three data owners
+    dep = deployment(clients=4)  # ckks: three data owners and a designated key holder
     dep.configure(
-        aggregation={"mode": "ckks", "min_clients": 3, "rounds": 2},
+        aggregation={"mode": "ckks", "min_clients": 4, "rounds": 2},
         deadlines=FAST,
+        ckks={"key_holder": "client3"},
         gates={
             "vendor": "client0",
             "metric": "accuracy",
@@ -29,12 +31,14 @@ def test_ckks_gate_party_evaluates_candidates_during_the_round(deployment, runni
             "evaluate_deadline": 10,
         },
     )
+    dep.sign_roster(roles={"client3": Role.KEY_HOLDER})  # the authority designates it
     app = running(dep.folder)
     evaluated: list[float] = []
     plan = {
         "client0": [benign(1), benign(4)],
         "client1": [benign(2), benign(5)],
         "client2": [benign(3), HARMFUL],  # at weight 1/3 it still ruins the vendor's holdout
+        "client3": [benign(6), benign(7)],  # the key holder: it sends no update
     }
     threads, reports, errors = run_parties(dep, plan, evaluated)
     app.wait(120)

@@ -20,6 +20,8 @@ from sealagg.crypto.ckks import (
     CkksEncryptor,
     CkksKeyHolder,
     CkksParameters,
+    ContributionBinding,
+    Contributor,
     check_secret_context,
     chunk_sizes,
     estimate,
@@ -30,19 +32,27 @@ from sealagg.crypto.ckks import (
 )
 from sealagg.crypto.ckks_keys import (
     CkksParty,
+    ack_message,
     bundle_message,
     read_advert,
     read_bundle,
+    read_contribution,
     read_roster,
+    refusal_message,
     result_message,
     sealed_message,
 )
 from sealagg.crypto.errors import (
+    BadSignatureError,
     CkksCiphertextError,
+    CkksContributionsRefusedError,
+    CkksError,
     CkksKeyError,
     CkksParameterError,
+    CkksRoleError,
     DecryptionError,
 )
+from sealagg.crypto.roster import Role
 
 pytest.importorskip("tenseal")
 
@@ -56,9 +66,47 @@ RESNET18 += [256, 1179648, 512, 512, 2359296, 512, 512, 131072, 512, 512, 235929
 RESNET18 += [2359296, 512, 512, 512000, 1000]
 
 
+#: Data owners' identity keys for the building-block tests (index -> key; name "c<index>").
+SIGNERS = {i: IdentityKey.generate() for i in range(1, 6)}
+
+
 @pytest.fixture(scope="module")
 def holder() -> CkksKeyHolder:
     return CkksKeyHolder.generate(PARAMS, RID)
+
+
+def _who(i: int = 1) -> Contributor:
+    return Contributor(i, f"c{i}", SIGNERS[i].verify_key_bytes)
+
+
+def _acc(holder: CkksKeyHolder, d: int) -> CkksAccumulator:
+    return CkksAccumulator(PARAMS, holder.public_context, RID, d, model_version=1)
+
+
+def _enc(context: bytes, x: np.ndarray, w: float, i: int = 1) -> bytes:
+    return CkksEncryptor(PARAMS, context, RID).encrypt(
+        x, w, identity=SIGNERS[i], index=i, name=f"c{i}", model_version=1
+    )
+
+
+class _Entry:
+    """A roster entry as the key holder sees it (name, identity key, role)."""
+
+    def __init__(self, i: int, role: Role = Role.DATA_OWNER) -> None:
+        self.name, self.identity_key, self.role = f"c{i}", SIGNERS[i].verify_key_bytes, role
+
+
+def _decrypt(holder: CkksKeyHolder, uploads, d: int, members=None, minimum: int = 3):
+    members = members or {i: _Entry(i) for i in SIGNERS}
+    return holder.decrypt_contributions(
+        uploads,
+        members,
+        dimension=d,
+        model_version=1,
+        key_holder=99,
+        key_holder_contributes=False,
+        minimum=minimum,
+    )
 
 
 # ---------------------------------------------------------------------------- packing
@@ -93,13 +141,15 @@ def test_pack_carries_weighted_values_and_the_weight_in_the_last_slot():
 
 def test_a_sum_decrypts_to_the_weighted_mean_within_the_error_bound(holder):
     d = 5000  # two ciphertexts
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, d)
     rng = np.random.default_rng(1)
     xs = [rng.uniform(-1, 1, d).astype(np.float32) for _ in range(4)]
     ws = [0.3, 1.0, 0.55, 0.9]
-    for x, w in zip(xs, ws, strict=True):
-        acc.add(CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(x, w))
-    mean, total = mean_from_sum(holder.decrypt_sum(acc.sum_message(4), d))
+    uploads = [
+        (i, _enc(holder.public_context, x, w, i))
+        for i, x, w in zip((1, 2, 3, 4), xs, ws, strict=True)
+    ]
+    fresh = CkksKeyHolder(PARAMS, RID, holder._secret)  # one decryption per key holder object
+    mean, total = mean_from_sum(_decrypt(fresh, uploads, d))
     expected = sum(w * x.astype(np.float64) for x, w in zip(xs, ws, strict=True)) / sum(ws)
     assert total == pytest.approx(sum(ws), abs=PARAMS.error_bound(4))
     assert np.abs(mean - expected).max() <= PARAMS.error_bound(4) / sum(ws)
@@ -133,7 +183,7 @@ def test_the_defaults_and_n16384_pass_and_overflow_is_refused():
 
 def test_estimate_matches_a_real_encryption(holder):
     guess = estimate(PARAMS, 10_000)
-    real = CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(np.zeros(10_000), 1.0)
+    real = _enc(holder.public_context, np.zeros(10_000), 1.0)
     assert guess.ciphertexts == 3
     assert abs(guess.bytes_per_client - len(real)) < 0.02 * len(real)
 
@@ -141,9 +191,11 @@ def test_estimate_matches_a_real_encryption(holder):
 # ----------------------------------------------------------------- ciphertext checks
 
 
-def _envelope(holder, cts, *, round_id=RID):
+def _envelope(holder, cts, d=100, *, round_id=RID):
+    """A correctly signed upload around ``cts`` (so the ciphertext checks are what refuse it)."""
     fp = CkksEncryptor(PARAMS, holder.public_context, RID).context.fingerprint
-    return pack_message("ckks_input", round_id, f=fp, c=cts)
+    sig = SIGNERS[1].sign(ContributionBinding(round_id, 1, PARAMS, d, fp).digest(1, "c1", cts))
+    return pack_message("ckks_input", round_id, f=fp, c=cts, i=1, s=sig)
 
 
 def _fresh(holder, values):
@@ -152,15 +204,15 @@ def _fresh(holder, values):
 
 def test_ciphertexts_made_under_other_parameters_or_contexts_are_refused(holder):
     d = 100
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, d)
+    acc = _acc(holder, d)
     other = CkksKeyHolder.generate(PARAMS, RID)
     with pytest.raises(CkksCiphertextError, match="another context"):
-        acc.add(CkksEncryptor(PARAMS, other.public_context, RID).encrypt(np.zeros(d), 1.0))
+        acc.add(_enc(other.public_context, np.zeros(d), 1.0), _who())
     small = CkksParameters(4096, (40, 20, 40), 20)
     foreign = CkksKeyHolder.generate(small, RID)
     ct = CkksEncryptor(small, foreign.public_context, RID).context.encrypt(np.zeros(d + 1))
     with pytest.raises(CkksCiphertextError, match="does not parse"):
-        acc.add(_envelope(holder, [ct]))
+        acc.add(_envelope(holder, [ct]), _who())
     assert acc.count == 0
 
 
@@ -174,31 +226,30 @@ def test_ciphertexts_made_under_other_parameters_or_contexts_are_refused(holder)
     ids=["truncated", "trailing-bytes", "half"],
 )
 def test_truncated_or_padded_ciphertexts_are_refused(holder, mangle, reason):
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, 100)
+    acc = _acc(holder, 100)
     with pytest.raises(CkksCiphertextError, match=reason):
-        acc.add(_envelope(holder, [mangle(_fresh(holder, np.zeros(101)))]))
+        acc.add(_envelope(holder, [mangle(_fresh(holder, np.zeros(101)))]), _who())
 
 
 def test_wrong_count_size_round_and_oversized_streams_are_refused(holder):
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, 100)
+    acc = _acc(holder, 100)
     with pytest.raises(CkksCiphertextError, match="values, expected 101"):
-        acc.add(_envelope(holder, [_fresh(holder, np.zeros(50))]))
+        acc.add(_envelope(holder, [_fresh(holder, np.zeros(50))]), _who())
     with pytest.raises(CkksCiphertextError, match="the model needs 2"):
-        two = CkksAccumulator(PARAMS, holder.public_context, RID, 5000)
-        two.add(_envelope(holder, [_fresh(holder, np.zeros(4096))]))
+        _acc(holder, 5000).add(_envelope(holder, [_fresh(holder, np.zeros(4096))], 5000), _who())
     with pytest.raises(Exception, match="another round"):
-        acc.add(_envelope(holder, [_fresh(holder, np.zeros(101))], round_id=bytes(32)))
+        acc.add(_envelope(holder, [_fresh(holder, np.zeros(101))], round_id=bytes(32)), _who())
     with pytest.raises(Exception, match="exceeds the limit"):
-        acc.add(_envelope(holder, [b"\0" * 300_000]))
+        acc.add(_envelope(holder, [b"\0" * 300_000]), _who())
     assert acc.count == 0
 
 
 def test_a_ciphertext_at_a_lower_level_is_refused(holder):
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, 100)
+    acc = _acc(holder, 100)
     vector = acc.context.load(_fresh(holder, np.ones(101)), slots_used=101)
     lowered = (vector * 0.5).serialize()  # a plain multiplication rescales to a lower level
     with pytest.raises(CkksCiphertextError, match="another modulus level"):
-        acc.add(_envelope(holder, [lowered]))
+        acc.add(_envelope(holder, [lowered]), _who())
 
 
 # ------------------------------------------------------------------------ key model
@@ -206,26 +257,71 @@ def test_a_ciphertext_at_a_lower_level_is_refused(holder):
 
 def test_the_appliance_refuses_a_context_that_holds_a_secret_key(holder):
     with pytest.raises(CkksKeyError, match="secret key"):
-        CkksAccumulator(PARAMS, holder.export_secret_for_sealing(), RID, 100)
+        CkksAccumulator(PARAMS, holder.export_secret_for_sealing(), RID, 100, model_version=1)
 
 
 def test_the_appliance_cannot_decrypt(holder):
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, 100)
+    acc = _acc(holder, 100)
     x = np.linspace(-1, 1, 100)
-    for _ in range(3):
-        acc.add(CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(x, 1.0))
+    uploads = [(i, _enc(holder.public_context, x, 1.0, i)) for i in (1, 2, 3)]
+    for i, upload in uploads:
+        acc.add(upload, _who(i))
     with pytest.raises(CkksKeyError, match="secret key"):
         acc.context.try_decrypt(acc.sum_vectors[0])
-    # The key holder can, and gets the sum only.
-    total = holder.decrypt_sum(acc.sum_message(3), 100)
+    # The key holder can, and gets the sum only (recomputed from the signed uploads).
+    total = _decrypt(CkksKeyHolder(PARAMS, RID, holder._secret), uploads, 100)
     np.testing.assert_allclose(total[:-1], 3 * x, atol=PARAMS.error_bound(3))
 
 
-def test_the_key_holder_refuses_to_decrypt_a_sum_of_fewer_than_three(holder):
-    acc = CkksAccumulator(PARAMS, holder.public_context, RID, 10)
-    acc.add(CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(np.ones(10), 1.0))
-    with pytest.raises(CkksCiphertextError, match="sum of 1"):
-        holder.decrypt_sum(acc.sum_message(1), 10)
+def _three(holder, d=10):
+    return [(i, _enc(holder.public_context, np.full(d, 0.1 * i), 1.0, i)) for i in (1, 2, 3)]
+
+
+def _fresh_holder(holder):
+    return CkksKeyHolder(PARAMS, RID, holder._secret)
+
+
+def test_the_key_holder_refuses_to_decrypt_fewer_than_m_distinct_signed_contributions(holder):
+    one = _three(holder)[:1]
+    with pytest.raises(CkksContributionsRefusedError, match="sum of 1 contributions"):
+        _decrypt(_fresh_holder(holder), one, 10)
+    with pytest.raises(CkksContributionsRefusedError, match="counted twice"):
+        _decrypt(_fresh_holder(holder), one * 3, 10)  # one client's upload as "a sum of 3"
+    with pytest.raises(CkksContributionsRefusedError, match="at least 4"):
+        _decrypt(_fresh_holder(holder), _three(holder), 10, minimum=4)  # m from the policy
+    # The same party under two indices (two entries with one identity key) counts once.
+    twin = {1: _Entry(1), 2: _Entry(2), 3: _Entry(3), 4: _Entry(1)}
+    again = [*_three(holder)[:2], (4, _three(holder)[0][1])]
+    with pytest.raises(CkksContributionsRefusedError, match="same identity key"):
+        _decrypt(_fresh_holder(holder), again, 10, members=twin)
+
+
+def test_the_key_holder_refuses_contributions_outside_the_roster_or_badly_signed(holder):
+    uploads = _three(holder)
+    not_on_roster = {1: _Entry(1), 2: _Entry(2)}
+    with pytest.raises(CkksRoleError, match="not a roster member"):
+        _decrypt(_fresh_holder(holder), uploads, 10, members=not_on_roster)
+    wrong_role = {1: _Entry(1), 2: _Entry(2), 3: _Entry(3, Role.KEY_HOLDER)}
+    with pytest.raises(CkksRoleError, match="does not contribute"):
+        _decrypt(_fresh_holder(holder), uploads, 10, members=wrong_role)
+    # Re-attributed: client 1's upload presented as client 4's.
+    moved = [*uploads[:2], (4, uploads[0][1])]
+    with pytest.raises(CkksCiphertextError, match="names member 1, not 4"):
+        _decrypt(_fresh_holder(holder), moved, 10)
+    # Signed for another model version (or round, parameters, context): the digest differs.
+    other = CkksEncryptor(PARAMS, holder.public_context, RID).encrypt(
+        np.zeros(10), 1.0, identity=SIGNERS[3], index=3, name="c3", model_version=7
+    )
+    with pytest.raises(BadSignatureError, match="c3"):
+        _decrypt(_fresh_holder(holder), [*uploads[:2], (3, other)], 10)
+
+
+def test_the_key_holder_decrypts_one_sum_per_round(holder):
+    kh = _fresh_holder(holder)
+    total = _decrypt(kh, _three(holder), 10)
+    np.testing.assert_allclose(total[:-1], 0.6, atol=1e-6)
+    with pytest.raises(CkksContributionsRefusedError, match="already decrypted"):
+        _decrypt(kh, _three(holder), 10)  # a second subset would reveal a difference
 
 
 def test_the_sealed_secret_context_opens_only_for_its_recipient(holder):
@@ -261,7 +357,9 @@ def test_the_sealed_secret_context_opens_only_for_its_recipient(holder):
 # ------------------------------------------------------------------ appliance round
 
 
-def _round(clients=4, **ckks):
+def _round(clients=5, **ckks):
+    """A ckks round of ``clients`` members; by default c1 is the separate key holder."""
+    ckks.setdefault("key_holder", "c1")
     config = parse_config(
         {
             "federation": {"name": "t"},
@@ -271,14 +369,25 @@ def _round(clients=4, **ckks):
     )
     ids = {i: IdentityKey.generate() for i in range(1, clients + 1)}
     members = [Member(i, f"c{i}", ids[i].verify_key_bytes) for i in ids]
-    start = pb.RoundStart()
+    start = pb.RoundStart(model_version=3)
     active, audit = build_ckks_round(config, 1, RID, members, 136, start)
     return active, ids, start, audit
 
 
+def test_the_defaults_name_no_data_owner_as_key_holder_and_share_nothing():
+    config = parse_config({"federation": {"name": "t"}})
+    assert config.ckks.share_secret_key is False and config.ckks.key_holder == ""
+    assert config.ckks.key_holder_contributes is False and config.ckks.min_contributors == 3
+    with pytest.raises(ValueError, match="needs a designated key holder"):
+        _round(key_holder="")
+    _, _, start, audit = _round()
+    assert not start.ckks.share_secret_key and not start.ckks.key_holder_contributes
+    assert start.minimum_survivors == 3 and audit["key_holder"] == "c1"
+
+
 def test_the_appliance_round_refuses_a_secret_key_context_and_aborts():
     active, ids, start, _ = _round()
-    assert start.ckks.key_holder_index == 1 and start.ckks.key_holder_contributes
+    assert start.ckks.key_holder_index == 1 and not start.ckks.key_holder_contributes
     holder = CkksKeyHolder.generate(PARAMS, RID)
     party = CkksParty(RID, 1)
     payload = party.advert(ids[1], holder.export_secret_for_sealing())
@@ -305,11 +414,15 @@ def test_size_guard_and_key_holder_checks_refuse_with_the_reason():
         _round(key_holder="nobody")
     with pytest.raises(ValueError, match="at least 3 data owners"):
         _round(clients=3, key_holder="c3")
+    with pytest.raises(ValueError, match="at least 5 data owners"):
+        _round(min_contributors=5)  # m from the configuration: 4 data owners are too few
     with pytest.raises(ValueError, match="no level"):
         _round(coeff_mod_bit_sizes=[60, 40])
     active, _, start, audit = _round(key_holder="c4")
     assert isinstance(active, CkksRound) and not start.ckks.key_holder_contributes
     assert audit["ciphertexts_per_client"] == 1 and start.vector_length == 137
+    _, _, start, _ = _round(clients=3, key_holder="c3", key_holder_contributes=True)
+    assert start.ckks.key_holder_contributes  # only by explicit configuration
 
 
 def test_clients_refuse_rounds_whose_parameters_would_not_protect_them():
@@ -344,37 +457,66 @@ def _upload(active, name, phase, payload):
 
 
 def _drive_to_decrypt(active, ids, d=136):
-    """Run the keys, context and input phases in process; returns the key holder's secrets."""
+    """Run the keys, context and input phases in process (c1 is the key holder, sealing
+    nothing); returns the key holder and the first forwarded contribution step."""
     holder = CkksKeyHolder.generate(PARAMS, RID)
     parties = {i: CkksParty(RID, i) for i in ids}
     for i in ids:
         ctx = holder.public_context if i == 1 else None
         _upload(active, f"c{i}", 0, parties[i].advert(ids[i], ctx))
     roster_task = active.close_phase()["c1"]
-    roster = read_roster(roster_task.step.payload, RID)
-    sealed = {
-        j: parties[1].seal_for(a, holder.export_secret_for_sealing()) for j, a in roster.items()
-    }
-    _upload(active, "c1", 1, sealed_message(RID, sealed))
+    assert set(read_roster(roster_task.step.payload, RID)) == set(ids) - {1}
+    _upload(active, "c1", 1, sealed_message(RID, {}))  # the default: no data owner gets it
     bundles = active.close_phase()
-    assert set(bundles) == {f"c{i}" for i in ids}
-    for i in ids:
-        advert, _ = read_bundle(bundles[f"c{i}"].step.payload, RID)
+    assert set(bundles) == {f"c{i}" for i in ids if i != 1}
+    for name, task in bundles.items():
+        i = int(name[1:])
+        advert, sealed = read_bundle(task.step.payload, RID)
+        assert sealed is None
         x = np.full(d, 0.1 * i, dtype=np.float32)
-        _upload(active, f"c{i}", 2, CkksEncryptor(PARAMS, advert.context, RID).encrypt(x, 1.0))
-    sum_task = active.close_phase()["c1"]
-    return holder, sum_task.step.payload
+        upload = CkksEncryptor(PARAMS, advert.context, RID).encrypt(
+            x, 1.0, identity=ids[i], index=i, name=name, model_version=3
+        )
+        _upload(active, name, 2, upload)
+    return holder, active.close_phase()["c1"]
+
+
+def _key_holder(active, ids, holder, task, d=136):
+    """The key holder's answers to the forwarded contributions; returns the decrypted sum."""
+    members = {i: _Roster(f"c{i}", ids[i].verify_key_bytes, i == 1) for i in ids}
+    received = []
+    while True:
+        position, total, index, upload = read_contribution(task.step.payload, RID, 10**7)
+        received.append((index, upload))
+        if position == total - 1:
+            return holder.decrypt_contributions(
+                received,
+                members,
+                dimension=d,
+                model_version=3,
+                key_holder=1,
+                key_holder_contributes=False,
+                minimum=3,
+            )
+        _upload(active, "c1", 3, ack_message(RID, position))
+        task = active.close_phase()["c1"]
+
+
+class _Roster:
+    def __init__(self, name, key, holder):
+        self.name, self.identity_key = name, key
+        self.role = Role.KEY_HOLDER if holder else Role.DATA_OWNER
 
 
 def test_the_round_runs_in_process_and_refuses_out_of_phase_and_out_of_range():
     active, ids, _, _ = _round()
     with pytest.raises(UploadRefusedError, match="the round is in phase keys"):
         _upload(active, "c2", 2, b"x")
-    holder, summed = _drive_to_decrypt(active, ids)
-    weighted = holder.decrypt_sum(summed, 136)
-    np.testing.assert_allclose(weighted[:-1], 1.0, atol=1e-5)  # 0.1+0.2+0.3+0.4
+    holder, task = _drive_to_decrypt(active, ids)
+    weighted = _key_holder(active, ids, holder, task)
+    np.testing.assert_allclose(weighted[:-1], 1.4, atol=1e-5)  # 0.2+0.3+0.4+0.5
     poisoned = weighted.copy()
-    poisoned[:-1] *= 100  # a mean of 25: outside the clipping range ±1
+    poisoned[:-1] *= 100  # a mean of 35: outside the clipping range ±1
     with pytest.raises(UploadRefusedError, match="outside the clipping range"):
         _upload(active, "c1", 3, result_message(RID, poisoned.astype("<f8").tobytes()))
     with pytest.raises(Exception, match="did not return the decrypted sum"):
@@ -383,11 +525,19 @@ def test_the_round_runs_in_process_and_refuses_out_of_phase_and_out_of_range():
 
 def test_the_round_publishes_the_decrypted_mean():
     active, ids, _, _ = _round()
-    holder, summed = _drive_to_decrypt(active, ids)
-    weighted = holder.decrypt_sum(summed, 136)
+    holder, task = _drive_to_decrypt(active, ids)
+    weighted = _key_holder(active, ids, holder, task)
     _upload(active, "c1", 3, result_message(RID, weighted.astype("<f8").tobytes()))
     assert active.close_phase() == {} and active.finished
     aggregate = active.aggregate()
-    np.testing.assert_allclose(aggregate.mean_update, 0.25, atol=1e-5)
+    np.testing.assert_allclose(aggregate.mean_update, 0.35, atol=1e-5)
     assert aggregate.total_weight == pytest.approx(4.0, abs=1e-5)
-    assert aggregate.contributors == ("c1", "c2", "c3", "c4") and aggregate.dropped == ()
+    assert aggregate.contributors == ("c2", "c3", "c4", "c5") and aggregate.dropped == ()
+
+
+def test_a_key_holder_refusal_aborts_the_round_with_its_reason():
+    active, ids, _, _ = _round()
+    _drive_to_decrypt(active, ids)
+    _upload(active, "c1", 3, refusal_message(RID, "only 1 distinct signer"))
+    with pytest.raises(CkksError, match="the key holder refused: only 1 distinct signer"):
+        active.close_phase()

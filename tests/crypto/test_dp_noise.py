@@ -13,6 +13,7 @@ from sealagg.crypto.dp import (
     Sampler,
     decode_dp_sum,
     encode_dp_update,
+    fine_grid_step,
     hadamard_rotate,
     hadamard_unrotate,
     padded_length,
@@ -192,3 +193,40 @@ def test_bad_inputs_are_refused():
         _spec("skellam", noise_std=0.0)
     with pytest.raises(TypeError):
         decode_dp_sum(np.zeros(3, dtype=np.uint32), spec, seed)
+
+
+@pytest.mark.parametrize("t", [1, 3, 1000, 2**31])
+def test_discrete_laplace_has_the_variance_of_its_scale_at_any_t(t):
+    x = Sampler().discrete_laplace(t, N)
+    q = math.exp(-1.0 / t)
+    assert x.dtype == np.int64
+    assert _within(x.var(), 2 * q / (1 - q) ** 2, 0.05)
+
+
+def test_uniform_integers_are_exact_and_unbiased():
+    x = Sampler(KEY).integers(3, N)
+    counts = np.bincount(x, minlength=3)
+    assert counts.sum() == N and set(np.unique(x)) == {0, 1, 2}
+    assert stats.chisquare(counts).pvalue > 0.001
+    big = Sampler().integers(2**62, 1000)
+    assert big.min() >= 0 and big.max() > 2**60
+    with pytest.raises(ValueError):
+        Sampler().integers(0, 1)
+
+
+@pytest.mark.parametrize("sigma", [1e-6, 0.1, 7.0])
+def test_gaussian_mechanism_keeps_sigma_and_outputs_only_grid_points(sigma):
+    """Mironov 2012: a float Gaussian's possible outputs near x depend on x. Here every output
+    is an integer multiple of a grid step fixed by sigma and d alone, for any input."""
+    d = 50_000
+    step = fine_grid_step(sigma, d)
+    assert step <= sigma * 2.0**-20 / math.sqrt(d) < 2 * step
+    assert math.frexp(step)[0] == 0.5  # a power of two
+    for x in (np.zeros(d), np.full(d, 0.3 * sigma + step * 1e-3)):
+        out = Sampler().gaussian_mechanism(x, sigma)
+        units = out / step
+        assert np.array_equal(units, np.rint(units))
+        assert _within(float(np.std(out - x)), sigma, 0.02)
+    np.testing.assert_array_equal(Sampler().gaussian_mechanism(np.ones(3), 0.0), np.ones(3))
+    with pytest.raises(ValueError, match="clip"):
+        Sampler().gaussian_mechanism(np.array([1e30]), sigma)

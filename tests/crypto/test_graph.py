@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 
@@ -10,37 +9,76 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealagg.crypto.graph import CommunicationGraph, _permute, complete_graph, harary_graph
+from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph, random_graph
 
 SEED = b"public round randomness 0001"
 
 
-def reference_order(ids, seed: bytes) -> list[int]:
-    """The documented permutation, written out from the module docstring."""
-    stream = b""
-    counter = 0
-    pos = 0
-
-    def take(count: int) -> bytes:
-        nonlocal stream, counter, pos
-        while len(stream) - pos < count:
-            stream += hashlib.sha256(
-                b"sealagg/graph/v1" + seed + counter.to_bytes(8, "big")
-            ).digest()
-            counter += 1
-        out = stream[pos : pos + count]
-        pos += count
-        return out
-
+def reference_graph(ids, k: int, seed: bytes) -> dict[int, set[int]]:
+    """The documented derivation, written out from the module docstring."""
     order = sorted(ids)
-    for i in range(len(order) - 1, 0, -1):
-        w = i.bit_length()
-        while True:
-            r = int.from_bytes(take((w + 7) // 8), "big") % (1 << w)
-            if r <= i:
-                break
-        order[i], order[r] = order[r], order[i]
-    return order
+    n = len(order)
+    nbrs: dict[int, set[int]] = {u: set() for u in order}
+    if k >= n - 1:
+        return {u: set(order) - {u} for u in order}
+    bound = (k << 64) // (n - 1)
+    stream = b"".join(
+        hashlib.sha256(b"sealagg/graph/v2" + seed + c.to_bytes(8, "big")).digest()
+        for c in range(n * n // 8 + 1)
+    )
+    pair = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            r = int.from_bytes(stream[8 * pair : 8 * pair + 8], "big")
+            if r < bound:
+                nbrs[order[i]].add(order[j])
+                nbrs[order[j]].add(order[i])
+            pair += 1
+    return nbrs
+
+
+def harary_ring(ids, k: int) -> dict[int, set[int]]:
+    """The old SecAgg+ graph (k-regular Harary ring, identity placement) for the attack."""
+    order = sorted(ids)
+    n = len(order)
+    return {
+        u: {order[(i + d) % n] for d in range(-(k // 2), k // 2 + 1) if d}
+        for i, u in enumerate(order)
+    }
+
+
+def components(adjacency, alive) -> list[set[int]]:
+    left, out = set(alive), []
+    while left:
+        start = left.pop()
+        comp, todo = {start}, [start]
+        while todo:
+            for v in adjacency[todo.pop()]:
+                if v in left:
+                    left.discard(v)
+                    comp.add(v)
+                    todo.append(v)
+        out.append(comp)
+    return out
+
+
+def adjacent_block_attack(adjacency, order, k: int, t: int) -> list[set[int]]:
+    """Drop two blocks of k/2 ring-adjacent clients; return the unmaskable small components.
+
+    A component is unmaskable when each member has t live neighbours inside it (there are
+    no colluders here), so the server can remove every member's self-mask.
+    """
+    n, half = len(order), k // 2
+    found = []
+    for gap in range(1, n // 2):
+        dropped = {order[i % n] for i in range(half)} | {
+            order[(half + gap + i) % n] for i in range(half)
+        }
+        alive = set(order) - dropped
+        for comp in components(adjacency, alive):
+            if all(len(adjacency[u] & comp) >= t for u in comp) and len(comp) < len(alive):
+                found.append(comp)
+    return found
 
 
 def check_simple_undirected(g: CommunicationGraph) -> None:
@@ -66,68 +104,58 @@ def is_connected(g: CommunicationGraph) -> bool:
     return len(seen) == len(g.participants)
 
 
-@pytest.mark.parametrize(("n", "k"), [(20, 4), (21, 6), (50, 10), (7, 2), (100, 16)])
-def test_harary_even_degree_is_k_regular_and_symmetric(n, k):
-    g = harary_graph(range(1, n + 1), k, SEED)
-    check_simple_undirected(g)
-    assert g.degree == k
-    assert all(len(g.neighbours(u)) == k for u in g.participants)
-    assert not g.is_complete
-    assert g.participants == tuple(range(1, n + 1))
-    assert is_connected(g)
+def test_layout_follows_the_documented_derivation():
+    ids = [3, 17, 4, 99, 23, 8, 42, 5, 61, 12, 7, 30, 77, 2, 64]
+    for k in (4, 7):
+        g = random_graph(ids, k, SEED)
+        assert {u: set(g.neighbours(u)) for u in ids} == reference_graph(ids, k, SEED)
 
 
-@pytest.mark.parametrize(("n", "k"), [(20, 5), (50, 11), (8, 3), (6, 3)])
-def test_harary_odd_degree_with_even_n_is_k_regular(n, k):
-    g = harary_graph(range(1, n + 1), k, SEED)
-    check_simple_undirected(g)
-    assert g.degree == k
-    assert all(len(g.neighbours(u)) == k for u in g.participants)
-
-
-def test_odd_degree_with_odd_n_asks_for_even_degree():
-    with pytest.raises(ValueError, match="even degree"):
-        harary_graph(range(1, 22), 5, SEED)
-
-
-def test_layout_follows_the_documented_permutation():
-    """Position i of the seed-derived order is joined to positions i±1..i±k/2 (+ i+n/2)."""
-    ids = [3, 17, 4, 99, 23, 8, 42, 5, 61, 12, 7, 30]
-    n = len(ids)
-    for k in (4, 5):
-        g = harary_graph(ids, k, SEED)
-        order = reference_order(ids, SEED)
-        for i, u in enumerate(order):
-            expected = {order[(i + d) % n] for d in range(1, k // 2 + 1)}
-            expected |= {order[(i - d) % n] for d in range(1, k // 2 + 1)}
-            if k % 2:
-                expected.add(order[(i + n // 2) % n])
-            assert set(g.neighbours(u)) == expected
-
-
-def test_permutation_known_answer():
+def test_known_answer():
     # Pinned so that independent client implementations can check themselves.
-    assert _permute(tuple(range(1, 11)), bytes(range(16))) == (3, 1, 2, 8, 6, 7, 10, 5, 9, 4)
-    assert reference_order(range(1, 11), bytes(range(16))) == [3, 1, 2, 8, 6, 7, 10, 5, 9, 4]
+    g = random_graph(range(1, 11), 4, bytes(range(16)))
+    assert g.neighbours(1) == tuple(sorted(reference_graph(range(1, 11), 4, bytes(range(16)))[1]))
 
 
-def test_permutation_is_uniform_for_three_clients():
-    counts = collections.Counter(_permute((1, 2, 3), i.to_bytes(16, "big")) for i in range(6000))
-    assert len(counts) == 6
-    # Expected 1000 each, standard deviation ~29; a modulo-biased or broken shuffle
-    # (e.g. the naive "swap with any position") lands far outside.
-    assert all(880 <= c <= 1120 for c in counts.values()), counts
+def test_expected_degree_and_independence():
+    g = random_graph(range(1, 401), 20, SEED)
+    degrees = [len(g.neighbours(u)) for u in g.participants]
+    assert 19.0 <= sum(degrees) / len(degrees) <= 21.0
+    check_simple_undirected(g)
+    assert is_connected(g)
 
 
 def test_same_seed_same_graph_different_seed_different_graph():
     ids = range(1, 41)
-    g1 = harary_graph(ids, 6, SEED)
-    g2 = harary_graph(list(reversed(range(1, 41))), 6, bytes(SEED))
+    g1 = random_graph(ids, 6, SEED)
+    g2 = random_graph(list(reversed(range(1, 41))), 6, bytes(SEED))
     assert g1 == g2
     assert dict(g1.adjacency) == dict(g2.adjacency)
-    g3 = harary_graph(ids, 6, SEED[:-1] + b"2")
+    g3 = random_graph(ids, 6, SEED[:-1] + b"2")
     assert dict(g3.adjacency) != dict(g1.adjacency)
-    assert _permute(tuple(ids), SEED) != _permute(tuple(ids), SEED[:-1] + b"2")
+    assert harary_graph is random_graph  # the old name is a thin alias
+
+
+@pytest.mark.parametrize(("n", "k", "t"), [(100, 20, 8), (50, 20, 8)])
+def test_adjacent_block_attack_isolated_a_component_on_the_harary_ring(n, k, t):
+    """Before: dropping two blocks of k/2 ring neighbours cut off a 9-client arc."""
+    ring = harary_ring(range(1, n + 1), k)
+    found = adjacent_block_attack(ring, list(range(1, n + 1)), k, t)
+    assert min(len(c) for c in found) == 9
+
+
+@pytest.mark.parametrize(("n", "k", "t", "floor"), [(100, 57, 24, 45), (50, 41, 19, 22)])
+def test_adjacent_block_attack_cuts_off_nothing_on_the_random_graph(n, k, t, floor):
+    """After: with the finder's (k, t) no unmaskable component below the floor, any seed.
+
+    The floor is half of the honest clients, ``(n - c) / 2`` for the policy's c: the
+    partition bound promises no smaller set can be cut off and unmasked.
+    """
+    for s in range(60):
+        g = random_graph(range(1, n + 1), k, SEED + s.to_bytes(4, "big"))
+        adjacency = {u: set(g.neighbours(u)) for u in g.participants}
+        found = adjacent_block_attack(adjacency, list(range(1, n + 1)), k, t)
+        assert all(len(c) >= floor for c in found), (s, sorted(map(len, found)))
 
 
 def test_complete_graph():
@@ -141,19 +169,19 @@ def test_complete_graph():
 
 
 @pytest.mark.parametrize("k", [9, 10, 50])
-def test_harary_with_degree_at_least_n_minus_1_is_complete(k):
-    g = harary_graph(range(1, 11), k, SEED)
+def test_random_graph_with_degree_at_least_n_minus_1_is_complete(k):
+    g = random_graph(range(1, 11), k, SEED)
     assert g.is_complete
     assert g == complete_graph(range(1, 11))
 
 
 def test_unknown_client_is_a_clear_key_error():
-    g = harary_graph(range(1, 11), 4, SEED)
+    g = random_graph(range(1, 11), 4, SEED)
     with pytest.raises(KeyError, match="not a participant"):
         g.neighbours(11)
 
 
-@pytest.mark.parametrize("build", [complete_graph, lambda ids: harary_graph(ids, 2, SEED)])
+@pytest.mark.parametrize("build", [complete_graph, lambda ids: random_graph(ids, 2, SEED)])
 def test_two_parties_are_refused_with_an_explanation(build):
     with pytest.raises(ValueError, match="two parties") as err:
         build([1, 2])
@@ -179,7 +207,7 @@ def test_two_parties_are_refused_with_an_explanation(build):
 )
 def test_invalid_inputs_raise(ids, degree, seed, exc):
     with pytest.raises(exc):
-        harary_graph(ids, degree, seed)
+        random_graph(ids, degree, seed)
 
 
 def test_graph_constructor_rejects_broken_adjacency():
@@ -200,8 +228,7 @@ def test_graph_is_immutable_and_reports_irregularity():
         g.participants = (1,)  # type: ignore[misc]
     with pytest.raises(TypeError):
         g.adjacency[3] = (1,)  # type: ignore[index]
-    with pytest.raises(ValueError, match="not regular"):
-        _ = g.degree
+    assert g.degree == 0  # the fewest neighbours of any client
     assert not g.is_complete
     hash(g)
 
@@ -217,18 +244,13 @@ def graph_params(draw):
 
 @settings(max_examples=100, deadline=None)
 @given(graph_params())
-def test_property_symmetric_regular_no_self_loops(params):
+def test_property_symmetric_no_self_loops_deterministic(params):
     ids, k, seed = params
     n = len(ids)
-    if k < n - 1 and k % 2 == 1 and n % 2 == 1:
-        with pytest.raises(ValueError, match="even degree"):
-            harary_graph(ids, k, seed)
-        return
-    g = harary_graph(ids, k, seed)
+    g = random_graph(ids, k, seed)
     assert g.participants == tuple(sorted(ids))
     check_simple_undirected(g)
-    assert g.degree == min(k, n - 1)
-    assert all(len(g.neighbours(u)) == min(k, n - 1) for u in ids)
-    assert g.is_complete == (k >= n - 1)
-    assert is_connected(g)
-    assert g == harary_graph(ids, k, seed)
+    assert g.is_complete == (k >= n - 1) or g.is_complete
+    if k >= n - 1:
+        assert g.degree == n - 1
+    assert g == random_graph(ids, k, seed)

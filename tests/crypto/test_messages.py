@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from sealagg.crypto.errors import MalformedMessageError, UnsupportedVersionError
 from sealagg.crypto.messages import (
     AdvertiseKeys,
+    Blame,
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
     PeerKeys,
     ShareBundle,
     ShareKeys,
+    SignedShare,
     SurvivorList,
     UnmaskRequest,
     UnmaskShares,
@@ -26,14 +28,20 @@ from sealagg.crypto.messages import (
 )
 
 RID = bytes(range(32))
-KEYS = PeerKeys(b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)
+KEYS = PeerKeys(b"\x01" * 32, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64)
+
+
+def _signed(fill: bytes) -> SignedShare:
+    return SignedShare(fill * 120, b"\x05" * 32, b"\x06" * 64)
+
 
 EXAMPLES = [
     AdvertiseKeys(RID, KEYS),
     KeyDirectory(RID, {2: KEYS, 7: KEYS}),
-    ShareKeys(RID, {2: b"x" * 120, 3: b"y" * 120}),
-    ShareBundle(RID, {1: b"z" * 120}),
+    ShareKeys(RID, {2: _signed(b"x"), 3: _signed(b"y")}),
+    ShareBundle(RID, {1: _signed(b"z")}),
     MaskedInput(RID, b"\x00\x01\x02\x03" * 10),
+    MaskedInput(RID, b"\x00\x01\x02\x03" * 3, {4: Blame(_signed(b"g"), b"k" * 32, b"m" * 32)}),
     SurvivorList(RID, (1, 2, 5)),
     ConsistencySignature(RID, b"\x09" * 64),
     UnmaskRequest(RID, (1, 2, 5), {1: b"\x01" * 64, 2: b"\x02" * 64}, (3,)),
@@ -68,8 +76,11 @@ def test_unknown_version_is_refused():
         (lambda b: b.update(r=b"short"), "'r'"),
         (lambda b: b.pop("k"), "expected fields"),
         (lambda b: b.update(extra=1), "expected fields"),
-        (lambda b: b.update(k=[b"\x01" * 31, b"\x02" * 32, b"\x03" * 64]), "32 bytes"),
-        (lambda b: b.update(k=[b"\x01" * 32, b"\x02" * 32]), "expected"),
+        (
+            lambda b: b.update(k=[b"\x01" * 31, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64]),
+            "32 bytes",
+        ),
+        (lambda b: b.update(k=[b"\x01" * 32, b"\x02" * 32, b"\x03" * 64]), "expected"),
         (lambda b: b.update(k="not a list"), "expected"),
     ],
 )
@@ -82,7 +93,7 @@ def test_malformed_advertise_is_refused(mutate, match):
 
 @pytest.mark.parametrize("survivors", [[2, 1], [1, 1], [0, 1], [-3], [2**31], ["1"], [1.5], [True]])
 def test_bad_client_id_lists_are_refused(survivors):
-    body = _raw(EXAMPLES[5])
+    body = _raw(EXAMPLES[6])
     body["u"] = survivors
     with pytest.raises(MalformedMessageError):
         decode(_pack(body))
@@ -96,7 +107,7 @@ def test_masked_input_must_be_whole_uint32s():
 
 
 def test_wrong_share_size_is_refused():
-    body = _raw(EXAMPLES[8])
+    body = _raw(EXAMPLES[9])
     body["b"] = {1: b"a" * 43}
     with pytest.raises(MalformedMessageError, match="44 bytes"):
         decode(_pack(body))
@@ -165,7 +176,7 @@ def test_a_canonical_masked_input_is_read_in_place_and_anything_else_is_left_to_
     assert masked_input_view(data, bytes(32), len(vector)) is None  # another round
     assert masked_input_view(data, RID, len(vector) - 4) is None  # another length
     assert masked_input_view(data + b"\x00", RID, len(vector)) is None  # trailing bytes
-    reordered = msgpack.packb({"y": vector, "v": 1, "t": "masked_input", "r": RID})
+    reordered = msgpack.packb({"y": vector, "v": 1, "t": "masked_input", "r": RID, "b": {}})
     assert masked_input_view(reordered, RID, len(vector)) is None
     assert decode(reordered) == got  # valid, only not canonical: decode still takes it
     flipped = bytearray(data)

@@ -17,10 +17,11 @@ from sealagg.crypto.params import (
     SecAggParameters,
     find_parameters,
     log2_correctness_failure,
-    log2_disconnection_bound,
+    log2_partition_bound,
     log2_threshold_privacy_failure,
     round_success_probability,
 )
+from sealagg.crypto.rules import minimum_quorum
 
 SEED = b"sealagg test round 0000000000001"
 
@@ -28,20 +29,41 @@ SEED = b"sealagg test round 0000000000001"
 # ---------------------------------------------------------------- exact reference maths
 
 
+def edge_probability(n: int, k: int) -> Fraction:
+    return Fraction(1) if k >= n - 1 else Fraction(k, n - 1)
+
+
+def binom_pmf(trials: int, prob: Fraction, j: int) -> Fraction:
+    return math.comb(trials, j) * prob**j * (1 - prob) ** (trials - j)
+
+
 def exact_correctness(n: int, k: int, t: int, delta: float) -> Fraction:
-    """n · P[Binomial(k, 1-δ) < t] with exact rationals."""
-    d = Fraction(delta)
-    return n * sum(math.comb(k, j) * (1 - d) ** j * d ** (k - j) for j in range(t))
+    """n · P[Binomial(n-1, p(1-δ)) < t] with exact rationals (live neighbours)."""
+    live = edge_probability(n, k) * (1 - Fraction(delta))
+    return n * sum(binom_pmf(n - 1, live, j) for j in range(t))
 
 
 def exact_privacy(n: int, c: int, k: int, t: int) -> Fraction:
-    """n · P[Hypergeometric(population n-1, c marked, k draws) >= t] with exact rationals."""
-    hits = sum(math.comb(c, j) * math.comb(n - 1 - c, k - j) for j in range(t, k + 1))
-    return n * Fraction(hits, math.comb(n - 1, k))
+    """n · P[Binomial(c, p) >= t]: some client has t corrupt neighbours."""
+    p = edge_probability(n, k)
+    return n * sum(binom_pmf(c, p, j) for j in range(t, c + 1))
 
 
-def exact_disconnection(n: int, k: int, q: float) -> Fraction:
-    return math.comb(n, 2) * Fraction(q) ** k
+def exact_partition(n: int, c: int, k: int, t: int, drops: int) -> Fraction:
+    """The malicious-dropper bound of crypto/params.py, term by term in rationals."""
+    p, h, total = edge_probability(n, k), n - c, Fraction(0)
+    for s in range(1, h // 2 + 1):
+        inside, across = s * (s - 1) // 2, s * c
+        dense = sum(
+            binom_pmf(inside, p, x) * binom_pmf(across, p, y)
+            for x in range(inside + 1)
+            for y in range(across + 1)
+            if 2 * x + y >= s * t
+        )
+        pi = 1 - (1 - p) ** s
+        cut = sum(binom_pmf(h - s, pi, j) for j in range(min(drops, h - s) + 1))
+        total += math.comb(h, s) * dense * cut
+    return total
 
 
 def lg(x: Fraction) -> float:
@@ -54,60 +76,30 @@ def corrupt_count(n: int, gamma: float) -> int:
     return math.floor(Fraction(gamma) * n + Fraction(1, 10**9))
 
 
-def feasible_thresholds(n, k, delta, gamma, s_bits, f_bits, malicious, complete):
-    """All t meeting correctness and threshold privacy at degree k, with their margins."""
-    c = corrupt_count(n, gamma)
-    lo = max(2, k // 2 + 1) if malicious else 2
-    out = {}
-    for t in range(lo, k + 1):
-        corr = exact_correctness(n, k, t, delta)
-        priv = (0 if t > c else n) if complete else exact_privacy(n, c, k, t)
-        if corr <= Fraction(1, 2**f_bits) and priv <= Fraction(1, 2**s_bits):
-            out[t] = min(-f_bits - lg(Fraction(corr)), -s_bits - lg(Fraction(priv)))
-    return out
-
-
-def check_against_reference(p: SecAggParameters, *, check_minimal: bool = True) -> None:
-    n, delta, gamma = p.num_clients, p.dropout_rate, p.corrupt_fraction
+def check_against_reference(p: SecAggParameters) -> None:
+    n, delta = p.num_clients, p.dropout_rate
     s_bits, f_bits = p.security_bits, p.failure_bits
-    malicious = p.adversary == "semi-malicious"
-    q = gamma + (2 * delta if malicious else delta)
     k, t = p.degree, p.threshold
     assert p.complete == (k == n - 1)
-    assert p.num_corrupt == corrupt_count(n, gamma)
     assert 2 <= t <= k
-    if malicious:
+    if p.adversary == "semi-malicious":
         assert t > k / 2
     corr = exact_correctness(n, k, t, delta)
     assert corr <= Fraction(1, 2**f_bits)
     assert p.log2_failure_probability == pytest.approx(lg(corr), abs=1e-6)
+    # t is the largest threshold meeting the failure target (privacy only improves with t).
+    assert t == k or exact_correctness(n, k, t + 1, delta) > Fraction(1, 2**f_bits)
+    assert p.minimum_survivors == minimum_quorum(n, t, p.num_corrupt, 3)
     if p.complete:
         assert t > p.num_corrupt
-        assert p.log2_threshold_privacy_failure == -math.inf
-        assert p.log2_disconnection_probability == -math.inf
+        assert p.log2_privacy_failure == -math.inf
     else:
-        assert k % 2 == 0
         priv = exact_privacy(n, p.num_corrupt, k, t)
-        assert priv <= Fraction(1, 2**s_bits)
         assert p.log2_threshold_privacy_failure == pytest.approx(lg(priv), abs=1e-6)
-        disc = exact_disconnection(n, k, q)
-        assert disc <= Fraction(1, 2**s_bits)
-        assert p.log2_disconnection_probability == pytest.approx(lg(disc), abs=1e-6)
-    assert p.log2_failure_probability <= -f_bits
-    assert p.log2_privacy_failure <= -s_bits
-    # t is the largest feasible threshold (most collusion-resistant within the targets).
-    options = feasible_thresholds(n, k, delta, gamma, s_bits, f_bits, malicious, p.complete)
-    assert t == max(options)
-    if not check_minimal:
-        return
-    # No smaller even k works (and if complete, no sparse k works at all).
-    last = n - 2 if p.complete else k - 2
-    for smaller in range(4, last + 1, 2):
-        if exact_disconnection(n, smaller, q) > Fraction(1, 2**s_bits):
-            continue
-        assert not feasible_thresholds(
-            n, smaller, delta, gamma, s_bits, f_bits, malicious, complete=False
-        ), smaller
+        assert p.log2_privacy_failure <= -s_bits
+        if n <= 40:
+            part = exact_partition(n, p.num_corrupt, k, t, n - p.minimum_survivors)
+            assert p.log2_disconnection_probability == pytest.approx(lg(part), abs=1e-6)
 
 
 # ---------------------------------------------------------------- the finder
@@ -126,7 +118,7 @@ REPORTED = [
 def test_finder_meets_independently_recomputed_bounds(n, delta, gamma):
     p = find_parameters(n, delta, gamma)
     print(p.describe())
-    check_against_reference(p, check_minimal=n <= 100)
+    check_against_reference(p)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +128,7 @@ def test_semi_malicious_meets_bounds_and_majority_threshold(n, delta, gamma):
     p = find_parameters(n, delta, gamma, adversary="semi-malicious")
     print(p.describe())
     assert p.threshold > p.degree / 2
-    check_against_reference(p, check_minimal=n <= 300)
+    check_against_reference(p)
 
 
 def test_n50_parameters_survive_dropouts_where_flower_default_fails():
@@ -181,7 +173,7 @@ def test_large_n_needs_only_logarithmic_degree():
     assert big.degree < 200
     assert big.degree / 1000 < small.degree / 100
     assert huge.degree < 2 * big.degree
-    check_against_reference(huge, check_minimal=False)
+    check_against_reference(huge)
 
 
 def test_removed_fraction_above_0_9_is_refused():
@@ -229,10 +221,10 @@ def test_infeasible_request_explains_what_to_change():
 
 def test_threshold_is_the_largest_feasible():
     # No dropouts and no corruption: every t in 2..k has zero failure and zero leak.
+    # No dropouts and no corruption: only the random degrees limit t.
     p = find_parameters(20, 0.0, 0.0)
-    assert (p.degree, p.threshold) == (4, 4)
-    assert p.log2_failure_probability == -math.inf
-    assert p.log2_privacy_failure == -math.inf
+    assert not p.complete
+    check_against_reference(p)
 
 
 def test_corrupt_count_rounds_up_decimal_noise():
@@ -266,65 +258,11 @@ def test_property_log_tails_match_exact_rationals(n, data, delta, gamma):
             assert got == -math.inf
         else:
             assert got == pytest.approx(want, abs=1e-7)
-    if 0 < delta + gamma < 1 and k < n - 1:
-        disc = lg(exact_disconnection(n, k, delta + gamma))
-        assert log2_disconnection_bound(n, k, delta + gamma) == pytest.approx(disc, abs=1e-7)
-
-
-# ---------------------------------------------------------------- the bound's premise
-
-
-def circulant(n: int, k: int) -> CommunicationGraph:
-    return CommunicationGraph(
-        tuple(range(1, n + 1)),
-        {
-            i + 1: tuple(
-                sorted(
-                    {(i + d) % n + 1 for d in range(1, k // 2 + 1)}
-                    | {(i - d) % n + 1 for d in range(1, k // 2 + 1)}
-                )
-            )
-            for i in range(n)
-        },
-    )
-
-
-def removed_runs(removed: list[bool]) -> list[int]:
-    """Lengths of the maximal circular runs of removed positions."""
-    n = len(removed)
-    if all(removed):
-        return [n]
-    start = removed.index(False)
-    runs, length = [], 0
-    for i in range(1, n + 1):
-        if removed[(start + i) % n]:
-            length += 1
-        else:
-            if length:
-                runs.append(length)
-            length = 0
-    return runs
-
-
-@settings(max_examples=300, deadline=None)
-@given(n=st.integers(5, 40), data=st.data())
-def test_property_circulant_disconnects_only_with_two_long_removed_runs(n, data):
-    """The connectivity bound's premise: a split needs two runs of >= k/2 removed clients."""
-    k = data.draw(st.sampled_from([k for k in range(2, n - 1, 2)]))
-    removed = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    g = circulant(n, k)
-    alive = {i + 1 for i in range(n) if not removed[i]}
-    if not alive:
-        return
-    start = min(alive)
-    seen, todo = {start}, [start]
-    while todo:
-        for v in g.neighbours(todo.pop()):
-            if v in alive and v not in seen:
-                seen.add(v)
-                todo.append(v)
-    if seen != alive:
-        assert sum(r >= k // 2 for r in removed_runs(removed)) >= 2
+    if k < n - 1 and n <= 16 and t >= 1:
+        drops = data.draw(st.integers(0, n - 1))
+        part = lg(exact_partition(n, c, k, t, drops))
+        got = log2_partition_bound(n, c, k, t, drops)
+        assert got == pytest.approx(part, abs=1e-6) if part != -math.inf else got == -math.inf
 
 
 # ---------------------------------------------------------------- Monte Carlo
@@ -340,8 +278,24 @@ def test_monte_carlo_matches_an_exact_small_case():
     assert est == pytest.approx(0.8**3, abs=0.006)
 
 
+def circulant(n: int, k: int) -> CommunicationGraph:
+    """A k-regular ring (the old Harary layout), handy for exact Monte-Carlo edge cases."""
+    return CommunicationGraph(
+        tuple(range(1, n + 1)),
+        {
+            i + 1: tuple(
+                sorted(
+                    {(i + d) % n + 1 for d in range(1, k // 2 + 1)}
+                    | {(i - d) % n + 1 for d in range(1, k // 2 + 1)}
+                )
+            )
+            for i in range(n)
+        },
+    )
+
+
 def test_monte_carlo_edge_cases_and_determinism():
-    g = harary_graph(range(1, 31), 6, SEED)
+    g = circulant(30, 6)
     assert round_success_probability(g, 6, 0.0, 1000, seed=0) == 1.0
     assert round_success_probability(g, 7, 0.0, 1000, seed=0) == 0.0  # t above the degree
     assert round_success_probability(g, 1, 1.0, 1000, seed=0) == 0.0
@@ -355,7 +309,7 @@ def test_monte_carlo_edge_cases_and_determinism():
 
 
 def test_monte_carlo_sparse_path_agrees_with_dense_path(monkeypatch):
-    g = harary_graph(range(1, 61), 8, SEED)
+    g = circulant(60, 8)
     dense = round_success_probability(g, 5, 0.25, 3000, seed=5)
     monkeypatch.setattr(params_module, "_DENSE_MAX_CLIENTS", 10)
     monkeypatch.setattr(params_module, "_CHUNK_ELEMENTS", 60 * 8 * 1000)

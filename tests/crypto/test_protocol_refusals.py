@@ -12,9 +12,7 @@ from sealagg.crypto import Phase, SecAggClient, SecAggServer
 from sealagg.crypto.errors import (
     BadSignatureError,
     BothSharesRequestedError,
-    DecryptionError,
     DuplicateMessageError,
-    InconsistentSharesError,
     InconsistentSurvivorsError,
     MalformedMessageError,
     OutOfPhaseError,
@@ -26,7 +24,6 @@ from sealagg.crypto.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     MaskedInput,
-    PeerKeys,
     ShareBundle,
     SurvivorList,
     UnmaskRequest,
@@ -148,7 +145,7 @@ def test_forged_advertise_signature_is_refused_by_server_and_clients():
     adv = d.clients[1].advertise_keys()
     forged = AdvertiseKeys(
         adv.round_id,
-        PeerKeys(adv.keys.cipher_public, bytes(32 * [7]), adv.keys.signature),  # swapped mask key
+        dataclasses.replace(adv.keys, mask_public=bytes(32 * [7])),  # swapped key
     )
     with pytest.raises(BadSignatureError):
         d.server.receive(1, forged)
@@ -195,22 +192,26 @@ def test_forged_consistency_signature_is_refused_by_server():
         d.server.receive(1, ConsistencySignature(kit.config.round_id, bytes(64)))
 
 
-def test_tampered_sealed_share_aborts_the_recipient_only():
+def test_share_altered_by_the_server_aborts_the_recipient_only():
+    """Shares are signed by their sender and the server checks that signature at upload, so
+    a share that does not open *and* whose signature fails was altered by the server: the
+    recipient aborts (BadSignatureError). Before shares were signed this was a
+    DecryptionError, which could not tell a lying server from a lying sender."""
     kit = make_round(5, threshold=2)
     d = Driver(kit)
     d.advertise()
     d.step()
     bundle = d.inbox[3]
     sealed = dict(bundle.sealed_shares)
-    ct = bytearray(sealed[1])
+    ct = bytearray(sealed[1].ciphertext)
     ct[-1] ^= 1
-    sealed[1] = bytes(ct)
-    with pytest.raises(DecryptionError):
+    sealed[1] = dataclasses.replace(sealed[1], ciphertext=bytes(ct))
+    with pytest.raises(BadSignatureError, match="client 1"):
         d.clients[3].receive_share_bundle(ShareBundle(bundle.round_id, sealed))
-    # Misrouting (a share for 3 delivered to 4 as if from 1) fails authentication as well.
+    # Misrouting (a share for 3 delivered to 4 as if from 1) fails the signature as well.
     misrouted = dict(d.inbox[4].sealed_shares)
     misrouted[1] = bundle.sealed_shares[2]
-    with pytest.raises(DecryptionError):
+    with pytest.raises(BadSignatureError):
         d.clients[4].receive_share_bundle(ShareBundle(bundle.round_id, misrouted))
 
 
@@ -232,7 +233,10 @@ def test_wrong_length_masked_input_is_refused_and_others_finish():
     np.testing.assert_array_equal(d.server.result.total, kit.expected_sum((1, 2, 3, 4)))
 
 
-def test_bad_unmask_shares_are_detected():
+def test_bad_unmask_shares_are_routed_around():
+    """More than t shares of each self-mask seed arrive and holder 1 flips a byte of every
+    one it sends: the extra shares expose the inconsistency, a subset of t honest shares
+    rebuilds the committed seed, and the sum is exact (it used to abort the round)."""
     kit = make_round(6, threshold=2)
     d = Driver(kit)
     d.advertise()
@@ -248,9 +252,8 @@ def test_bad_unmask_shares_are_detected():
     d.server.receive(1, UnmaskShares(bad.round_id, flipped, bad.mask_key_shares))
     for u in (2, 3, 4, 5):
         d.server.receive(u, replies[u])
-    with pytest.raises(InconsistentSharesError):
-        d.server.close_phase()
-    assert d.server.phase is None and d.server.abort_error is not None
+    d.server.close_phase()
+    np.testing.assert_array_equal(d.server.result.total, kit.expected_sum((1, 2, 3, 4, 5)))
 
 
 def test_wrong_mask_key_shares_reconstruct_wrong_key_is_detected():
@@ -271,7 +274,7 @@ def test_wrong_mask_key_shares_reconstruct_wrong_key_is_detected():
         d.server.receive(u, UnmaskShares(r.round_id, r.self_mask_shares, {4: share}))
     r3 = replies[3]
     d.server.receive(3, UnmaskShares(r3.round_id, r3.self_mask_shares, {}))  # withholds
-    with pytest.raises(ReconstructionError, match="wrong key"):
+    with pytest.raises(ReconstructionError, match="mask key"):
         d.server.close_phase()
 
 
@@ -299,7 +302,7 @@ def test_unmask_shares_for_peers_the_sender_cannot_hold_are_refused():
     d.step()
     u = 1
     non_neighbour = next(
-        v for v in kit.config.identities if v != u and v not in kit.config.graph.neighbours(u)
+        v for v in kit.config.identities if v != u and v not in d.server.graph.neighbours(u)
     )
     with pytest.raises(MalformedMessageError):
         d.server.receive(u, UnmaskShares(kit.config.round_id, {non_neighbour: bytes(44)}, {}))

@@ -23,8 +23,12 @@ def test_complete_graph_no_dropouts_gives_exact_sum():
     assert set(stats.client_seconds) == set(Phase)
 
 
-def test_harary_graph_with_dropouts_at_every_phase():
-    kit = make_round(24, threshold=3, degree=8, seed=3)  # t=3: any graph survives these 5 dropouts
+def test_sparse_graph_with_dropouts_at_every_phase():
+    """The sparse graph is drawn from the transcript (fresh keys each run), so which
+    clients a low-degree neighbourhood prunes varies; the sum is always exact. (Degree 12:
+    with a random graph of expected degree 8, a client with three neighbours, one of them
+    dropping, is likely enough to abort this test now and then.)"""
+    kit = make_round(24, threshold=3, degree=12, seed=3)
     dropouts = {
         2: Phase.ADVERTISE_KEYS,
         5: Phase.SHARE_KEYS,
@@ -34,10 +38,10 @@ def test_harary_graph_with_dropouts_at_every_phase():
     }
     result = run_round(kit.config, kit.identities, kit.inputs, dropouts)
     # Clients that sent a masked input are in the sum, even if they vanished later.
-    expected_members = [u for u in range(1, 25) if u not in (2, 5, 9)]
-    assert result.survivors == tuple(expected_members)
-    assert result.dropped_after_masking == (9,)
-    np.testing.assert_array_equal(result.total, kit.expected_sum(expected_members))
+    assert {13, 17} <= set(result.survivors)
+    assert not {2, 5, 9} & set(result.survivors)
+    assert len(result.survivors) >= 18
+    np.testing.assert_array_equal(result.total, kit.expected_sum(result.survivors))
 
 
 def test_masked_input_hides_the_input():
@@ -106,3 +110,26 @@ def test_property_exact_sum_of_survivors_or_clean_abort(params, seed):
     # Survivors are exactly the clients that masked and were kept in the round.
     dropped_early = {u for u, p in schedule.items() if p <= Phase.MASKED_INPUT}
     assert not dropped_early & set(result.survivors)
+
+
+@pytest.mark.parametrize(
+    ("n", "degree", "threshold"),
+    [(3, None, 2), (10, None, 5), (50, 16, 5), (200, 20, 6)],
+)
+@pytest.mark.parametrize("schedule_seed", range(4))
+def test_random_dropout_schedules_up_to_200_clients(n, degree, threshold, schedule_seed):
+    """Issue 17: with the transcript-derived graph, the signed shares and the checked
+    reconstructions, random dropouts at every phase still give the exact sum of the
+    survivors or a clean abort (never a wrong sum)."""
+    rng = np.random.default_rng(1000 * n + schedule_seed)
+    kit = make_round(n, threshold=threshold, degree=degree, dimension=5, seed=schedule_seed)
+    drops = rng.choice(np.arange(1, n + 1), size=int(rng.integers(0, max(1, n // 8) + 1)))
+    phases = list(Phase)
+    schedule = {int(u): phases[int(rng.integers(0, len(phases)))] for u in drops}
+    try:
+        result = run_round(kit.config, kit.identities, kit.inputs, schedule)
+    except BelowThresholdError:
+        return
+    assert not {u for u, p in schedule.items() if p <= Phase.MASKED_INPUT} & set(result.survivors)
+    assert len(result.survivors) >= kit.config.minimum_survivors
+    np.testing.assert_array_equal(result.total, kit.expected_sum(result.survivors))

@@ -18,8 +18,15 @@ from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.testing import start_participants
 from sealagg.crypto import IdentityKey
-from sealagg.crypto.ckks import CkksEncryptor, CkksKeyHolder, CkksParameters, pack_message
+from sealagg.crypto.ckks import (
+    CkksEncryptor,
+    CkksKeyHolder,
+    CkksParameters,
+    ContributionBinding,
+    pack_message,
+)
 from sealagg.crypto.ckks_keys import CkksParty, read_bundle
+from sealagg.crypto.roster import Role
 
 pytest.importorskip("tenseal")
 
@@ -92,10 +99,15 @@ def test_ckks_round_publishes_the_weighted_mean_within_the_error_bound(
     tmp_path, running, monkeypatch
 ):
     # 12,162 values: three ciphertexts per client (1.3 MB, a multi-chunk upload), and the
-    # packing runs across the tensor boundary.
+    # packing runs across the tensor boundary. client3 is the key holder (no update).
     model = {"a.weight": np.zeros((95, 128), np.float32), "a.bias": np.zeros(2, np.float32)}
-    dep = make_deployment(tmp_path, clients=3, model=model)
-    dep.configure(aggregation={"mode": "ckks", "min_clients": 3, "rounds": 1}, deadlines=FAST)
+    dep = make_deployment(tmp_path, clients=4, model=model)
+    dep.configure(
+        aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1},
+        deadlines=FAST,
+        ckks={"key_holder": "client3"},
+    )
+    dep.sign_roster(roles={"client3": Role.KEY_HOLDER})  # the authority designates it
     uploads: list[tuple[str, bytes]] = []
     original = ActiveRound.accept
 
@@ -110,19 +122,22 @@ def test_ckks_round_publishes_the_weighted_mean_within_the_error_bound(
     _finish(app, threads)
     # Nothing unencrypted left a data owner: no upload holds its update's values (float32 x,
     # or the float64 w·x that gets encrypted); only the key holder's final sum is plaintext.
-    assert len(uploads) == 3 + 1 + 3 + 1
+    # 4 adverts, the key holder's (empty) sealed contexts, 3 signed inputs, 2 acks, 1 result.
+    assert not errors, errors
+    assert len(uploads) == 4 + 1 + 3 + 2 + 1
     for i in range(3):
         x = _delta(i, d)
         probes = [x[100:104].tobytes(), (_weight(i) * x[100:102].astype(np.float64)).tobytes()]
         assert not any(p in payload for p in probes for _, payload in uploads)
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}, reports
-    assert all(r.bytes_sent > 3 * 230_000 for r in reports.values())
+    assert all(reports[f"client{i}"].bytes_sent > 3 * 230_000 for i in range(3))
     model, delta, rounds, entries = _published(dep)
     assert model.version == 2 and rounds[-1].status == "accepted"
     _check_mean(delta, [0, 1, 2], dim=d)
     params = [e for e in entries if e.event == "round_parameters"][-1].details
-    assert params["mode"] == "ckks" and params["key_holder"] == "client0"
+    assert params["mode"] == "ckks" and params["key_holder"] == "client3"
+    assert params["share_secret_key"] is False and params["min_contributors"] == 3
     assert params["ciphertexts_per_client"] == 3 == -(-(d + 1) // 4096)
 
 
@@ -133,6 +148,7 @@ def test_separate_key_holder_sends_no_update(deployment, running):
         deadlines=FAST,
         ckks={"key_holder": "client3", "share_secret_key": False},
     )
+    dep.sign_roster(roles={"client3": Role.KEY_HOLDER})
     app = running(dep.folder)
     called: set[str] = set()
     threads, _, errors = _run_clients(dep, sorted(dep.kits), called)
@@ -142,6 +158,16 @@ def test_separate_key_holder_sends_no_update(deployment, running):
     _, delta, rounds, _ = _published(dep)
     assert rounds[-1].status == "accepted"
     _check_mean(delta, [0, 1, 2])
+
+
+def _key_holder_last(dep, clients: int, **ckks) -> None:
+    """Configure a ckks round whose key holder is the last client (it sends no update)."""
+    dep.configure(
+        aggregation={"mode": "ckks", "min_clients": clients, "rounds": 1},
+        deadlines=FAST,
+        ckks={"key_holder": f"client{clients - 1}", **ckks},
+    )
+    dep.sign_roster(roles={f"client{clients - 1}": Role.KEY_HOLDER})
 
 
 def _raw_client(dep, name: str, behaviour, out: dict) -> threading.Thread:
@@ -166,8 +192,9 @@ def _raw_client(dep, name: str, behaviour, out: dict) -> threading.Thread:
                     break
             advert, _ = read_bundle(task.step.payload, rid)
             header = pb.UploadHeader(round_id=rid, phase=2, kind="ckks")
+            me = (identity, start.client_index, name, start.model_version)
             try:
-                conn.submit(header, behaviour(advert.context, rid))
+                conn.submit(header, behaviour(advert.context, rid, me))
             except grpc.RpcError as error:
                 out["code"], out["detail"] = error.code(), error.details()
             while conn.get_task(1.0).WhichOneof("kind") != "round_end":
@@ -181,10 +208,10 @@ def _raw_client(dep, name: str, behaviour, out: dict) -> threading.Thread:
 
 
 def test_a_client_that_drops_after_keys_does_not_break_the_round(deployment, running):
-    dep = deployment(clients=4)
-    dep.configure(aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1}, deadlines=FAST)
+    dep = deployment(clients=5)
+    _key_holder_last(dep, 5)
     app = running(dep.folder)
-    threads, reports, errors = _run_clients(dep, ["client0", "client1", "client2"])
+    threads, reports, errors = _run_clients(dep, ["client0", "client1", "client2", "client4"])
     threads.append(_raw_client(dep, "client3", "drop", {}))
     _finish(app, threads)
     assert not errors, errors
@@ -195,37 +222,46 @@ def test_a_client_that_drops_after_keys_does_not_break_the_round(deployment, run
     assert aggregate["dropped"] == ["client3"]
 
 
-def _foreign_context(context: bytes, rid: bytes) -> bytes:
+def _signed(rid: bytes, me, fingerprint: bytes, cts: list[bytes]) -> bytes:
+    """A correctly signed upload around ``cts``: what refuses it is the ciphertext check."""
+    identity, index, name, version = me
+    binding = ContributionBinding(rid, version, PARAMS, DIM, fingerprint)
+    sig = identity.sign(binding.digest(index, name, cts))
+    return pack_message("ckks_input", rid, f=fingerprint, c=cts, i=index, s=sig)
+
+
+def _foreign_context(context: bytes, rid: bytes, me) -> bytes:
     """Encrypted under a context of the attacker's own (same parameters, other keys)."""
     other = CkksKeyHolder.generate(PARAMS, rid)
-    return CkksEncryptor(PARAMS, other.public_context, rid).encrypt(_delta(3), 1.0)
+    identity, index, name, version = me
+    return CkksEncryptor(PARAMS, other.public_context, rid).encrypt(
+        _delta(3), 1.0, identity=identity, index=index, name=name, model_version=version
+    )
 
 
-def _wrong_parameters(context: bytes, rid: bytes, n: int = 4096) -> bytes:
+def _wrong_parameters(context: bytes, rid: bytes, me, n: int = 4096) -> bytes:
     """Claims the round's context, but the ciphertext was made under another ring degree."""
     big = CkksParameters(n, (40, 20, 40) if n == 4096 else (60, 40, 40), 40)
     holder = CkksKeyHolder.generate(big, rid)
     real = CkksEncryptor(PARAMS, context, rid).context.fingerprint
     cts = [CkksEncryptor(big, holder.public_context, rid).context.encrypt(np.zeros(DIM + 1))]
-    return pack_message("ckks_input", rid, f=real, c=cts)
+    return _signed(rid, me, real, cts)
 
 
-def _oversized(context: bytes, rid: bytes) -> bytes:
-    return _wrong_parameters(context, rid, 16384)
+def _oversized(context: bytes, rid: bytes, me) -> bytes:
+    return _wrong_parameters(context, rid, me, 16384)
 
 
-def _truncated(context: bytes, rid: bytes) -> bytes:
+def _truncated(context: bytes, rid: bytes, me) -> bytes:
     good = CkksEncryptor(PARAMS, context, rid)
     ct = good.context.encrypt(np.zeros(DIM + 1))
-    return pack_message("ckks_input", rid, f=good.context.fingerprint, c=[ct[:-200]])
+    return _signed(rid, me, good.context.fingerprint, [ct[:-200]])
 
 
-def _padded(context: bytes, rid: bytes) -> bytes:
+def _padded(context: bytes, rid: bytes, me) -> bytes:
     good = CkksEncryptor(PARAMS, context, rid)
     ct = good.context.encrypt(np.full(DIM + 1, 5.0))
-    return pack_message(
-        "ckks_input", rid, f=good.context.fingerprint, c=[ct + b"xx"]
-    )  # parses: protobuf skips an unknown field
+    return _signed(rid, me, good.context.fingerprint, [ct + b"xx"])  # protobuf skips it
 
 
 @pytest.mark.parametrize(
@@ -241,12 +277,12 @@ def _padded(context: bytes, rid: bytes) -> bytes:
 def test_a_bad_ciphertext_is_refused_and_the_round_completes(
     deployment, running, behaviour, code, expected
 ):
-    dep = deployment(clients=4)
-    dep.configure(aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1}, deadlines=FAST)
+    dep = deployment(clients=5)
+    _key_holder_last(dep, 5)
     app = running(dep.folder)
     began = time.monotonic()
     out: dict = {}
-    threads, reports, errors = _run_clients(dep, ["client0", "client1", "client2"])
+    threads, reports, errors = _run_clients(dep, ["client0", "client1", "client2", "client4"])
     threads.append(_raw_client(dep, "client3", behaviour, out))
     _finish(app, threads)
     assert not errors, errors
@@ -259,12 +295,8 @@ def test_a_bad_ciphertext_is_refused_and_the_round_completes(
 
 
 def test_a_model_above_the_budget_is_refused_naming_secagg_plus(deployment, running):
-    dep = deployment(clients=3)
-    dep.configure(
-        aggregation={"mode": "ckks", "min_clients": 3, "rounds": 1},
-        deadlines=FAST,
-        ckks={"budget_bytes": 100_000},
-    )
+    dep = deployment(clients=4)
+    _key_holder_last(dep, 4, budget_bytes=100_000)
     app = running(dep.folder)
     ends: dict[str, pb.RoundEnd] = {}
 

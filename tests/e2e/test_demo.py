@@ -1,8 +1,8 @@
 """``sealagg-demo`` end to end: real appliance and client processes on loopback.
 
 Three small federations (4 clients, 3 rounds) run here: secagg+, plaintext with the same
-seed, and secagg+ with a client that vanishes mid-protocol. Together they take about a
-minute on a 2-core machine.
+seed, and secagg+ with a client that vanishes mid-protocol; and a ckks one (3 data owners and
+the key holder, 2 rounds). Together they take about a minute and a half on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 from sealagg.client_shim.demo.cli import main
-from sealagg.client_shim.demo.config import DemoConfig
+from sealagg.client_shim.demo.config import KEY_HOLDER, DemoConfig
 from sealagg.client_shim.demo.data import dirichlet_shards, load_split
+from sealagg.client_shim.demo.provision import demo_settings
 from sealagg.client_shim.demo.report import render_report
 from sealagg.client_shim.demo.results import DemoResult
 from sealagg.client_shim.demo.runner import run_demo
@@ -164,3 +165,31 @@ def test_config_edit_keeps_what_init_wrote_and_sets_only_the_demo_keys():
     assert parsed["deadlines"] == {"share_keys": 5.0}
     assert parsed["optimizer"] == {"name": "fedavg", "server_lr": 1.0}
     assert "# a comment init wrote" in edited and edited.startswith("# written by init")
+
+
+def test_ckks_config_names_a_key_holder_and_counts_it_as_a_client():
+    ckks = DemoConfig(clients=3, mode="ckks")
+    assert ckks.key_holder == KEY_HOLDER
+    assert ckks.process_names == ["client0", "client1", "client2", KEY_HOLDER]
+    settings = demo_settings(ckks)
+    assert settings["ckks"] == {"key_holder": KEY_HOLDER}
+    # The key holder must be ready too: 3 data owners (the appliance's m) plus it.
+    assert settings["aggregation"]["min_clients"] == settings["aggregation"]["max_clients"] == 4
+    for mode in ("plaintext", "secagg", "secagg+"):  # the other modes are unchanged
+        other = DemoConfig(clients=3, mode=mode)
+        assert other.key_holder is None and other.process_names == other.client_names
+        assert "ckks" not in demo_settings(other)
+        assert demo_settings(other)["aggregation"]["max_clients"] == 3
+
+
+def test_ckks_publishes_with_a_key_holder_that_sends_no_update(tmp_path):
+    result, text = _run(tmp_path, mode="ckks", clients=3, rounds=2)
+    assert result.ok, _explain(result, text)
+    assert [r.number for r in result.published] == [1, 2], _explain(result, text)
+    # The key holder is no contributor: the sums cover the three data owners only.
+    owners = ["client0", "client1", "client2"]
+    assert all(sorted(r.contributors) == owners for r in result.published)
+    assert result.final_accuracy is not None and result.final_accuracy >= 0.85
+    assert f"{KEY_HOLDER} (key holder)" in text
+    assert KEY_HOLDER not in result.shard_sizes
+    assert result.audit_ok

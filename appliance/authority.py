@@ -1,0 +1,217 @@
+"""The federation authority: the security team's offline key that decides who participates.
+
+It never runs on the appliance. It signs the roster (:mod:`sealagg.crypto.roster`), which
+every client verifies against the authority key pinned in its kit, so an appliance that
+invents participants is refused by the clients themselves. The key sits behind the
+:class:`~sealagg.crypto.roster.Signer` interface (``sign``, ``public_key``): a
+passphrase-protected file here (:class:`FileSigner`); an HSM or KMS can back the same
+interface later without changing anything else.
+
+Files of an authority folder (never inside a federation folder, see :func:`check_outside`)::
+
+    authority.key     the Ed25519 key: PKCS#8, encrypted (0600)
+    authority.pub     its public key (hex): give it to every client out of band
+    roster.json       the current signed roster (the one to install on the appliance)
+
+The key file is PKCS#8 with ``BestAvailableEncryption``, whose password is not the
+passphrase itself but scrypt(passphrase, salt; N=2^17, r=8, p=1): a stolen file then costs an
+attacker 128 MiB of memory per guess, where PKCS#8's own KDF (PBKDF2) costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from sealagg.appliance import kit, pki
+from sealagg.appliance.errors import ProvisioningError
+from sealagg.crypto.errors import RosterError
+from sealagg.crypto.roster import (
+    Role,
+    Roster,
+    RosterEntry,
+    Signer,
+    sign_roster,
+    verify_enrolment_request,
+    verify_roster,
+)
+
+KEY_FILE = "authority.key"
+PUBLIC_FILE = "authority.pub"
+ROSTER_FILE = "roster.json"
+KEY_FORMAT = "sealagg-authority-key/1"
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
+#: How long an approved entry stays valid unless the approver says otherwise.
+DEFAULT_VALIDITY = timedelta(days=365)
+MIN_PASSPHRASE_BYTES = 12
+
+
+class FileSigner:
+    """An Ed25519 authority key decrypted from a passphrase-protected file, in memory only."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    def public_key(self) -> bytes:
+        return kit.raw_public_key(self._key.public_key())
+
+    def __reduce__(self) -> object:
+        raise TypeError("FileSigner holds the authority's private key and cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"FileSigner(public_key={self.public_key().hex()[:16]}…)"
+
+    @classmethod
+    def load(cls, folder: Path, passphrase: bytes) -> FileSigner:
+        """Decrypt ``folder/authority.key``; a wrong passphrase raises ProvisioningError."""
+        path = Path(folder) / KEY_FILE
+        try:
+            document = json.loads(pki.read_file(path, limit=64 * 1024))
+            if document["format"] != KEY_FORMAT or document["kdf"] != "scrypt":
+                raise ValueError("unknown format")
+            salt = base64.b64decode(document["salt"])
+            n, r, p = int(document["n"]), int(document["r"]), int(document["p"])
+            pem = document["pkcs8_pem"].encode("ascii")
+            public = bytes.fromhex(document["public_key"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProvisioningError(f"{path} is not an authority key file: {exc}") from None
+        try:
+            key = serialization.load_pem_private_key(pem, _derive(passphrase, salt, n, r, p))
+        except (ValueError, TypeError):
+            raise ProvisioningError(f"cannot decrypt {path}: wrong passphrase?") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ProvisioningError(f"{path} does not hold an Ed25519 key")
+        signer = cls(key)
+        if signer.public_key() != public:
+            raise ProvisioningError(f"{path}: the key does not match its recorded public key")
+        return signer
+
+
+def _derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    if not isinstance(passphrase, bytes) or not passphrase:
+        raise ProvisioningError("the authority key needs a passphrase")
+    key = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+    return base64.b64encode(key)  # PKCS#8 password: printable, full entropy
+
+
+def check_outside(folder: Path, federation_folder: Path | None) -> None:
+    """Refuse an authority folder inside (or equal to) a federation folder, or any folder
+    that holds a federation: the appliance must never hold the key that admits clients."""
+    folder = Path(folder).resolve()
+    for parent in (folder, *folder.parents):
+        if (parent / "sealagg.toml").exists() or (parent / "ca.key").exists():
+            raise ProvisioningError(
+                f"{folder} is inside the federation folder {parent}: the authority key must "
+                "live off the appliance (e.g. the security team's offline machine)"
+            )
+    if federation_folder is not None:
+        fed = Path(federation_folder).resolve()
+        if folder == fed or fed in folder.parents:
+            raise ProvisioningError(f"{folder} is inside the federation folder {fed}")
+
+
+def init_authority(folder: Path, passphrase: bytes, *, federation: str) -> FileSigner:
+    """Create a new authority key in ``folder`` (new or empty) and an empty roster version 1."""
+    folder = Path(folder)
+    check_outside(folder, None)
+    if len(passphrase) < MIN_PASSPHRASE_BYTES:
+        raise ProvisioningError(
+            f"the authority passphrase must be at least {MIN_PASSPHRASE_BYTES} bytes"
+        )
+    if (folder / KEY_FILE).exists():
+        raise ProvisioningError(f"{folder} already holds an authority key; refusing to replace it")
+    folder.mkdir(mode=pki.PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    salt = os.urandom(16)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(
+            _derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        ),
+    )
+    signer = FileSigner(key)
+    document = {
+        "format": KEY_FORMAT,
+        "kdf": "scrypt",
+        "n": SCRYPT_N,
+        "r": SCRYPT_R,
+        "p": SCRYPT_P,
+        "salt": base64.b64encode(salt).decode(),
+        "public_key": signer.public_key().hex(),
+        "pkcs8_pem": pem.decode("ascii"),
+    }
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    pki.write_file_atomic(folder / KEY_FILE, data, mode=pki.PRIVATE_FILE_MODE)
+    pki.write_file_atomic(
+        folder / PUBLIC_FILE, kit.render_authority_key(signer.public_key()), mode=0o644
+    )
+    empty = Roster(federation, 1, datetime.now(UTC).replace(microsecond=0), ())
+    pki.write_file_atomic(folder / ROSTER_FILE, sign_roster(empty, signer), mode=0o644)
+    return signer
+
+
+def current_roster(folder: Path, signer: Signer, federation: str | None = None) -> Roster:
+    """The authority's current roster, verified with its own key."""
+    data = pki.read_file(Path(folder) / ROSTER_FILE, limit=8 * 1024 * 1024)
+    body = json.loads(data)["body"]
+    name = federation or json.loads(body)["federation"]
+    try:
+        return verify_roster(data, authority_key=signer.public_key(), federation=name)
+    except RosterError as error:
+        raise ProvisioningError(f"{folder / ROSTER_FILE}: {error}") from None
+
+
+def publish(folder: Path, roster: Roster, signer: Signer) -> bytes:
+    """Sign ``roster`` and make it the authority's current one; returns the signed bytes."""
+    data = sign_roster(roster, signer)
+    pki.write_file_atomic(Path(folder) / ROSTER_FILE, data, mode=0o644)
+    return data
+
+
+def approve(
+    folder: Path,
+    signer: Signer,
+    request: bytes,
+    *,
+    role: Role = Role.DATA_OWNER,
+    validity: timedelta = DEFAULT_VALIDITY,
+    now: datetime | None = None,
+) -> tuple[Roster, bytes]:
+    """Approve an enrolment request: check it (the client's identity key signed it, its CSR
+    is self-signed and names the client), add the entry, sign the next roster version.
+
+    The request carries only public keys: the authority never sees a private key either.
+    """
+    moment = pki.issuance_time(now)
+    roster = current_roster(folder, signer)
+    try:
+        fields = verify_enrolment_request(request)
+    except RosterError as error:
+        raise ProvisioningError(f"enrolment request refused: {error}") from None
+    if fields["federation"] != roster.federation:
+        raise ProvisioningError(
+            f"the request is for federation {fields['federation']!r}, not {roster.federation!r}"
+        )
+    name = pki.validate_client_name(fields["name"])
+    csr = pki.load_client_csr(fields["tls_csr_pem"], name=name)
+    entry = RosterEntry(
+        name=name,
+        identity_key=bytes.fromhex(fields["identity_key"]),
+        tls_key_sha256=pki.spki_sha256(csr.public_key()),
+        role=role,
+        not_before=moment - pki.CLOCK_SKEW,
+        not_after=moment + validity,
+    )
+    updated = roster.with_entry(entry, issued_at=moment)
+    return updated, publish(folder, updated, signer)

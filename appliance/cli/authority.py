@@ -1,0 +1,117 @@
+"""``sealagg authority ...``: the federation authority's commands (run OFF the appliance).
+
+The security team keeps the authority folder on its own machine. It decides who takes part:
+``approve`` adds an enrolment request to the roster, ``sign-roster`` signs a new version
+(removals, policy). The signed ``roster.json`` is then installed on the appliance with
+``sealagg roster install``; clients verify it against the authority key in their kits.
+
+The passphrase comes from ``$SEALAGG_AUTHORITY_PASSPHRASE`` or a prompt, never an argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from sealagg.appliance import authority as auth
+from sealagg.appliance.cli._common import CLIError, console
+from sealagg.crypto.roster import Role
+
+PASSPHRASE_ENV = "SEALAGG_AUTHORITY_PASSPHRASE"  # noqa: S105 - the variable name, not a secret
+
+AuthorityDir = Annotated[
+    Path, typer.Option("--dir", "-d", help="The authority folder (never on the appliance).")
+]
+
+app = typer.Typer(help="The federation authority: sign the roster (off the appliance).")
+
+
+def _passphrase(*, confirm: bool = False) -> bytes:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None:
+        value = typer.prompt("authority passphrase", hide_input=True, confirmation_prompt=confirm)
+    if not value:
+        raise CLIError("the authority passphrase is empty")
+    return value.encode()
+
+
+@app.command("init")
+def init(
+    out: Annotated[Path, typer.Option("--out", help="New folder for the authority key.")],
+    federation: Annotated[str, typer.Option("--federation", help="The federation's name.")],
+) -> None:
+    """Create the authority key (passphrase-protected) and an empty roster (version 1)."""
+    signer = auth.init_authority(out, _passphrase(confirm=True), federation=federation)
+    console.print(f"[green]created federation authority[/] in {escape(str(out))}")
+    console.print(f"  public key: [bold]{signer.public_key().hex()}[/]", soft_wrap=True)
+    console.print(
+        "  give it to every client out of band (sealagg-enrol --authority-key) and pin it on "
+        "the appliance (sealagg roster install --authority-key)",
+        soft_wrap=True,
+    )
+
+
+@app.command("approve")
+def approve(
+    request: Annotated[Path, typer.Argument(help="The client's enrolment request.")],
+    folder: AuthorityDir,
+    role: Annotated[
+        str, typer.Option("--role", help="data_owner, vendor or key_holder.")
+    ] = Role.DATA_OWNER.value,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity of the entry.")] = 365,
+) -> None:
+    """Admit an enrolment request: add it to the roster and sign the next version."""
+    signer = auth.FileSigner.load(folder, _passphrase())
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise CLIError(f"unknown role {role!r}") from None
+    roster, _ = auth.approve(
+        folder, signer, request.read_bytes(), role=chosen, validity=timedelta(days=days)
+    )
+    console.print(
+        f"[green]approved[/]: roster version {roster.version} with {len(roster.entries)} "
+        f"entries: {escape(str(folder / auth.ROSTER_FILE))}",
+        soft_wrap=True,
+    )
+
+
+@app.command("sign-roster")
+def sign_roster_command(
+    folder: AuthorityDir,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="Drop a client.")] = None,
+    colluders: Annotated[int | None, typer.Option("--colluders", min=0)] = None,
+    minimum_sum: Annotated[int | None, typer.Option("--minimum-sum", min=1)] = None,
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="Allowed mode.")] = None,
+) -> None:
+    """Sign the next roster version: remove clients and/or change the federation policy."""
+    signer = auth.FileSigner.load(folder, _passphrase())
+    roster = auth.current_roster(folder, signer)
+    removed = set(remove or [])
+    if unknown := removed - {e.name for e in roster.entries}:
+        raise CLIError(f"not on the roster: {', '.join(sorted(unknown))}")
+    policy = dict(roster.policy)
+    for key, value in (("colluders", colluders), ("minimum_sum", minimum_sum)):
+        if value is not None:
+            policy[key] = value
+    if mode:
+        policy["allowed_modes"] = sorted(mode)
+    roster = dataclasses.replace(
+        roster,
+        version=roster.version + 1,
+        issued_at=datetime.now(UTC).replace(microsecond=0),
+        entries=tuple(e for e in roster.entries if e.name not in removed),
+        policy=policy,
+    )
+    auth.publish(folder, roster, signer)
+    console.print(f"[green]signed roster version {roster.version}[/]")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="authority")

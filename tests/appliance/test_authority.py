@@ -1,0 +1,182 @@
+"""The federation authority (appliance/authority.py) and enrolment (client_shim/enrol.py).
+
+The client makes its own keys; the authority (off the appliance) approves and signs the
+roster; the appliance's CA certifies the client's CSR only for an approved entry; the kit the
+client installs holds no private key of the appliance's making.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sealagg.appliance import authority as auth
+from sealagg.appliance.errors import ProvisioningError
+from sealagg.appliance.federation import (
+    FederationFolder,
+    add_enrolled_client,
+    init_federation,
+    install_roster,
+    pin_authority,
+)
+from sealagg.appliance.kit import load_kit
+from sealagg.client_shim import enrol
+from sealagg.crypto import IdentityKey
+from sealagg.crypto.roster import IdentityKeySigner, Role, make_enrolment_request, sign_roster
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    federation = init_federation(tmp_path / "fed", name="fed", hosts=["localhost"])
+    signer = auth.init_authority(tmp_path / "authority", PASSPHRASE, federation="fed")
+    pin_authority(federation, signer.public_key())
+    return tmp_path, federation, signer
+
+
+def _enrol(root: Path, federation: FederationFolder, signer, name: str = "alice") -> Path:
+    folder = root / f"client-{name}"
+    request = enrol.request(
+        name=name,
+        federation="fed",
+        authority_key=signer.public_key(),
+        folder=folder,
+        request_out=root / f"{name}.request.json",
+    )
+    _, signed = auth.approve(root / "authority", signer, request.read_bytes())
+    install_roster(federation, signed)
+    issued = add_enrolled_client(federation, request.read_bytes(), out=root / f"issued-{name}")
+    enrol.install(issued, folder)
+    return folder
+
+
+def test_enrolment_end_to_end_keeps_private_keys_on_the_client(setup):
+    root, federation, signer = setup
+    folder = _enrol(root, federation, signer)
+    kit = load_kit(folder, trusted_signer=federation.signer_public_key)
+    assert kit.enrolled and kit.authority_public_key == signer.public_key()
+    for file in ("identity.key", "client.key"):
+        assert stat.S_IMODE(os.stat(folder / file).st_mode) == 0o600
+    record = federation.client_record("alice")
+    assert record is not None and record.identity_public_key == kit.identity_public_key
+    roster = federation.roster()
+    assert roster is not None and roster.version == 2
+    assert roster.entry("alice").role is Role.DATA_OWNER
+    # The client's private keys appear nowhere in the federation folder (nor the issued kit).
+    secrets = [kit.identity_seed, kit.identity_seed.hex().encode(), kit.client_key_pem]
+    for path in [*federation.folder.rglob("*"), *(root / "issued-alice").rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(s in data for s in secrets), path
+    assert not any((root / "issued-alice").glob("*.key"))
+
+
+def test_the_appliance_certifies_only_what_the_authority_approved(setup):
+    root, federation, signer = setup
+    request = enrol.request(
+        name="mallory",
+        federation="fed",
+        authority_key=signer.public_key(),
+        folder=root / "mallory",
+        request_out=root / "mallory.json",
+    )
+    with pytest.raises(ProvisioningError, match="no signed roster is installed"):
+        add_enrolled_client(federation, request.read_bytes())
+    install_roster(federation, (root / "authority" / auth.ROSTER_FILE).read_bytes())
+    with pytest.raises(ProvisioningError, match="not on the installed roster"):
+        add_enrolled_client(federation, request.read_bytes())
+    # Approved, but the appliance is handed another identity key under the same name.
+    _, signed = auth.approve(root / "authority", signer, request.read_bytes())
+    install_roster(federation, signed)
+    body = json.loads(json.loads(request.read_bytes())["body"])
+    swapped = make_enrolment_request(
+        name="mallory",
+        federation="fed",
+        identity=IdentityKey.generate(),
+        tls_csr_pem=body["tls_csr_pem"],
+    )
+    with pytest.raises(ProvisioningError, match="not the ones roster version 2 admits"):
+        add_enrolled_client(federation, swapped)
+
+
+def test_a_forged_request_is_refused(setup):
+    root, _, signer = setup
+    request = json.loads(
+        enrol.request(
+            name="eve",
+            federation="fed",
+            authority_key=signer.public_key(),
+            folder=root / "eve",
+            request_out=root / "eve.json",
+        ).read_bytes()
+    )
+    request["body"] = request["body"].replace('"eve"', '"bob"')
+    with pytest.raises(ProvisioningError, match="refused"):
+        auth.approve(root / "authority", signer, json.dumps(request).encode())
+
+
+def test_install_refuses_a_kit_pinning_another_authority(setup, tmp_path):
+    root, _, signer = setup
+    other = tmp_path / "other-fed"
+    fed2 = init_federation(other, name="fed", hosts=["localhost"])
+    impostor = IdentityKeySigner(IdentityKey.generate())
+    pin_authority(fed2, impostor.public_key())
+    folder = root / "client-bob"
+    request = enrol.request(
+        name="bob",
+        federation="fed",
+        authority_key=signer.public_key(),
+        folder=folder,
+        request_out=root / "bob.json",
+    )
+    roster = auth.current_roster(root / "authority", signer)
+    _, _ = auth.approve(root / "authority", signer, request.read_bytes())
+    # A malicious appliance signs its own roster with the client on it and issues a kit
+    # pinning its own authority key: the client refuses to install it.
+    fake = roster.with_entry(
+        auth.current_roster(root / "authority", signer).entry("bob"), issued_at=roster.issued_at
+    )
+    install_roster(fed2, sign_roster(fake, impostor))
+    issued = add_enrolled_client(fed2, request.read_bytes(), out=root / "issued-bob")
+    with pytest.raises(ProvisioningError, match="another authority key"):
+        enrol.install(issued, folder)
+
+
+def test_the_authority_key_is_passphrase_protected(setup):
+    root, _, signer = setup
+    folder = root / "authority"
+    document = json.loads((folder / auth.KEY_FILE).read_text())
+    assert document["kdf"] == "scrypt" and "ENCRYPTED PRIVATE KEY" in document["pkcs8_pem"]
+    assert stat.S_IMODE(os.stat(folder / auth.KEY_FILE).st_mode) == 0o600
+    assert auth.FileSigner.load(folder, PASSPHRASE).public_key() == signer.public_key()
+    with pytest.raises(ProvisioningError, match="wrong passphrase"):
+        auth.FileSigner.load(folder, b"not the passphrase")
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(signer)
+
+
+def test_the_authority_never_lives_in_the_federation_folder(setup):
+    root, federation, _ = setup
+    with pytest.raises(ProvisioningError, match="off the appliance"):
+        auth.init_authority(federation.folder / "authority", PASSPHRASE, federation="fed")
+    with pytest.raises(ProvisioningError, match="at least"):
+        auth.init_authority(root / "weak", b"short", federation="fed")
+
+
+def test_install_roster_refuses_older_versions_and_other_keys(setup):
+    root, federation, signer = setup
+    v1 = (root / "authority" / auth.ROSTER_FILE).read_bytes()
+    _enrol(root, federation, signer)
+    with pytest.raises(ProvisioningError, match="older than the installed"):
+        install_roster(federation, v1)
+    impostor = IdentityKeySigner(IdentityKey.generate())
+    forged = sign_roster(auth.current_roster(root / "authority", signer), impostor)
+    with pytest.raises(ProvisioningError, match="not signed by"):
+        install_roster(federation, forged)
