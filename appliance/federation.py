@@ -562,14 +562,7 @@ def add_client(
     name = pki.validate_client_name(name)
     moment = pki.issuance_time(now)
     with federation._exclusive():
-        previous = federation.client_record(name)
-        if previous is not None and not (
-            previous.revoked or previous.serial in federation.revocations()
-        ):
-            raise ProvisioningError(
-                f"client {name!r} already has a kit (serial {previous.serial:x}); "
-                "revoke it before issuing a new one"
-            )
+        _refuse_active(federation, name)
         ca_key = federation.ca_private_key()
         tls_key = pki.generate_tls_key()
         cert = pki.issue_client_certificate(
@@ -595,24 +588,8 @@ def add_client(
             attestation_policy=_attestation_policy(federation),
             authority_public_key=federation.authority_public_key,
         )
-        if out is None:
-            out = federation.paths.kits / (f"{name}.tar.gz" if archive else name)
-        if archive:
-            path = kit_issue.write_kit_archive(files, Path(out), mtime=moment)
-        else:
-            path = kit_issue.write_kit_folder(files, Path(out))
-        record = ClientRecord(
-            name=name,
-            serial=cert.serial_number,
-            certificate_sha256=cert.fingerprint(hashes.SHA256()).hex(),
-            identity_public_key=kit.raw_public_key(identity.public_key()),
-            issued_at=moment,
-            not_after=cert.not_valid_after_utc,
-            certificate_pem=pki.certificate_pem(cert),
-        )
-        pki.write_file_atomic(
-            federation.paths.client_record(name), record.to_json(), mode=pki.PUBLIC_FILE_MODE
-        )
+        path = _write_kit(federation, files, name, out, archive, moment)
+        _record(federation, name, cert, kit.raw_public_key(identity.public_key()), moment)
     return path
 
 

@@ -8,6 +8,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.rounds import poll_round_ends
 
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.rounds import ActiveRound
@@ -298,22 +299,7 @@ def test_a_model_above_the_budget_is_refused_naming_secagg_plus(deployment, runn
     dep = deployment(clients=4)
     _key_holder_last(dep, 4, budget_bytes=100_000)
     app = running(dep.folder)
-    ends: dict[str, pb.RoundEnd] = {}
-
-    def poll(name: str) -> None:  # ready clients; the round is refused before it starts
-        conn = Connection(dep.kits[name], address=dep.address)
-        try:
-            for _ in range(30):
-                task = conn.get_task(1.0)
-                if task.WhichOneof("kind") == "round_end":
-                    ends[name] = task.round_end
-                    return
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=poll, args=(n,)) for n in sorted(dep.kits)]
-    for t in threads:
-        t.start()
+    threads, ends = poll_round_ends(dep, sorted(dep.kits))  # refused before it starts
     _finish(app, threads)
     _, _, rounds, _ = _published(dep)
     assert rounds[-1].status == "aborted"

@@ -59,7 +59,7 @@ def test_hugging_face_kernels_is_installed_here() -> None:
 def test_bare_kernels_is_theirs_and_every_sealagg_module_imports() -> None:
     code = (
         "import importlib, json, sys\n"
-        "import kernels\n"
+        "kernels = importlib.import_module('kernels')  # Hugging Face's, by its bare name\n"
         "theirs = kernels.__file__\n"
         "for name in sys.argv[1:]:\n"
         "    importlib.import_module(name)\n"
@@ -85,7 +85,8 @@ def test_transformers_hub_kernels_and_our_huggingface_integration_together() -> 
 import json
 import torch, transformers, peft
 import transformers.integrations.hub_kernels
-import kernels
+import importlib
+kernels = importlib.import_module("kernels")  # Hugging Face's, by its bare name
 from sealagg.client_shim import huggingface
 from sealagg.client_shim.pytorch import shared_parameters
 

@@ -20,11 +20,10 @@ clients' own defaults. Every refusal aborts the round with its reason in the aud
 
 from __future__ import annotations
 
-import threading
-
 import msgpack
 import numpy as np
 import pytest
+from sealagg_testkit.rounds import poll_round_ends
 
 from sealagg.appliance import ckks_round
 from sealagg.appliance.ckks_round import CkksRound
@@ -35,7 +34,6 @@ from sealagg.appliance.testing import base_model
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
 from sealagg.client_shim import ckks as shim_ckks
-from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.testing import start_participants
 from sealagg.crypto import IdentityKey
 from sealagg.crypto._primitives.ckks import PublicContext, SecretContext
@@ -327,22 +325,7 @@ def test_the_default_key_holder_is_unnamed_and_a_ckks_round_without_one_is_refus
     dep = deployment(clients=4)
     dep.configure(aggregation={"mode": "ckks", "min_clients": 4, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
-    ends: dict[str, pb.RoundEnd] = {}
-
-    def poll(name: str) -> None:  # ready clients; the round is refused before it starts
-        conn = Connection(dep.kits[name], address=dep.address)
-        try:
-            for _ in range(30):
-                task = conn.get_task(1.0)
-                if task.WhichOneof("kind") == "round_end":
-                    ends[name] = task.round_end
-                    return
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=poll, args=(n,)) for n in sorted(dep.kits)]
-    for t in threads:
-        t.start()
+    threads, ends = poll_round_ends(dep, sorted(dep.kits))  # refused before it starts
     app.wait(60)
     for t in threads:
         t.join(30)

@@ -87,3 +87,27 @@ def published(dep: Deployment):
         return model, store.load_model(model.version), report, store.rounds()
     finally:
         store.close()
+
+
+def poll_round_ends(dep: Deployment, names: list[str]) -> tuple[list[threading.Thread], dict]:
+    """Ready clients that only poll: each records the RoundEnd it is sent (a round that is
+    refused before it starts). Returns the started threads and ``name -> RoundEnd``."""
+    from sealagg.client_shim.connection import Connection
+
+    ends: dict = {}
+
+    def poll(name: str) -> None:
+        conn = Connection(dep.kits[name], address=dep.address)
+        try:
+            for _ in range(30):
+                task = conn.get_task(1.0)
+                if task.WhichOneof("kind") == "round_end":
+                    ends[name] = task.round_end
+                    return
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=poll, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    return threads, ends
