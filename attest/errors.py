@@ -27,6 +27,13 @@ class Reason(enum.Enum):
     DEBUG_ENABLED = "debug_enabled"
     TCB_TOO_LOW = "tcb_too_low"
     REQUIRED_CLAIM = "required_claim_mismatch"
+    COLLATERAL_MISSING = "collateral_missing"  # the bundle lacks an item this appraisal needs
+    COLLATERAL_INVALID = "collateral_invalid"  # mis-signed, malformed, stale or not yet valid
+    TCB_STATUS = "tcb_status_not_allowed"  # the vendor's TCB status (e.g. OutOfDate) is refused
+    REVOKED = "revoked"  # a certificate in the chain is on the vendor's CRL
+    QE_IDENTITY = "quoting_enclave_identity"  # TDX: the QE is not Intel's, or is debuggable
+    INSECURE_NOT_ALLOWED = "insecure_attester_not_allowed"  # the client did not opt in
+    MISSING_EVIDENCE = "missing_required_evidence"  # the policy requires a format not presented
 
 
 class AttestationError(Exception):

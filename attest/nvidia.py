@@ -19,6 +19,7 @@ import importlib.util
 import json
 from collections.abc import Mapping
 
+from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import NVIDIA_GPU, Evidence
 from sealagg.attest.policy import FormatPolicy
@@ -35,7 +36,13 @@ class NvidiaGpuAppraiser:
     insecure = False
 
     def appraise(
-        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+        self,
+        evidence: Evidence,
+        section: FormatPolicy,
+        now: float,
+        *,
+        binding: bytes,
+        collateral: CollateralBundle,
     ) -> dict[str, object]:
         if not sdk_available():
             raise AppraisalFailure(

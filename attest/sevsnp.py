@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sealagg.attest import _x509
+from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import SEV_SNP, Evidence
 from sealagg.attest.policy import FormatPolicy
@@ -183,7 +184,13 @@ class SevSnpAppraiser:
     insecure = False
 
     def appraise(
-        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+        self,
+        evidence: Evidence,
+        section: FormatPolicy,
+        now: float,
+        *,
+        binding: bytes,
+        collateral: CollateralBundle,
     ) -> dict[str, object]:
         report = parse_report(evidence.data)
         if len(evidence.certificates) != 3:

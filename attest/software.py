@@ -17,6 +17,7 @@ import hmac
 import struct
 from collections.abc import Mapping
 
+from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import SOFTWARE, Evidence
 from sealagg.attest.policy import FormatPolicy
@@ -61,7 +62,13 @@ class SoftwareAppraiser:
     insecure = True
 
     def appraise(
-        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+        self,
+        evidence: Evidence,
+        section: FormatPolicy,
+        now: float,
+        *,
+        binding: bytes,
+        collateral: CollateralBundle,
     ) -> dict[str, object]:
         raw = bytes(evidence.data)
         if len(raw) != EVIDENCE_BYTES or raw[:8] != MAGIC:

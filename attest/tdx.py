@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sealagg.attest import _x509
+from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import TDX, Evidence
 from sealagg.attest.policy import FormatPolicy
@@ -163,7 +164,13 @@ class TdxAppraiser:
     insecure = False
 
     def appraise(
-        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+        self,
+        evidence: Evidence,
+        section: FormatPolicy,
+        now: float,
+        *,
+        binding: bytes,
+        collateral: CollateralBundle,
     ) -> dict[str, object]:
         quote = parse_quote(evidence.data)
         if quote.pck_chain_type != CERT_PCK_CHAIN:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from sealagg.attest.binding import report_data
+from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import Evidence
 from sealagg.attest.nonces import NonceIssuer
@@ -35,9 +36,16 @@ class Appraiser(Protocol):
     insecure: bool
 
     def appraise(
-        self, evidence: Evidence, section: FormatPolicy, now: float, *, binding: bytes
+        self,
+        evidence: Evidence,
+        section: FormatPolicy,
+        now: float,
+        *,
+        binding: bytes,
+        collateral: CollateralBundle,
     ) -> dict[str, object]:
-        """``binding`` is the expected report data; hardware formats return theirs as the
+        """``collateral``: vendor-signed items (TCB info, CRLs ...) the appraiser verifies itself.
+        ``binding`` is the expected report data; hardware formats return theirs as the
         ``report_data`` claim and the verifier compares; formats whose evidence cannot carry
         it (NVIDIA's SDK takes a nonce) must hand it to their own verifier."""
         ...
@@ -49,7 +57,12 @@ class VerifierLike(Protocol):
     def challenge(self) -> bytes: ...
 
     def appraise(
-        self, evidence: Evidence, *, nonce: bytes, tls_spki_der: bytes
+        self,
+        evidence: Evidence,
+        *,
+        nonce: bytes,
+        tls_spki_der: bytes,
+        collateral: CollateralBundle | None = None,
     ) -> AttestationResult: ...
 
 
@@ -70,33 +83,51 @@ class Verifier:
         *,
         appraisers: Mapping[str, Appraiser] | None = None,
         clock: Callable[[], float] = time.time,
+        collateral: CollateralBundle | None = None,
     ) -> None:
+        """``collateral``: the bundle shipped in the kit; one sent with the evidence adds to it."""
         if not isinstance(policy, Policy):
             raise TypeError("a Verifier needs a loaded Policy")
         self.policy = policy
         self._appraisers = dict(appraisers if appraisers is not None else default_appraisers())
         self._clock = clock
         self._nonces = NonceIssuer()
+        self._collateral = collateral or CollateralBundle.empty()
 
     def challenge(self) -> bytes:
         """A fresh nonce for one appraisal."""
         return self._nonces.issue(self._clock())
 
     def appraise(
-        self, evidence: Evidence, *, nonce: bytes, tls_spki_der: bytes
+        self,
+        evidence: Evidence,
+        *,
+        nonce: bytes,
+        tls_spki_der: bytes,
+        collateral: CollateralBundle | None = None,
     ) -> AttestationResult:
-        """Appraise ``evidence`` made for ``nonce`` and the TLS key ``tls_spki_der``."""
+        """Appraise ``evidence`` made for ``nonce`` and the TLS key ``tls_spki_der``.
+
+        ``collateral`` (e.g. sent by the appliance) is merged under the local bundle; it needs
+        no trust in its carrier because each item is vendor-signed and checked."""
         fmt = evidence.format
         appraiser = self._appraisers.get(fmt)
         insecure = bool(appraiser and appraiser.insecure)
         try:
-            claims = self._run(evidence, nonce, tls_spki_der, appraiser)
+            claims = self._run(
+                evidence, nonce, tls_spki_der, appraiser, self._collateral.merged(collateral)
+            )
         except AppraisalFailure as failure:
             return AttestationResult.refused(fmt, failure.reason, failure.detail, insecure=insecure)
         return AttestationResult(True, fmt, insecure=insecure, claims=_public(claims))
 
     def _run(
-        self, evidence: Evidence, nonce: bytes, spki: bytes, appraiser: Appraiser | None
+        self,
+        evidence: Evidence,
+        nonce: bytes,
+        spki: bytes,
+        appraiser: Appraiser | None,
+        collateral: CollateralBundle,
     ) -> dict[str, object]:
         now = self._clock()
         self._nonces.redeem(nonce, now, self.policy.max_age_seconds)
@@ -111,7 +142,9 @@ class Verifier:
             )
         expected = report_data(nonce, spki)
         try:
-            claims = appraiser.appraise(evidence, section, now, binding=expected)
+            claims = appraiser.appraise(
+                evidence, section, now, binding=expected, collateral=collateral
+            )
         except AppraisalFailure:
             raise
         except Exception as exc:  # a parser bug must refuse, never accept or crash

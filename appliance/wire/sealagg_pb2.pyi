@@ -276,16 +276,30 @@ class AttestRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestReply(_message.Message):
-    __slots__ = ("format", "evidence", "certificates", "tls_certificate_der")
+    __slots__ = ("format", "evidence", "certificates", "tls_certificate_der", "additional", "collateral")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     TLS_CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_FIELD_NUMBER: _ClassVar[int]
+    COLLATERAL_FIELD_NUMBER: _ClassVar[int]
     format: str
     evidence: bytes
     certificates: _containers.RepeatedScalarFieldContainer[bytes]
     tls_certificate_der: bytes
-    def __init__(self, format: _Optional[str] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ..., tls_certificate_der: _Optional[bytes] = ...) -> None: ...
+    additional: _containers.RepeatedCompositeFieldContainer[EvidenceItem]
+    collateral: bytes
+    def __init__(self, format: _Optional[str] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ..., tls_certificate_der: _Optional[bytes] = ..., additional: _Optional[_Iterable[_Union[EvidenceItem, _Mapping]]] = ..., collateral: _Optional[bytes] = ...) -> None: ...
+
+class EvidenceItem(_message.Message):
+    __slots__ = ("format", "evidence", "certificates")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    evidence: bytes
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, format: _Optional[str] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AttestationReport(_message.Message):
     __slots__ = ("accepted", "format", "reason", "detail")
@@ -300,5 +314,31 @@ class AttestationReport(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., format: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class AttestationReportAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RosterRequest(_message.Message):
+    __slots__ = ("known_version",)
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known_version: int
+    def __init__(self, known_version: _Optional[int] = ...) -> None: ...
+
+class RosterReply(_message.Message):
+    __slots__ = ("roster",)
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
+    roster: bytes
+    def __init__(self, roster: _Optional[bytes] = ...) -> None: ...
+
+class RoundRefusal(_message.Message):
+    __slots__ = ("round_id", "code", "detail")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    code: str
+    detail: str
+    def __init__(self, round_id: _Optional[bytes] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RoundRefusalAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -64,6 +64,16 @@ class AggregatorStub:
                 request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
                 response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
                 _registered_method=True)
+        self.GetRoster = channel.unary_unary(
+                '/sealagg.v1.Aggregator/GetRoster',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RosterRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RosterReply.FromString,
+                _registered_method=True)
+        self.ReportRefusal = channel.unary_unary(
+                '/sealagg.v1.Aggregator/ReportRefusal',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusal.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusalAck.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -112,6 +122,22 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoster(self, request, context):
+        """The newest authority-signed roster the appliance holds (crypto/roster.py). Clients verify
+        it against the authority key pinned in their kit; the appliance's word adds nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportRefusal(self, request, context):
+        """A client refused a round (roster, parameters, transcript, attestation): the appliance
+        audits it and treats the client as gone for that round.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +170,16 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.ReportAttestation,
                     request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReport.FromString,
                     response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.SerializeToString,
+            ),
+            'GetRoster': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoster,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RosterRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RosterReply.SerializeToString,
+            ),
+            'ReportRefusal': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRefusal,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusal.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusalAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +344,60 @@ class Aggregator:
             '/sealagg.v1.Aggregator/ReportAttestation',
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReport.SerializeToString,
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AttestationReportAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Aggregator/GetRoster',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RosterRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RosterReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRefusal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Aggregator/ReportRefusal',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusal.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusalAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,126 @@
+"""Vendor-signed collateral as one file bundle: what a verifier needs beside the evidence itself.
+
+Intel's TCB info, QE identity and CRLs, AMD's VCEK/VLEK certificates and CRLs: an
+operator fetches them on a connected machine (``sealagg attest collateral fetch``)
+and ships the bundle with the appliance or the kit. Where the bytes came from adds
+no trust: every item is signed by a vendor key that chains to the root pinned in
+the policy, and each appraiser checks those signatures and the items' dates. An
+appraiser that needs an item the bundle lacks refuses (``Reason.COLLATERAL_MISSING``)
+instead of appraising half.
+
+Layout (a directory, or the same as one msgpack map of path -> bytes on the wire)::
+
+    tdx/...        see attest/tdx_collateral.py
+    sev-snp/...    see attest/snp_collateral.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+
+import msgpack
+
+from sealagg.attest.errors import AppraisalFailure, Reason
+
+#: Upper bounds, so a hostile bundle (it may come from the appliance) cannot exhaust memory.
+MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+MAX_FILES = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class CollateralBundle:
+    """Read-only map of relative POSIX paths (``"tdx/tcb_info.json"``) to file bytes."""
+
+    files: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clean: dict[str, bytes] = {}
+        for name, data in dict(self.files).items():
+            clean[_check_name(name)] = bytes(data)
+        object.__setattr__(self, "files", MappingProxyType(clean))
+
+    @classmethod
+    def empty(cls) -> CollateralBundle:
+        return cls({})
+
+    @classmethod
+    def from_directory(cls, root: Path | str) -> CollateralBundle:
+        """Every regular file under ``root``; a missing directory is an empty bundle."""
+        root = Path(root)
+        if not root.is_dir():
+            return cls.empty()
+        files = {
+            path.relative_to(root).as_posix(): path.read_bytes()
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
+        return cls(files)
+
+    def write_directory(self, root: Path | str) -> None:
+        root = Path(root)
+        for name, data in self.files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(dict(self.files), use_bin_type=True) if self.files else b""
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> CollateralBundle:
+        """Parse a bundle sent on the wire; anything malformed is a refusal, never a crash."""
+        if not blob:
+            return cls.empty()
+        if len(blob) > MAX_BUNDLE_BYTES:
+            raise AppraisalFailure(Reason.COLLATERAL_INVALID, "the collateral bundle is too large")
+        try:
+            data = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            raise AppraisalFailure(
+                Reason.COLLATERAL_INVALID, f"the collateral bundle is not msgpack: {exc}"
+            ) from None
+        if not isinstance(data, dict) or len(data) > MAX_FILES:
+            raise AppraisalFailure(Reason.COLLATERAL_INVALID, "the collateral bundle is not a map")
+        if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in data.items()):
+            raise AppraisalFailure(
+                Reason.COLLATERAL_INVALID, "the collateral bundle maps names to bytes only"
+            )
+        try:
+            return cls(data)
+        except ValueError as exc:
+            raise AppraisalFailure(Reason.COLLATERAL_INVALID, str(exc)) from None
+
+    def merged(self, other: CollateralBundle | None) -> CollateralBundle:
+        """``other``'s items added; where both have a name, ``self`` (the local copy) wins."""
+        if other is None or not other.files:
+            return self
+        return CollateralBundle({**other.files, **self.files})
+
+    def get(self, name: str) -> bytes | None:
+        return self.files.get(name)
+
+    def require(self, name: str, why: str) -> bytes:
+        """The item, or a refusal that says which item is missing and what it is for."""
+        data = self.files.get(name)
+        if data is None:
+            raise AppraisalFailure(
+                Reason.COLLATERAL_MISSING,
+                f"the collateral bundle has no {name!r} ({why}); fetch it with "
+                "'sealagg attest collateral fetch' on a connected machine and ship it",
+            )
+        return data
+
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(n for n in self.files if n.startswith(prefix))
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError("collateral item names are non-empty strings")
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise ValueError(f"collateral item name {name!r} must be a relative path inside the bundle")
+    return path.as_posix()
