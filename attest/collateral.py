@@ -117,6 +117,21 @@ class CollateralBundle:
         return sorted(n for n in self.files if n.startswith(prefix))
 
 
+@dataclasses.dataclass(frozen=True)
+class CollateralDownload:
+    """One item an operator's connected machine fetches into the bundle (never run in tests).
+
+    ``path``: where it goes in the bundle. ``response_header``: when set, the item is that
+    HTTP response header's URL-decoded value (Intel sends issuer chains as headers), not the
+    body. Each vendor module (tdx_collateral, snp_collateral) publishes ``fetch_plan(...)``
+    returning these; ``sealagg attest collateral fetch`` carries them out.
+    """
+
+    url: str
+    path: str
+    response_header: str | None = None
+
+
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError("collateral item names are non-empty strings")
