@@ -12,6 +12,8 @@ Files of an authority folder (never inside a federation folder, see :func:`check
     authority.key     the Ed25519 key: PKCS#8, encrypted (0600)
     authority.pub     its public key (hex): give it to every client out of band
     roster.json       the current signed roster (the one to install on the appliance)
+    kit_identity.json the federation CA and server name the authority vouches for in kits
+                      (recorded at the first ``sign-kit``; a kit naming others is refused)
 
 The key file is PKCS#8 with ``BestAvailableEncryption``, whose password is not the
 passphrase itself but scrypt(passphrase, salt; N=2^17, r=8, p=1): a stolen file then costs an
@@ -21,16 +23,21 @@ attacker 128 MiB of memory per guess, where PKCS#8's own KDF (PBKDF2) costs almo
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import os
+import tomllib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from sealagg.appliance import kit, pki
+from sealagg.appliance import kit, kit_issue, pki
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.crypto.errors import RosterError
 from sealagg.crypto.roster import (
@@ -46,6 +53,7 @@ from sealagg.crypto.roster import (
 KEY_FILE = "authority.key"
 PUBLIC_FILE = "authority.pub"
 ROSTER_FILE = "roster.json"
+KIT_IDENTITY_FILE = "kit_identity.json"
 KEY_FORMAT = "sealagg-authority-key/1"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
 #: How long an approved entry stays valid unless the approver says otherwise.
@@ -120,8 +128,16 @@ def check_outside(folder: Path, federation_folder: Path | None) -> None:
             raise ProvisioningError(f"{folder} is inside the federation folder {fed}")
 
 
-def init_authority(folder: Path, passphrase: bytes, *, federation: str) -> FileSigner:
-    """Create a new authority key in ``folder`` (new or empty) and an empty roster version 1."""
+def init_authority(
+    folder: Path,
+    passphrase: bytes,
+    *,
+    federation: str,
+    policy: Mapping[str, Any] | None = None,
+) -> FileSigner:
+    """Create a new authority key in ``folder`` (new or empty) and an empty roster version 1,
+    carrying the federation ``policy`` (``colluders``, ``minimum_sum``, ``allowed_modes``) if
+    given: the policy every client then enforces (``sign-roster`` changes it later)."""
     folder = Path(folder)
     check_outside(folder, None)
     if len(passphrase) < MIN_PASSPHRASE_BYTES:
@@ -156,7 +172,12 @@ def init_authority(folder: Path, passphrase: bytes, *, federation: str) -> FileS
     pki.write_file_atomic(
         folder / PUBLIC_FILE, kit.render_authority_key(signer.public_key()), mode=0o644
     )
-    empty = Roster(federation, 1, datetime.now(UTC).replace(microsecond=0), ())
+    try:
+        empty = Roster(
+            federation, 1, datetime.now(UTC).replace(microsecond=0), (), dict(policy or {})
+        )
+    except RosterError as error:
+        raise ProvisioningError(f"not creating the authority: {error}") from None
     pki.write_file_atomic(folder / ROSTER_FILE, sign_roster(empty, signer), mode=0o644)
     return signer
 
@@ -193,8 +214,37 @@ def approve(
 
     The request carries only public keys: the authority never sees a private key either.
     """
+    return approve_all(folder, signer, [(request, role)], validity=validity, now=now)
+
+
+def approve_all(
+    folder: Path,
+    signer: Signer,
+    requests: list[tuple[bytes, Role]],
+    *,
+    validity: timedelta = DEFAULT_VALIDITY,
+    now: datetime | None = None,
+) -> tuple[Roster, bytes]:
+    """Approve several enrolment requests (each with its role) into one new roster version;
+    every request is checked as :func:`approve` checks one, and none is added unless all pass."""
     moment = pki.issuance_time(now)
     roster = current_roster(folder, signer)
+    entries = [_entry_for(request, role, roster, validity, moment) for request, role in requests]
+    if not entries:
+        raise ProvisioningError("no enrolment request to approve")
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ProvisioningError("two requests name the same client")
+    updated = roster
+    for entry in entries:
+        updated = updated.with_entry(entry, issued_at=moment)
+    updated = dataclasses.replace(updated, version=roster.version + 1)
+    return updated, publish(folder, updated, signer)
+
+
+def _entry_for(
+    request: bytes, role: Role, roster: Roster, validity: timedelta, moment: datetime
+) -> RosterEntry:
     try:
         fields = verify_enrolment_request(request)
     except RosterError as error:
@@ -205,7 +255,7 @@ def approve(
         )
     name = pki.validate_client_name(fields["name"])
     csr = pki.load_client_csr(fields["tls_csr_pem"], name=name)
-    entry = RosterEntry(
+    return RosterEntry(
         name=name,
         identity_key=bytes.fromhex(fields["identity_key"]),
         tls_key_sha256=pki.spki_sha256(csr.public_key()),
@@ -213,5 +263,102 @@ def approve(
         not_before=moment - pki.CLOCK_SKEW,
         not_after=moment + validity,
     )
-    updated = roster.with_entry(entry, issued_at=moment)
-    return updated, publish(folder, updated, signer)
+
+
+# ------------------------------------------------------------------------------ kit countersign
+
+
+def sign_kit(
+    folder: Path,
+    signer: Signer,
+    kit_path: Path,
+    *,
+    new_identity: bool = False,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """Countersign an issued kit (folder or archive) in place; returns what was vouched for.
+
+    The appliance signed the kit's manifest with its own key, which proves nothing to a client
+    that does not trust the appliance. The authority checks what matters before it signs:
+    the manifest is intact; the kit pins this authority; its client is on the current roster,
+    valid now, and its certificate carries the TLS key the roster lists for it; its CA and
+    server name are the federation's (recorded in ``kit_identity.json`` at the first kit, which
+    the security team compares out of band; a later kit naming another CA or server name is
+    refused unless ``new_identity``). Then it signs the manifest, which lists the hash of every
+    file: CA certificate, ``client.toml`` (server, policy), attestation policy, collateral.
+    """
+    folder, kit_path = Path(folder), Path(kit_path)
+    files = kit.read_kit_files(kit_path)
+    try:
+        kit.verify_kit_files(files, trusted_signer=None, as_issued=True)
+        manifest = json.loads(files[kit.MANIFEST])
+        config = tomllib.loads(files[kit.CLIENT_CONFIG].decode("utf-8"))
+        name = pki.validate_client_name(config["client"]["name"])
+        server_name = str(config["server"]["tls_server_name"])
+        address = str(config["server"]["address"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProvisioningError(f"{kit_path} is not a readable kit: {exc}") from None
+    if (
+        kit.AUTHORITY_KEY not in manifest["files"]
+        or kit.parse_authority_key(files[kit.AUTHORITY_KEY]) != signer.public_key()
+    ):
+        raise ProvisioningError(f"{kit_path} does not pin this authority's key")
+    roster = current_roster(folder, signer, config["client"].get("federation"))
+    try:
+        entry = roster.entry(name)
+        entry.check_valid_at(pki.issuance_time(now))
+    except RosterError as error:
+        raise ProvisioningError(f"not signing the kit of {name!r}: {error}") from None
+    certificate = pki.load_certificate(files[kit.CLIENT_CERT], what="the kit's certificate")
+    if pki.spki_sha256(certificate) != entry.tls_key_sha256:
+        raise ProvisioningError(
+            f"the kit's certificate for {name!r} is not for the TLS key roster version "
+            f"{roster.version} lists"
+        )
+    ca = pki.load_certificate(files[kit.CA_CERT], what="the kit's CA certificate")
+    pki.check_issued_by(certificate, ca)
+    identity = {
+        "ca_sha256": ca.fingerprint(hashes.SHA256()).hex(),
+        "tls_server_name": server_name,
+    }
+    _check_kit_identity(folder, identity, new_identity=new_identity)
+    signature = signer.sign(kit.AUTHORITY_SIGNATURE_CONTEXT + files[kit.MANIFEST])
+    kit.verify_authority_signature(
+        {**files, kit.AUTHORITY_SIGNATURE: signature.hex().encode()}, signer.public_key()
+    )
+    _write_countersignature(kit_path, files, (signature.hex() + "\n").encode())
+    vouched = {"client": name, "address": address, **identity}
+    if kit.ATTESTATION_POLICY in files:
+        vouched["attestation_policy_sha256"] = hashlib.sha256(
+            files[kit.ATTESTATION_POLICY]
+        ).hexdigest()
+    return vouched
+
+
+def _check_kit_identity(folder: Path, identity: dict[str, str], *, new_identity: bool) -> None:
+    path = folder / KIT_IDENTITY_FILE
+    if path.exists() and not new_identity:
+        try:
+            recorded = json.loads(pki.read_file(path, limit=64 * 1024))
+        except ValueError as exc:
+            raise ProvisioningError(f"{path} is corrupt: {exc}") from None
+        if recorded != identity:
+            raise ProvisioningError(
+                f"the kit names CA {identity['ca_sha256'][:16]}… and server "
+                f"{identity['tls_server_name']!r}, not the federation's recorded in {path} "
+                f"(CA {str(recorded.get('ca_sha256'))[:16]}…, server "
+                f"{recorded.get('tls_server_name')!r}); refusing to vouch for it"
+            )
+        return
+    data = (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode()
+    pki.write_file_atomic(path, data, mode=0o644)
+
+
+def _write_countersignature(kit_path: Path, files: dict[str, bytes], signature: bytes) -> None:
+    if kit_path.is_dir():
+        pki.write_file_atomic(kit_path / kit.AUTHORITY_SIGNATURE, signature, mode=0o644)
+        return
+    signed = {**files, kit.AUTHORITY_SIGNATURE: signature}
+    staging = kit_path.with_name(f".{kit_path.name}.{os.getpid()}.signed")
+    kit_issue.write_kit_archive(signed, staging, mtime=datetime.now(UTC))
+    os.replace(staging, kit_path)

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sealagg.appliance import kit, kit_issue, pki
-from sealagg.appliance.attestation import client_policy_path
+from sealagg.appliance.attestation import client_policy_path, kit_collateral
 from sealagg.appliance.errors import CertificateError, ProvisioningError
 from sealagg.attest import PolicyError, parse_policy
 from sealagg.crypto.errors import RosterError, RosterRollbackError
@@ -586,6 +586,7 @@ def add_client(
             signer=federation.audit_signing_key,
             issued_at=moment,
             attestation_policy=_attestation_policy(federation),
+            attestation_collateral=kit_collateral(federation.folder, limit=kit.MAX_FILE_BYTES),
             authority_public_key=federation.authority_public_key,
         )
         path = _write_kit(federation, files, name, out, archive, moment)
@@ -656,6 +657,7 @@ def add_enrolled_client(
             signer=federation.audit_signing_key,
             issued_at=moment,
             attestation_policy=_attestation_policy(federation),
+            attestation_collateral=kit_collateral(federation.folder, limit=kit.MAX_FILE_BYTES),
             authority_public_key=federation.authority_public_key,
         )
         path = _write_kit(federation, files, name, out, archive, moment)

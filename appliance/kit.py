@@ -17,6 +17,16 @@ authority's public key (``authority.pub``); the client shim then verifies the au
 signed roster in every round (:mod:`sealagg.crypto.roster`). For an enrolled kit the client
 pinned that key itself, out of band, before the appliance was involved.
 
+The provisioning key is the appliance's own, so its signature proves only that *someone*
+signed the kit. What matters for trust (the CA certificate and server name the client will
+believe, the policy, the attestation policy, collateral: every file the manifest lists) must
+come from the authority instead: it countersigns the manifest (``AUTHORITY.sig``, Ed25519
+under :data:`AUTHORITY_SIGNATURE_CONTEXT`; ``sealagg authority sign-kit``). An enrolled kit
+is refused unless that countersignature verifies under the authority key the client pinned
+at enrolment (``trusted_authority``, by default the kit's own ``authority.pub``, which the
+client wrote itself): an appliance that re-signs a kit, say with a permissive attestation
+policy or its own CA, cannot produce it.
+
 This module is the client shim's one door into the appliance besides the wire schema: it only
 loads and validates kits (:func:`load_kit`, :class:`ClientKit`) and re-exports the kit errors,
 so a data owner never imports code that issues or signs kits. Issuing lives in
@@ -26,6 +36,7 @@ so a data owner never imports code that issues or signs kits. Issuing lives in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -68,6 +79,7 @@ from sealagg.crypto.rules import MIN_MASKED_PARTIES
 __all__ = [
     "ATTESTATION_POLICY",
     "AUTHORITY_KEY",
+    "AUTHORITY_SIGNATURE",
     "CA_CERT",
     "CLIENT_CERT",
     "CLIENT_CONFIG",
@@ -85,6 +97,8 @@ __all__ = [
     "load_kit",
     "parse_authority_key",
     "raw_public_key",
+    "read_kit_files",
+    "verify_authority_signature",
     "verify_kit_files",
 ]
 
@@ -95,10 +109,18 @@ IDENTITY_KEY = "identity.key"
 CLIENT_CONFIG = "client.toml"
 MANIFEST = "MANIFEST.json"
 SIGNATURE = "MANIFEST.sig"
+#: The federation authority's countersignature of MANIFEST.json (hex, one line).
+AUTHORITY_SIGNATURE = "AUTHORITY.sig"
+#: Never valid as a roster or enrolment signature of the same key, nor as a provisioning one.
+AUTHORITY_SIGNATURE_CONTEXT = b"sealagg kit manifest, countersigned by the authority v1\x00"
+#: Files that are the kit's signatures, never listed in its manifest.
+SIGNATURE_FILES = frozenset({MANIFEST, SIGNATURE, AUTHORITY_SIGNATURE})
 #: Optional: the federation authority's raw Ed25519 public key (hex), which signs the roster.
 AUTHORITY_KEY = "authority.pub"
 #: Optional: the TEE attestation policy (attest/policy.py) the client enforces before sending.
 ATTESTATION_POLICY = "attestation_policy.toml"
+#: Optional: vendor-signed attestation collateral (attest/collateral.py bundle, msgpack).
+ATTESTATION_COLLATERAL = "attestation_collateral.msgpack"
 
 KIT_FILES = (CA_CERT, CLIENT_CERT, CLIENT_KEY, IDENTITY_KEY, CLIENT_CONFIG)
 PRIVATE_FILES = frozenset({CLIENT_KEY, IDENTITY_KEY})
@@ -140,10 +162,14 @@ class ClientKit:
     config: Mapping[str, Any] = field(default_factory=dict)
     #: The signed attestation policy, if the federation ships one (then the shim enforces it).
     attestation_policy: bytes | None = None
+    #: The collateral bundle shipped with the kit (the verifier's local collateral), if any.
+    attestation_collateral: bytes | None = None
     #: The federation authority's raw Ed25519 key; set: every round's roster is verified.
     authority_public_key: bytes | None = None
     #: True for an enrolled kit: no private key in it was made by the appliance.
     enrolled: bool = False
+    #: True when the federation authority countersigned the manifest (``AUTHORITY.sig``).
+    authority_signed: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -238,32 +264,92 @@ class ClientKit:
         return self.ca_cert_pem, self.client_key_pem, self.client_cert_pem
 
 
-def load_kit(path: Path, *, trusted_signer: bytes | None = None) -> ClientKit:
+def load_kit(
+    path: Path,
+    *,
+    trusted_signer: bytes | None = None,
+    trusted_authority: bytes | None = None,
+) -> ClientKit:
     """Open a kit folder or archive and verify it completely before returning it.
 
     ``trusted_signer`` is the federation's raw 32-byte Ed25519 provisioning key (its
     ``signer_public_key``). Without it the signature only proves the kit was not edited since
     *someone* signed it; pass it whenever the key is known out of band.
+
+    ``trusted_authority`` is the federation authority's raw key as the client pinned it; then
+    the manifest must carry the authority's countersignature (``AUTHORITY.sig``) under that
+    key. An enrolled kit always needs it, by default under the kit's own ``authority.pub``
+    (the key the client pinned at enrolment: the appliance never wrote that file).
     """
     path = Path(path)
-    if trusted_signer is not None and (
-        not isinstance(trusted_signer, bytes) or len(trusted_signer) != 32
-    ):
-        raise ProvisioningError("trusted_signer must be a raw 32-byte Ed25519 public key")
-    if path.is_dir():
-        files, folder = _read_folder(path), path
-    elif path.is_file():
-        files, folder = _read_archive(path.resolve()), None
-    else:
-        raise ProvisioningError(f"no client kit at {path}")
+    for what, key in (("trusted_signer", trusted_signer), ("trusted_authority", trusted_authority)):
+        if key is not None and (not isinstance(key, bytes) or len(key) != 32):
+            raise ProvisioningError(f"{what} must be a raw 32-byte Ed25519 public key")
+    files = read_kit_files(path)
+    folder = path if path.is_dir() else None
     signer = verify_kit_files(files, trusted_signer=trusted_signer)
-    return _open_verified(files, path, folder, signer)
+    kit = _open_verified(files, path, folder, signer)
+    pinned = trusted_authority
+    if pinned is None and kit.enrolled:
+        pinned = kit.authority_public_key
+        if pinned is None:
+            raise KitTamperedError(
+                "the enrolled kit pins no federation authority: the client's own authority.pub "
+                "is missing"
+            )
+    if pinned is not None:
+        if kit.authority_public_key is not None and kit.authority_public_key != pinned:
+            raise KitTamperedError(
+                f"the kit pins authority key {kit.authority_public_key.hex()[:16]}…, not the "
+                "one this client pinned"
+            )
+        verify_authority_signature(files, pinned)
+    elif AUTHORITY_SIGNATURE in files and kit.authority_public_key is not None:
+        verify_authority_signature(files, kit.authority_public_key)  # present: must be right
+    return dataclasses.replace(kit, authority_signed=AUTHORITY_SIGNATURE in files)
 
 
-def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None) -> bytes:
+def read_kit_files(path: Path) -> dict[str, bytes]:
+    """Every file of a kit folder or archive, in memory (bounded; archives never extracted),
+    unverified: check them with :func:`verify_kit_files`."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path)
+    if path.is_file():
+        return _read_archive(path.resolve())
+    raise ProvisioningError(f"no client kit at {path}")
+
+
+def verify_authority_signature(files: Mapping[str, bytes], authority_key: bytes) -> None:
+    """Raise :class:`KitTamperedError` unless the authority whose raw key is ``authority_key``
+    countersigned this kit's manifest (so every file it lists is the authority's choice)."""
+    if AUTHORITY_SIGNATURE not in files:
+        raise KitTamperedError(
+            f"the kit carries no {AUTHORITY_SIGNATURE}: the federation authority has not "
+            "countersigned it (sealagg authority sign-kit), so its CA, server name and "
+            "policies are only the appliance's word"
+        )
+    try:
+        signature = bytes.fromhex(files[AUTHORITY_SIGNATURE].decode("ascii").strip())
+        Ed25519PublicKey.from_public_bytes(authority_key).verify(
+            signature, AUTHORITY_SIGNATURE_CONTEXT + files[MANIFEST]
+        )
+    except (ValueError, UnicodeDecodeError, InvalidSignature):
+        raise KitTamperedError(
+            f"{AUTHORITY_SIGNATURE} is not the signature of the federation authority this "
+            f"client pinned ({authority_key.hex()[:16]}…) over {MANIFEST}: the kit was "
+            "re-signed or changed after the authority signed it"
+        ) from None
+
+
+def verify_kit_files(
+    files: Mapping[str, bytes], *, trusted_signer: bytes | None, as_issued: bool = False
+) -> bytes:
     """Check the manifest signature and every file's hash; return the signer's public key.
 
     Raises :class:`KitTamperedError` naming the first file that does not match.
+    ``as_issued``: an enrolled kit as the appliance issued it, before the client added its
+    own private keys (what the authority countersigns).
     """
     for required in (MANIFEST, SIGNATURE):
         if required not in files:
@@ -285,7 +371,7 @@ def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None
             f"{MANIFEST}: the signature in {SIGNATURE} does not verify (edited after signing?)"
         ) from None
     listed: dict[str, str] = manifest["files"]
-    present = set(files) - {MANIFEST, SIGNATURE}
+    present = set(files) - SIGNATURE_FILES
     enrolled = manifest["format"] == ENROLLED_MANIFEST_FORMAT
     if enrolled:  # the client's own keys: never listed, never from the appliance
         if listed_private := sorted(PRIVATE_FILES & set(listed)):
@@ -303,7 +389,7 @@ def verify_kit_files(files: Mapping[str, bytes], *, trusted_signer: bytes | None
             raise KitTamperedError(f"{file} was modified (its SHA-256 does not match {MANIFEST})")
     for required in KIT_FILES:
         if enrolled and required in PRIVATE_FILES:
-            if required not in files:
+            if required not in files and not as_issued:
                 raise ProvisioningError(
                     f"the enrolled kit has no {required}: install the issued kit into the "
                     "folder where sealagg-enrol wrote the client's keys"
@@ -327,7 +413,7 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
             raise ValueError("files is not a table")
         for file, digest in listed.items():
             _check_file_name(file)
-            if file in (MANIFEST, SIGNATURE) or not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+            if file in SIGNATURE_FILES or not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
                 raise ValueError(f"bad entry for {file}")
     except (ValueError, KeyError, TypeError, ProvisioningError) as exc:
         raise KitTamperedError(f"{MANIFEST} is not a valid kit manifest: {exc}") from None
@@ -371,6 +457,7 @@ def _open_verified(
         signer_public_key=signer,
         config=config,
         attestation_policy=files.get(ATTESTATION_POLICY),
+        attestation_collateral=files.get(ATTESTATION_COLLATERAL),
         authority_public_key=authority,
         enrolled=_parse_manifest(files[MANIFEST])["format"] == ENROLLED_MANIFEST_FORMAT,
     )

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sealagg.appliance import pki
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.appliance.kit import (
+    ATTESTATION_COLLATERAL,
     ATTESTATION_POLICY,
     AUTHORITY_KEY,
     CA_CERT,
@@ -110,6 +111,7 @@ def build_kit(
     signer: Ed25519PrivateKey,
     issued_at: datetime,
     attestation_policy: bytes | None = None,
+    attestation_collateral: bytes | None = None,
     authority_public_key: bytes | None = None,
     policy: FederationPolicy | None = None,
 ) -> dict[str, bytes]:
@@ -139,6 +141,8 @@ def build_kit(
         files[IDENTITY_KEY] = identity_seed
     if attestation_policy is not None:
         files[ATTESTATION_POLICY] = attestation_policy
+    if attestation_collateral is not None:
+        files[ATTESTATION_COLLATERAL] = attestation_collateral
     if authority_public_key is not None:
         files[AUTHORITY_KEY] = render_authority_key(authority_public_key)
     manifest = {

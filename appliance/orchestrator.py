@@ -7,6 +7,14 @@ A phase closes when every expected client answered or its deadline passed;
 clients that missed it are dropped for that round, and a round that falls
 below its minimum is aborted with every client told. CPU-heavy steps (unmasking)
 run in a worker thread so polls keep being served.
+
+With a pinned federation authority, only clients its installed roster admits are chosen
+for rounds (:mod:`appliance.roster_gate`; the others are audited as ``client_not_on_roster``
+and their uploads refused), every masked round's transcript names the roster's version, and
+the roster's signed policy (``c``, ``m``) is the one the round's parameters must meet, since
+it is the one every client enforces. A client that refuses a round reports it
+(:meth:`Orchestrator.report_refusal`): audited as ``round_refused_by_client``, and the round
+goes on without it.
 """
 
 from __future__ import annotations
@@ -14,24 +22,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from sealagg.appliance.ckks_round import build_ckks_round
 from sealagg.appliance.config import ApplianceConfig
-from sealagg.appliance.federation import installed_roster
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.models import ModelVersion
 from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
 from sealagg.appliance.optimizers import ServerOptimizer, make_optimizer
 from sealagg.appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
 from sealagg.appliance.robust import build_robust_round
+from sealagg.appliance.roster_gate import RosterGate
 from sealagg.appliance.rounds import (
     ActiveRound,
     Aggregate,
@@ -49,7 +60,8 @@ from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
 from sealagg.crypto.config import check_round_parameters, default_minimum_survivors
 from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
 from sealagg.crypto.params import choose_graph
-from sealagg.crypto.policy import check_round_against_policy
+from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
+from sealagg.crypto.refusal import MAX_DETAIL_CHARS, parse_code
 from sealagg.crypto.rules import require_masking_parties
 
 _log = logging.getLogger("sealagg.orchestrator")
@@ -63,6 +75,10 @@ SETUP_FAILURE = "cannot set up the round"
 #: Uploads larger than this are checked and added in a worker thread (the lock keeps order).
 OFF_LOOP_BYTES = 1 << 20
 MAX_QUEUED_TASKS = 16
+#: Rounds whose late refusals are still audited, and connect-time refusals remembered (each
+#: is audited once per client and code, so a client cannot flood the audit log).
+RECENT_ROUNDS = 16
+MAX_REMEMBERED_REFUSALS = 4096
 
 
 @dataclasses.dataclass
@@ -123,6 +139,12 @@ class Orchestrator:
         self.vendor_gate = (  # [gates] vendor: the named party evaluates every candidate
             VendorGate(config.gates, store, self._send_to, clock) if config.gates.vendor else None
         )
+        #: The authority's installed roster: who may take part (appliance/roster_gate.py).
+        self.roster_gate = RosterGate(Path(store.folder))
+        self._not_on_roster: dict[str, str] = {}  # name -> the reason last audited
+        self._refused: set[str] = set()  # members that refused the current round
+        self._recent_rounds: OrderedDict[bytes, int] = OrderedDict()  # round id -> number
+        self._refusals_audited: set[tuple[str, bytes, str]] = set()
 
     # ------------------------------------------------------------------ client-facing
 
@@ -154,11 +176,69 @@ class Orchestrator:
         """Validate a header before reading data; returns the byte limit for the body."""
         if header.kind == EVALUATION_KIND:
             return self._gate_for(name).check_upload(name, header)
+        reason = self._roster_refusal(name)
+        if reason is not None:
+            raise UploadRefusedError(
+                "PERMISSION_DENIED", f"{name} may not take part in rounds: {reason}"
+            )
         if self._round is None:
             raise UploadRefusedError(
                 "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
             )
+        if name in self._refused and bytes(header.round_id) == self._round.round_id:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"{name} refused this round; it goes on without it"
+            )
         return self._round.check_header(name, header)
+
+    async def report_refusal(self, name: str, round_id: bytes, code: str, detail: str) -> None:
+        """A client refused a round (or, with no round id, the roster it was served).
+
+        Audited as ``round_refused_by_client`` once per client, round and code; a member of
+        the running round is treated as gone for it (the phase no longer waits for it and
+        its uploads are refused), so the others finish when enough remain. ``code`` is one
+        of :class:`~sealagg.crypto.refusal.RefusalCode` (anything else counts as "other");
+        ``detail`` is cut to printable text of bounded length.
+        """
+        refusal = parse_code(code).value
+        text = "".join(ch if ch.isprintable() else " " for ch in detail[:MAX_DETAIL_CHARS])
+        async with self._lock:
+            active = self._round
+            current = active is not None and round_id == active.round_id
+            if current and active is not None and name in active.members:
+                if name in self._refused:
+                    return
+                self._refused.add(name)
+                active.expected.discard(name)
+                self.store.audit.append(
+                    "round_refused_by_client",
+                    {
+                        "round": active.number,
+                        "client": name,
+                        "code": refusal,
+                        "detail": text,
+                        "phase": active.phase_name,
+                    },
+                )
+                _log.warning("round %d: %s refused it (%s)", active.number, name, refusal)
+                if not active.waiting_for:
+                    self._phase_done.set()
+                return
+            number = self._recent_rounds.get(round_id) if round_id else None
+            if round_id and number is None:
+                return  # no round of ours: nothing to record
+            key = (name, round_id, refusal)
+            if key in self._refusals_audited:
+                return
+            if len(self._refusals_audited) >= MAX_REMEMBERED_REFUSALS:
+                self._refusals_audited.clear()
+            self._refusals_audited.add(key)
+            self.store.audit.append(
+                "round_refused_by_client",
+                {"round": number, "client": name, "code": refusal, "detail": text, "phase": None},
+            )
+            what = "the roster" if number is None else f"round {number}"
+            _log.warning("%s refused %s (%s)", name, what, refusal)
 
     async def submit(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
         if header.kind == EVALUATION_KIND:  # a gate report, outside the round's phases
@@ -244,15 +324,44 @@ class Orchestrator:
     # ---------------------------------------------------------------------- scheduling
 
     def ready_clients(self) -> list[str]:
-        """Registered, unrevoked clients that are polling now or polled recently."""
+        """Registered, unrevoked clients that are polling now or polled recently, and that
+        the installed roster admits (the others are audited once per reason)."""
         now = self._clock()
         registered = self._identity_keys()
+        excluded = self.store.excluded_participants()  # proven blames, until readmitted
         window = self.config.aggregation.ready_window
-        return sorted(
+        ready = sorted(
             name
             for name, link in self._links.items()
-            if name in registered and (link.polling > 0 or now - link.last_poll <= window)
+            if name in registered
+            and name not in excluded
+            and (link.polling > 0 or now - link.last_poll <= window)
         )
+        return [name for name in ready if self._roster_refusal(name, audit=True) is None]
+
+    def _roster_refusal(self, name: str, *, audit: bool = False) -> str | None:
+        """Why the installed roster does not admit ``name`` now (None: it does); audited as
+        ``client_not_on_roster`` when the reason is new."""
+        agg = self.config.aggregation
+        key_holder = self.config.ckks.key_holder if agg.mode == "ckks" else None
+        moment = datetime.fromtimestamp(self._clock(), UTC)
+        reason = self.roster_gate.refusal(name, now=moment, key_holder=key_holder or None)
+        if reason is None:
+            self._not_on_roster.pop(name, None)
+        elif audit and self._not_on_roster.get(name) != reason:
+            self._not_on_roster[name] = reason
+            self.store.audit.append("client_not_on_roster", {"client": name, "reason": reason})
+            _log.warning("%s is left out of rounds: %s", name, reason)
+        return reason
+
+    def governing_policy(self) -> FederationPolicy:
+        """The policy every round must meet: the authority's, signed into the installed roster,
+        when it carries one (that is what every client with a pinned authority enforces);
+        else the configuration's ``[policy]`` (written into development kits)."""
+        roster = self.roster_gate.view().roster
+        if roster is not None and roster.policy:
+            return roster.federation_policy()
+        return self.config.federation_policy()
 
     def recover(self) -> None:
         """Abort rounds a crash interrupted; call before serving, so no client misses the news."""
@@ -330,6 +439,10 @@ class Orchestrator:
         round_id = self._next_round_id()
         mode = self.config.aggregation.mode
         number = self.store.open_round(mode, round_id)
+        self._refused = set()
+        self._recent_rounds[round_id] = number
+        while len(self._recent_rounds) > RECENT_ROUNDS:
+            self._recent_rounds.popitem(last=False)
         self.store.audit.append(
             "participants",
             {
@@ -380,12 +493,21 @@ class Orchestrator:
                 late = sorted(active.waiting_for)
                 phase = active.phase_name
                 for kind, record in active.pending_audit():  # e.g. a client excluded on a blame
+                    if kind == "client_excluded":  # durable: out of later rounds until readmitted
+                        self.store.exclude_participant(
+                            record["client"],
+                            round=record["round"],
+                            reason=record["reason"],
+                            blamed_by=record.get("blamed_by"),
+                        )
+                        continue
                     self.store.audit.append(kind, record)
                 try:
                     tasks = await asyncio.to_thread(active.close_phase)
                 except (SecAggError, UploadRefusedError) as error:
                     reason = f"phase {phase}: {error}"
                     return self._finish_aborted(active.number, members, active.round_id, reason)
+                active.expected -= self._refused  # a client that refused stays gone
                 self.store.record_phase(active.number, phase, len(active.answered), late)
                 self.metrics.dropouts.inc(len(late))
                 self._phase_done.clear()
@@ -445,7 +567,7 @@ class Orchestrator:
             max_clients=len(members),
             submit_deadline_unix=self._clock() + self.config.deadlines.advertise_keys,
             model_sha256=model.sha256,
-            roster=installed_roster(self.store.folder),  # clients check members against it
+            roster=self.roster_gate.view().signed,  # clients check members against it
         )
         self._privacy_plan = None
         build = self._build_robust_round if agg.rule != "mean" else self._builders[agg.mode]
@@ -488,7 +610,7 @@ class Orchestrator:
         agg = self.config.aggregation
         n = len(members)
         require_masking_parties(n, f"{agg.mode} round")  # the reason reaches every client
-        policy = self.config.federation_policy()  # what every client enforces
+        policy = self.governing_policy()  # what every client enforces
         c, m = policy.colluders, policy.minimum_sum
         degree, threshold, note = choose_graph(
             n, agg.mode, agg.dropout_rate, agg.corrupt_fraction, colluders=c, minimum_sum=m
@@ -501,6 +623,7 @@ class Orchestrator:
             vector_length=self.privacy.vector_length(d, encoded_length(d)),
             degree=degree,
             minimum_survivors=max(self.privacy.minimum_survivors(n, threshold) or 0, quorum),
+            roster_version=self.roster_gate.view().version,  # in the transcript every client hashes
         )
         check_round_against_policy(  # the clients' own check: refuse what they would refuse
             policy, agg.mode, n, degree, config.threshold, config.minimum_survivors
@@ -535,8 +658,19 @@ class Orchestrator:
         """Robust rules (appliance/robust.py); ValueError when infeasible."""
         if self.privacy.enabled:
             raise ValueError("robust aggregation rules are not combined with DP yet")
+        policy = self.governing_policy()  # each bucket meets it, as its clients check
+        chooser = functools.partial(
+            choose_graph, colluders=policy.colluders, minimum_sum=policy.minimum_sum
+        )
         active, audit = build_robust_round(
-            self.config.aggregation, number, round_id, members, d, choose_graph
+            self.config.aggregation,
+            number,
+            round_id,
+            members,
+            d,
+            chooser,
+            policy=policy,
+            roster_version=self.roster_gate.view().version,
         )
         active.describe(start)
         if audit is not None:

@@ -54,7 +54,9 @@ from sealagg.appliance.rounds import (
 )
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
+from sealagg.crypto.config import default_minimum_survivors
 from sealagg.crypto.errors import SecAggError
+from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
 from sealagg.crypto.rules import require_masking_parties
 
 RULES: tuple[str, ...] = get_args(Rule)
@@ -224,6 +226,10 @@ class BucketedRound(ActiveRound):
         """Which rule ran over which buckets, which failed and which were chosen."""
         return _robust_audit(self.number, self.robust_report)
 
+    def pending_audit(self) -> list[tuple[str, dict]]:
+        """Every bucket's records (e.g. a client excluded on a proven blame), handed over once."""
+        return [record for bucket in self.buckets for record in bucket.pending_audit()]
+
     def upload_limit(self, header: pb.UploadHeader) -> int:
         return self.buckets[min(self.live)].upload_limit(header) if self.live else 0
 
@@ -307,8 +313,13 @@ def build_bucketed_round(
     f: int,
     beta: float,
     choose_graph: GraphChooser,
+    policy: FederationPolicy | None = None,
+    roster_version: int = 0,
 ) -> tuple[BucketedRound, dict]:
-    """A :class:`BucketedRound` and its audit record; ``ValueError`` when infeasible."""
+    """A :class:`BucketedRound` and its audit record; ``ValueError`` when infeasible.
+
+    With ``policy`` (the one the clients enforce; ``choose_graph`` must take its ``c`` and
+    ``m`` too) every bucket's threshold and quorum meet it, or the round is refused here."""
     names = [m.name for m in members]
     groups = assign_buckets(round_id, names, bucket_size)
     check_feasible(rule, len(groups), f, beta, unit="buckets")
@@ -318,13 +329,24 @@ def build_bucketed_round(
         local = [Member(i + 1, n, by_name[n].identity_key) for i, n in enumerate(group)]
         m = len(local)
         degree, threshold, note = choose_graph(m, mode, dropout_rate, corrupt_fraction)
+        quorum = (
+            None
+            if policy is None
+            else max(default_minimum_survivors(m, threshold, policy.colluders), policy.minimum_sum)
+        )
         config = RoundConfig.create(
             round_id=round_id,
             identities={x.index: x.identity_key for x in local},
             threshold=threshold,
             vector_length=vector_length,
             degree=degree,
+            minimum_survivors=quorum,
+            roster_version=roster_version,
         )
+        if policy is not None:  # the bucket's clients run this very check
+            check_round_against_policy(
+                policy, mode, m, degree, config.threshold, config.minimum_survivors
+            )
         spec = QuantizationSpec(clip=clip, max_clients=m)
         buckets.append(MaskedRound(number, round_id, local, config, spec))
         params.append({"size": m, "threshold": threshold, "degree": degree or 0, "note": note})
@@ -347,6 +369,9 @@ def build_robust_round(
     members: list[Member],
     dimension: int,
     choose_graph: GraphChooser,
+    *,
+    policy: FederationPolicy | None = None,
+    roster_version: int = 0,
 ) -> tuple[ActiveRound, dict | None]:
     """The round for ``agg.rule`` in ``agg.mode`` and its audit record (None in plaintext).
 
@@ -374,4 +399,6 @@ def build_robust_round(
         f=agg.f,
         beta=agg.beta,
         choose_graph=choose_graph,
+        policy=policy,
+        roster_version=roster_version,
     )

@@ -216,6 +216,7 @@ class MaskedRound(ActiveRound):
     def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
         return (
             deadlines.advertise_keys,
+            deadlines.share_keys,  # revealing the graph coins: as quick as sharing keys
             deadlines.share_keys,
             deadlines.masked_input,
             deadlines.consistency_check,
@@ -258,14 +259,19 @@ class MaskedRound(ActiveRound):
         self._note_blames()
 
     def _note_blames(self) -> None:
-        """Audit each new blame; a proven one excludes its accused (no upload awaited)."""
+        """Report each new proven misbehaviour; its client is excluded (no upload awaited).
+
+        Every blame the server records is proven (the evidence is signed by the accused
+        or checked against what it signed, :class:`~sealagg.crypto.server.BlameRecord`);
+        a blame that does not hold up refuses the blamer's message instead. The
+        orchestrator makes each ``client_excluded`` durable: the client stays out of
+        later rounds until an operator readmits it.
+        """
         for blame in self.server.blames[self._blames_seen :]:
             accused, accuser = self.by_index[blame.accused].name, self.by_index[blame.accuser].name
-            kind = "client_excluded" if blame.proven else "client_blame_unresolved"
             record = {"round": self.number, "client": accused, "blamed_by": accuser}
-            self._audit.append((kind, {**record, "reason": blame.reason}))
-            if blame.proven:
-                self.expected.discard(accused)
+            self._audit.append(("client_excluded", {**record, "reason": blame.reason}))
+            self.expected.discard(accused)
         self._blames_seen = len(self.server.blames)
 
     def pending_audit(self) -> list[tuple[str, dict]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
-from sealagg.appliance.attestation import endpoint_for
+from sealagg.appliance.attestation import configured_attesters, endpoint_for
 from sealagg.appliance.config import ApplianceConfig, load_config
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.appliance.federation import FederationFolder
@@ -26,6 +26,7 @@ from sealagg.appliance.service import (
     insecure_identity,
 )
 from sealagg.appliance.store import Store, default_state_path
+from sealagg.appliance.tee_identity import TlsIdentity, born_identity, folder_identity
 from sealagg.appliance.upload_limits import UploadBudget
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.attest import Attester
@@ -62,8 +63,14 @@ def sync_participants(federation: FederationFolder, store: Store) -> None:
             )
 
 
-def handshake_credentials(federation: FederationFolder) -> grpc.ServerCredentials:
+def handshake_credentials(
+    federation: FederationFolder, identity: TlsIdentity | None = None
+) -> grpc.ServerCredentials:
     """Mutual-TLS credentials whose client trust anchors follow provisioning.
+
+    ``identity``: the key and certificate to present (an attesting appliance's key born in
+    memory at start, appliance/tee_identity.py); the folder's server.key by default. The key
+    reaches gRPC as in-memory PEM only.
 
     gRPC asks for the certificate configuration before every new handshake; the anchors are
     the active clients' own certificates (:meth:`FederationFolder.handshake_trust_anchors`), so a
@@ -71,7 +78,8 @@ def handshake_credentials(federation: FederationFolder) -> grpc.ServerCredential
     configuration is rebuilt only when ``clients/`` or ``revoked.json`` changed. Calls on a
     connection opened before a revocation are refused by the per-call certificate check.
     """
-    key, chain, _ = federation.server_credentials_material()
+    identity = identity or folder_identity(federation)
+    key, chain = identity.key_pem, identity.chain_pem
 
     def stamp() -> tuple:  # hourly too, so clients whose certificates expired drop out
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -110,11 +118,26 @@ class Appliance:
         insecure: bool = False,
         quality_gate: QualityGate | None = None,
         config: ApplianceConfig | None = None,
-        attester: Attester | None = None,
+        attester: Attester | Sequence[Attester] | None = None,
+        ca_passphrase: bytes | None = None,
     ) -> None:
-        self.federation = FederationFolder.load(folder)
+        """``attester``: overrides the configured provider (tests inject fake TEE hardware; a
+        sequence for a CPU TEE plus a GPU). ``ca_passphrase``: an attesting appliance issues
+        its in-memory TLS key's certificate at start and needs a protected CA key for it."""
+        self.federation = FederationFolder.load(folder, passphrase=ca_passphrase)
         self.config = config or load_config(self.federation.paths.config)
-        self.attestation = endpoint_for(self.federation, self.config.attestation, attester)
+        attesters = configured_attesters(self.federation, self.config.attestation, attester)
+        # Anything that attests presents a key born in memory now (inside the TEE): the
+        # folder's server.key is a file a relay can copy (appliance/tee_identity.py).
+        self.tls_identity = (
+            born_identity(self.federation) if attesters else folder_identity(self.federation)
+        )
+        self.attestation = endpoint_for(
+            self.federation,
+            attesters,
+            self.tls_identity.certificate_der,
+            self.tls_identity.spki_der,
+        )
         self.store = open_store(self.federation)
         self.insecure = insecure
         self.metrics = Metrics()
@@ -131,8 +154,16 @@ class Appliance:
             },
         )
         if self.attestation is not None:
-            fmt, insecure = self.attestation.attester.format, self.attestation.insecure
-            self.store.audit.append("attestation_provider", {"format": fmt, "insecure": insecure})
+            self.store.audit.append(
+                "attestation_provider",
+                {
+                    "format": self.attestation.attester.format,
+                    "additional": [a.format for a in self.attestation.attesters[1:]],
+                    "insecure": self.attestation.insecure,
+                    # The key born at this start: auditors match it to the clients' reports.
+                    "tls_spki_sha256": self.tls_identity.spki_sha256.hex(),
+                },
+            )
         sync_participants(self.federation, self.store)
         self._keys_cache: tuple[tuple, dict[str, bytes]] | None = None
         self.orchestrator = Orchestrator(
@@ -190,7 +221,9 @@ class Appliance:
             print(INSECURE_WARNING, file=sys.stderr)
             self.port = server.add_insecure_port(listen)
         else:
-            self.port = server.add_secure_port(listen, handshake_credentials(self.federation))
+            self.port = server.add_secure_port(
+                listen, handshake_credentials(self.federation, self.tls_identity)
+            )
         if self.config.server.metrics_listen:
             self.metrics.serve(self.config.server.metrics_listen)
         await server.start()

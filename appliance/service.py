@@ -33,6 +33,7 @@ from sealagg.appliance.upload_limits import UploadBudget, UploadLimitError
 from sealagg.appliance.vendor_gate import EVALUATION_KIND
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.attest import AttestationError
 
 _log = logging.getLogger("sealagg.service")
 
@@ -113,14 +114,23 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             )
         endpoint = self._attestation
         try:
-            fmt, evidence, certs = await asyncio.to_thread(endpoint.evidence, request.nonce)
+            items = await asyncio.to_thread(endpoint.evidence, request.nonce)
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except (AttestationError, OSError) as error:  # the TEE's report interface failed
+            _log.error("the attester failed: %s", error)
+            # Not UNAVAILABLE: over a pinned channel a client reads that as "another key".
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"the attester failed: {error}"
+            )
+        (fmt, evidence, certs), *more = items
         return pb.AttestReply(
             format=fmt,
             evidence=evidence,
             certificates=certs,
             tls_certificate_der=endpoint.certificate_der,
+            additional=[pb.EvidenceItem(format=f, evidence=e, certificates=c) for f, e, c in more],
+            collateral=await asyncio.to_thread(endpoint.collateral_bytes),
         )
 
     async def ReportAttestation(
@@ -138,6 +148,22 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             "accepted" if request.accepted else f"REFUSED ({details['reason']})",
         )
         return pb.AttestationReportAck()
+
+    async def GetRoster(
+        self, request: pb.RosterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RosterReply:
+        """The installed signed roster, as the authority signed it (empty: none). Clients
+        verify it against the authority key pinned in their kit: relaying it adds no trust."""
+        await _who(self._identify, context, self._metrics)
+        return pb.RosterReply(roster=self._orch.roster_gate.view().signed)
+
+    async def ReportRefusal(
+        self, request: pb.RoundRefusal, context: grpc.aio.ServicerContext
+    ) -> pb.RoundRefusalAck:
+        """A client refused a round: audited, and the round goes on without it."""
+        name = await _who(self._identify, context, self._metrics)
+        await self._orch.report_refusal(name, bytes(request.round_id), request.code, request.detail)
+        return pb.RoundRefusalAck()
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         name = await _who(self._identify, context, self._metrics)

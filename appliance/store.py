@@ -18,6 +18,8 @@ operation                      audit event
 (first open)                   ``store_created``
 ``add_participant``            ``client_added``
 ``revoke_participant``         ``client_revoked``
+``exclude_participant``        ``client_excluded`` (each proven blame; one durable row)
+``readmit_participant``        ``client_readmitted``
 ``open_round``                 ``round_opened``
 ``record_phase``               ``phase_recorded``
 ``set_round_status``           ``round_aborted`` if aborted, else ``round_status``
@@ -70,6 +72,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATE_FILENAME",
     "TERMINAL_ROUND_STATUSES",
+    "ExclusionRecord",
     "FederationRecord",
     "ModelVersion",
     "ParticipantRecord",
@@ -146,6 +149,22 @@ CREATE TABLE model_versions (
     created_at TEXT NOT NULL,
     metrics TEXT
 );
+"""
+#: Added after schema 1 and created on open when missing: older databases gain it, and an
+#: older sealagg ignores it (it checks only for the tables it knows).
+_EXCLUSIONS_SQL = """
+CREATE TABLE IF NOT EXISTS exclusions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    round INTEGER REFERENCES rounds (id),
+    reason TEXT NOT NULL,
+    blamed_by TEXT,
+    excluded_at TEXT NOT NULL,
+    readmitted_at TEXT,
+    readmitted_by TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS exclusions_active ON exclusions (name)
+    WHERE readmitted_at IS NULL
 """
 _TABLES = frozenset(
     {
@@ -227,6 +246,17 @@ class ParticipantRecord:
     added_at: str
     revoked_at: str | None
     revoke_reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExclusionRecord:
+    """A client kept out of rounds after a proven blame, until an operator readmits it."""
+
+    name: str
+    round: int | None
+    reason: str
+    blamed_by: str | None
+    excluded_at: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,6 +445,11 @@ class Store:
             self._create(federation)
             tables = _TABLES
         self._check_schema(tables)
+        if not self.read_only and "exclusions" not in tables:
+            with self.transaction() as tx:
+                for statement in _EXCLUSIONS_SQL.split(";"):
+                    if statement.strip():
+                        tx.execute(statement)
 
     @staticmethod
     def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -660,6 +695,74 @@ class Store:
                 (0 if active_only else 1,),
             ).fetchall()
         return [_participant(row) for row in rows]
+
+    # ---------------------------------------------------------------------- exclusions
+
+    def exclude_participant(
+        self, name: str, *, round: int | None, reason: str, blamed_by: str | None = None
+    ) -> bool:
+        """Keep ``name`` out of later rounds after a proven blame (audited ``client_excluded``).
+
+        Every call is audited (each blame is its own evidence); the durable exclusion is
+        made once and lasts until :meth:`readmit_participant`. Returns True when it is new.
+        """
+        self._require_audit()
+        name = _check_name(name, "participant name")
+        reason = _check_text(reason, "reason") or "proven blame"
+        blamed_by = None if blamed_by is None else _check_name(blamed_by, "blamed_by")
+        if round is not None:
+            _check_int(round, "round")
+        with self.transaction() as tx:
+            active = tx.execute(
+                "SELECT 1 FROM exclusions WHERE name = ? AND readmitted_at IS NULL", (name,)
+            ).fetchone()
+            if active is None:
+                tx.execute(
+                    "INSERT INTO exclusions (name, round, reason, blamed_by, excluded_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, round, reason, blamed_by, self._now()),
+                )
+            self.audit.append(
+                "client_excluded",
+                {"client": name, "round": round, "reason": reason, "blamed_by": blamed_by},
+                conn=tx,
+            )
+        return active is None
+
+    def readmit_participant(self, name: str, *, by: str = "operator") -> ExclusionRecord:
+        """End ``name``'s exclusion (audited ``client_readmitted``); StoreError if none."""
+        self._require_audit()
+        name = _check_name(name, "participant name")
+        by = _check_text(by, "by") or "operator"
+        with self.transaction() as tx:
+            row = tx.execute(
+                "SELECT id, name, round, reason, blamed_by, excluded_at FROM exclusions "
+                "WHERE name = ? AND readmitted_at IS NULL",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"{name!r} is not excluded")
+            tx.execute(
+                "UPDATE exclusions SET readmitted_at = ?, readmitted_by = ? WHERE id = ?",
+                (self._now(), by, row[0]),
+            )
+            self.audit.append(
+                "client_readmitted",
+                {"client": name, "by": by, "excluded_in_round": row[2], "reason": row[3]},
+                conn=tx,
+            )
+        return ExclusionRecord(*row[1:])
+
+    def excluded_participants(self) -> dict[str, ExclusionRecord]:
+        """Clients excluded now (after a proven blame, not readmitted), by name."""
+        with self.snapshot() as conn:
+            if "exclusions" not in self._tables(conn):  # read-only, created by an older sealagg
+                return {}
+            rows = conn.execute(
+                "SELECT name, round, reason, blamed_by, excluded_at FROM exclusions "
+                "WHERE readmitted_at IS NULL ORDER BY id"
+            ).fetchall()
+        return {row[0]: ExclusionRecord(*row) for row in rows}
 
     # --------------------------------------------------------------------------- rounds
 

@@ -5,8 +5,11 @@
   :class:`AttestationResult` that names a :class:`Reason` for every refusal.
 * Evidence is bound to the appliance's TLS key: report data =
   SHA-512(nonce || DER SubjectPublicKeyInfo) (:func:`report_data`).
+* A policy lists REQUIRED evidence: one CPU TEE (SEV-SNP or TDX), optionally NVIDIA GPU
+  evidence in addition; strict defaults (docs/attest-policy.md).
 * Formats: AMD SEV-SNP reports, Intel TDX quotes v4, NVIDIA GPU (optional SDK),
-  and an INSECURE software attester for development.
+  and an INSECURE software attester for development, accepted only when the client itself
+  constructs ``Verifier(..., allow_insecure=True)``.
 """
 
 from sealagg.attest.attesters import Attester, ConfigfsTsmAttester

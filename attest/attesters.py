@@ -30,6 +30,7 @@ _SNP_CERT_GUIDS = {
     uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae"): 0,  # ARK
     uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782"): 1,  # ASK
     uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"): 2,  # VCEK
+    uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1"): 3,  # VLEK (cloud-provisioned)
 }
 
 
@@ -78,7 +79,9 @@ class ConfigfsTsmAttester:
 
 
 def snp_certificates_from_table(table: bytes) -> tuple[bytes, ...]:
-    """(ARK, ASK, VCEK) DER from the GHCB certificate table (GUID, u32 offset, u32 length)*."""
+    """ARK, ASK, VCEK, VLEK DER (those present, in that order) from the GHCB certificate table
+    (GUID, u32 offset, u32 length)*. The appraiser takes any subset and fills the rest from the
+    collateral bundle: a certificate's origin adds no trust, its chain to the pinned ARK does."""
     found: dict[int, bytes] = {}
     for pos in range(0, len(table) - 24 + 1, 24):
         guid = uuid.UUID(bytes_le=table[pos : pos + 16])
@@ -87,4 +90,4 @@ def snp_certificates_from_table(table: bytes) -> tuple[bytes, ...]:
             break
         if guid in _SNP_CERT_GUIDS:
             found[_SNP_CERT_GUIDS[guid]] = table[offset : offset + length]
-    return tuple(found[i] for i in sorted(found)) if len(found) == 3 else ()
+    return tuple(found[i] for i in sorted(found) if found[i])

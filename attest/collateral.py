@@ -32,15 +32,33 @@ MAX_FILES = 4096
 
 @dataclasses.dataclass(frozen=True)
 class CollateralBundle:
-    """Read-only map of relative POSIX paths (``"tdx/tcb_info.json"``) to file bytes."""
+    """Read-only map of relative POSIX paths (``"tdx/tcb_info.json"``) to file bytes.
+
+    ``shadowed``: other copies of an item, kept by :meth:`merged` when two sources (the kit
+    and the appliance) both carry it with different bytes. Dated, vendor-signed items (CRLs,
+    TCB info, QE identity) are then chosen by the appraiser among :meth:`candidates`: the
+    newest copy that verifies. So a stale copy in the kit does not hide the fresh one the
+    operator ships with the appliance, and a newer revocation list or TCB recovery reaches
+    clients whose kits carry an older one; an older genuine copy cannot roll a newer one back.
+    """
 
     files: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    shadowed: Mapping[str, tuple[bytes, ...]] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         clean: dict[str, bytes] = {}
         for name, data in dict(self.files).items():
             clean[_check_name(name)] = bytes(data)
+        others: dict[str, tuple[bytes, ...]] = {}
+        for name, copies in dict(self.shadowed).items():
+            name = _check_name(name)
+            if name not in clean:
+                raise ValueError(f"collateral item {name!r} is shadowed but not present")
+            others[name] = tuple(c for c in dict.fromkeys(map(bytes, copies)) if c != clean[name])
         object.__setattr__(self, "files", MappingProxyType(clean))
+        object.__setattr__(self, "shadowed", MappingProxyType(others))
 
     @classmethod
     def empty(cls) -> CollateralBundle:
@@ -48,14 +66,18 @@ class CollateralBundle:
 
     @classmethod
     def from_directory(cls, root: Path | str) -> CollateralBundle:
-        """Every regular file under ``root``; a missing directory is an empty bundle."""
+        """Every regular file under ``root``; a missing directory is an empty bundle.
+
+        Symbolic links are skipped: the appliance sends this bundle to every client, and the
+        folder may sit on storage its host controls, so a planted link (say to a file only
+        the TEE guest can read) must not turn the Attest reply into a file reader."""
         root = Path(root)
         if not root.is_dir():
             return cls.empty()
         files = {
             path.relative_to(root).as_posix(): path.read_bytes()
             for path in sorted(root.rglob("*"))
-            if path.is_file()
+            if path.is_file() and not path.is_symlink()
         }
         return cls(files)
 
@@ -94,10 +116,23 @@ class CollateralBundle:
             raise AppraisalFailure(Reason.COLLATERAL_INVALID, str(exc)) from None
 
     def merged(self, other: CollateralBundle | None) -> CollateralBundle:
-        """``other``'s items added; where both have a name, ``self`` (the local copy) wins."""
+        """``other``'s items added; where both have a name, ``self``'s (the local) copy comes
+        first and ``other``'s is kept among the :meth:`candidates` (see the class docstring)."""
         if other is None or not other.files:
             return self
-        return CollateralBundle({**other.files, **self.files})
+        files: dict[str, bytes] = {}
+        shadowed: dict[str, tuple[bytes, ...]] = {}
+        for name in {**other.files, **self.files}:
+            copies = tuple(dict.fromkeys(self.candidates(name) + other.candidates(name)))
+            files[name] = copies[0]
+            if len(copies) > 1:
+                shadowed[name] = copies[1:]
+        return CollateralBundle(files, shadowed)
+
+    def candidates(self, name: str) -> tuple[bytes, ...]:
+        """Every copy of ``name``, the local one first (empty if the bundle has none)."""
+        data = self.files.get(name)
+        return () if data is None else (data, *self.shadowed.get(name, ()))
 
     def get(self, name: str) -> bytes | None:
         return self.files.get(name)

@@ -1,6 +1,9 @@
 """NVIDIA GPU confidential computing: an optional appraiser on NVIDIA's attestation SDK.
 
-Without ``nv_attestation_sdk`` installed the appraiser refuses with
+GPU evidence is only ever an addition to CPU TEE evidence (the policy refuses a GPU-only
+policy; the verifier judges the GPU piece after the CPU TEE's). The evidence must be a
+JSON array of objects (checked first, so hostile input is refused the same way with or
+without the SDK). Without ``nv_attestation_sdk`` installed the appraiser then refuses with
 PROVIDER_UNAVAILABLE (tested). With it, the GPU evidence list (JSON, from the
 SDK's ``get_evidence`` on the appliance) is appraised by the SDK against the
 policy's ``sdk_policy`` (NVIDIA's JSON appraisal policy: it must require CC mode
@@ -25,6 +28,8 @@ from sealagg.attest.evidence import NVIDIA_GPU, Evidence
 from sealagg.attest.policy import FormatPolicy
 
 SDK_MODULE = "nv_attestation_sdk"
+#: GPU evidence larger than this is refused before parsing (it comes from the appraised side).
+MAX_EVIDENCE_BYTES = 1024 * 1024
 
 
 def sdk_available() -> bool:
@@ -44,15 +49,12 @@ class NvidiaGpuAppraiser:
         binding: bytes,
         collateral: CollateralBundle,
     ) -> dict[str, object]:
+        evidence_list = parse_evidence_list(evidence.data)
         if not sdk_available():
             raise AppraisalFailure(
                 Reason.PROVIDER_UNAVAILABLE,
                 "NVIDIA GPU attestation needs nv_attestation_sdk, which is not installed",
             )
-        try:
-            evidence_list = json.loads(evidence.data)
-        except (ValueError, UnicodeDecodeError):
-            raise AppraisalFailure(Reason.MALFORMED_EVIDENCE, "GPU evidence is not JSON") from None
         try:
             sdk = importlib.import_module(f"{SDK_MODULE}.attestation")
             client = sdk.Attestation()
@@ -75,3 +77,21 @@ class NvidiaGpuAppraiser:
 
     def check_tcb(self, claims: Mapping[str, object], section: FormatPolicy) -> None:
         return None  # TCB/driver versions are part of NVIDIA's appraisal policy
+
+
+def parse_evidence_list(data: bytes) -> list[dict[str, object]]:
+    """The SDK's ``get_evidence`` output: a non-empty JSON array of objects, one per GPU.
+
+    Checked before the SDK sees it, so hostile input is refused the same way with or without
+    the SDK installed (never an exception: deep nesting and huge numbers included)."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_EVIDENCE_BYTES:
+        raise AppraisalFailure(Reason.MALFORMED_EVIDENCE, "GPU evidence is missing or too large")
+    try:
+        parsed = json.loads(bytes(data))
+    except (ValueError, RecursionError):  # JSON and UTF-8 errors, huge integers, deep nesting
+        raise AppraisalFailure(Reason.MALFORMED_EVIDENCE, "GPU evidence is not JSON") from None
+    if not isinstance(parsed, list) or not parsed or not all(isinstance(e, dict) for e in parsed):
+        raise AppraisalFailure(
+            Reason.MALFORMED_EVIDENCE, "GPU evidence is a JSON array of one object per GPU"
+        )
+    return parsed

@@ -30,12 +30,17 @@ class AttestationResult:
     detail: str = ""
     #: True when the evidence came from a source that proves nothing (the software attester).
     insecure: bool = False
+    #: The claims of the CPU TEE (or software) evidence; each additional piece's claims
+    #: (e.g. the GPU's) under its format name: ``claims["nvidia-gpu"]``.
     claims: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    #: Every format appraised, the CPU TEE first; defaults to ``(format,)``.
+    formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.accepted == (self.reason is not None):
             raise ValueError("an accepted result has no reason; a refused one must have one")
         object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
+        object.__setattr__(self, "formats", tuple(self.formats) or (self.format,))
 
     def __bool__(self) -> bool:
         raise TypeError("use result.accepted or result.require(), not the result as a bool")
@@ -53,6 +58,8 @@ class AttestationResult:
             "format": self.format,
             "insecure": self.insecure,
         }
+        if len(self.formats) > 1:
+            out["formats"] = list(self.formats)
         if self.reason is not None:
             out["reason"] = self.reason.value
             out["detail"] = self.detail

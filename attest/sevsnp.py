@@ -1,184 +1,172 @@
-"""AMD SEV-SNP attestation reports: parse the binary layout and appraise it.
+"""AMD SEV-SNP appraisal as AMD's own verifiers do it: from AMD-signed collateral, strictly.
 
-Layout source: AMD, "SEV Secure Nested Paging Firmware ABI Specification",
-publication 56860, Table "ATTESTATION_REPORT Structure" (rev. 1.55, Sept. 2023;
-versions 3 and 5 of later revisions only fill bytes that were reserved). The
-report is 0x4A0 bytes; the signature covers bytes 0x000-0x29F and sits at
-0x2A0 as ECDSA P-384 R and S, each 72 bytes little-endian (zero padded).
-Certificates: VCEK signed by ASK signed by ARK (self-signed), RSASSA-PSS
-(AMD "Versioned Chip Endorsement Key (VCEK) Certificate and KDS Interface
-Specification", publication 57230). The VCEK's hwID extension must equal the
-report's CHIP_ID and its TCB extensions the REPORTED_TCB.
+The steps, each a refusal with its own reason when it fails:
 
-Offsets used (all little-endian)::
-
-    0x000 VERSION u32        0x004 GUEST_SVN u32      0x008 POLICY u64 (bit 19 = DEBUG)
-    0x030 VMPL u32           0x034 SIGNATURE_ALGO u32 (1 = ECDSA P-384 with SHA-384)
-    0x038 CURRENT_TCB u64    0x048 KEY_INFO u32 (bits 2-4: 0 = VCEK, 1 = VLEK)
-    0x050 REPORT_DATA 64 B   0x090 MEASUREMENT 48 B   0x0C0 HOST_DATA 32 B
-    0x0E0 ID_KEY_DIGEST 48 B 0x180 REPORTED_TCB u64   0x1A0 CHIP_ID 64 B
-    0x2A0 SIGNATURE: R 72 B, S 72 B (little-endian)
+1. Parse the report (layout in :mod:`snp_abi`) and pick the key that signed it: the
+   report's SIGNING_KEY says VCEK or VLEK; the certificate comes from the evidence's
+   certificate table, else from the collateral bundle (paths in :mod:`snp_collateral`).
+2. Verify the report's ECDSA P-384 signature with that key (BAD_SIGNATURE); only now
+   is any field believed, and only once step 5 has shown the key is AMD's.
+3. Decide the product: from CPUID_FAM_ID/CPUID_MOD_ID for report versions 3 and 5;
+   for version 2 (which names none) from the policy's optional ``product`` and the
+   endorsement certificate's productName, or else the one product whose bundle folder
+   holds this chip's VCEK. The product fixes the TCB layout (Turin differs) and the
+   collateral folder.
+4. The certificate must be for this product, (VCEK) this chip's hwID and exactly the
+   report's REPORTED_TCB in every SPL, FMC included on Turin (BROKEN_CHAIN).
+5. Chain VCEK -> ASK -> ARK (VLEK -> ASVK -> ARK), the ARK pinned by the policy's
+   ``trusted_ark_sha256``; the ARK-signed CRL from the bundle must be current and list
+   neither the ASK/ASVK nor the VCEK/VLEK (COLLATERAL_MISSING / COLLATERAL_INVALID / REVOKED).
+6. Strict defaults (:meth:`SevSnpAppraiser.check_tcb`, also run at the end of
+   :meth:`SevSnpAppraiser.appraise` so a direct caller gets them too): no debug policy
+   bit, VMPL 0 unless the policy names another in ``required_claims.vmpl``,
+   ``min_guest_svn``, and a TCB floor ``min_tcb`` that must name every component of the
+   product (bootloader, tee, snp, microcode; fmc too on Turin). The floor is judged on
+   both the REPORTED_TCB (the TCB the VCEK certifies: a chip can only derive VCEKs of
+   its running TCB or lower, so this is the cryptographically backed lower bound) and
+   the COMMITTED_TCB (the lowest firmware the host may roll back to under a live
+   guest without the guest noticing).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hmac
-import struct
 from collections.abc import Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from sealagg.attest import _x509
+from sealagg.attest import _x509, snp_collateral
 from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import SEV_SNP, Evidence
 from sealagg.attest.policy import FormatPolicy
+from sealagg.attest.snp_abi import (
+    GENOA,
+    MILAN,
+    POLICY_DEBUG_BIT,
+    PRODUCTS,
+    REPORT_BYTES,
+    SIG_ALGO_ECDSA_P384_SHA384,
+    SIGNATURE_COMPONENT_BYTES,
+    SIGNATURE_OFFSET,
+    SIGNED_BYTES,
+    SUPPORTED_VERSIONS,
+    TURIN,
+    VCEK,
+    VLEK,
+    SnpReport,
+    TcbVersion,
+    parse_report,
+    product_from_cpuid,
+    tcb_components,
+)
+from sealagg.attest.snp_collateral import (
+    OID_BLSPL,
+    OID_HWID,
+    OID_SNPSPL,
+    OID_TEESPL,
+    OID_UCODESPL,
+)
 
-REPORT_BYTES = 0x4A0
-SIGNED_BYTES = 0x2A0
-SIGNATURE_OFFSET = 0x2A0
-SIGNATURE_COMPONENT_BYTES = 72
-SUPPORTED_VERSIONS = frozenset({2, 3, 5})
-SIG_ALGO_ECDSA_P384_SHA384 = 1
-POLICY_DEBUG_BIT = 19
-
-#: AMD OIDs in the VCEK certificate (KDS interface specification, table "VCEK extensions").
-OID_BLSPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.1")
-OID_TEESPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.2")
-OID_SNPSPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.3")
-OID_UCODESPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.8")
-OID_HWID = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.4")
-_TCB_OIDS = {
-    "bootloader": OID_BLSPL,
-    "tee": OID_TEESPL,
-    "snp": OID_SNPSPL,
-    "microcode": OID_UCODESPL,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TcbVersion:
-    """Milan/Genoa TCB_VERSION: byte 0 boot loader, 1 TEE, 6 SNP firmware, 7 microcode."""
-
-    bootloader: int
-    tee: int
-    snp: int
-    microcode: int
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> TcbVersion:
-        return cls(raw[0], raw[1], raw[6], raw[7])
-
-    def pack(self) -> bytes:
-        return bytes([self.bootloader, self.tee, 0, 0, 0, 0, self.snp, self.microcode])
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class SnpReport:
-    raw: bytes
-    version: int
-    guest_svn: int
-    policy: int
-    vmpl: int
-    signature_algo: int
-    current_tcb: TcbVersion
-    key_info: int
-    report_data: bytes
-    measurement: bytes
-    host_data: bytes
-    id_key_digest: bytes
-    reported_tcb: TcbVersion
-    chip_id: bytes
-    signature_r: int
-    signature_s: int
-
-    @property
-    def debug(self) -> bool:
-        return bool(self.policy >> POLICY_DEBUG_BIT & 1)
-
-    @property
-    def signing_key(self) -> str:
-        return {0: "vcek", 1: "vlek"}.get(self.key_info >> 2 & 0b111, "other")
-
-    @property
-    def signed_body(self) -> bytes:
-        return self.raw[:SIGNED_BYTES]
+__all__ = [  # the names this module had before the split, still importable from here
+    "OID_BLSPL",
+    "OID_HWID",
+    "OID_SNPSPL",
+    "OID_TEESPL",
+    "OID_UCODESPL",
+    "POLICY_DEBUG_BIT",
+    "REPORT_BYTES",
+    "SIGNATURE_COMPONENT_BYTES",
+    "SIGNATURE_OFFSET",
+    "SIGNED_BYTES",
+    "SIG_ALGO_ECDSA_P384_SHA384",
+    "SUPPORTED_VERSIONS",
+    "SevSnpAppraiser",
+    "SnpReport",
+    "TcbVersion",
+    "parse_report",
+    "product_from_cpuid",
+]
 
 
-def parse_report(raw: bytes) -> SnpReport:
-    """Split a report into fields; only the length is checked here (not yet authenticated)."""
-    raw = bytes(raw)
-    if len(raw) != REPORT_BYTES:
-        raise AppraisalFailure(
-            Reason.MALFORMED_EVIDENCE, f"an SNP report is {REPORT_BYTES} bytes, got {len(raw)}"
-        )
-    version, guest_svn, policy = struct.unpack_from("<IIQ", raw, 0x000)
-    vmpl, sig_algo = struct.unpack_from("<II", raw, 0x030)
-    (key_info,) = struct.unpack_from("<I", raw, 0x048)
-    r = raw[SIGNATURE_OFFSET : SIGNATURE_OFFSET + SIGNATURE_COMPONENT_BYTES]
-    s = raw[SIGNATURE_OFFSET + SIGNATURE_COMPONENT_BYTES : SIGNATURE_OFFSET + 144]
-    return SnpReport(
-        raw=raw,
-        version=version,
-        guest_svn=guest_svn,
-        policy=policy,
-        vmpl=vmpl,
-        signature_algo=sig_algo,
-        current_tcb=TcbVersion.unpack(raw[0x038:0x040]),
-        key_info=key_info,
-        report_data=raw[0x050:0x090],
-        measurement=raw[0x090:0x0C0],
-        host_data=raw[0x0C0:0x0E0],
-        id_key_digest=raw[0x0E0:0x110],
-        reported_tcb=TcbVersion.unpack(raw[0x180:0x188]),
-        chip_id=raw[0x1A0:0x1E0],
-        signature_r=int.from_bytes(r, "little"),
-        signature_s=int.from_bytes(s, "little"),
-    )
-
-
-def _extension_bytes(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
-    try:
-        ext = cert.extensions.get_extension_for_oid(oid).value
-    except x509.ExtensionNotFound:
+def _policy_products(section: FormatPolicy) -> tuple[str, ...] | None:
+    """The optional ``product`` of the policy (a name or a list of names), canonical."""
+    raw = section.options.get("product")
+    if raw is None:
         return None
-    return getattr(ext, "value", None)
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list | tuple) or not names:
+        raise AppraisalFailure(Reason.REQUIRED_CLAIM, "the policy's product is malformed")
+    return tuple(snp_collateral.canonical_product(n) for n in names)
 
 
-def _der_small_int(raw: bytes) -> int | None:
-    """AMD encodes the SPL extensions as DER INTEGERs."""
-    if len(raw) >= 3 and raw[0] == 0x02 and raw[1] == len(raw) - 2:
-        return int.from_bytes(raw[2:], "big", signed=True)
-    return None
-
-
-def _check_vcek_matches(report: SnpReport, vcek: x509.Certificate) -> None:
-    hwid = _extension_bytes(vcek, OID_HWID)
-    if hwid is None:
-        raise AppraisalFailure(Reason.BROKEN_CHAIN, "the VCEK has no hwID extension")
-    if hwid[:2] == b"\x04\x40":  # tolerate an OCTET STRING wrapper
-        hwid = hwid[2:]
-    if not hmac.compare_digest(hwid, report.chip_id):
-        raise AppraisalFailure(Reason.BROKEN_CHAIN, "the VCEK belongs to another chip")
-    for name, oid in _TCB_OIDS.items():
-        raw = _extension_bytes(vcek, oid)
-        if raw is None:
-            continue
-        if _der_small_int(raw) != getattr(report.reported_tcb, name):
+def _product(
+    report: SnpReport,
+    section: FormatPolicy,
+    leaf: x509.Certificate | None,
+    collateral: CollateralBundle,
+) -> str:
+    """Which AMD product made the report (see step 3 of the module docstring)."""
+    allowed = _policy_products(section)
+    if report.version >= 3:
+        if report.product is None:
             raise AppraisalFailure(
-                Reason.BROKEN_CHAIN, f"the VCEK was issued for another TCB ({name})"
+                Reason.UNSUPPORTED_VERSION,
+                f"CPU family {report.cpuid_family:#x} model {report.cpuid_model:#x} is not "
+                "Milan, Genoa or Turin",
             )
+        product = report.product
+    elif leaf is not None:
+        product = snp_collateral.kds_extensions(leaf).product or ""
+        if product not in PRODUCTS:
+            raise AppraisalFailure(
+                Reason.BROKEN_CHAIN, f"the endorsement key names no known product ({product!r})"
+            )
+    else:
+        product = _product_from_bundle(report, allowed, collateral)
+    if report.version < 3 and product == TURIN:
+        raise AppraisalFailure(
+            Reason.UNSUPPORTED_VERSION, "a Turin writes reports of version 3 or later"
+        )
+    if allowed is not None and product not in allowed:
+        raise AppraisalFailure(
+            Reason.REQUIRED_CLAIM, f"the report comes from a {product}, the policy allows {allowed}"
+        )
+    return product
+
+
+def _product_from_bundle(
+    report: SnpReport, allowed: tuple[str, ...] | None, collateral: CollateralBundle
+) -> str:
+    """Version 2, no certificate in the evidence: the one product whose folder has this key."""
+    candidates = [p for p in (allowed or (MILAN, GENOA)) if p != TURIN]
+    if not candidates:
+        raise AppraisalFailure(Reason.UNSUPPORTED_VERSION, "a Turin writes version 3 or later")
+
+    def path(product: str) -> str:
+        if report.signing_key == VLEK:
+            return snp_collateral.vlek_path(product, report.reported_tcb)
+        return snp_collateral.vcek_path(product, report.chip_id, report.reported_tcb)
+
+    found = [p for p in candidates if collateral.get(path(p)) is not None]
+    if len(found) > 1:
+        raise AppraisalFailure(
+            Reason.COLLATERAL_INVALID,
+            f"the bundle has this chip's key for {found}; name the product in the policy",
+        )
+    if not found:
+        collateral.require(path(candidates[0]), f"the {report.signing_key.upper()} of this chip")
+    return found[0]
+
+
+def _at_least(tcb: Mapping[str, int], floor: Mapping[str, int], names: tuple[str, ...]) -> str:
+    """The first component of ``tcb`` below ``floor``, or an empty string."""
+    return next((n for n in names if tcb[n] < floor[n]), "")
 
 
 class SevSnpAppraiser:
-    """Appraise SNP evidence: ``certificates`` = (ARK, ASK, VCEK), DER or PEM."""
+    """Appraise SNP evidence; ``certificates`` = any of ARK, ASK/ASVK, VCEK/VLEK (DER or PEM)."""
 
     format = SEV_SNP
     insecure = False
@@ -192,27 +180,32 @@ class SevSnpAppraiser:
         binding: bytes,
         collateral: CollateralBundle,
     ) -> dict[str, object]:
-        report = parse_report(evidence.data)
-        if len(evidence.certificates) != 3:
+        if not isinstance(evidence, Evidence) or not isinstance(section, FormatPolicy):
             raise AppraisalFailure(
-                Reason.BROKEN_CHAIN, "SNP evidence needs the ARK, ASK and VCEK certificates"
+                Reason.MALFORMED_EVIDENCE, "SNP appraisal needs evidence and a policy section"
             )
-        names = ("ARK", "ASK", "VCEK")
-        chain = [
-            _x509.load_certificate(c, n) for c, n in zip(evidence.certificates, names, strict=True)
-        ]
-        _x509.verify_chain(chain, names, section.trust_anchors, now)
-        vcek_key = chain[2].public_key()
-        if (
-            not isinstance(vcek_key, ec.EllipticCurvePublicKey)
-            or vcek_key.curve.name != "secp384r1"
-        ):
-            raise AppraisalFailure(Reason.BROKEN_CHAIN, "the VCEK is not an ECDSA P-384 key")
+        report = parse_report(evidence.data)
+        signer = report.signing_key
+        if signer not in (VCEK, VLEK):
+            raise AppraisalFailure(
+                Reason.BROKEN_CHAIN, f"report signed by a {signer} key, not a VCEK or VLEK"
+            )
+        if not isinstance(collateral, CollateralBundle):
+            raise AppraisalFailure(Reason.COLLATERAL_MISSING, "no collateral bundle was given")
+        certs = snp_collateral.load_evidence_certificates(evidence.certificates)
+        leaf = certs.leaf(signer)
+        product = None
+        if leaf is None:
+            product = _product(report, section, None, collateral)
+            leaf = snp_collateral.bundled_endorsement(
+                collateral, product, signer, report.chip_id, report.reported_tcb
+            )
+        key = snp_collateral.endorsement_key(leaf, signer)
         signature = encode_dss_signature(report.signature_r, report.signature_s)
         _x509.verify_ecdsa(
-            vcek_key, signature, report.signed_body, hashes.SHA384(), "the report signature"
+            key, signature, report.signed_body, hashes.SHA384(), "the report signature"
         )
-        # Authenticated from here on.
+        # The report is as the key's owner signed it; step 5 shows the owner is AMD's chip.
         if report.version not in SUPPORTED_VERSIONS:
             raise AppraisalFailure(
                 Reason.UNSUPPORTED_VERSION, f"SNP report version {report.version} is not supported"
@@ -222,13 +215,29 @@ class SevSnpAppraiser:
                 Reason.MALFORMED_EVIDENCE,
                 f"signature algorithm {report.signature_algo} is not ECDSA P-384",
             )
-        if report.signing_key != "vcek":
-            raise AppraisalFailure(
-                Reason.BROKEN_CHAIN, f"report signed by a {report.signing_key}, not a VCEK"
-            )
-        _check_vcek_matches(report, chain[2])
-        return {
+        if product is None:
+            product = _product(report, section, leaf, collateral)
+        # First what the certificate says (product, chip, TCB), then whether AMD said it.
+        snp_collateral.check_endorsement(
+            snp_collateral.kds_extensions(leaf),
+            signer=signer,
+            product=product,
+            chip_id=report.chip_id,
+            tcb=report.reported_tcb,
+        )
+        snp_collateral.verify_endorsement(
+            leaf,
+            signer=signer,
+            product=product,
+            evidence=certs,
+            collateral=collateral,
+            anchors=section.trust_anchors,
+            now=now,
+        )
+        claims: dict[str, object] = {
             "version": report.version,
+            "product": product,
+            "signing_key": signer,
             "guest_svn": report.guest_svn,
             "policy": report.policy,
             "debug": report.debug,
@@ -236,20 +245,54 @@ class SevSnpAppraiser:
             "measurement": report.measurement.hex(),
             "host_data": report.host_data.hex(),
             "id_key_digest": report.id_key_digest.hex(),
+            "author_key_digest": report.author_key_digest.hex(),
+            "family_id": report.family_id.hex(),
+            "image_id": report.image_id.hex(),
             "reported_tcb": report.reported_tcb.as_dict(),
+            "committed_tcb": report.committed_tcb.as_dict(),
+            "current_tcb": report.current_tcb.as_dict(),
             "chip_id": report.chip_id.hex(),
             "report_data": report.report_data,
         }
+        self.check_tcb(claims, section)
+        return claims
 
     def check_tcb(self, claims: Mapping[str, object], section: FormatPolicy) -> None:
-        min_svn = section.options.get("min_guest_svn", 0)
-        if int(claims["guest_svn"]) < min_svn:  # type: ignore[call-overload]
+        """The strict defaults: no debug, VMPL pinned, guest SVN and a complete TCB floor."""
+        if claims.get("debug") is not False:
+            raise AppraisalFailure(Reason.DEBUG_ENABLED, "the guest policy allows debugging")
+        want_vmpl = section.required_claims.get("vmpl", 0)
+        if claims.get("vmpl") != want_vmpl or isinstance(want_vmpl, bool):
             raise AppraisalFailure(
-                Reason.TCB_TOO_LOW, f"guest SVN {claims['guest_svn']} is below {min_svn}"
+                Reason.REQUIRED_CLAIM,
+                f"claim 'vmpl' is {claims.get('vmpl')!r}, need {want_vmpl!r} (VMPL 0 unless the "
+                "policy names another in required_claims)",
             )
-        reported: dict = claims["reported_tcb"]  # type: ignore[assignment]
-        for name, minimum in section.options.get("min_tcb", {}).items():
-            if reported[name] < minimum:
+        min_svn = section.options.get("min_guest_svn", 0)
+        svn = claims.get("guest_svn")
+        if not _non_negative_int(min_svn) or not isinstance(svn, int) or svn < min_svn:
+            raise AppraisalFailure(Reason.TCB_TOO_LOW, f"guest SVN {svn!r} is below {min_svn!r}")
+        names = tcb_components(str(claims.get("product")))
+        floor = section.options.get("min_tcb")
+        if not isinstance(floor, Mapping) or not all(
+            _non_negative_int(floor.get(n)) for n in names
+        ):
+            raise AppraisalFailure(
+                Reason.TCB_TOO_LOW,
+                f"the policy's min_tcb must name {list(names)} for a {claims.get('product')}: "
+                "without a floor any TCB, however old, would pass",
+            )
+        for which in ("reported_tcb", "committed_tcb"):
+            tcb = claims.get(which)
+            if not isinstance(tcb, Mapping) or not all(isinstance(tcb.get(n), int) for n in names):
+                raise AppraisalFailure(Reason.TCB_TOO_LOW, f"the claims carry no {which}")
+            low = _at_least(tcb, floor, names)
+            if low:
                 raise AppraisalFailure(
-                    Reason.TCB_TOO_LOW, f"reported TCB {name} = {reported[name]} is below {minimum}"
+                    Reason.TCB_TOO_LOW,
+                    f"{which.replace('_', ' ')} {low} = {tcb[low]} is below the floor {floor[low]}",
                 )
+
+
+def _non_negative_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

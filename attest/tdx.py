@@ -24,7 +24,8 @@ Signature data::  0 quote signature 64 (over header || body) | 64 attestation ke
 The QE report's REPORTDATA[0:32] = SHA-256(attestation key || QE auth data), rest zero.
 PCK chain order in type 5 data: PCK leaf, intermediate (Platform/Processor CA), Intel SGX Root CA.
 
-Not done here (needs Intel PCS collateral): TCB-info and QE-identity status, CRLs.
+Intel's collateral (TCB info, QE identity, CRLs) is applied by :mod:`tdx_collateral`;
+docs/attest-tdx.md says where each piece of trust comes from.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ import hmac
 import struct
 from collections.abc import Mapping
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from sealagg.attest import _x509
+from sealagg.attest import _x509, tdx_collateral, tdx_pck
 from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure, Reason
 from sealagg.attest.evidence import TDX, Evidence
@@ -56,6 +59,9 @@ CERT_PCK_CHAIN = 5
 QE_REPORT_BYTES = 384
 QE_REPORT_DATA_OFFSET = 320
 TD_DEBUG_BIT = 0
+#: Intel's TDX module signer: MRSIGNERSEAM is all zeros for Intel-signed modules (TDX module spec).
+INTEL_MRSIGNERSEAM = bytes(48)
+DEFAULT_ACCEPTED_TCB_STATUS = ("UpToDate",)
 
 _BODY_FIELDS = (  # name, offset in the body, size
     ("tee_tcb_svn", 0, 16),
@@ -153,12 +159,33 @@ def parse_quote(raw: bytes) -> TdxQuote:
     )  # fmt: skip
 
 
+def quote_fmspc(raw: bytes) -> str:
+    """The FMSPC (12 hex digits) in a quote's PCK certificate: which TCB info to fetch.
+
+    Read without authenticating anything: it only names what an operator downloads
+    (``sealagg attest collateral fetch --tdx-fmspc``); the appraisal checks it all."""
+    quote = parse_quote(raw)
+    if quote.pck_chain_type != CERT_PCK_CHAIN:
+        raise AppraisalFailure(Reason.BROKEN_CHAIN, "the quote carries no PCK chain (type 5)")
+    certs = _x509.load_pem_chain(quote.pck_chain, "the PCK chain")
+    return tdx_pck.pck_tcb(certs[0]).fmspc.hex()
+
+
 def _raw_signature(sig: bytes) -> bytes:
     return encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
 
 
 class TdxAppraiser:
-    """Appraise a TDX quote v4 with its embedded PCK chain (certification data type 5)."""
+    """Appraise a TDX quote v4 as Intel's QVL does: PCK chain to the pinned Intel root,
+    QE report and quote signatures, then Intel's collateral (tdx_collateral.evaluate):
+    CRLs, TCB info, QE identity, TDX module signer, and the TCB status.
+
+    TCB floors, in two parts: ``min_tee_tcb_svn`` bounds the TDX components byte by byte;
+    the SGX TCB components and PCESVN of the PCK certificate are judged through Intel's
+    TCB levels, whose status the policy must accept (``accepted_tcb_status``, default
+    UpToDate only; "Revoked" never). A platform whose SGX firmware is older than Intel's
+    current level therefore matches an OutOfDate level and is refused by default.
+    """
 
     format = TDX
     insecure = False
@@ -173,26 +200,7 @@ class TdxAppraiser:
         collateral: CollateralBundle,
     ) -> dict[str, object]:
         quote = parse_quote(evidence.data)
-        if quote.pck_chain_type != CERT_PCK_CHAIN:
-            raise AppraisalFailure(
-                Reason.BROKEN_CHAIN, "the quote carries no PCK certificate chain (type 5)"
-            )
-        certs = _x509.load_pem_chain(quote.pck_chain, "the PCK chain")
-        if len(certs) != 3:
-            raise AppraisalFailure(Reason.BROKEN_CHAIN, "the PCK chain must hold leaf, CA and root")
-        names = ("Intel root CA", "PCK CA", "PCK leaf")
-        chain = list(reversed(certs))
-        _x509.verify_chain(chain, names, section.trust_anchors, now)
-        pck_key = chain[2].public_key()
-        if not isinstance(pck_key, ec.EllipticCurvePublicKey):
-            raise AppraisalFailure(Reason.BROKEN_CHAIN, "the PCK key is not an EC key")
-        try:
-            _x509.verify_ecdsa(
-                pck_key, _raw_signature(quote.qe_report_signature), quote.qe_report,
-                hashes.SHA256(), "the QE report signature",
-            )  # fmt: skip
-        except AppraisalFailure as failure:
-            raise AppraisalFailure(Reason.BROKEN_CHAIN, failure.detail) from None
+        # The cheap checks first: the QE vouches for this attestation key, which signed the quote.
         expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
         qe_data = quote.qe_report[QE_REPORT_DATA_OFFSET : QE_REPORT_DATA_OFFSET + 64]
         if not hmac.compare_digest(qe_data, expected):
@@ -209,24 +217,124 @@ class TdxAppraiser:
             att_key, _raw_signature(quote.signature), quote.raw[:SIGNED_BYTES],
             hashes.SHA256(), "the quote signature",
         )  # fmt: skip
+        chain = _pck_chain(quote, section, now)
+        try:
+            _x509.verify_ecdsa(
+                chain[2].public_key(), _raw_signature(quote.qe_report_signature),
+                quote.qe_report, hashes.SHA256(), "the QE report signature",
+            )  # fmt: skip
+        except AppraisalFailure as failure:
+            raise AppraisalFailure(Reason.BROKEN_CHAIN, failure.detail) from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise AppraisalFailure(Reason.BROKEN_CHAIN, "the PCK key is unusable") from None
         # Authenticated from here on.
         if quote.att_key_type != ATT_KEY_ECDSA_P256 or quote.tee_type != TEE_TYPE_TDX:
             raise AppraisalFailure(Reason.MALFORMED_EVIDENCE, "not an ECDSA P-256 TDX quote")
+        verdict = tdx_collateral.evaluate(
+            collateral,
+            pck_chain=chain,
+            qe_report=quote.qe_report,
+            tee_tcb_svn=quote.body["tee_tcb_svn"],
+            mrsignerseam=quote.body["mrsignerseam"],
+            seam_attributes=quote.body["seam_attributes"],
+            anchors=section.trust_anchors,
+            now=now,
+            min_tcb_evaluation_data_number=_evaluation_floor(section),
+        )
+        _check_mrsignerseam(quote.body["mrsignerseam"], section)
+        if verdict.tcb_status == "Revoked":
+            raise AppraisalFailure(
+                Reason.TCB_STATUS,
+                "Intel's collateral says this platform's TCB is Revoked "
+                f"(platform {verdict.platform_status}, TDX module {verdict.module_status}, "
+                f"quoting enclave {verdict.qe_status}); no policy can accept it",
+            )
         claims: dict[str, object] = {
             k: v.hex() for k, v in quote.body.items() if k != "report_data"
         }
         claims["report_data"] = quote.body["report_data"]
         claims["debug"] = quote.debug
         claims["version"] = quote.version
+        claims["tcb_status"] = verdict.tcb_status
+        claims["advisory_ids"] = list(verdict.advisory_ids)
+        claims["fmspc"] = verdict.pck.fmspc.hex()
+        claims["pce_svn"] = verdict.pck.pcesvn
+        claims["sgx_tcb_components"] = list(verdict.pck.sgx_components)
+        claims["qe_isvsvn"] = verdict.qe_isvsvn
+        claims["tcb_date"] = verdict.tcb_date
+        claims["tcb_evaluation_data_number"] = verdict.tcb_evaluation_data_number
         return claims
 
     def check_tcb(self, claims: Mapping[str, object], section: FormatPolicy) -> None:
         minimum = section.options.get("min_tee_tcb_svn")
-        if minimum is None:
-            return
-        have = bytes.fromhex(str(claims["tee_tcb_svn"]))
-        for i, (h, m) in enumerate(zip(have, bytes.fromhex(minimum), strict=True)):
-            if h < m:
-                raise AppraisalFailure(
-                    Reason.TCB_TOO_LOW, f"TEE_TCB_SVN component {i} = {h} is below {m}"
-                )
+        if minimum is not None:
+            have = bytes.fromhex(str(claims["tee_tcb_svn"]))
+            for i, (h, m) in enumerate(zip(have, bytes.fromhex(minimum), strict=True)):
+                if h < m:
+                    raise AppraisalFailure(
+                        Reason.TCB_TOO_LOW, f"TEE_TCB_SVN component {i} = {h} is below {m}"
+                    )
+        status = claims.get("tcb_status")
+        accepted = accepted_tcb_statuses(section)
+        if status not in accepted:
+            advisories = ", ".join(map(str, claims.get("advisory_ids") or ())) or "none"
+            raise AppraisalFailure(
+                Reason.TCB_STATUS,
+                f"Intel's TCB status is {status!r} (advisories: {advisories}); the policy "
+                f"accepts {sorted(accepted)}",
+            )
+
+
+def accepted_tcb_statuses(section: FormatPolicy) -> frozenset[str]:
+    """The policy's ``accepted_tcb_status`` (default UpToDate), never "Revoked"."""
+    raw = section.options.get("accepted_tcb_status", DEFAULT_ACCEPTED_TCB_STATUS)
+    if isinstance(raw, str) or not isinstance(raw, list | tuple):
+        return frozenset()
+    known = set(tdx_collateral.PLATFORM_STATUSES) - {"Revoked"}
+    return frozenset(s for s in raw if isinstance(s, str) and s in known)
+
+
+def _evaluation_floor(section: FormatPolicy) -> int:
+    """The policy's ``min_tcb_evaluation_data_number`` (0: no floor beyond Intel's dates)."""
+    raw = section.options.get("min_tcb_evaluation_data_number", 0)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise AppraisalFailure(
+            Reason.COLLATERAL_INVALID, "the policy's min_tcb_evaluation_data_number is malformed"
+        )
+    return raw
+
+
+def _check_mrsignerseam(mrsignerseam: bytes, section: FormatPolicy) -> None:
+    """The policy may narrow further than Intel's TCB info: default, Intel's signer (zeros)."""
+    raw = section.options.get("expected_mrsignerseam", [INTEL_MRSIGNERSEAM.hex()])
+    allowed = []
+    for value in raw if isinstance(raw, list | tuple) else ():
+        try:
+            allowed.append(bytes.fromhex(value))
+        except (TypeError, ValueError):
+            continue
+    if not any(hmac.compare_digest(mrsignerseam, a) for a in allowed):
+        raise AppraisalFailure(
+            Reason.QE_IDENTITY,
+            f"TDX module identity mismatch: MRSIGNERSEAM {mrsignerseam.hex()} is not among the "
+            "policy's expected_mrsignerseam",
+        )
+
+
+def _pck_chain(quote: TdxQuote, section: FormatPolicy, now: float) -> list[x509.Certificate]:
+    """(root, PCK CA, PCK leaf) from certification data type 5, verified to a pinned root."""
+    if quote.pck_chain_type != CERT_PCK_CHAIN:
+        raise AppraisalFailure(
+            Reason.BROKEN_CHAIN, "the quote carries no PCK certificate chain (type 5)"
+        )
+    certs = _x509.load_pem_chain(quote.pck_chain, "the PCK chain")
+    if len(certs) != 3:
+        raise AppraisalFailure(Reason.BROKEN_CHAIN, "the PCK chain must hold leaf, CA and root")
+    chain = list(reversed(certs))
+    try:
+        _x509.verify_chain(
+            chain, ("Intel root CA", "PCK CA", "PCK leaf"), section.trust_anchors, now
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # malformed certificate fields
+        raise AppraisalFailure(Reason.BROKEN_CHAIN, f"the PCK chain is malformed: {exc}") from None
+    return chain

@@ -108,7 +108,9 @@ def run_loopback(args: argparse.Namespace) -> None:
             timings["evaluate"].append(time.process_time() - started)
             return metrics
 
-        conn = Connection(dep.kits[name], address=dep.address)
+        # The simulated data owners accept the INSECURE software attester: their own choice.
+        insecure_ok = args.mode == "attested"
+        conn = Connection(dep.kits[name], address=dep.address, allow_insecure_attester=insecure_ok)
         participant = Participant(
             conn, poll_seconds=1.0, evaluate=evaluate if name == "vendor" else None
         )

@@ -3,24 +3,36 @@
 Flow (the relay defence is in steps 2-3):
 
 1. Ask the appliance (over the kit's CA-trusted channel) which TLS certificate C it will
-   attest, and check C was issued by the federation CA.
+   attest, and check C was issued by the federation CA for serving.
 2. Pin C: reopen the channel with C as its only trust anchor. From now on every handshake
    must present exactly C, i.e. the live TLS session's key is C's key.
-3. Over the pinned channel, send a fresh verifier nonce and appraise the evidence against
-   the kit's policy with C's SubjectPublicKeyInfo as the bound key. A relay with another
-   certificate either fails the pinned handshake or returns evidence bound to another key;
-   both are refused as ``bound_to_another_tls_key``.
+3. Over the pinned channel, send a fresh verifier nonce and appraise *all* the evidence
+   (the CPU TEE's and any ``additional`` item, e.g. a GPU's) against the kit's policy with
+   C's SubjectPublicKeyInfo as the bound key, using the kit's collateral bundle plus the one
+   the appliance sends (vendor-signed: its carrier adds no trust; a malformed one is a
+   refusal).
 4. Report the result to the appliance (audited there) and raise on refusal: nothing is sent.
 
+Why a relay fails: the appliance's TLS key is born in memory inside the TEE at every start
+(appliance/tee_identity.py). A relay holding a copy of the federation folder (every key on
+disk, the CA's too) can present the folder's ``server.key`` or a CA-signed certificate of
+its own, but not C's key. If it passes C through, the pinned handshake fails; if it names
+its own certificate, the genuine evidence is bound to another key. Both are refused as
+``Reason.WRONG_TLS_KEY`` before any update byte is sent.
+
 Verification runs before the first upload and again every round (or every
-``interval_seconds``). A software-attester result is accepted only if the policy opts in,
-and always with a loud warning.
+``interval_seconds``, and always after the pinned certificate stopped answering). A result
+from the INSECURE software attester is accepted only if *this client's own* configuration
+allows it (``Connection(allow_insecure_attester=True)`` or
+``SEALAGG_ALLOW_INSECURE_ATTESTER=1``; default refuse), never because the kit's policy or
+the appliance says so, and then with a loud warning.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import secrets
 import sys
 import time
@@ -48,12 +60,16 @@ from sealagg.attest import (
     VerifierLike,
     parse_policy,
 )
+from sealagg.attest.collateral import CollateralBundle
+from sealagg.attest.errors import AppraisalFailure
 from sealagg.client_shim.connection import MAX_MESSAGE_BYTES, Connection
 
 _log = logging.getLogger("sealagg.client.attestation")
 
 CALL_TIMEOUT = 15.0
 POLICY_SOURCE = "attestation_policy.toml in the client kit"
+#: The data owner's switch for the INSECURE software attester ("1" accepts it).
+ALLOW_INSECURE_ENV = "SEALAGG_ALLOW_INSECURE_ATTESTER"
 
 
 def policy_from_kit(kit: ClientKit) -> Policy | None:
@@ -70,6 +86,32 @@ def policy_from_kit(kit: ClientKit) -> Policy | None:
         raise PolicyError(f"{error}; nothing will be sent") from None
 
 
+def collateral_from_kit(kit: ClientKit) -> CollateralBundle:
+    """The collateral bundle shipped in the kit (empty if none); PolicyError if malformed."""
+    try:
+        return CollateralBundle.from_bytes(kit.attestation_collateral or b"")
+    except AppraisalFailure as failure:
+        raise PolicyError(
+            f"the kit's attestation collateral is unreadable ({failure.detail}); nothing will "
+            "be sent"
+        ) from None
+
+
+def insecure_attester_allowed(choice: bool | None) -> bool:
+    """The client's own decision on the software attester: ``choice`` if given, else
+    ``SEALAGG_ALLOW_INSECURE_ATTESTER=1`` in this process's environment; default refuse.
+
+    Only the booleans count: ``bool("false")`` is True, so a string read from some file
+    would otherwise switch the insecure attester on."""
+    if choice is not None and not isinstance(choice, bool):
+        raise TypeError(
+            f"allow_insecure_attester is True, False or None, not {type(choice).__name__}"
+        )
+    if choice is not None:
+        return choice
+    return os.environ.get(ALLOW_INSECURE_ENV, "").strip() == "1"
+
+
 class AttestationGuard:
     """Keeps one connection pinned to an attested appliance; refuses to go on otherwise."""
 
@@ -81,9 +123,19 @@ class AttestationGuard:
         verifier: VerifierLike | None = None,
         interval_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        allow_insecure: bool | None = None,
     ) -> None:
+        """``allow_insecure``: this client accepts the software attester (None: the
+        connection's ``allow_insecure_attester``, then the environment; default refuse)."""
         self.connection = connection
-        self.verifier = verifier or Verifier(policy)
+        if allow_insecure is None:
+            allow_insecure = getattr(connection, "allow_insecure_attester", None)
+        self.allow_insecure = insecure_attester_allowed(allow_insecure)
+        self.verifier = verifier or Verifier(
+            policy,
+            allow_insecure=self.allow_insecure,
+            collateral=collateral_from_kit(connection.kit),
+        )
         self.interval_seconds = interval_seconds
         self._clock = clock
         self._pinned: bytes | None = None
@@ -96,9 +148,12 @@ class AttestationGuard:
         return None if policy is None else cls(connection, policy, **kwargs)  # type: ignore[arg-type]
 
     def due(self) -> bool:
-        if self._verified_at is None or self.interval_seconds <= 0:
+        if self._verified_at is None or self.interval_seconds <= 0 or not self._still_pinned():
             return True
         return self._clock() - self._verified_at >= self.interval_seconds
+
+    def _still_pinned(self) -> bool:
+        return self._pinned is not None and self.connection.pinned_certificate is not None
 
     def before_upload(self) -> AttestationResult:
         """Verify now if due (always before the first upload); raise if refused."""
@@ -113,7 +168,12 @@ class AttestationGuard:
             result = self._appraise()
         except AttestationRefusedError as refused:  # refused before any evidence was read
             result = refused.result  # type: ignore[assignment]
-        except grpc.RpcError as error:
+        except BaseException as error:
+            # A certificate may already be pinned (_pin runs before the appraisal): unverified,
+            # it must not carry an upload, so drop it before anything else can run.
+            self._drop_pin()
+            if not isinstance(error, grpc.RpcError):
+                raise
             raise AttestationError(
                 f"could not obtain attestation evidence from {self.connection.address}: "
                 f"{error.code().name}: {error.details()}. Nothing was sent."
@@ -121,6 +181,7 @@ class AttestationGuard:
         self.last_result = result
         self._report(result)
         if not result.accepted:
+            self._drop_pin()
             _log.error("attestation refused (%s): %s", result.reason.value, result.detail)  # type: ignore[union-attr]
             raise AttestationRefusedError(result)
         if result.insecure:
@@ -130,37 +191,79 @@ class AttestationGuard:
         return result
 
     def _appraise(self) -> AttestationResult:
-        if self._pinned is None:
-            self._pin()
-        assert self._pinned is not None
+        if not self._still_pinned():
+            self._pin(self._probe())
         nonce = self.verifier.challenge()
         try:
-            reply = self._stub().Attest(pb.AttestRequest(nonce=nonce), timeout=CALL_TIMEOUT)
+            reply = self._attest(nonce)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-            return _refused(
-                Reason.WRONG_TLS_KEY,
-                f"the appliance at {self.connection.address} did not complete a TLS handshake "
-                "with the attested certificate pinned: the server there does not hold the key "
-                "its evidence is bound to (a relay?), or it became unreachable",
-            )
+            named = self._probe()  # a restarted appliance names its new certificate
+            if named == self._pinned:
+                return _refused(
+                    Reason.WRONG_TLS_KEY,
+                    f"the appliance at {self.connection.address} names the attested "
+                    "certificate but did not complete a TLS handshake with it pinned: the "
+                    "server there does not hold the key its evidence is bound to (a relay?)",
+                )
+            self._pin(named)
+            try:
+                reply = self._attest(nonce)
+            except grpc.RpcError as again:
+                if again.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                return _refused(
+                    Reason.WRONG_TLS_KEY,
+                    f"the appliance at {self.connection.address} did not complete a TLS "
+                    "handshake with the certificate it names: it does not hold that key (a relay?)",
+                )
         if reply.tls_certificate_der != self._pinned:
             return _refused(Reason.WRONG_TLS_KEY, "the appliance now names another TLS certificate")
-        evidence = Evidence(reply.format, bytes(reply.evidence), tuple(reply.certificates))
+        evidence = [Evidence(reply.format, bytes(reply.evidence), tuple(reply.certificates))]
+        evidence += [
+            Evidence(item.format, bytes(item.evidence), tuple(item.certificates))
+            for item in reply.additional
+        ]
+        try:
+            collateral = CollateralBundle.from_bytes(bytes(reply.collateral))
+        except AppraisalFailure as failure:
+            return _refused(failure.reason, f"the appliance's collateral: {failure.detail}")
+        assert self._pinned is not None
         return self.verifier.appraise(
-            evidence, nonce=nonce, tls_spki_der=_spki(x509.load_der_x509_certificate(self._pinned))
+            evidence,
+            nonce=nonce,
+            tls_spki_der=_spki(x509.load_der_x509_certificate(self._pinned)),
+            collateral=collateral,
         )
 
-    def _pin(self) -> None:
-        """Learn the certificate to attest, check the federation CA issued it, and pin it."""
-        probe = self._stub().Attest(
-            pb.AttestRequest(nonce=secrets.token_bytes(32)), timeout=CALL_TIMEOUT
-        )
-        der = bytes(probe.tls_certificate_der)
+    def _attest(self, nonce: bytes) -> pb.AttestReply:
+        return self._stub().Attest(pb.AttestRequest(nonce=nonce), timeout=CALL_TIMEOUT)
+
+    def _probe(self) -> bytes:
+        """The certificate the appliance names, asked over a fresh CA-trusted channel."""
+        channel = _ca_channel(self.connection.kit, self.connection.address)
+        try:
+            probe = pb_grpc.AggregatorStub(channel).Attest(
+                pb.AttestRequest(nonce=secrets.token_bytes(32)), timeout=CALL_TIMEOUT
+            )
+        finally:
+            channel.close()
+        return bytes(probe.tls_certificate_der)
+
+    def _pin(self, der: bytes) -> None:
+        """Check the federation CA issued ``der`` for serving, and pin it."""
         cert = _federation_server_certificate(der, self.connection.kit)
         self.connection.pin_server_certificate(cert.public_bytes(Encoding.PEM))
         self._pinned = der
+
+    def _drop_pin(self) -> None:
+        """Forget a certificate that was pinned but not accepted: the connection goes back to
+        the kit's CA for polls and refuses uploads (it has been pinned once) until a
+        certificate is pinned *and* its evidence accepted. Without this, a refused appraisal
+        left the relay's certificate pinned and ``Connection.submit`` sent to it."""
+        self._pinned = None
+        self.connection.unpin()
 
     def _stub(self) -> pb_grpc.AggregatorStub:
         return self.connection.stub

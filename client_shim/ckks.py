@@ -112,8 +112,10 @@ def minimum_contributors(start: pb.RoundStart, policy_minimum: int = MIN_MASKED_
 
 
 def policy_minimum(participant: RoundFollower[Any]) -> int:
-    """m from the federation policy this client enforces (its kit's ``[policy]``)."""
-    return int(participant.connection.kit.policy.minimum_sum)
+    """m from the federation policy this client enforces: the authority's signed one for this
+    round when the session found one (``participant.policy``), else its kit's ``[policy]``."""
+    policy = getattr(participant, "policy", None) or participant.connection.kit.policy
+    return int(policy.minimum_sum)
 
 
 class _Announced:

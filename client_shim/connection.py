@@ -14,6 +14,7 @@ import grpc
 from sealagg.appliance.kit import ClientKit, KitMismatchError
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
+from sealagg.attest import AttestationError
 from sealagg.client_shim.errors import ApplianceUnavailableError
 
 CHUNK_BYTES = 1 << 20
@@ -50,8 +51,17 @@ class Connection:
         insecure: bool = False,
         timeout: float = 60.0,
         retry_seconds: float = 120.0,
+        allow_insecure_attester: bool | None = None,
     ) -> None:
+        """``allow_insecure_attester``: accept an appliance whose evidence comes from the
+        INSECURE software attester (development). The data owner's own choice, never the
+        kit's or the appliance's; None reads ``SEALAGG_ALLOW_INSECURE_ATTESTER=1`` from the
+        environment, default refuse (client_shim/attestation.py)."""
         self.kit = kit
+        self.allow_insecure_attester = allow_insecure_attester
+        #: PEM of the attested certificate this channel trusts alone; None: the kit's CA.
+        self.pinned_certificate: bytes | None = None
+        self._pin_required = False  # once attested, uploads go to a pinned appliance only
         self._unary_uploads = True  # False once an older appliance answered UNIMPLEMENTED
         self.address = address or kit.address
         self.timeout = timeout
@@ -115,6 +125,25 @@ class Connection:
         old, self.channel = self.channel, grpc.secure_channel(self.address, creds, options=options)
         self.stub = pb_grpc.AggregatorStub(self.channel)
         self._metadata = ()
+        self.pinned_certificate, self._pin_required = bytes(certificate_pem), True
+        old.close()
+
+    def unpin(self) -> None:
+        """Back to the kit's CA-trusted channel: the pinned certificate stopped answering
+        (e.g. the attested appliance restarted with a new in-memory key, or a relay sits in
+        between). Uploads stay refused until a freshly verified certificate is pinned."""
+        if self.pinned_certificate is None:
+            return
+        ca, key, cert = self.kit.channel_credentials_material()
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.ssl_target_name_override", self.kit.server_name),
+        ]
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
+        old, self.channel = self.channel, grpc.secure_channel(self.address, creds, options=options)
+        self.stub = pb_grpc.AggregatorStub(self.channel)
+        self.pinned_certificate = None
         old.close()
 
     def wait_until_ready(self, timeout: float, *, backoff: float = 0.5) -> None:
@@ -150,6 +179,9 @@ class Connection:
                     time.monotonic() - began >= self.retry_seconds
                 ):
                     raise
+                if error.code() == grpc.StatusCode.UNAVAILABLE and self.pinned_certificate:
+                    _log.warning("%s: the attested appliance stopped answering", self.kit.name)
+                    self.unpin()  # polls may go on; uploads wait for a new attestation
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -198,6 +230,11 @@ class Connection:
     def _send_once(
         self, header: pb.UploadHeader, parts: list[memoryview], timeout: float
     ) -> pb.SubmitAck:
+        if self._pin_required and self.pinned_certificate is None:
+            raise AttestationError(
+                f"{self.kit.name}: the attested appliance's certificate no longer answers and "
+                "no new one has been verified; nothing was sent"
+            )
         if self._unary_uploads and header.total_bytes <= CHUNK_BYTES:
             message = pb.UploadMessage(header=header, data=b"".join(parts))
             try:
@@ -209,6 +246,24 @@ class Connection:
                 _log.info("%s: the appliance has no one-message uploads; streaming", self.kit.name)
                 self._unary_uploads = False
         return self.stub.Submit(_chunks(header, parts), timeout=timeout, metadata=self._metadata)
+
+    def get_roster(self, known_version: int) -> bytes:
+        """The signed roster the appliance holds (b"" if none); unverified: the caller checks
+        it against the kit's pinned authority."""
+        reply = self.stub.GetRoster(
+            pb.RosterRequest(known_version=known_version),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        return bytes(reply.roster)
+
+    def report_refusal(self, round_id: bytes, code: str, detail: str) -> None:
+        """Tell the appliance this client refused a round (code and reason, nothing secret)."""
+        self.stub.ReportRefusal(
+            pb.RoundRefusal(round_id=round_id, code=code, detail=detail),
+            timeout=min(self.timeout, 10.0),
+            metadata=self._metadata,
+        )
 
     def download_model(self, version: int = 0) -> tuple[int, bytes]:
         """A model version's safetensors bytes, checked against the announced SHA-256."""

@@ -11,8 +11,11 @@ Two steps, both on the client's machine:
    certifies the CSR: ``sealagg add-client --request FILE``).
 2. ``sealagg-enrol install ISSUED --dir DIR`` checks the kit the appliance issued (signed
    manifest, certificate for our TLS key, no private key of the appliance's making, the
-   same authority key we pinned) and copies its public files into ``DIR``, which is then a
-   complete kit for :func:`sealagg.appliance.kit.load_kit`.
+   same authority key we pinned, and the authority's countersignature over the manifest:
+   ``sealagg authority sign-kit``, so the CA, server name and policies in it are the
+   authority's word, not the appliance's) and copies its public files into ``DIR``, which is
+   then a complete kit for :func:`sealagg.appliance.kit.load_kit` (which checks the
+   countersignature against our pinned key every time it opens the kit).
 
 Why: an appliance that generated a client's keys could impersonate it, and list it as a
 ghost in a round; here it never holds a client's private key.
@@ -109,13 +112,15 @@ def install(issued: Path, folder: Path) -> Path:
         for file in (CLIENT_KEY, IDENTITY_KEY):
             (stage / file).write_bytes((folder / file).read_bytes())
         (stage / AUTHORITY_KEY).write_bytes((folder / AUTHORITY_KEY).read_bytes())
-        kit = load_kit(stage)  # manifest signature, certificate matches our TLS key, ...
+        # Manifest signature, certificate for our TLS key, the authority's countersignature
+        # under the key we pinned (KitTamperedError if the appliance re-signed the kit).
+        kit = load_kit(stage, trusted_authority=pinned)
         if not kit.enrolled or kit.authority_public_key != pinned:
             raise ProvisioningError("the issued kit is not an enrolled kit for this client")
     for file, data in files.items():
         if file != AUTHORITY_KEY:
             _write(folder / file, data, 0o644)
-    load_kit(folder)
+    load_kit(folder, trusted_authority=pinned)
     return folder
 
 

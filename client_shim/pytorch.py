@@ -543,20 +543,23 @@ def connect(
     poll_seconds: float = 2.0,
     ready_timeout: float = 120.0,
     evaluate: Evaluator | None = None,
+    allow_insecure_attester: bool | None = None,
 ) -> Federation:
     """Load the client kit, wait for the appliance (up to ``ready_timeout`` s), join.
 
     ``address`` overrides the kit's appliance address; ``max_examples`` is the example count
     that earns full weight (weight = min(1, num_examples / max_examples)); ``clip`` is an L2
     bound on the whole update; ``dp`` adds client-level Gaussian noise (see
-    :mod:`client_shim.privacy`). Raises :class:`ApplianceUnavailableError` if the appliance
-    does not answer in time.
+    :mod:`client_shim.privacy`). ``allow_insecure_attester``: this data owner accepts an
+    appliance attested only by the INSECURE software attester (development; None reads
+    ``SEALAGG_ALLOW_INSECURE_ATTESTER=1``, default refuse). Raises
+    :class:`ApplianceUnavailableError` if the appliance does not answer in time.
     """
     _check_share(share)
     if not (isinstance(ready_timeout, numbers.Real) and ready_timeout >= 0):
         raise ValueError(f"ready_timeout must be >= 0 seconds, got {ready_timeout!r}")
     kit = kit_path if isinstance(kit_path, ClientKit) else load_kit(Path(kit_path))
-    connection = Connection(kit, address=address)
+    connection = Connection(kit, address=address, allow_insecure_attester=allow_insecure_attester)
     try:
         federation = Federation(
             connection,

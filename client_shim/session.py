@@ -5,6 +5,14 @@ model, let the caller compute its update (a delta against the global weights,
 flattened in the model's layout) and weight, then either send it in plaintext
 (plaintext mode only) or run the secure-aggregation protocol so that only a
 masked vector leaves the client. Nothing unprotected is sent in a masked mode.
+
+With a kit that pins the federation authority, the client first asks the appliance for the
+newest signed roster (``GetRoster``) and verifies it against the pinned key; every round's
+roster is then checked against it and against the durable record of the newest version this
+client ever accepted (``<kit>.roster``: an older roster is a rollback). A round the client
+refuses (roster, policy, parameters, transcript, attestation) is reported to the appliance
+(``ReportRefusal``: a code and the refusal's message, never a key or an update byte), which
+audits it and goes on without this client.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from safetensors.numpy import load as load_safetensors
 from sealagg.appliance.kit import ClientKit
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
+from sealagg.attest import AttestationError
 from sealagg.client_shim import ckks
 from sealagg.client_shim.attestation import AttestationGuard, require_attestation
 from sealagg.client_shim.connection import Connection, Payload
-from sealagg.client_shim.errors import ROUND_LOST, RoundRefusedError
+from sealagg.client_shim.errors import ROUND_LOST, PrivacyRefusedError, RoundRefusedError
 from sealagg.client_shim.privacy import round_privacy
+from sealagg.client_shim.roster_record import DurableRosterVerifier, record_beside
 from sealagg.client_shim.transcript_ledger import ledger_beside
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
 from sealagg.crypto import (
@@ -40,11 +50,16 @@ from sealagg.crypto import (
     encoded_length,
 )
 from sealagg.crypto.config import check_round_parameters
-from sealagg.crypto.errors import InfeasibleParametersError
+from sealagg.crypto.errors import InfeasibleParametersError, RosterSignatureError, SecAggError
 from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
+from sealagg.crypto.refusal import MAX_DETAIL_CHARS, RefusalCode, code_for
 from sealagg.crypto.roster import Roster, RosterVerifier, members_from_roster
 
 _log = logging.getLogger("sealagg.client")
+
+#: What the client reports as a refusal of the round (and then re-raises): every check it
+#: makes of the appliance's word. Anything else (a broken update, a lost connection) is not.
+REFUSALS = (SecAggError, RoundRefusedError, PrivacyRefusedError, AttestationError)
 
 #: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
 ComputeUpdate = Callable[
@@ -80,6 +95,8 @@ class Participant:
         self.ledger = ledger_beside(connection.kit)  # durable: no round transcript twice
         self.roster = roster_verifier(connection.kit)  # None: a development kit, no authority
         self.poll_seconds = poll_seconds
+        self._roster_synced = False  # the newest roster is fetched once, at the first round
+        self.policy: FederationPolicy | None = None  # the one governing the current round
         self._models: dict[int, dict[str, np.ndarray]] = {}
         self._next_start: pb.RoundStart | None = None
         self._next_task: pb.Task | None = None  # handed over with an upload's acknowledgement
@@ -92,7 +109,50 @@ class Participant:
         self._models = {got: tensors}  # keep only the latest
         return got, tensors
 
+    def sync_roster(self) -> Roster | None:
+        """Learn the newest roster the appliance holds (``GetRoster``) and verify it against
+        the kit's pinned authority and this client's record; None for a development kit.
+
+        Raises (and reports) :class:`RosterSignatureError` when the appliance holds no roster
+        the pinned authority signed, :class:`RosterRollbackError` when it offers an older one
+        than this client accepted: such an appliance gets no round from this client.
+        """
+        if self.roster is None or self._roster_synced:
+            return None
+        try:
+            data = self.connection.get_roster(self.roster.version)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            _log.warning("the appliance cannot serve its roster; each round's is checked")
+            self._roster_synced = True
+            return None
+        try:
+            if not data:
+                raise RosterSignatureError(
+                    "the appliance serves no roster signed by the federation authority pinned "
+                    "in this kit; nothing was sent"
+                )
+            roster = self.roster.accept(data)
+        except REFUSALS as error:
+            self.report_refusal(b"", error)
+            raise
+        self._roster_synced = True
+        return roster
+
+    def report_refusal(self, round_id: bytes, error: BaseException) -> None:
+        """Tell the appliance this client refused the round (its code and message only), so
+        it is audited and the round goes on without us. Best effort: a failure is logged."""
+        code = refusal_code(error)
+        detail = str(error)[:MAX_DETAIL_CHARS]
+        _log.warning("refused round %s: %s (%s)", bytes(round_id).hex()[:16], detail, code.value)
+        try:
+            self.connection.report_refusal(bytes(round_id), code.value, detail)
+        except grpc.RpcError as failure:
+            _log.warning("could not report the refusal: %s", failure.code().name)
+
     def wait_for_round(self, max_polls: int | None = None) -> pb.RoundStart:
+        self.sync_roster()
         if self._next_start is not None:
             start, self._next_start = self._next_start, None
             return start
@@ -106,11 +166,22 @@ class Participant:
         raise TimeoutError("no round started")
 
     def run_round(self, compute: ComputeUpdate, start: pb.RoundStart | None = None) -> RoundReport:
-        """Take part in one round (waiting for it to open unless ``start`` is given)."""
+        """Take part in one round (waiting for it to open unless ``start`` is given).
+
+        A refusal (:data:`REFUSALS`) is reported to the appliance, then raised."""
+        self.sync_roster()
         start = start or self.wait_for_round()
+        try:
+            return self._take_part(compute, start)
+        except REFUSALS as error:
+            self.report_refusal(start.round_id, error)
+            raise
+
+    def _take_part(self, compute: ComputeUpdate, start: pb.RoundStart) -> RoundReport:
         require_attestation(self.attestation, start)  # raises: nothing of ours is sent
         roster = check_members(self.roster, start)  # raises RosterError: nothing is sent
-        check_policy(governing_policy(roster, self.connection.kit), start)  # nothing is sent
+        self.policy = governing_policy(roster, self.connection.kit)  # ckks takes m from it
+        check_policy(self.policy, start)  # nothing is sent
         _, tensors = self.global_model(start.model_version)
         if start.mode == "ckks":  # only ciphertexts leave a data owner (client_shim/ckks.py)
             return ckks.take_part(self, start, tensors, compute)
@@ -142,7 +213,7 @@ class Participant:
                 )
                 self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
                 return self.follow(start, update.nbytes, None)
-            return self._secure(start, layout, update, weight, meta)
+            return self._secure(start, layout, update, weight, meta, roster)
         except grpc.RpcError as error:
             if error.code() not in ROUND_LOST:
                 raise
@@ -155,9 +226,17 @@ class Participant:
             return self.follow(start, 0, None)
 
     def _secure(
-        self, start: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float, meta: str
+        self,
+        start: pb.RoundStart,
+        layout: Layout,
+        update: np.ndarray,
+        weight: float,
+        meta: str,
+        roster: Roster | None,
     ) -> RoundReport:
-        config = round_config_from(start)
+        # The transcript covers the version of the roster this client verified: clients shown
+        # different rosters sign different transcripts and refuse each other's signatures.
+        config = round_config_from(start, roster_version=roster.version if roster else 0)
         dp = round_privacy(start, layout.dimension)
         expected = encoded_length(layout.dimension) if dp is None else dp.spec.vector_length
         if config.vector_length != expected:
@@ -232,7 +311,10 @@ class Participant:
 
 def roster_verifier(kit: ClientKit) -> RosterVerifier | None:
     """The kit's pinned federation authority, or None for a development kit (whose appliance
-    made this client's keys and could impersonate it anyway: there, its list is trusted)."""
+    made this client's keys and could impersonate it anyway: there, its list is trusted).
+
+    The floor (the newest version this client accepted) is kept beside the kit
+    (``<kit>.roster``), so a restarted client still refuses an older roster."""
     if kit.authority_public_key is None:
         _log.warning(
             "kit %r pins no federation authority: round members are not checked against a "
@@ -240,7 +322,19 @@ def roster_verifier(kit: ClientKit) -> RosterVerifier | None:
             kit.name,
         )
         return None
-    return RosterVerifier(kit.authority_public_key, kit.federation)
+    return DurableRosterVerifier(kit.authority_public_key, kit.federation, record_beside(kit))
+
+
+def refusal_code(error: BaseException) -> RefusalCode:
+    """The code reported for a refusal: the shim's own error types, then crypto's."""
+    if isinstance(error, AttestationError):
+        return RefusalCode.ATTESTATION
+    if isinstance(error, PrivacyRefusedError):
+        return RefusalCode.PRIVACY
+    if isinstance(error, RoundRefusedError):  # e.g. a ckks refusal wrapping a roster error
+        inner = error.__cause__ or error.__context__
+        return code_for(inner) if isinstance(inner, SecAggError) else RefusalCode.PARAMETERS
+    return code_for(error)
 
 
 def check_members(verifier: RosterVerifier | None, start: pb.RoundStart) -> Roster | None:
@@ -284,8 +378,13 @@ def check_policy(policy: FederationPolicy, start: pb.RoundStart) -> None:
         raise RoundRefusedError(str(error)) from None
 
 
-def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3) -> RoundConfig:
-    """Rebuild the round's public config and refuse parameters that would not protect us."""
+def round_config_from(
+    start: pb.RoundStart, *, minimum_survivors_floor: int = 3, roster_version: int = 0
+) -> RoundConfig:
+    """Rebuild the round's public config and refuse parameters that would not protect us.
+
+    ``roster_version`` is the version of the roster this client verified (0: none, a
+    development kit); it enters the transcript hash, never the appliance's word."""
     identities = {p.index: bytes(p.identity_key) for p in start.participants}
     try:  # the rule lives in crypto, shared with the appliance's own check
         check_round_parameters(
@@ -303,6 +402,7 @@ def round_config_from(start: pb.RoundStart, *, minimum_survivors_floor: int = 3)
         threshold=start.threshold,
         vector_length=start.vector_length,
         minimum_survivors=start.minimum_survivors,
+        roster_version=roster_version,
     )
 
 

@@ -17,7 +17,7 @@ from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
 from sealagg.crypto.client import SecAggClient
 from sealagg.crypto.config import RING_BITS, RoundConfig
 from sealagg.crypto.encoding import QuantizationSpec, decode_sum, encode_update, encoded_length
-from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph
+from sealagg.crypto.graph import CommunicationGraph, complete_graph, random_graph
 from sealagg.crypto.messages import Message, Phase, decode
 from sealagg.crypto.params import SecAggParameters, find_parameters
 from sealagg.crypto.server import AggregateResult, SecAggServer
@@ -40,6 +40,6 @@ __all__ = [
     "encode_update",
     "encoded_length",
     "find_parameters",
-    "harary_graph",
+    "random_graph",
     "verify_signature",
 ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sealagg.crypto._primitives.agreement import check_public_key
+from sealagg.crypto._primitives.dh_proof import check_prime_order
 from sealagg.crypto._primitives.kdf import derive_key
 from sealagg.crypto._primitives.signing import verify_signature
 from sealagg.crypto.messages import PeerKeys, Phase
@@ -32,10 +33,21 @@ def _pair(u: int, v: int) -> bytes:
 
 
 def advertise_payload(
-    round_id: bytes, client_id: int, cipher_pk: bytes, mask_pk: bytes, seed_commitment: bytes
+    round_id: bytes,
+    client_id: int,
+    cipher_pk: bytes,
+    mask_pk: bytes,
+    seed_commitment: bytes,
+    coin_commitment: bytes,
 ) -> bytes:
     return (
-        b"sealagg/advertise/v2" + round_id + _id(client_id) + cipher_pk + mask_pk + seed_commitment
+        b"sealagg/advertise/v3"
+        + round_id
+        + _id(client_id)
+        + cipher_pk
+        + mask_pk
+        + seed_commitment
+        + coin_commitment
     )
 
 
@@ -54,12 +66,13 @@ def transcript_hash(config: RoundConfig, advertised: Mapping[int, PeerKeys]) -> 
 
     Covers the round id, the roster version, every public parameter (participants and
     their identity keys, degree, threshold, minimum survivors, vector length) and every
-    advertised key with its seed commitment. Consistency signatures bind it, so a
+    advertised key with its seed and coin commitments. Consistency signatures bind it, so a
     signature made in another round (even one reusing the round id) never verifies here;
-    the SecAgg+ graph is seeded by it. Signatures over the keys are left out: they add
+    the SecAgg+ graph seed is drawn from it and the revealed coins
+    (:func:`crypto.coins.graph_seed`). Signatures over the keys are left out: they add
     nothing a verifier needs and a signer could vary them.
     """
-    h = hashlib.sha256(b"sealagg/transcript/v1")
+    h = hashlib.sha256(b"sealagg/transcript/v2")
     h.update(config.round_id)
     h.update(
         struct.pack(
@@ -77,7 +90,7 @@ def transcript_hash(config: RoundConfig, advertised: Mapping[int, PeerKeys]) -> 
     h.update(_id(len(advertised)))
     for u in sorted(advertised):
         k = advertised[u]
-        h.update(_id(u) + k.cipher_public + k.mask_public + k.seed_commitment)
+        h.update(_id(u) + k.cipher_public + k.mask_public + k.seed_commitment + k.coin_commitment)
     return h.digest()
 
 
@@ -94,11 +107,17 @@ def survivors_payload(
     return b"sealagg/survivors/v2" + round_id + transcript + _id(client_id) + survivors_blob
 
 
-def share_key_commitment(key: bytes, round_id: bytes, sender: int, recipient: int) -> bytes:
-    """Commitment to the AEAD key of one sealed share: a recipient's blame reveals the key,
-    and only the key the sender committed to (and signed) counts as evidence."""
+KEY_SHARE = b"k"
+SELF_SHARE = b"b"
+
+
+def share_commitment(round_id: bytes, owner: int, holder: int, which: bytes, share: bytes) -> bytes:
+    """Commitment to one Shamir share (``which``: :data:`KEY_SHARE` or :data:`SELF_SHARE`)
+    its owner gives ``holder``. Hiding: a share of a 32-byte secret carries far more than
+    128 bits the server does not know. Binding: SHA-256. Signed with the sealed share, so
+    a holder that reveals anything else at unmasking is caught by name."""
     return hashlib.sha256(
-        b"sealagg/share-key-commit/v1" + round_id + _id(sender) + _id(recipient) + key
+        b"sealagg/share-commit/v1" + round_id + _id(owner) + _id(holder) + which + share
     ).digest()
 
 
@@ -107,19 +126,33 @@ def share_signature_payload(
     transcript: bytes,
     sender: int,
     recipient: int,
-    key_commitment: bytes,
     ciphertext: bytes,
+    key_share_commitment: bytes,
+    self_share_commitment: bytes,
 ) -> bytes:
-    """What a sender signs for each sealed share (its proof of origin if it is garbage)."""
+    """What a sender signs for each sealed share (its proof of origin if it is bad)."""
     return (
-        b"sealagg/sealed-share/v1"
+        b"sealagg/sealed-share/v2"
         + round_id
         + transcript
         + _id(sender)
         + _id(recipient)
-        + key_commitment
+        + key_share_commitment
+        + self_share_commitment
         + ciphertext
     )
+
+
+CIPHER_PAIR = b"cipher"
+MASK_PAIR = b"mask"
+
+
+def proof_context(
+    round_id: bytes, transcript: bytes, prover: int, peer: int, which: bytes
+) -> bytes:
+    """What a key-agreement proof in a blame is bound to: this round's transcript, the
+    prover, the peer and which of the pair's two secrets (cipher or mask)."""
+    return b"sealagg/blame-proof/v1" + round_id + transcript + _id(prover) + _id(peer) + which
 
 
 def share_associated_data(round_id: bytes, sender: int, recipient: int) -> bytes:
@@ -155,14 +188,21 @@ def check_advertisement(
     config: RoundConfig, client_id: int, keys: PeerKeys, *, check_keys: bool = True
 ) -> None:
     """The checks every party makes of one advertisement: the identity key's signature over
-    both public keys and the seed commitment, then both keys usable (not low-order:
-    :class:`~sealagg.crypto.errors.InvalidPublicKeyError`)."""
+    both public keys and both commitments, then both keys usable (not low-order:
+    :class:`~sealagg.crypto.errors.InvalidPublicKeyError`). The server (``check_keys``) also
+    requires the prime-order subgroup, where every blame about a pair can be proven."""
     payload = advertise_payload(
-        config.round_id, client_id, keys.cipher_public, keys.mask_public, keys.seed_commitment
+        config.round_id,
+        client_id,
+        keys.cipher_public,
+        keys.mask_public,
+        keys.seed_commitment,
+        keys.coin_commitment,
     )
     verify_signature(
         config.identities[client_id], payload, keys.signature, signer=f"client {client_id}"
     )
     if check_keys:  # a client skips it: its own key agreements right after are the check
-        check_public_key(keys.cipher_public, owner=f"client {client_id}")
-        check_public_key(keys.mask_public, owner=f"client {client_id}")
+        for public in (keys.cipher_public, keys.mask_public):
+            check_public_key(public, owner=f"client {client_id}")
+            check_prime_order(public, owner=f"client {client_id}")

@@ -11,21 +11,26 @@ when no longer needed; nothing is kept in a shared bag of fields.
 Against a malicious server (issue 17): the client hashes the whole transcript
 (parameters and every advertised key) as soon as the key directory arrives, claims
 it in its :class:`~sealagg.crypto.ledger.TranscriptLedger` (no transcript, and no
-round id, twice), draws the graph from it, and binds its consistency signature to
-it. A neighbour's share that does not open is not a reason to abort: the client
-leaves that neighbour's mask out and hands the server signed evidence (a blame).
+round id, twice), reveals its graph coin only then, draws the graph from every
+committed coin (:mod:`crypto.coins`), and binds its consistency signature to the
+transcript. A neighbour's share that does not open, or does not match the neighbour's
+signed commitments, is not a reason to abort: the client leaves that neighbour's mask
+out and hands the server signed evidence with proofs of the pair's keys (a blame).
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Mapping
 
 import numpy as np
 
 from sealagg.crypto import _transcript as tr
+from sealagg.crypto import coins
 from sealagg.crypto._primitives.aead import open_sealed, seal
 from sealagg.crypto._primitives.agreement import AgreementKey
+from sealagg.crypto._primitives.dh_proof import prove_secret
 from sealagg.crypto._primitives.prg import SEED_BYTES, apply_masks
 from sealagg.crypto._primitives.shamir import split_secrets
 from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
@@ -48,11 +53,13 @@ from sealagg.crypto.messages import (
     SHARE_BYTES,
     AdvertiseKeys,
     Blame,
+    CoinDirectory,
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
     Message,
     PeerKeys,
+    RevealCoin,
     ShareBundle,
     ShareKeys,
     SignedShare,
@@ -100,6 +107,9 @@ class _State:
     def on_key_directory(self, msg: KeyDirectory) -> tuple[Message, _State]:
         raise self._refuse("key directory")
 
+    def on_coin_directory(self, msg: CoinDirectory) -> tuple[Message, _State]:
+        raise self._refuse("coin directory")
+
     def on_share_bundle(self, msg: ShareBundle, x: np.ndarray) -> tuple[Message, _State]:
         raise self._refuse("share bundle")
 
@@ -121,34 +131,51 @@ class _AdvertiseKeys(_State):
         cfg = self.ctx.config
         cipher_key, mask_key = AgreementKey.generate(), AgreementKey.generate()
         self_seed = os.urandom(SEED_BYTES)
+        coin = coins.draw_coin()
         commitment = tr.seed_commitment(cfg.round_id, self.ctx.me, self_seed)
+        coin_commitment = coins.coin_commitment(cfg.round_id, self.ctx.me, coin)
         payload = tr.advertise_payload(
-            cfg.round_id, self.ctx.me, cipher_key.public_bytes, mask_key.public_bytes, commitment
+            cfg.round_id,
+            self.ctx.me,
+            cipher_key.public_bytes,
+            mask_key.public_bytes,
+            commitment,
+            coin_commitment,
         )
         keys = PeerKeys(
-            cipher_key.public_bytes, mask_key.public_bytes, commitment, self._identity.sign(payload)
+            cipher_key.public_bytes,
+            mask_key.public_bytes,
+            commitment,
+            coin_commitment,
+            self._identity.sign(payload),
         )
-        nxt = _AwaitKeyDirectory(self.ctx, self._identity, cipher_key, mask_key, self_seed, keys)
-        return AdvertiseKeys(cfg.round_id, keys), nxt
+        secrets = _Secrets(self._identity, cipher_key, mask_key, self_seed)
+        return AdvertiseKeys(cfg.round_id, keys), _AwaitKeyDirectory(self.ctx, secrets, coin, keys)
+
+
+class _Secrets:
+    """The client's secrets for this round, handed from state to state."""
+
+    def __init__(
+        self,
+        identity: IdentityKey,
+        cipher_key: AgreementKey,
+        mask_key: AgreementKey,
+        self_seed: bytes,
+    ) -> None:
+        self.identity = identity
+        self.cipher_key = cipher_key
+        self.mask_key = mask_key
+        self.self_seed = self_seed
 
 
 class _AwaitKeyDirectory(_State):
     name = "await_key_directory"
 
-    def __init__(
-        self,
-        ctx: _Context,
-        identity: IdentityKey,
-        cipher_key: AgreementKey,
-        mask_key: AgreementKey,
-        self_seed: bytes,
-        own: PeerKeys,
-    ) -> None:
+    def __init__(self, ctx: _Context, secrets: _Secrets, coin: bytes, own: PeerKeys) -> None:
         super().__init__(ctx)
-        self._identity = identity
-        self._cipher_key = cipher_key
-        self._mask_key = mask_key
-        self._self_seed = self_seed
+        self._secrets = secrets
+        self._coin = coin
         self._own = own
 
     def on_key_directory(self, msg: KeyDirectory) -> tuple[Message, _State]:
@@ -162,8 +189,33 @@ class _AwaitKeyDirectory(_State):
                 "the key directory does not carry the keys this client advertised in this round"
             )
         transcript = tr.transcript_hash(cfg, advertised)
-        ctx.ledger.claim(cfg.round_id, transcript)  # raises TranscriptReusedError
-        graph = cfg.graph_for(transcript)
+        # Claimed before the coin leaves: one reveal per round id, and the reveal budget.
+        ctx.ledger.claim(cfg.round_id, transcript)  # TranscriptReusedError, RevealBudgetError
+        nxt = _AwaitCoins(ctx, self._secrets, transcript, advertised)
+        return RevealCoin(cfg.round_id, self._coin), nxt
+
+
+class _AwaitCoins(_State):
+    name = "await_coins"
+
+    def __init__(
+        self,
+        ctx: _Context,
+        secrets: _Secrets,
+        transcript: bytes,
+        advertised: Mapping[int, PeerKeys],
+    ) -> None:
+        super().__init__(ctx)
+        self._secrets = secrets
+        self._transcript = transcript
+        self._advertised = advertised
+
+    def on_coin_directory(self, msg: CoinDirectory) -> tuple[Message, _State]:
+        ctx, cfg, own = self.ctx, self.ctx.config, self._secrets
+        advertised = self._advertised
+        commitments = {u: k.coin_commitment for u, k in advertised.items()}
+        seed = coins.graph_seed(cfg.round_id, self._transcript, commitments, msg.coins)
+        graph = cfg.graph_for(seed)
         active = active_after_pruning(graph, advertised, cfg.threshold)
         if ctx.me not in active:
             raise BelowThresholdError(
@@ -175,22 +227,22 @@ class _AwaitKeyDirectory(_State):
         peers = {v: advertised[v] for v in holders}
         for v, keys in peers.items():
             tr.check_advertisement(cfg, v, keys, check_keys=False)
-        # Both key agreements per neighbour now, at advertisement: a low-order key raises
+        # Both key agreements per neighbour now: a low-order key raises
         # InvalidPublicKeyError here (the exchange is the check, at no extra cost).
         share_keys = {
             v: tr.share_key(
-                _agree(self._cipher_key, peers[v].cipher_public, v), cfg.round_id, ctx.me, v
+                _agree(own.cipher_key, peers[v].cipher_public, v), cfg.round_id, ctx.me, v
             )
             for v in holders
         }
         mask_keys = {
             v: tr.pairwise_mask_key(
-                _agree(self._mask_key, peers[v].mask_public, v), cfg.round_id, ctx.me, v
+                _agree(own.mask_key, peers[v].mask_public, v), cfg.round_id, ctx.me, v
             )
             for v in holders
         }
         shares = split_secrets(
-            [self._mask_key.export_private_bytes_for_sharing(), self._self_seed],
+            [own.mask_key.export_private_bytes_for_sharing(), own.self_seed],
             cfg.threshold,
             holders,
         )
@@ -201,17 +253,16 @@ class _AwaitKeyDirectory(_State):
                 tr.share_plaintext(ctx.me, v, pair[0], pair[1]),
                 tr.share_associated_data(cfg.round_id, ctx.me, v),
             )
-            commitment = tr.share_key_commitment(share_keys[v], cfg.round_id, ctx.me, v)
-            signature = self._identity.sign(
+            key_commit = tr.share_commitment(cfg.round_id, ctx.me, v, tr.KEY_SHARE, pair[0])
+            self_commit = tr.share_commitment(cfg.round_id, ctx.me, v, tr.SELF_SHARE, pair[1])
+            signature = own.identity.sign(
                 tr.share_signature_payload(
-                    cfg.round_id, transcript, ctx.me, v, commitment, ciphertext
+                    cfg.round_id, self._transcript, ctx.me, v, ciphertext, key_commit, self_commit
                 )
             )
-            sealed[v] = SignedShare(ciphertext, commitment, signature)
-        rnd = _Round(transcript, frozenset(holders))
-        nxt = _AwaitShareBundle(
-            ctx, rnd, self._identity, self._self_seed, peers, share_keys, mask_keys
-        )
+            sealed[v] = SignedShare(ciphertext, key_commit, self_commit, signature)
+        rnd = _Round(self._transcript, frozenset(holders))
+        nxt = _AwaitShareBundle(ctx, rnd, own, peers, share_keys, mask_keys)
         return ShareKeys(cfg.round_id, sealed), nxt
 
 
@@ -231,16 +282,14 @@ class _AwaitShareBundle(_State):
         self,
         ctx: _Context,
         rnd: _Round,
-        identity: IdentityKey,
-        self_seed: bytes,
+        secrets: _Secrets,
         peers: Mapping[int, PeerKeys],
         share_keys: Mapping[int, bytes],
         mask_keys: Mapping[int, bytes],
     ) -> None:
         super().__init__(ctx)
         self._round = rnd
-        self._identity = identity
-        self._self_seed = self_seed
+        self._secrets = secrets
         self._peers = peers
         self._share_keys = share_keys
         self._mask_keys = mask_keys
@@ -267,30 +316,65 @@ class _AwaitShareBundle(_State):
                     tr.share_associated_data(cfg.round_id, v, ctx.me),
                 )
                 held[v] = _parse_share_plaintext(plain, v, ctx.me)
+                _check_share_commitments(cfg.round_id, v, ctx.me, share, held[v])
             except (DecryptionError, MalformedMessageError):
                 # Only a share v signed may cost v its mask with us: else a server could
                 # spoil every share to a victim until it masked with nobody. The server
                 # checks signatures at upload, so an unsigned one here means it lied.
+                held.pop(v, None)
                 payload = tr.share_signature_payload(
                     cfg.round_id,
                     self._round.transcript,
                     v,
                     ctx.me,
-                    share.key_commitment,
                     share.ciphertext,
+                    share.key_share_commitment,
+                    share.self_share_commitment,
                 )
                 verify_signature(cfg.identities[v], payload, share.signature, signer=f"client {v}")
-                blamed[v] = share  # signed garbage: evidence against v, not a reason to abort
+                blamed[v] = share  # signed and bad: evidence against v, not a reason to abort
         mask_keys = self._mask_keys
-        masks = [(tr.self_mask_key(self._self_seed, cfg.round_id), 1)]
+        masks = [(tr.self_mask_key(self._secrets.self_seed, cfg.round_id), 1)]
         masks += [  # no mask with a blamed sender: the server may exclude it
             (mask_keys[v], tr.pairwise_sign(ctx.me, v)) for v in sorted(senders - set(blamed))
         ]
         y = x.astype("<u4", copy=True)
         apply_masks(y, masks)
-        blames = {v: Blame(s, self._share_keys[v], mask_keys[v]) for v, s in blamed.items()}
-        nxt = _AwaitSurvivorList(ctx, self._round, self._identity, frozenset(senders), held)
+        blames = {v: self._blame(v, s) for v, s in blamed.items()}
+        nxt = _AwaitSurvivorList(ctx, self._round, self._secrets.identity, frozenset(senders), held)
         return MaskedInput(cfg.round_id, memoryview(y).cast("B"), blames), nxt
+
+    def _blame(self, accused: int, share: SignedShare) -> Blame:
+        """Evidence the server checks on its own: proofs of both pair secrets (a key the
+        blamer merely stated could be a lie, and the server could not tell)."""
+        cfg, me, own = self.ctx.config, self.ctx.me, self._secrets
+        peer = self._peers[accused]
+        transcript = self._round.transcript
+
+        def proof(key: AgreementKey, public: bytes, which: bytes) -> bytes:
+            context = tr.proof_context(cfg.round_id, transcript, me, accused, which)
+            return prove_secret(key, public, context)
+
+        return Blame(
+            share,
+            proof(own.cipher_key, peer.cipher_public, tr.CIPHER_PAIR),
+            proof(own.mask_key, peer.mask_public, tr.MASK_PAIR),
+        )
+
+
+def _check_share_commitments(
+    round_id: bytes, sender: int, recipient: int, share: SignedShare, pair: tuple[bytes, bytes]
+) -> None:
+    """Refuse shares that are not what their sender signed commitments to (a blame)."""
+    for which, value, commitment in (
+        (tr.KEY_SHARE, pair[0], share.key_share_commitment),
+        (tr.SELF_SHARE, pair[1], share.self_share_commitment),
+    ):
+        expected = tr.share_commitment(round_id, sender, recipient, which, value)
+        if not hmac.compare_digest(expected, commitment):
+            raise MalformedMessageError(
+                f"client {sender}'s share does not match the commitment it signed"
+            )
 
 
 def _parse_share_plaintext(plain: bytes, sender: int, recipient: int) -> tuple[bytes, bytes]:
@@ -382,6 +466,7 @@ class _AwaitUnmaskRequest(_State):
         survivors, dropped = set(self._survivors), set(msg.dropped)
         self_shares = {v: pair[1] for v, pair in self._held.items() if v in survivors}
         key_shares = {v: pair[0] for v, pair in self._held.items() if v in dropped}
+        ctx.ledger.finish(cfg.round_id)  # the round counts as finished for the reveal budget
         return UnmaskShares(cfg.round_id, self_shares, key_shares), _Done(ctx)
 
     def _check_quorum(self, signatures: Mapping[int, bytes]) -> None:
@@ -476,8 +561,11 @@ class SecAggClient:
     def advertise_keys(self) -> AdvertiseKeys:
         return self._step(lambda s: s.advertise())  # type: ignore[return-value]
 
-    def receive_key_directory(self, msg: KeyDirectory) -> ShareKeys:
+    def receive_key_directory(self, msg: KeyDirectory) -> RevealCoin:
         return self._step(lambda s: s.on_key_directory(msg), msg)  # type: ignore[return-value]
+
+    def receive_coin_directory(self, msg: CoinDirectory) -> ShareKeys:
+        return self._step(lambda s: s.on_coin_directory(msg), msg)  # type: ignore[return-value]
 
     def receive_share_bundle(self, msg: ShareBundle) -> MaskedInput:
         if self._input is None:
@@ -497,6 +585,7 @@ class SecAggClient:
         """Dispatch any server message by type (for transports that carry a union)."""
         handlers = {
             KeyDirectory: self.receive_key_directory,
+            CoinDirectory: self.receive_coin_directory,
             ShareBundle: self.receive_share_bundle,
             SurvivorList: self.receive_survivor_list,
             UnmaskRequest: self.receive_unmask_request,

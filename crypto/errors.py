@@ -26,6 +26,8 @@ class AbortReason(enum.Enum):
     BOTH_SHARES_REQUESTED = "both_shares_requested"
     RECONSTRUCTION_FAILED = "reconstruction_failed"
     INFEASIBLE_PARAMETERS = "infeasible_parameters"
+    COIN_WITHHELD = "coin_withheld"
+    TOO_MANY_UNFINISHED_ROUNDS = "too_many_unfinished_rounds"
 
 
 class SecAggError(Exception):
@@ -238,3 +240,19 @@ class BlameRefusedError(SecAggError):
 class ExcludedSenderError(UnknownSenderError):
     """A client a neighbour proved to have sent a sealed share that does not open is out
     of the round: its later messages are refused (it counts as dropped)."""
+
+
+class CoinRevealError(SecAggError):
+    """A client that committed to a graph coin did not reveal it, or revealed one that does
+    not open its commitment: the round aborts as a whole (a server that could continue
+    without some coins could choose among graphs)."""
+
+    reason = AbortReason.COIN_WITHHELD
+
+
+class RevealBudgetError(SecAggError):
+    """The client's ledger holds too many recent rounds in which it revealed its coin and
+    that then never finished: it takes part in no new round for now (each such round gave
+    the appliance one more draw of the graph)."""
+
+    reason = AbortReason.TOO_MANY_UNFINISHED_ROUNDS

@@ -37,10 +37,10 @@ which the round checks against the threshold.
 
 Trust note
 ----------
-The seed must be public round randomness the server cannot choose freely: a
-server that could grind seeds could look for a graph in which colluders surround
-a victim. It is bound to the round (the round transcript), and clients recompute
-the graph themselves.
+The seed must be public round randomness nobody can steer: a server (or colluding
+clients) that could grind seeds could look for a graph in which colluders surround
+a victim. It comes from commit-then-reveal coin tossing over the round transcript
+(:mod:`crypto.coins`), and clients recompute the graph themselves.
 
 Two parties
 -----------
@@ -67,7 +67,6 @@ __all__ = [
     "TWO_PARTY_EXPLANATION",
     "CommunicationGraph",
     "complete_graph",
-    "harary_graph",
     "random_graph",
 ]
 
@@ -190,10 +189,6 @@ def random_graph(participants: Iterable[int], degree: int, seed: bytes) -> Commu
         nbrs[ids[i]].append(ids[j])
         nbrs[ids[j]].append(ids[i])
     return CommunicationGraph(participants=ids, adjacency={c: tuple(v) for c, v in nbrs.items()})
-
-
-#: The old name, kept while callers move to :func:`random_graph` (the lead removes it).
-harary_graph = random_graph
 
 
 def _validate_ids(participants: Iterable[int]) -> tuple[int, ...]:

@@ -6,6 +6,15 @@ fill this round's quorum. The ledger adds the client's own memory on top: a clie
 never takes part twice in one transcript, nor in two transcripts under one round id
 (an appliance that reuses a round id is replaying or equivocating, whatever it says).
 
+It also bounds how often the appliance can re-draw the SecAgg+ graph: a client claims a
+transcript right before it reveals its graph coin (:mod:`crypto.coins`), so every claim
+is one draw the appliance has seen; :meth:`TranscriptLedger.finish` marks the round in
+which the client answered the unmask request. A claim is refused
+(:class:`~sealagg.crypto.errors.RevealBudgetError`) once :data:`MAX_UNFINISHED_REVEALS`
+claims in a row never finished, unless :data:`REVEAL_COOLDOWN_SECONDS` passed since the
+last one: aborting after seeing the graph (withholding a coin, stalling a phase) then
+buys at most that many draws per finished round, plus one per cooldown.
+
 :class:`TranscriptLedger` is the interface; :class:`InMemoryTranscriptLedger` serves
 the protocol classes and tests; the client shim keeps a durable, file-backed one
 (``client_shim/transcript_ledger.py``) so the record survives a restart.
@@ -14,9 +23,16 @@ the protocol classes and tests; the client shim keeps a durable, file-backed one
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
-from sealagg.crypto.errors import TranscriptReusedError
+from sealagg.crypto.errors import RevealBudgetError, TranscriptReusedError
+
+#: Revealed rounds in a row that never finished before the client pauses.
+MAX_UNFINISHED_REVEALS = 8
+#: While paused, one more round per this many seconds (an honest outage heals by itself).
+REVEAL_COOLDOWN_SECONDS = 3600.0
 
 
 class TranscriptLedger(Protocol):
@@ -24,23 +40,39 @@ class TranscriptLedger(Protocol):
 
     def claim(self, round_id: bytes, transcript_hash: bytes) -> None:
         """Record the pair, or raise :class:`TranscriptReusedError` if the transcript was
-        claimed before or the round id was claimed with another transcript. Must be
-        durable before it returns (the client acts on the transcript right after)."""
+        claimed before or the round id was claimed with another transcript, or
+        :class:`RevealBudgetError` (:func:`check_reveal_budget`). Must be durable before
+        it returns (the client reveals its coin right after)."""
+
+    def finish(self, round_id: bytes) -> None:
+        """Record that the round ``round_id`` finished for this client (it unmasked)."""
 
 
 class InMemoryTranscriptLedger:
     """A ledger for one process's lifetime (tests, simulations, a client object's default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._by_round: dict[bytes, bytes] = {}
         self._hashes: set[bytes] = set()
+        self._unfinished = 0
+        self._last_claim = 0.0
+        self._clock = clock
         self._lock = threading.Lock()
 
     def claim(self, round_id: bytes, transcript_hash: bytes) -> None:
         with self._lock:
             check_claim(self._by_round, self._hashes, bytes(round_id), bytes(transcript_hash))
+            now = self._clock()
+            check_reveal_budget(self._unfinished, self._last_claim, now)
             self._by_round[bytes(round_id)] = bytes(transcript_hash)
             self._hashes.add(bytes(transcript_hash))
+            self._unfinished += 1
+            self._last_claim = now
+
+    def finish(self, round_id: bytes) -> None:
+        with self._lock:
+            if bytes(round_id) in self._by_round:
+                self._unfinished = 0
 
 
 def check_claim(
@@ -55,4 +87,16 @@ def check_claim(
         raise TranscriptReusedError(
             "this client already took part in a round with this id under another transcript: "
             "the appliance reused a round id"
+        )
+
+
+def check_reveal_budget(unfinished: int, last_claim: float, now: float) -> None:
+    """Refuse one more reveal after :data:`MAX_UNFINISHED_REVEALS` unfinished ones in a row,
+    unless the last was :data:`REVEAL_COOLDOWN_SECONDS` ago (the ledger rule, shared)."""
+    if unfinished >= MAX_UNFINISHED_REVEALS and now - last_claim < REVEAL_COOLDOWN_SECONDS:
+        raise RevealBudgetError(
+            f"this client revealed its graph coin in {unfinished} rounds in a row that never "
+            "finished: each gave the appliance another draw of the graph, so it takes part "
+            f"again only {REVEAL_COOLDOWN_SECONDS:.0f} s after the last one (or after a round "
+            "finishes)"
         )

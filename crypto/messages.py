@@ -22,15 +22,18 @@ import msgpack
 
 from sealagg.crypto.errors import MalformedMessageError, UnsupportedVersionError
 
-SCHEMA_VERSION = 1
+#: 2: coin commitments and reveals (the graph seed), per-share commitments, proven blames.
+SCHEMA_VERSION = 2
 ROUND_ID_BYTES = 32
 MAX_CLIENT_ID = 2**31 - 1
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SHARE_BYTES = 44  # a 32-byte secret as 11 field elements of 4 bytes
 MAX_SEALED_SHARE_BYTES = 256
-#: Upper bound on one encoded blame in a masked input (a signed share plus two keys).
-MAX_BLAME_BYTES = MAX_SEALED_SHARE_BYTES + 256
+#: Bytes of one key-agreement proof (:mod:`crypto._primitives.dh_proof`).
+PROOF_BYTES = 128
+#: Upper bound on one encoded blame in a masked input (a signed share plus two proofs).
+MAX_BLAME_BYTES = MAX_SEALED_SHARE_BYTES + 512
 #: Upper bound on any decoded message, checked before msgpack allocates.
 MAX_MESSAGE_BYTES = 1 << 31
 
@@ -39,10 +42,11 @@ class Phase(enum.IntEnum):
     """Protocol phases in order; bound into signatures and associated data."""
 
     ADVERTISE_KEYS = 0
-    SHARE_KEYS = 1
-    MASKED_INPUT = 2
-    CONSISTENCY_CHECK = 3
-    UNMASKING = 4
+    REVEAL_COINS = 1
+    SHARE_KEYS = 2
+    MASKED_INPUT = 3
+    CONSISTENCY_CHECK = 4
+    UNMASKING = 5
 
 
 # --- field validators -------------------------------------------------------
@@ -86,96 +90,119 @@ def _check_id_map(field: str, value: Any, check_value: Callable[[str, Any], Any]
 
 
 COMMITMENT_BYTES = 32
-KEY_BYTES = 32
+COIN_BYTES = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class PeerKeys:
     """One client's advertised keys as relayed by the server.
 
-    ``seed_commitment`` is a hash commitment to the client's self-mask seed; the
-    signature covers it with both public keys, so every reconstruction of the seed
-    can be checked against it (a bad share cannot slip a wrong seed in).
+    ``seed_commitment`` is a hash commitment to the client's self-mask seed, so every
+    reconstruction of the seed can be checked against it (a bad share cannot slip a
+    wrong seed in). ``coin_commitment`` commits to the client's fresh coin for the
+    graph seed, revealed only once every commitment is fixed (:mod:`crypto.coins`).
+    The signature covers both public keys and both commitments.
     """
 
     cipher_public: bytes
     mask_public: bytes
     seed_commitment: bytes
+    coin_commitment: bytes
     signature: bytes
 
 
 def _check_peer_keys(field: str, value: Any) -> PeerKeys:
     if isinstance(value, PeerKeys):
         value = _peer_keys_list(value)
-    if not isinstance(value, list | tuple) or len(value) != 4:
-        raise _fail(field, "expected [cipher_public, mask_public, seed_commitment, signature]")
+    if not isinstance(value, list | tuple) or len(value) != 5:
+        raise _fail(
+            field,
+            "expected [cipher_public, mask_public, seed_commitment, coin_commitment, signature]",
+        )
     return PeerKeys(
         _check_bytes(field, value[0], PUBLIC_KEY_BYTES),
         _check_bytes(field, value[1], PUBLIC_KEY_BYTES),
         _check_bytes(field, value[2], COMMITMENT_BYTES),
-        _check_bytes(field, value[3], SIGNATURE_BYTES),
+        _check_bytes(field, value[3], COMMITMENT_BYTES),
+        _check_bytes(field, value[4], SIGNATURE_BYTES),
     )
 
 
 def _peer_keys_list(k: PeerKeys) -> list[bytes]:
-    return [k.cipher_public, k.mask_public, k.seed_commitment, k.signature]
+    return [k.cipher_public, k.mask_public, k.seed_commitment, k.coin_commitment, k.signature]
 
 
 @dataclasses.dataclass(frozen=True)
 class SignedShare:
-    """A sealed share pair, signed by its sender with a commitment to the AEAD key.
+    """A sealed share pair, signed by its sender with a commitment to each share inside.
 
-    The signature (over round, transcript, sender, recipient, key commitment and
-    ciphertext) lets the recipient prove who sent a share it cannot open; the key
-    commitment lets the server check the key the recipient reveals as evidence.
+    The signature (over round, transcript, sender, recipient, ciphertext and both
+    commitments) lets the recipient prove who sent a share it cannot open or whose
+    contents do not match the commitments; the commitments let the server check each
+    share a holder reveals at unmasking, so a holder that lies is caught by name.
     """
 
     ciphertext: bytes
-    key_commitment: bytes
+    key_share_commitment: bytes
+    self_share_commitment: bytes
     signature: bytes
 
 
 def _check_signed_share(field: str, value: Any) -> SignedShare:
     if isinstance(value, SignedShare):
         value = _signed_share_list(value)
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise _fail(field, "expected [ciphertext, key_commitment, signature]")
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise _fail(
+            field,
+            "expected [ciphertext, key_share_commitment, self_share_commitment, signature]",
+        )
     return SignedShare(
         _check_bytes(field, value[0], max_size=MAX_SEALED_SHARE_BYTES),
         _check_bytes(field, value[1], COMMITMENT_BYTES),
-        _check_bytes(field, value[2], SIGNATURE_BYTES),
+        _check_bytes(field, value[2], COMMITMENT_BYTES),
+        _check_bytes(field, value[3], SIGNATURE_BYTES),
     )
 
 
 def _signed_share_list(s: SignedShare) -> list[bytes]:
-    return [s.ciphertext, s.key_commitment, s.signature]
+    return [s.ciphertext, s.key_share_commitment, s.self_share_commitment, s.signature]
 
 
 @dataclasses.dataclass(frozen=True)
 class Blame:
-    """A recipient's evidence that a sender's signed share does not open.
+    """A recipient's evidence that a sender's signed share is bad.
 
-    ``share`` is the signed share as relayed; ``share_key`` is the pair's AEAD key
-    (it opens only the shares these two exchanged, which the accused holds anyway);
-    ``mask_key`` is the pair's pairwise-mask key: the blamer did not add that mask,
-    so the server needs it to remove the accused's half if the accused survives.
+    ``share`` is the signed share as relayed. ``cipher_proof`` and ``mask_proof`` prove
+    the pair's two X25519 secrets (:mod:`crypto._primitives.dh_proof`): the server
+    derives the share key from the first and opens the share itself (the key opens only
+    what these two exchanged, which the accused holds anyway), and the pairwise-mask
+    key from the second, to remove the accused's half of the mask the blamer left out.
+    Nothing in a blame is taken on the blamer's word, so every blame is judged.
     """
 
     share: SignedShare
-    share_key: bytes
-    mask_key: bytes
+    cipher_proof: bytes
+    mask_proof: bytes
 
 
 def _check_blame(field: str, value: Any) -> Blame:
     if isinstance(value, Blame):
-        value = [_signed_share_list(value.share), value.share_key, value.mask_key]
+        value = [_signed_share_list(value.share), value.cipher_proof, value.mask_proof]
     if not isinstance(value, list | tuple) or len(value) != 3:
-        raise _fail(field, "expected [signed_share, share_key, mask_key]")
+        raise _fail(field, "expected [signed_share, cipher_proof, mask_proof]")
     return Blame(
         _check_signed_share(field, value[0]),
-        _check_bytes(field, value[1], KEY_BYTES),
-        _check_bytes(field, value[2], KEY_BYTES),
+        _check_bytes(field, value[1], PROOF_BYTES),
+        _check_bytes(field, value[2], PROOF_BYTES),
     )
+
+
+def _blame_list(b: Blame) -> list[Any]:
+    return [_signed_share_list(b.share), b.cipher_proof, b.mask_proof]
+
+
+def _coin(field: str, v: Any) -> bytes:
+    return _check_bytes(field, v, COIN_BYTES)
 
 
 def _share(field: str, v: Any) -> bytes:
@@ -226,8 +253,8 @@ class Message(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class AdvertiseKeys(Message):
-    """Phase 0, client→server: two fresh X25519 public keys and a commitment to the
-    self-mask seed, signed by the identity key."""
+    """Phase 0, client→server: two fresh X25519 public keys, a commitment to the
+    self-mask seed and one to the graph coin, signed by the identity key."""
 
     TYPE: ClassVar[str] = "advertise_keys"
     PHASE: ClassVar[Phase] = Phase.ADVERTISE_KEYS
@@ -262,8 +289,45 @@ class KeyDirectory(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class RevealCoin(Message):
+    """Phase 1, client→server: the coin committed in the advertisement, once every
+    commitment of the round is fixed (the key directory)."""
+
+    TYPE: ClassVar[str] = "reveal_coin"
+    PHASE: ClassVar[Phase] = Phase.REVEAL_COINS
+    coin: bytes
+
+    def _fields(self) -> dict[str, Any]:
+        return {"c": self.coin}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> RevealCoin:
+        return cls(round_id, _coin("c", f["c"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CoinDirectory(Message):
+    """Phase 1, server→client: every committed client's revealed coin.
+
+    All of them or the round is over: a client checks that the map covers exactly the
+    key directory's clients and that each coin opens its commitment.
+    """
+
+    TYPE: ClassVar[str] = "coin_directory"
+    PHASE: ClassVar[Phase] = Phase.REVEAL_COINS
+    coins: Mapping[int, bytes]
+
+    def _fields(self) -> dict[str, Any]:
+        return {"c": dict(self.coins)}
+
+    @classmethod
+    def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> CoinDirectory:
+        return cls(round_id, _check_id_map("c", f["c"], _coin))
+
+
+@dataclasses.dataclass(frozen=True)
 class ShareKeys(Message):
-    """Phase 1, client→server: one signed sealed share pair per neighbour, keyed by recipient."""
+    """Phase 2, client→server: one signed sealed share pair per neighbour, keyed by recipient."""
 
     TYPE: ClassVar[str] = "share_keys"
     PHASE: ClassVar[Phase] = Phase.SHARE_KEYS
@@ -279,7 +343,7 @@ class ShareKeys(Message):
 
 @dataclasses.dataclass(frozen=True)
 class ShareBundle(Message):
-    """Phase 1, server→client: the signed sealed shares addressed to the recipient, by sender."""
+    """Phase 2, server→client: the signed sealed shares addressed to the recipient, by sender."""
 
     TYPE: ClassVar[str] = "share_bundle"
     PHASE: ClassVar[Phase] = Phase.SHARE_KEYS
@@ -295,10 +359,11 @@ class ShareBundle(Message):
 
 @dataclasses.dataclass(frozen=True)
 class MaskedInput(Message):
-    """Phase 2, client→server: y = x + PRG(b) + Σ ±PRG(s_uv) mod 2^32, little-endian uint32.
+    """Phase 3, client→server: y = x + PRG(b) + Σ ±PRG(s_uv) mod 2^32, little-endian uint32.
 
     ``blames`` (keyed by the accused sender) name neighbours whose signed share did not
-    open; the client left their pairwise masks out of ``y``.
+    open or did not match its commitments; the client left their pairwise masks out of
+    ``y``.
     """
 
     TYPE: ClassVar[str] = "masked_input"
@@ -308,10 +373,7 @@ class MaskedInput(Message):
 
     def _fields(self) -> dict[str, Any]:
         # "y" last: encode_parts and masked_input_view rely on the vector ending the map.
-        blames = {
-            u: [_signed_share_list(b.share), b.share_key, b.mask_key]
-            for u, b in self.blames.items()
-        }
+        blames = {u: _blame_list(b) for u, b in self.blames.items()}
         return {"b": blames, "y": self.vector}
 
     def encode_parts(self) -> list[bytes | memoryview]:
@@ -332,7 +394,7 @@ class MaskedInput(Message):
 
 @dataclasses.dataclass(frozen=True)
 class SurvivorList(Message):
-    """Phase 3, server→client: who sent a masked input (U3)."""
+    """Phase 4, server→client: who sent a masked input (U3)."""
 
     TYPE: ClassVar[str] = "survivor_list"
     PHASE: ClassVar[Phase] = Phase.CONSISTENCY_CHECK
@@ -348,7 +410,7 @@ class SurvivorList(Message):
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencySignature(Message):
-    """Phase 3, client→server: the client's signature over the survivor list it was shown."""
+    """Phase 4, client→server: the client's signature over the survivor list it was shown."""
 
     TYPE: ClassVar[str] = "consistency_signature"
     PHASE: ClassVar[Phase] = Phase.CONSISTENCY_CHECK
@@ -364,7 +426,7 @@ class ConsistencySignature(Message):
 
 @dataclasses.dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Phase 4, server→client: survivors with their signatures, and who dropped.
+    """Phase 5, server→client: survivors with their signatures, and who dropped.
 
     The client reveals self-mask shares for ``survivors`` and mask-key shares for
     ``dropped``; a peer in both lists is refused.
@@ -391,7 +453,7 @@ class UnmaskRequest(Message):
 
 @dataclasses.dataclass(frozen=True)
 class UnmaskShares(Message):
-    """Phase 4, client→server: self-mask shares of survivors, mask-key shares of dropped peers."""
+    """Phase 5, client→server: self-mask shares of survivors, mask-key shares of dropped peers."""
 
     TYPE: ClassVar[str] = "unmask_shares"
     PHASE: ClassVar[Phase] = Phase.UNMASKING
@@ -409,6 +471,8 @@ class UnmaskShares(Message):
 _FIELDS: dict[str, frozenset[str]] = {
     AdvertiseKeys.TYPE: frozenset("k"),
     KeyDirectory.TYPE: frozenset("k"),
+    RevealCoin.TYPE: frozenset("c"),
+    CoinDirectory.TYPE: frozenset("c"),
     ShareKeys.TYPE: frozenset("s"),
     ShareBundle.TYPE: frozenset("s"),
     MaskedInput.TYPE: frozenset({"b", "y"}),
@@ -422,6 +486,8 @@ _TYPES: dict[str, type[Message]] = {
     for cls in (
         AdvertiseKeys,
         KeyDirectory,
+        RevealCoin,
+        CoinDirectory,
         ShareKeys,
         ShareBundle,
         MaskedInput,

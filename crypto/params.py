@@ -34,21 +34,38 @@ Targets: round failure ≤ 2^-failure_bits, privacy failure ≤ 2^-security_bits
 * **Privacy against a malicious dropper** (threshold privacy and partitions in one
   bound). With one list L, the server learns the sum of each component S of the
   honest survivors' graph, and only if it can remove every member's self-mask:
-  each ``u`` in S needs t shares from neighbours in ``S u C`` (C the colluders).
+  each ``u`` in S needs t shares from neighbours in ``S u C`` (C the colluders;
+  honest survivors outside S are not adjacent to S, dropped ones do not answer).
   So a separate sum over S needs (ii) ``2·e(S) + e(S, C) ≥ s·t`` and (i) every
-  honest client outside S adjacent to S dropped: at most ``n - Q`` of them. The
+  honest client outside S adjacent to S dropped. The server may drop at most
+  ``b = n - Q`` honest clients (L needs Q signers, at most c of them colluders).
+
+  *Which sets matter.* The guarantee is: at most one sum per round, over at least
+  ``m - c`` honest inputs. It fails only if (a) two or more components are
+  unmaskable, or (b) one is, over fewer than ``m - c`` honest clients. In (a) take S
+  the smallest unmaskable component: ``s ≤ h_L / 2`` with ``h_L`` the honest
+  survivors, and since all of N(S) (the honest clients outside S adjacent to S) dropped,
+  ``h_L ≤ h - |N(S)|``, i.e. ``|N(S)| ≤ h - 2s``. In (b) ``s < m - c``.
+  (An unmaskable component holding at least half of the honest survivors and at
+  least ``m - c`` of them, with every other component masked, is the one sum the
+  guarantee allows.) So for each S only ``|N(S)| ≤ b_s`` counts, with
+  ``b_s = b`` when ``s < m - c`` and ``b_s = min(b, h - 2s)`` otherwise. The
   pairs inside S, between S and C, and between S and the other honest clients are
   disjoint, so (i) and (ii) are independent, and for ``s = |S|``, ``h = n - c``::
 
-      P[some honest set of size < h/2 is cut off and unmasked]
-        ≤ Σ_{s=1}^{⌊h/2⌋} C(h, s) · P[2·Bin(C(s,2), p) + Bin(s·c, p) ≥ s·t]
-                          · P[Bin(h - s, 1 - (1-p)^s) ≤ n - Q]  ≤ 2^-security_bits.
+      P[the server learns a second sum, or one over fewer than m - c honest inputs]
+        ≤ Σ_{s=1}^{max(⌊h/2⌋, m-c-1)} C(h, s) · P[2·Bin(C(s,2), p) + Bin(s·c, p) ≥ s·t]
+                          · P[Bin(h - s, 1 - (1-p)^s) ≤ b_s]  ≤ 2^-security_bits.
 
-  The ``s = 1`` term is threshold privacy (a client with t corrupt neighbours).
-  Below the bound, the honest survivors form one component apart from sets of at
-  least half of them: at most one sum per round (two halves would need no edge
-  between them *and* each half at least h/2). Corrupt clients are fixed before the
-  graph seed (static corruption); the seed must not be grindable.
+  The ``s = 1`` term is threshold privacy (a client with t corrupt neighbours). The
+  earlier bound used ``b_s = b`` for every s; it counted, near ``s = h/2``, sets that
+  are the *larger* side of a split, whose smaller side is already counted (or, if
+  masked, leaves one allowed sum). That looseness alone raised the degree at n=50 from
+  k=25 to k=39; this bound is exact in the same union-bound sense, and no weaker.
+  Unmasking a component also needs the dropped neighbours' mask keys (t shares
+  each); leaving that condition out only makes the bound larger. Corrupt clients
+  are fixed before the graph seed (static corruption); the seed cannot be ground
+  (:mod:`crypto.coins`), and each abort-and-restart is one more independent draw.
   In semi-malicious mode we also keep ``t > k/2``.
   Every t is also at least 2 (a threshold of 1 is no secret sharing).
 * **Search.** The smallest k ≥ 4 (k < n-1) whose largest t meeting the failure
@@ -204,7 +221,8 @@ def find_parameters(
         t = _largest_reliable_threshold(n, k, delta, target_fail, t_min(k))
         if t is None or minimum_quorum(n, t, c, minimum_sum) > n:
             return None
-        part = log2_partition_bound(n, c, k, t, n - minimum_quorum(n, t, c, minimum_sum))
+        quorum = minimum_quorum(n, t, c, minimum_sum)
+        part = log2_partition_bound(n, c, k, t, n - quorum, minimum_sum=minimum_sum)
         if part > target_priv:
             return None
         corr = log2_correctness_failure(n, k, t, delta)
@@ -288,13 +306,22 @@ def log2_threshold_privacy_failure(
 
 
 def log2_partition_bound(
-    num_clients: int, colluders: int, degree: int, threshold: int, allowed_drops: int
+    num_clients: int,
+    colluders: int,
+    degree: int,
+    threshold: int,
+    allowed_drops: int,
+    *,
+    minimum_sum: int | None = None,
 ) -> float:
     """log2 of the malicious-dropper bound of the module docstring; ``-inf`` when complete.
 
     The server may drop ``allowed_drops`` clients of its choice after seeing the graph;
-    the result bounds the probability that it can then unmask a separate sum over a
-    set of fewer than half of the ``n - c`` honest clients (for ``s = 1``: one client).
+    the result bounds the probability that it can then learn a second sum, or one over
+    fewer than ``minimum_sum - c`` honest clients (for ``s = 1``: one client's input).
+    ``minimum_sum`` (the policy's m) enables the exact per-size drop budget ``b_s``;
+    without it every set of up to half the honest clients counts with the whole budget
+    (the older, looser bound, kept for callers that do not know m).
     """
     n, c, k, t, b = num_clients, colluders, degree, threshold, allowed_drops
     _check_kt(n, k, min(t, k))
@@ -306,9 +333,17 @@ def log2_partition_bound(
     lf_n = _log_factorials(n)
     terms: list[float] = []
     needs: list[tuple[int, float]] = []
-    for s in range(1, h // 2 + 1):
+    if minimum_sum is None:
+        sizes = [(s, b) for s in range(1, h // 2 + 1)]
+    else:  # s < m - c: any cut-off S counts; else only as the smaller side of a split
+        small = max(1, minimum_sum - c)
+        top = min(h, max(h // 2, small - 1))
+        sizes = [(s, b if s < small else min(b, h - 2 * s)) for s in range(1, top + 1)]
+    for s, budget in sizes:
+        if budget < 0:
+            continue  # S would be the larger side of every split: counted from the other
         pi = -math.expm1(s * log_q)  # P[an outside honest client is adjacent to S]
-        log_cut = _ln_binom_lower(h - s, pi, b, lf_n)  # ln P[Bin(h-s, pi) <= b]
+        log_cut = _ln_binom_lower(h - s, pi, budget, lf_n)  # ln P[Bin(h-s, pi) <= b_s]
         log_sets = float(lf_n[h] - lf_n[s] - lf_n[h - s])
         if log_sets + log_cut < -120.0:  # negligible even if (ii) is certain
             terms.append(log_sets + log_cut)

@@ -111,7 +111,7 @@ def check_round_against_policy(
         return
     if degree < 2 or threshold > degree:
         raise PolicyRefusedError(f"threshold {threshold} exceeds the degree {degree}")
-    bound = log2_partition_bound(n, min(c, n - 1), degree, threshold, n - quorum)
+    bound = log2_partition_bound(n, min(c, n - 1), degree, threshold, n - quorum, minimum_sum=m)
     if bound > -policy.security_bits:
         raise PolicyRefusedError(
             f"sparse graph k={degree}, t={threshold}, quorum {quorum} for n={n} with c={c} "

@@ -358,17 +358,39 @@ def verify_roster(data: bytes, *, authority_key: bytes, federation: str) -> Rost
 class RosterVerifier:
     """A client's view of the roster: pinned authority key, highest version accepted so far.
 
-    ``minimum_version`` restores the durable record of a previous run (the highest version
-    this client ever accepted), so a restart does not reopen the door to a rollback.
+    ``minimum_version`` (and ``minimum_digest``, the digest of the roster accepted at that
+    version) restore the durable record of a previous run (the highest version this client
+    ever accepted), so a restart does not reopen the door to a rollback;
+    ``client_shim/roster_record.py`` keeps that record beside the kit.
     """
 
-    def __init__(self, authority_key: bytes, federation: str, *, minimum_version: int = 0):
+    def __init__(
+        self,
+        authority_key: bytes,
+        federation: str,
+        *,
+        minimum_version: int = 0,
+        minimum_digest: bytes | None = None,
+    ):
         if not isinstance(authority_key, bytes) or len(authority_key) != 32:
             raise MalformedRosterError("the pinned authority key must be 32 raw bytes")
         self.authority_key = authority_key
         self.federation = federation
         self.version = minimum_version
-        self._digest: bytes | None = None
+        self._digest: bytes | None = minimum_digest if minimum_version else None
+
+    @property
+    def digest(self) -> bytes | None:
+        """The digest of the roster accepted at :attr:`version` (None: none yet)."""
+        return self._digest
+
+    def remember(self, version: int, digest: bytes | None) -> None:
+        """Raise the floor to a version accepted elsewhere (another process sharing the kit,
+        an earlier run); never lowers it."""
+        if version > self.version:
+            self.version, self._digest = version, digest
+        elif version == self.version and self._digest is None:
+            self._digest = digest
 
     def accept(self, data: bytes) -> Roster:
         """Verify ``data`` and refuse a roster older than one already accepted (rollback)

@@ -7,13 +7,21 @@ A bad message is refused with a specific exception and changes nothing, so the
 round goes on for the others. In the masked-input phase the server keeps only a
 running sum: O(d) memory whatever the number of clients.
 
-Against malicious clients (issue 17, item 6): low-order keys are refused at
-advertisement; every sealed share must carry its sender's signature; a recipient's
-blame of a share that does not open is checked, and a proven sender is excluded
-(treated as dropped if its masked input has not been counted yet); every secret
-rebuilt from shares is checked against what its owner signed (the seed commitment,
-the mask public key), and a bad share is routed around or the round aborts: never a
-wrong sum.
+Against malicious clients (issue 17, item 6): low-order keys, and keys outside the
+prime-order subgroup, are refused at advertisement; the graph seed comes from coins
+every committed client must reveal (:mod:`crypto.coins`: one missing coin aborts the
+round); every sealed share must carry its sender's signature and commitments to both
+shares inside; a recipient's blame carries proofs of the pair's two X25519 secrets, so
+the server opens the share itself and *every* blame is judged: a bad share excludes its
+sender (treated as dropped if its masked input has not been counted yet), a good one
+refuses the blamer's masked input. At unmasking each revealed share is checked against
+its owner's signed commitment: a holder that lies is named and its share dropped, and
+every secret rebuilt is checked against what its owner signed (the seed commitment, the
+mask public key). Too few good shares abort the round: never a wrong sum.
+
+What stays unjudgeable is silence: a holder that does not answer the unmask request,
+or a committed client that does not reveal its coin, looks like a dropout. The first
+aborts the round when it leaves fewer than t shares of some secret, the second always.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from sealagg.crypto import _transcript as tr
+from sealagg.crypto import coins
 from sealagg.crypto._primitives.aead import open_sealed
 from sealagg.crypto._primitives.agreement import AgreementKey
+from sealagg.crypto._primitives.dh_proof import proven_secret
 from sealagg.crypto._primitives.prg import apply_masks
 from sealagg.crypto._primitives.shamir import combine_shares
 from sealagg.crypto._primitives.signing import verify_signature
@@ -49,12 +59,14 @@ from sealagg.crypto.messages import (
     SHARE_BYTES,
     AdvertiseKeys,
     Blame,
+    CoinDirectory,
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
     Message,
     PeerKeys,
     Phase,
+    RevealCoin,
     ShareBundle,
     ShareKeys,
     SignedShare,
@@ -81,17 +93,17 @@ class AggregateResult:
 
 @dataclasses.dataclass(frozen=True)
 class BlameRecord:
-    """One recipient's blame of a share sender, as the server judged it.
+    """Proven misbehaviour of ``accused``, which is excluded from the round.
 
-    ``proven``: the accused signed a share, committed to the key the accuser revealed,
-    and the share does not open under it; the accused is excluded from the round.
-    Otherwise the accused committed to another key than the one the accuser holds:
-    one of the two lies and the server cannot tell which, so nobody is excluded.
+    Either a recipient (``accuser``) showed a share the accused signed and proved the
+    pair's key (the share does not open, is malformed or does not match the accused's
+    signed commitments), or, at unmasking, the accused revealed a share of ``accuser``'s
+    secret that does not match ``accuser``'s signed commitment. The evidence is signed by
+    the accused or checked against what it signed, so a third party can check it too.
     """
 
     accused: int
     accuser: int
-    proven: bool
     reason: str
 
 
@@ -152,13 +164,47 @@ class _CollectKeys(_State):
     def close(self) -> tuple[dict[int, Message], _State]:
         cfg = self.config
         keys = {u: m.keys for u, m in self.received.items()}  # type: ignore[attr-defined]
+        self.require(len(keys), "advertise keys")
         transcript = tr.transcript_hash(cfg, keys)
-        graph = cfg.graph_for(transcript)  # drawn only now: nobody chose it
-        active = active_after_pruning(graph, keys, cfg.threshold)
-        self.require(len(active), "advertise keys")
         directory = KeyDirectory(cfg.round_id, keys)  # the whole transcript, for everyone
+        out: dict[int, Message] = {u: directory for u in sorted(keys)}
+        return out, _CollectCoins(cfg, frozenset(keys), transcript, keys)
+
+
+class _CollectCoins(_State):
+    """Every client of the key directory reveals its coin; then the graph is drawn."""
+
+    phase = Phase.REVEAL_COINS
+    accepts = RevealCoin
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        expected: frozenset[int],
+        transcript: bytes,
+        keys: Mapping[int, PeerKeys],
+    ) -> None:
+        super().__init__(config, expected)
+        self.transcript = transcript
+        self.keys = keys
+
+    def check(self, sender: int, msg: Message) -> None:
+        assert isinstance(msg, RevealCoin)
+        commitment = self.keys[sender].coin_commitment
+        coins.check_coin(self.config.round_id, sender, commitment, msg.coin)
+
+    def close(self) -> tuple[dict[int, Message], _State]:
+        cfg = self.config
+        revealed = {u: m.coin for u, m in self.received.items()}  # type: ignore[attr-defined]
+        commitments = {u: k.coin_commitment for u, k in self.keys.items()}
+        # Raises CoinRevealError (the round aborts) unless every committed coin is in.
+        seed = coins.graph_seed(cfg.round_id, self.transcript, commitments, revealed)
+        graph = cfg.graph_for(seed)  # drawn only now: nobody could steer it
+        active = active_after_pruning(graph, self.keys, cfg.threshold)
+        self.require(len(active), "reveal coins")
+        directory = CoinDirectory(cfg.round_id, revealed)
         out: dict[int, Message] = {u: directory for u in sorted(active)}
-        return out, _CollectShares(cfg, active, _Facts(transcript, graph, keys))
+        return out, _CollectShares(cfg, active, _Facts(self.transcript, graph, self.keys))
 
 
 class _CollectShares(_State):
@@ -179,7 +225,8 @@ class _CollectShares(_State):
             )
         # Every share must carry its sender's signature: a recipient that cannot open one
         # may then leave the sender's mask out (it is provably corrupt), and a bad signature
-        # at a recipient can only mean a lying server. The copy judges blames cheaply.
+        # at a recipient can only mean a lying server. The copy judges blames and checks
+        # the shares holders reveal at unmasking against the signed commitments.
         cfg = self.config
         for v, share in msg.sealed_shares.items():
             payload = tr.share_signature_payload(
@@ -187,8 +234,9 @@ class _CollectShares(_State):
                 self.facts.transcript,
                 sender,
                 v,
-                share.key_commitment,
                 share.ciphertext,
+                share.key_share_commitment,
+                share.self_share_commitment,
             )
             verify_signature(
                 cfg.identities[sender], payload, share.signature, signer=f"client {sender}"
@@ -226,8 +274,7 @@ class _CollectMaskedInputs(_State):
         for v, (record, mask_key) in self._judged.items():
             self.facts.blames.append(record)
             self.facts.unmasked_pairs[(sender, v)] = mask_key
-            if record.proven:
-                self.facts.excluded.add(v)
+            self.facts.excluded.add(v)
         mod_add_bytes_into(self.total, msg.vector, 1)  # the buffer is viewed, not copied
         self.received[sender] = None  # keep O(d): drop the vector, remember the sender
 
@@ -244,11 +291,17 @@ class _CollectMaskedInputs(_State):
                 f"client {sender} sent {len(msg.vector)} bytes; the round expects {expected_bytes}"
             )
         # Judge every blame before anything counts: one false blame refuses the message.
-        self._judged = {
-            v: (self._judge(sender, v, blame), blame.mask_key) for v, blame in msg.blames.items()
-        }
+        self._judged = {v: self._judge(sender, v, blame) for v, blame in msg.blames.items()}
 
-    def _judge(self, accuser: int, accused: int, blame: Blame) -> BlameRecord:
+    def _judge(self, accuser: int, accused: int, blame: Blame) -> tuple[BlameRecord, bytes]:
+        """The judged record and the pair's proven mask key, or :class:`BlameRefusedError`.
+
+        Nothing is taken on the accuser's word: the share is the very one the accused
+        uploaded (its signature was checked then), and the pair's two X25519 secrets are
+        proven (:mod:`crypto._primitives.dh_proof`), so the server derives the share key
+        and opens the share itself, and removes the accused's half of the left-out mask
+        with the true mask key. The share is bad or the blame is false: no third case.
+        """
         cfg, facts = self.config, self.facts
         if accused not in facts.graph.neighbours(accuser) or accused not in self.expected:
             raise BlameRefusedError(f"client {accuser} blames {accused}, who sent it no share")
@@ -257,32 +310,44 @@ class _CollectMaskedInputs(_State):
             raise BlameRefusedError(
                 f"client {accuser} blames client {accused} for a share it never uploaded"
             )
-        # The very share the accused uploaded, signature checked then: it is the accused's.
-        expected = tr.share_key_commitment(blame.share_key, cfg.round_id, accused, accuser)
-        if expected != share.key_commitment:
-            return BlameRecord(
-                accused,
-                accuser,
-                False,
-                "the accused committed to another share key than the accuser reveals; "
-                "one of them lies and the server cannot tell which",
-            )
-        try:
-            plain = open_sealed(
-                blame.share_key,
-                share.ciphertext,
-                tr.share_associated_data(cfg.round_id, accused, accuser),
-            )
-        except DecryptionError:
-            return BlameRecord(accused, accuser, True, "its signed sealed share does not decrypt")
-        if len(plain) != tr.SHARE_PLAINTEXT_HEADER.size + 2 * SHARE_BYTES or (
-            tr.SHARE_PLAINTEXT_HEADER.unpack_from(plain) != (accused, accuser)
-        ):
-            return BlameRecord(accused, accuser, True, "its signed sealed share is malformed")
-        raise BlameRefusedError(
-            f"client {accuser} blames client {accused}, but the share opens under the "
-            "committed key: a false blame"
+        accuser_keys, accused_keys = facts.keys[accuser], facts.keys[accused]
+
+        def secret(proof: bytes, prover_public: bytes, peer_public: bytes, which: bytes) -> bytes:
+            context = tr.proof_context(cfg.round_id, facts.transcript, accuser, accused, which)
+            try:
+                return proven_secret(proof, prover_public, peer_public, context)
+            except MalformedMessageError:
+                raise BlameRefusedError(
+                    f"client {accuser}'s blame of client {accused}: the proof of the pair's "
+                    f"{which.decode()} key does not verify"
+                ) from None
+
+        share_key = tr.share_key(
+            secret(
+                blame.cipher_proof,
+                accuser_keys.cipher_public,
+                accused_keys.cipher_public,
+                tr.CIPHER_PAIR,
+            ),
+            cfg.round_id,
+            accuser,
+            accused,
         )
+        mask_key = tr.pairwise_mask_key(
+            secret(
+                blame.mask_proof, accuser_keys.mask_public, accused_keys.mask_public, tr.MASK_PAIR
+            ),
+            cfg.round_id,
+            accuser,
+            accused,
+        )
+        why = _fault_in_share(cfg.round_id, share_key, accused, accuser, share)
+        if why is None:
+            raise BlameRefusedError(
+                f"client {accuser} blames client {accused}, but the share opens under the "
+                "proven key and matches its commitments: a false blame"
+            )
+        return BlameRecord(accused, accuser, why), mask_key
 
     def close(self) -> tuple[dict[int, Message], _State]:
         survivors = tuple(sorted(self.received))
@@ -294,6 +359,31 @@ class _CollectMaskedInputs(_State):
             self.config, frozenset(survivors), self.facts, self.expected, self.total
         )
         return out, nxt
+
+
+def _fault_in_share(
+    round_id: bytes, share_key: bytes, sender: int, recipient: int, share: SignedShare
+) -> str | None:
+    """What is wrong with a signed share under the pair's true key, or None if nothing."""
+    try:
+        plain = open_sealed(
+            share_key, share.ciphertext, tr.share_associated_data(round_id, sender, recipient)
+        )
+    except DecryptionError:
+        return "its signed sealed share does not decrypt under the pair's proven key"
+    header = tr.SHARE_PLAINTEXT_HEADER
+    if len(plain) != header.size + 2 * SHARE_BYTES or (
+        header.unpack_from(plain) != (sender, recipient)
+    ):
+        return "its signed sealed share is malformed"
+    body = plain[header.size :]
+    for which, value, commitment in (
+        (tr.KEY_SHARE, body[:SHARE_BYTES], share.key_share_commitment),
+        (tr.SELF_SHARE, body[SHARE_BYTES:], share.self_share_commitment),
+    ):
+        if tr.share_commitment(round_id, sender, recipient, which, value) != commitment:
+            return "its signed sealed share does not match the commitments it signed"
+    return None
 
 
 class _CollectSignatures(_State):
@@ -355,6 +445,10 @@ class _CollectUnmaskShares(_State):
         self.dropped = dropped
         self.total = total
 
+    def receive(self, sender: int, msg: Message) -> None:
+        super().receive(sender, msg)
+        self.received[sender] = self._checked  # only the shares that match their commitments
+
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, UnmaskShares)
         mine = set(self.facts.graph.neighbours(sender))
@@ -362,6 +456,42 @@ class _CollectUnmaskShares(_State):
             raise MalformedMessageError(f"client {sender} sent self-mask shares it cannot hold")
         if not set(msg.mask_key_shares) <= mine & set(self.dropped):
             raise MalformedMessageError(f"client {sender} sent mask-key shares it cannot hold")
+        self._checked = UnmaskShares(
+            msg.round_id,
+            self._matching(sender, msg.self_mask_shares, tr.SELF_SHARE),
+            self._matching(sender, msg.mask_key_shares, tr.KEY_SHARE),
+        )
+
+    def _matching(self, holder: int, shares: Mapping[int, bytes], which: bytes) -> dict[int, bytes]:
+        """The shares that are what their owner committed to; a lie is recorded by name.
+
+        An honest holder keeps only shares that matched the owner's signed commitments
+        when they arrived (else it blamed the owner), so a mismatch now is the holder's
+        own doing: proven, and the share is left out of every reconstruction.
+        """
+        round_id, uploaded = self.config.round_id, self.facts.uploaded
+        good = {}
+        for owner, share in shares.items():
+            signed = uploaded.get(owner, {}).get(holder)
+            committed = getattr(
+                signed,
+                "self_share_commitment" if which == tr.SELF_SHARE else ("key_share_commitment"),
+                None,
+            )
+            if committed == tr.share_commitment(round_id, owner, holder, which, share):
+                good[owner] = share
+                continue
+            what = "self-mask seed" if which == tr.SELF_SHARE else "mask key"
+            self.facts.blames.append(
+                BlameRecord(
+                    holder,
+                    owner,
+                    f"it revealed a share of client {owner}'s {what} that does not match "
+                    f"client {owner}'s signed commitment",
+                )
+            )
+            self.facts.excluded.add(holder)
+        return good
 
     def close(self) -> tuple[dict[int, Message], AggregateResult]:
         cfg, facts = self.config, self.facts
@@ -494,16 +624,18 @@ class SecAggServer:
     @property
     def transcript_hash(self) -> bytes | None:
         """The hash of the round transcript, once the key directory went out."""
-        return self._facts.transcript if self._facts is not None else None
+        if self._facts is not None:
+            return self._facts.transcript
+        return self._state.transcript if isinstance(self._state, _CollectCoins) else None
 
     @property
     def graph(self) -> CommunicationGraph | None:
-        """The round's graph, drawn from the transcript once the key directory went out."""
+        """The round's graph, drawn from the transcript and every coin once all are revealed."""
         return self._facts.graph if self._facts is not None else None
 
     @property
     def blames(self) -> tuple[BlameRecord, ...]:
-        """Every blame accepted so far (proven ones excluded their accused)."""
+        """Every proven misbehaviour so far (each excluded its accused from the round)."""
         return tuple(self._facts.blames) if self._facts is not None else ()
 
     @property

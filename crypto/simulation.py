@@ -61,17 +61,22 @@ def run_round(
     stats: RoundStats | None = None,
     *,
     tamper: Callable[[int, Message], Message] | None = None,
+    on_server: Callable[[SecAggServer], None] | None = None,
 ) -> AggregateResult:
     """Run one round; a client listed in ``dropouts`` goes silent from that phase on.
 
     ``tamper(client, reply)`` (tests only) may replace any client's reply before it is
-    sent: a corrupt client. Raises whatever the server raises when the round cannot
-    finish (for example :class:`~crypto.errors.BelowThresholdError`).
+    sent: a corrupt client. ``on_server`` (tests only) is handed the server when the round
+    starts, so a test can read its blames after an abort. Raises whatever the server
+    raises when the round cannot finish (for example
+    :class:`~crypto.errors.BelowThresholdError`).
     """
     dropouts = dict(dropouts or {})
     stats = stats if stats is not None else RoundStats()
     clients = {u: SecAggClient(config, u, identities[u]) for u in sorted(config.identities)}
     server = SecAggServer(config)
+    if on_server is not None:
+        on_server(server)
 
     def alive(u: int, phase: Phase) -> bool:
         return u not in dropouts or dropouts[u] > phase
@@ -105,7 +110,7 @@ def run_round(
             deliver(Phase.ADVERTISE_KEYS, u, reply)
     inbox = close(Phase.ADVERTISE_KEYS)
 
-    for phase in (Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY_CHECK, Phase.UNMASKING):
+    for phase in list(Phase)[1:]:  # coins, shares, masked input, consistency, unmasking
         for u, msg in inbox.items():
             if alive(u, phase):
                 t0 = time.perf_counter()

@@ -5,7 +5,7 @@ command                          module
 ===============================  =================================================
 ``init``                         :mod:`appliance.cli.init`
 ``add-client``, ``revoke``,      :mod:`appliance.cli.clients`
-``clients``
+``clients [readmit NAME]``
 ``serve``                        :mod:`appliance.cli.serve`
 ``status``                       :mod:`appliance.cli.status` (Admin.Status over mTLS)
 ``rounds``, ``approve``,         :mod:`appliance.cli.rounds` (Admin.Decide over mTLS)
@@ -14,8 +14,9 @@ command                          module
 ``export``
 ``audit verify|export``          :mod:`appliance.cli.audit`
 ``authority init|approve|``      :mod:`appliance.cli.authority` (off the appliance)
-``sign-roster``
+``sign-roster|sign-kit``
 ``roster install``               :mod:`appliance.cli.clients`
+``attest collateral fetch|show`` :mod:`appliance.cli.attest` (vendor collateral bundle)
 ===============================  =================================================
 
 Every command takes ``--folder/-f`` (default ``./federation``, or ``$SEALAGG_FOLDER``).
@@ -27,7 +28,17 @@ is part of the appliance.
 
 import typer
 
-from sealagg.appliance.cli import audit, authority, clients, init, models, rounds, serve, status
+from sealagg.appliance.cli import (
+    attest,
+    audit,
+    authority,
+    clients,
+    init,
+    models,
+    rounds,
+    serve,
+    status,
+)
 from sealagg.appliance.cli._common import SealaggGroup
 
 __all__ = ["app"]
@@ -42,5 +53,5 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for _module in (init, clients, serve, status, rounds, models, audit, authority):
+for _module in (init, clients, serve, status, rounds, models, audit, authority, attest):
     _module.register(app)

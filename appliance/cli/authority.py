@@ -1,9 +1,11 @@
 """``sealagg authority ...``: the federation authority's commands (run OFF the appliance).
 
 The security team keeps the authority folder on its own machine. It decides who takes part:
-``approve`` adds an enrolment request to the roster, ``sign-roster`` signs a new version
+``approve`` adds enrolment requests to the roster, ``sign-roster`` signs a new version
 (removals, policy). The signed ``roster.json`` is then installed on the appliance with
 ``sealagg roster install``; clients verify it against the authority key in their kits.
+``sign-kit`` countersigns a kit the appliance issued, so the client trusts its CA, server
+name and policies on the authority's word, not the appliance's.
 
 The passphrase comes from ``$SEALAGG_AUTHORITY_PASSPHRASE`` or a prompt, never an argument.
 """
@@ -45,9 +47,21 @@ def _passphrase(*, confirm: bool = False) -> bytes:
 def init(
     out: Annotated[Path, typer.Option("--out", help="New folder for the authority key.")],
     federation: Annotated[str, typer.Option("--federation", help="The federation's name.")],
+    colluders: Annotated[int | None, typer.Option("--colluders", min=0)] = None,
+    minimum_sum: Annotated[int | None, typer.Option("--minimum-sum", min=1)] = None,
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="Allowed mode.")] = None,
 ) -> None:
-    """Create the authority key (passphrase-protected) and an empty roster (version 1)."""
-    signer = auth.init_authority(out, _passphrase(confirm=True), federation=federation)
+    """Create the authority key (passphrase-protected) and an empty roster (version 1),
+    with the federation policy every client will enforce (c, m, allowed modes)."""
+    policy: dict[str, object] = {}
+    for key, value in (("colluders", colluders), ("minimum_sum", minimum_sum)):
+        if value is not None:
+            policy[key] = value
+    if mode:
+        policy["allowed_modes"] = sorted(mode)
+    signer = auth.init_authority(
+        out, _passphrase(confirm=True), federation=federation, policy=policy
+    )
     console.print(f"[green]created federation authority[/] in {escape(str(out))}")
     console.print(f"  public key: [bold]{signer.public_key().hex()}[/]", soft_wrap=True)
     console.print(
@@ -59,21 +73,24 @@ def init(
 
 @app.command("approve")
 def approve(
-    request: Annotated[Path, typer.Argument(help="The client's enrolment request.")],
+    requests: Annotated[list[Path], typer.Argument(help="Enrolment requests (one or more).")],
     folder: AuthorityDir,
     role: Annotated[
-        str, typer.Option("--role", help="data_owner, vendor or key_holder.")
+        str, typer.Option("--role", help="data_owner, vendor or key_holder (for all of them).")
     ] = Role.DATA_OWNER.value,
-    days: Annotated[int, typer.Option("--days", min=1, help="Validity of the entry.")] = 365,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity of the entries.")] = 365,
 ) -> None:
-    """Admit an enrolment request: add it to the roster and sign the next version."""
+    """Admit enrolment requests: add them to the roster and sign the next version."""
     signer = auth.FileSigner.load(folder, _passphrase())
     try:
         chosen = Role(role)
     except ValueError:
         raise CLIError(f"unknown role {role!r}") from None
-    roster, _ = auth.approve(
-        folder, signer, request.read_bytes(), role=chosen, validity=timedelta(days=days)
+    roster, _ = auth.approve_all(
+        folder,
+        signer,
+        [(request.read_bytes(), chosen) for request in requests],
+        validity=timedelta(days=days),
     )
     console.print(
         f"[green]approved[/]: roster version {roster.version} with {len(roster.entries)} "
@@ -111,6 +128,31 @@ def sign_roster_command(
     )
     auth.publish(folder, roster, signer)
     console.print(f"[green]signed roster version {roster.version}[/]")
+
+
+@app.command("sign-kit")
+def sign_kit(
+    kits: Annotated[list[Path], typer.Argument(help="Kits the appliance issued.")],
+    folder: AuthorityDir,
+    new_identity: Annotated[
+        bool,
+        typer.Option(
+            "--new-identity",
+            help="Accept a CA or server name other than the one recorded at the first kit.",
+        ),
+    ] = False,
+) -> None:
+    """Countersign issued kits: the client then trusts their CA, server name and policies
+    because the authority vouched for them (checked against the roster first)."""
+    signer = auth.FileSigner.load(folder, _passphrase())
+    for path in kits:
+        vouched = auth.sign_kit(folder, signer, path, new_identity=new_identity)
+        console.print(
+            f"[green]countersigned[/] {escape(str(path))}: client {escape(vouched['client'])}, "
+            f"server {escape(vouched['tls_server_name'])} at {escape(vouched['address'])}, "
+            f"CA sha256 {vouched['ca_sha256']}",
+            soft_wrap=True,
+        )
 
 
 def register(root: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""``sealagg add-client``, ``sealagg revoke`` and ``sealagg clients``: client credentials."""
+"""``sealagg add-client``, ``sealagg revoke``, ``sealagg clients`` (list) and
+``sealagg clients readmit NAME``: client credentials, and exclusions after proven blames."""
 
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,10 @@ from sealagg.appliance.cli._common import (
     PassphraseFileOption,
     check_federation,
     console,
+    open_state_readonly,
+    open_state_writable,
     read_passphrase,
+    state_exists,
 )
 from sealagg.appliance.federation import (
     FederationFolder,
@@ -134,11 +138,24 @@ def revoke(
         )
 
 
-def list_clients(folder: FolderOption = DEFAULT_FOLDER) -> None:
-    """List issued clients and whether they are revoked."""
+clients_app = typer.Typer(
+    help="List issued clients (with no sub-command), or readmit an excluded one.",
+    invoke_without_command=True,
+)
+
+
+@clients_app.callback()
+def list_clients(ctx: typer.Context, folder: FolderOption = DEFAULT_FOLDER) -> None:
+    """List issued clients: active, revoked, or excluded after a proven blame."""
+    if ctx.invoked_subcommand is not None:
+        return
     check_federation(folder)
     federation = FederationFolder.load(folder)
     revoked_serials = federation.revocations()
+    excluded = {}
+    if state_exists(folder):
+        with open_state_readonly(folder) as store:
+            excluded = store.excluded_participants()
     table = Table(title=f"clients of {federation.name}")
     table.add_column("name")
     table.add_column("serial")
@@ -148,6 +165,9 @@ def list_clients(folder: FolderOption = DEFAULT_FOLDER) -> None:
     for record in federation.client_records():
         revoked = record.revoked or record.serial in revoked_serials
         status = "[red]revoked[/]" if revoked else "[green]active[/]"
+        if not revoked and record.name in excluded:
+            why = excluded[record.name]
+            status = f"[red]excluded[/] (round {why.round}: {escape(why.reason)})"
         if record.name == ADMIN_NAME:
             status += " (admin)"
         table.add_row(
@@ -158,6 +178,26 @@ def list_clients(folder: FolderOption = DEFAULT_FOLDER) -> None:
             status,
         )
     console.print(table)
+
+
+@clients_app.command("readmit")
+def readmit(
+    name: Annotated[str, typer.Argument(help="The excluded client to take part again.")],
+    folder: FolderOption = DEFAULT_FOLDER,
+) -> None:
+    """End a client's exclusion after a proven blame: later rounds may select it again."""
+    with open_state_writable(folder) as store:
+        record = store.readmit_participant(name)
+    console.print(
+        f"[green]readmitted[/] [bold]{escape(name)}[/] (excluded in round {record.round}: "
+        f"{escape(record.reason)})",
+        soft_wrap=True,
+    )
+    console.print(
+        "  the proof against it stays in the audit log (client_excluded); a running appliance "
+        "selects it again from its next round",
+        soft_wrap=True,
+    )
 
 
 roster_app = typer.Typer(help="The authority's signed roster, as this appliance serves it.")
@@ -187,4 +227,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(roster_app, name="roster")
     app.command("add-client")(add_client_command)
     app.command("revoke")(revoke)
-    app.command("clients")(list_clients)
+    app.add_typer(clients_app, name="clients")

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sealagg.appliance.cli._common import DEFAULT_FOLDER, CLIError, FolderOption, check_federation
+from sealagg.appliance.cli._common import (
+    DEFAULT_FOLDER,
+    CLIError,
+    FolderOption,
+    PassphraseFileOption,
+    check_federation,
+    read_passphrase,
+)
 
 if TYPE_CHECKING:
     from sealagg.appliance.server import Appliance
@@ -122,6 +129,7 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", help="Least severe level logged.")
     ] = LogLevel.info,
+    passphrase_file: PassphraseFileOption = None,
 ) -> None:
     """Run the appliance (mutual TLS gRPC) until Ctrl-C or SIGTERM."""
     check_federation(Path(folder))
@@ -131,7 +139,11 @@ def serve(
 
         # Config errors surface here, before anything binds. The --insecure warning is
         # printed by the appliance itself at start (to stderr, whatever the log level).
-        appliance = Appliance(folder, insecure=insecure)
+        # An attesting appliance issues its in-memory TLS key's certificate at start: a
+        # passphrase-protected CA key needs the passphrase (appliance/tee_identity.py).
+        appliance = Appliance(
+            folder, insecure=insecure, ca_passphrase=read_passphrase(passphrase_file)
+        )
         _log.info(
             "federation %s loaded from %s (mode %s)",
             appliance.federation.name,

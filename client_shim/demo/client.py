@@ -9,8 +9,9 @@ training loop would, and appends one JSON line per round to ``--result-file`` (o
 bytes sent, examples, loss; nothing about the data itself). It leaves after round ``R``.
 
 Vanishing (``--vanish 2:3``, or ``--vanish-probability``): in that round the process trains,
-takes part in the protocol up to the given phase (0 advertise keys, 1 share keys, 2 masked
-input, 3 consistency check, 4 unmasking; plaintext rounds have phase 0 only) and then exits
+takes part in the protocol up to the given phase (its index in :data:`PHASES`: 0 advertise
+keys, 1 reveal coins, 2 share keys, 3 masked input, 4 consistency check, 5 unmasking;
+plaintext rounds have phase 0 only) and then exits
 with :data:`VANISHED_EXIT_CODE` instead of sending that phase's message, so the appliance sees
 a client disappear mid-protocol. The runner starts it again for the next round.
 
@@ -39,7 +40,14 @@ if TYPE_CHECKING:
     import torch
 
 VANISHED_EXIT_CODE = 17
-PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
+PHASES = (
+    "advertise_keys",
+    "reveal_coins",
+    "share_keys",
+    "masked_input",
+    "consistency_check",
+    "unmasking",
+)
 DP_DELTA = 1e-5
 
 

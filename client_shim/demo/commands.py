@@ -45,9 +45,27 @@ def sealagg_argv(*args: str, federation: Path) -> list[str]:
 
 def run_sealagg(*args: str, federation: Path, cwd: Path, timeout: float = 120.0) -> str:
     """Run one ``sealagg`` command to completion; its standard output, or SealaggCommandError."""
-    argv = sealagg_argv(*args, federation=federation)
+    return _run(sealagg_argv(*args, federation=federation), args, cwd=cwd, timeout=timeout)
+
+
+def run_authority(*args: str, passphrase: str, cwd: Path, timeout: float = 120.0) -> str:
+    """Run one ``sealagg authority ...`` command (the security team's, off the appliance: no
+    federation folder), the passphrase in its environment, never on its command line."""
+    argv = [str(sealagg_executable()), "authority", *args]
+    env = {"SEALAGG_AUTHORITY_PASSPHRASE": passphrase}
+    return _run(argv, ("authority", *args), cwd=cwd, timeout=timeout, extra_env=env)
+
+
+def _run(
+    argv: list[str],
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+) -> str:
     # A wide virtual terminal: rich wraps the CLI's lines at 80 columns when not told otherwise.
-    env = {**child_env(), "COLUMNS": "200"}
+    env = {**child_env(), "COLUMNS": "200", **(extra_env or {})}
     try:
         done = subprocess.run(  # noqa: S603 - our own console script
             argv,

@@ -1,7 +1,10 @@
 """A whole federation on this machine, from provisioning to the audit check.
 
-1. Provision a federation with the ``sealagg`` CLI (:mod:`.provision`): CA, kits, a few
-   ``sealagg.toml`` settings, and the base model (a 64→64→10 MLP initialised from the seed).
+1. Provision a federation as production does (:mod:`.provision`): a federation authority
+   (``sealagg authority``) that signs the policy and the roster and countersigns kits; clients
+   that enrol with keys of their own (``client_shim.enrol``); the operator's ``sealagg`` CLI
+   for the CA, the roster, the clients' certificates, a few ``sealagg.toml`` settings and the
+   base model (a 64→64→10 MLP initialised from the seed).
 2. Split scikit-learn's bundled 8x8 digits (no network) into a fixed held-out test set and a
    training part shared out non-IID (Dirichlet over labels) across the clients; each client
    gets its shard as an ``.npz`` file and trains on that alone.
@@ -13,8 +16,9 @@
    model next to centralized training, the bytes each client sent; :mod:`.report` prints it.
 
 Layout of the demo folder: ``federation/`` (what ``sealagg init`` made; the CLI works on it
-with ``--folder``) and ``demo/`` (shards, client results, logs, exported models; every child
-process runs in there).
+with ``--folder``), ``authority/`` (the security team's key and signed roster, never inside
+the federation), ``clients/<name>/`` (each client's own keys and installed kit) and ``demo/``
+(shards, client results, logs, exported models; every child process runs in there).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The federation authority (appliance/authority.py) and enrolment (client_shim/enrol.py).
 
 The client makes its own keys; the authority (off the appliance) approves and signs the
-roster; the appliance's CA certifies the client's CSR only for an approved entry; the kit the
-client installs holds no private key of the appliance's making.
+roster; the appliance's CA certifies the client's CSR only for an approved entry; the
+authority countersigns the issued kit (its CA, server name and policies); the kit the client
+installs holds no private key of the appliance's making, and a kit the appliance re-signed
+is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from sealagg.appliance import authority as auth
-from sealagg.appliance.errors import ProvisioningError
+from sealagg.appliance import kit_issue
+from sealagg.appliance.errors import KitTamperedError, ProvisioningError
 from sealagg.appliance.federation import (
     FederationFolder,
     add_enrolled_client,
@@ -23,7 +26,7 @@ from sealagg.appliance.federation import (
     install_roster,
     pin_authority,
 )
-from sealagg.appliance.kit import load_kit
+from sealagg.appliance.kit import AUTHORITY_SIGNATURE, AUTHORITY_SIGNATURE_CONTEXT, load_kit
 from sealagg.client_shim import enrol
 from sealagg.crypto import IdentityKey
 from sealagg.crypto.roster import IdentityKeySigner, Role, make_enrolment_request, sign_roster
@@ -51,6 +54,7 @@ def _enrol(root: Path, federation: FederationFolder, signer, name: str = "alice"
     _, signed = auth.approve(root / "authority", signer, request.read_bytes())
     install_roster(federation, signed)
     issued = add_enrolled_client(federation, request.read_bytes(), out=root / f"issued-{name}")
+    auth.sign_kit(root / "authority", signer, issued)
     enrol.install(issued, folder)
     return folder
 
@@ -180,3 +184,100 @@ def test_install_roster_refuses_older_versions_and_other_keys(setup):
     forged = sign_roster(auth.current_roster(root / "authority", signer), impostor)
     with pytest.raises(ProvisioningError, match="not signed by"):
         install_roster(federation, forged)
+
+
+def _issue(root: Path, federation: FederationFolder, signer, name: str) -> tuple[Path, Path]:
+    """An approved client's folder (its own keys) and the kit the appliance issued for it."""
+    folder = root / f"client-{name}"
+    request = enrol.request(
+        name=name,
+        federation="fed",
+        authority_key=signer.public_key(),
+        folder=folder,
+        request_out=root / f"{name}.request.json",
+    )
+    _, signed = auth.approve(root / "authority", signer, request.read_bytes())
+    install_roster(federation, signed)
+    return folder, add_enrolled_client(federation, request.read_bytes(), out=root / f"k-{name}")
+
+
+def _re_sign(federation: FederationFolder, issued: Path, authority_key, **changes) -> None:
+    """What a malicious appliance does to a kit: change a file (e.g. the server name it will
+    answer as), re-sign the manifest with its provisioning key and countersign it with
+    ``authority_key`` (its own, or None to keep the authority's old countersignature)."""
+    pem = (issued / "ca.pem").read_bytes()
+    files = kit_issue.build_kit(
+        name=changes.get("name", "alice"),
+        federation="fed",
+        address=changes.get("address", federation.public_address),
+        server_name=changes.get("server_name", federation.tls_server_name),
+        ca_cert_pem=pem,
+        client_cert_pem=(issued / "client.pem").read_bytes(),
+        client_key_pem=None,
+        identity_seed=None,
+        signer=federation.audit_signing_key,
+        issued_at=federation.ca_certificate.not_valid_before_utc,
+        attestation_policy=changes.get("attestation_policy"),
+        authority_public_key=federation.authority_public_key,
+    )
+    old = (issued / AUTHORITY_SIGNATURE).read_bytes()
+    for file in issued.iterdir():
+        file.unlink()
+    for file, data in files.items():
+        (issued / file).write_bytes(data)
+    if authority_key is None:
+        (issued / AUTHORITY_SIGNATURE).write_bytes(old)
+    else:
+        signature = authority_key.sign(AUTHORITY_SIGNATURE_CONTEXT + files["MANIFEST.json"])
+        (issued / AUTHORITY_SIGNATURE).write_bytes(signature.hex().encode() + b"\n")
+
+
+def test_an_enrolled_kit_needs_the_authority_countersignature(setup):
+    root, federation, signer = setup
+    folder, issued = _issue(root, federation, signer, "alice")
+    with pytest.raises(KitTamperedError, match=r"no AUTHORITY\.sig"):
+        enrol.install(issued, folder)
+    vouched = auth.sign_kit(root / "authority", signer, issued)
+    assert vouched["client"] == "alice" and vouched["tls_server_name"] == "localhost"
+    enrol.install(issued, folder)
+    kit = load_kit(folder)
+    assert kit.enrolled and kit.authority_signed
+
+
+@pytest.mark.parametrize("countersigned_by", ["the appliance", "the authority, earlier"])
+def test_a_kit_the_appliance_re_signed_is_refused(setup, countersigned_by):
+    """The appliance changes the server name in an issued (and countersigned) kit, signs the
+    manifest again with its own provisioning key, and countersigns with its own key or keeps
+    the authority's old countersignature: the client refuses it at install and at load."""
+    root, federation, signer = setup
+    folder, issued = _issue(root, federation, signer, "alice")
+    auth.sign_kit(root / "authority", signer, issued)
+    own = IdentityKey.generate() if countersigned_by == "the appliance" else None
+    _re_sign(federation, issued, own, server_name="evil.example")
+    with pytest.raises(KitTamperedError, match="not the signature of the federation authority"):
+        enrol.install(issued, folder)
+    assert not (folder / "MANIFEST.json").exists(), "install changed the client's folder"
+    # The same kit already in the client's folder: refused every time the shim opens it.
+    for file in issued.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    with pytest.raises(KitTamperedError, match="not the signature of the federation authority"):
+        load_kit(folder)
+
+
+def test_the_authority_vouches_only_for_roster_clients_and_the_recorded_identity(setup, tmp_path):
+    root, federation, signer = setup
+    _, issued = _issue(root, federation, signer, "alice")
+    auth.sign_kit(root / "authority", signer, issued)  # records the CA and server name
+    # A second federation (another CA) issues a kit for the same approved request.
+    other = init_federation(tmp_path / "fed2", name="fed", hosts=["localhost"])
+    pin_authority(other, signer.public_key())
+    install_roster(other, (root / "authority" / auth.ROSTER_FILE).read_bytes())
+    request = (root / "alice.request.json").read_bytes()
+    foreign = add_enrolled_client(other, request, out=root / "foreign-alice")
+    with pytest.raises(ProvisioningError, match="refusing to vouch for it"):
+        auth.sign_kit(root / "authority", signer, foreign)
+    # A kit for a client the roster no longer lists.
+    roster = auth.current_roster(root / "authority", signer)
+    auth.publish(root / "authority", roster.without("alice", issued_at=roster.issued_at), signer)
+    with pytest.raises(ProvisioningError, match="not on the federation roster"):
+        auth.sign_kit(root / "authority", signer, issued)

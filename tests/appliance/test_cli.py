@@ -464,6 +464,10 @@ def test_authority_enrolment_round_trip_through_the_cli(folder: Path, tmp_path: 
     assert_clean_error(sealagg("add-client", "bob", "-f", folder), "--insecure-dev-keys")
     result = sealagg("add-client", "-f", folder, "--request", request, "--out", tmp_path / "kit")
     assert result.exit_code == 0, result.output
+    # Only the appliance signed it so far: the client refuses it until the authority does.
+    assert enrol.main(["install", str(tmp_path / "kit"), "--dir", str(client)]) == 1
+    result = sealagg("authority", "sign-kit", tmp_path / "kit", "--dir", authority, env=env)
+    assert result.exit_code == 0 and "countersigned" in result.output, result.output
     assert enrol.main(["install", str(tmp_path / "kit"), "--dir", str(client)]) == 0
     kit = load_kit(client)
     assert kit.enrolled and kit.authority_public_key == bytes.fromhex(key)

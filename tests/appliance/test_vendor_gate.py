@@ -59,8 +59,9 @@ def _gated(dep, rounds: int, *, tolerance: float = 0.02, mode: str = "plaintext"
 
 @pytest.mark.parametrize("mode", ["attested", "plaintext"])
 def test_gate_rejects_a_harmful_candidate_and_weights_are_exact(
-    deployment, running, tmp_path, mode
+    deployment, running, tmp_path, mode, monkeypatch
 ):
+    monkeypatch.setenv("SEALAGG_ALLOW_INSECURE_ATTESTER", "1")  # the clients' own choice
     dep = _attested_deployment(tmp_path) if mode == "attested" else deployment(clients=2)
     _gated(dep, rounds=2, mode=mode)
     app = running(dep.folder)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sealagg_testkit.attest_evidence import policy, policy_text, tls_spki
+from sealagg_testkit.attest_evidence import collateral_for, policy, policy_text, tls_spki
+from sealagg_testkit.attest_evidence import verifier as _verifier
 
 from sealagg.attest import (
     AttesterUnavailableError,
@@ -32,7 +34,7 @@ GOOD = bytes.fromhex("33" * 48)
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1_800_000_000.0
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
@@ -48,7 +50,7 @@ def _evidence(amd: SnpAuthority, nonce: bytes, spki: bytes) -> Evidence:
 
 
 def test_replayed_nonce_is_refused(amd: SnpAuthority) -> None:
-    verifier = Verifier(policy(snp=amd, measurement=GOOD))
+    verifier = _verifier(snp=amd, measurement=GOOD)
     spki = tls_spki()
     nonce = verifier.challenge()
     evidence = _evidence(amd, nonce, spki)
@@ -58,7 +60,7 @@ def test_replayed_nonce_is_refused(amd: SnpAuthority) -> None:
 
 
 def test_nonce_not_issued_by_this_verifier_is_refused(amd: SnpAuthority) -> None:
-    issuer, verifier = (Verifier(policy(snp=amd, measurement=GOOD)) for _ in range(2))
+    issuer, verifier = (_verifier(snp=amd, measurement=GOOD) for _ in range(2))
     spki = tls_spki()
     nonce = issuer.challenge()
     result = verifier.appraise(_evidence(amd, nonce, spki), nonce=nonce, tls_spki_der=spki)
@@ -67,7 +69,7 @@ def test_nonce_not_issued_by_this_verifier_is_refused(amd: SnpAuthority) -> None
 
 def test_old_evidence_is_refused(amd: SnpAuthority) -> None:
     clock = Clock()
-    verifier = Verifier(policy(snp=amd, measurement=GOOD, max_age=30), clock=clock)
+    verifier = _verifier(snp=amd, measurement=GOOD, max_age=30, clock=clock)
     spki = tls_spki()
     nonce = verifier.challenge()
     evidence = _evidence(amd, nonce, spki)
@@ -80,7 +82,7 @@ def test_old_evidence_is_refused(amd: SnpAuthority) -> None:
 
 
 def test_evidence_bound_to_another_tls_key_is_refused(amd: SnpAuthority) -> None:
-    verifier = Verifier(policy(snp=amd, measurement=GOOD))
+    verifier = _verifier(snp=amd, measurement=GOOD)
     genuine_key, relay_key = tls_spki(), tls_spki()
     nonce = verifier.challenge()
     evidence = _evidence(amd, nonce, genuine_key)  # the relay forwards the genuine appliance's
@@ -90,7 +92,7 @@ def test_evidence_bound_to_another_tls_key_is_refused(amd: SnpAuthority) -> None
 
 
 def test_format_absent_from_policy_is_refused(amd: SnpAuthority) -> None:
-    verifier = Verifier(policy(snp=amd, measurement=GOOD))
+    verifier = _verifier(snp=amd, measurement=GOOD)
     nonce = verifier.challenge()
     attester = SoftwareAttester(IdentityKey.generate(), GOOD)
     spki = tls_spki()
@@ -110,7 +112,7 @@ def _software_policy(key: IdentityKey, *, allow: str = "true") -> str:
 
 def test_software_attester_is_accepted_but_marked_insecure() -> None:
     key = IdentityKey.generate()
-    verifier = Verifier(parse_policy(_software_policy(key)))
+    verifier = Verifier(parse_policy(_software_policy(key)), allow_insecure=True)
     spki = tls_spki()
     nonce = verifier.challenge()
     evidence = SoftwareAttester(key, GOOD).evidence(report_data(nonce, spki))
@@ -129,7 +131,7 @@ def test_software_attester_is_accepted_but_marked_insecure() -> None:
 )
 def test_software_refusals(make, reason: Reason) -> None:
     key = IdentityKey.generate()
-    verifier = Verifier(parse_policy(_software_policy(key)))
+    verifier = Verifier(parse_policy(_software_policy(key)), allow_insecure=True)
     spki = tls_spki()
     nonce = verifier.challenge()
     result = verifier.appraise(
@@ -140,7 +142,7 @@ def test_software_refusals(make, reason: Reason) -> None:
 
 def test_software_evidence_tampering_is_refused() -> None:
     key = IdentityKey.generate()
-    verifier = Verifier(parse_policy(_software_policy(key)))
+    verifier = Verifier(parse_policy(_software_policy(key)), allow_insecure=True)
     spki = tls_spki()
     for pos in range(0, 168, 3):
         if 136 <= pos < 168:
@@ -152,23 +154,23 @@ def test_software_evidence_tampering_is_refused() -> None:
         assert result.reason in (Reason.BAD_SIGNATURE, Reason.MALFORMED_EVIDENCE), pos
 
 
-def test_software_policy_must_opt_in_to_insecure() -> None:
-    with pytest.raises(PolicyError, match="allow_insecure"):
+def test_software_policy_contradicting_itself_is_refused() -> None:
+    with pytest.raises(PolicyError, match="allow_insecure = False contradicts"):
         parse_policy(_software_policy(IdentityKey.generate(), allow="false"))
 
 
 def test_nvidia_plugin_is_cleanly_absent(amd: SnpAuthority) -> None:
     assert not sdk_available()  # the SDK is not a dependency; with it this test must change
-    text = policy_text(snp=amd, measurement=GOOD) + (
-        '[nvidia-gpu]\nsdk_policy = \'{"version": "3.0"}\'\n'
+    verifier = Verifier(
+        policy(snp=amd, measurement=GOOD, gpu_sdk_policy='{"version": "3.0"}'),
+        collateral=collateral_for(amd),
     )
-    verifier = Verifier(parse_policy(text))
+    spki = tls_spki()
     nonce = verifier.challenge()
-    result = verifier.appraise(
-        Evidence("nvidia-gpu", b"token"), nonce=nonce, tls_spki_der=tls_spki()
-    )
+    gpu = Evidence("nvidia-gpu", b'[{"evidence": "00", "certificate": "00"}]')
+    result = verifier.appraise([_evidence(amd, nonce, spki), gpu], nonce=nonce, tls_spki_der=spki)
     assert not result.accepted and result.reason is Reason.PROVIDER_UNAVAILABLE
-    assert "not installed" in result.detail
+    assert result.format == "nvidia-gpu" and "not installed" in result.detail
 
 
 def test_configfs_tsm_is_absent_here(tmp_path: Path) -> None:
@@ -220,14 +222,21 @@ def test_policy_parser_raises_only_policy_errors(text: str) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=1400), st.sampled_from(["sev-snp", "tdx", "software"]))
 def test_random_evidence_is_refused_never_crashes(blob: bytes, fmt: str) -> None:
-    key = IdentityKey.generate()
-    text = _software_policy(key) + (
-        f'[tdx]\ntrusted_root_sha256 = ["{"00" * 32}"]\n'
-        f'[[tdx.measurements]]\nmrtd = "{GOOD.hex()}"\n'
-        f'[sev-snp]\ntrusted_ark_sha256 = ["{"00" * 32}"]\n'
-        f'[[sev-snp.measurements]]\nmeasurement = "{GOOD.hex()}"\n'
-    )
-    verifier = Verifier(parse_policy(text))
+    anchor = "00" * 32
+    sections = {
+        "software": _software_policy(IdentityKey.generate()),
+        "tdx": (
+            f'version = 1\nmax_age_seconds = 60\n[tdx]\ntrusted_root_sha256 = ["{anchor}"]\n'
+            f'min_tee_tcb_svn = "{"00" * 16}"\n[[tdx.measurements]]\n'
+            + "".join(f'{k} = "{GOOD.hex()}"\n' for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2"))
+        ),
+        "sev-snp": (
+            f'version = 1\nmax_age_seconds = 60\n[sev-snp]\ntrusted_ark_sha256 = ["{anchor}"]\n'
+            "min_tcb = { bootloader = 0, tee = 0, snp = 0, microcode = 0 }\n"
+            f'[[sev-snp.measurements]]\nmeasurement = "{GOOD.hex()}"\n'
+        ),
+    }
+    verifier = Verifier(parse_policy(sections[fmt]), allow_insecure=True)
     nonce = verifier.challenge()
     result = verifier.appraise(Evidence(fmt, blob), nonce=nonce, tls_spki_der=tls_spki())
     assert not result.accepted and result.reason is not None

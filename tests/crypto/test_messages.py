@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 
 from sealagg.crypto.errors import MalformedMessageError, UnsupportedVersionError
 from sealagg.crypto.messages import (
+    SCHEMA_VERSION,
     AdvertiseKeys,
     Blame,
+    CoinDirectory,
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
     PeerKeys,
+    RevealCoin,
     ShareBundle,
     ShareKeys,
     SignedShare,
@@ -28,11 +31,11 @@ from sealagg.crypto.messages import (
 )
 
 RID = bytes(range(32))
-KEYS = PeerKeys(b"\x01" * 32, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64)
+KEYS = PeerKeys(b"\x01" * 32, b"\x02" * 32, b"\x04" * 32, b"\x07" * 32, b"\x03" * 64)
 
 
 def _signed(fill: bytes) -> SignedShare:
-    return SignedShare(fill * 120, b"\x05" * 32, b"\x06" * 64)
+    return SignedShare(fill * 120, b"\x05" * 32, b"\x08" * 32, b"\x06" * 64)
 
 
 EXAMPLES = [
@@ -41,11 +44,13 @@ EXAMPLES = [
     ShareKeys(RID, {2: _signed(b"x"), 3: _signed(b"y")}),
     ShareBundle(RID, {1: _signed(b"z")}),
     MaskedInput(RID, b"\x00\x01\x02\x03" * 10),
-    MaskedInput(RID, b"\x00\x01\x02\x03" * 3, {4: Blame(_signed(b"g"), b"k" * 32, b"m" * 32)}),
+    MaskedInput(RID, b"\x00\x01\x02\x03" * 3, {4: Blame(_signed(b"g"), b"k" * 128, b"m" * 128)}),
     SurvivorList(RID, (1, 2, 5)),
     ConsistencySignature(RID, b"\x09" * 64),
     UnmaskRequest(RID, (1, 2, 5), {1: b"\x01" * 64, 2: b"\x02" * 64}, (3,)),
     UnmaskShares(RID, {1: b"a" * 44}, {3: b"b" * 44}),
+    RevealCoin(RID, b"\x0a" * 32),
+    CoinDirectory(RID, {1: b"\x0b" * 32, 4: b"\x0c" * 32}),
 ]
 
 
@@ -62,10 +67,34 @@ def _pack(body: dict) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def test_unknown_version_is_refused():
+@pytest.mark.parametrize("version", [1, SCHEMA_VERSION + 1])
+def test_unknown_version_is_refused(version):
+    """Version 1 (before the coin commitments and the proven blames) is refused too."""
     body = _raw(EXAMPLES[0])
-    body["v"] = 2
+    body["v"] = version
     with pytest.raises(UnsupportedVersionError):
+        decode(_pack(body))
+
+
+@pytest.mark.parametrize(
+    ("msg", "field", "value", "match"),
+    [
+        (EXAMPLES[10], "c", b"\x0a" * 31, "32 bytes"),
+        (EXAMPLES[11], "c", {1: b"\x0b" * 33}, "32 bytes"),
+        (EXAMPLES[11], "c", {0: b"\x0b" * 32}, "client ids"),
+        (EXAMPLES[5], "b", {4: [[b"x", b"y"], b"k" * 128, b"m" * 128]}, "expected"),
+        (
+            EXAMPLES[5],
+            "b",
+            {4: [list(_raw(EXAMPLES[5])["b"][4][0]), b"k" * 127, b"m" * 128]},
+            "128",
+        ),
+    ],
+)
+def test_malformed_coins_and_blames_are_refused(msg, field, value, match):
+    body = _raw(msg)
+    body[field] = value
+    with pytest.raises(MalformedMessageError, match=match):
         decode(_pack(body))
 
 
@@ -77,10 +106,15 @@ def test_unknown_version_is_refused():
         (lambda b: b.pop("k"), "expected fields"),
         (lambda b: b.update(extra=1), "expected fields"),
         (
-            lambda b: b.update(k=[b"\x01" * 31, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64]),
+            lambda b: b.update(
+                k=[b"\x01" * 31, b"\x02" * 32, b"\x04" * 32, b"\x07" * 32, b"\x03" * 64]
+            ),
             "32 bytes",
         ),
-        (lambda b: b.update(k=[b"\x01" * 32, b"\x02" * 32, b"\x03" * 64]), "expected"),
+        (
+            lambda b: b.update(k=[b"\x01" * 32, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64]),
+            "expected",
+        ),
         (lambda b: b.update(k="not a list"), "expected"),
     ],
 )
@@ -176,7 +210,9 @@ def test_a_canonical_masked_input_is_read_in_place_and_anything_else_is_left_to_
     assert masked_input_view(data, bytes(32), len(vector)) is None  # another round
     assert masked_input_view(data, RID, len(vector) - 4) is None  # another length
     assert masked_input_view(data + b"\x00", RID, len(vector)) is None  # trailing bytes
-    reordered = msgpack.packb({"y": vector, "v": 1, "t": "masked_input", "r": RID, "b": {}})
+    reordered = msgpack.packb(
+        {"y": vector, "v": SCHEMA_VERSION, "t": "masked_input", "r": RID, "b": {}}
+    )
     assert masked_input_view(reordered, RID, len(vector)) is None
     assert decode(reordered) == got  # valid, only not canonical: decode still takes it
     flipped = bytearray(data)

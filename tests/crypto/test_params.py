@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import sealagg.crypto.params as params_module
 from sealagg.crypto.errors import InfeasibleParametersError
-from sealagg.crypto.graph import CommunicationGraph, complete_graph, harary_graph
+from sealagg.crypto.graph import CommunicationGraph, complete_graph, random_graph
 from sealagg.crypto.params import (
     SecAggParameters,
     find_parameters,
@@ -49,10 +49,15 @@ def exact_privacy(n: int, c: int, k: int, t: int) -> Fraction:
     return n * sum(binom_pmf(c, p, j) for j in range(t, c + 1))
 
 
-def exact_partition(n: int, c: int, k: int, t: int, drops: int) -> Fraction:
-    """The malicious-dropper bound of crypto/params.py, term by term in rationals."""
+def exact_partition(n: int, c: int, k: int, t: int, drops: int, m: int = 3) -> Fraction:
+    """The malicious-dropper bound of crypto/params.py, term by term in rationals: sets
+    below m - c with the whole drop budget, larger ones only as the smaller side of a
+    split (their honest neighbours outside, all dropped, at most h - 2s)."""
     p, h, total = edge_probability(n, k), n - c, Fraction(0)
-    for s in range(1, h // 2 + 1):
+    for s in range(1, min(h, max(h // 2, m - c - 1)) + 1):
+        budget = drops if s < m - c else min(drops, h - 2 * s)
+        if budget < 0:
+            continue
         inside, across = s * (s - 1) // 2, s * c
         dense = sum(
             binom_pmf(inside, p, x) * binom_pmf(across, p, y)
@@ -61,7 +66,7 @@ def exact_partition(n: int, c: int, k: int, t: int, drops: int) -> Fraction:
             if 2 * x + y >= s * t
         )
         pi = 1 - (1 - p) ** s
-        cut = sum(binom_pmf(h - s, pi, j) for j in range(min(drops, h - s) + 1))
+        cut = sum(binom_pmf(h - s, pi, j) for j in range(min(budget, h - s) + 1))
         total += math.comb(h, s) * dense * cut
     return total
 
@@ -134,14 +139,14 @@ def test_semi_malicious_meets_bounds_and_majority_threshold(n, delta, gamma):
 def test_n50_parameters_survive_dropouts_where_flower_default_fails():
     p = find_parameters(50, 0.3, 0.1)
     assert not p.complete and p.degree < 49
-    graph = harary_graph(range(1, 51), p.degree, SEED)
+    graph = random_graph(range(1, 51), p.degree, SEED)
     ours = round_success_probability(graph, p.threshold, 0.3, 20000, seed=1)
     print(f"n=50 dropout 0.3: k={p.degree} t={p.threshold} succeeds in {ours:.4%} of rounds")
     assert ours >= 0.999
 
     # Flower's sparse setting k=11, t=7 at 30% dropout: each client keeps >= 7 of 11
     # neighbours only with probability ~0.79, so the round almost always fails.
-    flower = harary_graph(range(1, 51), 11, SEED)
+    flower = random_graph(range(1, 51), 11, SEED)
     theirs = round_success_probability(flower, 7, 0.3, 20000, seed=1)
     print(f"n=50 dropout 0.3: k=11 t=7 succeeds in {theirs:.4%} of rounds")
     # Measured ~6.1% (200k trials give 6.10%); standard error at 20k trials is 0.17%.
@@ -260,9 +265,12 @@ def test_property_log_tails_match_exact_rationals(n, data, delta, gamma):
             assert got == pytest.approx(want, abs=1e-7)
     if k < n - 1 and n <= 16 and t >= 1:
         drops = data.draw(st.integers(0, n - 1))
-        part = lg(exact_partition(n, c, k, t, drops))
-        got = log2_partition_bound(n, c, k, t, drops)
+        m = data.draw(st.integers(3, n))
+        part = lg(exact_partition(n, c, k, t, drops, m))
+        got = log2_partition_bound(n, c, k, t, drops, minimum_sum=m)
         assert got == pytest.approx(part, abs=1e-6) if part != -math.inf else got == -math.inf
+        if m <= (n - c) // 2 + c:  # within the old range of set sizes: never looser
+            assert got <= log2_partition_bound(n, c, k, t, drops) + 1e-9
 
 
 # ---------------------------------------------------------------- Monte Carlo
@@ -319,7 +327,7 @@ def test_monte_carlo_sparse_path_agrees_with_dense_path(monkeypatch):
 
 
 def test_monte_carlo_agrees_with_per_client_loop():
-    g = harary_graph(range(1, 21), 4, SEED)
+    g = random_graph(range(1, 21), 4, SEED)
     rng = np.random.Generator(np.random.PCG64(7))
     alive = rng.random((4000, 20)) >= 0.3
     ok = alive.sum(axis=1) >= 3

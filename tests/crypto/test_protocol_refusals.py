@@ -11,12 +11,12 @@ import pytest
 from sealagg.crypto import Phase, SecAggClient, SecAggServer
 from sealagg.crypto.errors import (
     BadSignatureError,
+    BelowThresholdError,
     BothSharesRequestedError,
     DuplicateMessageError,
     InconsistentSurvivorsError,
     MalformedMessageError,
     OutOfPhaseError,
-    ReconstructionError,
     ReplayedMessageError,
     UnknownSenderError,
 )
@@ -44,10 +44,12 @@ class Driver:
         self.inbox: dict = {}
 
     def advertise(self, skip=()):
+        """Advertise keys, then reveal coins: the inbox holds the coin directories."""
         for u, c in self.clients.items():
             if u not in skip:
                 self.server.receive(u, c.advertise_keys())
         self.inbox = self.server.close_phase()
+        self.step()
 
     def step(self, skip=()):
         for u, m in self.inbox.items():
@@ -99,7 +101,7 @@ def test_unknown_sender_is_refused_and_round_goes_on():
     for u in (2, 3, 4):
         d.server.receive(u, d.clients[u].advertise_keys())
     d.inbox = d.server.close_phase()
-    for _ in range(4):
+    for _ in range(5):
         d.step()
     np.testing.assert_array_equal(d.server.result.total, kit.expected_sum((1, 2, 3, 4)))
 
@@ -134,7 +136,7 @@ def test_message_from_another_phase_is_refused_without_side_effects():
     with pytest.raises(OutOfPhaseError):
         d.clients[1].receive_survivor_list(SurvivorList(kit.config.round_id, (1, 2, 3, 4)))
     assert d.clients[1].state == "await_key_directory"
-    for _ in range(4):
+    for _ in range(5):
         d.step()
     np.testing.assert_array_equal(d.server.result.total, kit.expected_sum((1, 2, 3, 4)))
 
@@ -153,11 +155,16 @@ def test_forged_advertise_signature_is_refused_by_server_and_clients():
     d.server.receive(1, adv)
     for u in (2, 3, 4):
         d.server.receive(u, d.clients[u].advertise_keys())
-    directory = d.server.close_phase()[2]
-    keys = dict(directory.keys)
-    keys[1] = forged.keys
+    directories = d.server.close_phase()
+    keys = dict(directories[2].keys)
+    keys[1] = forged.keys  # same coin commitment, another mask key
+    reveal = d.clients[2].receive_key_directory(dataclasses.replace(directories[2], keys=keys))
+    for u in (1, 3, 4):
+        d.server.receive(u, d.clients[u].receive_key_directory(directories[u]))
+    d.server.receive(2, reveal)
+    coins = d.server.close_phase()[2]
     with pytest.raises(BadSignatureError, match="client 1"):
-        d.clients[2].receive_key_directory(dataclasses.replace(directory, keys=keys))
+        d.clients[2].receive_coin_directory(coins)
     assert d.clients[2].state == "aborted"
 
 
@@ -235,8 +242,9 @@ def test_wrong_length_masked_input_is_refused_and_others_finish():
 
 def test_bad_unmask_shares_are_routed_around():
     """More than t shares of each self-mask seed arrive and holder 1 flips a byte of every
-    one it sends: the extra shares expose the inconsistency, a subset of t honest shares
-    rebuilds the committed seed, and the sum is exact (it used to abort the round)."""
+    one it sends: each fails its owner's signed share commitment, so holder 1 is named
+    (proven) and left out, the honest shares rebuild the committed seeds, and the sum is
+    exact (it used to abort the round)."""
     kit = make_round(6, threshold=2)
     d = Driver(kit)
     d.advertise()
@@ -252,11 +260,12 @@ def test_bad_unmask_shares_are_routed_around():
     d.server.receive(1, UnmaskShares(bad.round_id, flipped, bad.mask_key_shares))
     for u in (2, 3, 4, 5):
         d.server.receive(u, replies[u])
+    assert {(b.accused, b.accuser) for b in d.server.blames} == {(1, v) for v in flipped}
     d.server.close_phase()
     np.testing.assert_array_equal(d.server.result.total, kit.expected_sum((1, 2, 3, 4, 5)))
 
 
-def test_wrong_mask_key_shares_reconstruct_wrong_key_is_detected():
+def test_wrong_mask_key_shares_are_caught_by_name_and_the_round_aborts_cleanly():
     kit = make_round(4, threshold=2)
     d = Driver(kit)
     d.advertise()
@@ -265,7 +274,8 @@ def test_wrong_mask_key_shares_reconstruct_wrong_key_is_detected():
     d.step()
     replies = {u: d.clients[u].handle(m) for u, m in d.inbox.items()}
     # Exactly t=2 shares of 4's mask key arrive, consistently forged by colluding holders
-    # 1 and 2: they encode a valid secret, so only the check against 4's public key catches it.
+    # 1 and 2: they encode a valid secret (which 4's public key would also refuse), but
+    # each already fails 4's signed commitment to the share it gave that holder.
     from sealagg.crypto._primitives.shamir import split_secret
 
     fake = split_secret(os.urandom(32), 2, [1, 2])
@@ -274,7 +284,9 @@ def test_wrong_mask_key_shares_reconstruct_wrong_key_is_detected():
         d.server.receive(u, UnmaskShares(r.round_id, r.self_mask_shares, {4: share}))
     r3 = replies[3]
     d.server.receive(3, UnmaskShares(r3.round_id, r3.self_mask_shares, {}))  # withholds
-    with pytest.raises(ReconstructionError, match="mask key"):
+    assert {(b.accused, b.accuser) for b in d.server.blames} == {(1, 4), (2, 4)}
+    assert all("client 4's mask key" in b.reason for b in d.server.blames)
+    with pytest.raises(BelowThresholdError, match="shares for client 4"):
         d.server.close_phase()
 
 

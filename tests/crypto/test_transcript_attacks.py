@@ -26,13 +26,11 @@ from sealagg.crypto.errors import (
     ExcludedSenderError,
     InconsistentSurvivorsError,
     InvalidPublicKeyError,
-    ReconstructionError,
     TranscriptReusedError,
 )
 from sealagg.crypto.ledger import InMemoryTranscriptLedger
 from sealagg.crypto.messages import (
     AdvertiseKeys,
-    Blame,
     ShareKeys,
     SignedShare,
     SurvivorList,
@@ -46,7 +44,7 @@ from sealagg.crypto.testing import make_round
 
 
 def _round(kit, ledgers=None, skip_masking=()):
-    """Advertise, share and mask; returns server, clients, advertisements, survivor inbox."""
+    """Advertise, reveal, share and mask; returns server, clients, adverts, survivor inbox."""
     server = SecAggServer(kit.config)
     clients = {
         u: SecAggClient(kit.config, u, kit.identities[u], ledger=(ledgers or {}).get(u))
@@ -58,9 +56,10 @@ def _round(kit, ledgers=None, skip_masking=()):
         adverts[u] = c.advertise_keys()
         server.receive(u, adverts[u])
     inbox = server.close_phase()
-    for u, m in inbox.items():
-        server.receive(u, clients[u].handle(m))
-    inbox = server.close_phase()
+    for _ in range(2):  # coins, then shares
+        for u, m in inbox.items():
+            server.receive(u, clients[u].handle(m))
+        inbox = server.close_phase()
     for u, m in inbox.items():
         if u not in skip_masking:
             server.receive(u, clients[u].handle(m))
@@ -143,6 +142,8 @@ def test_transcript_hash_covers_every_parameter_and_every_key():
     changed = dict(keys)
     changed[3] = dataclasses.replace(keys[3], seed_commitment=bytes(32))
     assert tr.transcript_hash(cfg, changed) != base
+    changed[3] = dataclasses.replace(keys[3], coin_commitment=bytes(32))
+    assert tr.transcript_hash(cfg, changed) != base
     assert tr.transcript_hash(cfg, {u: k for u, k in keys.items() if u != 2}) != base
 
 
@@ -178,16 +179,28 @@ def _bad_holder(holder: int, owner: int, holders: list[int]):
     return tamper
 
 
-def test_one_bad_self_mask_share_among_exactly_t_aborts_instead_of_a_wrong_sum():
+def test_one_bad_self_mask_share_among_exactly_t_names_the_liar_and_aborts_cleanly():
     """n=6, t=3; clients 5 and 6 vanish before unmasking, so client 1's seed has exactly
-    the three shares of 2, 3, 4, and 4 shifts its share. Before the fix the server rebuilt
-    a wrong seed and published a wrong sum; now the seed must match 1's signed commitment."""
+    the three shares of 2, 3, 4, and 4 shifts its share (still a valid encoding). Before
+    issue 17 the server rebuilt a wrong seed and published a wrong sum; the seed
+    commitment then turned that into an abort nobody could be blamed for. Now 1 signed a
+    commitment to each share it handed out: 4's share fails it, 4 is named (proven) and
+    its share dropped, and the two shares left abort the round: no wrong sum."""
     kit = make_round(6, threshold=3, dimension=9)
     dropouts = {5: Phase.UNMASKING, 6: Phase.UNMASKING}
-    with pytest.raises(ReconstructionError, match="client 1's self-mask seed"):
+    server = {}
+    with pytest.raises(BelowThresholdError, match="2 shares for client 1"):
         run_round(
-            kit.config, kit.identities, kit.inputs, dropouts, tamper=_bad_holder(4, 1, [2, 3, 4])
+            kit.config,
+            kit.identities,
+            kit.inputs,
+            dropouts,
+            tamper=_bad_holder(4, 1, [2, 3, 4]),
+            on_server=server.setdefault("s", []).append,
         )
+    (blame,) = server["s"][0].blames
+    assert (blame.accused, blame.accuser) == (4, 1)
+    assert "client 1's self-mask seed" in blame.reason
 
 
 def test_one_bad_self_mask_share_among_more_than_t_is_routed_around():
@@ -214,7 +227,12 @@ LOW_ORDER = [
 def _signed_low_order(kit, u, advert, key, which):
     keys = dataclasses.replace(advert.keys, **{which: key})
     payload = tr.advertise_payload(
-        kit.config.round_id, u, keys.cipher_public, keys.mask_public, keys.seed_commitment
+        kit.config.round_id,
+        u,
+        keys.cipher_public,
+        keys.mask_public,
+        keys.seed_commitment,
+        keys.coin_commitment,
     )
     return AdvertiseKeys(
         advert.round_id, dataclasses.replace(keys, signature=kit.identities[u].sign(payload))
@@ -245,45 +263,56 @@ def test_a_signed_low_order_key_is_refused_at_advertisement_and_the_round_goes_o
 
 
 def test_a_client_refuses_a_low_order_key_a_lying_server_relays():
+    """The lying server relays a signed low-order key to client 1 (same coin commitment):
+    client 1 refuses it at its first key agreement, right after the coins."""
     kit = make_round(4, threshold=2, dimension=5)
     server = SecAggServer(kit.config)
     clients = {u: SecAggClient(kit.config, u, kit.identities[u]) for u in kit.identities}
     adverts = {u: c.advertise_keys() for u, c in clients.items()}
     for u, a in adverts.items():
         server.receive(u, a)
-    directory = server.close_phase()[1]
-    keys = dict(directory.keys)
+    directories = server.close_phase()
+    keys = dict(directories[1].keys)
     keys[4] = _signed_low_order(kit, 4, adverts[4], bytes(32), "mask_public").keys
+    reveal = clients[1].receive_key_directory(dataclasses.replace(directories[1], keys=keys))
+    server.receive(1, reveal)
+    for u in (2, 3, 4):
+        server.receive(u, clients[u].receive_key_directory(directories[u]))
     with pytest.raises(InvalidPublicKeyError, match="client 4"):
-        clients[1].receive_key_directory(dataclasses.replace(directory, keys=keys))
+        clients[1].receive_coin_directory(server.close_phase()[1])
 
 
 # --- item 6c: garbage sealed shares ----------------------------------------------------------
 
 
 class _Garbage:
-    """A corrupt client 5 that signs sealed shares which do not open.
+    """A corrupt client 5 that signs bad sealed shares.
 
-    ``honest_commitment``: it commits to the true share key (the blame is then provable);
-    otherwise it commits to a random key (the blame cannot be judged).
+    ``kind="undecryptable"``: sealed under a random key. ``kind="mismatched"``: the true
+    shares, sealed properly, but with commitments to other values (signed). Either way the
+    recipient blames it with proofs of the pair's keys and the server judges it alone.
     """
 
-    def __init__(self, kit, clients, culprit=5, honest_commitment=True):
+    def __init__(self, kit, clients, culprit=5, kind="undecryptable", victims=None):
         self.kit, self.clients, self.culprit = kit, clients, culprit
-        self.honest_commitment = honest_commitment
+        self.kind, self.victims = kind, victims
 
     def __call__(self, u, msg):
         if u != self.culprit or not isinstance(msg, ShareKeys):
             return msg
         state = self.clients[u]._state  # the culprit's own secrets: it is corrupt
         rid, transcript = self.kit.config.round_id, state._round.transcript
-        shares = {}
-        for v in msg.sealed_shares:
-            key = state._share_keys[v] if self.honest_commitment else os.urandom(32)
-            garbage = seal(os.urandom(32), b"\x00" * 96, b"")  # opens under no committed key
-            commitment = tr.share_key_commitment(key, rid, u, v)
-            payload = tr.share_signature_payload(rid, transcript, u, v, commitment, garbage)
-            shares[v] = SignedShare(garbage, commitment, self.kit.identities[u].sign(payload))
+        shares = dict(msg.sealed_shares)
+        for v in self.victims or msg.sealed_shares:
+            honest = msg.sealed_shares[v]
+            if self.kind == "undecryptable":
+                ciphertext = seal(os.urandom(32), b"\x00" * 96, b"")
+                commits = honest.key_share_commitment, honest.self_share_commitment
+            else:
+                ciphertext = honest.ciphertext
+                commits = os.urandom(32), honest.self_share_commitment
+            payload = tr.share_signature_payload(rid, transcript, u, v, ciphertext, *commits)
+            shares[v] = SignedShare(ciphertext, *commits, self.kit.identities[u].sign(payload))
         return ShareKeys(msg.round_id, shares)
 
 
@@ -309,12 +338,15 @@ def _drive(kit, tamper, order=None):
     return server, clients
 
 
-def test_garbage_shares_are_blamed_the_sender_excluded_and_the_round_finishes():
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("undecryptable", "does not decrypt"), ("mismatched", "does not match the commitments")],
+)
+def test_bad_shares_are_blamed_proven_the_sender_excluded_and_the_round_finishes(kind, reason):
     kit = make_round(5, threshold=2, dimension=9)
-    server, clients = _drive(kit, _Garbage)
-    assert {(b.accused, b.accuser, b.proven) for b in server.blames} == {
-        (5, u, True) for u in (1, 2, 3, 4)
-    }
+    server, clients = _drive(kit, lambda k, c: _Garbage(k, c, kind=kind))
+    assert {(b.accused, b.accuser) for b in server.blames} == {(5, u) for u in (1, 2, 3, 4)}
+    assert all(reason in b.reason for b in server.blames)
     assert server.result.survivors == (1, 2, 3, 4)
     np.testing.assert_array_equal(server.result.total, kit.expected_sum((1, 2, 3, 4)))
     assert all(clients[u].state == "done" for u in (1, 2, 3, 4))
@@ -323,64 +355,76 @@ def test_garbage_shares_are_blamed_the_sender_excluded_and_the_round_finishes():
 def test_a_blamed_sender_whose_masked_input_came_first_stays_in_an_exact_sum():
     """Client 5 (garbage to 1 and 2 only) uploads its masked input before the blames
     arrive: it cannot be taken out of the running sum, so it stays a survivor and the
-    blamers' revealed pair keys cancel its masks with them."""
-
-    class Partial(_Garbage):
-        def __call__(self, u, msg):
-            out = super().__call__(u, msg)
-            if isinstance(out, ShareKeys) and out is not msg:
-                keep = dict(msg.sealed_shares)
-                keep.update({v: out.sealed_shares[v] for v in (1, 2)})
-                return ShareKeys(msg.round_id, keep)
-            return out
-
+    proven pair keys of the blames remove its masks with 1 and 2."""
     kit = make_round(5, threshold=2, dimension=9)
-    server, _ = _drive(kit, Partial, order=[5, 4, 3, 2, 1])
+    server, _ = _drive(kit, lambda k, c: _Garbage(k, c, victims=(1, 2)), order=[5, 4, 3, 2, 1])
     assert {b.accuser for b in server.blames} == {1, 2}
     np.testing.assert_array_equal(server.result.total, kit.expected_sum(range(1, 6)))
 
 
-def test_a_blame_the_server_cannot_judge_excludes_nobody():
-    """Client 5 commits to a key that is not the pair's: recipients cannot open its shares
-    and say so, but a wrong commitment could as well be a lying accuser, so 5 is not
-    excluded; nobody holds 5's seed, and the round aborts cleanly instead of a wrong sum."""
-    kit = make_round(5, threshold=2, dimension=9)
-
-    def unjudgeable(kit, clients):
-        return _Garbage(kit, clients, honest_commitment=False)
-
-    with pytest.raises(BelowThresholdError, match="shares for client 5"):
-        _drive(kit, unjudgeable, order=[5, 1, 2, 3, 4])
-
-
-def test_a_false_blame_is_refused():
-    kit = make_round(4, threshold=2, dimension=5)
+def _to_bundles(kit):
     server = SecAggServer(kit.config)
     clients = {u: SecAggClient(kit.config, u, kit.identities[u]) for u in kit.identities}
     for u, c in clients.items():
         c.set_input(kit.inputs[u])
         server.receive(u, c.advertise_keys())
     inbox = server.close_phase()
-    for u, m in inbox.items():
-        server.receive(u, clients[u].handle(m))
-    bundles = server.close_phase()
+    for _ in range(2):
+        for u, m in inbox.items():
+            server.receive(u, clients[u].handle(m))
+        inbox = server.close_phase()
+    return server, clients, inbox
+
+
+def test_a_false_blame_is_refused():
+    """Client 1 blames 2 for a good share, with true proofs: the server opens the share
+    under the proven key, finds it good, and refuses 1's masked input."""
+    kit = make_round(4, threshold=2, dimension=5)
+    server, clients, bundles = _to_bundles(kit)
     honest_share = bundles[1].sealed_shares[2]  # 2's good share to 1
     state = clients[1]._state
+    lie = state._blame(2, honest_share)
     reply = clients[1].handle(bundles[1])
-    lie = Blame(honest_share, state._share_keys[2], os.urandom(32))
     with pytest.raises(BlameRefusedError, match="false blame"):
         server.receive(1, dataclasses.replace(reply, blames={2: lie}))
+
+
+@pytest.mark.parametrize("which", ["cipher_proof", "mask_proof"])
+def test_a_blame_whose_key_claim_is_not_proven_is_refused(which):
+    """The case the server used to record as unresolved (the accuser states a key that does
+    not match the accused's commitment: one of them lies) no longer exists: an accuser
+    must prove the pair's keys, and a proof for another key, peer or round does not verify."""
+    kit = make_round(4, threshold=2, dimension=5)
+    server, clients, bundles = _to_bundles(kit)
+    culprit_share = bundles[1].sealed_shares[2]
+    state = clients[1]._state
+    blame = state._blame(2, culprit_share)
+    other = state._blame(3, bundles[1].sealed_shares[3])  # a valid proof, for pair (1, 3)
+    forged = dataclasses.replace(blame, **{which: getattr(other, which)})
+    reply = clients[1].handle(bundles[1])
+    with pytest.raises(BlameRefusedError, match="does not verify"):
+        server.receive(1, dataclasses.replace(reply, blames={2: forged}))
+    flipped = bytearray(getattr(blame, which))
+    flipped[100] ^= 1
+    with pytest.raises(BlameRefusedError, match="does not verify"):
+        server.receive(
+            1,
+            dataclasses.replace(
+                reply, blames={2: dataclasses.replace(blame, **{which: bytes(flipped)})}
+            ),
+        )
 
 
 def test_a_peer_keys_entry_with_another_commitment_fails_its_signature():
     kit = make_round(3, threshold=2, dimension=3)
     client = SecAggClient(kit.config, 1, kit.identities[1])
     advert = client.advertise_keys()
-    altered = AdvertiseKeys(
-        advert.round_id, dataclasses.replace(advert.keys, seed_commitment=os.urandom(32))
-    )
-    with pytest.raises(BadSignatureError):
-        SecAggServer(kit.config).receive(1, altered)
+    for field in ("seed_commitment", "coin_commitment"):
+        altered = AdvertiseKeys(
+            advert.round_id, dataclasses.replace(advert.keys, **{field: os.urandom(32)})
+        )
+        with pytest.raises(BadSignatureError):
+            SecAggServer(kit.config).receive(1, altered)
 
 
 def test_garbage_without_a_valid_signature_is_refused_at_upload():
@@ -394,10 +438,15 @@ def test_garbage_without_a_valid_signature_is_refused_at_upload():
         server.receive(u, c.advertise_keys())
     inbox = server.close_phase()
     for u, m in inbox.items():
+        server.receive(u, clients[u].handle(m))
+    inbox = server.close_phase()
+    for u, m in inbox.items():
         reply = clients[u].handle(m)
         if u == 5:
             unsigned = {
-                v: SignedShare(os.urandom(len(x.ciphertext)), x.key_commitment, bytes(64))
+                v: dataclasses.replace(
+                    x, ciphertext=os.urandom(len(x.ciphertext)), signature=bytes(64)
+                )
                 for v, x in reply.sealed_shares.items()
             }
             with pytest.raises(BadSignatureError, match="client 5"):
@@ -425,10 +474,11 @@ def test_a_server_that_spoils_every_share_to_a_victim_learns_nothing():
         c.set_input(kit.inputs[u])
         server.receive(u, c.advertise_keys())
     inbox = server.close_phase()
-    for u, m in inbox.items():
-        server.receive(u, clients[u].handle(m))
-    bundles = server.close_phase()
-    victim = bundles[1]
+    for _ in range(2):
+        for u, m in inbox.items():
+            server.receive(u, clients[u].handle(m))
+        inbox = server.close_phase()
+    victim = inbox[1]
     spoiled = {
         v: dataclasses.replace(x, ciphertext=os.urandom(len(x.ciphertext)))
         for v, x in victim.sealed_shares.items()

@@ -63,11 +63,12 @@ def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):
     dep.configure(aggregation={"mode": "secagg+", "min_clients": 6, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
     # client4 vanishes after its masked input (it stays in the sum); client5 after advertising
-    # keys (its pairwise masks must be removed with its reconstructed mask key).
+    # keys and revealing its graph coin (its pairwise masks must be removed with its
+    # reconstructed mask key; vanishing before the coin would abort the round, by design).
     steady = [f"client{i}" for i in range(4)]
     threads, _, errors = run_clients(dep, steady)
-    vanish_late = type("Late", (_VanishAfter,), {"budget": 3})
-    vanish_early = type("Early", (_VanishAfter,), {"budget": 1})
+    vanish_late = type("Late", (_VanishAfter,), {"budget": 4})
+    vanish_early = type("Early", (_VanishAfter,), {"budget": 2})
     t4, _, err4 = run_clients(dep, ["client4"], participant_cls=vanish_late)
     t5, _, err5 = run_clients(dep, ["client5"], participant_cls=vanish_early)
     app.wait(90)

@@ -3,6 +3,8 @@
 Three small federations (4 clients, 3 rounds) run here: secagg+, plaintext with the same
 seed, and secagg+ with a client that vanishes mid-protocol; and a ckks one (3 data owners and
 the key holder, 2 rounds). Together they take about a minute and a half on a 2-core machine.
+Every client enrolled: its keys were made in its own folder, the authority signed the roster
+and countersigned the kits, and the appliance never held a client's private key.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from rich.console import Console
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from sealagg.appliance.kit import load_kit
 from sealagg.client_shim.demo.cli import main
+from sealagg.client_shim.demo.client import PHASES
 from sealagg.client_shim.demo.config import KEY_HOLDER, DemoConfig
 from sealagg.client_shim.demo.data import dirichlet_shards, load_split
 from sealagg.client_shim.demo.provision import demo_settings
@@ -27,6 +31,7 @@ from sealagg.client_shim.demo.runner import run_demo
 from sealagg.client_shim.demo.toml_edit import set_keys
 
 SMALL = {"clients": 4, "rounds": 3, "seed": 0, "timeout": 120.0}
+MASKED_INPUT = PHASES.index("masked_input")
 
 
 def _run(tmp_path: Path, **overrides) -> tuple[DemoResult, str]:
@@ -59,11 +64,26 @@ def test_secagg_plus_publishes_every_round_and_learns(secagg_run):
     assert result.centralized_accuracy is not None and result.centralized_accuracy >= 0.9
     assert result.audit_ok
     assert "audit verify: OK" in text
+    _assert_enrolled(result, [f"client{i}" for i in range(4)])
     # Every client reported the masked protocol's bytes for every round (about d·4 bytes).
     assert set(result.bytes_sent) == {f"client{i}" for i in range(4)}
     for per_round in result.bytes_sent.values():
         assert sorted(per_round) == [1, 2, 3]
         assert all(v is not None and 4 * 4810 < v < 8 * 4810 for v in per_round.values())
+
+
+def _assert_enrolled(result: DemoResult, names: list[str]) -> None:
+    """The demo's clients hold enrolled, authority-countersigned kits, and none of their
+    private keys is anywhere in the federation (appliance) folder."""
+    assert result.folder is not None
+    federation_files = [p for p in (result.folder / "federation").rglob("*") if p.is_file()]
+    for name in names:
+        kit = load_kit(result.folder / "clients" / name)
+        assert kit.enrolled and kit.authority_signed and kit.authority_public_key is not None
+        secrets = (kit.identity_seed, kit.client_key_pem)
+        for path in federation_files:
+            data = path.read_bytes()
+            assert not any(secret in data for secret in secrets), path
 
 
 def test_plaintext_and_secagg_plus_reach_the_same_accuracy(secagg_run, tmp_path):
@@ -81,10 +101,11 @@ def test_plaintext_and_secagg_plus_reach_the_same_accuracy(secagg_run, tmp_path)
 def test_a_client_vanishing_mid_protocol_does_not_stop_the_rounds(tmp_path):
     # client1 sends its keys and shares in round 2, then its process exits instead of sending
     # the masked input; it is started again and takes part in round 3.
-    result, text = _run(tmp_path, mode="secagg+", dropout=0.25, vanish_plan={2: {"client1": 2}})
+    plan = {2: {"client1": MASKED_INPUT}}
+    result, text = _run(tmp_path, mode="secagg+", dropout=0.25, vanish_plan=plan)
     assert result.ok, _explain(result, text)
     assert [r.number for r in result.published] == [1, 2, 3], _explain(result, text)
-    assert result.vanished == [("client1", 2, "masked_input")]
+    assert result.vanished == [("client1", 2, "masked_input")]  # round 2, that phase
     second = result.rounds[1]
     assert second.late == {"masked_input": ["client1"]}
     assert "client1" in second.dropped and len(second.contributors) == 3
@@ -114,7 +135,7 @@ def test_dropout_the_rounds_cannot_survive_is_refused_before_starting():
     plan = DemoConfig(clients=5, rounds=4, dropout=0.2, seed=3).plan()
     assert sorted(plan) == [1, 2, 3, 4]
     assert all(len(who) == 1 for who in plan.values())
-    assert all(0 <= phase < 5 for who in plan.values() for phase in who.values())
+    assert all(0 <= phase < len(PHASES) for who in plan.values() for phase in who.values())
     assert DemoConfig(clients=5, dropout=0.2).min_clients() == 4
     assert DemoConfig(clients=4, dropout=0.25).min_clients() == 3
 
@@ -193,3 +214,4 @@ def test_ckks_publishes_with_a_key_holder_that_sends_no_update(tmp_path):
     assert f"{KEY_HOLDER} (key holder)" in text
     assert KEY_HOLDER not in result.shard_sizes
     assert result.audit_ok
+    _assert_enrolled(result, [*owners, KEY_HOLDER])

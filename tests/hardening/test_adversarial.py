@@ -95,7 +95,7 @@ def test_unsigned_share_is_refused_at_upload(deployment, running):
     signed garbage is blamed and its sender excluded: tests/e2e/test_malicious_masked.py.)"""
 
     def hook(phase, payload):
-        if phase != 1:
+        if phase != 2:  # share keys (after the coins)
             return payload
         msg = decode(payload)
         shares = dict(msg.sealed_shares)
@@ -121,7 +121,7 @@ def test_bad_unmask_shares_are_routed_around(deployment, running):
     tests/crypto/test_transcript_attacks.py.)"""
 
     def hook(phase, payload):
-        if phase != 4:
+        if phase != 5:  # unmasking
             return payload
         msg = decode(payload)
         flipped = {v: bytes([s[0] ^ 0xFF]) + s[1:] for v, s in msg.self_mask_shares.items()}
@@ -181,7 +181,7 @@ def test_wrong_vector_length_is_refused(deployment, running, change, code):
     pairwise masks are removed, and the round publishes the exact mean of the four others."""
 
     def hook(phase, payload):
-        if phase != 2:
+        if phase != 3:  # masked input
             return payload
         msg = decode(payload)
         vec = bytes(msg.vector)
@@ -209,7 +209,7 @@ def test_values_outside_the_quantization_range_are_refused(deployment, running, 
     A shift small enough to keep the mean in range is not detectable without range proofs."""
 
     def hook(phase, payload):
-        if phase != 2:
+        if phase != 3:  # masked input
             return payload
         msg = decode(payload)
         vec = np.frombuffer(bytes(msg.vector), dtype="<u4").copy()

@@ -34,7 +34,14 @@ SERVE = (
     "import asyncio, sys; from sealagg.appliance.server import Appliance; "
     "asyncio.run(Appliance(sys.argv[1]).run())"
 )
-PHASES = ["advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking"]
+PHASES = [
+    "advertise_keys",
+    "reveal_coins",
+    "share_keys",
+    "masked_input",
+    "consistency_check",
+    "unmasking",
+]
 
 
 def _spawn(folder: Path) -> subprocess.Popen:
@@ -97,7 +104,7 @@ class _Gate:
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_sigkill_at_each_phase_then_restart(tmp_path):
-    """kill -9 while the round waits in each of the five phases, restart each time.
+    """kill -9 while the round waits in each of the six phases, restart each time.
 
     After each kill: the accepted model is the one from before the round. After each restart:
     that round is aborted ("restart" in its reason) and clients inside it are told; after the
@@ -133,7 +140,7 @@ def test_sigkill_at_each_phase_then_restart(tmp_path):
         t.start()
     interrupted: list[int] = []
     try:
-        for phase in range(5):
+        for phase in range(len(PHASES)):
             gate.arm(phase)
             _wait(gate.all_held, 60, f"all clients held before {PHASES[phase]}")
             before = _state(dep.folder)[1].version

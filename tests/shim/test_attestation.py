@@ -1,13 +1,18 @@
 """Attested mode end to end: real gRPC on loopback, real federation certificates.
 
 The shim verifies the appliance before anything of its own is sent, pins the attested
-certificate for the session, and refuses a relay holding another certificate.
+certificate for the session, and refuses a relay holding another certificate. The software
+attester is accepted only where the client itself allows it (the ``insecure_ok`` fixture
+sets SEALAGG_ALLOW_INSECURE_ATTESTER=1, as a developer would); the relay with a copied
+federation folder is tests/e2e/test_attested_relay.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
+import tomllib
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +25,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sealagg.appliance import pki
 from sealagg.appliance.attestation import (
     SOFTWARE_MEASUREMENT,
+    AttestationEndpoint,
     client_policy_path,
+    collateral_path,
     setup_software_attestation,
 )
 from sealagg.appliance.config import parse_config
@@ -32,16 +39,35 @@ from sealagg.appliance.testing import Deployment, base_model, free_port
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.appliance.wire.modelcodec import Layout, flatten
-from sealagg.attest import AttestationRefusedError, PolicyError, Reason
+from sealagg.attest import (
+    AttestationError,
+    AttestationRefusedError,
+    PolicyError,
+    Reason,
+    SoftwareAttester,
+)
+from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.testing import SnpAuthority
-from sealagg.client_shim.attestation import AttestationGuard, policy_from_kit
+from sealagg.attest.testing_common import DEFAULT_TCB
+from sealagg.client_shim.attestation import (
+    ALLOW_INSECURE_ENV,
+    AttestationGuard,
+    policy_from_kit,
+)
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
+from sealagg.crypto import IdentityKey
 
 DIM = Layout.of(base_model()).dimension
 FAST = {"advertise_keys": 6}
 HOSTS = ["localhost", "127.0.0.1"]
 MEASUREMENT = bytes.fromhex("44" * 48)
+
+
+@pytest.fixture
+def insecure_ok(monkeypatch):
+    """This client's own configuration accepts the INSECURE software attester (development)."""
+    monkeypatch.setenv(ALLOW_INSECURE_ENV, "1")
 
 
 def _federation(root: Path, *, clients: int = 2, policy: str | None = None, software=True):
@@ -95,7 +121,9 @@ def test_grpc_accepts_a_ca_issued_leaf_as_the_only_trust_anchor(tmp_path, runnin
         assert connected is ok
 
 
-def test_attested_rounds_publish_the_mean_and_audit_every_verification(tmp_path, running, capfd):
+def test_attested_rounds_publish_the_mean_and_audit_every_verification(
+    tmp_path, running, capfd, insecure_ok
+):
     dep = _federation(tmp_path)
     dep.configure(
         aggregation={"mode": "attested", "min_clients": 2, "rounds": 2},
@@ -140,11 +168,15 @@ def test_attested_rounds_publish_the_mean_and_audit_every_verification(tmp_path,
     results = _audit(dep, "attestation_result")
     assert len(results) == 4 and all(r["accepted"] for r in results)  # 2 clients x 2 rounds
     assert {r["client"] for r in results} == {"client0", "client1"}
-    assert _audit(dep, "attestation_provider") == [{"format": "software", "insecure": True}]
+    (provider,) = _audit(dep, "attestation_provider")
+    assert provider["format"] == "software" and provider["insecure"] and not provider["additional"]
+    assert provider["tls_spki_sha256"] == app.app.tls_identity.spki_sha256.hex()
     assert "SOFTWARE attester" in capfd.readouterr().err
 
 
-def test_refused_evidence_stops_the_client_and_nothing_is_sent(tmp_path, running, accepted):
+def test_refused_evidence_stops_the_client_and_nothing_is_sent(
+    tmp_path, running, accepted, insecure_ok
+):
     dep = _federation(tmp_path, clients=2)
     # Issue client9's kit under a policy that expects another measurement.
     path = client_policy_path(dep.folder)
@@ -218,7 +250,9 @@ def _start_relay(dep: Deployment, upstream: Connection, *, substitute: bool):
 
 
 @pytest.mark.parametrize("substitute", [False, True], ids=["passes-cert-through", "own-cert"])
-def test_relay_with_another_certificate_is_refused(tmp_path, running, accepted, substitute):
+def test_relay_with_another_certificate_is_refused(
+    tmp_path, running, accepted, substitute, insecure_ok
+):
     dep = _federation(tmp_path, clients=2)
     dep.configure(
         aggregation={"mode": "attested", "min_clients": 2}, attestation={"provider": "software"}
@@ -242,13 +276,20 @@ def test_relay_with_another_certificate_is_refused(tmp_path, running, accepted, 
         server.stop(0)
 
 
+def _snp_policy(amd: SnpAuthority, extra: str = "") -> str:
+    tcb = DEFAULT_TCB
+    return (
+        f'version = 1\nmax_age_seconds = 30\n[sev-snp]\ntrusted_ark_sha256 = ["{amd.ark_sha256}"]\n'
+        f"min_tcb = {{ bootloader = {tcb.bootloader}, tee = {tcb.tee}, snp = {tcb.snp}, "
+        f"microcode = {tcb.microcode} }}\n"
+        f'[[sev-snp.measurements]]\nmeasurement = "{MEASUREMENT.hex()}"\n{extra}'
+    )
+
+
 def test_fake_snp_hardware_over_the_wire(tmp_path, running):
     amd = SnpAuthority()
-    policy = (
-        f'version = 1\nmax_age_seconds = 30\n[sev-snp]\ntrusted_ark_sha256 = ["{amd.ark_sha256}"]\n'
-        f'[[sev-snp.measurements]]\nmeasurement = "{MEASUREMENT.hex()}"\n'
-    )
-    dep = _federation(tmp_path, clients=1, software=False, policy=policy)
+    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    amd.collateral().write_directory(collateral_path(dep.folder))
     for attester, reason in (
         (amd.attester(MEASUREMENT), None),
         (amd.attester(MEASUREMENT, debug=True), Reason.DEBUG_ENABLED),
@@ -313,7 +354,7 @@ def test_attested_mode_needs_an_attester() -> None:
     assert config.aggregation.min_clients == 2  # two parties are allowed: no masking involved
 
 
-def test_reverification_follows_the_configured_interval(tmp_path, running):
+def test_reverification_follows_the_configured_interval(tmp_path, running, insecure_ok):
     dep = _federation(tmp_path, clients=1)
     dep.configure(attestation={"provider": "software"})
     running(dep.folder)
@@ -331,3 +372,127 @@ def test_reverification_follows_the_configured_interval(tmp_path, running):
     finally:
         conn.close()
     assert len(_audit(dep, "attestation_result")) == 2
+
+
+def _one_verification(dep: Deployment, running, **options) -> Reason | None:
+    """Start the appliance (``options``: Appliance keywords), verify once as client0, stop:
+    None if accepted, else the refusal's reason."""
+    app = running(dep.folder, **{k: v for k, v in options.items() if k != "allow"})
+    conn = Connection(
+        dep.kits["client0"], address=dep.address, allow_insecure_attester=options.get("allow")
+    )
+    try:
+        AttestationGuard.from_kit(conn).verify()
+        return None
+    except AttestationRefusedError as refused:
+        return refused.reason
+    finally:
+        conn.close()
+        app.stop()
+
+
+def test_only_the_clients_own_configuration_accepts_the_software_attester(
+    tmp_path, running, monkeypatch
+):
+    """Issue 18: the operator's policy file cannot opt clients in; the client decides."""
+    dep = _federation(tmp_path, clients=1)
+    assert (
+        "allow_insecure"
+        not in tomllib.loads(client_policy_path(dep.folder).read_text())["software"]
+    )
+    dep.configure(attestation={"provider": "software"})
+    monkeypatch.delenv(ALLOW_INSECURE_ENV, raising=False)
+    assert _one_verification(dep, running) is Reason.INSECURE_NOT_ALLOWED  # default: refuse
+    assert _one_verification(dep, running, allow=True) is None
+    monkeypatch.setenv(ALLOW_INSECURE_ENV, "1")
+    assert _one_verification(dep, running) is None
+    assert _one_verification(dep, running, allow=False) is Reason.INSECURE_NOT_ALLOWED
+    monkeypatch.setenv(ALLOW_INSECURE_ENV, "yes")  # only "1" opts in
+    assert _one_verification(dep, running) is Reason.INSECURE_NOT_ALLOWED
+    results = _audit(dep, "attestation_result")
+    assert [r["reason"] for r in results] == [
+        "insecure_attester_not_allowed",
+        "",
+        "",
+        "insecure_attester_not_allowed",
+        "insecure_attester_not_allowed",
+    ]
+
+
+def test_every_evidence_item_reaches_the_verifier(tmp_path, running, insecure_ok):
+    """AttestReply.additional is appraised: an extra format is refused, a missing one too."""
+    amd = SnpAuthority()
+    gpu_policy = '[nvidia-gpu]\nsdk_policy = \'{"version": "1.0"}\'\n'
+    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    amd.collateral().write_directory(collateral_path(dep.folder))
+    extra = SoftwareAttester(IdentityKey.generate(), SOFTWARE_MEASUREMENT)
+    attesters = [amd.attester(MEASUREMENT), extra]
+    assert _one_verification(dep, running, attester=attesters) is Reason.FORMAT_NOT_ALLOWED
+    client_policy_path(dep.folder).write_text(_snp_policy(amd, gpu_policy))
+    dep.kits["client0"] = load_kit(add_client(dep.federation, "client1"))  # new policy
+    assert _one_verification(dep, running, attester=attesters[:1]) is Reason.MISSING_EVIDENCE
+    (provider, *_) = _audit(dep, "attestation_provider")
+    assert provider["format"] == "sev-snp" and provider["additional"] == ["software"]
+
+
+def test_collateral_comes_from_the_appliance_or_the_kit(tmp_path, running, monkeypatch):
+    amd = SnpAuthority()
+    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    attester = amd.attester(MEASUREMENT)
+    # Neither the appliance nor the kit has any: a hardware policy refuses, naming the item.
+    assert _one_verification(dep, running, attester=attester) is Reason.COLLATERAL_MISSING
+    # The appliance's bundle travels in the Attest reply.
+    amd.collateral().write_directory(collateral_path(dep.folder))
+    assert _one_verification(dep, running, attester=attester) is None
+    # A kit issued while the folder holds a bundle carries it (one signed kit file) ...
+    kit = load_kit(add_client(dep.federation, "client1"))
+    shipped = CollateralBundle.from_bytes(kit.attestation_collateral)
+    assert shipped.files == CollateralBundle.from_directory(collateral_path(dep.folder)).files
+    shutil.rmtree(collateral_path(dep.folder))
+    dep.kits["client0"] = kit
+    assert _one_verification(dep, running, attester=attester) is None  # ... and it suffices
+    # A malformed bundle from the appliance is a refusal, not a crash.
+    monkeypatch.setattr(AttestationEndpoint, "collateral_bytes", lambda self: b"\xc1garbage")
+    assert _one_verification(dep, running, attester=attester) is Reason.COLLATERAL_INVALID
+
+
+def test_a_restarted_appliance_is_verified_again_before_the_next_upload(
+    tmp_path, running, insecure_ok
+):
+    """A new start means a new in-memory key: the pinned certificate stops answering, polls
+    fall back to the kit's CA, uploads are refused until the new certificate is attested."""
+    dep = _federation(tmp_path, clients=1)
+    dep.configure(attestation={"provider": "software"})
+    first = running(dep.folder)
+    conn = Connection(dep.kits["client0"], address=dep.address, retry_seconds=30)
+    guard = AttestationGuard.from_kit(conn, interval_seconds=3600)
+    try:
+        guard.before_upload()
+        old = conn.pinned_certificate
+        first.stop()
+        second = running(dep.folder)
+        conn.get_task(0.1)  # the pinned certificate fails; the poll goes on over the CA
+        assert conn.pinned_certificate is None and guard.due()
+        with pytest.raises(AttestationError, match="nothing was sent"):
+            conn.submit(pb.UploadHeader(phase=1), b"update")
+        guard.before_upload()  # within the interval, but the pin was lost: verified again
+        assert conn.pinned_certificate not in (None, old)
+        assert conn.pinned_certificate == pki.certificate_pem(second.app.tls_identity.certificate)
+    finally:
+        conn.close()
+
+
+def test_a_refreshed_collateral_bundle_is_served_without_a_restart(tmp_path, running):
+    amd = SnpAuthority()
+    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    running(dep.folder, attester=amd.attester(MEASUREMENT))
+    conn = Connection(dep.kits["client0"], address=dep.address)
+    guard = AttestationGuard.from_kit(conn)
+    try:
+        with pytest.raises(AttestationRefusedError) as refused:
+            guard.verify()
+        assert refused.value.reason is Reason.COLLATERAL_MISSING
+        amd.collateral().write_directory(collateral_path(dep.folder))  # the operator refreshes
+        assert guard.verify().accepted
+    finally:
+        conn.close()

@@ -27,8 +27,9 @@ def record_round(
 ) -> list[Recorded]:
     """Run a complete round in-process and return every message in order.
 
-    ``drop`` names a client that goes silent after advertising its keys, so the transcript also
-    holds mask-key shares (the unmasking of a dropped peer).
+    ``drop`` names a client that goes silent after advertising its keys and revealing its
+    graph coin, so the transcript also holds mask-key shares (the unmasking of a dropped
+    peer); a client silent before its coin would abort the round.
     """
     kit = make_round(n, threshold=threshold, dimension=dimension, seed=seed)
     clients = {u: SecAggClient(kit.config, u, kit.identities[u]) for u in kit.identities}
@@ -52,7 +53,7 @@ def record_round(
     inbox = close()
     while server.phase is not None:
         for u, msg in inbox.items():
-            if u != drop:
+            if u != drop or msg.PHASE == Phase.ADVERTISE_KEYS:  # the key directory: reveal
                 up(u, clients[u].handle(msg))
         inbox = close()
     return out

@@ -1,0 +1,106 @@
+"""The client's durable record of the newest roster it verified (rollback protection).
+
+The authority removes a client from the federation by signing a new roster version without
+it. The old version stays validly signed forever, so an appliance could hand it out again
+and bring the removed party (say, a colluder) back into rounds. A client refuses any roster
+older than one it accepted (:class:`~sealagg.crypto.roster.RosterVerifier`); this module
+makes that memory survive a restart: ``<kit path>.roster`` beside the kit holds one line,
+``<version> <SHA-256 of the roster body, hex>``, replaced atomically (written to a temporary
+file, fsynced, renamed, folder fsynced) under an exclusive lock, so two processes sharing a
+kit never lower each other's record. A damaged record refuses every roster until it is
+repaired: forgetting the floor would reopen the rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sealagg.appliance.kit import ClientKit
+from sealagg.crypto.errors import MalformedRosterError
+from sealagg.crypto.roster import Roster, RosterVerifier
+
+__all__ = ["DurableRosterVerifier", "read_record", "record_beside"]
+
+_SUFFIX = ".roster"
+_MAX_RECORD_BYTES = 256
+
+
+def record_beside(kit: ClientKit) -> Path:
+    """Where ``kit`` keeps its roster record: ``<kit path>.roster`` next to the kit."""
+    return kit.source.with_name(kit.source.name + _SUFFIX)
+
+
+def read_record(path: Path) -> tuple[int, bytes | None]:
+    """(highest version accepted, its roster digest); (0, None) when there is no record."""
+    try:
+        data = Path(path).read_bytes()[: _MAX_RECORD_BYTES + 1]
+    except FileNotFoundError:
+        return 0, None
+    try:
+        if len(data) > _MAX_RECORD_BYTES:
+            raise ValueError("too long")
+        version_text, digest_hex = data.decode("ascii").split()
+        version, digest = int(version_text), bytes.fromhex(digest_hex)
+        if version < 1 or len(digest) != 32:
+            raise ValueError("out of range")
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedRosterError(
+            f"{path} is damaged: it should hold the newest roster version this client "
+            "accepted; repair or restore it (deleting it would let an older roster back in)"
+        ) from None
+    return version, digest
+
+
+class DurableRosterVerifier(RosterVerifier):
+    """A :class:`RosterVerifier` whose floor (the highest version accepted) lives in a file."""
+
+    def __init__(self, authority_key: bytes, federation: str, path: Path) -> None:
+        self.path = Path(path)
+        version, digest = read_record(self.path)
+        super().__init__(authority_key, federation, minimum_version=version, minimum_digest=digest)
+
+    def accept(self, data: bytes) -> Roster:
+        """Verify ``data`` against the floor on record (re-read under the lock: another
+        process may have raised it) and raise the record before the roster is used."""
+        with _locked(self.path):
+            self.remember(*read_record(self.path))
+            before = self.version
+            roster = super().accept(data)
+            if roster.version > before:
+                _write_record(self.path, roster.version, roster.digest)
+        return roster
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the record (the record itself is replaced by rename)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_record(path: Path, version: int, digest: bytes) -> None:
+    line = f"{version} {digest.hex()}\n".encode("ascii")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.write(fd, line) != len(line):
+            raise OSError(f"short write to {staging}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staging, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
