@@ -36,18 +36,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sealagg.crypto import Phase
+
 if TYPE_CHECKING:
     import torch
 
 VANISHED_EXIT_CODE = 17
-PHASES = (
-    "advertise_keys",
-    "reveal_coins",
-    "share_keys",
-    "masked_input",
-    "consistency_check",
-    "unmasking",
-)
+#: The protocol's phases in order, by name (a ``--vanish`` phase is an index into this).
+PHASES = tuple(phase.name.lower() for phase in Phase)
 DP_DELTA = 1e-5
 
 

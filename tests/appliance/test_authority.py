@@ -43,17 +43,8 @@ def setup(tmp_path: Path):
 
 
 def _enrol(root: Path, federation: FederationFolder, signer, name: str = "alice") -> Path:
-    folder = root / f"client-{name}"
-    request = enrol.request(
-        name=name,
-        federation="fed",
-        authority_key=signer.public_key(),
-        folder=folder,
-        request_out=root / f"{name}.request.json",
-    )
-    _, signed = auth.approve(root / "authority", signer, request.read_bytes())
-    install_roster(federation, signed)
-    issued = add_enrolled_client(federation, request.read_bytes(), out=root / f"issued-{name}")
+    """An enrolled client's folder: approved, issued, countersigned and installed."""
+    folder, issued = _issue(root, federation, signer, name)
     auth.sign_kit(root / "authority", signer, issued)
     enrol.install(issued, folder)
     return folder
@@ -198,7 +189,8 @@ def _issue(root: Path, federation: FederationFolder, signer, name: str) -> tuple
     )
     _, signed = auth.approve(root / "authority", signer, request.read_bytes())
     install_roster(federation, signed)
-    return folder, add_enrolled_client(federation, request.read_bytes(), out=root / f"k-{name}")
+    issued = add_enrolled_client(federation, request.read_bytes(), out=root / f"issued-{name}")
+    return folder, issued
 
 
 def _re_sign(federation: FederationFolder, issued: Path, authority_key, **changes) -> None:

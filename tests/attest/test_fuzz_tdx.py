@@ -26,8 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sealagg_testkit.attest_evidence import policy
 
-from sealagg.attest import Evidence, parse_policy
+from sealagg.attest import Evidence
 from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure
 from sealagg.attest.tdx import SIGNED_BYTES, TdxAppraiser, parse_quote, quote_fmspc
@@ -54,7 +55,6 @@ FUZZ = settings(
 SEEDS = st.integers(min_value=0, max_value=2**64 - 1)
 MRTD = bytes.fromhex("44" * 48)
 NOW = time.time()
-ZERO = "00" * 48
 
 
 class World:
@@ -75,18 +75,7 @@ class World:
             x509.ObjectIdentifier(SGX_EXTENSION_OID)
         ).value
         self.sgx_extension: bytes = sgx.value  # type: ignore[attr-defined]
-        text = f"""version = 1
-max_age_seconds = 60
-[tdx]
-trusted_root_sha256 = ["{self.intel.root_sha256}"]
-min_tee_tcb_svn = "{"00" * 16}"
-[[tdx.measurements]]
-mrtd = "{MRTD.hex()}"
-rtmr0 = "{ZERO}"
-rtmr1 = "{ZERO}"
-rtmr2 = "{ZERO}"
-"""
-        section = parse_policy(text).section("tdx")
+        section = policy(tdx=self.intel, measurement=MRTD).section("tdx")
         assert section is not None
         self.section = section
         self.chain = [self.intel.root, self.intel.ca, self.intel.pck]

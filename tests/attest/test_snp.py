@@ -10,10 +10,9 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from sealagg_testkit.attest_evidence import policy, tls_spki
-from sealagg_testkit.snp_cases import GOOD, appraise, direct, section, with_items
+from sealagg_testkit.snp_cases import GOOD, appraise, direct, refused, section, with_items
 
 from sealagg.attest import Evidence, Reason, Verifier, report_data
-from sealagg.attest.errors import AppraisalFailure
 from sealagg.attest.sevsnp import REPORT_BYTES, SIGNED_BYTES, TcbVersion, parse_report
 from sealagg.attest.snp_abi import GENOA, MILAN, TURIN, product_from_cpuid
 from sealagg.attest.snp_collateral import OID_FMCSPL, OID_HWID, crl_path
@@ -30,14 +29,6 @@ def amd(request: pytest.FixtureRequest) -> SnpAuthority:
 @pytest.fixture(scope="module")
 def turin() -> SnpAuthority:
     return SnpAuthority(product=TURIN)
-
-
-def _refused(reason: Reason, match: str = "", **kwargs: object) -> AppraisalFailure:
-    with pytest.raises(AppraisalFailure) as caught:
-        direct(**kwargs)  # type: ignore[arg-type]
-    assert caught.value.reason is reason, caught.value
-    assert match in caught.value.detail, caught.value.detail
-    return caught.value
 
 
 def test_genuine_report_is_accepted_with_its_claims(amd: SnpAuthority) -> None:
@@ -133,7 +124,7 @@ def test_report_of_another_chip_is_refused(amd: SnpAuthority) -> None:
     raw = bytearray(amd.report(bytes(64), measurement=GOOD))
     raw[0x1A0] ^= 0xFF  # another CHIP_ID, re-signed by this VCEK
     amd.sign(raw)
-    _refused(Reason.BROKEN_CHAIN, "another chip", amd=amd, raw=bytes(raw))
+    refused(Reason.BROKEN_CHAIN, "another chip", amd=amd, raw=bytes(raw))
 
 
 def test_unsigned_or_reserved_signing_key_is_refused(amd: SnpAuthority) -> None:
@@ -141,7 +132,7 @@ def test_unsigned_or_reserved_signing_key_is_refused(amd: SnpAuthority) -> None:
         raw = bytearray(amd.report(bytes(64), measurement=GOOD))
         struct.pack_into("<I", raw, 0x48, signing_key << 2)
         amd.sign(raw)
-        _refused(Reason.BROKEN_CHAIN, "not a VCEK or VLEK", amd=amd, raw=bytes(raw))
+        refused(Reason.BROKEN_CHAIN, "not a VCEK or VLEK", amd=amd, raw=bytes(raw))
 
 
 def test_vlek_signed_report_is_appraised_with_the_vlek(amd: SnpAuthority) -> None:
@@ -151,9 +142,9 @@ def test_vlek_signed_report_is_appraised_with_the_vlek(amd: SnpAuthority) -> Non
     raw = bytearray(amd.report(bytes(64), measurement=GOOD))
     struct.pack_into("<I", raw, 0x48, 1 << 2)
     amd.sign(raw)  # by the VCEK
-    _refused(Reason.BAD_SIGNATURE, amd=amd, raw=bytes(raw), certificates=amd.certificates("vlek"))
+    refused(Reason.BAD_SIGNATURE, amd=amd, raw=bytes(raw), certificates=amd.certificates("vlek"))
     # ... and with the VCEK's certificates only: the VLEK is nowhere.
-    _refused(
+    refused(
         Reason.COLLATERAL_MISSING, "/vlek/", amd=amd, raw=bytes(raw),
         collateral=amd.collateral(vlek=False),
     )  # fmt: skip
@@ -161,7 +152,7 @@ def test_vlek_signed_report_is_appraised_with_the_vlek(amd: SnpAuthority) -> Non
 
 def test_truncated_report_is_malformed(amd: SnpAuthority) -> None:
     for raw in (bytes(100), bytes(REPORT_BYTES + 1), b""):
-        _refused(Reason.MALFORMED_EVIDENCE, amd=amd, raw=raw)
+        refused(Reason.MALFORMED_EVIDENCE, amd=amd, raw=raw)
 
 
 def test_required_claims_must_match(amd: SnpAuthority) -> None:
@@ -179,7 +170,7 @@ def test_required_claims_must_match(amd: SnpAuthority) -> None:
 
 def test_vmpl_3_is_refused_unless_the_policy_names_it(amd: SnpAuthority) -> None:
     """Reviewer's case: VMPL 3 was accepted. A section without required_claims pins VMPL 0."""
-    _refused(
+    refused(
         Reason.REQUIRED_CLAIM,
         "vmpl",
         amd=amd,
@@ -188,7 +179,7 @@ def test_vmpl_3_is_refused_unless_the_policy_names_it(amd: SnpAuthority) -> None
     )
     claims = direct(amd, section(amd, required_claims={"vmpl": 3}), vmpl=3)
     assert claims["vmpl"] == 3
-    _refused(
+    refused(
         Reason.REQUIRED_CLAIM, "vmpl", amd=amd, vmpl=0,
         policy_section=section(amd, required_claims={"vmpl": 3}),
     )  # fmt: skip
@@ -198,25 +189,23 @@ def test_tcb_zero_is_refused_without_a_floor() -> None:
     """Reviewer's case: TCB 0/0/0/0 was accepted. No (or an incomplete) floor refuses."""
     zero = SnpAuthority(tcb=TcbVersion(0, 0, 0, 0))
     for floor in (None, {}, {"bootloader": 0, "tee": 0, "snp": 0}, {"snp": "0"}):
-        _refused(
+        refused(
             Reason.TCB_TOO_LOW, "min_tcb", amd=zero, policy_section=section(zero, min_tcb=floor)
         )
     floor = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
-    _refused(
-        Reason.TCB_TOO_LOW, "bootloader", amd=zero, policy_section=section(zero, min_tcb=floor)
-    )
+    refused(Reason.TCB_TOO_LOW, "bootloader", amd=zero, policy_section=section(zero, min_tcb=floor))
 
 
 def test_floor_is_judged_on_the_committed_tcb_too(amd: SnpAuthority) -> None:
     """A committed TCB below the floor lets the host roll the firmware back under the guest."""
     low = TcbVersion(3, 0, 7, 115)
-    _refused(Reason.TCB_TOO_LOW, "committed tcb snp = 7", amd=amd, committed_tcb=low)
+    refused(Reason.TCB_TOO_LOW, "committed tcb snp = 7", amd=amd, committed_tcb=low)
     assert direct(amd, committed_tcb=TcbVersion(3, 0, 9, 120))["committed_tcb"]
 
 
 def test_appraiser_alone_refuses_debug_and_low_guest_svn(amd: SnpAuthority) -> None:
-    _refused(Reason.DEBUG_ENABLED, amd=amd, debug=True)
-    _refused(Reason.TCB_TOO_LOW, "guest SVN", amd=amd, guest_svn=1,
+    refused(Reason.DEBUG_ENABLED, amd=amd, debug=True)
+    refused(Reason.TCB_TOO_LOW, "guest SVN", amd=amd, guest_svn=1,
              policy_section=section(amd, min_guest_svn=2))  # fmt: skip
 
 
@@ -251,44 +240,44 @@ def test_turin_report_floor_is_judged_on_the_right_bytes(turin: SnpAuthority) ->
     assert claims["product"] == TURIN and claims["reported_tcb"] == exact
     for name in exact:
         higher = {**exact, name: exact[name] + 1}
-        _refused(Reason.TCB_TOO_LOW, f"reported tcb {name}", amd=turin,
+        refused(Reason.TCB_TOO_LOW, f"reported tcb {name}", amd=turin,
                  policy_section=section(turin, min_tcb=higher))  # fmt: skip
     without_fmc = {k: v for k, v in exact.items() if k != "fmc"}
-    _refused(
+    refused(
         Reason.TCB_TOO_LOW, "fmc", amd=turin, policy_section=section(turin, min_tcb=without_fmc)
     )
 
 
 def test_turin_vcek_must_certify_the_fmc_and_match_8_byte_hwid(turin: SnpAuthority) -> None:
     no_fmc = turin.vcek_certificate(omit={OID_FMCSPL}).public_bytes(DER)
-    _refused(Reason.BROKEN_CHAIN, "fmc SPL", amd=turin, certificates=(no_fmc,))
+    refused(Reason.BROKEN_CHAIN, "fmc SPL", amd=turin, certificates=(no_fmc,))
     other_fmc = turin.vcek_certificate(tcb=TcbVersion(4, 2, 9, 0x4A, fmc=0)).public_bytes(DER)
-    _refused(Reason.BROKEN_CHAIN, "fmc", amd=turin, certificates=(other_fmc,))
+    refused(Reason.BROKEN_CHAIN, "fmc", amd=turin, certificates=(other_fmc,))
     assert len(turin.vcek.extensions.get_extension_for_oid(OID_HWID).value.value) == 8
 
 
 def test_turin_report_must_be_version_3_or_later(turin: SnpAuthority) -> None:
-    _refused(Reason.UNSUPPORTED_VERSION, "version 3", amd=turin, version=2)
+    refused(Reason.UNSUPPORTED_VERSION, "version 3", amd=turin, version=2)
 
 
 def test_unknown_cpu_family_is_refused(amd: SnpAuthority) -> None:
-    _refused(Reason.UNSUPPORTED_VERSION, "family 0x17", amd=amd, version=3, cpuid=(0x17, 0x31, 0))
+    refused(Reason.UNSUPPORTED_VERSION, "family 0x17", amd=amd, version=3, cpuid=(0x17, 0x31, 0))
 
 
 def test_vcek_of_another_product_is_refused(amd: SnpAuthority) -> None:
     """A Genoa report (CPUID) with a Milan VCEK: the VCEK's productName gives it away."""
     bundle = amd.collateral()
     genoa_crl = {crl_path(GENOA): bundle.files[crl_path(MILAN)]}
-    _refused(Reason.BROKEN_CHAIN, "Milan-B0", amd=amd, version=3, cpuid=(0x19, 0x11, 1),
+    refused(Reason.BROKEN_CHAIN, "Milan-B0", amd=amd, version=3, cpuid=(0x19, 0x11, 1),
              collateral=with_items(bundle, genoa_crl))  # fmt: skip
 
 
 def test_policy_product_narrows_the_products(amd: SnpAuthority) -> None:
     """An optional policy ``product`` (needs the policy parser to accept the key)."""
     assert direct(amd, section(amd, product=["Genoa", "milan"]), version=3)["product"] == MILAN
-    _refused(Reason.REQUIRED_CLAIM, "Milan", amd=amd, version=3,
+    refused(Reason.REQUIRED_CLAIM, "Milan", amd=amd, version=3,
              policy_section=section(amd, product="Genoa"))  # fmt: skip
-    _refused(Reason.REQUIRED_CLAIM, "Milan", amd=amd, version=2,
+    refused(Reason.REQUIRED_CLAIM, "Milan", amd=amd, version=2,
              policy_section=section(amd, product="Genoa"))  # fmt: skip
 
 
@@ -296,5 +285,5 @@ def test_version_2_product_comes_from_the_vcek_or_the_bundle() -> None:
     genoa = SnpAuthority(product=GENOA)
     assert direct(genoa, version=2)["product"] == GENOA  # productName "Genoa-B0"
     assert direct(genoa, version=2, certificates=())["product"] == GENOA  # bundle folder
-    _refused(Reason.COLLATERAL_MISSING, "sev-snp/Milan/vcek/", amd=genoa, version=2,
+    refused(Reason.COLLATERAL_MISSING, "sev-snp/Milan/vcek/", amd=genoa, version=2,
              certificates=(), collateral=genoa.collateral(vcek=False))  # fmt: skip

@@ -12,7 +12,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from sealagg_testkit.attest_evidence import policy, tls_spki
-from sealagg_testkit.snp_cases import GOOD, appraise, direct, section, with_items
+from sealagg_testkit.snp_cases import GOOD, appraise, direct, refused, section, with_items
 
 from sealagg.attest import Reason, Verifier, report_data
 from sealagg.attest.collateral import CollateralBundle
@@ -47,14 +47,6 @@ def other() -> SnpAuthority:
     return SnpAuthority()
 
 
-def _refused(reason: Reason, match: str = "", **kwargs: object) -> AppraisalFailure:
-    with pytest.raises(AppraisalFailure) as caught:
-        direct(**kwargs)  # type: ignore[arg-type]
-    assert caught.value.reason is reason, caught.value
-    assert match in caught.value.detail, caught.value.detail
-    return caught.value
-
-
 # ------------------------------------------------------------------------- no collateral
 
 
@@ -84,7 +76,7 @@ def test_vcek_and_chain_from_the_bundle_when_the_evidence_has_none(amd: SnpAutho
     assert claims["chip_id"] == amd.chip_id.hex()
     path = vcek_path(MILAN, amd.chip_id, amd.tcb)
     assert path == f"sev-snp/Milan/vcek/{amd.chip_id.hex()}/7308000000000003.der"
-    _refused(
+    refused(
         Reason.COLLATERAL_MISSING, path, amd=amd, certificates=(),
         collateral=amd.collateral(vcek=False),
     )  # fmt: skip
@@ -93,7 +85,7 @@ def test_vcek_and_chain_from_the_bundle_when_the_evidence_has_none(amd: SnpAutho
 def test_vcek_in_the_evidence_needs_no_bundle_copy(amd: SnpAuthority) -> None:
     vcek_only = (amd.vcek.public_bytes(DER),)
     assert direct(amd, certificates=vcek_only, collateral=amd.collateral(vcek=False))
-    _refused(
+    refused(
         Reason.COLLATERAL_MISSING, "sev-snp/Milan/cert_chain.pem", amd=amd,
         certificates=vcek_only, collateral=amd.collateral(vcek=False, chain=False),
     )  # fmt: skip
@@ -109,9 +101,9 @@ def test_bundled_vcek_must_be_this_chips_at_this_tcb(amd: SnpAuthority) -> None:
         (amd.vcek_certificate(omit={OID_PRODUCT_NAME}), "product"),
     ):
         bundle = with_items(amd.collateral(), {path: vcek.public_bytes(DER)})
-        _refused(Reason.BROKEN_CHAIN, match, amd=amd, certificates=(), collateral=bundle)
+        refused(Reason.BROKEN_CHAIN, match, amd=amd, certificates=(), collateral=bundle)
         if match != "no hwID":  # without hwID it is no VCEK: the bundle's genuine one is used
-            _refused(Reason.BROKEN_CHAIN, match, amd=amd, certificates=(vcek.public_bytes(DER),))
+            refused(Reason.BROKEN_CHAIN, match, amd=amd, certificates=(vcek.public_bytes(DER),))
 
 
 def test_hwid_in_an_octet_string_is_tolerated(amd: SnpAuthority) -> None:
@@ -121,11 +113,11 @@ def test_hwid_in_an_octet_string_is_tolerated(amd: SnpAuthority) -> None:
 
 def test_garbage_in_the_bundle_is_invalid_not_a_crash(amd: SnpAuthority) -> None:
     bundle = with_items(amd.collateral(), {vcek_path(MILAN, amd.chip_id, amd.tcb): b"junk"})
-    _refused(Reason.COLLATERAL_INVALID, "vcek", amd=amd, certificates=(), collateral=bundle)
+    refused(Reason.COLLATERAL_INVALID, "vcek", amd=amd, certificates=(), collateral=bundle)
     bundle = with_items(amd.collateral(), {chain_path(MILAN): b"-----BEGIN junk"})
-    _refused(Reason.COLLATERAL_INVALID, "cert_chain", amd=amd, certificates=(), collateral=bundle)
+    refused(Reason.COLLATERAL_INVALID, "cert_chain", amd=amd, certificates=(), collateral=bundle)
     one_cert = {chain_path(MILAN): amd.ask.public_bytes(PEM)}
-    _refused(
+    refused(
         Reason.COLLATERAL_INVALID, "two certificates", amd=amd, certificates=(),
         collateral=with_items(amd.collateral(), one_cert),
     )  # fmt: skip
@@ -134,11 +126,11 @@ def test_garbage_in_the_bundle_is_invalid_not_a_crash(amd: SnpAuthority) -> None
 def test_vlek_from_the_evidence_or_the_bundle(amd: SnpAuthority) -> None:
     assert direct(amd, signer=VLEK)["signing_key"] == "vlek"
     assert direct(amd, signer=VLEK, certificates=())["signing_key"] == "vlek"
-    _refused(
+    refused(
         Reason.COLLATERAL_MISSING, vlek_path(MILAN, amd.tcb), amd=amd, signer=VLEK,
         certificates=(), collateral=amd.collateral(vlek=False),
     )  # fmt: skip
-    _refused(
+    refused(
         Reason.COLLATERAL_MISSING, "vlek_cert_chain.pem", amd=amd, signer=VLEK,
         certificates=(amd.vlek.public_bytes(DER),), collateral=amd.collateral(chain=False),
     )  # fmt: skip
@@ -180,7 +172,7 @@ def test_bundle_chain_stands_in_for_missing_evidence_certificates(amd: SnpAuthor
 
 def test_a_forged_bundle_chain_is_refused(amd: SnpAuthority, other: SnpAuthority) -> None:
     forged = {chain_path(MILAN): other.ask.public_bytes(PEM) + amd.ark.public_bytes(PEM)}
-    _refused(
+    refused(
         Reason.BROKEN_CHAIN, "", amd=amd, certificates=(amd.vcek.public_bytes(DER),),
         collateral=with_items(amd.collateral(), forged),
     )  # fmt: skip
@@ -200,15 +192,15 @@ def test_a_forged_bundle_chain_is_refused(amd: SnpAuthority, other: SnpAuthority
 )
 def test_crl_must_be_current_and_the_arks(amd: SnpAuthority, mode: str, match: str) -> None:
     reason = Reason.COLLATERAL_MISSING if mode == "missing" else Reason.COLLATERAL_INVALID
-    _refused(reason, match, amd=amd, collateral=amd.collateral(crl=mode))
-    _refused(reason, match, amd=amd, signer=VLEK, collateral=amd.collateral(vlek_crl=mode))
+    refused(reason, match, amd=amd, collateral=amd.collateral(crl=mode))
+    refused(reason, match, amd=amd, signer=VLEK, collateral=amd.collateral(vlek_crl=mode))
     assert direct(amd, collateral=amd.collateral(vlek_crl=mode))  # the VLEK side is not needed
 
 
 def test_crl_of_another_ark_or_garbage_is_invalid(amd: SnpAuthority, other: SnpAuthority) -> None:
     for crl, match in ((other.crl(), "by the ARK"), (b"\x30\x03\x02\x01", "crl.der")):
         bundle = with_items(amd.collateral(), {crl_path(MILAN): crl})
-        _refused(Reason.COLLATERAL_INVALID, match, amd=amd, collateral=bundle)
+        refused(Reason.COLLATERAL_INVALID, match, amd=amd, collateral=bundle)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +208,7 @@ def test_crl_of_another_ark_or_garbage_is_invalid(amd: SnpAuthority, other: SnpA
 )
 def test_revoked_certificates_are_refused(amd: SnpAuthority, revoked: str, signer: str) -> None:
     bundle = amd.collateral(revoked=[revoked])
-    _refused(Reason.REVOKED, revoked.upper(), amd=amd, signer=signer, collateral=bundle)
+    refused(Reason.REVOKED, revoked.upper(), amd=amd, signer=signer, collateral=bundle)
     other_side = VLEK if signer == VCEK else VCEK  # each CRL covers its own chain only
     assert direct(amd, signer=other_side, collateral=bundle)
 
@@ -225,7 +217,7 @@ def test_crl_is_judged_at_the_verifiers_clock(amd: SnpAuthority) -> None:
     """A CRL valid today is stale 31 days on: the operator must refresh it before nextUpdate."""
     bundle = amd.collateral()
     assert direct(amd, collateral=bundle, now=time.time() + 29 * 86400)
-    _refused(Reason.COLLATERAL_INVALID, "stale", amd=amd, collateral=bundle,
+    refused(Reason.COLLATERAL_INVALID, "stale", amd=amd, collateral=bundle,
              now=time.time() + 31 * 86400)  # fmt: skip
 
 

@@ -11,15 +11,15 @@ import struct
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from sealagg_testkit.attest_evidence import policy_text as strict_policy_text
+from sealagg_testkit.attest_evidence import tls_spki
 
 from sealagg.attest import Evidence, PolicyError, Reason, Verifier, parse_policy, report_data
 from sealagg.attest.errors import AppraisalFailure
 from sealagg.attest.policy import FormatPolicy
 from sealagg.attest.tdx import HEADER_BYTES, SIGNED_BYTES, TdxAppraiser, parse_quote
 from sealagg.attest.testing import TdxAuthority
-from sealagg.attest.testing_common import spki_der
 from sealagg.attest.testing_tdx import (
     DEFAULT_PCESVN,
     DEFAULT_SGX_TCB,
@@ -45,25 +45,11 @@ EVERY_STATUS = [
 ]
 
 
-def tls_spki() -> bytes:
-    return spki_der(ec.generate_private_key(ec.SECP256R1()).public_key())
-
-
 def policy_text(intel: TdxAuthority, extra: str = "", *, rtmr0: bytes = ZERO) -> str:
     """The strict schema: MRTD and RTMR0-2 pinned, a TEE_TCB_SVN floor, Intel's root pinned."""
-    if "min_tee_tcb_svn" not in extra:
-        extra += f'\nmin_tee_tcb_svn = "{"00" * 16}"'
-    return f"""version = 1
-max_age_seconds = 60
-[tdx]
-trusted_root_sha256 = ["{intel.root_sha256}"]
-{extra}
-[[tdx.measurements]]
-mrtd = "{MRTD.hex()}"
-rtmr0 = "{rtmr0.hex()}"
-rtmr1 = "{ZERO.hex()}"
-rtmr2 = "{ZERO.hex()}"
-"""
+    return strict_policy_text(
+        tdx=intel, measurement=MRTD, extra_tdx=extra, rtmrs=(rtmr0, ZERO, ZERO)
+    )
 
 
 def verifier(intel: TdxAuthority, extra: str = "", **collateral: object) -> Verifier:

@@ -13,8 +13,9 @@ import time
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from sealagg_testkit.attest_evidence import policy, tls_spki
 
-from sealagg.attest import Evidence, Reason, Verifier, parse_policy, report_data
+from sealagg.attest import Evidence, Reason, Verifier, report_data
 from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.errors import AppraisalFailure
 from sealagg.attest.tdx import quote_fmspc
@@ -28,11 +29,10 @@ from sealagg.attest.tdx_collateral import (
     load_tcb_info,
 )
 from sealagg.attest.tdx_pck import parse_sgx_extensions
-from sealagg.attest.testing_common import _raw, spki_der
+from sealagg.attest.testing_common import _raw
 from sealagg.attest.testing_tdx import TdxAuthority, sgx_extension
 
 MRTD = bytes.fromhex("33" * 48)
-ZERO = bytes(48).hex()
 DAY = datetime.timedelta(days=1)
 TCB_INFO = "tdx/tcb_info/00806f050000.json"
 
@@ -42,24 +42,10 @@ def intel() -> TdxAuthority:
     return TdxAuthority()
 
 
-def _policy(intel: TdxAuthority) -> str:
-    return f"""version = 1
-max_age_seconds = 60
-[tdx]
-trusted_root_sha256 = ["{intel.root_sha256}"]
-min_tee_tcb_svn = "{"00" * 16}"
-[[tdx.measurements]]
-mrtd = "{MRTD.hex()}"
-rtmr0 = "{ZERO}"
-rtmr1 = "{ZERO}"
-rtmr2 = "{ZERO}"
-"""
-
-
 def appraise(intel: TdxAuthority, bundle: CollateralBundle, *, now: float | None = None):
     clock = (lambda: now) if now is not None else time.time
-    verifier = Verifier(parse_policy(_policy(intel)), collateral=bundle, clock=clock)
-    spki = spki_der(ec.generate_private_key(ec.SECP256R1()).public_key())
+    verifier = Verifier(policy(tdx=intel, measurement=MRTD), collateral=bundle, clock=clock)
+    spki = tls_spki()
     nonce = verifier.challenge()
     quote = intel.quote(report_data(nonce, spki), mrtd=MRTD)
     return verifier.appraise(Evidence("tdx", quote), nonce=nonce, tls_spki_der=spki)

@@ -34,6 +34,17 @@ def _advertise(kit, members):
     return clients, {u: c.advertise_keys() for u, c in clients.items()}
 
 
+def _advertised(n: int):
+    """A round of ``n`` clients whose advertisements the server has received:
+    (kit, server, clients), the server ready to close the advertise phase."""
+    kit = make_round(n, threshold=2, dimension=3)
+    server = SecAggServer(kit.config)
+    clients, adverts = _advertise(kit, kit.identities)
+    for u, a in adverts.items():
+        server.receive(u, a)
+    return kit, server, clients
+
+
 def _grind(kit, honest_adverts, tries):
     """The colluders' best advertisements by the graph they can compute before any reveal."""
     honest_keys = {u: a.keys for u, a in honest_adverts.items()}
@@ -73,11 +84,7 @@ def test_colluders_grinding_their_advertisements_do_not_fix_the_graph():
 
 
 def test_a_coin_other_than_the_committed_one_is_refused_by_the_server_and_every_client():
-    kit = make_round(5, threshold=2, dimension=3)
-    server = SecAggServer(kit.config)
-    clients, adverts = _advertise(kit, kit.identities)
-    for u, a in adverts.items():
-        server.receive(u, a)
+    kit, server, clients = _advertised(5)
     directories = server.close_phase()
     reveals = {u: clients[u].handle(m) for u, m in directories.items()}
     for u in (1, 2, 3, 4):
@@ -97,11 +104,7 @@ def test_a_withheld_coin_aborts_the_round_for_everyone():
     graph). The server cannot go on without it (it would choose among graphs by choosing
     whom to leave out): closing the phase aborts the round; and a server that sends the
     others a coin directory without 5's is refused by each of them."""
-    kit = make_round(5, threshold=2, dimension=3)
-    server = SecAggServer(kit.config)
-    clients, adverts = _advertise(kit, kit.identities)
-    for u, a in adverts.items():
-        server.receive(u, a)
+    kit, server, clients = _advertised(5)
     reveals = {u: clients[u].handle(m) for u, m in server.close_phase().items()}
     for u in (1, 2, 3, 4):
         server.receive(u, reveals[u])
@@ -173,11 +176,7 @@ def test_a_forged_directory_entry_cannot_move_a_committed_coin():
     """The server replaces client 4's coin commitment in client 1's directory (it cannot
     sign it): 1's transcript then differs from everyone's, and 4's genuine coin does not
     open the forged commitment, so 1 refuses the coin directory."""
-    kit = make_round(4, threshold=2, dimension=3)
-    server = SecAggServer(kit.config)
-    clients, adverts = _advertise(kit, kit.identities)
-    for u, a in adverts.items():
-        server.receive(u, a)
+    _, server, clients = _advertised(4)
     directories = server.close_phase()
     keys = dict(directories[1].keys)
     keys[4] = dataclasses.replace(keys[4], coin_commitment=bytes(32))

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.audit import audit_details
 from sealagg_testkit.clients import FAST, expected_bias_and_weight, join, published_flat
 from sealagg_testkit.clients import run_clients as run_threads
 from sealagg_testkit.enrolled import make_enrolled_deployment
@@ -27,7 +28,6 @@ from sealagg_testkit.enrolled import make_enrolled_deployment
 from sealagg.appliance import pki
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.roster_gate import RosterGate
-from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import Deployment
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
@@ -42,14 +42,6 @@ SUBSTITUTED = "client3"
 @pytest.fixture
 def enrolled(tmp_path: Path) -> Deployment:
     return make_enrolled_deployment(tmp_path, NAMES)
-
-
-def _audit(dep: Deployment, event: str) -> list[dict]:
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        return [e.details for e in store.audit.entries() if e.event == event]
-    finally:
-        store.close()
 
 
 def _substitute_identity_key(dep: Deployment, name: str) -> bytes:
@@ -77,8 +69,8 @@ def test_enrolled_clients_publish_the_exact_mean(enrolled, running, accepted):
     assert all(r[0].outcome == "published" for r in reports.values()), reports
     _, flat, _ = published_flat(dep)
     np.testing.assert_allclose(flat, expected_bias_and_weight(range(4)), atol=2e-6)
-    assert _audit(dep, "client_not_on_roster") == []
-    assert _audit(dep, "round_refused_by_client") == []
+    assert audit_details(dep, "client_not_on_roster") == []
+    assert audit_details(dep, "round_refused_by_client") == []
     # Every client verified (and recorded) the roster the authority signed.
     for kit in dep.kits.values():
         record = kit.source.with_name(kit.source.name + ".roster").read_text().split()
@@ -123,10 +115,10 @@ def test_the_appliance_leaves_out_a_client_whose_key_was_substituted(enrolled, r
     assert seen == {"offered": False}
     _, flat, _ = published_flat(dep)
     np.testing.assert_allclose(flat, expected_bias_and_weight(range(3)), atol=2e-6)
-    (entry,) = _audit(dep, "client_not_on_roster")
+    (entry,) = audit_details(dep, "client_not_on_roster")
     assert entry["client"] == SUBSTITUTED
     assert "identity key this appliance holds for 'client3'" in entry["reason"]
-    participants = _audit(dep, "participants")
+    participants = audit_details(dep, "participants")
     assert all(SUBSTITUTED not in p["clients"] for p in participants)
 
 
@@ -151,7 +143,7 @@ def test_every_client_refuses_a_round_with_a_substituted_key(
         assert isinstance(error, RosterMembershipError)
         assert "announces 'client3' with an identity key that is not the one" in str(error)
     assert accepted == [], "a client sent something in a round with a substituted key"
-    refusals = _audit(dep, "round_refused_by_client")
+    refusals = audit_details(dep, "round_refused_by_client")
     assert sorted(r["client"] for r in refusals) == NAMES
     assert {r["code"] for r in refusals} == {"roster_membership"}
     assert app.app.orchestrator.history[-1].outcome == "aborted"

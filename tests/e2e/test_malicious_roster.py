@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.audit import audit_details
 from sealagg_testkit.clients import (
     DIM,
     FAST,
@@ -46,7 +47,6 @@ from sealagg.appliance.federation import FederationFolder, add_client
 from sealagg.appliance.kit import load_kit
 from sealagg.appliance.roster_gate import RosterGate
 from sealagg.appliance.rounds import ActiveRound
-from sealagg.appliance.server import open_store
 from sealagg.appliance.service import AggregatorService, _who
 from sealagg.appliance.testing import Deployment, base_model, make_deployment
 from sealagg.appliance.wire import sealagg_pb2 as pb
@@ -143,16 +143,8 @@ def _ghost_round(dep: Deployment, running, make=None) -> tuple[object, dict, boo
     return app.app.orchestrator.history[-1], errors, bool(trained)
 
 
-def _audit(dep: Deployment, event: str) -> list[dict]:
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        return [e.details for e in store.audit.entries() if e.event == event]
-    finally:
-        store.close()
-
-
 def _total_weight(dep: Deployment) -> float:
-    return _audit(dep, "aggregate")[-1]["total_weight"]
+    return audit_details(dep, "aggregate")[-1]["total_weight"]
 
 
 def test_ghosts_recover_the_victim_with_a_development_kit(tmp_path: Path, running):
@@ -183,7 +175,7 @@ def _refused_before_sending(
     assert not trained, "the victim trained (and could have sent) before checking the roster"
     assert not [a for a in accepted if a[1] == VICTIM], "something of the victim's was accepted"
     assert outcome.outcome == "aborted"
-    (refusal,) = _audit(dep, "round_refused_by_client")
+    (refusal,) = audit_details(dep, "round_refused_by_client")
     assert (refusal["client"], refusal["code"], refusal["round"]) == (VICTIM, code, 1)
     assert match in refusal["detail"]
 
@@ -258,7 +250,7 @@ def test_a_restarted_client_still_refuses_an_older_roster(deployment, running, m
         assert restarted.roster.accept(current).version == 3
     finally:
         restarted.connection.close()
-    (refusal,) = _audit(dep, "round_refused_by_client")
+    (refusal,) = audit_details(dep, "round_refused_by_client")
     assert refusal["client"] == VICTIM and refusal["code"] == "roster_rollback"
     assert refusal["round"] is None  # refused at connect, before any round
 
@@ -280,7 +272,7 @@ def test_get_roster_refuses_unsigned_and_foreign_rosters(deployment, running, mo
         participant.connection.close()
     expected = "serves no roster" if served == "unsigned" else "not signed by"
     assert expected in str(raised.value)
-    (refusal,) = _audit(dep, "round_refused_by_client")
+    (refusal,) = audit_details(dep, "round_refused_by_client")
     assert (refusal["client"], refusal["code"]) == (VICTIM, "roster_signature")
     assert expected in refusal["detail"]
 
@@ -316,7 +308,7 @@ def test_members_shown_different_roster_versions_refuse_each_other(
         assert isinstance(error, InconsistentSurvivorsError), errors
         assert "did not sign the survivor list" in str(error)
     assert app.app.orchestrator.history[-1].outcome == "aborted"
-    refusals = _audit(dep, "round_refused_by_client")
+    refusals = audit_details(dep, "round_refused_by_client")
     assert sorted(r["client"] for r in refusals) == names
     assert {(r["code"], r["phase"]) for r in refusals} == {("transcript", "unmasking")}
     assert not [a for a in accepted if a[2] == Phase.UNMASKING], "an unmask share was accepted"
@@ -348,11 +340,11 @@ def test_the_appliance_leaves_clients_off_the_roster_out(deployment, running):
             conn.close()
     _, flat, _ = published_flat(dep)
     np.testing.assert_allclose(flat, expected_bias_and_weight([0, 1, 2]), atol=2e-6)
-    excluded = _audit(dep, "client_not_on_roster")
+    excluded = audit_details(dep, "client_not_on_roster")
     assert sorted(e["client"] for e in excluded) == GHOSTS
     assert all("is not on the federation roster" in e["reason"] for e in excluded)
     assert all(set(p["clients"]) == {"client0", "client1", "client2"}
-               for p in _audit(dep, "participants"))  # fmt: skip
+               for p in audit_details(dep, "participants"))  # fmt: skip
 
 
 def test_a_refusing_client_is_reported_and_the_others_finish(
@@ -382,11 +374,11 @@ def test_a_refusing_client_is_reported_and_the_others_finish(
     assert all(reports[n][0].outcome == "published" for n in names[:3]), reports
     _, flat, _ = published_flat(dep)
     np.testing.assert_allclose(flat, expected_bias_and_weight([0, 1, 2]), atol=2e-6)
-    (refusal,) = _audit(dep, "round_refused_by_client")
+    (refusal,) = audit_details(dep, "round_refused_by_client")
     assert (refusal["client"], refusal["code"], refusal["phase"]) == (
         "client3",
         "parameters",
         "advertise_keys",
     )
-    phases = [p for p in _audit(dep, "phase_recorded") if p["phase"] == "advertise_keys"]
+    phases = [p for p in audit_details(dep, "phase_recorded") if p["phase"] == "advertise_keys"]
     assert phases[0]["dropped"] == [], "the appliance still waited for the client that refused"

@@ -17,9 +17,7 @@ Breaks found (the tests failed before their fixes):
 from __future__ import annotations
 
 import shutil
-import threading
 import urllib.request
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,15 +25,23 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from sealagg_testkit.attested import (
+    HARDWARE,
+    HOSTS,
+    MEASUREMENT,
+    Relay,
+    attested_federation,
+    stolen_copy,
+)
+from sealagg_testkit.audit import audit_details
 from typer.testing import CliRunner
 
 from sealagg.appliance import pki
-from sealagg.appliance.attestation import client_policy_path, collateral_path
+from sealagg.appliance.attestation import collateral_path
 from sealagg.appliance.cli import app as cli
-from sealagg.appliance.federation import FederationFolder, add_client, init_federation
-from sealagg.appliance.kit import load_kit
-from sealagg.appliance.server import Appliance, open_store
-from sealagg.appliance.testing import Deployment, base_model, free_port
+from sealagg.appliance.federation import FederationFolder
+from sealagg.appliance.server import Appliance
+from sealagg.appliance.testing import Deployment
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.attest import (
     AttestationError,
@@ -45,9 +51,8 @@ from sealagg.attest import (
 )
 from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.tdx_collateral import PCK_CRL
-from sealagg.attest.testing_common import DEFAULT_TCB
 from sealagg.attest.testing_snp import SnpAuthority
-from sealagg.attest.testing_tdx import DEFAULT_TEE_TCB_SVN, TdxAuthority
+from sealagg.attest.testing_tdx import TdxAuthority
 from sealagg.client_shim.attestation import (
     ALLOW_INSECURE_ENV,
     AttestationGuard,
@@ -55,140 +60,13 @@ from sealagg.client_shim.attestation import (
 )
 from sealagg.client_shim.connection import Connection
 
-HOSTS = ["localhost", "127.0.0.1"]
-MEASUREMENT = bytes.fromhex("44" * 48)
-SERVICE = "/sealagg.v1.Aggregator/"
 DAY = timedelta(days=1)
-
-
-def _snp_policy(amd: SnpAuthority) -> str:
-    tcb = DEFAULT_TCB
-    return (
-        "version = 1\nmax_age_seconds = 60\n[sev-snp]\n"
-        f'trusted_ark_sha256 = ["{amd.ark_sha256}"]\n'
-        f"min_tcb = {{ bootloader = {tcb.bootloader}, tee = {tcb.tee}, snp = {tcb.snp}, "
-        f"microcode = {tcb.microcode} }}\n"
-        f'[[sev-snp.measurements]]\nmeasurement = "{MEASUREMENT.hex()}"\n'
-    )
-
-
-def _tdx_policy(intel: TdxAuthority) -> str:
-    zero = "00" * 48
-    return (
-        "version = 1\nmax_age_seconds = 60\n[tdx]\n"
-        f'trusted_root_sha256 = ["{intel.root_sha256}"]\n'
-        f'min_tee_tcb_svn = "{DEFAULT_TEE_TCB_SVN.hex()}"\n'
-        f'[[tdx.measurements]]\nmrtd = "{MEASUREMENT.hex()}"\n'
-        f'rtmr0 = "{zero}"\nrtmr1 = "{zero}"\nrtmr2 = "{zero}"\n'
-    )
-
-
-def _federation(
-    root: Path, policy: str, collateral: CollateralBundle, provider: str = "sev-snp"
-) -> Deployment:
-    """An attested federation; its kits carry ``policy`` and the folder's ``collateral``."""
-    port = free_port()
-    folder = root / "federation"
-    fed = init_federation(folder, name="testfed", hosts=HOSTS, port=port)
-    client_policy_path(folder).parent.mkdir(exist_ok=True)
-    client_policy_path(folder).write_text(policy)
-    collateral.write_directory(collateral_path(folder))
-    kits = {f"client{i}": load_kit(add_client(fed, f"client{i}")) for i in range(2)}
-    store = open_store(fed)
-    store.add_model_version(base_model(), parent=None, status="accepted")
-    store.close()
-    dep = Deployment(folder, port, fed, kits)
-    dep.configure(
-        aggregation={"mode": "attested", "min_clients": 1, "rounds": 1},
-        attestation={"provider": provider},  # the tests inject the fake hardware's attester
-    )
-    return dep
 
 
 def _refresh(dep: Deployment, bundle: CollateralBundle) -> None:
     """The operator replaces the appliance's bundle (the running appliance re-reads it)."""
     shutil.rmtree(collateral_path(dep.folder), ignore_errors=True)
     bundle.write_directory(collateral_path(dep.folder))
-
-
-def _audit(folder: Path, event: str) -> list[dict]:
-    store = open_store(FederationFolder.load(folder))
-    try:
-        return [e.details for e in store.audit.entries() if e.event == event]
-    finally:
-        store.close()
-
-
-class Relay(grpc.GenericRpcHandler):
-    """A man in the middle outside the TEE, holding a copy of the federation folder.
-
-    It terminates mutual TLS with the copied ``server.key``, forwards ``Attest`` to the
-    genuine appliance as a member (a kit left in the copied ``kits/``) and rewrites the
-    certificate the reply names with ``name_certificate(genuine_der)``; it takes uploads
-    itself (counting their bytes) and refuses everything else.
-    """
-
-    def __init__(self, genuine: str, folder: Path, name_certificate) -> None:
-        member = load_kit(folder / "kits" / "client1")
-        ca, key, cert = member.channel_credentials_material()
-        self.genuine = grpc.secure_channel(
-            genuine,
-            grpc.ssl_channel_credentials(ca, key, cert),
-            options=[("grpc.ssl_target_name_override", member.server_name)],
-        )
-        self.name_certificate = name_certificate
-        self.upload_bytes = 0
-        self.attests = 0
-        self._lock = threading.Lock()
-        key_pem, chain, ca_pem = FederationFolder.load(folder).server_credentials_material()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        self.server.add_generic_rpc_handlers((self,))
-        creds = grpc.ssl_server_credentials(
-            [(key_pem, chain)], root_certificates=ca_pem, require_client_auth=True
-        )
-        self.port = self.server.add_secure_port("127.0.0.1:0", creds)
-        self.server.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.stop(0)
-        self.genuine.close()
-
-    def service(self, details):
-        method = details.method
-        if method == SERVICE + "Attest":
-            return grpc.unary_unary_rpc_method_handler(self._attest)
-        if method == SERVICE + "SubmitMessage":
-            return grpc.unary_unary_rpc_method_handler(lambda raw, ctx: self._take([raw]))
-        if method == SERVICE + "Submit":
-            return grpc.stream_unary_rpc_method_handler(lambda chunks, ctx: self._take(chunks))
-        return grpc.unary_unary_rpc_method_handler(
-            lambda raw, ctx: ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "relay")
-        )
-
-    def _attest(self, raw: bytes, context) -> bytes:
-        with self._lock:
-            self.attests += 1
-        reply = pb.AttestReply.FromString(
-            self.genuine.unary_unary(SERVICE + "Attest")(raw, timeout=10)
-        )
-        reply.tls_certificate_der = self.name_certificate(bytes(reply.tls_certificate_der))
-        return reply.SerializeToString()
-
-    def _take(self, parts) -> bytes:
-        for part in parts:
-            with self._lock:
-                self.upload_bytes += len(part)
-        return pb.SubmitAck(accepted=True).SerializeToString()
-
-
-def _stolen_copy(dep: Deployment, tmp_path: Path) -> Path:
-    copy = tmp_path / "stolen"
-    shutil.copytree(dep.folder, copy)  # every key on disk: CA key, server.key, kits
-    return copy
 
 
 def _minting_relay(genuine_port: int, copy: Path) -> Relay:
@@ -211,7 +89,7 @@ def _minting_relay(genuine_port: int, copy: Path) -> Relay:
             minted[genuine_der] = cert.public_bytes(Encoding.DER)
         return minted[genuine_der]
 
-    return Relay(f"127.0.0.1:{genuine_port}", copy, name)
+    return Relay(f"127.0.0.1:{genuine_port}", copy, name_certificate=name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,11 +105,10 @@ def test_a_relay_naming_a_minted_certificate_for_the_genuine_key_gets_nothing(
     """The evidence binds the minted certificate's key (it IS the genuine key), so the
     binding passes; the pinned handshake then needs that key's private half, which never
     left the TEE. Refused before any byte of an update moves, and uploads stay refused."""
-    hardware = SnpAuthority() if fmt == "sev-snp" else TdxAuthority()
-    policy = _snp_policy(hardware) if fmt == "sev-snp" else _tdx_policy(hardware)
-    dep = _federation(tmp_path, policy, hardware.collateral(), fmt)
+    hardware = HARDWARE[fmt]()
+    dep = attested_federation(tmp_path, hardware)
     genuine = running(dep.folder, attester=hardware.attester(MEASUREMENT))
-    relay = _minting_relay(genuine.port, _stolen_copy(dep, tmp_path))
+    relay = _minting_relay(genuine.port, stolen_copy(dep, tmp_path))
     conn = Connection(dep.kits["client0"], address=relay.address)
     try:
         with pytest.raises(AttestationRefusedError) as refused:
@@ -257,11 +134,10 @@ def test_a_refused_appraisal_leaves_no_pinned_certificate_to_upload_to(tmp_path,
     certificate, whose key it holds), the pin stayed and ``Connection.submit`` sent the
     update to the relay. Now a refused (or failed) appraisal drops the pin."""
     amd = SnpAuthority()
-    dep = _federation(tmp_path, _snp_policy(amd), amd.collateral())
+    dep = attested_federation(tmp_path, amd)
     genuine = running(dep.folder, attester=amd.attester(MEASUREMENT))
-    copy = _stolen_copy(dep, tmp_path)
-    own = FederationFolder.load(copy).server_certificate.public_bytes(Encoding.DER)
-    relay = Relay(f"127.0.0.1:{genuine.port}", copy, lambda genuine_der: own)
+    copy = stolen_copy(dep, tmp_path)
+    relay = Relay(f"127.0.0.1:{genuine.port}", copy, own_certificate=True)
     conn = Connection(dep.kits["client0"], address=relay.address)
     guard = AttestationGuard.from_kit(conn)
     try:
@@ -283,7 +159,7 @@ def test_the_genuine_appliance_still_gets_uploads_after_a_refusal_was_cleared(tm
     refusal (no collateral yet), the operator ships the bundle and the next verification
     pins the genuine certificate; an upload then reaches the appliance."""
     amd = SnpAuthority()
-    dep = _federation(tmp_path, _snp_policy(amd), CollateralBundle.empty())
+    dep = attested_federation(tmp_path, amd, collateral=CollateralBundle.empty())
     running(dep.folder, attester=amd.attester(MEASUREMENT))
     conn = Connection(dep.kits["client0"], address=dep.address)
     guard = AttestationGuard.from_kit(conn)
@@ -300,7 +176,9 @@ def test_the_genuine_appliance_still_gets_uploads_after_a_refusal_was_cleared(tm
         assert reached.value.code() is not grpc.StatusCode.UNAVAILABLE
     finally:
         conn.close()
-    results = [(r["accepted"], r["reason"]) for r in _audit(dep.folder, "attestation_result")]
+    results = [
+        (r["accepted"], r["reason"]) for r in audit_details(dep.folder, "attestation_result")
+    ]
     assert results == [(False, "collateral_missing"), (True, "")]
 
 
@@ -316,7 +194,7 @@ def test_a_revocation_the_operator_ships_reaches_clients_whose_kits_are_older(tm
     won, so every client kept accepting the revoked chain. Audited as ``revoked``."""
     amd = SnpAuthority()
     issued_then = amd.collateral(now=datetime.now(UTC).timestamp() - 3 * 86400)
-    dep = _federation(tmp_path, _snp_policy(amd), issued_then)
+    dep = attested_federation(tmp_path, amd, collateral=issued_then)
     kit = dep.kits["client0"]
     assert CollateralBundle.from_bytes(kit.attestation_collateral).files == issued_then.files
     _refresh(dep, amd.collateral(revoked=["ask"]))
@@ -328,7 +206,7 @@ def test_a_revocation_the_operator_ships_reaches_clients_whose_kits_are_older(tm
     finally:
         conn.close()
     assert refused.value.reason is Reason.REVOKED, refused.value
-    (entry,) = _audit(dep.folder, "attestation_result")
+    (entry,) = audit_details(dep.folder, "attestation_result")
     assert entry["reason"] == "revoked" and not entry["accepted"]
 
 
@@ -340,7 +218,7 @@ def test_a_fresh_bundle_from_the_appliance_replaces_a_stale_kit_copy(tmp_path, r
     now = datetime.now(UTC)
     stale = intel.crl("platform", last_update=now - 40 * DAY, next_update=now - DAY)
     kit_bundle = CollateralBundle({**bundle.files, PCK_CRL["platform"]: stale})
-    dep = _federation(tmp_path, _tdx_policy(intel), kit_bundle, "tdx")
+    dep = attested_federation(tmp_path, intel, collateral=kit_bundle)
     _refresh(dep, bundle)
     running(dep.folder, attester=intel.attester(MEASUREMENT))
     conn = Connection(dep.kits["client0"], address=dep.address)
@@ -349,7 +227,7 @@ def test_a_fresh_bundle_from_the_appliance_replaces_a_stale_kit_copy(tmp_path, r
     finally:
         conn.close()
     assert result.accepted and result.claims["tcb_status"] == "UpToDate"
-    assert [r["accepted"] for r in _audit(dep.folder, "attestation_result")] == [True]
+    assert [r["accepted"] for r in audit_details(dep.folder, "attestation_result")] == [True]
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,7 +288,7 @@ def test_a_copied_folder_configured_for_hardware_does_not_start_outside_a_tee(tm
     not start at all, so it can neither serve a key nor forge evidence for one (with the
     software provider it starts and clients refuse it: tests/e2e/test_attested_relay.py)."""
     amd = SnpAuthority()
-    dep = _federation(tmp_path, _snp_policy(amd), amd.collateral(), provider)
+    dep = attested_federation(tmp_path, amd, provider=provider)
     dep.configure(attestation={"tsm_root": str(tmp_path / "no-configfs-tsm")})
     with pytest.raises(AttesterUnavailableError, match="not a TEE guest"):
         Appliance(dep.folder)

@@ -28,20 +28,13 @@ from sealagg.appliance.store import Store, default_state_path
 from sealagg.appliance.testing import RunningAppliance, base_model, make_deployment
 from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.demo.client import PHASES
 from sealagg.client_shim.session import Participant
 
 SERVE = (
     "import asyncio, sys; from sealagg.appliance.server import Appliance; "
     "asyncio.run(Appliance(sys.argv[1]).run())"
 )
-PHASES = [
-    "advertise_keys",
-    "reveal_coins",
-    "share_keys",
-    "masked_input",
-    "consistency_check",
-    "unmasking",
-]
 
 
 def _spawn(folder: Path) -> subprocess.Popen:

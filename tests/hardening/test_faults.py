@@ -29,16 +29,8 @@ from sealagg_testkit.proxy import PartitionProxy
 from sealagg.appliance import service
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.client_shim.connection import Connection
+from sealagg.client_shim.demo.client import PHASES
 from sealagg.client_shim.session import Participant
-
-PHASES = [
-    "advertise_keys",
-    "reveal_coins",
-    "share_keys",
-    "masked_input",
-    "consistency_check",
-    "unmasking",
-]
 
 
 @pytest.mark.slow

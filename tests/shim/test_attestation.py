@@ -21,6 +21,8 @@ import grpc
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from sealagg_testkit.attested import HOSTS, MEASUREMENT, policy_federation, strict_policy
+from sealagg_testkit.audit import audit_details
 
 from sealagg.appliance import pki
 from sealagg.appliance.attestation import (
@@ -28,14 +30,13 @@ from sealagg.appliance.attestation import (
     AttestationEndpoint,
     client_policy_path,
     collateral_path,
-    setup_software_attestation,
 )
 from sealagg.appliance.config import parse_config
 from sealagg.appliance.errors import ConfigError, ProvisioningError
-from sealagg.appliance.federation import FederationFolder, add_client, init_federation
+from sealagg.appliance.federation import FederationFolder, add_client
 from sealagg.appliance.kit import load_kit
 from sealagg.appliance.server import open_store
-from sealagg.appliance.testing import Deployment, base_model, free_port
+from sealagg.appliance.testing import Deployment, base_model
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.appliance.wire.modelcodec import Layout, flatten
@@ -48,7 +49,6 @@ from sealagg.attest import (
 )
 from sealagg.attest.collateral import CollateralBundle
 from sealagg.attest.testing import SnpAuthority
-from sealagg.attest.testing_common import DEFAULT_TCB
 from sealagg.client_shim.attestation import (
     ALLOW_INSECURE_ENV,
     AttestationGuard,
@@ -60,8 +60,6 @@ from sealagg.crypto import IdentityKey
 
 DIM = Layout.of(base_model()).dimension
 FAST = {"advertise_keys": 6}
-HOSTS = ["localhost", "127.0.0.1"]
-MEASUREMENT = bytes.fromhex("44" * 48)
 
 
 @pytest.fixture
@@ -72,27 +70,7 @@ def insecure_ok(monkeypatch):
 
 def _federation(root: Path, *, clients: int = 2, policy: str | None = None, software=True):
     """A federation whose kits carry an attestation policy (software attester by default)."""
-    port = free_port()
-    folder = root / "federation"
-    fed = init_federation(folder, name="testfed", hosts=HOSTS, port=port)
-    if software:
-        setup_software_attestation(folder)
-    if policy is not None:
-        client_policy_path(folder).parent.mkdir(exist_ok=True)
-        client_policy_path(folder).write_text(policy)
-    kits = {f"client{i}": load_kit(add_client(fed, f"client{i}")) for i in range(clients)}
-    store = open_store(fed)
-    store.add_model_version(base_model(), parent=None, status="accepted")
-    store.close()
-    return Deployment(folder, port, fed, kits)
-
-
-def _audit(dep: Deployment, event: str) -> list[dict]:
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        return [e.details for e in store.audit.entries() if e.event == event]
-    finally:
-        store.close()
+    return policy_federation(root, clients=clients, policy=policy, software=software)
 
 
 def _delta(i: int) -> np.ndarray:
@@ -165,10 +143,10 @@ def test_attested_rounds_publish_the_mean_and_audit_every_verification(
     mean = (_delta(0) + _delta(1)) / 2
     want = flatten(base, Layout.of(base)) + 2 * mean  # the same update in both rounds
     np.testing.assert_allclose(flatten(tensors, Layout.of(base)), want, atol=1e-5)
-    results = _audit(dep, "attestation_result")
+    results = audit_details(dep, "attestation_result")
     assert len(results) == 4 and all(r["accepted"] for r in results)  # 2 clients x 2 rounds
     assert {r["client"] for r in results} == {"client0", "client1"}
-    (provider,) = _audit(dep, "attestation_provider")
+    (provider,) = audit_details(dep, "attestation_provider")
     assert provider["format"] == "software" and provider["insecure"] and not provider["additional"]
     assert provider["tls_spki_sha256"] == app.app.tls_identity.spki_sha256.hex()
     assert "SOFTWARE attester" in capfd.readouterr().err
@@ -198,7 +176,7 @@ def test_refused_evidence_stops_the_client_and_nothing_is_sent(
     assert "measurement_not_allowed" in str(refused.value)
     assert not computed and not accepted  # nothing of client9 reached a round
     app.stop()
-    results = _audit(dep, "attestation_result")
+    results = audit_details(dep, "attestation_result")
     assert [(r["client"], r["accepted"], r["reason"]) for r in results] == [
         ("client9", False, "measurement_not_allowed")
     ]
@@ -276,19 +254,9 @@ def test_relay_with_another_certificate_is_refused(
         server.stop(0)
 
 
-def _snp_policy(amd: SnpAuthority, extra: str = "") -> str:
-    tcb = DEFAULT_TCB
-    return (
-        f'version = 1\nmax_age_seconds = 30\n[sev-snp]\ntrusted_ark_sha256 = ["{amd.ark_sha256}"]\n'
-        f"min_tcb = {{ bootloader = {tcb.bootloader}, tee = {tcb.tee}, snp = {tcb.snp}, "
-        f"microcode = {tcb.microcode} }}\n"
-        f'[[sev-snp.measurements]]\nmeasurement = "{MEASUREMENT.hex()}"\n{extra}'
-    )
-
-
 def test_fake_snp_hardware_over_the_wire(tmp_path, running):
     amd = SnpAuthority()
-    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    dep = _federation(tmp_path, clients=1, software=False, policy=strict_policy(amd, max_age=30))
     amd.collateral().write_directory(collateral_path(dep.folder))
     for attester, reason in (
         (amd.attester(MEASUREMENT), None),
@@ -310,7 +278,7 @@ def test_fake_snp_hardware_over_the_wire(tmp_path, running):
         finally:
             conn.close()
             app.stop()
-    results = _audit(dep, "attestation_result")
+    results = audit_details(dep, "attestation_result")
     assert [(r["accepted"], r["reason"]) for r in results] == [
         (True, ""),
         (True, ""),
@@ -371,7 +339,7 @@ def test_reverification_follows_the_configured_interval(tmp_path, running, insec
         assert guard.before_upload() is not first
     finally:
         conn.close()
-    assert len(_audit(dep, "attestation_result")) == 2
+    assert len(audit_details(dep, "attestation_result")) == 2
 
 
 def _one_verification(dep: Deployment, running, **options) -> Reason | None:
@@ -409,7 +377,7 @@ def test_only_the_clients_own_configuration_accepts_the_software_attester(
     assert _one_verification(dep, running, allow=False) is Reason.INSECURE_NOT_ALLOWED
     monkeypatch.setenv(ALLOW_INSECURE_ENV, "yes")  # only "1" opts in
     assert _one_verification(dep, running) is Reason.INSECURE_NOT_ALLOWED
-    results = _audit(dep, "attestation_result")
+    results = audit_details(dep, "attestation_result")
     assert [r["reason"] for r in results] == [
         "insecure_attester_not_allowed",
         "",
@@ -422,22 +390,24 @@ def test_only_the_clients_own_configuration_accepts_the_software_attester(
 def test_every_evidence_item_reaches_the_verifier(tmp_path, running, insecure_ok):
     """AttestReply.additional is appraised: an extra format is refused, a missing one too."""
     amd = SnpAuthority()
-    gpu_policy = '[nvidia-gpu]\nsdk_policy = \'{"version": "1.0"}\'\n'
-    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    gpu_policy = '{"version": "1.0"}'
+    dep = _federation(tmp_path, clients=1, software=False, policy=strict_policy(amd, max_age=30))
     amd.collateral().write_directory(collateral_path(dep.folder))
     extra = SoftwareAttester(IdentityKey.generate(), SOFTWARE_MEASUREMENT)
     attesters = [amd.attester(MEASUREMENT), extra]
     assert _one_verification(dep, running, attester=attesters) is Reason.FORMAT_NOT_ALLOWED
-    client_policy_path(dep.folder).write_text(_snp_policy(amd, gpu_policy))
+    client_policy_path(dep.folder).write_text(
+        strict_policy(amd, max_age=30, gpu_sdk_policy=gpu_policy)
+    )
     dep.kits["client0"] = load_kit(add_client(dep.federation, "client1"))  # new policy
     assert _one_verification(dep, running, attester=attesters[:1]) is Reason.MISSING_EVIDENCE
-    (provider, *_) = _audit(dep, "attestation_provider")
+    (provider, *_) = audit_details(dep, "attestation_provider")
     assert provider["format"] == "sev-snp" and provider["additional"] == ["software"]
 
 
 def test_collateral_comes_from_the_appliance_or_the_kit(tmp_path, running, monkeypatch):
     amd = SnpAuthority()
-    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    dep = _federation(tmp_path, clients=1, software=False, policy=strict_policy(amd, max_age=30))
     attester = amd.attester(MEASUREMENT)
     # Neither the appliance nor the kit has any: a hardware policy refuses, naming the item.
     assert _one_verification(dep, running, attester=attester) is Reason.COLLATERAL_MISSING
@@ -484,7 +454,7 @@ def test_a_restarted_appliance_is_verified_again_before_the_next_upload(
 
 def test_a_refreshed_collateral_bundle_is_served_without_a_restart(tmp_path, running):
     amd = SnpAuthority()
-    dep = _federation(tmp_path, clients=1, software=False, policy=_snp_policy(amd))
+    dep = _federation(tmp_path, clients=1, software=False, policy=strict_policy(amd, max_age=30))
     running(dep.folder, attester=amd.attester(MEASUREMENT))
     conn = Connection(dep.kits["client0"], address=dep.address)
     guard = AttestationGuard.from_kit(conn)

@@ -1,4 +1,5 @@
-"""Builders shared by the SEV-SNP tests: a policy section, a verifier run, a direct appraisal."""
+"""Builders shared by the SEV-SNP tests: a policy section, a verifier run, a direct appraisal
+(and its expected refusal)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
-from sealagg.attest import AttestationResult, Evidence, Verifier, report_data
+import pytest
+
+from sealagg.attest import AttestationResult, Evidence, Reason, Verifier, report_data
 from sealagg.attest.collateral import CollateralBundle
+from sealagg.attest.errors import AppraisalFailure
 from sealagg.attest.policy import FormatPolicy
 from sealagg.attest.sevsnp import SevSnpAppraiser
 from sealagg.attest.testing import SnpAuthority
@@ -78,6 +82,15 @@ def direct(
         binding=BINDING,
         collateral=amd.collateral() if collateral is None else collateral,
     )
+
+
+def refused(reason: Reason, match: str = "", **kwargs: object) -> AppraisalFailure:
+    """:func:`direct` ``(**kwargs)`` must refuse with ``reason``, its detail naming ``match``."""
+    with pytest.raises(AppraisalFailure) as caught:
+        direct(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.reason is reason, caught.value
+    assert match in caught.value.detail, caught.value.detail
+    return caught.value
 
 
 def without(bundle: CollateralBundle, *names: str) -> CollateralBundle:
