@@ -184,11 +184,18 @@ def init_authority(
 
 def current_roster(folder: Path, signer: Signer, federation: str | None = None) -> Roster:
     """The authority's current roster, verified with its own key."""
+    return current_signed_roster(folder, signer, federation)[0]
+
+
+def current_signed_roster(
+    folder: Path, signer: Signer, federation: str | None = None
+) -> tuple[Roster, bytes]:
+    """The authority's current roster, verified with its own key, and its signed bytes."""
     data = pki.read_file(Path(folder) / ROSTER_FILE, limit=8 * 1024 * 1024)
     body = json.loads(data)["body"]
     name = federation or json.loads(body)["federation"]
     try:
-        return verify_roster(data, authority_key=signer.public_key(), federation=name)
+        return verify_roster(data, authority_key=signer.public_key(), federation=name), data
     except RosterError as error:
         raise ProvisioningError(f"{folder / ROSTER_FILE}: {error}") from None
 
@@ -286,6 +293,11 @@ def sign_kit(
     the security team compares out of band; a later kit naming another CA or server name is
     refused unless ``new_identity``). Then it signs the manifest, which lists the hash of every
     file: CA certificate, ``client.toml`` (server, policy), attestation policy, collateral.
+
+    It also puts its current signed roster in the kit (``AUTHORITY.roster.json``, covered by
+    the same signature): the client takes that version as its floor before it ever talks to
+    the appliance, so not even its first roster can be an older one (say, one that still
+    lists clients the authority removed).
     """
     folder, kit_path = Path(folder), Path(kit_path)
     files = kit.read_kit_files(kit_path)
@@ -303,7 +315,14 @@ def sign_kit(
         or kit.parse_authority_key(files[kit.AUTHORITY_KEY]) != signer.public_key()
     ):
         raise ProvisioningError(f"{kit_path} does not pin this authority's key")
-    roster = current_roster(folder, signer, config["client"].get("federation"))
+    roster, signed_roster = current_signed_roster(
+        folder, signer, config["client"].get("federation")
+    )
+    if len(signed_roster) > kit.file_limit(kit.AUTHORITY_ROSTER):
+        raise ProvisioningError(
+            f"roster version {roster.version} is {len(signed_roster)} bytes, more than a kit "
+            f"may carry ({kit.file_limit(kit.AUTHORITY_ROSTER)})"
+        )
     try:
         entry = roster.entry(name)
         entry.check_valid_at(pki.issuance_time(now))
@@ -322,12 +341,16 @@ def sign_kit(
         "tls_server_name": server_name,
     }
     _check_kit_identity(folder, identity, new_identity=new_identity)
-    signature = signer.sign(kit.AUTHORITY_SIGNATURE_CONTEXT + files[kit.MANIFEST])
-    kit.verify_authority_signature(
-        {**files, kit.AUTHORITY_SIGNATURE: signature.hex().encode()}, signer.public_key()
-    )
-    _write_countersignature(kit_path, files, (signature.hex() + "\n").encode())
-    vouched = {"client": name, "address": address, **identity}
+    signature = signer.sign(kit.authority_signed_message(files[kit.MANIFEST], signed_roster))
+    added = {kit.AUTHORITY_ROSTER: signed_roster, kit.AUTHORITY_SIGNATURE: signature.hex().encode()}
+    kit.verify_authority_signature({**files, **added}, signer.public_key())
+    _write_countersignature(kit_path, files, signed_roster, (signature.hex() + "\n").encode())
+    vouched = {
+        "client": name,
+        "address": address,
+        "roster_version": str(roster.version),
+        **identity,
+    }
     if kit.ATTESTATION_POLICY in files:
         vouched["attestation_policy_sha256"] = hashlib.sha256(
             files[kit.ATTESTATION_POLICY]
@@ -354,11 +377,16 @@ def _check_kit_identity(folder: Path, identity: dict[str, str], *, new_identity:
     pki.write_file_atomic(path, data, mode=0o644)
 
 
-def _write_countersignature(kit_path: Path, files: dict[str, bytes], signature: bytes) -> None:
+def _write_countersignature(
+    kit_path: Path, files: dict[str, bytes], roster: bytes, signature: bytes
+) -> None:
+    """Roster first, then the signature over it: a crash in between leaves a kit whose old
+    signature no longer verifies (refused until signed again), never a roster unvouched for."""
     if kit_path.is_dir():
+        pki.write_file_atomic(kit_path / kit.AUTHORITY_ROSTER, roster, mode=0o644)
         pki.write_file_atomic(kit_path / kit.AUTHORITY_SIGNATURE, signature, mode=0o644)
         return
-    signed = {**files, kit.AUTHORITY_SIGNATURE: signature}
+    signed = {**files, kit.AUTHORITY_ROSTER: roster, kit.AUTHORITY_SIGNATURE: signature}
     staging = kit_path.with_name(f".{kit_path.name}.{os.getpid()}.signed")
     kit_issue.write_kit_archive(signed, staging, mtime=datetime.now(UTC))
     os.replace(staging, kit_path)

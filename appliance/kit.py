@@ -27,6 +27,16 @@ at enrolment (``trusted_authority``, by default the kit's own ``authority.pub``,
 client wrote itself): an appliance that re-signs a kit, say with a permissive attestation
 policy or its own CA, cannot produce it.
 
+The authority also puts its current signed roster in the kit (``AUTHORITY.roster.json``).
+The manifest is the appliance's (its key signs it), so the roster is not listed there;
+instead ``AUTHORITY.sig`` then signs the roster's SHA-256 with the manifest (under
+:data:`AUTHORITY_ROSTER_SIGNATURE_CONTEXT`, so neither form verifies as the other): the
+appliance can neither swap in an older roster, nor drop it, nor add one. The client records
+that roster's version as its floor before it meets the appliance, so a freshly enrolled
+client refuses an older roster (one still listing removed clients) from its first round on.
+Kits countersigned before this carry no roster and keep the old form; their client's first
+roster is the appliance's word until it learns a newer one.
+
 This module is the client shim's one door into the appliance besides the wire schema: it only
 loads and validates kits (:func:`load_kit`, :class:`ClientKit`) and re-exports the kit errors,
 so a data owner never imports code that issues or signs kits. Issuing lives in
@@ -68,17 +78,21 @@ from sealagg.appliance.errors import (
     KitTamperedError,
     ProvisioningError,
 )
+from sealagg.crypto.errors import RosterError
 from sealagg.crypto.policy import (
     DEFAULT_ALLOWED_MODES,
     DEFAULT_COLLUDERS,
     MODES,
     FederationPolicy,
 )
+from sealagg.crypto.roster import verify_roster
 from sealagg.crypto.rules import MIN_MASKED_PARTIES
 
 __all__ = [
     "ATTESTATION_POLICY",
     "AUTHORITY_KEY",
+    "AUTHORITY_ROSTER",
+    "AUTHORITY_ROSTER_SIGNATURE_CONTEXT",
     "AUTHORITY_SIGNATURE",
     "CA_CERT",
     "CLIENT_CERT",
@@ -113,8 +127,14 @@ SIGNATURE = "MANIFEST.sig"
 AUTHORITY_SIGNATURE = "AUTHORITY.sig"
 #: Never valid as a roster or enrolment signature of the same key, nor as a provisioning one.
 AUTHORITY_SIGNATURE_CONTEXT = b"sealagg kit manifest, countersigned by the authority v1\x00"
-#: Files that are the kit's signatures, never listed in its manifest.
-SIGNATURE_FILES = frozenset({MANIFEST, SIGNATURE, AUTHORITY_SIGNATURE})
+#: Countersignature over the manifest *and* the kit's roster (``sha256(roster) || manifest``).
+AUTHORITY_ROSTER_SIGNATURE_CONTEXT = (
+    b"sealagg kit manifest and roster, countersigned by the authority v2\x00"
+)
+#: The authority's signed roster at countersigning (bound by AUTHORITY.sig, not the manifest).
+AUTHORITY_ROSTER = "AUTHORITY.roster.json"
+#: Files that are the kit's signatures (or bound by one), never listed in its manifest.
+SIGNATURE_FILES = frozenset({MANIFEST, SIGNATURE, AUTHORITY_SIGNATURE, AUTHORITY_ROSTER})
 #: Optional: the federation authority's raw Ed25519 public key (hex), which signs the roster.
 AUTHORITY_KEY = "authority.pub"
 #: Optional: the TEE attestation policy (attest/policy.py) the client enforces before sending.
@@ -132,6 +152,8 @@ ENROLLED_MANIFEST_FORMAT = "sealagg-kit/2"
 SIGNATURE_CONTEXT = b"sealagg kit manifest v1\x00"
 
 MAX_FILE_BYTES = 256 * 1024
+#: The roster grows with the federation (about 300 bytes a client): room for ~6,800 clients.
+MAX_ROSTER_FILE_BYTES = 2 * 1024 * 1024
 MAX_FILES = 16
 MAX_ARCHIVE_BYTES = 4 * 1024 * 1024
 MAX_ARCHIVE_STREAM_BYTES = 8 * 1024 * 1024
@@ -170,6 +192,9 @@ class ClientKit:
     enrolled: bool = False
     #: True when the federation authority countersigned the manifest (``AUTHORITY.sig``).
     authority_signed: bool = False
+    #: The authority's signed roster the countersignature covers (verified under the pinned
+    #: key): the client's roster floor before it meets the appliance. None in older kits.
+    authority_roster: bytes | None = None
 
     def __repr__(self) -> str:
         return (
@@ -303,10 +328,32 @@ def load_kit(
                 f"the kit pins authority key {kit.authority_public_key.hex()[:16]}…, not the "
                 "one this client pinned"
             )
-        verify_authority_signature(files, pinned)
     elif AUTHORITY_SIGNATURE in files and kit.authority_public_key is not None:
-        verify_authority_signature(files, kit.authority_public_key)  # present: must be right
-    return dataclasses.replace(kit, authority_signed=AUTHORITY_SIGNATURE in files)
+        pinned = kit.authority_public_key  # present: must be right
+    if pinned is not None:
+        verify_authority_signature(files, pinned)
+    roster = files.get(AUTHORITY_ROSTER)
+    if roster is not None:
+        if pinned is None:
+            raise KitTamperedError(
+                f"the kit carries {AUTHORITY_ROSTER} but no countersignature vouches for it"
+            )
+        _check_kit_roster(roster, pinned, kit.federation)
+    return dataclasses.replace(
+        kit, authority_signed=AUTHORITY_SIGNATURE in files, authority_roster=roster
+    )
+
+
+def _check_kit_roster(data: bytes, authority_key: bytes, federation: str) -> None:
+    """The countersignature binds the roster's bytes; this checks they are a roster the
+    authority signed for this federation (the authority never signs another, but the client
+    trusts a floor only after verifying it itself)."""
+    try:
+        verify_roster(data, authority_key=authority_key, federation=federation)
+    except RosterError as error:
+        raise KitTamperedError(
+            f"the roster in the kit is not the authority's ({AUTHORITY_ROSTER}: {error})"
+        ) from None
 
 
 def read_kit_files(path: Path) -> dict[str, bytes]:
@@ -320,9 +367,18 @@ def read_kit_files(path: Path) -> dict[str, bytes]:
     raise ProvisioningError(f"no client kit at {path}")
 
 
+def authority_signed_message(manifest: bytes, roster: bytes | None) -> bytes:
+    """What ``AUTHORITY.sig`` signs: the manifest, with the kit's roster when it has one.
+    The two contexts differ, so dropping or adding the roster breaks the signature."""
+    if roster is None:
+        return AUTHORITY_SIGNATURE_CONTEXT + manifest
+    return AUTHORITY_ROSTER_SIGNATURE_CONTEXT + hashlib.sha256(roster).digest() + manifest
+
+
 def verify_authority_signature(files: Mapping[str, bytes], authority_key: bytes) -> None:
     """Raise :class:`KitTamperedError` unless the authority whose raw key is ``authority_key``
-    countersigned this kit's manifest (so every file it lists is the authority's choice)."""
+    countersigned this kit's manifest (so every file it lists is the authority's choice) and
+    its roster file, if it has one."""
     if AUTHORITY_SIGNATURE not in files:
         raise KitTamperedError(
             f"the kit carries no {AUTHORITY_SIGNATURE}: the federation authority has not "
@@ -332,12 +388,13 @@ def verify_authority_signature(files: Mapping[str, bytes], authority_key: bytes)
     try:
         signature = bytes.fromhex(files[AUTHORITY_SIGNATURE].decode("ascii").strip())
         Ed25519PublicKey.from_public_bytes(authority_key).verify(
-            signature, AUTHORITY_SIGNATURE_CONTEXT + files[MANIFEST]
+            signature, authority_signed_message(files[MANIFEST], files.get(AUTHORITY_ROSTER))
         )
     except (ValueError, UnicodeDecodeError, InvalidSignature):
         raise KitTamperedError(
             f"{AUTHORITY_SIGNATURE} is not the signature of the federation authority this "
-            f"client pinned ({authority_key.hex()[:16]}…) over {MANIFEST}: the kit was "
+            f"client pinned ({authority_key.hex()[:16]}…) over {MANIFEST} (and "
+            f"{AUTHORITY_ROSTER}, if any): the kit was "
             "re-signed or changed after the authority signed it"
         ) from None
 
@@ -481,6 +538,11 @@ def render_authority_key(key: bytes) -> bytes:
     return key.hex().encode() + b"\n"
 
 
+def file_limit(file: str) -> int:
+    """The most bytes kit file ``file`` may hold (the roster grows with the federation)."""
+    return MAX_ROSTER_FILE_BYTES if file == AUTHORITY_ROSTER else MAX_FILE_BYTES
+
+
 def _check_file_name(file: object) -> None:
     if not isinstance(file, str) or not _FILE_NAME.fullmatch(file):
         raise ProvisioningError(f"{file!r} is not a plain kit file name")
@@ -496,7 +558,7 @@ def _read_folder(folder: Path) -> dict[str, bytes]:
                 raise ProvisioningError(f"kit {folder}: {entry.name} is a symbolic link")
             if not entry.is_file(follow_symlinks=False):
                 raise KitTamperedError(f"{entry.name} was added to the kit (not a regular file)")
-            files[entry.name] = pki.read_file(Path(entry.path), limit=MAX_FILE_BYTES)
+            files[entry.name] = pki.read_file(Path(entry.path), limit=file_limit(entry.name))
     return files
 
 
@@ -537,7 +599,7 @@ def _read_archive(path: Path) -> dict[str, bytes]:
                 handle = tar.extractfile(member)
                 if handle is None:  # pragma: no cover - regular files always have data
                     raise ProvisioningError(f"kit archive {path}: {member.name} has no data")
-                data = handle.read(MAX_FILE_BYTES + 1)
+                data = handle.read(file_limit(member.name) + 1)
                 if len(data) != member.size:
                     raise ProvisioningError(f"kit archive {path}: {member.name} is truncated")
                 files[member.name] = data
@@ -560,7 +622,7 @@ def _check_member(path: Path, member: tarfile.TarInfo, seen: Mapping[str, bytes]
     if "/" in name or "\\" in name:
         raise ProvisioningError(f"{where} is in a subfolder; kit members are flat")
     _check_file_name(name)
-    if member.size > MAX_FILE_BYTES:
-        raise ProvisioningError(f"{where} is larger than {MAX_FILE_BYTES} bytes (archive bomb?)")
+    if member.size > file_limit(name):
+        raise ProvisioningError(f"{where} is larger than {file_limit(name)} bytes (archive bomb?)")
     if name in seen:
         raise ProvisioningError(f"{where} appears twice")

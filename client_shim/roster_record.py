@@ -9,6 +9,13 @@ makes that memory survive a restart: ``<kit path>.roster`` beside the kit holds 
 file, fsynced, renamed, folder fsynced) under an exclusive lock, so two processes sharing a
 kit never lower each other's record. A damaged record refuses every roster until it is
 repaired: forgetting the floor would reopen the rollback.
+
+A freshly enrolled client has no record yet. Its countersigned kit carries the roster the
+authority signed when it vouched for the kit (``AUTHORITY.roster.json``); :func:`for_kit`
+verifies it under the pinned key and raises the record to its version before the client
+meets the appliance, so even its first roster cannot be an older one. A kit countersigned
+before kits carried a roster leaves the record as it is (the first roster is then the
+appliance's word until the client learns a newer one).
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from pathlib import Path
 
 from sealagg.appliance.kit import ClientKit
 from sealagg.crypto.errors import MalformedRosterError
-from sealagg.crypto.roster import Roster, RosterVerifier
+from sealagg.crypto.roster import Roster, RosterVerifier, verify_roster
 
-__all__ = ["DurableRosterVerifier", "read_record", "record_beside"]
+__all__ = ["DurableRosterVerifier", "for_kit", "read_record", "record_beside"]
 
 _SUFFIX = ".roster"
 _MAX_RECORD_BYTES = 256
@@ -73,6 +80,34 @@ class DurableRosterVerifier(RosterVerifier):
             if roster.version > before:
                 _write_record(self.path, roster.version, roster.digest)
         return roster
+
+    def adopt_kit_roster(self, data: bytes) -> Roster:
+        """Raise the floor to the roster the authority put in the kit, once verified under
+        the pinned key. An older one is no error (the kit was signed before the roster moved
+        on) and lowers nothing; another roster under the recorded version is refused."""
+        with _locked(self.path):
+            self.remember(*read_record(self.path))
+            roster = verify_roster(
+                data, authority_key=self.authority_key, federation=self.federation
+            )
+            if roster.version < self.version:
+                return roster
+            before = self.version
+            super().accept(data)
+            if roster.version > before:
+                _write_record(self.path, roster.version, roster.digest)
+        return roster
+
+
+def for_kit(kit: ClientKit) -> DurableRosterVerifier:
+    """The verifier of a kit that pins the federation authority, its floor at least the
+    version of the roster the kit carries (if it carries one)."""
+    if kit.authority_public_key is None:
+        raise MalformedRosterError(f"kit {kit.name!r} pins no federation authority")
+    verifier = DurableRosterVerifier(kit.authority_public_key, kit.federation, record_beside(kit))
+    if kit.authority_roster is not None:
+        verifier.adopt_kit_roster(kit.authority_roster)
+    return verifier
 
 
 @contextlib.contextmanager

@@ -31,12 +31,11 @@ from sealagg.appliance.kit import ClientKit
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
 from sealagg.attest import AttestationError
-from sealagg.client_shim import ckks
+from sealagg.client_shim import ckks, roster_record
 from sealagg.client_shim.attestation import AttestationGuard, require_attestation
 from sealagg.client_shim.connection import Connection, Payload
 from sealagg.client_shim.errors import ROUND_LOST, PrivacyRefusedError, RoundRefusedError
 from sealagg.client_shim.privacy import round_privacy
-from sealagg.client_shim.roster_record import DurableRosterVerifier, record_beside
 from sealagg.client_shim.transcript_ledger import ledger_beside
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
 from sealagg.crypto import (
@@ -314,7 +313,8 @@ def roster_verifier(kit: ClientKit) -> RosterVerifier | None:
     made this client's keys and could impersonate it anyway: there, its list is trusted).
 
     The floor (the newest version this client accepted) is kept beside the kit
-    (``<kit>.roster``), so a restarted client still refuses an older roster."""
+    (``<kit>.roster``), so a restarted client still refuses an older roster; it starts at
+    the version of the roster the authority put in the kit, so a new client does too."""
     if kit.authority_public_key is None:
         _log.warning(
             "kit %r pins no federation authority: round members are not checked against a "
@@ -322,7 +322,7 @@ def roster_verifier(kit: ClientKit) -> RosterVerifier | None:
             kit.name,
         )
         return None
-    return DurableRosterVerifier(kit.authority_public_key, kit.federation, record_beside(kit))
+    return roster_record.for_kit(kit)
 
 
 def refusal_code(error: BaseException) -> RefusalCode:

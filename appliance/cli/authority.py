@@ -143,14 +143,15 @@ def sign_kit(
     ] = False,
 ) -> None:
     """Countersign issued kits: the client then trusts their CA, server name and policies
-    because the authority vouched for them (checked against the roster first)."""
+    because the authority vouched for them (checked against the roster first). The current
+    signed roster goes into each kit: its client refuses any older one from the start."""
     signer = auth.FileSigner.load(folder, _passphrase())
     for path in kits:
         vouched = auth.sign_kit(folder, signer, path, new_identity=new_identity)
         console.print(
             f"[green]countersigned[/] {escape(str(path))}: client {escape(vouched['client'])}, "
             f"server {escape(vouched['tls_server_name'])} at {escape(vouched['address'])}, "
-            f"CA sha256 {vouched['ca_sha256']}",
+            f"CA sha256 {vouched['ca_sha256']}, roster version {vouched['roster_version']}",
             soft_wrap=True,
         )
 

@@ -9,6 +9,7 @@ is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -21,15 +22,28 @@ from sealagg.appliance import kit_issue
 from sealagg.appliance.errors import KitTamperedError, ProvisioningError
 from sealagg.appliance.federation import (
     FederationFolder,
+    add_client,
     add_enrolled_client,
     init_federation,
     install_roster,
     pin_authority,
 )
-from sealagg.appliance.kit import AUTHORITY_SIGNATURE, AUTHORITY_SIGNATURE_CONTEXT, load_kit
+from sealagg.appliance.kit import (
+    AUTHORITY_ROSTER,
+    AUTHORITY_ROSTER_SIGNATURE_CONTEXT,
+    AUTHORITY_SIGNATURE,
+    AUTHORITY_SIGNATURE_CONTEXT,
+    load_kit,
+)
 from sealagg.client_shim import enrol
 from sealagg.crypto import IdentityKey
-from sealagg.crypto.roster import IdentityKeySigner, Role, make_enrolment_request, sign_roster
+from sealagg.crypto.roster import (
+    IdentityKeySigner,
+    Role,
+    make_enrolment_request,
+    sign_roster,
+    verify_roster,
+)
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -273,3 +287,97 @@ def test_the_authority_vouches_only_for_roster_clients_and_the_recorded_identity
     auth.publish(root / "authority", roster.without("alice", issued_at=roster.issued_at), signer)
     with pytest.raises(ProvisioningError, match="not on the federation roster"):
         auth.sign_kit(root / "authority", signer, issued)
+
+
+# ------------------------------------------------------------- the roster that travels in the kit
+
+
+def _authority_roster_files(issued: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in issued.iterdir() if f.name.startswith("AUTHORITY.")}
+
+
+def test_sign_kit_puts_the_current_roster_in_the_kit(setup):
+    """The countersigned kit carries the authority's current signed roster, bound by
+    AUTHORITY.sig: the client verifies it under the key it pinned at enrolment."""
+    root, federation, signer = setup
+    folder = _enrol(root, federation, signer)
+    current = (root / "authority" / auth.ROSTER_FILE).read_bytes()
+    assert (folder / AUTHORITY_ROSTER).read_bytes() == current
+    kit = load_kit(folder, trusted_signer=federation.signer_public_key)
+    assert kit.authority_roster == current
+    assert verify_roster(current, authority_key=signer.public_key(), federation="fed").version == 2
+
+
+def _countersign(issued: Path, authority, roster: bytes | None) -> None:
+    """Write a countersignature by ``authority`` (any key) over the manifest and ``roster``
+    (None: the old form, a kit without a roster)."""
+    manifest = (issued / "MANIFEST.json").read_bytes()
+    if roster is None:
+        (issued / AUTHORITY_ROSTER).unlink(missing_ok=True)
+        signed = AUTHORITY_SIGNATURE_CONTEXT + manifest
+    else:
+        (issued / AUTHORITY_ROSTER).write_bytes(roster)
+        signed = AUTHORITY_ROSTER_SIGNATURE_CONTEXT + hashlib.sha256(roster).digest() + manifest
+    (issued / AUTHORITY_SIGNATURE).write_bytes(authority.sign(signed).hex().encode() + b"\n")
+
+
+def test_a_kit_roster_not_the_authoritys_is_refused(setup):
+    """The appliance swaps the kit's roster for one it signed itself (listing ghosts) and
+    countersigns the kit with its own key: the kit signature check refuses it. Even under a
+    countersignature of the pinned key, a roster another key signed is refused."""
+    root, federation, signer = setup
+    folder, issued = _issue(root, federation, signer, "alice")
+    auth.sign_kit(root / "authority", signer, issued)
+    impostor = IdentityKeySigner(IdentityKey.generate())
+    forged = sign_roster(auth.current_roster(root / "authority", signer), impostor)
+    _countersign(issued, impostor, forged)
+    with pytest.raises(KitTamperedError, match="not the signature of the federation authority"):
+        enrol.install(issued, folder)
+    _countersign(issued, signer, forged)  # only the authority could do this; shows the check
+    with pytest.raises(KitTamperedError, match="roster in the kit is not the authority's"):
+        enrol.install(issued, folder)
+    assert not (folder / "MANIFEST.json").exists(), "install changed the client's folder"
+
+
+@pytest.mark.parametrize("swap", ["older roster", "roster removed", "roster added"])
+def test_the_kit_roster_is_bound_by_the_countersignature(setup, swap):
+    """AUTHORITY.sig covers the roster: the appliance cannot put an older, validly signed
+    roster in its place, drop it (to reopen the first-roster hole), or add one to a kit the
+    authority signed without."""
+    root, federation, signer = setup
+    v1 = (root / "authority" / auth.ROSTER_FILE).read_bytes()
+    folder, issued = _issue(root, federation, signer, "alice")
+    if swap == "roster added":
+        _countersign(issued, signer, None)  # an old-form countersignature
+        (issued / AUTHORITY_ROSTER).write_bytes(v1)
+    else:
+        auth.sign_kit(root / "authority", signer, issued)
+        if swap == "older roster":
+            (issued / AUTHORITY_ROSTER).write_bytes(v1)
+        else:
+            (issued / AUTHORITY_ROSTER).unlink()
+    with pytest.raises(KitTamperedError, match="not the signature of the federation authority"):
+        enrol.install(issued, folder)
+
+
+def test_a_roster_in_a_kit_without_a_countersignature_is_refused(tmp_path):
+    """A development kit (no authority pinned, none countersigned) with a roster file: no key
+    vouches for it, so it is refused rather than trusted or ignored."""
+    federation = init_federation(tmp_path / "fed", name="fed", hosts=["localhost"])
+    issued = add_client(federation, "dev")
+    (issued / AUTHORITY_ROSTER).write_bytes(b"{}")
+    with pytest.raises(KitTamperedError, match="no countersignature vouches for it"):
+        load_kit(issued)
+
+
+def test_an_older_kit_without_a_roster_still_loads(setup):
+    """A kit countersigned before kits carried the roster (old-form AUTHORITY.sig, no roster
+    file) loads as before: no roster from the kit, so the client's first roster is still only
+    the appliance's word until GetRoster (the documented hole of such kits)."""
+    root, federation, signer = setup
+    folder, issued = _issue(root, federation, signer, "alice")
+    _countersign(issued, signer, None)
+    assert set(_authority_roster_files(issued)) == {AUTHORITY_SIGNATURE}
+    enrol.install(issued, folder)
+    kit = load_kit(folder, trusted_signer=federation.signer_public_key)
+    assert kit.enrolled and kit.authority_signed and kit.authority_roster is None

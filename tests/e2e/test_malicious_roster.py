@@ -23,6 +23,7 @@ participants driven by the appliance (it holds their keys).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,10 +41,17 @@ from sealagg_testkit.clients import (
     run_clients,
     weight,
 )
+from sealagg_testkit.enrolled import authority_folder, make_enrolled_deployment
 
 import sealagg.crypto.server as crypto_server
+from sealagg.appliance import authority as auth
 from sealagg.appliance import kit_issue
-from sealagg.appliance.federation import FederationFolder, add_client
+from sealagg.appliance.federation import (
+    FederationFolder,
+    add_client,
+    add_enrolled_client,
+    install_roster,
+)
 from sealagg.appliance.kit import load_kit
 from sealagg.appliance.roster_gate import RosterGate
 from sealagg.appliance.rounds import ActiveRound
@@ -51,6 +59,7 @@ from sealagg.appliance.service import AggregatorService, _who
 from sealagg.appliance.testing import Deployment, base_model, make_deployment
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten
+from sealagg.client_shim import enrol
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.errors import RoundRefusedError
 from sealagg.client_shim.session import Participant
@@ -382,3 +391,66 @@ def test_a_refusing_client_is_reported_and_the_others_finish(
     )
     phases = [p for p in audit_details(dep, "phase_recorded") if p["phase"] == "advertise_keys"]
     assert phases[0]["dropped"] == [], "the appliance still waited for the client that refused"
+
+
+def _enrol_after_the_ghosts_left(tmp_path: Path) -> tuple[Deployment, bytes, bytes]:
+    """The ghosts were enrolled (version 2), the victim joined (version 3, ghosts still on
+    it), the authority removed the ghosts (version 4) and only then countersigned the
+    victim's kit. Returns (deployment, version 3, version 4), both validly signed."""
+    dep = make_enrolled_deployment(tmp_path, GHOSTS)
+    authority = authority_folder(dep)
+    request = enrol.request(
+        name=VICTIM,
+        federation=dep.federation.name,
+        authority_key=dep.authority.public_key(),
+        folder=tmp_path / "clients" / VICTIM,
+        request_out=tmp_path / "requests" / f"{VICTIM}.json",
+    ).read_bytes()
+    _, with_ghosts = auth.approve(authority, dep.authority, request)
+    install_roster(dep.federation, with_ghosts)
+    roster = auth.current_roster(authority, dep.authority)
+    without = dataclasses.replace(
+        roster,
+        version=roster.version + 1,
+        entries=tuple(e for e in roster.entries if e.name not in GHOSTS),
+    )
+    current = auth.publish(authority, without, dep.authority)
+    install_roster(dep.federation, current)
+    issued = add_enrolled_client(dep.federation, request, out=tmp_path / "issued" / VICTIM)
+    auth.sign_kit(authority, dep.authority, issued)
+    enrol.install(issued, tmp_path / "clients" / VICTIM)
+    dep.kits[VICTIM] = load_kit(tmp_path / "clients" / VICTIM)
+    return dep, with_ghosts, current
+
+
+def test_a_freshly_enrolled_client_refuses_an_older_roster_from_its_first_contact(
+    tmp_path: Path, running, monkeypatch
+):
+    """The victim has never verified a roster from the appliance. The appliance replays
+    version 3 (validly signed, still listing the removed ghosts) at connect and in rounds.
+    Before: with no record yet, the victim accepted it as its first roster. Now its kit
+    carries version 4, verified under the pinned key and recorded before any contact."""
+    dep, with_ghosts, current = _enrol_after_the_ghosts_left(tmp_path)
+    kit = dep.kits[VICTIM]
+    assert kit.authority_roster == current
+    _serve_rosters(monkeypatch, at_connect=lambda name: with_ghosts, in_round=lambda n: with_ghosts)
+    running(dep.folder)
+    victim = Participant(Connection(kit, address=dep.address), poll_seconds=0.5)
+    try:
+        assert victim.roster is not None and victim.roster.version == 4
+        with pytest.raises(RosterRollbackError, match="older than version 4"):
+            victim.roster.accept(with_ghosts)  # a RoundStart carrying it
+        with pytest.raises(RosterRollbackError, match="older than version 4"):
+            victim.wait_for_round(max_polls=1)  # GetRoster at connect
+        assert victim.roster.accept(current).version == 4
+    finally:
+        victim.connection.close()
+    record = kit.source.with_name(kit.source.name + ".roster").read_text().split()
+    assert int(record[0]) == 4
+    (refusal,) = audit_details(dep, "round_refused_by_client")
+    assert (refusal["client"], refusal["code"], refusal["round"]) == (
+        VICTIM,
+        "roster_rollback",
+        None,
+    )
+    assert "older than version 4" in refusal["detail"]

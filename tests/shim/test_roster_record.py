@@ -13,7 +13,11 @@ import pytest
 
 from sealagg.client_shim.roster_record import DurableRosterVerifier, read_record
 from sealagg.crypto import IdentityKey
-from sealagg.crypto.errors import MalformedRosterError, RosterRollbackError
+from sealagg.crypto.errors import (
+    MalformedRosterError,
+    RosterRollbackError,
+    RosterSignatureError,
+)
 from sealagg.crypto.roster import IdentityKeySigner, Role, Roster, RosterEntry, sign_roster
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -70,3 +74,38 @@ def test_a_damaged_record_refuses_instead_of_forgetting(tmp_path: Path, content:
     path.write_bytes(content)
     with pytest.raises(MalformedRosterError, match="is damaged"):
         _verifier(path)
+
+
+def test_the_kit_roster_sets_the_floor_of_a_fresh_client(tmp_path: Path):
+    """A freshly enrolled client has no record; the roster the authority put in its kit
+    becomes the floor before any roster from the appliance is seen."""
+    path = tmp_path / "kit.roster"
+    old, kit_roster = _signed(2, ["a", "ghost"]), _signed(3, ["a"])
+    verifier = _verifier(path)
+    assert verifier.adopt_kit_roster(kit_roster).version == 3
+    assert read_record(path)[0] == 3 and verifier.version == 3
+    with pytest.raises(RosterRollbackError, match="older than version 3"):
+        verifier.accept(old)
+    with pytest.raises(RosterRollbackError, match="older than version 3"):
+        _verifier(path).accept(old)  # a restarted client too
+
+
+def test_an_older_kit_roster_never_lowers_the_floor(tmp_path: Path):
+    """The client already accepted version 5 (from the appliance): its kit's version 3 is no
+    news and is not an error either (the kit was signed before the roster moved on)."""
+    path = tmp_path / "kit.roster"
+    verifier = _verifier(path)
+    verifier.accept(_signed(5, ["a"]))
+    assert verifier.adopt_kit_roster(_signed(3, ["a"])).version == 3
+    assert read_record(path)[0] == 5 and verifier.version == 5
+    with pytest.raises(RosterRollbackError, match="two different rosters claim version 5"):
+        verifier.adopt_kit_roster(_signed(5, ["a", "ghost"]))
+
+
+def test_a_kit_roster_signed_by_another_key_sets_no_floor(tmp_path: Path):
+    path = tmp_path / "kit.roster"
+    impostor = IdentityKeySigner(IdentityKey.generate())
+    forged = sign_roster(Roster("fed", 9, NOW, ()), impostor)
+    with pytest.raises(RosterSignatureError, match="not signed by"):
+        _verifier(path).adopt_kit_roster(forged)
+    assert read_record(path) == (0, None)
