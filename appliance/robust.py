@@ -243,28 +243,39 @@ class BucketedRound(ActiveRound):
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
         raise AssertionError("BucketedRound.accept dispatches to the buckets")  # pragma: no cover
 
+    def check_header(self, name: str, header: pb.UploadHeader) -> int:
+        """The sender's bucket judges the header: its phase is the one that counts."""
+        if name not in self.bucket_of:
+            return super().check_header(name, header)  # refused: not a participant
+        return self.buckets[self.bucket_of[name]].check_header(name, header)
+
     def close_phase(self) -> dict[str, pb.Task]:
+        """Close every live bucket's phase; a bucket already finished waits for the others.
+
+        Buckets close together but need not be in the same phase: one whose graph is
+        complete skips the coin reveal (:mod:`crypto.coins`), so it runs one phase ahead
+        of a sparse one and finishes one close earlier.
+        """
         tasks: dict[str, pb.Task] = {}
         for b in sorted(self.live):
             bucket = self.buckets[b]
+            if bucket.finished:
+                continue
             try:
                 tasks.update(bucket.close_phase())
             except SecAggError as error:  # this bucket is lost; the others go on
                 self.failures[b] = f"{error.reason.value}: {error}"
                 self.live.discard(b)
-        phases = {self.buckets[b].phase_index for b in self.live}
-        finished = {self.buckets[b].finished for b in self.live}
-        if len(phases) > 1 or len(finished) > 1:  # cannot happen with one protocol: be loud
-            raise UploadRefusedError("ABORTED", "buckets fell out of lockstep")
         try:
             check_feasible(self.rule, len(self.live), self.f, self.beta, unit="surviving buckets")
         except ValueError as error:
             lost = "; ".join(f"bucket {b}: {why}" for b, why in sorted(self.failures.items()))
             raise UploadRefusedError("ABORTED", f"robust rule: {error} ({lost})") from None
-        self.phase_index = phases.pop()
-        self._done = finished.pop()
-        live_members = [self.buckets[b] for b in sorted(self.live)]
-        self.expected = set().union(*(bucket.expected for bucket in live_members))
+        running = [self.buckets[b] for b in sorted(self.live) if not self.buckets[b].finished]
+        self._done = not running
+        # The deadline of the furthest phase still running (later phases wait longer).
+        self.phase_index = max((bucket.phase_index for bucket in running), default=0)
+        self.expected = set().union(*(bucket.expected for bucket in running))
         self.answered = set()
         return {} if self._done else tasks
 

@@ -9,14 +9,15 @@ in the round for good. Secrets move from one state to the next and are dropped
 when no longer needed; nothing is kept in a shared bag of fields.
 
 Against a malicious server (issue 17): the client hashes the whole transcript
-(parameters and every advertised key) as soon as the key directory arrives, claims
-it in its :class:`~sealagg.crypto.ledger.TranscriptLedger` (no transcript, and no
-round id, twice), reveals its graph coin only then, draws the graph from every
-committed coin (:mod:`crypto.coins`), and binds its consistency signature to the
-transcript. A neighbour's share that does not open, or does not match the neighbour's
-signed commitments, is not a reason to abort: the client leaves that neighbour's mask
-out and hands the server signed evidence with proofs of the pair's keys (a blame).
-"""
+(parameters and every advertised key) as soon as the key directory arrives, claims it in
+its :class:`~sealagg.crypto.ledger.TranscriptLedger` (no transcript, and no round id,
+twice), reveals its graph coin only then, draws the graph from every committed coin
+(:mod:`crypto.coins`; a complete graph has no seed to steer, so its rounds skip the
+reveal, decided by the round parameters alone), and binds its consistency signature to
+the transcript. A neighbour's share that does not open, or does not match the
+neighbour's signed commitments, is not a reason to abort: the client leaves that
+neighbour's mask out and hands the server signed evidence with proofs of the pair's keys
+(a blame)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from sealagg.crypto.errors import (
     SecAggError,
     UnknownSenderError,
 )
+from sealagg.crypto.graph import CommunicationGraph
 from sealagg.crypto.ledger import InMemoryTranscriptLedger, TranscriptLedger
 from sealagg.crypto.messages import (
     SHARE_BYTES,
@@ -191,6 +193,10 @@ class _AwaitKeyDirectory(_State):
         transcript = tr.transcript_hash(cfg, advertised)
         # Claimed before the coin leaves: one reveal per round id, and the reveal budget.
         ctx.ledger.claim(cfg.round_id, transcript)  # TranscriptReusedError, RevealBudgetError
+        if not cfg.reveals_coins:  # complete graph: no seed to steer, no reveal (crypto.coins)
+            return _share_keys(
+                ctx, self._secrets, transcript, advertised, cfg.graph_for(transcript)
+            )
         nxt = _AwaitCoins(ctx, self._secrets, transcript, advertised)
         return RevealCoin(cfg.round_id, self._coin), nxt
 
@@ -211,59 +217,68 @@ class _AwaitCoins(_State):
         self._advertised = advertised
 
     def on_coin_directory(self, msg: CoinDirectory) -> tuple[Message, _State]:
-        ctx, cfg, own = self.ctx, self.ctx.config, self._secrets
-        advertised = self._advertised
+        cfg, advertised = self.ctx.config, self._advertised
         commitments = {u: k.coin_commitment for u, k in advertised.items()}
         seed = coins.graph_seed(cfg.round_id, self._transcript, commitments, msg.coins)
         graph = cfg.graph_for(seed)
-        active = active_after_pruning(graph, advertised, cfg.threshold)
-        if ctx.me not in active:
-            raise BelowThresholdError(
-                f"fewer than {cfg.threshold} of this client's neighbours advertised keys"
-            )
-        holders = sorted(v for v in graph.neighbours(ctx.me) if v in active)
-        # Only neighbours' keys are used; a forged non-neighbour entry changes the
-        # transcript hash, which no honest client's consistency signature then covers.
-        peers = {v: advertised[v] for v in holders}
-        for v, keys in peers.items():
-            tr.check_advertisement(cfg, v, keys, check_keys=False)
-        # Both key agreements per neighbour now: a low-order key raises
-        # InvalidPublicKeyError here (the exchange is the check, at no extra cost).
-        share_keys = {
-            v: tr.share_key(
-                _agree(own.cipher_key, peers[v].cipher_public, v), cfg.round_id, ctx.me, v
-            )
-            for v in holders
-        }
-        mask_keys = {
-            v: tr.pairwise_mask_key(
-                _agree(own.mask_key, peers[v].mask_public, v), cfg.round_id, ctx.me, v
-            )
-            for v in holders
-        }
-        shares = split_secrets(
-            [own.mask_key.export_private_bytes_for_sharing(), own.self_seed],
-            cfg.threshold,
-            holders,
+        return _share_keys(self.ctx, self._secrets, self._transcript, advertised, graph)
+
+
+def _share_keys(
+    ctx: _Context,
+    own: _Secrets,
+    transcript: bytes,
+    advertised: Mapping[int, PeerKeys],
+    graph: CommunicationGraph,
+) -> tuple[Message, _State]:
+    """Seal and sign this client's shares to its active neighbours in ``graph``."""
+    cfg = ctx.config
+    active = active_after_pruning(graph, advertised, cfg.threshold)
+    if ctx.me not in active:
+        raise BelowThresholdError(
+            f"fewer than {cfg.threshold} of this client's neighbours advertised keys"
         )
-        sealed = {}
-        for v, pair in zip(holders, shares, strict=True):
-            ciphertext = seal(
-                share_keys[v],
-                tr.share_plaintext(ctx.me, v, pair[0], pair[1]),
-                tr.share_associated_data(cfg.round_id, ctx.me, v),
+    holders = sorted(v for v in graph.neighbours(ctx.me) if v in active)
+    # Only neighbours' keys are used; a forged non-neighbour entry changes the
+    # transcript hash, which no honest client's consistency signature then covers.
+    peers = {v: advertised[v] for v in holders}
+    for v, keys in peers.items():
+        tr.check_advertisement(cfg, v, keys, check_keys=False)
+    # Both key agreements per neighbour now: a low-order key raises
+    # InvalidPublicKeyError here (the exchange is the check, at no extra cost).
+    share_keys = {
+        v: tr.share_key(_agree(own.cipher_key, peers[v].cipher_public, v), cfg.round_id, ctx.me, v)
+        for v in holders
+    }
+    mask_keys = {
+        v: tr.pairwise_mask_key(
+            _agree(own.mask_key, peers[v].mask_public, v), cfg.round_id, ctx.me, v
+        )
+        for v in holders
+    }
+    shares = split_secrets(
+        [own.mask_key.export_private_bytes_for_sharing(), own.self_seed],
+        cfg.threshold,
+        holders,
+    )
+    sealed = {}
+    for v, pair in zip(holders, shares, strict=True):
+        ciphertext = seal(
+            share_keys[v],
+            tr.share_plaintext(ctx.me, v, pair[0], pair[1]),
+            tr.share_associated_data(cfg.round_id, ctx.me, v),
+        )
+        key_commit = tr.share_commitment(cfg.round_id, ctx.me, v, tr.KEY_SHARE, pair[0])
+        self_commit = tr.share_commitment(cfg.round_id, ctx.me, v, tr.SELF_SHARE, pair[1])
+        signature = own.identity.sign(
+            tr.share_signature_payload(
+                cfg.round_id, transcript, ctx.me, v, ciphertext, key_commit, self_commit
             )
-            key_commit = tr.share_commitment(cfg.round_id, ctx.me, v, tr.KEY_SHARE, pair[0])
-            self_commit = tr.share_commitment(cfg.round_id, ctx.me, v, tr.SELF_SHARE, pair[1])
-            signature = own.identity.sign(
-                tr.share_signature_payload(
-                    cfg.round_id, self._transcript, ctx.me, v, ciphertext, key_commit, self_commit
-                )
-            )
-            sealed[v] = SignedShare(ciphertext, key_commit, self_commit, signature)
-        rnd = _Round(self._transcript, frozenset(holders))
-        nxt = _AwaitShareBundle(ctx, rnd, own, peers, share_keys, mask_keys)
-        return ShareKeys(cfg.round_id, sealed), nxt
+        )
+        sealed[v] = SignedShare(ciphertext, key_commit, self_commit, signature)
+    rnd = _Round(transcript, frozenset(holders))
+    nxt = _AwaitShareBundle(ctx, rnd, own, peers, share_keys, mask_keys)
+    return ShareKeys(cfg.round_id, sealed), nxt
 
 
 def _agree(own: AgreementKey, public: bytes, owner: int) -> bytes:
@@ -561,7 +576,8 @@ class SecAggClient:
     def advertise_keys(self) -> AdvertiseKeys:
         return self._step(lambda s: s.advertise())  # type: ignore[return-value]
 
-    def receive_key_directory(self, msg: KeyDirectory) -> RevealCoin:
+    def receive_key_directory(self, msg: KeyDirectory) -> RevealCoin | ShareKeys:
+        """The coin reveal, or straight the shares when the graph is complete (no reveal)."""
         return self._step(lambda s: s.on_key_directory(msg), msg)  # type: ignore[return-value]
 
     def receive_coin_directory(self, msg: CoinDirectory) -> ShareKeys:

@@ -36,6 +36,29 @@ rounds in a row that never finish, then one per cooldown), so over a client's li
 adversary gets at most ``(finished rounds + 1) · MAX_UNFINISHED_REVEALS`` + one per
 cooldown draws, and the per-draw bound ``2^-security_bits`` is multiplied by that count.
 
+Complete graphs: no reveal. When the round's graph is complete (SecAgg, or SecAgg+ with
+degree ``n - 1``: :attr:`crypto.config.RoundConfig.reveals_coins` is false) the server goes
+from the key directory straight to the shares and clients reveal nothing. Why that is safe:
+
+* The seed has nothing to steer. :meth:`crypto.config.RoundConfig.graph_for` returns the
+  complete graph on the participants without reading the seed, so every seed, however
+  chosen, gives the same graph; what the coins protect (a graph drawn independently of
+  the colluders) holds trivially. Who is pruned for too few advertising neighbours
+  depends only on who advertised, exactly as in SecAgg.
+* Nobody decides to skip after seeing keys. Both sides derive it from the degree and the
+  participants of the :class:`~crypto.config.RoundConfig`, fixed before any key exists,
+  checked by each client against its policy, and hashed into the transcript that share
+  and consistency signatures bind. A server that shows one client a complete round and
+  another a sparse one gives them different transcripts: their signatures do not verify
+  for each other, and no quorum signs one survivor list. A client whose round is sparse
+  always reveals and then waits for the coin directory; anything else (a share bundle
+  sent to skip the reveal) is refused out of phase, so a server cannot make it skip.
+* The advertisement keeps its coin commitment (one format, one signed payload and one
+  transcript hash in both cases); the coin behind it is fresh, hidden by the commitment
+  and never sent, so the unused commitment reveals nothing. The client still claims the
+  transcript in its ledger before sharing (no replay), and the claim counts towards the
+  reveal budget as before (conservative: a finished round resets it).
+
 Cost: one small message each way (32 bytes up, 32·n down), no public-key operation.
 A committed client that drops between advertising and revealing aborts the round: the
 reveal follows the advertisement directly (training is already done), so this is rare.

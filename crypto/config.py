@@ -68,6 +68,16 @@ class RoundConfig:
         """SecAgg's complete graph (every client masks with every other)."""
         return self.degree >= len(self.identities) - 1
 
+    @property
+    def reveals_coins(self) -> bool:
+        """Whether the round has the coin-reveal phase: only a sparse graph has one.
+
+        Derived from the degree and the participants alone, which every client checks
+        and the transcript hash binds, never from anything the server chooses after
+        seeing keys (the security argument: :mod:`crypto.coins`, "Complete graphs").
+        """
+        return not self.is_complete
+
     def graph_for(self, transcript_hash: bytes) -> CommunicationGraph:
         """The round's graph, drawn from the hash of the transcript's advertised keys.
 

@@ -10,14 +10,15 @@ running sum: O(d) memory whatever the number of clients.
 Against malicious clients (issue 17, item 6): low-order keys, and keys outside the
 prime-order subgroup, are refused at advertisement; the graph seed comes from coins
 every committed client must reveal (:mod:`crypto.coins`: one missing coin aborts the
-round); every sealed share must carry its sender's signature and commitments to both
-shares inside; a recipient's blame carries proofs of the pair's two X25519 secrets, so
-the server opens the share itself and *every* blame is judged: a bad share excludes its
-sender (treated as dropped if its masked input has not been counted yet), a good one
-refuses the blamer's masked input. At unmasking each revealed share is checked against
-its owner's signed commitment: a holder that lies is named and its share dropped, and
-every secret rebuilt is checked against what its owner signed (the seed commitment, the
-mask public key). Too few good shares abort the round: never a wrong sum.
+round; a complete graph has no seed to steer, so its rounds skip the reveal); every
+sealed share must carry its sender's signature and commitments to both shares inside; a
+recipient's blame carries proofs of the pair's two X25519 secrets, so the server opens
+the share itself and *every* blame is judged: a bad share excludes its sender (treated
+as dropped if its masked input has not been counted yet), a good one refuses the
+blamer's masked input. At unmasking each revealed share is checked against its owner's
+signed commitment: a holder that lies is named and its share dropped, and every secret
+rebuilt is checked against what its owner signed (the seed commitment, the mask public
+key). Too few good shares abort the round: never a wrong sum.
 
 What stays unjudgeable is silence: a holder that does not answer the unmask request,
 or a committed client that does not reveal its coin, looks like a dropout. The first
@@ -167,7 +168,13 @@ class _CollectKeys(_State):
         self.require(len(keys), "advertise keys")
         transcript = tr.transcript_hash(cfg, keys)
         directory = KeyDirectory(cfg.round_id, keys)  # the whole transcript, for everyone
-        out: dict[int, Message] = {u: directory for u in sorted(keys)}
+        if not cfg.reveals_coins:  # complete graph: no seed to steer, straight to the shares
+            graph = cfg.graph_for(transcript)  # the seed is not read for a complete graph
+            active = active_after_pruning(graph, keys, cfg.threshold)
+            self.require(len(active), "advertise keys")
+            out: dict[int, Message] = {u: directory for u in sorted(active)}
+            return out, _CollectShares(cfg, active, _Facts(transcript, graph, keys))
+        out = {u: directory for u in sorted(keys)}
         return out, _CollectCoins(cfg, frozenset(keys), transcript, keys)
 
 

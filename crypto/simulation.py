@@ -110,7 +110,8 @@ def run_round(
             deliver(Phase.ADVERTISE_KEYS, u, reply)
     inbox = close(Phase.ADVERTISE_KEYS)
 
-    for phase in list(Phase)[1:]:  # coins, shares, masked input, consistency, unmasking
+    while server.phase is not None:  # coins (sparse graphs), shares, masked input, ...
+        phase = server.phase
         for u, msg in inbox.items():
             if alive(u, phase):
                 t0 = time.perf_counter()

@@ -11,7 +11,8 @@ bytes sent, examples, loss; nothing about the data itself). It leaves after roun
 Vanishing (``--vanish 2:3``, or ``--vanish-probability``): in that round the process trains,
 takes part in the protocol up to the given phase (its index in :data:`PHASES`: 0 advertise
 keys, 1 reveal coins, 2 share keys, 3 masked input, 4 consistency check, 5 unmasking;
-plaintext rounds have phase 0 only) and then exits
+a complete graph has no reveal, so 1 vanishes before sharing keys there; plaintext rounds
+have phase 0 only) and then exits
 with :data:`VANISHED_EXIT_CODE` instead of sending that phase's message, so the appliance sees
 a client disappear mid-protocol. The runner starts it again for the next round.
 

@@ -87,8 +87,8 @@ def _secagg_round_of_three(deployment, running, participant_cls=Participant) -> 
 
 
 def test_each_acknowledgement_hands_over_the_next_task(deployment, running):
-    """A secagg round of three: six uploads per client (advertise, reveal the graph coin, share
-    keys, masked input, consistency, unmask) and no poll after the round start
+    """A secagg round of three: five uploads per client (advertise, share keys, masked input,
+    consistency, unmask: a complete graph has no coin reveal) and no poll after the round start
     (each ack carries the next step, the last one the round's end); the mean is exact."""
     participants: dict[str, _Counting] = {}
 
@@ -100,7 +100,7 @@ def test_each_acknowledgement_hands_over_the_next_task(deployment, running):
     _secagg_round_of_three(deployment, running, Recorded)
     assert len(participants) == 3
     for name, p in participants.items():
-        assert p.handed_over == 6, (name, p.handed_over)
+        assert p.handed_over == 5, (name, p.handed_over)
         assert p.polls <= 2, (name, p.polls)  # the round start (and at most one idle answer)
 
 

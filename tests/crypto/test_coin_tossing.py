@@ -25,6 +25,8 @@ from sealagg.crypto.messages import CoinDirectory, RevealCoin
 from sealagg.crypto.testing import make_round
 
 VICTIM, COLLUDERS = 1, (29, 30)
+#: The clients of a ten-client round other than client 5 (who regrinds or withholds).
+HONEST = (1, 2, 3, 4, 6, 7, 8, 9, 10)
 
 
 def _advertise(kit, members):
@@ -35,9 +37,11 @@ def _advertise(kit, members):
 
 
 def _advertised(n: int):
-    """A round of ``n`` clients whose advertisements the server has received:
-    (kit, server, clients), the server ready to close the advertise phase."""
-    kit = make_round(n, threshold=2, dimension=3)
+    """A sparse round of ``n`` clients whose advertisements the server has received:
+    (kit, server, clients), the server ready to close the advertise phase. Degree n - 2:
+    sparse (so the coins are revealed), yet dense enough that pruning leaves everyone in
+    (a client with fewer than t = 2 neighbours at n = 10: about 2e-7)."""
+    kit = make_round(n, threshold=2, degree=n - 2, dimension=3)
     server = SecAggServer(kit.config)
     clients, adverts = _advertise(kit, kit.identities)
     for u, a in adverts.items():
@@ -79,15 +83,17 @@ def test_colluders_grinding_their_advertisements_do_not_fix_the_graph():
     assert dict(graph.adjacency) != dict(predicted.adjacency)
     assert kit.config.graph_for(server.transcript_hash) == predicted  # what the old code used
     # The colluders, now seeing every honest coin, cannot re-pick theirs: the round's
-    # graph is what every client computes from the committed coins.
-    assert clients[VICTIM].handle(inbox[VICTIM]).TYPE == "share_keys"
+    # graph is what every client computes from the committed coins. (Any active client:
+    # with k = 4 the victim itself has fewer than t = 2 neighbours, and is pruned, ~8 %.)
+    u = min(inbox)
+    assert clients[u].handle(inbox[u]).TYPE == "share_keys"
 
 
 def test_a_coin_other_than_the_committed_one_is_refused_by_the_server_and_every_client():
-    kit, server, clients = _advertised(5)
+    kit, server, clients = _advertised(10)
     directories = server.close_phase()
     reveals = {u: clients[u].handle(m) for u, m in directories.items()}
-    for u in (1, 2, 3, 4):
+    for u in HONEST:
         server.receive(u, reveals[u])
     regrind = RevealCoin(kit.config.round_id, bytes(32))  # 5 tries another coin
     with pytest.raises(CoinRevealError, match="client 5's coin"):
@@ -104,17 +110,17 @@ def test_a_withheld_coin_aborts_the_round_for_everyone():
     graph). The server cannot go on without it (it would choose among graphs by choosing
     whom to leave out): closing the phase aborts the round; and a server that sends the
     others a coin directory without 5's is refused by each of them."""
-    kit, server, clients = _advertised(5)
+    kit, server, clients = _advertised(10)
     reveals = {u: clients[u].handle(m) for u, m in server.close_phase().items()}
-    for u in (1, 2, 3, 4):
+    for u in HONEST:
         server.receive(u, reveals[u])
     with pytest.raises(CoinRevealError, match=r"clients \[5\] committed"):
         server.close_phase()
     assert server.phase is None and isinstance(server.abort_error, CoinRevealError)
     with pytest.raises(OutOfPhaseError):
         server.close_phase()
-    partial = CoinDirectory(kit.config.round_id, {u: reveals[u].coin for u in (1, 2, 3, 4)})
-    for u in (1, 2, 3, 4):
+    partial = CoinDirectory(kit.config.round_id, {u: reveals[u].coin for u in HONEST})
+    for u in HONEST:
         with pytest.raises(CoinRevealError, match=r"clients \[5\] committed"):
             clients[u].receive_coin_directory(partial)
 
@@ -141,7 +147,7 @@ def test_a_client_reveals_only_after_claiming_the_transcript_and_counts_unfinish
     revealing (each would be one more graph draw for an appliance that aborts at will)."""
     ledger = InMemoryTranscriptLedger(clock=lambda: 0.0)
     for _ in range(MAX_UNFINISHED_REVEALS):
-        kit = make_round(4, threshold=2, dimension=3)
+        kit = make_round(4, threshold=2, degree=2, dimension=3)  # sparse: coins revealed
         server = SecAggServer(kit.config)
         client = SecAggClient(kit.config, 1, kit.identities[1], ledger=ledger)
         server.receive(1, client.advertise_keys())
@@ -151,7 +157,7 @@ def test_a_client_reveals_only_after_claiming_the_transcript_and_counts_unfinish
         directory = server.close_phase()[1]
         assert isinstance(client.receive_key_directory(directory), RevealCoin)
         # ... and the appliance aborts the round here, after the coins.
-    kit = make_round(4, threshold=2, dimension=3)
+    kit = make_round(4, threshold=2, degree=2, dimension=3)
     server = SecAggServer(kit.config)
     client = SecAggClient(kit.config, 1, kit.identities[1], ledger=ledger)
     server.receive(1, client.advertise_keys())
@@ -176,13 +182,13 @@ def test_a_forged_directory_entry_cannot_move_a_committed_coin():
     """The server replaces client 4's coin commitment in client 1's directory (it cannot
     sign it): 1's transcript then differs from everyone's, and 4's genuine coin does not
     open the forged commitment, so 1 refuses the coin directory."""
-    _, server, clients = _advertised(4)
+    _, server, clients = _advertised(10)
     directories = server.close_phase()
     keys = dict(directories[1].keys)
     keys[4] = dataclasses.replace(keys[4], coin_commitment=bytes(32))
     forged = dataclasses.replace(directories[1], keys=keys)
     reveals = {1: clients[1].receive_key_directory(forged)}
-    for u in (2, 3, 4):
+    for u in range(2, 11):
         reveals[u] = clients[u].receive_key_directory(directories[u])
     for u, r in reveals.items():
         server.receive(u, r)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from sealagg.crypto import SecAggClient, SecAggServer
+from sealagg.crypto import Phase, SecAggClient, SecAggServer
 from sealagg.crypto import _transcript as tr
 from sealagg.crypto.config import default_minimum_survivors
 from sealagg.crypto.errors import (
@@ -48,7 +48,8 @@ def equivocate(n: int, degree: int | None, threshold: int, quorum: int, colluder
         c.set_input(kit.inputs[u])
         server.receive(u, c.advertise_keys())
     inbox = server.close_phase()
-    for _ in range(3):  # coins, share keys, masked input: everybody honest so far
+    # (coins: sparse graphs only), share keys, masked input: everybody honest so far
+    while server.phase != Phase.CONSISTENCY_CHECK:
         for u, m in inbox.items():
             server.receive(u, clients[u].handle(m))
         inbox = server.close_phase()

@@ -63,8 +63,8 @@ def test_dropouts_are_recovered_and_late_clients_dropped(deployment, running):
     dep.configure(aggregation={"mode": "secagg+", "min_clients": 6, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
     # client4 vanishes after its masked input (it stays in the sum); client5 after advertising
-    # keys and revealing its graph coin (its pairwise masks must be removed with its
-    # reconstructed mask key; vanishing before the coin would abort the round, by design).
+    # keys and sharing them (six clients: a complete graph, no coin reveal), so its pairwise
+    # masks must be removed with its reconstructed mask key.
     steady = [f"client{i}" for i in range(4)]
     threads, _, errors = run_clients(dep, steady)
     vanish_late = type("Late", (_VanishAfter,), {"budget": 4})

@@ -30,8 +30,9 @@ def _delta(i: int, rnd: int = 0) -> np.ndarray:
 
 
 class _VanishAfterKeys(Participant):
-    """A client that crashes after advertising its keys and revealing its graph coin (its
-    masks must be removed; crashing before the coin would abort the round, by design)."""
+    """A client that crashes after its first two uploads: advertising its keys, then its
+    shares (a complete graph has no coin reveal), so its pairwise masks must be removed.
+    (In a sparse round the second is its coin, and crashing before it aborts the round.)"""
 
     budget = 2
 

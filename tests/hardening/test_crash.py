@@ -97,7 +97,8 @@ class _Gate:
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_sigkill_at_each_phase_then_restart(tmp_path):
-    """kill -9 while the round waits in each of the six phases, restart each time.
+    """kill -9 while the round waits in each of its phases, restart each time (four clients
+    run the complete graph, which has no coin reveal: five phases).
 
     After each kill: the accepted model is the one from before the round. After each restart:
     that round is aborted ("restart" in its reason) and clients inside it are told; after the
@@ -133,7 +134,7 @@ def test_sigkill_at_each_phase_then_restart(tmp_path):
         t.start()
     interrupted: list[int] = []
     try:
-        for phase in range(len(PHASES)):
+        for phase in (p for p in range(len(PHASES)) if PHASES[p] != "reveal_coins"):
             gate.arm(phase)
             _wait(gate.all_held, 60, f"all clients held before {PHASES[phase]}")
             before = _state(dep.folder)[1].version

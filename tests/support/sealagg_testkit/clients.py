@@ -130,11 +130,9 @@ from sealagg.client_shim.session import Participant
 kit, address, index, budget, dim = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 
 class Doomed(Participant):
-    sent = 0
     def _send(self, start, phase, payload, *rest):
-        if self.sent == budget:
+        if phase >= budget:  # its first upload of phase `budget` or later (complete: no reveal)
             os.kill(os.getpid(), signal.SIGKILL)
-        self.sent += 1
         return super()._send(start, phase, payload, *rest)
 
 def compute(start, tensors):

@@ -23,15 +23,22 @@ class Recorded:
 
 
 def record_round(
-    n: int = 5, *, threshold: int = 3, dimension: int = 17, drop: int | None = None, seed: int = 0
+    n: int = 5,
+    *,
+    threshold: int = 3,
+    dimension: int = 17,
+    drop: int | None = None,
+    seed: int = 0,
+    degree: int | None = None,
 ) -> list[Recorded]:
-    """Run a complete round in-process and return every message in order.
+    """Run a whole round in-process and return every message in order.
 
-    ``drop`` names a client that goes silent after advertising its keys and revealing its
-    graph coin, so the transcript also holds mask-key shares (the unmasking of a dropped
-    peer); a client silent before its coin would abort the round.
+    ``drop`` names a client that goes silent after answering the key directory (with its
+    shares on a complete graph), so the transcript also holds mask-key shares (the
+    unmasking of a dropped peer); on a sparse graph (``degree``) that answer is its coin
+    and its silence then aborts the round, so only complete rounds take ``drop``.
     """
-    kit = make_round(n, threshold=threshold, dimension=dimension, seed=seed)
+    kit = make_round(n, threshold=threshold, dimension=dimension, seed=seed, degree=degree)
     clients = {u: SecAggClient(kit.config, u, kit.identities[u]) for u in kit.identities}
     server = SecAggServer(kit.config)
     out: list[Recorded] = []
@@ -60,8 +67,10 @@ def record_round(
 
 
 def corpus() -> list[bytes]:
-    """Distinct messages from two real rounds (one with a dropout), every type represented."""
+    """Distinct messages from three real rounds (one with a dropout, one on a sparse graph
+    for the coin reveal, which complete graphs skip), every type represented."""
     seen: dict[bytes, None] = {}
-    for rec in record_round() + record_round(6, threshold=3, drop=6, seed=1):
+    sparse = record_round(8, threshold=2, degree=6, seed=2)
+    for rec in record_round() + record_round(6, threshold=3, drop=6, seed=1) + sparse:
         seen.setdefault(rec.data)
     return list(seen)
