@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from sealagg.appliance import migrations
 from sealagg.appliance.audit import (
     MAX_DETAILS_BYTES,
     AuditKey,
@@ -82,7 +83,10 @@ __all__ = [
     "default_state_path",
 ]
 
-SCHEMA_VERSION = 1
+#: The newest schema: schema 1 (below) plus the numbered migrations of appliance/migrations.py.
+SCHEMA_VERSION = migrations.LATEST
+#: The schema of the first release; a new database is created at it and then migrated.
+_BASE_SCHEMA_VERSION = 1
 STATE_FILENAME = "state.sqlite3"
 ROUND_STATUSES = ("open", "aggregating", "pending_approval", "accepted", "rejected", "aborted")
 TERMINAL_ROUND_STATUSES = frozenset({"accepted", "rejected", "aborted"})
@@ -150,22 +154,6 @@ CREATE TABLE model_versions (
     metrics TEXT
 );
 """
-#: Added after schema 1 and created on open when missing: older databases gain it, and an
-#: older sealagg ignores it (it checks only for the tables it knows).
-_EXCLUSIONS_SQL = """
-CREATE TABLE IF NOT EXISTS exclusions (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    round INTEGER REFERENCES rounds (id),
-    reason TEXT NOT NULL,
-    blamed_by TEXT,
-    excluded_at TEXT NOT NULL,
-    readmitted_at TEXT,
-    readmitted_by TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS exclusions_active ON exclusions (name)
-    WHERE readmitted_at IS NULL
-"""
 _TABLES = frozenset(
     {
         "schema_version",
@@ -178,6 +166,13 @@ _TABLES = frozenset(
         "audit_head",
     }
 )
+
+
+def _tables_of(version: int) -> frozenset[str]:
+    """The tables a database of schema ``version`` must hold."""
+    added = (migrations.TABLES_ADDED.get(v, frozenset()) for v in range(2, version + 1))
+    return _TABLES.union(*added)
+
 
 # SQLite primary result codes -> what an operator should be told.
 _SQLITE_CAUSES = {
@@ -443,13 +438,36 @@ class Store:
             raise _store_error(exc, self.path, "open the state database") from exc
         if not tables:
             self._create(federation)
-            tables = _TABLES
-        self._check_schema(tables)
-        if not self.read_only and "exclusions" not in tables:
+            tables = self._tables(conn)
+        version = self._check_schema(tables)
+        if version < SCHEMA_VERSION:
+            self._migrate(version)
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older database to :data:`SCHEMA_VERSION`, one audited step at a time."""
+        if self.read_only:
+            raise StoreError(
+                f"{self.path} has schema version {version}, older than this sealagg's "
+                f"{SCHEMA_VERSION}: start the appliance (or any writing command) once to "
+                "migrate it; opened read-only, it was left untouched"
+            )
+        self._require_audit()
+
+        def audit(old: int, new: int, tx: sqlite3.Connection) -> None:
+            self.audit.append("schema_migrated", {"from": old, "to": new}, conn=tx)
+
+        for step in range(version, SCHEMA_VERSION):
             with self.transaction() as tx:
-                for statement in _EXCLUSIONS_SQL.split(";"):
-                    if statement.strip():
-                        tx.execute(statement)
+                current = tx.execute("SELECT version FROM schema_version").fetchone()[0]
+                if current != step:  # another process migrated meanwhile
+                    continue
+                try:
+                    migrations.apply_one(tx, step + 1, audit)
+                except sqlite3.Error as exc:
+                    raise _store_error(exc, self.path, f"migrate to schema {step + 1}") from exc
+        missing = _tables_of(SCHEMA_VERSION) - self._tables(self._connection())
+        if missing:
+            raise StoreError(f"{self.path} is missing tables {sorted(missing)}: damaged")
 
     @staticmethod
     def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -471,7 +489,7 @@ class Store:
                 if statement.strip():
                     tx.execute(statement)
             AuditLog.create_schema(tx)
-            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (_BASE_SCHEMA_VERSION,))
             now = self._now()
             tx.execute("INSERT INTO federation (id, name, created) VALUES (1, ?, ?)", (name, now))
             self.audit.append(
@@ -479,8 +497,12 @@ class Store:
                 {"federation": name, "schema_version": SCHEMA_VERSION},
                 conn=tx,
             )
+            # A new database takes the same migrations as an upgraded one, in this transaction.
+            for version in range(_BASE_SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
+                migrations.apply_one(tx, version, None)
 
-    def _check_schema(self, tables: set[str]) -> None:
+    def _check_schema(self, tables: set[str]) -> int:
+        """The database's schema version, after refusing what this sealagg cannot use."""
         conn = self._connection()
         if "schema_version" not in tables:
             raise StoreError(
@@ -501,12 +523,9 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this sealagg supports "
                 f"({SCHEMA_VERSION}): upgrade sealagg; the database was left untouched"
             )
-        if version < SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version} and no migration to "
-                f"{SCHEMA_VERSION} exists"
-            )
-        missing = _TABLES - tables
+        if version < _BASE_SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: the schema_version table is damaged")
+        missing = _tables_of(version) - tables
         if missing:
             raise StoreError(f"{self.path} is missing tables {sorted(missing)}: damaged")
         if extras:
@@ -515,6 +534,7 @@ class Store:
                 f"{self.path} contains {found}, which sealagg never creates: the database was "
                 "modified outside the appliance; refusing to use it"
             )
+        return version
 
     # ------------------------------------------------------------------ connection & txns
 
@@ -766,8 +786,9 @@ class Store:
 
     # --------------------------------------------------------------------------- rounds
 
-    def open_round(self, mode: str, round_id: bytes) -> int:
-        """Record a new open round; returns its number (the ``round`` of other calls)."""
+    def open_round(self, mode: str, round_id: bytes, *, run: int | None = None) -> int:
+        """Record a new open round; returns its number (the ``round`` of other calls).
+        ``run``: the row id of the run it belongs to (appliance/run_store.py), if any."""
         self._require_audit()
         mode = _check_token(mode, "mode")
         low, high = _ROUND_ID_BYTES
@@ -777,15 +798,15 @@ class Store:
             if tx.execute("SELECT 1 FROM rounds WHERE round_id = ?", (round_id.hex(),)).fetchone():
                 raise StoreError("this round_id was used before: round ids are never reused")
             cursor = tx.execute(
-                "INSERT INTO rounds (round_id, mode, status, opened_at) VALUES (?, ?, 'open', ?)",
-                (round_id.hex(), mode, self._now()),
+                "INSERT INTO rounds (round_id, mode, status, opened_at, run) "
+                "VALUES (?, ?, 'open', ?, ?)",
+                (round_id.hex(), mode, self._now(), run),
             )
             number = int(cursor.lastrowid or 0)
-            self.audit.append(
-                "round_opened",
-                {"round": number, "round_id": round_id.hex(), "mode": mode},
-                conn=tx,
-            )
+            details: dict[str, Any] = {"round": number, "round_id": round_id.hex(), "mode": mode}
+            if run is not None:
+                details["run"] = run
+            self.audit.append("round_opened", details, conn=tx)
         return number
 
     def _get_round(self, conn: sqlite3.Connection, number: int) -> Round:

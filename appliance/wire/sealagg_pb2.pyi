@@ -14,32 +14,52 @@ class TaskRequest(_message.Message):
     def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("idle", "round_start", "step", "round_end", "evaluate")
+    __slots__ = ("idle", "round_start", "step", "round_end", "evaluate", "run_end")
     IDLE_FIELD_NUMBER: _ClassVar[int]
     ROUND_START_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ROUND_END_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    RUN_END_FIELD_NUMBER: _ClassVar[int]
     idle: Idle
     round_start: RoundStart
     step: ProtocolStep
     round_end: RoundEnd
     evaluate: Evaluate
-    def __init__(self, idle: _Optional[_Union[Idle, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., step: _Optional[_Union[ProtocolStep, _Mapping]] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ...) -> None: ...
+    run_end: RunEnd
+    def __init__(self, idle: _Optional[_Union[Idle, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., step: _Optional[_Union[ProtocolStep, _Mapping]] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., run_end: _Optional[_Union[RunEnd, _Mapping]] = ...) -> None: ...
+
+class RunEnd(_message.Message):
+    __slots__ = ("run_id", "status", "reason", "model_version")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    status: str
+    reason: str
+    model_version: int
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class Evaluate(_message.Message):
-    __slots__ = ("round_id", "model_version", "model_sha256", "metric", "deadline_unix")
+    __slots__ = ("round_id", "model_version", "model_sha256", "metric", "deadline_unix", "federated", "run_id", "evaluation_id")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FEDERATED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     round_id: bytes
     model_version: int
     model_sha256: str
     metric: str
     deadline_unix: float
-    def __init__(self, round_id: _Optional[bytes] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., deadline_unix: _Optional[float] = ...) -> None: ...
+    federated: bool
+    run_id: str
+    evaluation_id: bytes
+    def __init__(self, round_id: _Optional[bytes] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., federated: _Optional[bool] = ..., run_id: _Optional[str] = ..., evaluation_id: _Optional[bytes] = ...) -> None: ...
 
 class Idle(_message.Message):
     __slots__ = ("retry_after_seconds", "current_model_version")
@@ -50,7 +70,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +89,10 @@ class RoundStart(_message.Message):
     CKKS_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ROUND_FIELD_NUMBER: _ClassVar[int]
+    RUN_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -87,7 +111,11 @@ class RoundStart(_message.Message):
     ckks: CkksParams
     privacy: PrivacyParams
     roster: bytes
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ...) -> None: ...
+    run_id: str
+    run_round: int
+    run_rounds: int
+    hyperparameters_json: str
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ...) -> None: ...
 
 class PrivacyParams(_message.Message):
     __slots__ = ("mode", "mechanism", "clip", "noise_std", "indicator_std", "min_survivors", "range_bits")
@@ -342,3 +370,85 @@ class RoundRefusal(_message.Message):
 class RoundRefusalAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RenewalRequest(_message.Message):
+    __slots__ = ("csr_der",)
+    CSR_DER_FIELD_NUMBER: _ClassVar[int]
+    csr_der: bytes
+    def __init__(self, csr_der: _Optional[bytes] = ...) -> None: ...
+
+class RenewalReply(_message.Message):
+    __slots__ = ("certificate_pem", "ca_bundle_pem", "not_after")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    ca_bundle_pem: bytes
+    not_after: str
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_bundle_pem: _Optional[bytes] = ..., not_after: _Optional[str] = ...) -> None: ...
+
+class RunSpec(_message.Message):
+    __slots__ = ("name", "mode", "rounds", "hyperparameters_json", "base_model_version", "start")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mode: str
+    rounds: int
+    hyperparameters_json: str
+    base_model_version: int
+    start: bool
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., base_model_version: _Optional[int] = ..., start: _Optional[bool] = ...) -> None: ...
+
+class RunControl(_message.Message):
+    __slots__ = ("run_id", "action", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    action: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunReply(_message.Message):
+    __slots__ = ("ok", "detail", "run_json")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RUN_JSON_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    detail: str
+    run_json: str
+    def __init__(self, ok: _Optional[bool] = ..., detail: _Optional[str] = ..., run_json: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRunsReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class EvaluationRequest(_message.Message):
+    __slots__ = ("model_version", "run_id", "deadline_seconds")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    run_id: str
+    deadline_seconds: float
+    def __init__(self, model_version: _Optional[int] = ..., run_id: _Optional[str] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+
+class EvaluationReply(_message.Message):
+    __slots__ = ("ok", "detail", "json")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    detail: str
+    json: str
+    def __init__(self, ok: _Optional[bool] = ..., detail: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...

@@ -74,6 +74,11 @@ class AggregatorStub:
                 request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusal.SerializeToString,
                 response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusalAck.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/sealagg.v1.Aggregator/RenewCertificate',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalReply.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -138,6 +143,14 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """Certificate renewal without re-enrolment (issue 19): the caller proves possession of its
+        current, unexpired, unrevoked certificate through mutual TLS and sends a CSR for a new key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +193,11 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.ReportRefusal,
                     request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusal.FromString,
                     response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RoundRefusalAck.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -408,6 +426,33 @@ class Aggregator:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Aggregator/RenewCertificate',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminStub:
     """Missing associated documentation comment in .proto file."""
@@ -428,6 +473,26 @@ class AdminStub:
                 request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.SerializeToString,
                 response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionReply.FromString,
                 _registered_method=True)
+        self.CreateRun = channel.unary_unary(
+                '/sealagg.v1.Admin/CreateRun',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunSpec.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.ControlRun = channel.unary_unary(
+                '/sealagg.v1.Admin/ControlRun',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunControl.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/sealagg.v1.Admin/ListRuns',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ListRunsReply.FromString,
+                _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/sealagg.v1.Admin/Evaluate',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -445,6 +510,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRun(self, request, context):
+        """Runs and run control (issue 19). Every state-changing call is an audited admin action
+        carrying the admin's name; roles are checked per call (appliance/admins.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ControlRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evaluate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +548,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.FromString,
                     response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionReply.SerializeToString,
+            ),
+            'CreateRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRun,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunSpec.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunReply.SerializeToString,
+            ),
+            'ControlRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlRun,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunControl.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunReply.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ListRunsRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ListRunsReply.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -513,6 +624,114 @@ class Admin:
             '/sealagg.v1.Admin/Decide',
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionRequest.SerializeToString,
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.DecisionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/CreateRun',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunSpec.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/ControlRun',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunControl.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/ListRuns',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ListRunsRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ListRunsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/Evaluate',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,14 +58,23 @@ def test_an_exclusion_survives_a_restart_until_readmitted(tmp_path: Path, key):
 def test_a_database_from_before_exclusions_gains_the_table(tmp_path: Path, key):
     store = _open(tmp_path, key)
     store.close()
-    conn = sqlite3.connect(default_state_path(tmp_path))
-    conn.execute("DROP INDEX exclusions_active")
-    conn.execute("DROP TABLE exclusions")
+    conn = sqlite3.connect(default_state_path(tmp_path))  # back to schema 1, as released
+    for statement in (
+        "DROP INDEX exclusions_active",
+        "DROP TABLE exclusions",
+        "DROP TABLE approvals",
+        "DROP TABLE evaluations",
+        "DROP INDEX rounds_run",
+        "ALTER TABLE rounds DROP COLUMN run",
+        "DROP TABLE runs",
+        "UPDATE schema_version SET version = 1",
+    ):
+        conn.execute(statement)
     conn.commit()
     conn.close()
-    reader = Store.open(default_state_path(tmp_path), read_only=True)
-    assert reader.excluded_participants() == {}  # read-only: nothing created, nothing excluded
-    reader.close()
+    with pytest.raises(StoreError, match="older than this sealagg"):
+        Store.open(default_state_path(tmp_path), read_only=True)  # read-only: left untouched
     store = _open(tmp_path, key)
     assert store.exclude_participant("client1", round=None, reason="proof", blamed_by=None)
+    assert [e.event for e in store.audit.entries()][-3:-1] == ["schema_migrated"] * 2
     store.close()

@@ -92,7 +92,10 @@ def test_first_open_creates_a_versioned_wal_database(
 def test_federation_name_can_be_given(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     with Store.open(tmp_path / "x.sqlite3", audit_key=key, federation="hospitals-eu") as s:
         assert s.federation().name == "hospitals-eu"
-        assert s.audit.entries()[0].details == {"federation": "hospitals-eu", "schema_version": 1}
+        assert s.audit.entries()[0].details == {
+            "federation": "hospitals-eu",
+            "schema_version": SCHEMA_VERSION,
+        }
 
 
 def test_creating_needs_the_audit_key(db_path: Path) -> None:
