@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from sealagg.appliance.admin_service import AdminService
 from sealagg.appliance.attestation import configured_attesters, endpoint_for
 from sealagg.appliance.config import ApplianceConfig, load_config
 from sealagg.appliance.errors import ProvisioningError
@@ -20,7 +21,6 @@ from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.orchestrator import Orchestrator, QualityGate
 from sealagg.appliance.peer_check import CachedPeerCheck
 from sealagg.appliance.service import (
-    AdminService,
     AggregatorService,
     certificate_identity,
     insecure_identity,

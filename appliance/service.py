@@ -13,7 +13,6 @@ one of those bounds reaches the client with its reason and is audited under its 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -73,7 +72,7 @@ def insecure_identity(context: grpc.aio.ServicerContext) -> str:
     raise PermissionError(f"--insecure mode needs the {INSECURE_NAME_HEADER} header")
 
 
-async def _who(identify: Identify, context: grpc.aio.ServicerContext, metrics: Metrics) -> str:
+async def who(identify: Identify, context: grpc.aio.ServicerContext, metrics: Metrics) -> str:
     try:
         return identify(context)
     except PermissionError as error:
@@ -107,7 +106,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     async def Attest(
         self, request: pb.AttestRequest, context: grpc.aio.ServicerContext
     ) -> pb.AttestReply:
-        await _who(self._identify, context, self._metrics)
+        await who(self._identify, context, self._metrics)
         if self._attestation is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, "this appliance has no attester configured"
@@ -136,7 +135,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     async def ReportAttestation(
         self, request: pb.AttestationReport, context: grpc.aio.ServicerContext
     ) -> pb.AttestationReportAck:
-        name = await _who(self._identify, context, self._metrics)
+        name = await who(self._identify, context, self._metrics)
         details = report_details(
             name, request.accepted, request.format, request.reason, request.detail
         )
@@ -154,19 +153,19 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     ) -> pb.RosterReply:
         """The installed signed roster, as the authority signed it (empty: none). Clients
         verify it against the authority key pinned in their kit: relaying it adds no trust."""
-        await _who(self._identify, context, self._metrics)
+        await who(self._identify, context, self._metrics)
         return pb.RosterReply(roster=self._orch.roster_gate.view().signed)
 
     async def ReportRefusal(
         self, request: pb.RoundRefusal, context: grpc.aio.ServicerContext
     ) -> pb.RoundRefusalAck:
         """A client refused a round: audited, and the round goes on without it."""
-        name = await _who(self._identify, context, self._metrics)
+        name = await who(self._identify, context, self._metrics)
         await self._orch.report_refusal(name, bytes(request.round_id), request.code, request.detail)
         return pb.RoundRefusalAck()
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
-        name = await _who(self._identify, context, self._metrics)
+        name = await who(self._identify, context, self._metrics)
         if not self._orch.is_registered(name):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{name} does not take part in rounds"
@@ -176,7 +175,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     async def Submit(
         self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
     ) -> pb.SubmitAck:
-        name = await _who(self._identify, context, self._metrics)
+        name = await who(self._identify, context, self._metrics)
         header = None
         try:
             with self._budget.stream(name):  # counted from its first byte, header or not
@@ -198,7 +197,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     async def SubmitMessage(
         self, request: pb.UploadMessage, context: grpc.aio.ServicerContext
     ) -> pb.SubmitAck:
-        name = await _who(self._identify, context, self._metrics)
+        name = await who(self._identify, context, self._metrics)
         header = request.header
         try:
             self._orch.check_upload(name, header)
@@ -331,7 +330,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     async def DownloadModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelChunk]:
-        name = await _who(self._identify, context, self._metrics)
+        name = await who(self._identify, context, self._metrics)
         if request.version > 2**63 - 1:  # beyond SQLite's INTEGER: no such version
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no model version {request.version}")
         try:
@@ -370,45 +369,3 @@ async def _next_chunk(chunks: AsyncIterator[pb.UploadChunk]) -> pb.UploadChunk |
         raise UploadRefusedError(
             "DEADLINE_EXCEEDED", "upload stalled: no data for too long"
         ) from None
-
-
-class AdminService(pb_grpc.AdminServicer):
-    """Status and approval decisions, for certificates named in ``[server].admins``."""
-
-    def __init__(
-        self,
-        orchestrator: Orchestrator,
-        store: Store,
-        identify: Identify,
-        admins: set[str],
-        metrics: Metrics,
-    ) -> None:
-        self._orch = orchestrator
-        self._store = store
-        self._identify = identify
-        self._admins = admins
-        self._metrics = metrics
-
-    async def _admin(self, context: grpc.aio.ServicerContext) -> str:
-        name = await _who(self._identify, context, self._metrics)
-        if name not in self._admins:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"{name} is not an administrator"
-            )
-        return name
-
-    async def Status(
-        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
-    ) -> pb.StatusReply:
-        await self._admin(context)
-        return pb.StatusReply(json=json.dumps(self._orch.status()))
-
-    async def Decide(
-        self, request: pb.DecisionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DecisionReply:
-        admin = await self._admin(context)
-        try:
-            detail = self._orch.decide(request.round_number, request.approve, request.reason, admin)
-        except (StoreError, ValueError) as error:
-            return pb.DecisionReply(ok=False, detail=str(error))
-        return pb.DecisionReply(ok=True, detail=detail)

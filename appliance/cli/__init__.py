@@ -29,14 +29,18 @@ is part of the appliance.
 import typer
 
 from sealagg.appliance.cli import (
+    admins,
     attest,
     audit,
     authority,
+    certs,
     clients,
     init,
     models,
     rounds,
+    runs,
     serve,
+    state,
     status,
 )
 from sealagg.appliance.cli._common import SealaggGroup
@@ -53,5 +57,19 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for _module in (init, clients, serve, status, rounds, models, audit, authority, attest):
+for _module in (
+    init,
+    clients,
+    admins,
+    certs,
+    serve,
+    status,
+    runs,
+    rounds,
+    models,
+    state,
+    audit,
+    authority,
+    attest,
+):
     _module.register(app)
