@@ -17,6 +17,16 @@ Each entry is a JSON object in canonical encoding (sorted keys, no whitespace, U
 Entries are appended in the same SQLite transaction as the state change they record (pass the
 connection of ``store.transaction()``), so the log and the state never disagree after a crash.
 
+Key rotation
+------------
+:meth:`AuditLog.rotate_key` appends an ``audit_key_rotated`` entry, signed by the *old* key,
+whose details name the old and the new public key; every later entry and the head are signed
+by the new key. A verifier given the first key (or the whole key history, oldest first)
+follows the chain across each rotation: it switches keys only on a rotation entry that the key
+in force signed, so nobody can insert a rotation to a key of his own without the private key
+in force at that point, and an entry signed with a retired key after its rotation is refused.
+Only :meth:`AuditLog.rotate_key` writes that event (``append`` refuses it).
+
 What the chain proves, and what it does not
 -------------------------------------------
 Someone who can write the database but does not hold the audit signing key cannot edit, insert,
@@ -40,7 +50,7 @@ import math
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +69,7 @@ __all__ = [
     "ENTRY_CONTEXT",
     "GENESIS_HASH",
     "HEAD_CONTEXT",
+    "KEY_ROTATION_EVENT",
     "MAX_DETAILS_BYTES",
     "AuditEntry",
     "AuditHead",
@@ -77,6 +88,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+#: The one event that changes the key later entries are signed with.
+KEY_ROTATION_EVENT = "audit_key_rotated"
 ENTRY_CONTEXT = b"sealagg/audit-entry/v1\x00"
 HEAD_CONTEXT = b"sealagg/audit-head/v1\x00"
 #: Details larger than this are refused: the log records decisions and counts, never updates.
@@ -121,6 +134,8 @@ class AuditSigner(Protocol):
 AuditKey = AuditSigner | Ed25519PrivateKey | nacl.signing.SigningKey
 #: A verify key: 32 raw bytes, an ``Ed25519PublicKey`` or a PyNaCl ``VerifyKey``.
 VerifyKeyLike = bytes | Ed25519PublicKey | nacl.signing.VerifyKey
+#: The first key, or the key history (oldest first) the chain's rotations must follow.
+VerifyKeys = VerifyKeyLike | Sequence[VerifyKeyLike]
 
 
 class _CryptographySigner:
@@ -363,8 +378,18 @@ def _expected(expected_head: ExpectedHead | None) -> tuple[int, str] | None:
 class _ChainChecker:
     """Walks entries in order; raises :class:`AuditVerificationError` at the first bad one."""
 
-    def __init__(self, verify_key: VerifyKeyLike, expected_head: ExpectedHead | None) -> None:
+    def __init__(self, verify_key: VerifyKeys, expected_head: ExpectedHead | None) -> None:
+        if isinstance(verify_key, list | tuple):
+            if not verify_key:
+                raise ValueError("the key history is empty")
+            history = [bytes(_verify_key(k)) for k in verify_key]
+            self._history: list[bytes] | None = history[1:]
+            verify_key = history[0]
+        else:
+            self._history = None
         self._key = _verify_key(verify_key)
+        #: Keys the chain rotated to, in order (checked against the history at the end).
+        self.rotations: list[bytes] = []
         self._expected = _expected(expected_head)
         self.count = 0
         self.prev_hash = GENESIS_HASH
@@ -429,6 +454,8 @@ class _ChainChecker:
                 if seq
                 else "entry 0 does not start from the genesis hash",
             )
+        if obj["event"] == KEY_ROTATION_EVENT:
+            self._rotate(seq, obj["details"])
         self.prev_hash = digest
         self.count += 1
         if self._expected is not None and self._expected[0] == self.count:
@@ -442,6 +469,34 @@ class _ChainChecker:
             signature=obj["signature"],
             hash=digest,
         )
+
+    def _rotate(self, seq: int, details: dict[str, Any]) -> None:
+        """Follow a rotation the key in force signed (checked by the caller just before)."""
+        previous, new = details.get("previous_public_key"), details.get("new_public_key")
+        if not isinstance(new, str) or not _HEX64_RE.fullmatch(new):
+            raise AuditVerificationError(seq, "the key rotation does not name a new key")
+        if previous != bytes(self._key).hex():
+            raise AuditVerificationError(
+                seq, "the key rotation names another previous key than the one in force"
+            )
+        position = len(self.rotations)
+        if self._history is not None and (
+            position >= len(self._history) or self._history[position].hex() != new
+        ):
+            raise AuditVerificationError(
+                seq, "the key rotation is not to the next key of the given key history"
+            )
+        self._key = _verify_key(bytes.fromhex(new))
+        self.rotations.append(bytes.fromhex(new))
+
+    def check_history_complete(self) -> None:
+        if self._history is not None and len(self.rotations) != len(self._history):
+            raise AuditVerificationError(
+                None,
+                f"the key history lists {len(self._history)} rotation(s), the chain holds "
+                f"{len(self.rotations)}: rotation entries were removed, or the history is not "
+                "this log's",
+            )
 
     @staticmethod
     def _check_fields(seq: int, obj: dict[str, Any]) -> None:
@@ -510,6 +565,7 @@ class _ChainChecker:
         return True
 
     def report(self, *, stored_head_checked: bool) -> AuditReport:
+        self.check_history_complete()
         return AuditReport(
             count=self.count,
             head_hash=self.prev_hash,
@@ -576,6 +632,8 @@ class AuditLog:
             raise AuditChainError("this audit log was opened without the audit signing key")
         if not isinstance(event, str) or not _EVENT_RE.fullmatch(event):
             raise ValueError("event must match [a-z][a-z0-9_]{0,63}")
+        if event == KEY_ROTATION_EVENT:
+            raise ValueError(f"{KEY_ROTATION_EVENT} is written by rotate_key only")
         details = {} if details is None else details
         if type(details) is not dict:
             if not isinstance(details, Mapping):
@@ -646,6 +704,39 @@ class AuditLog:
         _log.debug("audit entry %d: %s", seq, event)
         return dataclasses.replace(entry, hash=digest)
 
+    def rotate_key(self, new_key: AuditKey, *, time: datetime | None = None) -> AuditEntry:
+        """Sign from now on with ``new_key``: one ``audit_key_rotated`` entry signed by the
+        current key names both public keys; the head is re-signed by the new key in the same
+        transaction, so the chain is never left signed by neither."""
+        new_signer = _as_signer(new_key)
+        old_signer = self._signer
+        if old_signer is None:
+            raise AuditChainError("this audit log was opened without the audit signing key")
+        new_public = bytes(new_signer.verify_key_bytes)
+        old_public = bytes(old_signer.verify_key_bytes)
+        if new_public == old_public:
+            raise ValueError("the new audit key is the current one")
+        details = {"previous_public_key": old_public.hex(), "new_public_key": new_public.hex()}
+        stamp = format_time(self._clock() if time is None else time)
+        with self._db.transaction() as tx:
+            entry = self._append(tx, KEY_ROTATION_EVENT, details, stamp)
+            tx.execute(
+                "UPDATE audit_head SET signature = ? WHERE id = 1",
+                (new_signer.sign(_head_message(entry.seq + 1, entry.hash)).hex(),),
+            )
+        self._signer = new_signer
+        self._own_key = _verify_key(new_public)
+        return entry
+
+    def head_signed_by(self, verify_key: VerifyKeyLike) -> bool:
+        """Whether the stored head verifies under ``verify_key`` (which key is in force)."""
+        head = self.head()
+        if head.signature is None:
+            return False
+        return _signature_ok(
+            _verify_key(verify_key), _head_message(head.count, head.hash), head.signature
+        )
+
     # ------------------------------------------------------------------------------ read
 
     def head(self) -> AuditHead:
@@ -663,16 +754,25 @@ class AuditLog:
         key = verify_key if verify_key is not None else self.verify_key_bytes
         if key is None:
             raise ValueError("pass the verify key: this log was opened without the signing key")
-        checker = _ChainChecker(key, None)
         with self._db.snapshot() as conn:
-            return [checker.feed(**row) for row in _iter_rows(conn)]
+            start = key if verify_key is not None else _first_key(conn, key)
+            checker = _ChainChecker(start, None)
+            entries = [checker.feed(**row) for row in _iter_rows(conn)]
+        if verify_key is None and bytes(checker._key) != bytes(_verify_key(key)):
+            # Read with the signer's key: the rotations must lead to it (a prefix signed by
+            # another key is only trusted through the key it rotated to).
+            raise AuditVerificationError(None, "the chain's key rotations do not end at this key")
+        return entries
 
     # ---------------------------------------------------------------------------- verify
 
     def verify(
-        self, verify_key: VerifyKeyLike, *, expected_head: ExpectedHead | None = None
+        self, verify_key: VerifyKeys, *, expected_head: ExpectedHead | None = None
     ) -> AuditReport:
         """Check every entry, then the signed head, then ``expected_head`` if given.
+
+        ``verify_key``: the log's first key (rotations are followed from it), or the key
+        history, oldest first (then the chain's rotations must be exactly its keys).
 
         Raises :class:`~appliance.errors.AuditVerificationError` naming the first bad seq and
         the reason; returns an :class:`AuditReport` with the entry count otherwise. The stored
@@ -718,7 +818,7 @@ class AuditLog:
 
 
 def verify_jsonl(
-    path: Path, verify_key: VerifyKeyLike, expected_head: ExpectedHead | None = None
+    path: Path, verify_key: VerifyKeys, expected_head: ExpectedHead | None = None
 ) -> AuditReport:
     """Verify an export of :meth:`AuditLog.export_jsonl` offline (no database needed).
 
@@ -766,6 +866,20 @@ def _parse_trailer(raw: bytes, position: int) -> AuditHead:
     ):
         raise AuditVerificationError(None, "the signed-head trailer is malformed")
     return AuditHead(head["count"], head["hash"], head["signature"])
+
+
+def _first_key(conn: sqlite3.Connection, current: VerifyKeyLike) -> VerifyKeyLike:
+    """The key the log started with, as its first rotation names it (``current`` if none)."""
+    row = conn.execute(
+        "SELECT entry FROM audit_log WHERE event = ? ORDER BY seq LIMIT 1", (KEY_ROTATION_EVENT,)
+    ).fetchone()
+    if row is None:
+        return current
+    try:
+        previous = json.loads(row[0])["details"]["previous_public_key"]
+        return bytes.fromhex(previous)
+    except (ValueError, KeyError, TypeError):
+        return current  # the walk then names the bad entry
 
 
 def _read_head(conn: sqlite3.Connection) -> AuditHead | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sealagg.appliance.errors import ConfigError
 from sealagg.crypto.config import default_minimum_survivors
@@ -35,12 +35,42 @@ class FederationSection(_Section):
     format: Literal[1] = 1
 
 
+def check_listen_address(value: str) -> str:
+    """``HOST:PORT`` with a host and a port in 1-65535 (IPv6 hosts in brackets).
+
+    Port 0 is refused: gRPC and the metrics server would bind a random port and say so only
+    in a log line, so clients and Prometheus would be pointed at a port nobody listens on
+    (``127.0.0.1:99999`` was accepted and listened on a random port). Tests pick free ports.
+    """
+    host, colon, port = value.rpartition(":")
+    if not colon or not host.strip("[]"):
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:50051)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ":" in host and not bracketed:
+        raise ValueError(f"{value!r}: an IPv6 host goes in brackets, e.g. [::1]:50051")
+    if any(c.isspace() for c in host) or "[" in host.strip("[]") or "]" in host.strip("[]"):
+        raise ValueError(f"{value!r}: the host {host!r} is not a host name or address")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535, not {port!r}")
+    return value
+
+
 class ServerSection(_Section):
     listen: str = "127.0.0.1:50051"
     public_address: str = "127.0.0.1:50051"
     tls_server_name: str = "localhost"
     #: Prometheus metrics on this address ("" turns them off). Loopback by default.
     metrics_listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        return check_listen_address(value)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen_is_host_port(cls, value: str) -> str:
+        return value if value == "" else check_listen_address(value)
 
 
 class AggregationSection(_Section):
@@ -192,6 +222,9 @@ class AttestationSection(_Section):
 class GatesSection(_Section):
     #: A new global model waits in `pending` until `sealagg approve ROUND`.
     require_approval: bool = False
+    #: Different approvers needed to publish a candidate (2 = two-person rule; one rejection
+    #: rejects). Only meaningful with ``require_approval`` (appliance/approvals.py).
+    approvals_required: int = Field(1, ge=1, le=2)
     #: Vendor quality gate (appliance/vendor_gate.py): the party that evaluates each candidate
     #: on its own holdout; "" = none. Accepted only if ``metric`` is no worse than the last
     #: accepted version's (within ``tolerance``); no report before the deadline = rejected.

@@ -8,6 +8,12 @@ One folder holds everything the appliance needs to authenticate a federation::
                                server starts unattended)
     audit_signing_key.pem      Ed25519 key signing audit entries and kit manifests (0600)
     audit_public_key.pem       its public key, for auditors and ``load_kit(trusted_signer=)``
+    audit_key_history.json     optional: every audit public key in order, after a rotation
+                               (appliance/audit_rotation.py); auditors pin the first one
+    ca-previous.pem / .key     during a CA rotation only: the old CA, still trusted for client
+                               certificates (appliance/ca_rotation.py)
+    ca-cross.pem               during a CA rotation only: the new CA certified by the old one,
+                               so a client learns the new CA only from a CA it already trusts
     revoked.json               revoked certificate serials (replaced atomically)
     clients/<name>.json        one public record per issued client (serial, identity key)
     kits/                      default place for new kits (0700); hand them over, then delete
@@ -18,8 +24,12 @@ The authority's *private* key never lives here (the appliance may be malicious: 
 what clients check its list of round members against). The appliance keeps the signed
 roster only to hand it out; it cannot change it without the clients noticing.
 
-The CA key is needed only to issue kits, so a passphrase-protected federation can serve
-without ever decrypting it.
+The CA key is needed only to issue kits and to renew certificates
+(``Aggregator.RenewCertificate``, appliance/renewal.py), so a passphrase-protected federation
+can serve without ever decrypting it; it then answers renewals FAILED_PRECONDITION.
+
+The CA and server certificates are re-read whenever their files change, so a renewal or a CA
+rotation done by another process (``sealagg certs ...``) applies without a restart.
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ import os
 import shutil
 import threading
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +107,22 @@ class FederationPaths:
         return self.folder / "audit_public_key.pem"
 
     @property
+    def ca_previous_cert(self) -> Path:
+        return self.folder / "ca-previous.pem"
+
+    @property
+    def ca_previous_key(self) -> Path:
+        return self.folder / "ca-previous.key"
+
+    @property
+    def ca_cross_cert(self) -> Path:
+        return self.folder / "ca-cross.pem"
+
+    @property
+    def audit_key_history(self) -> Path:
+        return self.folder / "audit_key_history.json"
+
+    @property
     def revoked(self) -> Path:
         return self.folder / "revoked.json"
 
@@ -138,6 +164,41 @@ class FederationPaths:
         )
 
 
+#: How long a renewed client's previous certificate is still accepted. Long enough for a
+#: client whose renewal reply was lost (it still holds the old certificate) to fetch the new
+#: one again, and for its other processes to reconnect; short, because a renewal is also how
+#: a client replaces a key it fears is exposed (appliance/renewal.py).
+RENEWAL_GRACE = timedelta(days=7)
+#: At most this many superseded certificates are kept in grace (the oldest drops first), so a
+#: client renewing in a loop cannot grow its record or the handshake's trust anchors.
+MAX_PREVIOUS_CERTIFICATES = 2
+
+
+@dataclass(frozen=True)
+class PreviousCertificate:
+    """A client's superseded certificate, accepted until ``accepted_until``."""
+
+    serial: int
+    certificate_pem: bytes
+    accepted_until: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "serial": format(self.serial, "x"),
+            "certificate_pem": self.certificate_pem.decode("ascii"),
+            "accepted_until": pki.iso_time(self.accepted_until),
+        }
+
+    @classmethod
+    def from_json(cls, body: Any) -> PreviousCertificate:
+        pem = body["certificate_pem"].encode("ascii")
+        cert = pki.load_certificate(pem, what="previous certificate_pem")
+        serial = int(body["serial"], 16)
+        if cert.serial_number != serial:
+            raise ValueError("a previous certificate does not match its serial")
+        return cls(serial, pem, datetime.fromisoformat(body["accepted_until"]))
+
+
 @dataclass(frozen=True)
 class ClientRecord:
     """What the federation remembers about an issued client; public data only."""
@@ -152,6 +213,14 @@ class ClientRecord:
     revoked_at: datetime | None = None
     #: The issued certificate (PEM): the TLS layer trusts exactly the active clients' ones.
     certificate_pem: bytes | None = None
+    #: Certificates this one renewed, still accepted during :data:`RENEWAL_GRACE`.
+    previous: tuple[PreviousCertificate, ...] = ()
+
+    def previous_in_grace(self, now: datetime) -> tuple[PreviousCertificate, ...]:
+        return tuple(p for p in self.previous if p.accepted_until > now)
+
+    def all_serials(self) -> tuple[int, ...]:
+        return (self.serial, *(p.serial for p in self.previous))
 
     def to_json(self) -> bytes:
         body = {
@@ -168,6 +237,8 @@ class ClientRecord:
             if self.certificate_pem is None
             else self.certificate_pem.decode("ascii"),
         }
+        if self.previous:
+            body["previous"] = [p.to_json() for p in self.previous]
         return (json.dumps(body, indent=2) + "\n").encode()
 
     @classmethod
@@ -198,8 +269,17 @@ class ClientRecord:
                 revoked=body["revoked"],
                 revoked_at=None if revoked_at is None else datetime.fromisoformat(revoked_at),
                 certificate_pem=certificate_pem,
+                previous=tuple(
+                    PreviousCertificate.from_json(p) for p in body.get("previous") or ()
+                ),
             )
-        except (ValueError, KeyError, TypeError, AttributeError, ProvisioningError) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            ProvisioningError,
+        ) as exc:
             raise ProvisioningError(f"client record {source} is corrupt: {exc}") from None
 
 
@@ -219,8 +299,11 @@ class FederationFolder:
         self.paths = paths
         self.config = config
         self.name: str = pki.validate_federation_name(config["federation"]["name"])
-        self.ca_certificate = ca_certificate
-        self.server_certificate = server_certificate
+        self._files_lock = threading.Lock()
+        self._files: dict[Path, tuple[tuple | None, Any]] = {
+            paths.ca_cert: (_stamp(paths.ca_cert), ca_certificate),
+            paths.server_cert: (_stamp(paths.server_cert), server_certificate),
+        }
         self._audit_signing_key = audit_signing_key
         self._passphrase = passphrase
         self._revocations = pki.RevocationList()
@@ -253,7 +336,7 @@ class FederationFolder:
         ca_cert = pki.load_certificate(_read(paths.ca_cert), what=str(paths.ca_cert))
         server_cert = pki.load_certificate(_read(paths.server_cert), what=str(paths.server_cert))
         pki.check_is_ca(ca_cert)
-        pki.check_issued_by(server_cert, ca_cert)
+        _check_server_issuer(server_cert, ca_cert, _load_previous_ca(paths))
         pki.check_purpose(server_cert, ExtendedKeyUsageOID.SERVER_AUTH, role="server")
         server_key = pki.load_tls_key(_read(paths.server_key), None, what=str(paths.server_key))
         if not pki.same_public_key(server_key, server_cert):
@@ -286,6 +369,69 @@ class FederationFolder:
     def folder(self) -> Path:
         return self.paths.folder
 
+    def _reloaded(self, path: Path, parse: Callable[[bytes], Any]) -> Any:
+        """The parsed content of ``path``, re-read whenever the file was replaced (another
+        process renewed or rotated it). A replacement that does not parse or check raises:
+        the caller fails closed rather than serving stale trust."""
+        stamp = _stamp(path)
+        with self._files_lock:
+            cached = self._files.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        value = None if stamp is None else parse(_read(path))
+        with self._files_lock:
+            self._files[path] = (stamp, value)
+        return value
+
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        """The CA that issues now (after a rotation: the new one)."""
+
+        def parse(data: bytes) -> x509.Certificate:
+            cert = pki.load_certificate(data, what=str(self.paths.ca_cert))
+            pki.check_is_ca(cert)
+            return cert
+
+        cert = self._reloaded(self.paths.ca_cert, parse)
+        if cert is None:
+            raise ProvisioningError(f"{self.paths.ca_cert} is missing")
+        return cert
+
+    @property
+    def previous_ca_certificate(self) -> x509.Certificate | None:
+        """During a CA rotation, the old CA: client certificates it issued are still accepted
+        (None outside a rotation)."""
+
+        def parse(data: bytes) -> x509.Certificate:
+            cert = pki.load_certificate(data, what=str(self.paths.ca_previous_cert))
+            pki.check_is_ca(cert)
+            return cert
+
+        return self._reloaded(self.paths.ca_previous_cert, parse)
+
+    @property
+    def trusted_ca_certificates(self) -> tuple[x509.Certificate, ...]:
+        """Every CA whose client certificates are accepted: the current one first."""
+        previous = self.previous_ca_certificate
+        current = self.ca_certificate
+        return (current,) if previous is None else (current, previous)
+
+    @property
+    def server_certificate(self) -> x509.Certificate:
+        """The folder's server certificate, re-read when ``sealagg certs renew-server``
+        replaced it."""
+
+        def parse(data: bytes) -> x509.Certificate:
+            cert = pki.load_certificate(data, what=str(self.paths.server_cert))
+            _check_server_issuer(cert, *self.trusted_ca_certificates)
+            pki.check_purpose(cert, ExtendedKeyUsageOID.SERVER_AUTH, role="server")
+            return cert
+
+        cert = self._reloaded(self.paths.server_cert, parse)
+        if cert is None:
+            raise ProvisioningError(f"{self.paths.server_cert} is missing")
+        return cert
+
     @property
     def audit_signing_key(self) -> Ed25519PrivateKey:
         """The Ed25519 key for audit entries (and kit manifests, under their own prefix)."""
@@ -314,6 +460,22 @@ class FederationFolder:
             raise ProvisioningError(f"{self.paths.ca_key} does not match {self.paths.ca_cert}")
         return key
 
+    def previous_ca_private_key(self) -> ec.EllipticCurvePrivateKey:
+        """During a CA rotation, the old CA's key (it may still issue the server certificate
+        the clients that have not renewed yet trust)."""
+        previous = self.previous_ca_certificate
+        if previous is None:
+            raise ProvisioningError("no CA rotation is in progress")
+        path = self.paths.ca_previous_key
+        key = pki.load_tls_key(_read(path), self._passphrase, what=f"CA key {path}")
+        if not pki.same_public_key(key, previous):
+            raise ProvisioningError(f"{path} does not match {self.paths.ca_previous_cert}")
+        return key
+
+    @property
+    def has_passphrase(self) -> bool:
+        return self._passphrase is not None
+
     def server_credentials_material(self) -> tuple[bytes, bytes, bytes]:
         """(server key PEM, server certificate chain PEM, CA certificate PEM) for
         ``grpc.ssl_server_credentials([(key, chain)], root_certificates=ca,
@@ -323,7 +485,19 @@ class FederationFolder:
         return key, pki.certificate_pem(self.server_certificate), self.ca_pem()
 
     def ca_pem(self) -> bytes:
-        return pki.certificate_pem(self.ca_certificate)
+        """Every CA a client must trust now (a kit's ``ca.pem``): the current CA first, then,
+        during a rotation, the old one (the server certificate may still come from it)."""
+        return b"".join(pki.certificate_pem(c) for c in self.trusted_ca_certificates)
+
+    def ca_bundle_pem(self) -> bytes:
+        """What a renewal reply hands a client: :meth:`ca_pem` plus, during a rotation, the
+        new CA certified by the old one. A client adds a CA it does not trust yet only when
+        a CA it trusts certified it (client_shim/renewal.py), so a stolen server key alone
+        cannot plant a CA of its own in the clients."""
+        bundle = self.ca_pem()
+        if self.previous_ca_certificate is not None and self.paths.ca_cross_cert.exists():
+            bundle += _read(self.paths.ca_cross_cert)
+        return bundle
 
     # ---- the authority's roster -----------------------------------------------------------
 
@@ -411,15 +585,27 @@ class FederationFolder:
             if not (r.revoked or r.serial in revoked)
         }
 
-    def provisioning_stamp(self) -> tuple[tuple[int, int, int], ...]:
-        """Changes whenever a client is issued or revoked (``clients/``, ``revoked.json``):
-        the key for caches of anything derived from the client records."""
+    def provisioning_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """Changes whenever a client is issued, renewed or revoked (``clients/``,
+        ``revoked.json``), and when the CAs or the server certificate change (renewal, CA
+        rotation): the key for caches of anything derived from them."""
         files = [os.stat(p) for p in self._stamped_paths]
-        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in files)
+        stamps: list[tuple[int, int, int] | None] = [
+            (st.st_ino, st.st_mtime_ns, st.st_size) for st in files
+        ]
+        return (*stamps, *(_stamp(Path(p)) for p in self._optional_stamped_paths))
 
     @functools.cached_property
-    def _stamped_paths(self) -> tuple[str, str]:  # asked on every call: no Path building
+    def _stamped_paths(self) -> tuple[str, ...]:  # asked on every call: no Path building
         return (str(self.paths.clients), str(self.paths.revoked))
+
+    @functools.cached_property
+    def _optional_stamped_paths(self) -> tuple[str, ...]:
+        return (
+            str(self.paths.ca_cert),
+            str(self.paths.ca_previous_cert),
+            str(self.paths.server_cert),
+        )
 
     def handshake_trust_anchors(self) -> bytes:
         """PEM certificates a client may present in the TLS handshake: exactly the current
@@ -433,13 +619,21 @@ class FederationFolder:
         """
         revoked = self.revocations()
         now = datetime.now(UTC)
+        issuers = {ca.subject for ca in self.trusted_ca_certificates}
         anchors: list[bytes] = []
         for record in self.client_records():
-            if record.revoked or record.serial in revoked or record.not_after <= now:
+            if record.revoked:
                 continue
-            if record.certificate_pem is None:
-                return self.ca_pem()
-            anchors.append(record.certificate_pem)
+            candidates = [
+                p.certificate_pem for p in record.previous_in_grace(now) if p.serial not in revoked
+            ]  # renewed: the old one, in grace only
+            if record.serial not in revoked and record.not_after > now:
+                if record.certificate_pem is None:
+                    return self.ca_pem()
+                candidates.append(record.certificate_pem)
+            for pem in candidates:  # after a CA rotation ends, the old CA's leaves drop out
+                if _issuer(pem) in issuers:
+                    anchors.append(pem)
         return b"".join(anchors) or pki.certificate_pem(self.server_certificate)
 
     def check_peer_certificate(self, der: bytes, *, now: datetime | None = None) -> str:
@@ -452,7 +646,8 @@ class FederationFolder:
             cert = x509.load_der_x509_certificate(bytes(der))
         except ValueError:
             raise CertificateError("the peer certificate is not a DER X.509 certificate") from None
-        name = pki.check_client_certificate(cert, self.ca_certificate, now=pki.check_time(now))
+        moment = pki.check_time(now)
+        name = self._check_with_trusted_cas(cert, moment)
         if self.is_revoked(cert):
             raise CertificateError(
                 f"the certificate of client {name!r} (serial {cert.serial_number:x}) is revoked"
@@ -463,8 +658,27 @@ class FederationFolder:
         if record.revoked:
             raise CertificateError(f"client {name!r} is revoked")
         if record.serial != cert.serial_number:
+            if any(p.serial == cert.serial_number for p in record.previous_in_grace(moment)):
+                return name  # renewed; the old certificate is accepted for the grace period
+            if any(p.serial == cert.serial_number for p in record.previous):
+                raise CertificateError(
+                    f"this certificate of client {name!r} was renewed and its grace period "
+                    "ended: use the renewed certificate"
+                )
             raise CertificateError(f"this is not the current certificate of client {name!r}")
         return name
+
+    def _check_with_trusted_cas(self, cert: x509.Certificate, now: datetime) -> str:
+        """The client name, if a CA this federation trusts now issued ``cert``; the current
+        CA's refusal reason otherwise."""
+        first_error: CertificateError | None = None
+        for ca in self.trusted_ca_certificates:
+            try:
+                return pki.check_client_certificate(cert, ca, now=now)
+            except CertificateError as error:
+                first_error = first_error or error
+        assert first_error is not None
+        raise first_error
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -781,8 +995,11 @@ def revoke_client(federation: FederationFolder, name: str, *, now: datetime | No
         if record is None:
             raise ProvisioningError(f"no client named {name!r} in federation {federation.name!r}")
         revocations = federation.revocations()
-        if record.serial not in revocations:
-            revocations.with_revocation(record.serial, name, moment).save(federation.paths.revoked)
+        missing = [s for s in record.all_serials() if s not in revocations]
+        for serial in missing:  # a renewed client's certificates in grace go too
+            revocations = revocations.with_revocation(serial, name, moment)
+        if missing:
+            revocations.save(federation.paths.revoked)
         if not record.revoked:
             marked = dataclasses.replace(record, revoked=True, revoked_at=moment)
             pki.write_file_atomic(
@@ -865,6 +1082,44 @@ def _config_str(config: dict[str, Any], table: str, key: str) -> str:
 
 def _read(path: Path) -> bytes:
     return pki.read_file(path, limit=MAX_KEY_FILE_BYTES)
+
+
+def _issuer(pem: bytes) -> x509.Name | None:
+    try:
+        return pki.load_certificate(pem, what="a client certificate").issuer
+    except CertificateError:
+        return None
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of ``path``; None when it does not exist."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _load_previous_ca(paths: FederationPaths) -> x509.Certificate | None:
+    if not paths.ca_previous_cert.exists():
+        return None
+    cert = pki.load_certificate(_read(paths.ca_previous_cert), what=str(paths.ca_previous_cert))
+    pki.check_is_ca(cert)
+    return cert
+
+
+def _check_server_issuer(cert: x509.Certificate, *cas: x509.Certificate | None) -> None:
+    """Raise unless one of ``cas`` (the current CA, or the old one during a rotation) issued
+    the server certificate."""
+    for ca in cas:
+        if ca is None:
+            continue
+        try:
+            pki.check_issued_by(cert, ca)
+            return
+        except CertificateError:
+            continue
+    raise CertificateError("the server certificate was not issued by this federation's CA")
 
 
 def _public_pem(key: Ed25519PublicKey) -> bytes:

@@ -37,6 +37,15 @@ client refuses an older roster (one still listing removed clients) from its firs
 Kits countersigned before this carry no roster and keep the old form; their client's first
 roster is the appliance's word until it learns a newer one.
 
+A client renews its own certificate (``Aggregator.RenewCertificate``, client_shim/renewal.py)
+without a new kit. The manifest and the countersignature cover the kit *as issued*, so the
+renewal is a file of its own beside them, ``RENEWAL.json`` (mode 0600): the new certificate,
+its key and the CA bundle, replaced atomically as one file. :func:`load_kit` applies it only
+after checking it like the issued files: the certificate names this client, certifies this
+key and comes from a CA the kit trusts; a CA the kit did not trust yet counts only when a CA
+it trusts certified it (a cross-certificate in the bundle, from a CA rotation), so whoever
+answers a renewal cannot plant a CA of its own. A bad renewal file refuses the kit.
+
 This module is the client shim's one door into the appliance besides the wire schema: it only
 loads and validates kits (:func:`load_kit`, :class:`ClientKit`) and re-exports the kit errors,
 so a data owner never imports code that issues or signs kits. Issuing lives in
@@ -69,6 +78,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sealagg.appliance import pki
 from sealagg.appliance.errors import (
@@ -133,8 +143,17 @@ AUTHORITY_ROSTER_SIGNATURE_CONTEXT = (
 )
 #: The authority's signed roster at countersigning (bound by AUTHORITY.sig, not the manifest).
 AUTHORITY_ROSTER = "AUTHORITY.roster.json"
-#: Files that are the kit's signatures (or bound by one), never listed in its manifest.
-SIGNATURE_FILES = frozenset({MANIFEST, SIGNATURE, AUTHORITY_SIGNATURE, AUTHORITY_ROSTER})
+#: The client's renewed certificate, key and CA bundle (JSON, 0600): checked on load instead.
+RENEWAL = "RENEWAL.json"
+#: A renewal under way: the new key, kept until its certificate arrives (a lost reply is
+#: answered again for the same key; appliance/renewal.py).
+RENEWAL_PENDING = "RENEWAL.pending.json"
+RENEWAL_FORMAT = "sealagg-renewal/1"
+#: Files that are the kit's signatures (or bound by one, or checked on load like the
+#: renewal), never listed in its manifest.
+SIGNATURE_FILES = frozenset(
+    {MANIFEST, SIGNATURE, AUTHORITY_SIGNATURE, AUTHORITY_ROSTER, RENEWAL, RENEWAL_PENDING}
+)
 #: Optional: the federation authority's raw Ed25519 public key (hex), which signs the roster.
 AUTHORITY_KEY = "authority.pub"
 #: Optional: the TEE attestation policy (attest/policy.py) the client enforces before sending.
@@ -233,6 +252,11 @@ class ClientKit:
     @property
     def ca_certificate(self) -> x509.Certificate:
         return pki.load_certificate(self.ca_cert_pem, what="the kit's CA certificate")
+
+    @property
+    def ca_certificates(self) -> list[x509.Certificate]:
+        """Every CA this kit trusts (more than one after a CA rotation)."""
+        return pki.load_certificates(self.ca_cert_pem, what="the kit's CA certificates")
 
     @property
     def identity_public_key(self) -> bytes:
@@ -339,8 +363,199 @@ def load_kit(
                 f"the kit carries {AUTHORITY_ROSTER} but no countersignature vouches for it"
             )
         _check_kit_roster(roster, pinned, kit.federation)
-    return dataclasses.replace(
+    kit = dataclasses.replace(
         kit, authority_signed=AUTHORITY_SIGNATURE in files, authority_roster=roster
+    )
+    if RENEWAL in files:
+        kit = apply_renewal(kit, files[RENEWAL])
+    return kit
+
+
+# --------------------------------------------------------------------------------------------
+# Renewal (the client's own file beside the issued kit)
+
+
+def accepted_anchors(
+    trusted: list[x509.Certificate], bundle: list[x509.Certificate]
+) -> list[x509.Certificate]:
+    """The self-signed CAs of ``bundle`` this client may trust: those it trusts already, and
+    those a trusted CA certified (a cross-certificate in the bundle with the same subject and
+    key, issued by a trusted CA). Bundle order is kept; cross-certificates are not anchors."""
+    known = {c.public_bytes(Encoding.DER) for c in trusted}
+    accepted: list[x509.Certificate] = []
+    roots = [c for c in bundle if pki.is_self_signed_ca(c)]
+    cross = [c for c in bundle if not pki.is_self_signed_ca(c)]
+    changed = True
+    while changed:  # a chain of rotations: each CA vouched for by the one before
+        changed = False
+        for root in roots:
+            der = root.public_bytes(Encoding.DER)
+            if der in {a.public_bytes(Encoding.DER) for a in accepted}:
+                continue
+            vouched = der in known or any(_certifies(x, root, [*trusted, *accepted]) for x in cross)
+            if vouched:
+                accepted.append(root)
+                changed = True
+    return sorted(accepted, key=lambda c: roots.index(c))
+
+
+def _certifies(
+    cross: x509.Certificate, root: x509.Certificate, trusted: list[x509.Certificate]
+) -> bool:
+    if cross.subject != root.subject or not _same_key(cross, root):
+        return False
+    try:
+        constraints = cross.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    if not constraints.ca:
+        return False
+    for anchor in trusted:
+        try:
+            pki.check_issued_by(cross, anchor)
+            return True
+        except CertificateError:
+            continue
+    return False
+
+
+def _same_key(a: x509.Certificate, b: x509.Certificate) -> bool:
+    spki = PublicFormat.SubjectPublicKeyInfo
+    return a.public_key().public_bytes(Encoding.DER, spki) == b.public_key().public_bytes(
+        Encoding.DER, spki
+    )
+
+
+def check_renewed_certificate(
+    kit: ClientKit, cert_pem: bytes, key_pem: bytes, ca_bundle_pem: bytes
+) -> bytes:
+    """Check a renewal for ``kit`` and return the CA PEMs the kit trusts from now on.
+
+    Raises :class:`KitTamperedError` unless the certificate is a clientAuth certificate naming
+    this client, certifies ``key_pem``'s key and was issued by a CA the kit trusts or that a
+    CA it trusts certified."""
+    try:
+        cert = pki.load_certificate(cert_pem, what="the renewed certificate")
+        key = pki.load_tls_key(key_pem, None, what="the renewed key")
+        bundle = pki.load_certificates(ca_bundle_pem, what="the renewal's CA bundle")
+        trusted = kit.ca_certificates
+        if pki.client_name_of(cert) != kit.name:
+            raise CertificateError(f"the renewed certificate does not name {kit.name!r}")
+        pki.check_purpose(cert, ExtendedKeyUsageOID.CLIENT_AUTH, role="client")
+        if not pki.same_public_key(key, cert):
+            raise CertificateError("the renewed certificate does not certify the new key")
+        anchors = accepted_anchors(trusted, bundle)
+        if not anchors:
+            raise CertificateError("the renewal's CA bundle holds no CA this kit trusts")
+        issuers = [a for a in anchors if _issued(cert, a)]
+        if not issuers:
+            raise CertificateError("the renewed certificate was not issued by a CA this kit trusts")
+    except ProvisioningError as error:  # CertificateError included
+        raise KitTamperedError(f"renewal refused: {error}") from None
+    return b"".join(pki.certificate_pem(a) for a in anchors)
+
+
+def _issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        pki.check_issued_by(cert, ca)
+    except CertificateError:
+        return False
+    return True
+
+
+def render_renewal(cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> bytes:
+    body = {
+        "format": RENEWAL_FORMAT,
+        "certificate_pem": cert_pem.decode("ascii"),
+        "key_pem": key_pem.decode("ascii"),
+        "ca_pem": ca_pem.decode("ascii"),
+    }
+    return (json.dumps(body, indent=2) + "\n").encode()
+
+
+def apply_renewal(kit: ClientKit, data: bytes) -> ClientKit:
+    """``kit`` with the renewed certificate, key and CAs of a ``RENEWAL.json``, checked.
+
+    The CAs are checked against the *issued* kit's CA file: a renewal file cannot vouch for
+    itself."""
+    try:
+        body = json.loads(data)
+        if body["format"] != RENEWAL_FORMAT:
+            raise ValueError(f"unknown format {body['format']!r}")
+        cert_pem = body["certificate_pem"].encode("ascii")
+        key_pem = body["key_pem"].encode("ascii")
+        ca_pem = body["ca_pem"].encode("ascii")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeError) as exc:
+        raise KitTamperedError(f"{RENEWAL} is corrupt: {exc}") from None
+    anchors = check_renewed_certificate(kit, cert_pem, key_pem, ca_pem)
+    return dataclasses.replace(
+        kit, client_cert_pem=cert_pem, client_key_pem=key_pem, ca_cert_pem=anchors
+    )
+
+
+def install_renewal(
+    kit: ClientKit, cert_pem: bytes, key_pem: bytes, ca_bundle_pem: bytes
+) -> ClientKit:
+    """Check a renewal and write it into the kit folder as one atomic file (0600); return
+    the kit as it loads from now on. The pending key file, if any, is removed after."""
+    if kit.folder is None:
+        raise ProvisioningError(
+            f"kit {kit.source} is an archive: renewal writes beside the kit's files; unpack "
+            "it into a folder first"
+        )
+    # The cross-certificates of earlier rotations are kept: loading checks the renewal against
+    # the kit's *issued* CA, and each rotation's CA is vouched for by the one before.
+    bundle = ca_bundle_pem + _earlier_cross_certificates(kit.folder / RENEWAL, ca_bundle_pem)
+    anchors = check_renewed_certificate(kit, cert_pem, key_pem, bundle)
+    data = render_renewal(cert_pem, key_pem, bundle)
+    pki.write_file_atomic(kit.folder / RENEWAL, data, mode=pki.PRIVATE_FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        (kit.folder / RENEWAL_PENDING).unlink()
+    return dataclasses.replace(
+        kit, client_cert_pem=cert_pem, client_key_pem=key_pem, ca_cert_pem=anchors
+    )
+
+
+def _earlier_cross_certificates(path: Path, bundle_pem: bytes) -> bytes:
+    if not path.exists():
+        return b""
+    try:
+        body = json.loads(pki.read_file(path, limit=MAX_FILE_BYTES))
+        earlier = pki.load_certificates(body["ca_pem"].encode("ascii"), what=str(path))
+        present = {
+            c.public_bytes(Encoding.DER) for c in pki.load_certificates(bundle_pem, what="bundle")
+        }
+    except (ValueError, KeyError, TypeError, AttributeError, ProvisioningError):
+        return b""
+    return b"".join(
+        pki.certificate_pem(c)
+        for c in earlier
+        if not pki.is_self_signed_ca(c) and c.public_bytes(Encoding.DER) not in present
+    )
+
+
+def pending_renewal_key(kit: ClientKit) -> bytes | None:
+    """The key of a renewal whose reply has not arrived yet (PEM), if any."""
+    if kit.folder is None:
+        return None
+    path = kit.folder / RENEWAL_PENDING
+    if not path.exists():
+        return None
+    try:
+        body = json.loads(pki.read_file(path, limit=MAX_FILE_BYTES))
+        key_pem = body["key_pem"].encode("ascii")
+        pki.load_tls_key(key_pem, None, what=str(path))
+    except (ValueError, KeyError, TypeError, AttributeError, ProvisioningError):
+        return None  # unusable: a fresh key is made instead
+    return key_pem
+
+
+def save_pending_renewal_key(kit: ClientKit, key_pem: bytes) -> None:
+    if kit.folder is None:
+        return
+    body = {"format": RENEWAL_FORMAT, "key_pem": key_pem.decode("ascii")}
+    pki.write_file_atomic(
+        kit.folder / RENEWAL_PENDING, json.dumps(body).encode(), mode=pki.PRIVATE_FILE_MODE
     )
 
 

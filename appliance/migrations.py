@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-__all__ = ["LATEST", "MIGRATIONS", "TABLES_ADDED", "apply_one"]
+__all__ = ["COLUMNS_ADDED", "LATEST", "MIGRATIONS", "TABLES_ADDED", "apply_one"]
 
 #: Version 2: durable exclusions after a proven blame (issue 17). Databases of version 1 made
 #: by that release may already hold the table (it was created on open then): IF NOT EXISTS.
@@ -90,6 +90,9 @@ TABLES_ADDED: dict[int, frozenset[str]] = {
     2: frozenset({"exclusions"}),
     3: frozenset({"runs", "approvals", "evaluations"}),
 }
+#: Columns each version adds to tables older than it (checked the same way: a database that
+#: claims the version without them was damaged or made by hand).
+COLUMNS_ADDED: dict[int, dict[str, frozenset[str]]] = {3: {"rounds": frozenset({"run"})}}
 
 
 def apply_one(

@@ -15,6 +15,27 @@ the roster's signed policy (``c``, ``m``) is the one the round's parameters must
 it is the one every client enforces. A client that refuses a round reports it
 (:meth:`Orchestrator.report_refusal`): audited as ``round_refused_by_client``, and the round
 goes on without it.
+
+Runs (:mod:`appliance.runs`, :mod:`appliance.run_store`): rounds open only for the running
+run, carry its id, its 1-based round index, its budget and its hyperparameters, and count
+against its budget in the transaction that opens them. A paused run opens no round (the round
+in flight finishes); a finished (budget spent) or stopped run sends every client
+``Task(run_end=RunEnd(...))``, also clients that poll later. A federation where no
+administrator ever created a run gets an implicit run from ``[aggregation] rounds`` at each
+start when none is live (audited ``run_created`` by ``config``), so it behaves as before:
+the appliance stops once that budget is spent.
+
+While a candidate of the running run waits for human approval, no further round of that run
+opens: its siblings would train from the same parent and waste every client's compute on
+candidates that the decision may make obsolete (and approving one would silently discard the
+others). Clients idle until an administrator decides.
+
+Readiness expires: a client counts as ready while it polls, or when its last poll ended idle
+within ``ready_window``; a client whose last poll handed it a task is busy with it (or gone)
+until it polls again. After each round the loop waits briefly for its members to poll again,
+so a client that left after its last round is not put into the next one. When a round ends,
+its queued RoundStart and protocol steps are removed from every queue: a client that comes
+back later never trains for a dead round (its RoundEnd stays).
 """
 
 from __future__ import annotations
@@ -24,18 +45,27 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from sealagg.appliance.approvals import record_decision
 from sealagg.appliance.ckks_round import build_ckks_round
 from sealagg.appliance.config import ApplianceConfig
+from sealagg.appliance.errors import StoreError
+from sealagg.appliance.evaluation import (
+    MAX_DEADLINE_SECONDS,
+    EvaluationError,
+    FederatedEvaluations,
+    check_allowed,
+)
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.models import ModelVersion
 from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
@@ -50,6 +80,15 @@ from sealagg.appliance.rounds import (
     Member,
     PlainRound,
     UploadRefusedError,
+)
+from sealagg.appliance.run_store import RunStore
+from sealagg.appliance.runs import (
+    IMPLICIT_CREATOR,
+    Run,
+    RunError,
+    check_hyperparameters,
+    check_name,
+    next_status,
 )
 from sealagg.appliance.store import Store
 from sealagg.appliance.vendor_gate import EVALUATION_KIND, VendorGate
@@ -79,6 +118,14 @@ MAX_QUEUED_TASKS = 16
 #: is audited once per client and code, so a client cannot flood the audit log).
 RECENT_ROUNDS = 16
 MAX_REMEMBERED_REFUSALS = 4096
+#: After a round, how long the loop waits for its members to poll again before it picks the
+#: next round's members (a member that does not come back within it is left out).
+SETTLE_SECONDS = 2.0
+#: When the implicit run's budget ends the appliance: how long its last round's members have
+#: to poll once more and collect their RunEnd.
+RUN_END_GRACE = 1.0
+#: Run hyperparameter: a federated evaluation after every N-th published round of the run.
+EVALUATE_EVERY = "evaluate_every"
 
 
 @dataclasses.dataclass
@@ -89,6 +136,10 @@ class _Link:
     tasks: asyncio.Queue[pb.Task] = dataclasses.field(default_factory=asyncio.Queue)
     last_poll: float = 0.0
     polling: int = 0
+    #: Its last poll handed it a task: busy with it (or gone) until it polls again.
+    busy: bool = False
+    #: The run whose RunEnd it has been handed (each client gets each RunEnd once).
+    run_end_seen: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +196,10 @@ class Orchestrator:
         self._refused: set[str] = set()  # members that refused the current round
         self._recent_rounds: OrderedDict[bytes, int] = OrderedDict()  # round id -> number
         self._refusals_audited: set[tuple[str, bytes, str]] = set()
+        self.runs = RunStore(store)
+        self._round_run: Run | None = None  # the run of the round being set up or driven
+        self._run_end: pb.Task | None = None  # the last ended run's notice, for late pollers
+        self.evaluations = FederatedEvaluations(self._send_to, clock)
 
     # ------------------------------------------------------------------ client-facing
 
@@ -155,11 +210,15 @@ class Orchestrator:
             link = self._links[name] = _Link(name)
             for notice in self._restart_notices:
                 _enqueue(link, notice)
+        self._hand_run_end(link)
         link.last_poll = self._clock()
         link.polling += 1
+        link.busy = False
         try:  # a timer, not a task per poll (every round makes a dozen polls per client)
             async with asyncio.timeout(min(max(wait_seconds, 0.0), MAX_POLL_SECONDS)):
-                return await link.tasks.get()
+                task = await link.tasks.get()
+                link.busy = True
+                return task
         except TimeoutError:
             current = self.store.current_model()
             return pb.Task(
@@ -175,6 +234,8 @@ class Orchestrator:
     def check_upload(self, name: str, header: pb.UploadHeader) -> int:
         """Validate a header before reading data; returns the byte limit for the body."""
         if header.kind == EVALUATION_KIND:
+            if self.evaluations.knows(bytes(header.round_id)):  # a federated evaluation
+                return self.evaluations.check_upload(name, header)
             return self._gate_for(name).check_upload(name, header)
         reason = self._roster_refusal(name)
         if reason is not None:
@@ -241,8 +302,11 @@ class Orchestrator:
             _log.warning("%s refused %s (%s)", name, what, refusal)
 
     async def submit(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
-        if header.kind == EVALUATION_KIND:  # a gate report, outside the round's phases
-            self._gate_for(name).receive(name, header, payload)
+        if header.kind == EVALUATION_KIND:  # outside the round's phases
+            if self.evaluations.knows(bytes(header.round_id)):
+                self.evaluations.receive(name, header)
+                return
+            self._gate_for(name).receive(name, header, payload)  # the vendor gate's report
             return
         async with self._lock:
             current = self._round
@@ -287,45 +351,38 @@ class Orchestrator:
             "bytes_in": self.metrics.total("sealagg_bytes_in_total"),
             "bytes_out": self.metrics.total("sealagg_bytes_out_total"),
             "privacy": self.privacy.status(),
+            "run": self._run_status(),
         }
 
+    def _run_status(self) -> dict | None:
+        """The live run (running, else the latest paused): id, name, status, budget, done."""
+        run = self.runs.live()
+        if run is None:
+            return None
+        keys = ("id", "name", "status", "rounds", "rounds_done", "mode")
+        return {k: v for k, v in run.as_dict().items() if k in keys}
+
     def decide(self, round_number: int, approve: bool, reason: str, admin: str) -> str:
-        """Approve or reject the candidate of a round waiting for a human decision."""
-        pending = [
-            m
-            for m in self.store.model_versions()
-            if m.round == round_number and m.status == "pending"
-        ]
-        if not pending:
-            raise ValueError(f"round {round_number} has no model waiting for approval")
-        model = pending[0]
-        stale = None if model.parent is None else superseded_during_round(self.store, model.parent)
-        if approve and stale:  # approving would undo e.g. a rollback made while it waited
-            raise ValueError(f"cannot approve round {round_number}: {stale}; reject it instead")
-        with self.store.transaction() as tx:
-            self.store.audit.append(
-                "approval",
-                {
-                    "round": round_number,
-                    "version": model.version,
-                    "approve": approve,
-                    "by": admin,
-                    "reason": reason,
-                },
-                conn=tx,
-            )
-            self.store.set_model_status(model.version, "accepted" if approve else "rejected")
-            self.store.set_round_status(
-                round_number, "accepted" if approve else "rejected", reason or None
-            )
-        verb = "published" if approve else "rejected"
-        return f"round {round_number}: model version {model.version} {verb}"
+        """Approve or reject the candidate of a round waiting for a human decision; with
+        ``[gates] approvals_required = 2`` two different approvers must approve before it is
+        published (appliance/approvals.py)."""
+        result = record_decision(
+            self.store,
+            round_number,
+            approve,
+            reason,
+            admin,
+            required=self.config.gates.approvals_required,
+        )
+        return result.detail
 
     # ---------------------------------------------------------------------- scheduling
 
     def ready_clients(self) -> list[str]:
-        """Registered, unrevoked clients that are polling now or polled recently, and that
-        the installed roster admits (the others are audited once per reason)."""
+        """Registered, unrevoked clients that are polling now, or whose last poll ended idle
+        within ``ready_window`` (a client whose last poll handed it a task is busy with it or
+        gone), with no task waiting for them, and that the installed roster admits (the
+        others are audited once per reason)."""
         now = self._clock()
         registered = self._identity_keys()
         excluded = self.store.excluded_participants()  # proven blames, until readmitted
@@ -335,7 +392,8 @@ class Orchestrator:
             for name, link in self._links.items()
             if name in registered
             and name not in excluded
-            and (link.polling > 0 or now - link.last_poll <= window)
+            and link.tasks.empty()  # news not yet collected (a poll woken, not yet returned)
+            and (link.polling > 0 or (not link.busy and now - link.last_poll <= window))
         )
         return [name for name in ready if self._roster_refusal(name, audit=True) is None]
 
@@ -384,12 +442,27 @@ class Orchestrator:
             )
             for n in aborted
         ]
+        self.runs.fail_open_evaluations("the appliance restarted during the evaluation")
+        ended = self.runs.latest_ended()
+        if ended is not None and self.runs.live() is None:  # its clients may not have heard
+            self._announce_run_end(ended)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Open rounds while enough clients are ready, until ``stop`` or the round budget."""
+        """Open rounds for the running run while enough clients are ready, until ``stop``
+        (or, for the implicit run of ``[aggregation] rounds``, until its budget is spent)."""
         self.recover()
-        done = setup_failures = 0
+        self._ensure_implicit_run()
+        setup_failures = 0
         while not stop.is_set():
+            run = self.runs.running()
+            if run is not None and run.budget_spent:  # e.g. its last round was before a restart
+                if self._finish_run(run) and run.implicit:
+                    await self.deliver_pending(timeout=5.0)
+                    return
+                continue
+            if run is None or self._awaiting_approval(run):
+                await _sleep_or_stop(stop, 0.2)
+                continue
             ready = self.ready_clients()
             if (
                 len(ready) < self.config.aggregation.min_clients
@@ -402,22 +475,342 @@ class Orchestrator:
                 if self.privacy.enabled:
                     self.privacy.check_budget(len(batch))
             except PrivacyBudgetExhaustedError:
-                if self.config.aggregation.rounds:
+                if run.implicit and self.config.aggregation.rounds:
                     return
                 await _sleep_or_stop(stop, 5.0)
                 continue
-            outcome = await self.run_round(batch)
+            outcome = await self.run_round(batch, run=run)
             self.history.append(outcome)
             self.metrics.rounds.labels(outcome.outcome).inc()
-            done += 1
-            if self.config.aggregation.rounds and done >= self.config.aggregation.rounds:
-                await self.deliver_pending(timeout=5.0)
-                return
+            await self._evaluate_if_due(run.run_id, outcome, batch, stop)
+            run = self.runs.get(run.run_id)  # rounds counted; paused or stopped meanwhile?
+            if run.status == "stopped":
+                self._announce_run_end(run)
+            elif run.status == "running" and run.budget_spent:
+                self._finish_run(run)
+                if run.implicit:  # as before runs existed: the appliance stops here
+                    await self.deliver_pending(timeout=5.0)
+                    await self._run_end_collected(batch, RUN_END_GRACE)
+                    return
             if outcome.reason.startswith(SETUP_FAILURE):  # e.g. the CKKS size guard
                 setup_failures += 1  # back off: the next attempt would fail the same way
                 await _sleep_or_stop(stop, min(60.0, 2.0**setup_failures))
             else:
                 setup_failures = 0
+                await self._settle(batch, stop)
+
+    async def _evaluate_if_due(
+        self, run_id: str, outcome: RoundOutcome, batch: list[str], stop: asyncio.Event
+    ) -> None:
+        """The run's ``evaluate_every`` hyperparameter: after every N-th round that published
+        a model, every ready client evaluates it (federated evaluation, by ``appliance``)."""
+        run = self.runs.get(run_id)
+        every = json.loads(run.hyperparameters).get(EVALUATE_EVERY)
+        if outcome.outcome != "published" or run.status != "running" or not every:
+            return
+        if run.rounds_done % every:
+            return
+        await self._settle(batch, stop)  # the members poll again: ready to be asked
+        try:
+            result = await self.evaluate(
+                version=0, run_id=run_id, deadline_seconds=0, by="appliance"
+            )
+        except (EvaluationError, RunError, StoreError) as error:
+            _log.warning("run %s: no evaluation after round %d: %s", run_id, outcome.number, error)
+            return
+        _log.info("run %s: evaluation after round %d: %s", run_id, outcome.number, result["status"])
+
+    async def _run_end_collected(self, names: list[str], seconds: float) -> None:
+        """Wait (at most ``seconds``) until these clients were handed the RunEnd."""
+        notice = self._run_end
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while notice is not None and loop.time() < until:
+            links = [self._links.get(n) for n in names]
+            if all(
+                link is not None
+                and link.run_end_seen == notice.run_end.run_id
+                and link.tasks.empty()
+                for link in links
+            ):
+                return
+            await asyncio.sleep(0.02)
+
+    async def _settle(self, names: list[str], stop: asyncio.Event) -> None:
+        """Give a round's members a moment to poll again before the next round is chosen, so
+        live clients are not left out and clients that left are (readiness expires)."""
+        window = min(SETTLE_SECONDS, self.config.aggregation.ready_window)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + window
+        while not stop.is_set() and loop.time() < until:
+            links = [self._links.get(n) for n in names]
+            if all(link is not None and link.polling > 0 and link.tasks.empty() for link in links):
+                return
+            await asyncio.sleep(0.02)
+
+    # --------------------------------------------------------------------------- runs
+
+    def _ensure_implicit_run(self) -> None:
+        """Backward compatibility: with no administrator-created run, start one from the
+        config (``[aggregation] rounds``) unless an implicit run is still live."""
+        runs = self.runs.runs()
+        if any(not r.implicit for r in runs) or any(
+            r.status in ("running", "paused") for r in runs
+        ):
+            return
+        agg = self.config.aggregation
+        run = self.runs.create(
+            name="default",
+            mode=agg.mode,
+            rounds=agg.rounds,
+            hyperparameters={},
+            base_model_version=None,
+            by=IMPLICIT_CREATOR,
+        )
+        self._start(run, by=IMPLICIT_CREATOR, reason="no run was created: [aggregation] rounds")
+
+    def _awaiting_approval(self, run: Run) -> bool:
+        """A candidate of this run waits for a human: open no sibling round (module doc)."""
+        with self.store.snapshot() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM model_versions m JOIN rounds r ON m.round = r.id "
+                "WHERE m.status = 'pending' AND r.run = ? LIMIT 1",
+                (run.row,),
+            ).fetchone()
+        return row is not None
+
+    def create_run(
+        self,
+        *,
+        name: str,
+        mode: str,
+        rounds: int,
+        hyperparameters_json: str,
+        base_model_version: int,
+        start: bool,
+        by: str,
+    ) -> Run:
+        """A new run (RunError with the reason when refused); audited with ``by``."""
+        name = check_name(name)
+        configured = self.config.aggregation.mode
+        mode = mode or configured
+        if mode != configured:
+            raise RunError(
+                f"mode {mode!r} differs from the federation's configured mode {configured!r}: "
+                "the loaded configuration (policy, deadlines, key holder, DP) was checked for "
+                f"{configured!r} only; change [aggregation] mode and restart the appliance"
+            )
+        if not 0 <= rounds <= 2**31:
+            raise RunError("rounds is a budget from 0 (unbounded) to 2^31")
+        hyperparameters = check_hyperparameters(hyperparameters_json)
+        every = hyperparameters.get(EVALUATE_EVERY)
+        if every is not None:
+            if type(every) is not int or every < 1:
+                raise RunError(f"{EVALUATE_EVERY} is a whole number of rounds, at least 1")
+            try:  # refused now rather than silently after every round
+                check_allowed(mode, hyperparameters)
+            except EvaluationError as error:
+                raise RunError(f"{EVALUATE_EVERY}: {error}") from None
+        base = None
+        if base_model_version:
+            base = self._accepted_version(base_model_version).version
+        run = self.runs.create(
+            name=name,
+            mode=mode,
+            rounds=rounds,
+            hyperparameters=hyperparameters,
+            base_model_version=base,
+            by=by,
+        )
+        return self.control_run(run.run_id, "start", "", by) if start else run
+
+    def control_run(self, run_id: str, action: str, reason: str, by: str) -> Run:
+        """start / pause / resume / stop a run; RunError with the reason when refused.
+
+        Starting or resuming a run while the implicit run (``[aggregation] rounds``) runs
+        stops the implicit one first (audited with the administrator's name): once an
+        administrator drives runs, the compatibility run gives way."""
+        run = self.runs.get(run_id)
+        if len(reason) > 1024:
+            raise RunError("the reason is at most 1024 characters")
+        running = self.runs.running()
+        implicit = running is not None and running.implicit and running.row != run.row
+        target = next_status(run, action, None if implicit else running)
+        if target == "running":
+            self._check_base(run)
+            if implicit and running is not None:
+                self._stop(running, by=by, reason=f"superseded by {run.run_id}")
+            current = self.store.current_model()
+            started = self.runs.transition(
+                run,
+                "running",
+                by=by,
+                reason=reason,
+                action=action,
+                base_model_version=current.version if current and action == "start" else None,
+            )
+            self._run_end = None  # the previous run's end is not news for this run's clients
+            return started
+        if target == "stopped":
+            return self._stop(run, by=by, reason=reason)
+        return self.runs.transition(run, target, by=by, reason=reason, action=action)
+
+    def _stop(self, run: Run, *, by: str, reason: str) -> Run:
+        run = self.runs.transition(run, "stopped", by=by, reason=reason, action="stop")
+        if self._round_run is None or self._round_run.row != run.row:
+            self._announce_run_end(run)  # else after the round in flight ends (see run())
+        return run
+
+    def _start(self, run: Run, *, by: str, reason: str) -> Run:
+        """Start the implicit run (no administrator involved)."""
+        self._check_base(run)
+        current = self.store.current_model()
+        self._run_end = None  # the previous run's end is not news for this run's clients
+        return self.runs.transition(
+            run,
+            "running",
+            by=by,
+            reason=reason,
+            action="start",
+            base_model_version=current.version if current else None,
+        )
+
+    def _check_base(self, run: Run) -> None:
+        """A run created from a version starts only while that version is the current one."""
+        current = self.store.current_model()
+        base = run.base_model_version
+        if run.status != "created" or base is None:
+            return
+        if current is None or current.version != base:
+            now = "no accepted model" if current is None else f"version {current.version}"
+            raise RunError(
+                f"run {run.run_id} starts from model version {base}, but the current model "
+                f"is {now}: roll back to it (`sealagg models rollback`) or create the run again"
+            )
+
+    def _finish_run(self, run: Run) -> bool:
+        """Mark a run whose budget is spent finished and tell its clients; False if it was
+        not running any more (e.g. stopped at the same moment)."""
+        try:
+            run = self.runs.transition(
+                run, "finished", by="appliance", reason=f"{run.rounds} rounds done"
+            )
+        except RunError:
+            return False
+        self._announce_run_end(run)
+        return True
+
+    def _announce_run_end(self, run: Run) -> None:
+        """``Task(run_end)`` to every client polling now and, on their next poll, to the
+        others (once each)."""
+        if self._run_end is not None and self._run_end.run_end.run_id == run.run_id:
+            return
+        current = self.store.current_model()
+        self._run_end = pb.Task(
+            run_end=pb.RunEnd(
+                run_id=run.run_id,
+                status=run.status,
+                reason=run.reason or "",
+                model_version=current.version if current else 0,
+            )
+        )
+        _log.info("run %s %s: %s", run.run_id, run.status, run.reason or "")
+        for link in self._links.values():
+            if link.polling > 0 and link.tasks.empty():  # waiting now; the others: next poll
+                self._hand_run_end(link)
+
+    def _hand_run_end(self, link: _Link) -> None:
+        notice = self._run_end
+        if notice is not None and link.run_end_seen != notice.run_end.run_id:
+            link.run_end_seen = notice.run_end.run_id
+            _enqueue(link, notice)
+
+    def _accepted_version(self, version: int) -> ModelVersion:
+        try:
+            model = self.store.model_version(version)
+        except StoreError:
+            raise RunError(f"there is no model version {version}") from None
+        if model.status != "accepted":
+            raise RunError(f"model version {version} is {model.status}, not accepted")
+        return model
+
+    def _evaluable_version(self, version: int) -> ModelVersion:
+        """An accepted version or a candidate pending approval. Its clients would receive a
+        pending candidate anyway once approved, and it is the sum the round already revealed;
+        a rejected one is never handed out again."""
+        try:
+            model = self.store.model_version(version)
+        except StoreError:
+            raise RunError(f"there is no model version {version}") from None
+        if model.status not in ("accepted", "pending"):
+            raise RunError(
+                f"model version {version} is {model.status}: only accepted versions and "
+                "candidates pending approval are evaluated"
+            )
+        return model
+
+    # --------------------------------------------------------------- federated evaluation
+
+    async def evaluate(
+        self, *, version: int, run_id: str, deadline_seconds: float, by: str
+    ) -> dict:
+        """Ask every ready client to evaluate an accepted version, or a candidate waiting for
+        approval (so approvers can see how it does on every site's data before deciding;
+        appliance/evaluation.py); returns the result (weighted means only).
+        RunError/EvaluationError when refused."""
+        run = self.runs.get(run_id) if run_id else self.runs.live()
+        if run is not None and run.status in ("finished", "stopped"):
+            raise EvaluationError(f"run {run.run_id} is {run.status}: its clients were told so")
+        mode = run.mode if run is not None else self.config.aggregation.mode
+        check_allowed(mode, json.loads(run.hyperparameters) if run is not None else {})
+        if version:
+            model = self._evaluable_version(version)
+        else:
+            model = self.store.current_model()
+            if model is None:
+                raise EvaluationError("there is no accepted model version to evaluate")
+        deadline = deadline_seconds or self.config.gates.evaluate_deadline
+        if not 0 < deadline <= MAX_DEADLINE_SECONDS:
+            raise EvaluationError(f"the deadline is 0 < seconds <= {MAX_DEADLINE_SECONDS:g}")
+        minimum = max(2, self.governing_policy().minimum_sum)
+        clients = self.ready_clients()
+        if len(clients) < minimum:
+            raise EvaluationError(
+                f"{len(clients)} clients are ready; an evaluation needs at least {minimum} "
+                "(a mean over fewer could be one client's metrics)"
+            )
+        run_id = run.run_id if run is not None else ""
+        evaluation_id, task, done = self.evaluations.open(
+            run_id=run_id,
+            version=model.version,
+            sha256=model.sha256,
+            clients=clients,
+            minimum=minimum,
+            deadline_seconds=deadline,
+        )
+        try:
+            self.runs.open_evaluation(evaluation_id, run, model.version, by, clients)
+            self.evaluations.ask(evaluation_id, task)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), deadline)
+        finally:  # also when the admin's call is cancelled: close it, record it, drop its tasks
+            result = self.evaluations.close(evaluation_id)
+            self._purge(
+                lambda t: (
+                    t.WhichOneof("kind") == "evaluate"
+                    and bytes(t.evaluate.evaluation_id) == evaluation_id
+                )
+            )
+            with contextlib.suppress(StoreError):  # e.g. open_evaluation itself failed
+                self.runs.close_evaluation(
+                    evaluation_id,
+                    status=result.status,
+                    clients=result.clients,
+                    num_examples=result.num_examples,
+                    metrics=result.metrics,
+                    reason=result.reason,
+                )
+        return {**result.as_dict(), "run": run_id}
 
     async def deliver_pending(self, timeout: float) -> None:
         """Before shutting down, give clients a moment to collect their last tasks."""
@@ -427,8 +820,16 @@ class Orchestrator:
                 return
             await asyncio.sleep(0.05)
 
-    async def run_round(self, names: list[str]) -> RoundOutcome:
-        """Run one round with ``names``; always ends with a RoundEnd sent to each of them."""
+    async def run_round(self, names: list[str], *, run: Run | None = None) -> RoundOutcome:
+        """Run one round with ``names`` (for ``run``, counted against its budget); always
+        ends with a RoundEnd sent to each of them."""
+        self._round_run = run
+        try:
+            return await self._run_round(names, run)
+        finally:
+            self._round_run = None
+
+    async def _run_round(self, names: list[str], run: Run | None) -> RoundOutcome:
         model = self.store.current_model()
         if model is None:
             raise RuntimeError("no accepted model version to train")
@@ -438,7 +839,12 @@ class Orchestrator:
         members = [Member(i + 1, n, keys[n]) for i, n in enumerate(names)]
         round_id = self._next_round_id()
         mode = self.config.aggregation.mode
-        number = self.store.open_round(mode, round_id)
+        if run is None:
+            number = self.store.open_round(mode, round_id)
+        else:  # opened and counted against the run's budget in one transaction
+            number, run = self.runs.open_round(
+                run, lambda: self.store.open_round(mode, round_id, run=run.row)
+            )
         self._refused = set()
         self._recent_rounds[round_id] = number
         while len(self._recent_rounds) > RECENT_ROUNDS:
@@ -456,6 +862,11 @@ class Orchestrator:
             active, start = self._build_round(number, round_id, members, layout, model)
         except (InfeasibleParametersError, ValueError) as error:
             return self._finish_aborted(number, members, round_id, f"{SETUP_FAILURE}: {error}")
+        if run is not None:  # what the clients' own code reads (the appliance never does)
+            start.run_id = run.run_id
+            start.run_round = run.rounds_done  # counted at open: this round's 1-based index
+            start.run_rounds = run.rounds
+            start.hyperparameters_json = run.hyperparameters
         for m in members:
             self._links.setdefault(m.name, _Link(m.name))
         self._round = active
@@ -472,7 +883,19 @@ class Orchestrator:
             outcome = await self._drive(active, members, weights, layout, model.version)
         finally:
             self._round = None
+            self._purge(lambda t: _round_of(t) == round_id)  # never delivered once it ended
         return dataclasses.replace(outcome, seconds=time.perf_counter() - opened)
+
+    def _purge(self, dead: Callable[[pb.Task], bool]) -> None:
+        """Remove queued tasks that belong to something that ended (a round, an evaluation)."""
+        for link in self._links.values():
+            kept = []
+            while not link.tasks.empty():
+                task = link.tasks.get_nowait()
+                if not dead(task):
+                    kept.append(task)
+            for task in kept:
+                link.tasks.put_nowait(task)
 
     async def _drive(
         self,
@@ -491,7 +914,10 @@ class Orchestrator:
             self.metrics.phase_seconds.labels(active.phase_name).observe(self._clock() - opened)
             async with self._lock:
                 late = sorted(active.waiting_for)
+                self.metrics.dropouts.inc(len(late))  # counted in aborted rounds too
                 phase = active.phase_name
+                in_phase = sorted(active.answered)  # close_phase resets it for the next phase
+                answered = len(in_phase)
                 for kind, record in active.pending_audit():  # e.g. a client excluded on a blame
                     if kind == "client_excluded":  # durable: out of later rounds until readmitted
                         self.store.exclude_participant(
@@ -506,10 +932,13 @@ class Orchestrator:
                     tasks = await asyncio.to_thread(active.close_phase)
                 except (SecAggError, UploadRefusedError) as error:
                     reason = f"phase {phase}: {error}"
-                    return self._finish_aborted(active.number, members, active.round_id, reason)
+                    if self._refused:  # say who refused, not only how many remained
+                        reason += f" (refused by {', '.join(sorted(self._refused))})"
+                    return self._finish_aborted(
+                        active.number, members, active.round_id, reason, answered=in_phase
+                    )
                 active.expected -= self._refused  # a client that refused stays gone
-                self.store.record_phase(active.number, phase, len(active.answered), late)
-                self.metrics.dropouts.inc(len(late))
+                self.store.record_phase(active.number, phase, answered, late)
                 self._phase_done.clear()
             due = self._clock() + per_phase[min(active.phase_index, len(per_phase) - 1)]
             for name, task in tasks.items():
@@ -854,19 +1283,32 @@ class Orchestrator:
             )
 
     def _finish_aborted(
-        self, number: int, members: list[Member], round_id: bytes, reason: str
+        self,
+        number: int,
+        members: list[Member],
+        round_id: bytes,
+        reason: str,
+        *,
+        answered: Sequence[str] = (),
     ) -> RoundOutcome:
+        """Abort, tell every member; the outcome names who answered the phase where the
+        round stopped (``contributors``) and who did not (``dropped``), so an aborted round
+        is not reported as "0 clients" when some answered."""
         _log.warning("round %d aborted: %s", number, reason)
         self.store.set_round_status(number, "aborted", reason)
         self._tell_all(members, round_id, pb.RoundEnd.ABORTED, reason, 0)
-        return RoundOutcome(number, "aborted", reason)
+        dropped = sorted({m.name for m in members} - set(answered))
+        return RoundOutcome(number, "aborted", reason, None, tuple(answered), tuple(dropped))
 
     def _send_to(self, name: str, task: pb.Task) -> None:
         _enqueue(self._links.setdefault(name, _Link(name)), task)
 
     def _gate_for(self, name: str) -> VendorGate:
         if self.vendor_gate is None:
-            raise UploadRefusedError("FAILED_PRECONDITION", "this federation has no vendor gate")
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION",
+                "no evaluation is open with this id (and this federation has no vendor gate)",
+            )
         return self.vendor_gate
 
     def _tell_all(
@@ -877,6 +1319,16 @@ class Orchestrator:
                 round_id=round_id, outcome=outcome, reason=reason, model_version=version or 0
             )
             _enqueue(self._links[m.name], pb.Task(round_end=end))
+
+
+def _round_of(task: pb.Task) -> bytes | None:
+    """The round a RoundStart or protocol step belongs to (None for other tasks)."""
+    kind = task.WhichOneof("kind")
+    if kind == "round_start":
+        return bytes(task.round_start.round_id)
+    if kind == "step":
+        return bytes(task.step.round_id)
+    return None
 
 
 def _enqueue(link: _Link, task: pb.Task) -> None:

@@ -295,11 +295,18 @@ def _subject(federation: str, common_name: str) -> x509.Name:
 
 
 def create_ca(
-    federation: str, key: ec.EllipticCurvePrivateKey, *, now: datetime
+    federation: str,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    now: datetime,
+    common_name: str = CA_COMMON_NAME,
 ) -> x509.Certificate:
-    """A self-signed root that may sign leaf certificates only (path length 0)."""
+    """A self-signed root that may sign leaf certificates only (path length 0).
+
+    A rotated CA gets its own ``common_name`` (:func:`rotated_ca_name`): two roots with one
+    subject would leave TLS libraries to guess which one issued a certificate."""
     now = issuance_time(now)
-    subject = _subject(validate_federation_name(federation), CA_COMMON_NAME)
+    subject = _subject(validate_federation_name(federation), common_name)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     builder = (
         x509.CertificateBuilder()
@@ -317,6 +324,61 @@ def create_ca(
         )
     )
     return builder.sign(key, hashes.SHA256())
+
+
+def rotated_ca_name(now: datetime) -> str:
+    """The common name of a CA made by a rotation at ``now`` (distinct from every earlier)."""
+    return f"{CA_COMMON_NAME} {issuance_time(now):%Y%m%dT%H%M%SZ}"
+
+
+def cross_certify(
+    new_ca: x509.Certificate,
+    old_ca: x509.Certificate,
+    old_key: ec.EllipticCurvePrivateKey,
+    *,
+    now: datetime,
+) -> x509.Certificate:
+    """The new CA's subject and key, certified by the old CA: the proof a client that trusts
+    only the old CA needs before it trusts the new one (client_shim/renewal.py)."""
+    now = issuance_time(now)
+    if not same_public_key(old_key, old_ca):
+        raise CertificateError("the old CA key does not match the old CA certificate")
+    old_ski = old_ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    new_key = new_ca.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(new_ca.subject)
+        .issuer_name(old_ca.subject)
+        .public_key(new_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - CLOCK_SKEW, old_ca.not_valid_before_utc))
+        .not_valid_after(min(new_ca.not_valid_after_utc, old_ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(new_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(old_ski),
+            critical=False,
+        )
+        .sign(old_key, hashes.SHA256())
+    )
+
+
+def load_certificates(data: bytes, *, what: str) -> list[x509.Certificate]:
+    """Every PEM certificate in ``data`` (a CA bundle); at least one."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CertificateError(f"{what} is not a readable PEM certificate bundle") from None
+    return certs
+
+
+def is_self_signed_ca(cert: x509.Certificate) -> bool:
+    try:
+        check_is_ca(cert)
+    except CertificateError:
+        return False
+    return True
 
 
 def issue_server_certificate(

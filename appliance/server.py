@@ -4,29 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
+from sealagg.appliance import pki
 from sealagg.appliance.admin_service import AdminService
+from sealagg.appliance.admins import DirectoryWatch
 from sealagg.appliance.attestation import configured_attesters, endpoint_for
 from sealagg.appliance.config import ApplianceConfig, load_config
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.appliance.federation import FederationFolder
-from sealagg.appliance.interceptors import MalformedRequestInterceptor
-from sealagg.appliance.metrics import Metrics
+from sealagg.appliance.health import ApplianceHealth, add_health_service
+from sealagg.appliance.instance_lock import InstanceLock
+from sealagg.appliance.interceptors import MalformedRequestInterceptor, PeerCheckInterceptor
+from sealagg.appliance.metrics import CertificateExpiry, Metrics, StateCollector
 from sealagg.appliance.orchestrator import Orchestrator, QualityGate
+from sealagg.appliance.participant_sync import sync_at_start
 from sealagg.appliance.peer_check import CachedPeerCheck
+from sealagg.appliance.renewal import CertificateRenewer
 from sealagg.appliance.service import (
     AggregatorService,
     certificate_identity,
     insecure_identity,
 )
 from sealagg.appliance.store import Store, default_state_path
-from sealagg.appliance.tee_identity import TlsIdentity, born_identity, folder_identity
+from sealagg.appliance.tee_identity import (
+    TlsIdentity,
+    born_identity,
+    folder_identity,
+    refreshed_identity,
+)
 from sealagg.appliance.upload_limits import UploadBudget
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.attest import Attester
@@ -34,6 +44,10 @@ from sealagg.attest import Attester
 _log = logging.getLogger("sealagg.server")
 
 ADMIN_NAMES = frozenset({"admin"})
+#: Seconds between health probes of the store for ``Watch`` streams (``Check`` probes anew).
+HEALTH_PROBE_SECONDS = 5.0
+#: Longest a metrics scrape waits for the event loop's status snapshot.
+STATUS_SNAPSHOT_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # chunks are 1 MiB; nothing larger is accepted
 INSECURE_WARNING = (
     "WARNING: --insecure: no TLS, clients name themselves; for local development only. "
@@ -49,20 +63,6 @@ def open_store(federation: FederationFolder) -> Store:
     )
 
 
-def sync_participants(federation: FederationFolder, store: Store) -> None:
-    """Mirror issued and revoked client kits into the store (each change audited)."""
-    active = {p.name: p for p in store.participants(active_only=True)}
-    for record in federation.client_records():
-        if record.name in ADMIN_NAMES:
-            continue
-        if record.revoked and record.name in active:
-            store.revoke_participant(record.name, reason="certificate revoked")
-        elif not record.revoked and record.name not in active:
-            store.add_participant(
-                record.name, cert_serial=record.serial, identity_key=record.identity_public_key
-            )
-
-
 def handshake_credentials(
     federation: FederationFolder, identity: TlsIdentity | None = None
 ) -> grpc.ServerCredentials:
@@ -72,22 +72,26 @@ def handshake_credentials(
     memory at start, appliance/tee_identity.py); the folder's server.key by default. The key
     reaches gRPC as in-memory PEM only.
 
-    gRPC asks for the certificate configuration before every new handshake; the anchors are
-    the active clients' own certificates (:meth:`FederationFolder.handshake_trust_anchors`), so a
-    revoked, expired or unknown client certificate fails the handshake itself. The
-    configuration is rebuilt only when ``clients/`` or ``revoked.json`` changed. Calls on a
-    connection opened before a revocation are refused by the per-call certificate check.
+    The trust anchors are the federation's CA certificates (:func:`client_trust_anchors`): the
+    handshake admits any client certificate a trusted CA issued and that is within its dates;
+    whether that client may call *now* (revoked, superseded, unregistered) is decided for every
+    call by :class:`PeerCheckInterceptor`, which can name the client in its refusal, log it and
+    count it; a refusal in the handshake could do none of that. gRPC asks for the configuration
+    before every new handshake; it is rebuilt only when the provisioning stamp (clients,
+    revocations, CAs, server certificate) or the hour changed.
     """
     identity = identity or folder_identity(federation)
-    key, chain = identity.key_pem, identity.chain_pem
+    presented = [identity]  # swapped for the folder's renewed pair (sealagg certs renew-server)
 
     def stamp() -> tuple:  # hourly too, so clients whose certificates expired drop out
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         return (federation.provisioning_stamp(), hour)
 
     def build() -> grpc.ServerCertificateConfiguration:
+        presented[0] = refreshed_identity(federation, presented[0])
+        key, chain = presented[0].key_pem, presented[0].chain_pem
         try:
-            anchors = federation.handshake_trust_anchors()
+            anchors = client_trust_anchors(federation)
         except (OSError, ProvisioningError) as error:  # fail closed: nobody gets in
             _log.error("cannot read the client list (%s); refusing all handshakes", error)
             anchors = chain
@@ -108,6 +112,13 @@ def handshake_credentials(
     return grpc.dynamic_ssl_server_credentials(build(), fetch, require_client_authentication=True)
 
 
+def client_trust_anchors(federation: FederationFolder) -> bytes:
+    """PEM of every CA whose client certificates the handshake accepts (during a CA rotation,
+    the previous one too)."""
+    cas = getattr(federation, "trusted_ca_certificates", (federation.ca_certificate,))
+    return b"".join(pki.certificate_pem(ca) for ca in cas)
+
+
 class Appliance:
     """The running service: federation, store, orchestrator and the gRPC server."""
 
@@ -123,7 +134,27 @@ class Appliance:
     ) -> None:
         """``attester``: overrides the configured provider (tests inject fake TEE hardware; a
         sequence for a CPU TEE plus a GPU). ``ca_passphrase``: an attesting appliance issues
-        its in-memory TLS key's certificate at start and needs a protected CA key for it."""
+        its in-memory TLS key's certificate at start and needs a protected CA key for it.
+
+        The folder's instance lock is taken first (appliance/instance_lock.py): a second
+        appliance on a live folder is refused before it reads or writes anything there."""
+        self.instance_lock = InstanceLock(Path(folder))
+        self.instance_lock.acquire()
+        try:
+            self._open(folder, insecure, quality_gate, config, attester, ca_passphrase)
+        except BaseException:
+            self.instance_lock.release()
+            raise
+
+    def _open(
+        self,
+        folder: Path,
+        insecure: bool,
+        quality_gate: QualityGate | None,
+        config: ApplianceConfig | None,
+        attester: Attester | Sequence[Attester] | None,
+        ca_passphrase: bytes | None,
+    ) -> None:
         self.federation = FederationFolder.load(folder, passphrase=ca_passphrase)
         self.config = config or load_config(self.federation.paths.config)
         attesters = configured_attesters(self.federation, self.config.attestation, attester)
@@ -164,7 +195,11 @@ class Appliance:
                     "tls_spki_sha256": self.tls_identity.spki_sha256.hex(),
                 },
             )
-        sync_participants(self.federation, self.store)
+        #: Named administrators and their roles (appliance/admins.py); never participants.
+        self.admins = DirectoryWatch(self.federation.folder)
+        # Issued/revoked kits and admins the CLI could not audit at the time (no database
+        # yet) are recorded once, with their own times (appliance/participant_sync.py).
+        sync_at_start(self.federation, self.store)
         self._keys_cache: tuple[tuple, dict[str, bytes]] | None = None
         self.orchestrator = Orchestrator(
             config=self.config,
@@ -175,15 +210,21 @@ class Appliance:
         )
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        #: grpc.health.v1 on the main port: SERVING while the listener is up and the store answers.
+        self.health = ApplianceHealth(self.store.federation)
+        self._health_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.metrics.watch(StateCollector(self._status_snapshot, self._certificate_expiry))
 
     def _identity_keys(self) -> dict[str, bytes]:
         """Active clients' identity keys; re-read only when a client record or the revocation
         list changed (every poll asks, and parsing every record each time made the event loop
         the bottleneck at 200 clients)."""
-        stamp = self.federation.provisioning_stamp()
+        admins = self.admins.never_participants()  # an admin added while serving too
+        stamp = (self.federation.provisioning_stamp(), admins)
         if self._keys_cache is None or self._keys_cache[0] != stamp:
             keys = self.federation.client_identity_keys()
-            self._keys_cache = (stamp, {n: k for n, k in keys.items() if n not in ADMIN_NAMES})
+            self._keys_cache = (stamp, {n: k for n, k in keys.items() if n not in admins})
         return dict(self._keys_cache[1])
 
     async def start(self) -> int:
@@ -197,28 +238,35 @@ class Appliance:
             # megabytes in the transport, so memory stays flat in the number of clients.
             ("grpc.http2.bdp_probe", 0),
         ]
-        server = grpc.aio.server(options=options, interceptors=[MalformedRequestInterceptor()])
+        self._loop = asyncio.get_running_loop()
         identify: Callable = insecure_identity
+        interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
         if not self.insecure:
-            identify = certificate_identity(CachedPeerCheck(self.federation))
-        pb_grpc.add_AggregatorServicer_to_server(
-            AggregatorService(
-                self.orchestrator,
-                self.store,
-                identify,
-                self.metrics,
-                self.attestation,
-                self.upload_budget,
+            peer_check = CachedPeerCheck(self.federation)
+            identify = certificate_identity(peer_check)
+            # First: a refused certificate reaches no handler, not even a request parser.
+            interceptors.insert(0, PeerCheckInterceptor(peer_check.admit, self.metrics))
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+        aggregator = AggregatorService(
+            self.orchestrator,
+            self.store,
+            identify,
+            self.metrics,
+            self.attestation,
+            self.upload_budget,
+        )
+        aggregator.renewer = CertificateRenewer(self.federation, self.store)
+        pb_grpc.add_AggregatorServicer_to_server(aggregator, server)
+        pb_grpc.add_AdminServicer_to_server(
+            AdminService(
+                self.orchestrator, self.store, identify, self.admins.current, self.metrics
             ),
             server,
         )
-        pb_grpc.add_AdminServicer_to_server(
-            AdminService(self.orchestrator, self.store, identify, set(ADMIN_NAMES), self.metrics),
-            server,
-        )
+        add_health_service(self.health, server)
         listen = self.config.server.listen
         if self.insecure:
-            print(INSECURE_WARNING, file=sys.stderr)
+            _log.error(INSECURE_WARNING)  # ERROR: shown whatever the --log-level
             self.port = server.add_insecure_port(listen)
         else:
             self.port = server.add_secure_port(
@@ -228,8 +276,58 @@ class Appliance:
             self.metrics.serve(self.config.server.metrics_listen)
         await server.start()
         self.server = server
+        await self.health.listening()
+        self._health_task = asyncio.create_task(self._probe_health())
         _log.info("appliance listening on %s (port %d)", listen, self.port)
         return self.port
+
+    async def _probe_health(self) -> None:
+        """Keep ``Watch`` streams current (a failing store turns NOT_SERVING within seconds)."""
+        while True:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            await self.health.refresh()
+
+    def _status_snapshot(self) -> dict:
+        """``orchestrator.status()`` taken on the event loop (a metrics scrape runs on its own
+        thread; the orchestrator's state belongs to the loop)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self.server is None:
+            raise RuntimeError("the appliance is not serving")
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:  # waiting for the loop from the loop itself would never end
+            return self.orchestrator.status()
+
+        async def snapshot() -> dict:
+            return self.orchestrator.status()
+
+        future = asyncio.run_coroutine_threadsafe(snapshot(), loop)
+        return future.result(timeout=STATUS_SNAPSHOT_SECONDS)
+
+    def _certificate_expiry(self) -> list[CertificateExpiry]:
+        """The presented server certificate, the CA and the soonest active client certificate."""
+        federation = self.federation
+        served = self.tls_identity.certificate
+        if not self.tls_identity.ephemeral:  # follows a renewal of server.pem on disk
+            served = federation.server_certificate
+        items = [
+            CertificateExpiry("server", "", served.not_valid_after_utc),
+            CertificateExpiry("ca", "", federation.ca_certificate.not_valid_after_utc),
+        ]
+        revoked = federation.revocations()
+        active = [
+            r
+            for r in federation.client_records()
+            if not r.revoked
+            and r.serial not in revoked
+            and r.name not in self.admins.never_participants()
+        ]
+        if active:
+            soonest = min(active, key=lambda r: r.not_after)
+            items.append(CertificateExpiry("client", soonest.name, soonest.not_after))
+        return items
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve and schedule rounds until ``stop`` is set or the round budget is spent."""
@@ -242,7 +340,15 @@ class Appliance:
             await self.close()
 
     async def close(self) -> None:
-        if self.server is not None:
-            await self.server.stop(grace=1.0)
-            self.server = None
-        self.store.close()
+        try:
+            await self.health.shutting_down()  # NOT_SERVING before the listener goes
+            if self._health_task is not None:
+                self._health_task.cancel()
+                self._health_task = None
+            if self.server is not None:
+                await self.server.stop(grace=1.0)
+                self.server = None
+            self.store.close()
+        finally:
+            self.metrics.close()
+            self.instance_lock.release()

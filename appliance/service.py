@@ -73,15 +73,22 @@ def insecure_identity(context: grpc.aio.ServicerContext) -> str:
 
 
 async def who(identify: Identify, context: grpc.aio.ServicerContext, metrics: Metrics) -> str:
+    """The caller's name. With TLS, :class:`~sealagg.appliance.interceptors.PeerCheckInterceptor`
+    already refused certificates that are not admitted (by name, PERMISSION_DENIED); what is
+    refused here is a revocation that landed between the two checks, or an --insecure caller
+    without its name header."""
     try:
         return identify(context)
     except PermissionError as error:
-        metrics.refused_calls.inc()
+        metrics.refused_calls.labels("identity").inc()
         _log.warning("refused a call: %s", error)
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED, f"not a client of this federation: {error}"
         )
         raise  # unreachable: abort raises
+
+
+_who = who  # its older private name (tests/e2e/test_malicious_roster.py imports it)
 
 
 class AggregatorService(pb_grpc.AggregatorServicer):
@@ -345,6 +352,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         if model is None or (
             model.status != "accepted"
             and not (gate is not None and gate.may_download(name, model.version))
+            # a client asked (federated evaluation) to evaluate a candidate pending approval
+            and not self._orch.evaluations.may_download(name, model.version)
         ):
             await context.abort(grpc.StatusCode.NOT_FOUND, "no accepted model version to download")
         path = Path(self._store.folder) / model.path
@@ -357,6 +366,19 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 while chunk := handle.read(CHUNK_BYTES):
                     yield pb.ModelChunk(data=chunk)
         self._metrics.bytes_out.inc(size)
+
+    async def RenewCertificate(
+        self, request: pb.RenewalRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenewalReply:
+        """The caller renews its own TLS certificate (appliance/renewal.py); identity from
+        mutual TLS, never from the request."""
+        name = await who(self._identify, context, self._metrics)
+        renewer = getattr(self, "renewer", None)  # set by the Appliance (server.py)
+        if renewer is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this appliance does not renew certificates"
+            )
+        return await renewer.serve(name, request, context)
 
 
 async def _next_chunk(chunks: AsyncIterator[pb.UploadChunk]) -> pb.UploadChunk | None:

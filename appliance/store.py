@@ -174,6 +174,16 @@ def _tables_of(version: int) -> frozenset[str]:
     return _TABLES.union(*added)
 
 
+def _missing_columns(conn: sqlite3.Connection, version: int) -> list[str]:
+    """``table.column`` for every column migrations up to ``version`` added that is absent."""
+    missing = []
+    for v in range(2, version + 1):
+        for table, columns in migrations.COLUMNS_ADDED.get(v, {}).items():
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            missing += [f"{table}.{c}" for c in sorted(columns - present)]
+    return missing
+
+
 # SQLite primary result codes -> what an operator should be told.
 _SQLITE_CAUSES = {
     3: "permission denied",
@@ -528,6 +538,12 @@ class Store:
         missing = _tables_of(version) - tables
         if missing:
             raise StoreError(f"{self.path} is missing tables {sorted(missing)}: damaged")
+        try:
+            columns = _missing_columns(conn, version)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.path, "read the schema") from exc
+        if columns:
+            raise StoreError(f"{self.path} is missing columns {columns}: damaged")
         if extras:
             found = ", ".join(f"{kind} {name}" for kind, name in extras)
             raise StoreError(

@@ -24,7 +24,9 @@ hardware policy. The CA key must therefore be readable at boot (give the passphr
 protected federation to ``sealagg serve --passphrase-file``); only issuing uses it.
 
 Without an attester (``provider = "none"``) the appliance presents the folder's
-``server.key`` as before: nothing is attested, so nothing is promised about the key.
+``server.key`` as before: nothing is attested, so nothing is promised about the key. When
+``sealagg certs renew-server`` replaces that pair, :func:`refreshed_identity` hands the running
+server the new one for its next handshake (no restart).
 """
 
 from __future__ import annotations
@@ -79,7 +81,29 @@ class TlsIdentity:
 def folder_identity(federation: FederationFolder) -> TlsIdentity:
     """The folder's ``server.key`` / ``server.pem`` (appliances that attest nothing)."""
     key_pem, _, _ = federation.server_credentials_material()
-    return TlsIdentity(key_pem, federation.server_certificate, ephemeral=False)
+    cert = federation.server_certificate
+    key = pki.load_tls_key(key_pem, None, what=str(federation.paths.server_key))
+    if not pki.same_public_key(key, cert):
+        raise ProvisioningError(
+            f"{federation.paths.server_key} does not match {federation.paths.server_cert}"
+        )
+    return TlsIdentity(key_pem, cert, ephemeral=False)
+
+
+def refreshed_identity(federation: FederationFolder, current: TlsIdentity) -> TlsIdentity:
+    """What the server presents at its next handshake: ``current``, or the folder's renewed
+    pair once ``sealagg certs renew-server`` replaced it. An identity born in memory (attested)
+    is never swapped for a file. While the two files disagree (the key is written before the
+    certificate) or cannot be read, ``current`` is kept: serving on is better than failing."""
+    if current.ephemeral:
+        return current
+    try:
+        fresh = folder_identity(federation)
+    except (OSError, ProvisioningError):
+        return current
+    if fresh.certificate_der == current.certificate_der and fresh.key_pem == current.key_pem:
+        return current
+    return fresh
 
 
 def born_identity(federation: FederationFolder, *, now: datetime | None = None) -> TlsIdentity:
@@ -93,15 +117,29 @@ def born_identity(federation: FederationFolder, *, now: datetime | None = None) 
             f"federation CA key for it ({error}); give the CA passphrase "
             "(sealagg serve --passphrase-file)"
         ) from None
+    issuer = federation.ca_certificate
+    previous = federation.previous_ca_certificate
+    if previous is not None and _issued_by(federation.server_certificate, previous):
+        # A CA rotation in progress and the clients not all renewed yet: they trust the old
+        # CA only, so the born certificate comes from it too (appliance/ca_rotation.py).
+        issuer, ca_key = previous, federation.previous_ca_private_key()
     key = pki.generate_tls_key()
     cert = pki.issue_server_certificate(
-        federation.ca_certificate,
+        issuer,
         ca_key,
         key.public_key(),
         hosts=server_hosts(federation.server_certificate),
         now=now or datetime.now(UTC),
     )
     return TlsIdentity(pki.private_key_pem(key, None), cert, ephemeral=True)
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        pki.check_issued_by(cert, ca)
+    except ProvisioningError:
+        return False
+    return True
 
 
 def server_hosts(cert: x509.Certificate) -> list[str]:

@@ -2,10 +2,11 @@
 
 ```python
 from sealagg import client_shim
-federation = client_shim.connect("kit/")
-for rnd in federation.rounds(model):
-    train(model, loader)
+federation = client_shim.connect("kit/", max_downtime=300)
+for rnd in federation.rounds(model):                   # ends with the run (or max_rounds=)
+    train(model, loader, lr=rnd.hyperparameters.get("lr", 0.01))
     rnd.submit(num_examples=len(dataset))
+print(federation.run_end)                              # how the run ended, its last model
 ```
 
 Names are imported on first use, so ``from sealagg import client_shim`` needs neither torch
@@ -19,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sealagg.client_shim.connection import Connection
-    from sealagg.client_shim.errors import ApplianceUnavailableError, RoundRefusedError
+    from sealagg.client_shim.errors import (
+        AccessRefusedError,
+        ApplianceUnavailableError,
+        HyperparametersError,
+        ModelMismatchError,
+        RoundRefusedError,
+        RunEnded,
+    )
     from sealagg.client_shim.fedprox import proximal_term
     from sealagg.client_shim.privacy import ClientDP, opacus_epsilon, protect_update
     from sealagg.client_shim.pytorch import (
@@ -27,13 +35,19 @@ if TYPE_CHECKING:
         RoundContext,
         check_matches,
         connect,
+        model_evaluator,
         parameter_name,
         shared_parameters,
     )
     from sealagg.client_shim.session import Participant, RoundReport
 
 _EXPORTS = {
+    "AccessRefusedError": "sealagg.client_shim.errors",
     "ApplianceUnavailableError": "sealagg.client_shim.errors",
+    "HyperparametersError": "sealagg.client_shim.errors",
+    "ModelMismatchError": "sealagg.client_shim.errors",
+    "RunEnded": "sealagg.client_shim.errors",
+    "model_evaluator": "sealagg.client_shim.pytorch",
     "ClientDP": "sealagg.client_shim.privacy",
     "Connection": "sealagg.client_shim.connection",
     "Federation": "sealagg.client_shim.pytorch",
@@ -51,16 +65,21 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AccessRefusedError",
     "ApplianceUnavailableError",
     "ClientDP",
     "Connection",
     "Federation",
+    "HyperparametersError",
+    "ModelMismatchError",
     "Participant",
     "RoundContext",
     "RoundRefusedError",
     "RoundReport",
+    "RunEnded",
     "check_matches",
     "connect",
+    "model_evaluator",
     "opacus_epsilon",
     "parameter_name",
     "protect_update",

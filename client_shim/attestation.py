@@ -309,11 +309,22 @@ def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
+def _issued_by_a_trusted_ca(cert: x509.Certificate, kit: ClientKit) -> None:
+    """Raise InvalidSignature unless one of the kit's trusted CAs issued ``cert``."""
+    for ca in kit.ca_certificates:
+        try:
+            cert.verify_directly_issued_by(ca)
+            return
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    raise InvalidSignature("not issued by a CA this kit trusts")
+
+
 def _federation_server_certificate(der: bytes, kit: ClientKit) -> x509.Certificate:
     """The appliance certificate to pin, if the federation CA issued it for server use now."""
     try:
         cert = x509.load_der_x509_certificate(der)
-        cert.verify_directly_issued_by(kit.ca_certificate)
+        _issued_by_a_trusted_ca(cert, kit)  # during a CA rotation: the old or the new CA
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         raise AttestationRefusedError(

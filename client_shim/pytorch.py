@@ -14,11 +14,15 @@ What happens underneath, per round the appliance opens with this client:
 
 1. ``rounds(model)`` waits for the round, downloads the global model (a dict name -> float32
    array) and checks that the model's *shared parameters* match it exactly: the same names,
-   the same shapes, floating-point dtypes. A mismatch raises ``ValueError`` naming the first
-   differing parameter, before anything is sent. It then copies the global weights into the
-   shared parameters in place (``torch.no_grad`` + ``copy_``: optimizers, hooks and Opacus
+   the same shapes, floating-point dtypes. A mismatch raises :class:`ModelMismatchError` (a
+   ``ValueError``) naming every differing parameter, after reporting the refusal to the
+   appliance (so the round goes on without this client at once, instead of waiting out its
+   deadline); nothing else is sent. It then copies the global weights into the shared
+   parameters in place (``torch.no_grad`` + ``copy_``: optimizers, hooks and Opacus
    wrappers keep pointing at the same tensors) and yields a :class:`RoundContext`.
-2. The user trains as usual.
+2. The user trains as usual, reading the run's settings where it needs them:
+   ``rnd.hyperparameters`` (the model owner's JSON object, e.g. ``{"lr": 0.05}``),
+   ``rnd.run_id``, ``rnd.run_round`` / ``rnd.run_rounds``.
 3. ``rnd.submit(num_examples)`` computes the update (shared parameters now minus the
    round's global weights, float32, flattened in the global model's layout), refuses NaN or
    Inf locally, applies the optional client-side L2 clip and client-level DP
@@ -29,6 +33,9 @@ What happens underneath, per round the appliance opens with this client:
    the submission's metadata. When the round ends, the model again holds the federation's
    current global model: the newly published one, or the round's starting weights if the
    round was aborted, rejected or awaits approval.
+4. The loop ends by itself when the appliance ends the run (``RunEnd``: budget spent, or an
+   administrator stopped it); ``federation.run_end`` then says how, and the model holds the
+   run's last accepted version. ``max_rounds=`` ends it earlier.
 
 Which parameters are shared (``share=``):
 
@@ -68,10 +75,16 @@ from sealagg.appliance.kit import ClientKit, load_kit
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.attestation import AttestationGuard
-from sealagg.client_shim.connection import Connection
-from sealagg.client_shim.errors import ApplianceUnavailableError
+from sealagg.client_shim.connection import DEFAULT_MAX_DOWNTIME, Connection
+from sealagg.client_shim.errors import (
+    AccessRefusedError,
+    ApplianceUnavailableError,
+    ModelMismatchError,
+    RoundRefusedError,
+    RunEnded,
+)
 from sealagg.client_shim.privacy import ClientDP, protect_update
-from sealagg.client_shim.session import Participant, RoundReport
+from sealagg.client_shim.session import Participant, RoundReport, hyperparameters_of
 from sealagg.client_shim.vendor import Evaluator
 
 if TYPE_CHECKING:
@@ -84,6 +97,7 @@ __all__ = [
     "RoundContext",
     "check_matches",
     "connect",
+    "model_evaluator",
     "parameter_name",
     "shared_parameters",
 ]
@@ -165,43 +179,58 @@ def check_matches(
     version: int | None = None,
     note: str = "nothing was sent",
 ) -> None:
-    """Raise ``ValueError`` naming the first (by name) shared parameter that does not match.
+    """Raise :class:`ModelMismatchError` (a ``ValueError``) naming every shared parameter
+    that does not match (sorted by name; ``error.tensors`` lists them one by one).
 
     ``model_params`` (all the model's parameters) lets the message tell a parameter the
     ``share`` rule left out from one the model lacks.
     """
     where = "the global model" if version is None else f"the global model (version {version})"
-    prefix = f"the model does not match {where}; {note}: "
-    for name in sorted(set(shared) | set(global_tensors)):
-        if name not in shared:
-            shape = tuple(global_tensors[name].shape)
-            if model_params is not None and name in model_params:
-                why = f"the model has it but {_describe_share(share)} leaves it out" + (
-                    " (requires_grad=False)" if share == "trainable" else ""
-                )
-            else:
-                why = "the model has no parameter of that name"
-            raise ValueError(f"{prefix}{where} has {name!r} with shape {shape}, but {why}")
-        param = shared[name]
-        if name not in global_tensors:
-            raise ValueError(
-                f"{prefix}the model shares {name!r} with shape {tuple(param.shape)}, which "
-                f"{where} does not have (renamed layer, or {_describe_share(share)} selects "
-                "more than the federation trains?)"
+    problems = [
+        problem
+        for name in sorted(set(shared) | set(global_tensors))
+        if (problem := _mismatch(name, shared, global_tensors, model_params, share, where))
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if problems[1:] else ""
+        raise ModelMismatchError(
+            f"the model does not match {where}; {note}: {problems[0]}{more}", problems
+        )
+
+
+def _mismatch(
+    name: str,
+    shared: Mapping[str, torch.Tensor],
+    global_tensors: Mapping[str, np.ndarray],
+    model_params: Mapping[str, torch.Tensor] | None,
+    share: Share,
+    where: str,
+) -> str:
+    """Why parameter ``name`` does not match, or "" if it does."""
+    if name not in shared:
+        shape = tuple(global_tensors[name].shape)
+        if model_params is not None and name in model_params:
+            why = f"the model has it but {_describe_share(share)} leaves it out" + (
+                " (requires_grad=False)" if share == "trainable" else ""
             )
-        expected = tuple(global_tensors[name].shape)
-        if tuple(param.shape) != expected:
-            raise ValueError(
-                f"{prefix}parameter {name!r} has shape {tuple(param.shape)}, {where} has {expected}"
-            )
-        if not param.is_floating_point():
-            raise ValueError(
-                f"{prefix}parameter {name!r} has dtype {param.dtype}, not a float type"
-            )
-        if not np.issubdtype(np.asarray(global_tensors[name]).dtype, np.floating):
-            raise ValueError(
-                f"{prefix}{where} holds {name!r} as {global_tensors[name].dtype}, not a float type"
-            )
+        else:
+            why = "the model has no parameter of that name"
+        return f"{where} has {name!r} with shape {shape}, but {why}"
+    param = shared[name]
+    if name not in global_tensors:
+        return (
+            f"the model shares {name!r} with shape {tuple(param.shape)}, which {where} does not "
+            f"have (renamed layer, or {_describe_share(share)} selects more than the "
+            "federation trains?)"
+        )
+    expected = tuple(global_tensors[name].shape)
+    if tuple(param.shape) != expected:
+        return f"parameter {name!r} has shape {tuple(param.shape)}, {where} has {expected}"
+    if not param.is_floating_point():
+        return f"parameter {name!r} has dtype {param.dtype}, not a float type"
+    if not np.issubdtype(np.asarray(global_tensors[name]).dtype, np.floating):
+        return f"{where} holds {name!r} as {global_tensors[name].dtype}, not a float type"
+    return ""
 
 
 def _load(params: Mapping[str, torch.Tensor], tensors: Mapping[str, np.ndarray]) -> None:
@@ -289,6 +318,7 @@ class RoundContext:
         self._names = names
         self._global_params: Mapping[str, torch.Tensor] | None = None
         self._started = False
+        self._hyperparameters = hyperparameters_of(start)  # checked before the yield
         #: The RoundReport once :meth:`submit` has run the round.
         self.report: RoundReport | None = None
         #: The metadata sent with the submission (num_examples, metrics, epsilon).
@@ -302,6 +332,28 @@ class RoundContext:
     def model_version(self) -> int:
         """The global model version this round trains from."""
         return self.start.model_version
+
+    @property
+    def hyperparameters(self) -> dict[str, object]:
+        """The run's hyperparameters for this round (the model owner's JSON object, e.g.
+        ``{"lr": 0.05, "local_epochs": 2}``; ``{}`` when the run sets none). A fresh copy:
+        read what you need where you train, e.g. ``rnd.hyperparameters.get("lr", 0.01)``."""
+        return json.loads(json.dumps(self._hyperparameters))
+
+    @property
+    def run_id(self) -> str:
+        """The run this round belongs to ("" for an appliance without runs)."""
+        return self.start.run_id
+
+    @property
+    def run_round(self) -> int:
+        """This round's 1-based index within its run (0 if the appliance does not say)."""
+        return self.start.run_round
+
+    @property
+    def run_rounds(self) -> int:
+        """The run's round budget (0: unbounded, or not said)."""
+        return self.start.run_rounds
 
     @property
     def global_tensors(self) -> Mapping[str, np.ndarray]:
@@ -391,7 +443,12 @@ class RoundContext:
         count = _check_examples(num_examples)
         weight = min(1.0, count / fed.max_examples)
         metadata = _metadata(count, metrics, epsilon)
-        update = protect_update(self.update(), clip=fed.clip, dp=fed.dp)
+        try:
+            raw = self.update()
+        except ModelMismatchError as error:  # the model changed since the round started
+            fed.participant.report_refusal(self.start.round_id, error)
+            raise
+        update = protect_update(raw, clip=fed.clip, dp=fed.dp)
         self._warn_if_clipped(update)
         self._started = True
         self.metadata = metadata
@@ -470,13 +527,34 @@ class Federation:
         self.participant = Participant(
             connection, poll_seconds=float(poll_seconds), evaluate=evaluate, attestation=attestation
         )
+        #: How this client's run ended (set when :meth:`rounds` stopped on a ``RunEnd``).
+        self.run_end: RunEnded | None = None
 
-    def rounds(self, model: nn.Module, *, max_rounds: int | None = None) -> Iterator[RoundContext]:
+    def rounds(
+        self,
+        model: nn.Module,
+        *,
+        max_rounds: int | None = None,
+        run_id: str | None = None,
+        evaluate: Callable[[nn.Module], Mapping[str, object]] | None = None,
+    ) -> Iterator[RoundContext]:
         """Yield a :class:`RoundContext` for each round the appliance opens with this client.
 
-        Before each yield the global weights are loaded into ``model``'s shared parameters;
-        a model that does not match the global model raises ``ValueError`` (nothing sent).
-        Runs until ``max_rounds`` rounds were yielded (forever if None).
+        Before each yield the global weights are loaded into ``model``'s shared parameters.
+        A model that does not match the global model raises :class:`ModelMismatchError` (a
+        ``ValueError`` naming every mismatched tensor) after telling the appliance, which
+        goes on without this client at once; nothing else is sent.
+
+        The loop ends when the appliance ends this client's run (a ``RunEnd``: then
+        :attr:`run_end` says how, and ``model`` holds the run's last accepted version) or
+        after ``max_rounds`` rounds (None: only the run's end stops it). This client's run
+        is the run of the last round it was offered, or ``run_id`` if given (then that run's
+        end stops the loop even before any round of it); the end of a run it never took
+        part in is ignored.
+
+        ``evaluate(model) -> {metric: number, "num_examples": n}`` answers federated
+        evaluation requests while the loop waits: the shim loads the requested version into
+        ``model``, calls it, and puts the weights back (see :func:`model_evaluator`).
         """
         if max_rounds is not None and (
             isinstance(max_rounds, bool)
@@ -484,17 +562,29 @@ class Federation:
             or max_rounds < 0
         ):
             raise ValueError(f"max_rounds must be a non-negative int or None, got {max_rounds!r}")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError("evaluate must be callable (model) -> {metric: number}")
+        given = self.participant.evaluate
+        if evaluate is not None:
+            self.participant.evaluate = model_evaluator(model, evaluate, share=self.share)
+        self.run_end = None
+        if run_id is not None:
+            self.participant.run_id = str(run_id)
+        try:
+            yield from self._rounds(model, max_rounds)
+        finally:
+            self.participant.evaluate = given
+
+    def _rounds(self, model: nn.Module, max_rounds: int | None) -> Iterator[RoundContext]:
         done = 0
         while max_rounds is None or done < max_rounds:
             _log.info("%s: waiting for a round", self.kit.name)
-            start = self.participant.wait_for_round()
-            version, tensors = self.participant.global_model(start.model_version)
-            params = _all_parameters(model)
-            shared = shared_parameters(model, self.share)
-            check_matches(shared, tensors, model_params=params, share=self.share, version=version)
-            _load(shared, tensors)
-            names = tuple(sorted(shared))
-            context = RoundContext(self, model, start, tensors, names)
+            try:
+                start = self.participant.wait_for_round()
+            except RunEnded as ended:
+                self._finish_run(model, ended)
+                return
+            context = self._enter(model, start)
             yield context
             if not context.submitted:
                 _log.warning(
@@ -503,6 +593,45 @@ class Federation:
                     context.round_number,
                 )
             done += 1
+
+    def _enter(self, model: nn.Module, start: pb.RoundStart) -> RoundContext:
+        """Check the round against the model and load its weights; a mismatch or unusable
+        hyperparameters are reported to the appliance (the round goes on without us)."""
+        try:
+            hyperparameters_of(start)
+            version, tensors = self.participant.global_model(start.model_version)
+            params = _all_parameters(model)
+            shared = shared_parameters(model, self.share)
+            check_matches(shared, tensors, model_params=params, share=self.share, version=version)
+        except (ModelMismatchError, RoundRefusedError) as error:
+            self.participant.report_refusal(start.round_id, error)
+            raise
+        _load(shared, tensors)
+        return RoundContext(self, model, start, tensors, tuple(sorted(shared)))
+
+    def _finish_run(self, model: nn.Module, ended: RunEnded) -> None:
+        """Keep how the run ended; load its last accepted model into ``model`` if we can."""
+        self.run_end = ended
+        _log.info(
+            "%s: run %s %s (%s); last model version %d",
+            self.kit.name,
+            ended.run_id or "-",
+            ended.status,
+            ended.reason or "no reason given",
+            ended.model_version,
+        )
+        if not ended.model_version:
+            return
+        try:
+            version, tensors = self.participant.global_model(ended.model_version)
+            shared = shared_parameters(model, self.share)
+            check_matches(shared, tensors, share=self.share, version=version)
+        except (grpc.RpcError, ConnectionError, ModelMismatchError) as error:
+            _log.warning(
+                "the run's final model (version %d) was not loaded: %s", ended.model_version, error
+            )
+            return
+        _load(shared, tensors)
 
     def _after_round(self, context: RoundContext, report: RoundReport) -> None:
         """Leave the model holding the federation's current global weights."""
@@ -532,6 +661,39 @@ class Federation:
         self.close()
 
 
+def model_evaluator(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], Mapping[str, object]],
+    *,
+    share: Share = "trainable",
+) -> Evaluator:
+    """Turn ``evaluate(model) -> {metric: number}`` into the shim's tensor callback.
+
+    For each request the requested version's weights are loaded into ``model``'s shared
+    parameters, ``evaluate(model)`` runs (under ``torch.no_grad``), and the model's own
+    weights are put back whatever happens: evaluating never disturbs training. A version
+    that does not match the model raises :class:`ModelMismatchError` (not answered)."""
+    _check_share(share)
+
+    def run(tensors: Mapping[str, np.ndarray]) -> Mapping[str, object]:
+        torch = _torch()
+        shared = shared_parameters(model, share)
+        check_matches(
+            shared, tensors, model_params=_all_parameters(model), share=share, note="not evaluated"
+        )
+        saved = {name: param.detach().clone() for name, param in shared.items()}
+        try:
+            _load(shared, tensors)
+            with torch.no_grad():
+                return evaluate(model)
+        finally:
+            with torch.no_grad():
+                for name, param in shared.items():
+                    param.copy_(saved[name])
+
+    return run
+
+
 def connect(
     kit_path: str | os.PathLike[str] | ClientKit,
     *,
@@ -541,11 +703,19 @@ def connect(
     clip: float | None = None,
     dp: ClientDP | None = None,
     poll_seconds: float = 2.0,
-    ready_timeout: float = 120.0,
+    max_downtime: float = DEFAULT_MAX_DOWNTIME,
+    ready_timeout: float | None = None,
     evaluate: Evaluator | None = None,
     allow_insecure_attester: bool | None = None,
 ) -> Federation:
-    """Load the client kit, wait for the appliance (up to ``ready_timeout`` s), join.
+    """Load the client kit, wait for the appliance (up to ``max_downtime`` s), join.
+
+    ``max_downtime`` (seconds, default 120) is how long this client tolerates the appliance
+    being unreachable, at start (an appliance not up yet) and mid-run (a restart, a network
+    outage) alike; past it a poll raises :class:`ApplianceUnavailableError` naming the
+    address and the time waited. ``ready_timeout`` overrides the wait at start only (older
+    name). A revoked or unknown client certificate raises :class:`AccessRefusedError` at
+    once (no waiting), a kit of another federation ``KitMismatchError``.
 
     ``address`` overrides the kit's appliance address; ``max_examples`` is the example count
     that earns full weight (weight = min(1, num_examples / max_examples)); ``clip`` is an L2
@@ -556,10 +726,19 @@ def connect(
     :class:`ApplianceUnavailableError` if the appliance does not answer in time.
     """
     _check_share(share)
-    if not (isinstance(ready_timeout, numbers.Real) and ready_timeout >= 0):
-        raise ValueError(f"ready_timeout must be >= 0 seconds, got {ready_timeout!r}")
+    for label, value in (("max_downtime", max_downtime), ("ready_timeout", ready_timeout)):
+        if value is not None and not (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0
+        ):
+            raise ValueError(f"{label} must be >= 0 seconds, got {value!r}")
+    ready_timeout = max_downtime if ready_timeout is None else ready_timeout
     kit = kit_path if isinstance(kit_path, ClientKit) else load_kit(Path(kit_path))
-    connection = Connection(kit, address=address, allow_insecure_attester=allow_insecure_attester)
+    connection = Connection(
+        kit,
+        address=address,
+        max_downtime=float(max_downtime),
+        allow_insecure_attester=allow_insecure_attester,
+    )
     try:
         federation = Federation(
             connection,
@@ -571,22 +750,19 @@ def connect(
             evaluate=evaluate,
         )
         _log.info("%s: connecting to the appliance at %s", kit.name, connection.address)
-        connection.check_appliance_identity()
-        connection.wait_until_ready(ready_timeout)
-    except ApplianceUnavailableError:
-        answered = connection.check_appliance_identity()
+        connection.wait_until_ready(float(ready_timeout))
+    except AccessRefusedError:
         connection.close()
-        if answered:
-            raise ApplianceUnavailableError(
-                f"the appliance of federation {kit.federation!r} at {connection.address} "
-                f"answers but refuses client {kit.name!r} in the TLS handshake: its certificate "
-                "is revoked, superseded by a newer kit, or not registered. Ask the operator."
-            ) from None
+        raise
+    except ApplianceUnavailableError as error:
+        connection.close()
         raise ApplianceUnavailableError(
             f"client {kit.name!r} could not reach the sealagg appliance of federation "
             f"{kit.federation!r} at {connection.address} within {ready_timeout:g} s (retried "
             "with backoff): is the appliance running, is the address reachable from here "
-            f"(the kit says {kit.address}; pass address= to override)?"
+            f"(the kit says {kit.address}; pass address= to override)?",
+            address=connection.address,
+            waited=error.waited,
         ) from None
     except BaseException:
         connection.close()

@@ -34,7 +34,16 @@ from sealagg.attest import AttestationError
 from sealagg.client_shim import ckks, roster_record
 from sealagg.client_shim.attestation import AttestationGuard, require_attestation
 from sealagg.client_shim.connection import Connection, Payload
-from sealagg.client_shim.errors import ROUND_LOST, PrivacyRefusedError, RoundRefusedError
+from sealagg.client_shim.errors import (
+    ROUND_LOST,
+    ApplianceUnavailableError,
+    HyperparametersError,
+    ModelMismatchError,
+    PrivacyRefusedError,
+    RoundRefusedError,
+    RunEnded,
+)
+from sealagg.client_shim.evaluation import answer_federated_evaluation
 from sealagg.client_shim.privacy import round_privacy
 from sealagg.client_shim.transcript_ledger import ledger_beside
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
@@ -58,7 +67,17 @@ _log = logging.getLogger("sealagg.client")
 
 #: What the client reports as a refusal of the round (and then re-raises): every check it
 #: makes of the appliance's word. Anything else (a broken update, a lost connection) is not.
-REFUSALS = (SecAggError, RoundRefusedError, PrivacyRefusedError, AttestationError)
+#: A model that does not match the round's is refused (and reported) too: the appliance then
+#: goes on without this client at once instead of waiting out the phase deadline.
+REFUSALS = (
+    SecAggError,
+    RoundRefusedError,
+    PrivacyRefusedError,
+    AttestationError,
+    ModelMismatchError,
+)
+#: The largest hyperparameters document a client parses (the appliance's word; bounded).
+MAX_HYPERPARAMETERS_CHARS = 64 * 1024
 
 #: (round start, global tensors) -> (flat float32 update, weight in (0, 1], metadata)
 ComputeUpdate = Callable[
@@ -99,6 +118,10 @@ class Participant:
         self._models: dict[int, dict[str, np.ndarray]] = {}
         self._next_start: pb.RoundStart | None = None
         self._next_task: pb.Task | None = None  # handed over with an upload's acknowledgement
+        #: The run this client follows: the run of the last round it was offered ("" before
+        #: any); its RunEnd ends :meth:`wait_for_round` with :class:`RunEnded`.
+        self.run_id = ""
+        self._run_end: RunEnded | None = None  # seen while following a round; raised next
 
     def global_model(self, version: int = 0) -> tuple[int, dict[str, np.ndarray]]:
         if version and version in self._models:
@@ -151,18 +174,50 @@ class Participant:
             _log.warning("could not report the refusal: %s", failure.code().name)
 
     def wait_for_round(self, max_polls: int | None = None) -> pb.RoundStart:
+        """The next round the appliance opens with this client.
+
+        Raises :class:`RunEnded` when the appliance ends the run this client takes part in
+        (a ``RunEnd`` for another run is logged and ignored), ``TimeoutError`` after
+        ``max_polls`` polls without a round. Evaluation tasks are answered while waiting."""
         self.sync_roster()
+        if self._run_end is not None:
+            ended, self._run_end = self._run_end, None
+            raise ended
         if self._next_start is not None:
             start, self._next_start = self._next_start, None
-            return start
+            return self._entered(start)
         polls = 0
         while max_polls is None or polls < max_polls:
             task = self._task()
             polls += 1
-            if task.WhichOneof("kind") == "round_start":
-                return task.round_start
+            kind = task.WhichOneof("kind")
+            if kind == "round_start":
+                return self._entered(task.round_start)
+            if kind == "run_end" and (ended := self._ours(task.run_end)) is not None:
+                raise ended
             self._maybe_evaluate(task)
         raise TimeoutError("no round started")
+
+    def _entered(self, start: pb.RoundStart) -> pb.RoundStart:
+        self.run_id = start.run_id
+        return start
+
+    def _ours(self, end: pb.RunEnd) -> RunEnded | None:
+        """The run end as an exception if it ends the run this client follows (the run of
+        the last round it was offered, or the one set in :attr:`run_id`); else None.
+
+        A RunEnd of a run this client never took part in is ignored: e.g. the implicit run
+        (``[aggregation] rounds``) that an administrator's new run supersedes while this
+        client waits for its first round must not end the client's loop."""
+        if not self.run_id or end.run_id != self.run_id:
+            _log.info(
+                "run %s ended (%s); this client follows %s",
+                end.run_id or "-",
+                end.status,
+                f"run {self.run_id}" if self.run_id else "no run yet",
+            )
+            return None
+        return RunEnded(end.run_id, end.status, end.reason, int(end.model_version))
 
     def run_round(self, compute: ComputeUpdate, start: pb.RoundStart | None = None) -> RoundReport:
         """Take part in one round (waiting for it to open unless ``start`` is given).
@@ -177,6 +232,7 @@ class Participant:
             raise
 
     def _take_part(self, compute: ComputeUpdate, start: pb.RoundStart) -> RoundReport:
+        hyperparameters_of(start)  # raises HyperparametersError: nothing is sent
         require_attestation(self.attestation, start)  # raises: nothing of ours is sent
         roster = check_members(self.roster, start)  # raises RosterError: nothing is sent
         self.policy = governing_policy(roster, self.connection.kit)  # ckks takes m from it
@@ -189,8 +245,10 @@ class Participant:
         weight = float(weight) * (start.contribution_weight or 1.0)
         update = np.asarray(update, dtype=np.float32)
         if update.shape != (layout.dimension,):
-            raise ValueError(
-                f"update has shape {update.shape}, the model needs ({layout.dimension},)"
+            raise ModelMismatchError(
+                f"update has shape {update.shape}, the global model (version "
+                f"{start.model_version}) needs ({layout.dimension},); nothing was sent",
+                [f"the flat update: {update.shape} != ({layout.dimension},)"],
             )
         if not np.isfinite(update).all():
             raise ValueError("update contains NaN or Inf; nothing was sent")
@@ -213,6 +271,8 @@ class Participant:
                 self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
                 return self.follow(start, update.nbytes, None)
             return self._secure(start, layout, update, weight, meta, roster)
+        except ApplianceUnavailableError:
+            raise  # gave up after max_downtime, or refused: not a lost round
         except grpc.RpcError as error:
             if error.code() not in ROUND_LOST:
                 raise
@@ -296,16 +356,28 @@ class Participant:
                 return _report(start, task.round_end, sent)
             if kind == "step" and answer and bytes(task.step.round_id) == start.round_id:
                 sent += answer(task.step)
+            if kind == "run_end" and (ended := self._ours(task.run_end)) is not None:
+                self._run_end = ended  # raised by the next wait_for_round
+                reason = f"run {ended.run_id} {ended.status}: {ended.reason}"
+                return RoundReport(start.round_number, "aborted", reason, 0, sent)
             self._maybe_evaluate(task)
 
     def _maybe_evaluate(self, task: pb.Task) -> None:
-        """Answer the vendor gate's request, if this party evaluates (client_shim/vendor.py)."""
+        """Answer an evaluation request: federated (every client, client_shim/evaluation.py)
+        or the vendor gate's (its named party only, client_shim/vendor.py)."""
         if task.WhichOneof("kind") != "evaluate":
             return
+        request = task.evaluate
         if self.evaluate is None:
-            _log.warning("asked to evaluate a candidate, but no evaluate= callback was given")
+            _log.warning(
+                "asked to evaluate model version %d, but no evaluate= callback was given",
+                request.model_version,
+            )
             return
-        answer_evaluation(self.connection, task.evaluate, self.evaluate)
+        if request.federated:
+            answer_federated_evaluation(self.connection, request, self.evaluate)
+        else:
+            answer_evaluation(self.connection, request, self.evaluate)
 
 
 def roster_verifier(kit: ClientKit) -> RosterVerifier | None:
@@ -331,10 +403,46 @@ def refusal_code(error: BaseException) -> RefusalCode:
         return RefusalCode.ATTESTATION
     if isinstance(error, PrivacyRefusedError):
         return RefusalCode.PRIVACY
+    if isinstance(error, ModelMismatchError):  # the model's shapes do not fit the round's
+        return RefusalCode.PARAMETERS
     if isinstance(error, RoundRefusedError):  # e.g. a ckks refusal wrapping a roster error
         inner = error.__cause__ or error.__context__
         return code_for(inner) if isinstance(inner, SecAggError) else RefusalCode.PARAMETERS
     return code_for(error)
+
+
+def hyperparameters_of(start: pb.RoundStart) -> dict[str, object]:
+    """The round's hyperparameters (the model owner's JSON object, e.g. ``{"lr": 0.05}``).
+
+    The appliance's word, so parsed defensively: an object at the top, finite numbers only,
+    bounded size and depth. Anything else raises :class:`HyperparametersError` and the round
+    is refused (nothing sent) rather than trained with guessed settings. An empty field (an
+    appliance without runs) is ``{}``."""
+    text = start.hyperparameters_json
+    if not text:
+        return {}
+    if len(text) > MAX_HYPERPARAMETERS_CHARS:
+        raise HyperparametersError(
+            f"round {start.round_number}: hyperparameters of {len(text)} characters (at most "
+            f"{MAX_HYPERPARAMETERS_CHARS}); nothing was sent"
+        )
+
+    def no_constant(name: str) -> object:
+        raise ValueError(f"{name} is not a finite number")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as error:
+        raise HyperparametersError(
+            f"round {start.round_number}: hyperparameters are not valid JSON ({error}); "
+            "nothing was sent"
+        ) from None
+    if not isinstance(value, dict):
+        raise HyperparametersError(
+            f"round {start.round_number}: hyperparameters must be a JSON object, got "
+            f"{type(value).__name__}; nothing was sent"
+        )
+    return value
 
 
 def check_members(verifier: RosterVerifier | None, start: pb.RoundStart) -> Roster | None:

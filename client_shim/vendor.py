@@ -24,7 +24,7 @@ from safetensors.numpy import load as load_safetensors
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.client_shim.connection import Connection
 
-__all__ = ["Evaluator", "answer_evaluation"]
+__all__ = ["Evaluator", "answer_evaluation", "download_checked"]
 
 _log = logging.getLogger("sealagg.client.vendor")
 
@@ -32,8 +32,10 @@ _log = logging.getLogger("sealagg.client.vendor")
 Evaluator = Callable[[Mapping[str, np.ndarray]], Mapping[str, float]]
 
 
-def answer_evaluation(connection: Connection, request: pb.Evaluate, evaluate: Evaluator) -> bool:
-    """Evaluate the requested version and upload the report; False if nothing was sent."""
+def download_checked(connection: Connection, request: pb.Evaluate) -> dict[str, np.ndarray] | None:
+    """The requested version's tensors, or None (logged) if the download is not the version
+    and SHA-256 the task names: the appliance cannot have another model evaluated under the
+    announced number."""
     version, data = connection.download_model(request.model_version)
     digest = hashlib.sha256(data).hexdigest()
     if version != request.model_version or not hmac.compare_digest(digest, request.model_sha256):
@@ -41,9 +43,17 @@ def answer_evaluation(connection: Connection, request: pb.Evaluate, evaluate: Ev
             "evaluation of version %d refused: the download does not match the task",
             request.model_version,
         )
+        return None
+    return load_safetensors(data)
+
+
+def answer_evaluation(connection: Connection, request: pb.Evaluate, evaluate: Evaluator) -> bool:
+    """Evaluate the requested version and upload the report; False if nothing was sent."""
+    tensors = download_checked(connection, request)
+    if tensors is None:
         return False
     try:
-        metrics = {str(k): float(v) for k, v in dict(evaluate(load_safetensors(data))).items()}
+        metrics = {str(k): float(v) for k, v in dict(evaluate(tensors)).items()}
     except Exception:  # the party's own code: log it, let the gate time out (fail closed)
         _log.exception("the evaluate callback failed on version %d", request.model_version)
         return False

@@ -4,6 +4,7 @@ Verification needs only the federation's audit *public* key and reads the state 
 read-only, so an auditor can run it without access to any private key.
 """
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from sealagg.appliance.cli._common import (
     CLIError,
     FolderOption,
     console,
+    err_console,
     open_state_readonly,
 )
 from sealagg.appliance.errors import AuditVerificationError
@@ -80,6 +82,10 @@ def verify(
             raise typer.BadParameter("must be 64 hex digits", param_hint="--expected-hash")
         expected = (expected_count, expected_hash)
     key = _public_key(folder, public_key)
+    if public_key is None and (folder / "audit_key_history.json").exists():
+        from sealagg.appliance.audit_rotation import audit_key_history
+
+        key = audit_key_history(folder)  # the first key, then every rotation (certs.py)
     try:
         if file is not None:
             report = verify_jsonl(file, key, expected_head=expected)
@@ -104,22 +110,38 @@ def verify(
 
 
 def export(
-    out: Annotated[Path, typer.Argument(help="JSON-lines file to write.")],
+    out: Annotated[
+        Path, typer.Argument(help="JSON-lines file to write, or - for standard output.")
+    ],
     folder: FolderOption = DEFAULT_FOLDER,
 ) -> None:
-    """Export every entry (one JSON object a line) and the signed head as the last line."""
-    if out.is_dir():
+    """Export every entry (one JSON object a line) and the signed head as the last line.
+
+    ``-`` writes the export to standard output (and the summary to standard error), so it
+    can be piped, e.g. into ``ssh archive 'cat > audit.jsonl'``."""
+    to_stdout = str(out) == "-"
+    if not to_stdout and out.is_dir():
         raise CLIError(f"{out} is a folder; give a file name")
     store = open_state_readonly(folder)
     try:
-        head = store.audit.export_jsonl(out)
+        if to_stdout:  # the same bytes as a file export: written, then streamed out
+            with tempfile.TemporaryDirectory(prefix="sealagg-audit-") as scratch:
+                staged = Path(scratch) / "audit.jsonl"
+                head = store.audit.export_jsonl(staged)
+                with staged.open("rb") as source:
+                    while chunk := source.read(1 << 16):
+                        typer.echo(chunk, nl=False)  # bytes go to stdout's binary buffer
+        else:
+            head = store.audit.export_jsonl(out)
     finally:
         store.close()
-    console.print(
-        f"[green]exported[/] {head.count} audit entries to {escape(str(out))} (head {head.hash})",
+    report = err_console if to_stdout else console  # stdout carries only the export
+    where = "standard output" if to_stdout else str(out)
+    report.print(
+        f"[green]exported[/] {head.count} audit entries to {escape(where)} (head {head.hash})",
         soft_wrap=True,
     )
-    console.print(
+    report.print(
         "  record the head outside the appliance; check later with `sealagg audit verify "
         f"--expected-count {head.count} --expected-hash {head.hash}`",
         soft_wrap=True,

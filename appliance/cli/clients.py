@@ -1,13 +1,16 @@
 """``sealagg add-client``, ``sealagg revoke``, ``sealagg clients`` (list) and
 ``sealagg clients readmit NAME``: client credentials, and exclusions after proven blames."""
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sealagg.appliance.admins import Action, Actor, AdminDirectory, Role, remove_admin
+from sealagg.appliance.cli._actor import AsKitOption, AsOption, record_now, resolve_actor
 from sealagg.appliance.cli._common import (
     ADMIN_NAME,
     DEFAULT_FOLDER,
@@ -22,6 +25,7 @@ from sealagg.appliance.cli._common import (
     state_exists,
 )
 from sealagg.appliance.federation import (
+    ClientRecord,
     FederationFolder,
     add_client,
     add_enrolled_client,
@@ -69,15 +73,25 @@ def add_client_command(
         ),
     ] = False,
     passphrase_file: PassphraseFileOption = None,
+    as_name: AsOption = None,
+    as_kit: AsKitOption = None,
 ) -> None:
     """Issue a signed client kit: for an approved enrolment request (--request), or a
-    development kit whose keys the appliance makes (NAME)."""
+    development kit whose keys the appliance makes (NAME). Audited at once (who, when)."""
     if request is not None:
         if name is not None:
             raise CLIError("give NAME or --request, not both (the request names the client)")
         check_federation(folder)
+        actor = resolve_actor(folder, Action.ADD_CLIENT, as_name, as_kit)
+        data = request.read_bytes()
+        requested = _requested_name(data)
+        if requested is not None:
+            _refuse_admin_name(folder)(requested)
         federation = FederationFolder.load(folder, passphrase=read_passphrase(passphrase_file))
-        path = add_enrolled_client(federation, request.read_bytes(), out=out, archive=archive)
+        path = add_enrolled_client(federation, data, out=out, archive=archive)
+        record = None if requested is None else federation.client_record(requested)
+        if record is not None:
+            _record_issue(folder, record, actor, admin=False)
         console.print(
             f"[green]issued enrolled kit[/] (no private keys): {escape(str(path))}",
             soft_wrap=True,
@@ -94,6 +108,11 @@ def add_client_command(
             f"rounds and may call the Admin service); add --admin to issue those credentials"
         )
     check_federation(folder)
+    actor = resolve_actor(
+        folder, Action.MANAGE_ADMINS if admin else Action.ADD_CLIENT, as_name, as_kit
+    )
+    if not admin:
+        _refuse_admin_name(folder)(name)
     federation = FederationFolder.load(folder, passphrase=read_passphrase(passphrase_file))
     if federation.authority_public_key is not None and not (admin or insecure_dev_keys):
         raise CLIError(
@@ -103,6 +122,8 @@ def add_client_command(
         )
     path = add_client(federation, name, out=out, archive=archive)
     record = federation.client_record(name)
+    if record is not None:
+        _record_issue(folder, record, actor, admin=admin)
     serial = f" (certificate serial {record.serial:x})" if record is not None else ""
     what = "administrator kit" if admin else "kit"
     console.print(
@@ -116,14 +137,116 @@ def add_client_command(
     )
 
 
+def _refuse_admin_name(folder: Path) -> Callable[[str], None]:
+    """A name check: an administrator's name never becomes a participant's."""
+    directory = AdminDirectory.load(folder, current_only=False)
+
+    def check(name: str) -> None:
+        if directory.entry(name) is not None:
+            raise CLIError(
+                f"{name!r} is a named administrator: an administrator is never a participant "
+                "(see `sealagg admins list`)"
+            )
+
+    return check
+
+
+def _requested_name(request: bytes) -> str | None:
+    """The name an enrolment request asks for (None: unreadable; issuing then says why)."""
+    from sealagg.crypto.errors import RosterError
+    from sealagg.crypto.roster import verify_enrolment_request
+
+    try:
+        name = verify_enrolment_request(request)["name"]
+    except (RosterError, KeyError, TypeError, ValueError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _record_issue(folder: Path, record: ClientRecord, actor: Actor, *, admin: bool) -> None:
+    from sealagg.appliance.participant_sync import record_admin_event, record_client_added
+
+    if admin:  # the owner's administrator kit: never a participant
+        record_now(
+            folder,
+            f"issuing {record.name}",
+            lambda store: record_admin_event(
+                store,
+                "admin_added",
+                {
+                    "name": record.name,
+                    "roles": sorted(r.value for r in Role),
+                    "cert_serial": format(record.serial, "x"),
+                },
+                by=actor,
+                time=record.issued_at,
+            ),
+        )
+        return
+    record_now(
+        folder,
+        f"issuing {record.name}",
+        lambda store: record_client_added(store, record, by=actor),
+    )
+
+
 def revoke(
     name: Annotated[str, typer.Argument(help="Client to revoke.")],
     folder: FolderOption = DEFAULT_FOLDER,
+    as_name: AsOption = None,
+    as_kit: AsKitOption = None,
 ) -> None:
-    """Revoke a client's certificate; the appliance refuses it from its next call on."""
+    """Revoke a client's certificate; the appliance refuses it from its next call on.
+    Audited at once, with the revocation's time and who did it."""
+    from sealagg.appliance.participant_sync import (
+        record_admin_event,
+        record_client_added,
+        record_client_revoked,
+    )
+
     check_federation(folder)
+    directory = AdminDirectory.load(folder, current_only=False)
+    named_admin = directory.entry(name) is not None
+    actor = resolve_actor(
+        folder,
+        Action.MANAGE_ADMINS if named_admin or name == ADMIN_NAME else Action.REVOKE_CLIENT,
+        as_name,
+        as_kit,
+    )
     federation = FederationFolder.load(folder)
-    revoke_client(federation, name)
+    if named_admin:
+        remove_admin(federation, name)
+    else:
+        revoke_client(federation, name)
+    record = federation.client_record(name)
+    if record is not None:
+        revoked_at = next(
+            (r.revoked_at for r in federation.revocations().entries if r.serial == record.serial),
+            record.revoked_at,
+        )
+        if named_admin or name == ADMIN_NAME:
+            record_now(
+                folder,
+                f"revoking {name}",
+                lambda store: record_admin_event(
+                    store,
+                    "admin_removed",
+                    {"name": name, "cert_serial": format(record.serial, "x")},
+                    by=actor,
+                    time=revoked_at,
+                ),
+            )
+        else:
+
+            def write(store: Any) -> None:
+                # Issued while no database existed: its issue is recorded first (late), so
+                # the revocation is audited now instead of at the next start.
+                record_client_added(store, record, by=None, late=True)
+                record_client_revoked(
+                    store, name=name, serial=record.serial, revoked_at=revoked_at, by=actor
+                )
+
+            record_now(folder, f"revoking {name}", write)
     console.print(f"[yellow]revoked[/] [bold]{escape(name)}[/]", soft_wrap=True)
     console.print(
         "  a running appliance re-reads the revocation list and refuses this client at its "
@@ -152,6 +275,7 @@ def list_clients(ctx: typer.Context, folder: FolderOption = DEFAULT_FOLDER) -> N
     check_federation(folder)
     federation = FederationFolder.load(folder)
     revoked_serials = federation.revocations()
+    directory = AdminDirectory.load(folder, current_only=False)
     excluded = {}
     if state_exists(folder):
         with open_state_readonly(folder) as store:
@@ -170,6 +294,9 @@ def list_clients(ctx: typer.Context, folder: FolderOption = DEFAULT_FOLDER) -> N
             status = f"[red]excluded[/] (round {why.round}: {escape(why.reason)})"
         if record.name == ADMIN_NAME:
             status += " (admin)"
+        elif directory.entry(record.name) is not None:
+            roles = ", ".join(sorted(r.value for r in directory.roles_of(record.name)))
+            status += f" (admin: {roles or 'no current certificate'})"
         table.add_row(
             escape(record.name),
             f"{record.serial:x}"[:16],
@@ -184,10 +311,14 @@ def list_clients(ctx: typer.Context, folder: FolderOption = DEFAULT_FOLDER) -> N
 def readmit(
     name: Annotated[str, typer.Argument(help="The excluded client to take part again.")],
     folder: FolderOption = DEFAULT_FOLDER,
+    as_name: AsOption = None,
+    as_kit: AsKitOption = None,
 ) -> None:
     """End a client's exclusion after a proven blame: later rounds may select it again."""
+    check_federation(folder)
+    actor = resolve_actor(folder, Action.READMIT_CLIENT, as_name, as_kit)
     with open_state_writable(folder) as store:
-        record = store.readmit_participant(name)
+        record = store.readmit_participant(name, by=str(actor))
     console.print(
         f"[green]readmitted[/] [bold]{escape(name)}[/] (excluded in round {record.round}: "
         f"{escape(record.reason)})",

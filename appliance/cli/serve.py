@@ -1,15 +1,14 @@
-"""``sealagg serve``: run the appliance until Ctrl-C or SIGTERM, logging JSON lines to stderr."""
+"""``sealagg serve``: run the appliance until Ctrl-C or SIGTERM, logging JSON lines to stderr.
+
+Every stderr line is a JSON object (appliance/logs.py), refusals at start included: a
+second appliance on a folder in use, a bad configuration value or a port already taken is
+logged as one ``ERROR`` line and the command exits with code 1.
+"""
 
 import asyncio
-import contextlib
 import enum
-import json
 import logging
 import signal
-import sys
-import traceback
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +22,10 @@ from sealagg.appliance.cli._common import (
     check_federation,
     read_passphrase,
 )
+from sealagg.appliance.errors import ApplianceError
+from sealagg.appliance.logs import JsonFormatter, json_logging, native_stderr_as_json
+
+__all__ = ["JsonFormatter", "register", "serve"]
 
 if TYPE_CHECKING:
     from sealagg.appliance.server import Appliance
@@ -35,55 +38,6 @@ class LogLevel(enum.StrEnum):
     info = "info"
     warning = "warning"
     error = "error"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: ``time``, ``level``, ``logger``, ``message`` (+ ``exception``).
-
-    Only the formatted message is written: ``extra`` fields and raw arguments never are, so
-    nothing reaches the log that the appliance's own messages do not state (and they state
-    counts and names, never update values or keys).
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info and record.exc_info[1] is not None:
-            entry["exception"] = "".join(traceback.format_exception(record.exc_info[1])).rstrip()
-        return json.dumps(entry, ensure_ascii=False)
-
-
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time (not the stream at install time)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def json_logging(level: str) -> Iterator[None]:
-    """Route every logger to JSON lines on stderr for the duration of the block."""
-    handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    root.handlers = [handler]
-    root.setLevel(getattr(logging, level.upper()))
-    logging.captureWarnings(True)
-    try:
-        yield
-    finally:
-        logging.captureWarnings(False)
-        root.handlers, root_level = saved
-        root.setLevel(root_level)
 
 
 async def _serve(app: "Appliance", listen: str) -> None:
@@ -132,25 +86,37 @@ def serve(
     passphrase_file: PassphraseFileOption = None,
 ) -> None:
     """Run the appliance (mutual TLS gRPC) until Ctrl-C or SIGTERM."""
-    check_federation(Path(folder))
-    with json_logging(log_level.value):
-        # Imported here: the server pulls in the numba kernels; the other commands need not.
-        from sealagg.appliance.server import Appliance
+    with json_logging(log_level.value), native_stderr_as_json():
+        try:
+            check_federation(Path(folder))
+            _run(Path(folder), insecure, passphrase_file)
+        except (ApplianceError, CLIError) as error:
+            _log.error("%s", error)
+            raise typer.Exit(1) from None
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            _log.error("%s%s", where, error.strerror or error)
+            raise typer.Exit(1) from None
+        except Exception:
+            _log.exception("the appliance failed")
+            raise typer.Exit(1) from None
 
-        # Config errors surface here, before anything binds. The --insecure warning is
-        # printed by the appliance itself at start (to stderr, whatever the log level).
-        # An attesting appliance issues its in-memory TLS key's certificate at start: a
-        # passphrase-protected CA key needs the passphrase (appliance/tee_identity.py).
-        appliance = Appliance(
-            folder, insecure=insecure, ca_passphrase=read_passphrase(passphrase_file)
-        )
-        _log.info(
-            "federation %s loaded from %s (mode %s)",
-            appliance.federation.name,
-            folder,
-            appliance.config.aggregation.mode,
-        )
-        asyncio.run(_serve(appliance, appliance.config.server.listen))
+
+def _run(folder: Path, insecure: bool, passphrase_file: Path | None) -> None:
+    # Imported here: the server pulls in the numba kernels; the other commands need not.
+    from sealagg.appliance.server import Appliance
+
+    # The folder's instance lock is taken first, then config errors surface, before anything
+    # binds. An attesting appliance issues its in-memory TLS key's certificate at start: a
+    # passphrase-protected CA key needs the passphrase (appliance/tee_identity.py).
+    appliance = Appliance(folder, insecure=insecure, ca_passphrase=read_passphrase(passphrase_file))
+    _log.info(
+        "federation %s loaded from %s (mode %s)",
+        appliance.federation.name,
+        folder,
+        appliance.config.aggregation.mode,
+    )
+    asyncio.run(_serve(appliance, appliance.config.server.listen))
 
 
 def register(app: typer.Typer) -> None:

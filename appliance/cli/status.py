@@ -1,8 +1,10 @@
 """``sealagg status``: the running appliance's state, from the Admin.Status RPC."""
 
 import json
+import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,9 +41,15 @@ def _deadline(value: Any, now: float) -> str:
 
 
 def render_status(
-    status: dict[str, Any], *, address: str, federation: str, now: float | None = None
+    status: dict[str, Any],
+    *,
+    address: str,
+    federation: str,
+    now: float | None = None,
+    warnings: list[str] | None = None,
 ) -> RenderableType:
-    """A rich view of the Status JSON; tolerant of missing fields."""
+    """A rich view of the Status JSON; tolerant of missing fields. ``warnings``: lines shown
+    first (certificates expiring soon, a CA rotation in progress)."""
     now = time.time() if now is None else now
     overview = Table.grid(padding=(0, 2))
     overview.add_column(style="bold")
@@ -54,8 +62,21 @@ def render_status(
     ready = status.get("ready_clients") or []
     count = len(ready) if isinstance(ready, list) else 0
     overview.add_row("ready clients", f"{count}: {_names(ready)}" if count else "0")
+    run = status.get("run")
+    if isinstance(run, dict):
+        budget = run.get("rounds") or "unbounded"
+        overview.add_row(
+            "run",
+            escape(
+                f"{run.get('id', '?')} ({run.get('name', '?')}): {run.get('status', '?')}, "
+                f"{run.get('rounds_done', 0)} of {budget} rounds"
+            ),
+        )
 
-    parts: list[RenderableType] = [overview]
+    parts: list[RenderableType] = [
+        Text(f"warning: {line}", style="bold yellow") for line in warnings or ()
+    ]
+    parts.append(overview)
     current = status.get("round")
     if isinstance(current, dict):
         info = Table.grid(padding=(0, 2))
@@ -98,9 +119,27 @@ def status_command(
     address: AddressOption = None,
     kit: KitOption = None,
     watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Refresh until Ctrl-C. Without a terminal (a pipe, a log file), print a plain "
+            "snapshot each interval instead.",
+        ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status JSON.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes (--watch).")
+    ] = 1.0,
+    count: Annotated[
+        int | None,
+        typer.Option("--count", min=1, help="Stop after this many snapshots (--watch)."),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the raw status JSON (one line per snapshot with --watch)."
+        ),
+    ] = False,
     timeout: TimeoutOption = 5.0,
     insecure: InsecureOption = False,
 ) -> None:
@@ -110,17 +149,58 @@ def status_command(
     ) as client:
         if not watch:
             status = client.status()
+            warnings = _certificate_warnings(folder)
             if as_json:
+                status = {**status, "certificate_warnings": warnings}
                 typer.echo(json.dumps(status, indent=2, sort_keys=True))
             else:
                 console.print(
-                    render_status(status, address=client.address, federation=client.federation)
+                    render_status(
+                        status,
+                        address=client.address,
+                        federation=client.federation,
+                        warnings=warnings,
+                    )
                 )
             return
-        _watch(client)
+        if as_json or not console.is_terminal:
+            _snapshots(client, interval=interval, count=count, as_json=as_json)
+        else:
+            _watch(client, interval=interval, count=count)
 
 
-def _watch(client: AdminClient) -> None:
+def _snapshots(client: AdminClient, *, interval: float, count: int | None, as_json: bool) -> None:
+    """--watch without a terminal: a live view would print nothing until it ends (rich
+    redraws in place only on a terminal), so print each snapshot in full, in order, with
+    the time it was taken; an unreachable appliance is one line, and the watch goes on."""
+    shown = 0
+    try:
+        while count is None or shown < count:
+            if shown:
+                time.sleep(interval)
+            taken = datetime.now().astimezone().isoformat(timespec="seconds")
+            try:
+                status = client.status()
+            except CLIError as error:
+                if as_json:
+                    typer.echo(json.dumps({"at": taken, "error": str(error)}, sort_keys=True))
+                else:
+                    typer.echo(f"--- {taken}: unreachable: {error}")
+            else:
+                if as_json:
+                    typer.echo(json.dumps({"at": taken, "status": status}, sort_keys=True))
+                else:
+                    typer.echo(f"--- {taken}")
+                    console.print(
+                        render_status(status, address=client.address, federation=client.federation)
+                    )
+            sys.stdout.flush()
+            shown += 1
+    except KeyboardInterrupt:
+        return
+
+
+def _watch(client: AdminClient, *, interval: float, count: int | None) -> None:
     from rich.live import Live
 
     def frame() -> RenderableType:
@@ -130,14 +210,30 @@ def _watch(client: AdminClient) -> None:
             return Panel(Text(str(error), style="red"), title="sealagg status (unreachable)")
         return render_status(status, address=client.address, federation=client.federation)
 
+    shown = 1
     try:
         with Live(frame(), console=console, refresh_per_second=4) as live:
-            while True:
-                time.sleep(1.0)
+            while count is None or shown < count:
+                time.sleep(interval)
                 live.update(frame())
+                shown += 1
     except KeyboardInterrupt:
         return
 
 
 def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
+
+
+def _certificate_warnings(folder: Path) -> list[str]:
+    """Certificates of the local federation folder expiring within 30 days (nothing when this
+    machine holds no folder: the admin may run `status` from elsewhere with --kit)."""
+    if not (folder / "sealagg.toml").is_file():
+        return []
+    from sealagg.appliance.cli.certs import expiry_warnings
+    from sealagg.appliance.errors import ApplianceError
+
+    try:
+        return expiry_warnings(folder)
+    except (OSError, ValueError, ApplianceError) as error:
+        return [f"cannot read the certificates in {folder}: {error}"]

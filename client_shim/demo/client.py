@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-examples", type=int, default=10_000, help="examples for full weight")
     p.add_argument("--address", default=None, help="HOST:PORT (default: the kit's address)")
+    p.add_argument(
+        "--max-downtime",
+        type=float,
+        default=120.0,
+        help="seconds the appliance may be unreachable (at start or mid-run) before giving up",
+    )
     p.add_argument("--result-file", type=Path, default=None, help="JSON lines, one per round")
     p.add_argument("--dp", action="store_true", help="client-level DP (clip + Gaussian noise)")
     p.add_argument("--dp-clip", type=float, default=3.0, help="L2 bound of the update")
@@ -162,7 +168,20 @@ def warm_up(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo client; a refusal or an unreachable appliance ends it with one line on
+    stderr (exit 2), not a traceback: the data owner needs the reason, not the stack."""
     args = build_parser().parse_args(argv)
+    from sealagg.appliance.kit import ProvisioningError
+    from sealagg.client_shim.errors import ApplianceUnavailableError, ModelMismatchError
+
+    try:
+        return _main(args)
+    except (ApplianceUnavailableError, ProvisioningError, ModelMismatchError) as error:
+        print(f"sealagg client {args.kit.name}: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
     )
@@ -199,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         max_examples=args.max_examples,
         dp=dp,
         poll_seconds=2.0,
+        max_downtime=args.max_downtime,
     )
     if args.wait_for_go:  # connected (TLS up): now wait until every client is, then poll
         if result is not None:
@@ -222,12 +242,13 @@ def main(argv: list[str] | None = None) -> int:
             trained = time.perf_counter()
             loss = 0.0
             if not args.key_holder:
+                hyper = rnd.hyperparameters  # the run's settings win over the command line
                 loss = train(
                     model,
                     x,
                     y,
-                    epochs=args.epochs,
-                    lr=args.lr,
+                    epochs=int(hyper.get("local_epochs", args.epochs)),
+                    lr=float(hyper.get("lr", args.lr)),
                     momentum=args.momentum,
                     batch_size=args.batch_size,
                     seed=args.seed * 100_003 + number * 1009 + _client_number(name),

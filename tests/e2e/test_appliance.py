@@ -154,7 +154,10 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(deployment, running, tmp_
         np.testing.assert_allclose(tensors[name], value, atol=1e-6)
 
 
-def test_revoked_client_is_refused_in_the_handshake(deployment, running):
+def test_revoked_client_is_refused_by_name(deployment, running):
+    """A revoked certificate is refused per call, on an old connection and on a new one alike:
+    PERMISSION_DENIED naming the client and the reason, counted (server.py's handshake trusts
+    the CA; appliance/interceptors.py PeerCheckInterceptor decides)."""
     dep = deployment(clients=3)
     dep.configure(aggregation={"mode": "plaintext", "min_clients": 3, "rounds": 1}, deadlines=FAST)
     app = running(dep.folder)
@@ -162,14 +165,18 @@ def test_revoked_client_is_refused_in_the_handshake(deployment, running):
     assert conn.get_task(0.1).WhichOneof("kind") in ("idle", "round_start")
     revoke_client(FederationFolder.load(dep.folder), "client2")
     # A connection opened before the revocation: refused at its next call.
-    assert _code(lambda: conn.get_task(0.1)) == grpc.StatusCode.UNAUTHENTICATED
-    assert app.app.metrics.total("sealagg_refused_calls_total") >= 1
+    assert _code(lambda: conn.stub.GetTask(pb.TaskRequest(), timeout=5)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert app.app.metrics.total("sealagg_refused_calls_total") == 1
     conn.close()
-    # A new connection: the TLS handshake itself fails, no call reaches the service.
-    calls_before = app.app.metrics.total("sealagg_refused_calls_total")
+    # A new connection: the same refusal, named and counted.
     fresh = Connection(dep.kits["client2"], address=dep.address, timeout=5, retry_seconds=0)
-    assert _code(lambda: fresh.get_task(0.1)) == grpc.StatusCode.UNAVAILABLE
-    assert app.app.metrics.total("sealagg_refused_calls_total") == calls_before
+    with pytest.raises(grpc.RpcError) as refused:
+        fresh.stub.GetTask(pb.TaskRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client 'client2' refused (revoked)" in refused.value.details()
+    assert app.app.metrics.total("sealagg_refused_calls_total") == 2
     fresh.close()
     # The others keep being served.
     other = Connection(dep.kits["client1"], address=dep.address, timeout=5)
@@ -177,7 +184,9 @@ def test_revoked_client_is_refused_in_the_handshake(deployment, running):
     other.close()
 
 
-def test_certificate_from_the_ca_but_never_registered_fails_the_handshake(deployment, running):
+def test_certificate_from_the_ca_but_never_current_is_refused(deployment, running):
+    """A certificate the CA issued for a registered name but not the one on record (a forged
+    or superseded one) is refused per call as ``superseded``, by name."""
     from sealagg.appliance import pki
     from sealagg.appliance.kit import ClientKit
 
@@ -198,9 +207,15 @@ def test_certificate_from_the_ca_but_never_registered_fails_the_handshake(deploy
         }
     )
     conn = Connection(kit, address=dep.address, timeout=5, retry_seconds=0)
-    assert _code(lambda: conn.get_task(0.1)) == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as refused:
+        conn.stub.GetTask(pb.TaskRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client 'client1' refused (superseded)" in refused.value.details()
     conn.close()
-    assert app.app.metrics.total("sealagg_refused_calls_total") == 0
+    value = app.app.metrics.registry.get_sample_value(
+        "sealagg_refused_calls_total", {"reason": "superseded"}
+    )
+    assert value == 1
 
 
 CLIENT_PROCESS = """

@@ -3,9 +3,10 @@
 Each forged client certificate has exactly one defect and is recorded as the client's current
 certificate (sealagg_testkit/certs.py), so the refusal is for that defect alone; a control
 with the same forging but no defect is accepted. A refusal is either a failed handshake
-(UNAVAILABLE: the TLS layer verified the chain or the validity) or UNAUTHENTICATED (the
-handshake passed and the per-call certificate check refused it). Another CA's client is
-covered by tests/e2e/test_appliance.py::test_bad_uploads_are_refused_and_the_round_goes_on.
+(UNAVAILABLE: the TLS layer verified the chain or the validity) or PERMISSION_DENIED /
+UNAUTHENTICATED (the handshake passed and the per-call certificate check refused it, by
+name). Another CA's client is covered by
+tests/e2e/test_appliance.py::test_bad_uploads_are_refused_and_the_round_goes_on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.client_shim.connection import Connection
 
-REFUSED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+REFUSED = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,  # a CA-issued certificate refused per call, by name
+)
 
 
 def _call(kit, address: str) -> grpc.StatusCode:
@@ -74,8 +79,8 @@ def test_bad_client_certificates_are_refused(live, defect):
 
 
 def test_revoked_client_is_refused_on_a_new_connection(live):
-    """Revocation is moving into the handshake (lead's change): UNAVAILABLE then; today the
-    first call is refused with UNAUTHENTICATED. Either is a refusal."""
+    """A revoked certificate still completes the handshake (the CA issued it) and its first
+    call is refused with PERMISSION_DENIED, naming the client (appliance/interceptors.py)."""
     dep, _ = live
     assert _call(dep.kits["client0"], dep.address) == grpc.StatusCode.OK
     revoke_client(FederationFolder.load(dep.folder), "client0")
