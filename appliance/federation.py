@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import os
@@ -49,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import filelock
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -682,13 +682,10 @@ class FederationFolder:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Serialize changes to the folder across processes and threads."""
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        """Serialize changes to the folder across processes and threads (filelock: flock on
+        a lock file opened without following symlinks; released when the process dies)."""
+        with filelock.FileLock(self.paths.lock, mode=0o600, thread_local=False):
             yield
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

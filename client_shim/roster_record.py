@@ -21,10 +21,11 @@ appliance's word until the client learns a newer one).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+import filelock
 
 from sealagg.appliance.kit import ClientKit
 from sealagg.crypto.errors import MalformedRosterError
@@ -115,12 +116,8 @@ def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock beside the record (the record itself is replaced by rename)."""
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with filelock.FileLock(lock, mode=0o600, thread_local=False):
         yield
-    finally:
-        os.close(fd)
 
 
 def _write_record(path: Path, version: int, digest: bytes) -> None:
