@@ -102,6 +102,8 @@ class Action(StrEnum):
     REVOKE_CLIENT = "revoke_client"
     READMIT_CLIENT = "readmit_client"
     MANAGE_ADMINS = "manage_admins"
+    STATE_BACKUP = "state_backup"
+    STATE_RESTORE = "state_restore"
 
 
 _ANY = frozenset(Role)
@@ -119,6 +121,8 @@ REQUIRED_ROLES: Mapping[Action, frozenset[Role]] = {
     Action.REVOKE_CLIENT: frozenset({Role.OPERATOR}),
     Action.READMIT_CLIENT: frozenset({Role.OPERATOR}),
     Action.MANAGE_ADMINS: frozenset(),
+    Action.STATE_BACKUP: frozenset({Role.OPERATOR}),
+    Action.STATE_RESTORE: frozenset({Role.OPERATOR}),
 }
 
 

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from sealagg.appliance import pki
+from sealagg.appliance.admins import Actor
 from sealagg.appliance.audit import format_time
 from sealagg.appliance.backup_format import (
     BACKUP_FORMAT,
@@ -71,7 +72,7 @@ from sealagg.appliance.backup_format import (
     sha256_file,
     sign_manifest,
 )
-from sealagg.appliance.backup_restore import restore_backup
+from sealagg.appliance.backup_restore import audit_actor, restore_backup
 from sealagg.appliance.backup_verify import opened_backup, verify_backup, verify_root
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.models import MODELS_DIRNAME, model_relpath
@@ -107,7 +108,7 @@ def create_backup(
     destination: Path,
     *,
     include_private_keys: bool = False,
-    by: str | None = None,
+    by: Actor | str | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> BackupReport:
     """Back up the federation in ``folder`` to ``destination`` while the appliance may run.
@@ -116,6 +117,8 @@ def create_backup(
     a folder. The backup is built beside it and appears whole or not at all; it is then
     verified like :func:`verify_backup` would, and recorded as ``state_backup`` in the live
     audit chain (if that fails, the backup is removed again: no unrecorded copies).
+    ``by`` is who asked (an :class:`~appliance.admins.Actor` from ``--as``/``--as-kit``, as
+    every admin action records it); the manifest names it as text.
     """
     federation = FederationFolder.load(folder)
     destination = Path(destination)
@@ -128,7 +131,7 @@ def create_backup(
     if not database.is_file():
         raise BackupError(f"{federation.folder} has no state database to back up yet")
     when = format_time((clock or (lambda: datetime.now(UTC)))())
-    who = by or current_user()
+    who = _manifest_actor(by)
     # Opened as the appliance opens it (a database of an older schema is migrated here, as
     # by any writing command), kept open to record the backup at the end.
     with Store.open(database, audit_key=federation.audit_signing_key) as store:
@@ -143,7 +146,7 @@ def create_backup(
             _publish(staging, destination, as_tar)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        _record_backup(store, destination, checked, who, include_private_keys)
+        _record_backup(store, destination, checked, audit_actor(by), include_private_keys)
     return BackupReport(
         path=destination,
         manifest_sha256=checked.manifest_sha256,
@@ -155,8 +158,22 @@ def create_backup(
     )
 
 
+def _manifest_actor(by: Actor | str | None) -> str:
+    """The manifest's ``created_by`` text: OS user and host, and the named administrator."""
+    if isinstance(by, str):
+        return by
+    if by is None or by.admin is None:
+        return current_user()
+    how = "with its kit" if by.admin_proven else "claimed"
+    return f"{current_user()} as {by.admin} ({how})"
+
+
 def _record_backup(
-    store: Store, destination: Path, checked: VerifyReport, who: str, keys_included: bool
+    store: Store,
+    destination: Path,
+    checked: VerifyReport,
+    who: str | dict[str, object],
+    keys_included: bool,
 ) -> None:
     """Append ``state_backup``; a backup that cannot be recorded is removed again."""
     try:

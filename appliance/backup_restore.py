@@ -18,11 +18,14 @@ it; the command says so.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealagg.appliance import pki
+from sealagg.appliance.admins import Actor
 from sealagg.appliance.audit import ExpectedHead
 from sealagg.appliance.backup_format import (
     FOLDER_DIR,
@@ -38,7 +41,7 @@ from sealagg.appliance.backup_format import (
 from sealagg.appliance.backup_verify import opened_backup, verify_root
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.appliance.federation import FederationFolder, FederationPaths
-from sealagg.appliance.instance_lock import InstanceLock
+from sealagg.appliance.instance_lock import LOCK_NAME, InstanceLock
 from sealagg.appliance.models import MODELS_DIRNAME
 from sealagg.appliance.store import STATE_FILENAME, Store, default_state_path
 
@@ -52,7 +55,7 @@ def restore_backup(
     keys_from: Path | None = None,
     audit_public_key: Ed25519PublicKey | bytes | None = None,
     expected_head: ExpectedHead | None = None,
-    by: str | None = None,
+    by: Actor | str | Callable[[Path], Actor] | None = None,
 ) -> RestoreReport:
     """Recreate the federation of ``backup`` in ``folder`` (new or empty), after verifying it.
 
@@ -60,46 +63,60 @@ def restore_backup(
     the files the manifest lists, ``ca.key``, ``server.key``, ``audit_signing_key.pem``), else
     from the backup if it holds them; the audit key must be the federation's current one, so
     the chain continues under it.
-    The folder is locked like a running appliance's while the restore writes it, and removed
-    again (or emptied, if it existed) when anything fails. Appends ``state_restored``.
+    The folder's instance lock is taken before anything in it is checked or written: an
+    appliance (or another restore) holding it is refused with its pid and nothing changes.
+    The folder is removed again (or emptied, if it existed) when anything fails.
+    ``by`` is who restores: an :class:`~appliance.admins.Actor`, a text, or a function of the
+    restored folder returning the actor (``--as NAME`` is checked against the restored
+    federation's administrators, which exist only once it is installed; a refusal undoes the
+    restore). Appends ``state_restored`` naming it.
     """
     folder = Path(folder)
     key = None if audit_public_key is None else public_key_of(audit_public_key)
     with opened_backup(backup, private_copy=True) as root:
         checked = verify_root(root, key, key is not None, expected_head)
-        created = _claim(folder)
+        created = _create(folder)
+        had_lock = (folder / LOCK_NAME).exists()
         lock = InstanceLock(folder)
-        lock.acquire()
         try:
-            source = _install(root, folder, checked, keys_from)
-            count = _record_restore(folder, checked, Path(backup), source, by or current_user())
+            lock.acquire()  # an appliance or another restore on it: refused, nothing touched
+        except BaseException:
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
+            _claim(folder)  # a folder with anything in it is refused and left exactly as it was
         except BaseException:
             lock.release()
-            _unclaim(folder, created)
+            if not had_lock:
+                (folder / LOCK_NAME).unlink(missing_ok=True)
+            raise
+        try:
+            source = _install(root, folder, checked, keys_from)
+            who = by(folder) if callable(by) else by
+            count = _record_restore(folder, checked, Path(backup), source, audit_actor(who))
+        except BaseException:
+            lock.release()
+            _unclaim(folder, created, had_lock)
             raise
         lock.release()
     return RestoreReport(folder, checked, count, source)
 
 
-def _claim(folder: Path) -> bool:
-    """Accept a new or empty folder (returns whether it was created here)."""
-    paths = FederationPaths(folder)
+def audit_actor(by: Actor | str | None) -> str | dict[str, Any]:
+    """What the audit entry's ``by`` holds: the actor as every admin action records it (OS user,
+    named administrator, whether proven), or the text a library caller gave."""
+    if isinstance(by, Actor):
+        return by.to_json()
+    return by if by is not None else current_user()
+
+
+def _create(folder: Path) -> bool:
+    """Make the folder if it does not exist (returns whether it was created here), so that its
+    instance lock can be taken before anything in it is looked at."""
     if folder.exists() or folder.is_symlink():
         if not folder.is_dir():
             raise BackupError(f"{folder} exists and is not a folder")
-        if default_state_path(folder).exists():
-            raise BackupError(
-                f"{folder} already holds a state database; a restore never overwrites state "
-                "(restore into a new or empty folder)"
-            )
-        if paths.config.exists():
-            raise BackupError(
-                f"{folder} holds a federation (made by `sealagg init`: its own new CA and audit "
-                "key); a restore brings back the backed-up federation's certificates and keys, "
-                "so restore into a new or empty folder"
-            )
-        if any(p for p in folder.iterdir() if not p.name.startswith(".sealagg.lock")):
-            raise BackupError(f"{folder} is not empty; restore into a new or empty folder")
         return False
     try:
         folder.mkdir(mode=0o700, parents=True)
@@ -108,13 +125,35 @@ def _claim(folder: Path) -> bool:
     return True
 
 
-def _unclaim(folder: Path, created: bool) -> None:
-    """Undo a failed restore: nothing half-restored may be mistaken for a federation."""
+def _claim(folder: Path) -> None:
+    """Accept a new or empty folder (checked under its instance lock)."""
+    paths = FederationPaths(folder)
+    if default_state_path(folder).exists():
+        raise BackupError(
+            f"{folder} already holds a state database; a restore never overwrites state "
+            "(restore into a new or empty folder)"
+        )
+    if paths.config.exists():
+        raise BackupError(
+            f"{folder} holds a federation (made by `sealagg init`: its own new CA and audit "
+            "key); a restore brings back the backed-up federation's certificates and keys, "
+            "so restore into a new or empty folder"
+        )
+    if any(p for p in folder.iterdir() if not p.name.startswith(LOCK_NAME)):
+        raise BackupError(f"{folder} is not empty; restore into a new or empty folder")
+
+
+def _unclaim(folder: Path, created: bool, had_lock: bool) -> None:
+    """Undo a failed restore: nothing half-restored may be mistaken for a federation.
+
+    A folder created here goes entirely; otherwise what the restore added goes (the lock file
+    too, unless it was there before: ``_claim`` admits only lock files)."""
     if created:
         shutil.rmtree(folder, ignore_errors=True)
         return
     for entry in folder.iterdir():
-        remove_path(entry)
+        if not (had_lock and entry.name.startswith(LOCK_NAME)):
+            remove_path(entry)
 
 
 def _install(root: Path, folder: Path, checked: VerifyReport, keys_from: Path | None) -> str:
@@ -167,7 +206,7 @@ def _check_audit_key(path: Path, manifest_key: str) -> None:
 
 
 def _record_restore(
-    folder: Path, checked: VerifyReport, backup: Path, source: str, who: str
+    folder: Path, checked: VerifyReport, backup: Path, source: str, who: str | dict[str, Any]
 ) -> int:
     try:  # certificates and keys must fit together before anything is written to the state
         federation = FederationFolder.load(folder)

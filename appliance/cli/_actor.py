@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sealagg.appliance.cli._common import err_console, open_state_writable, state_exists
+from sealagg.appliance.cli._common import err_console, open_state_writable
 
 AsOption = Annotated[
     str | None,
@@ -45,16 +45,16 @@ def resolve_actor(folder: Path, action: Any, as_name: str | None, as_kit: Path |
 
 
 def record_now(folder: Path, what: str, write: Any) -> bool:
-    """Run ``write(store)`` on the state database now, if one exists; True when it ran.
+    """Run ``write(store)`` on the state database now (creating it on first use, as
+    ``model import`` does, so that the README's order init → add-client → serve audits the
+    issue with its actor too); True when it ran.
 
-    Without a database there is no audit chain yet: the appliance's start records the change
-    from the folder's records, with their own time. A database that cannot be written now
-    (locked for longer than the busy timeout) is reported, and the start records it late.
+    A database that cannot be written now (locked for longer than the busy timeout, a
+    read-only folder) is reported, and the appliance's start records the change late, from
+    the folder's records with their own time (without the actor).
     """
     from sealagg.appliance.errors import StoreError
 
-    if not state_exists(folder):
-        return False
     try:
         with open_state_writable(folder) as store:
             write(store)

@@ -189,7 +189,12 @@ def show(
 
 def evaluate_command(
     version: Annotated[
-        int, typer.Option("--version", min=0, help="Accepted model version (0: the current).")
+        int,
+        typer.Option(
+            "--version",
+            min=0,
+            help="Accepted version, or a candidate pending approval (0: the current).",
+        ),
     ] = 0,
     run_id: Annotated[str, typer.Option("--run", help="Run (default: the live one).")] = "",
     deadline: Annotated[

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from sealagg.appliance.cli._actor import AsKitOption, AsOption, resolve_actor
 from sealagg.appliance.cli._common import (
     DEFAULT_FOLDER,
     CLIError,
@@ -92,6 +93,8 @@ def backup(
             "a backup as safe as the appliance itself). Default: listed, not copied.",
         ),
     ] = False,
+    as_name: AsOption = None,
+    as_kit: AsKitOption = None,
 ) -> None:
     """Back up the state while the appliance runs (SQLite online backup); verified, audited.
 
@@ -101,10 +104,12 @@ def backup(
     Private keys are left out unless --include-private-keys: a restore then needs them from
     your key store (--keys-from). Client kits are never copied.
     """
+    from sealagg.appliance.admins import Action
     from sealagg.appliance.backup import create_backup
 
     check_federation(folder)
-    report = create_backup(folder, destination, include_private_keys=include_private_keys)
+    actor = resolve_actor(folder, Action.STATE_BACKUP, as_name, as_kit)
+    report = create_backup(folder, destination, include_private_keys=include_private_keys, by=actor)
     console.print(
         f"[green]backed up[/] to {escape(str(report.path))}: {report.files} files, "
         f"{report.models} model files, audit head {report.audit_head.count} entries "
@@ -173,6 +178,8 @@ def restore(
     audit_key: AuditKeyOption = None,
     expected_count: ExpectedCountOption = None,
     expected_hash: ExpectedHashOption = None,
+    as_name: AsOption = None,
+    as_kit: AsKitOption = None,
 ) -> None:
     """Restore a backup into a new or empty folder (--folder), e.g. on a new machine.
 
@@ -184,16 +191,22 @@ def restore(
     entry; rounds interrupted at backup time are aborted at the first start. A restore is a
     rollback to the backup's moment: re-issue or revoke again any client changed since. If the
     new machine has another address, its server certificate must name it.
+    Refused while an appliance runs on --folder. --as NAME is checked against the restored
+    federation's administrators (a refusal undoes the restore).
     """
+    from sealagg.appliance.admins import Action
     from sealagg.appliance.backup import restore_backup
 
     expected = _expected(expected_count, expected_hash)
+    if as_kit is not None and as_name is None:  # before anything is written
+        raise CLIError("--as-kit proves the administrator named by --as: give --as NAME too")
     report = restore_backup(
         backup_path,
         folder,
         keys_from=keys_from,
         audit_public_key=_audit_key(audit_key),
         expected_head=expected,
+        by=lambda restored: resolve_actor(restored, Action.STATE_RESTORE, as_name, as_kit),
     )
     source = "the backup" if report.private_keys_from == "backup" else str(keys_from)
     # (keys_from wins when both are there: the operator's key store is the reference copy)
