@@ -33,10 +33,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sealagg.client_shim.errors import HyperparametersError
 from sealagg.crypto import Phase
 
 if TYPE_CHECKING:
@@ -176,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _main(args)
-    except (ApplianceUnavailableError, ProvisioningError, ModelMismatchError) as error:
+    except (
+        ApplianceUnavailableError,
+        ProvisioningError,
+        ModelMismatchError,
+        HyperparametersError,
+    ) as error:
         print(f"sealagg client {args.kit.name}: {error}", file=sys.stderr)
         return 2
 
@@ -247,8 +253,8 @@ def _main(args: argparse.Namespace) -> int:
                     model,
                     x,
                     y,
-                    epochs=int(hyper.get("local_epochs", args.epochs)),
-                    lr=float(hyper.get("lr", args.lr)),
+                    epochs=_bounded(hyper, "local_epochs", args.epochs, 1, MAX_LOCAL_EPOCHS),
+                    lr=_bounded(hyper, "lr", args.lr, 1e-6, MAX_LR),
                     momentum=args.momentum,
                     batch_size=args.batch_size,
                     seed=args.seed * 100_003 + number * 1009 + _client_number(name),
@@ -297,3 +303,19 @@ def _client_number(name: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+#: The demo's bounds on the run's hyperparameters: the appliance chooses them, and a data
+#: owner's training loop should not let it make the client train forever or diverge.
+MAX_LOCAL_EPOCHS = 50
+MAX_LR = 10.0
+
+
+def _bounded(hyper: dict, key: str, default: float, low: float, high: float) -> Any:
+    """``hyper[key]`` (or ``default``) when it lies in [low, high]; refused otherwise."""
+    value = hyper.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise HyperparametersError(
+            f"the run's {key}={value!r} is outside [{low:g}, {high:g}]; this client refuses it"
+        )
+    return type(default)(value)

@@ -357,3 +357,18 @@ def test_the_loop_waits_through_idle_polls(kit, fake):
     numbers = [rnd.run_round for rnd in federation.rounds(model) if rnd.submit(1)]
     federation.close()
     assert numbers == [1] and federation.run_end.model_version == 2
+
+
+def test_without_an_evaluate_callback_a_federated_evaluation_gets_no_answer(kit, fake):
+    """The client's consent to showing the appliance its metric numbers is its own callback:
+    an appliance that asks anyway (a malicious one can skip the run's opt-in) gets nothing,
+    not even a download of the model it names."""
+    model = _model()
+    server = fake({1: _tensors(model)})
+    server.tasks.put(_evaluate_task(server, 1))
+    server.put(run_end=pb.RunEnd(run_id="r", status="stopped"))
+    federation = _federation(kit, server)
+    assert list(federation.rounds(model, run_id="r")) == []
+    federation.close()
+    assert server.uploads == []
+    assert server.downloads == []
