@@ -168,6 +168,22 @@ def warm_up(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> None:
     encode_update(np.zeros(8, dtype=np.float32), 1.0, QuantizationSpec(clip=1.0, max_clients=3))
 
 
+#: The demo's bounds on the run's hyperparameters: the appliance chooses them, and a data
+#: owner's training loop should not let it make the client train forever or diverge.
+MAX_LOCAL_EPOCHS = 50
+MAX_LR = 10.0
+
+
+def _bounded(hyper: dict, key: str, default: float, low: float, high: float) -> Any:
+    """``hyper[key]`` (or ``default``) when it lies in [low, high]; refused otherwise."""
+    value = hyper.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise HyperparametersError(
+            f"the run's {key}={value!r} is outside [{low:g}, {high:g}]; this client refuses it"
+        )
+    return type(default)(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo client; a refusal or an unreachable appliance ends it with one line on
     stderr (exit 2), not a traceback: the data owner needs the reason, not the stack."""
@@ -303,19 +319,3 @@ def _client_number(name: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-#: The demo's bounds on the run's hyperparameters: the appliance chooses them, and a data
-#: owner's training loop should not let it make the client train forever or diverge.
-MAX_LOCAL_EPOCHS = 50
-MAX_LR = 10.0
-
-
-def _bounded(hyper: dict, key: str, default: float, low: float, high: float) -> Any:
-    """``hyper[key]`` (or ``default``) when it lies in [low, high]; refused otherwise."""
-    value = hyper.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise HyperparametersError(
-            f"the run's {key}={value!r} is outside [{low:g}, {high:g}]; this client refuses it"
-        )
-    return type(default)(value)
