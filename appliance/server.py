@@ -40,6 +40,7 @@ from sealagg.appliance.tee_identity import (
 from sealagg.appliance.upload_limits import UploadBudget
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.attest import Attester
+from sealagg.crypto.encoding import warm_up
 
 _log = logging.getLogger("sealagg.server")
 
@@ -274,6 +275,9 @@ class Appliance:
             )
         if self.config.server.metrics_listen:
             self.metrics.serve(self.config.server.metrics_listen)
+        # The kernels load before the first call is served, not inside the first round.
+        warmed = await asyncio.to_thread(warm_up)
+        _log.debug("secure-aggregation kernels ready in %.2f s", warmed)
         await server.start()
         self.server = server
         await self.health.listening()
