@@ -142,6 +142,45 @@ class DeadlinesSection(_Section):
     masked_input: float = Field(300.0, gt=0.0)
     consistency_check: float = Field(60.0, gt=0.0)
     unmasking: float = Field(60.0, gt=0.0)
+    #: Adaptive deadlines (issue 25, ``appliance/phase_timing.py``): once ``adaptive_min_rounds``
+    #: rounds were measured, a phase waits ``adaptive_factor`` x the 95th percentile of how long
+    #: this federation's clients took to answer it over the last ``adaptive_rounds`` rounds, at
+    #: least ``adaptive_floor`` seconds and never more than the configured value above (the
+    #: maximum). Only connected-but-slow clients (and old clients without presence) are waited
+    #: for: a vanished client is noticed at once (``[presence]``).
+    adaptive: bool = True
+    adaptive_factor: float = Field(4.0, ge=1.0)
+    adaptive_floor: float = Field(5.0, gt=0.0)
+    adaptive_rounds: int = Field(20, ge=1, le=1000)
+    adaptive_min_rounds: int = Field(3, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _history_fits_the_window(self) -> DeadlinesSection:
+        if self.adaptive_min_rounds > self.adaptive_rounds:
+            raise ValueError("adaptive_min_rounds cannot exceed adaptive_rounds (never adaptive)")
+        return self
+
+
+class PresenceSection(_Section):
+    """Live presence of clients (issue 25, ``appliance/presence.py``).
+
+    Each client holds one Presence stream open and sends a heartbeat every ``beat_seconds``.
+    A closed stream (a dead process, a reset) counts the client as vanished at once; a stream
+    silent for ``silence_seconds`` (a network that went away without a reset) counts the same.
+    A vanished member is no longer waited for: the phase closes as soon as every live member
+    answered. ``max_streams`` bounds the streams one client may hold (a reconnect overlaps
+    the old stream until the appliance notices it closed; more is refused)."""
+
+    enabled: bool = True
+    beat_seconds: float = Field(1.0, gt=0.0, le=60.0)
+    silence_seconds: float = Field(5.0, gt=0.0, le=600.0)
+    max_streams: int = Field(2, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _silence_spans_beats(self) -> PresenceSection:
+        if self.silence_seconds < 2 * self.beat_seconds:
+            raise ValueError("silence_seconds must be at least twice beat_seconds")
+        return self
 
 
 class UploadsSection(_Section):
@@ -276,6 +315,7 @@ class ApplianceConfig(_Section):
     server: ServerSection = ServerSection()
     aggregation: AggregationSection = AggregationSection()
     deadlines: DeadlinesSection = DeadlinesSection()
+    presence: PresenceSection = PresenceSection()
     uploads: UploadsSection = UploadsSection()
     optimizer: OptimizerSection = OptimizerSection()
     gates: GatesSection = GatesSection()

@@ -38,6 +38,12 @@ class Metrics:
         self.dropouts = Counter(
             "sealagg_dropouts_total", "Clients dropped at a deadline", registry=r
         )
+        self.vanished = Counter(
+            "sealagg_vanished_total",
+            "Clients whose presence stream closed or fell silent, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.bytes_in = Counter("sealagg_bytes_in_total", "Bytes uploaded by clients", registry=r)
         self.bytes_out = Counter(
             "sealagg_bytes_out_total", "Model bytes sent to clients", registry=r

@@ -36,6 +36,18 @@ until it polls again. After each round the loop waits briefly for its members to
 so a client that left after its last round is not put into the next one. When a round ends,
 its queued RoundStart and protocol steps are removed from every queue: a client that comes
 back later never trains for a dead round (its RoundEnd stays).
+
+Rounds do not wait for the dead (issue 25). Each new client holds a Presence stream
+(:mod:`appliance.presence`); when a member's stream closes or falls silent, it is *absent* from
+the round at once: no phase waits for it any more, so a phase closes as soon as every live
+member answered. A member whose stream reopens with a heartbeat naming this round (a network
+blip, same process, protocol state intact) is taken back while its phase is open; a restarted
+process (no state) is not. Absence never makes anyone a survivor: a member that did not
+answer a phase when it closes is dropped from it exactly as at a deadline, and the audit log
+says why (``clients_dropped``: ``connection_closed`` / ``silent`` / ``deadline``; refusals are
+audited as ``round_refused_by_client``). The remaining deadline is only for members that are
+connected but slow (and older clients without presence); it adapts to what this federation's
+clients actually take (:mod:`appliance.phase_timing`), never above the configured one.
 """
 
 from __future__ import annotations
@@ -70,6 +82,8 @@ from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.models import ModelVersion
 from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
 from sealagg.appliance.optimizers import ServerOptimizer, make_optimizer
+from sealagg.appliance.phase_timing import PhaseTimings
+from sealagg.appliance.presence import PresenceBoard
 from sealagg.appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController, RoundPlan
 from sealagg.appliance.robust import build_robust_round
 from sealagg.appliance.roster_gate import RosterGate
@@ -200,6 +214,17 @@ class Orchestrator:
         self._round_run: Run | None = None  # the run of the round being set up or driven
         self._run_end: pb.Task | None = None  # the last ended run's notice, for late pollers
         self.evaluations = FederatedEvaluations(self._send_to, clock)
+        #: Live presence streams (issue 25); the service's Presence handler feeds it.
+        self.presence = PresenceBoard(
+            max_streams=config.presence.max_streams,
+            on_vanished=self._vanished,
+            on_heartbeat=self._heartbeat,
+        )
+        #: Members of the current round that vanished (name -> why): not waited for.
+        self._absent: dict[str, str] = {}
+        self.timings = PhaseTimings(config.deadlines)
+        self._timings_run = ""  # the run whose answer times ``timings`` holds
+        self._phase_opened = 0.0  # clock() when the current phase opened
 
     # ------------------------------------------------------------------ client-facing
 
@@ -211,6 +236,7 @@ class Orchestrator:
             for notice in self._restart_notices:
                 _enqueue(link, notice)
         self._hand_run_end(link)
+        self.presence.polled(name)
         link.last_poll = self._clock()
         link.polling += 1
         link.busy = False
@@ -282,8 +308,7 @@ class Orchestrator:
                     },
                 )
                 _log.warning("round %d: %s refused it (%s)", active.number, name, refusal)
-                if not active.waiting_for:
-                    self._phase_done.set()
+                self._check_phase_done(active)
                 return
             number = self._recent_rounds.get(round_id) if round_id else None
             if round_id and number is None:
@@ -314,14 +339,18 @@ class Orchestrator:
                 raise UploadRefusedError(
                     "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
                 )
+            answered = name in current.answered
             try:
                 if len(payload) > OFF_LOOP_BYTES:  # keep serving polls while a big one is added
                     await asyncio.to_thread(current.accept, name, header, payload)
                 else:
                     current.accept(name, header, payload)
             finally:  # a refused client may leave the phase (ckks): it can close early too
-                if not current.waiting_for:
-                    self._phase_done.set()
+                if not answered and name in current.answered:
+                    self.timings.record(
+                        current.number, current.phase_name, self._clock() - self._phase_opened
+                    )
+                self._check_phase_done(current)
 
     def registered_clients(self) -> set[str]:
         return set(self._identity_keys())
@@ -345,8 +374,10 @@ class Orchestrator:
                 "phase": active.phase_name,
                 "members": sorted(active.members),
                 "waiting_for": sorted(active.waiting_for),
+                "vanished": dict(sorted(self._absent.items())),
                 "phase_deadline": self.phase_deadline,
             },
+            "presence_streams": self.presence.live_count(),
             "history": [dataclasses.asdict(o) for o in self.history[-20:]],
             "bytes_in": self.metrics.total("sealagg_bytes_in_total"),
             "bytes_out": self.metrics.total("sealagg_bytes_out_total"),
@@ -392,6 +423,7 @@ class Orchestrator:
             for name, link in self._links.items()
             if name in registered
             and name not in excluded
+            and not self.presence.is_gone(name)  # its process died: never chosen
             and link.tasks.empty()  # news not yet collected (a poll woken, not yet returned)
             and (link.polling > 0 or (not link.busy and now - link.last_poll <= window))
         )
@@ -543,7 +575,7 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         until = loop.time() + window
         while not stop.is_set() and loop.time() < until:
-            links = [self._links.get(n) for n in names]
+            links = [self._links.get(n) for n in names if not self.presence.is_gone(n)]
             if all(link is not None and link.polling > 0 and link.tasks.empty() for link in links):
                 return
             await asyncio.sleep(0.02)
@@ -846,6 +878,11 @@ class Orchestrator:
                 run, lambda: self.store.open_round(mode, round_id, run=run.row)
             )
         self._refused = set()
+        self._absent = {n: "connection_closed" for n in names if self.presence.is_gone(n)}
+        run_id = run.run_id if run is not None else ""
+        if run_id != self._timings_run:  # another run: other hyperparameters, other timings
+            self.timings.forget()
+            self._timings_run = run_id
         self._recent_rounds[round_id] = number
         while len(self._recent_rounds) > RECENT_ROUNDS:
             self._recent_rounds.popitem(last=False)
@@ -883,6 +920,7 @@ class Orchestrator:
             outcome = await self._drive(active, members, weights, layout, model.version)
         finally:
             self._round = None
+            self._absent = {}
             self._purge(lambda t: _round_of(t) == round_id)  # never delivered once it ended
         return dataclasses.replace(outcome, seconds=time.perf_counter() - opened)
 
@@ -906,9 +944,12 @@ class Orchestrator:
         version: int,
     ) -> RoundOutcome:
         per_phase = active.phase_deadlines(self.config.deadlines)
+        opened = self._clock()  # the first phase counts from the round's start (training)
         while True:
-            timeout = per_phase[min(active.phase_index, len(per_phase) - 1)]
-            opened = self._clock()
+            phase_name = active.phase_name
+            configured = per_phase[min(active.phase_index, len(per_phase) - 1)]
+            timeout = self.timings.deadline(phase_name, configured)
+            self._phase_opened = opened
             self.phase_deadline = opened + timeout
             await self._wait_for_phase(active, timeout)
             self.metrics.phase_seconds.labels(active.phase_name).observe(self._clock() - opened)
@@ -916,6 +957,7 @@ class Orchestrator:
                 late = sorted(active.waiting_for)
                 self.metrics.dropouts.inc(len(late))  # counted in aborted rounds too
                 phase = active.phase_name
+                self._audit_dropped(active, late, configured, timeout)
                 in_phase = sorted(active.answered)  # close_phase resets it for the next phase
                 answered = len(in_phase)
                 for kind, record in active.pending_audit():  # e.g. a client excluded on a blame
@@ -940,7 +982,10 @@ class Orchestrator:
                 active.expected -= self._refused  # a client that refused stays gone
                 self.store.record_phase(active.number, phase, answered, late)
                 self._phase_done.clear()
-            due = self._clock() + per_phase[min(active.phase_index, len(per_phase) - 1)]
+            opened = self._clock()
+            due = opened + self.timings.deadline(
+                active.phase_name, per_phase[min(active.phase_index, len(per_phase) - 1)]
+            )
             for name, task in tasks.items():
                 if task.WhichOneof("kind") == "step":
                     task.step.deadline_unix = due  # the client may resubmit until then
@@ -955,7 +1000,7 @@ class Orchestrator:
         return await self._publish(active, members, aggregate, weights, layout, version)
 
     async def _wait_for_phase(self, active: ActiveRound, timeout: float) -> None:
-        if not active.waiting_for:
+        if not self._live_waiting(active):
             return
         try:
             await asyncio.wait_for(self._phase_done.wait(), timeout)
@@ -966,6 +1011,66 @@ class Orchestrator:
                 active.phase_name,
                 len(active.waiting_for),
             )
+
+    # ------------------------------------------------------------------------ presence
+
+    def _live_waiting(self, active: ActiveRound) -> set[str]:
+        """Members the phase still waits for: expected, not answered, not vanished."""
+        return active.waiting_for - self._absent.keys()
+
+    def _check_phase_done(self, active: ActiveRound) -> None:
+        if not self._live_waiting(active):
+            self._phase_done.set()
+
+    def _vanished(self, name: str, reason: str) -> None:
+        """A client's last presence stream closed or fell silent: if it is a member of the
+        running round, no phase waits for it from now on (until it comes back)."""
+        self.metrics.vanished.labels(reason).inc()
+        active = self._round
+        if active is None or name not in active.members or name in self._absent:
+            return
+        self._absent[name] = reason
+        _log.info(
+            "round %d phase %s: %s vanished (%s)", active.number, active.phase_name, name, reason
+        )
+        self._check_phase_done(active)
+
+    def _heartbeat(self, name: str, round_id: bytes) -> None:
+        """Take a vanished member back when its heartbeat names this round: the same process
+        reconnected with its protocol state. A restarted process names no round: it stays out."""
+        active = self._round
+        if name not in self._absent or active is None or round_id != active.round_id:
+            return
+        if self._phase_done.is_set():
+            return  # the phase is closing without it
+        reason = self._absent.pop(name)
+        self.store.audit.append(
+            "client_reconnected",
+            {"round": active.number, "client": name, "phase": active.phase_name, "was": reason},
+        )
+        _log.info("round %d: %s came back (%s before)", active.number, name, reason)
+
+    def _audit_dropped(
+        self, active: ActiveRound, late: Sequence[str], configured: float, timeout: float
+    ) -> None:
+        """One audit entry per phase that dropped members: who, and why each (``refused``
+        members left earlier and are audited as ``round_refused_by_client``)."""
+        if not late:
+            return
+        why = {name: self._absent.get(name, "deadline") for name in late}
+        for name, reason in why.items():
+            self.presence.notify_dropped(name, active.round_id, active.phase_name, reason)
+        record: dict = {"round": active.number, "phase": active.phase_name, "clients": why}
+        if "deadline" in why.values():
+            record["deadline"] = self.timings.describe(active.phase_name, configured)
+            live = [n for n, r in why.items() if r == "deadline" and self.presence.is_live(n)]
+            if live and timeout < configured:
+                # A connected member was slower than history predicted (e.g. the run now
+                # trains longer): the next round of this phase waits the configured maximum
+                # again and learns anew, so a shortened deadline can never lock rounds out.
+                self.timings.forget(active.phase_name)
+                record["deadline"]["forgotten"] = True
+        self.store.audit.append("clients_dropped", record)
 
     # ------------------------------------------------------------------------- helpers
 

@@ -26,6 +26,7 @@ from sealagg.appliance.attestation import AttestationEndpoint, report_details
 from sealagg.appliance.errors import ProvisioningError, StoreError
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.orchestrator import Orchestrator
+from sealagg.appliance.presence import PresenceBoard, TooManyStreamsError
 from sealagg.appliance.rounds import UploadRefusedError
 from sealagg.appliance.store import Store
 from sealagg.appliance.upload_limits import UploadBudget, UploadLimitError
@@ -43,6 +44,8 @@ _AUDITED_KEYS = 4096
 #: Model downloads streamed at once; the others wait (bounds send buffers at any n).
 DOWNLOAD_SLOTS = 8
 INSECURE_NAME_HEADER = "sealagg-insecure-client"
+#: Longest round id a heartbeat may name (round ids are 32 bytes; more is cut, never kept).
+ROUND_ID_BYTES = 32
 
 Identify = Callable[[grpc.aio.ServicerContext], str]
 
@@ -89,6 +92,49 @@ async def who(identify: Identify, context: grpc.aio.ServicerContext, metrics: Me
 
 
 _who = who  # its older private name (tests/e2e/test_malicious_roster.py imports it)
+
+
+_STREAM_ENDED = object()
+
+
+async def _presence_notices(
+    board: PresenceBoard, token: int, heartbeats: AsyncIterator[pb.Heartbeat], silence: float
+) -> AsyncIterator[pb.PresenceNotice]:
+    """Feed heartbeats to the board and yield the notices to write, until the stream ends.
+
+    Heartbeats are read by their own task (the stream is full duplex); a silence of
+    ``silence`` seconds is reported once per silence period, and the stream stays open so the
+    client can come back on it."""
+    notices = board.notices(token)
+    loop = asyncio.get_running_loop()
+    last_beat = loop.time()
+
+    async def read() -> None:
+        nonlocal last_beat
+        try:
+            async for beat in heartbeats:
+                last_beat = loop.time()
+                board.heartbeat(token, bytes(beat.round_id[:ROUND_ID_BYTES]))
+        finally:
+            notices.put_nowait(_STREAM_ENDED)  # type: ignore[arg-type]
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            remaining = last_beat + silence - loop.time()
+            try:
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    notice = await notices.get()
+            except TimeoutError:
+                if loop.time() - last_beat >= silence:
+                    board.silent(token)
+                    last_beat = loop.time()  # noticed once per silence period
+                continue
+            if notice is _STREAM_ENDED:
+                return
+            yield notice
+    finally:
+        reader.cancel()
 
 
 class AggregatorService(pb_grpc.AggregatorServicer):
@@ -170,6 +216,36 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         name = await who(self._identify, context, self._metrics)
         await self._orch.report_refusal(name, bytes(request.round_id), request.code, request.detail)
         return pb.RoundRefusalAck()
+
+    async def Presence(
+        self, request_iterator: AsyncIterator[pb.Heartbeat], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PresenceNotice]:
+        """Hold a client's presence stream (issue 25, :mod:`appliance.presence`): its end or
+        its silence tells the orchestrator at once that the client vanished."""
+        name = await who(self._identify, context, self._metrics)
+        if not self._orch.is_registered(name):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{name} does not take part in rounds"
+            )
+        section = self._orch.config.presence
+        if not section.enabled:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "presence is turned off here")
+        board = self._orch.presence
+        try:
+            token = board.open(name)
+        except TooManyStreamsError as error:
+            self._metrics.refused_calls.labels("presence_streams").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        try:  # however it ends (EOF, reset, cancelled by a dead peer): the client left
+            yield pb.PresenceNotice(
+                beat_seconds=section.beat_seconds, silence_seconds=section.silence_seconds
+            )
+            async for notice in _presence_notices(
+                board, token, request_iterator, section.silence_seconds
+            ):
+                yield notice
+        finally:
+            board.close(token)
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         name = await who(self._identify, context, self._metrics)

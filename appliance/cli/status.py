@@ -88,6 +88,10 @@ def render_status(
         info.add_row("phase", escape(str(current.get("phase", "?"))))
         info.add_row("members", f"{len(members)}: {_names(members)}")
         info.add_row("waiting for", f"{len(waiting)}: {_names(waiting)}" if waiting else "-")
+        vanished = current.get("vanished") or {}
+        if isinstance(vanished, dict) and vanished:  # not waited for (issue 25)
+            gone = [f"{name} ({why})" for name, why in sorted(vanished.items())]
+            info.add_row("vanished", f"{len(gone)}: {_names(gone)}")
         info.add_row("phase deadline", _deadline(current.get("phase_deadline"), now))
         parts.append(Panel(info, title="current round", title_align="left"))
     else:

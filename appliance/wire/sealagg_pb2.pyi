@@ -452,3 +452,23 @@ class EvaluationReply(_message.Message):
     detail: str
     json: str
     def __init__(self, ok: _Optional[bool] = ..., detail: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("round_id",)
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    def __init__(self, round_id: _Optional[bytes] = ...) -> None: ...
+
+class PresenceNotice(_message.Message):
+    __slots__ = ("beat_seconds", "silence_seconds", "dropped_round_id", "dropped_phase", "dropped_reason")
+    BEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SILENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_PHASE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_REASON_FIELD_NUMBER: _ClassVar[int]
+    beat_seconds: float
+    silence_seconds: float
+    dropped_round_id: bytes
+    dropped_phase: str
+    dropped_reason: str
+    def __init__(self, beat_seconds: _Optional[float] = ..., silence_seconds: _Optional[float] = ..., dropped_round_id: _Optional[bytes] = ..., dropped_phase: _Optional[str] = ..., dropped_reason: _Optional[str] = ...) -> None: ...

@@ -79,6 +79,11 @@ class AggregatorStub:
                 request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalRequest.SerializeToString,
                 response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalReply.FromString,
                 _registered_method=True)
+        self.Presence = channel.stream_stream(
+                '/sealagg.v1.Aggregator/Presence',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.Heartbeat.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.PresenceNotice.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -151,6 +156,17 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Presence(self, request_iterator, context):
+        """Presence (issue 25): a client holds this stream open while it runs and sends a Heartbeat
+        every PresenceNotice.beat_seconds. A closed stream (process died, connection reset) tells
+        the appliance at once that the client vanished, so no phase waits its deadline for it; a
+        stream silent for silence_seconds counts the same. Old clients never open it (they keep
+        working, bound by deadlines); new clients fall back to polling when it is UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +214,11 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.RenewCertificate,
                     request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalRequest.FromString,
                     response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalReply.SerializeToString,
+            ),
+            'Presence': grpc.stream_stream_rpc_method_handler(
+                    servicer.Presence,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.Heartbeat.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.PresenceNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +464,33 @@ class Aggregator:
             '/sealagg.v1.Aggregator/RenewCertificate',
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalRequest.SerializeToString,
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RenewalReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Presence(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sealagg.v1.Aggregator/Presence',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.Heartbeat.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.PresenceNotice.FromString,
             options,
             channel_credentials,
             insecure,
