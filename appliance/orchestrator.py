@@ -222,6 +222,7 @@ class Orchestrator:
         )
         #: Members of the current round that vanished (name -> why): not waited for.
         self._absent: dict[str, str] = {}
+        self._reconnects_audited: set[tuple[str, str]] = set()  # (member, phase)
         self.timings = PhaseTimings(config.deadlines)
         self._timings_run = ""  # the run whose answer times ``timings`` holds
         self._phase_opened = 0.0  # clock() when the current phase opened
@@ -558,7 +559,7 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         while notice is not None and loop.time() < until:
-            links = [self._links.get(n) for n in names]
+            links = [self._links.get(n) for n in names if not self.presence.is_gone(n)]
             if all(
                 link is not None
                 and link.run_end_seen == notice.run_end.run_id
@@ -878,7 +879,8 @@ class Orchestrator:
                 run, lambda: self.store.open_round(mode, round_id, run=run.row)
             )
         self._refused = set()
-        self._absent = {n: "connection_closed" for n in names if self.presence.is_gone(n)}
+        self._absent = {n: self.presence.gone_reason(n) for n in names if self.presence.is_gone(n)}
+        self._reconnects_audited = set()
         run_id = run.run_id if run is not None else ""
         if run_id != self._timings_run:  # another run: other hyperparameters, other timings
             self.timings.forget()
@@ -944,6 +946,10 @@ class Orchestrator:
         version: int,
     ) -> RoundOutcome:
         per_phase = active.phase_deadlines(self.config.deadlines)
+        # A round aborted after every live member answered a phase returns with the event
+        # still set: left so, the next round's first phase would close at once, every member
+        # counted late ("deadline").
+        self._phase_done.clear()
         opened = self._clock()  # the first phase counts from the round's start (training)
         while True:
             phase_name = active.phase_name
@@ -1041,13 +1047,16 @@ class Orchestrator:
         active = self._round
         if name not in self._absent or active is None or round_id != active.round_id:
             return
-        if self._phase_done.is_set():
-            return  # the phase is closing without it
+        if self._phase_done.is_set() or name not in active.expected:
+            return  # the phase is closing without it, or dropped it already: nothing to wait for
         reason = self._absent.pop(name)
-        self.store.audit.append(
-            "client_reconnected",
-            {"round": active.number, "client": name, "phase": active.phase_name, "was": reason},
-        )
+        key = (name, active.phase_name)
+        if key not in self._reconnects_audited:  # once per member and phase: a client that
+            self._reconnects_audited.add(key)  # cycles its stream cannot flood the audit log
+            self.store.audit.append(
+                "client_reconnected",
+                {"round": active.number, "client": name, "phase": active.phase_name, "was": reason},
+            )
         _log.info("round %d: %s came back (%s before)", active.number, name, reason)
 
     def _audit_dropped(

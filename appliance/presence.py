@@ -72,6 +72,7 @@ class PresenceBoard:
         self._by_name: dict[str, set[int]] = {}  # name -> its open streams' tokens
         self._ids = itertools.count(1)
         self._ever: set[str] = set()  # clients that ever opened a stream (this process's life)
+        self._why: dict[str, str] = {}  # name -> how its last live stream ended
 
     def open(self, name: str) -> int:
         """A new stream of ``name``; returns its token. Raises TooManyStreamsError."""
@@ -121,6 +122,7 @@ class PresenceBoard:
             return
         stream.silent = True
         if not self.is_live(stream.name):
+            self._why[stream.name] = SILENT
             self._on_vanished(stream.name, SILENT)
 
     def close(self, token: int) -> None:
@@ -133,6 +135,7 @@ class PresenceBoard:
         if not tokens:
             self._by_name.pop(stream.name, None)
         if not stream.silent and not self.is_live(stream.name):
+            self._why[stream.name] = CONNECTION_CLOSED
             self._on_vanished(stream.name, CONNECTION_CLOSED)
 
     def is_live(self, name: str) -> bool:
@@ -142,6 +145,10 @@ class PresenceBoard:
     def is_gone(self, name: str) -> bool:
         """``name`` used presence and holds no live stream now (an older client never is)."""
         return name in self._ever and not self.is_live(name)
+
+    def gone_reason(self, name: str) -> str:
+        """How a gone client's last live stream ended (``connection_closed`` or ``silent``)."""
+        return self._why.get(name, CONNECTION_CLOSED)
 
     def live_count(self) -> int:
         return sum(1 for name in self._by_name if self.is_live(name))

@@ -23,6 +23,7 @@ from sealagg.client_shim.errors import (
     ApplianceMismatchError,
     ApplianceUnavailableError,
 )
+from sealagg.client_shim.presence import PresenceKeeper
 from sealagg.client_shim.renewal import renew_on_connect
 
 CHUNK_BYTES = 1 << 20
@@ -123,6 +124,9 @@ class Connection:
         self.insecure = insecure
         #: stamina's backoff between attempts (jittered exponential); tests may shrink it.
         self.backoff = dict(BACKOFF)
+        #: The live Presence stream (issue 25), once a participant starts it; None before.
+        self.presence: PresenceKeeper | None = None
+        self.closed = False
         if insecure:
             self._metadata: tuple[tuple[str, str], ...] = ((INSECURE_NAME_HEADER, kit.name),)
             self.channel = grpc.insecure_channel(self.address, options=_options(None))
@@ -137,10 +141,23 @@ class Connection:
         """The older name of :attr:`max_downtime`."""
         return self.max_downtime
 
-    def _secure_channel(self, trusted_pem: bytes) -> grpc.Channel:
+    def _secure_channel(self, trusted_pem: bytes, *, own_connection: bool = False) -> grpc.Channel:
         _, key, cert = self.kit.channel_credentials_material()
         creds = grpc.ssl_channel_credentials(trusted_pem, key, cert)
-        return grpc.secure_channel(self.address, creds, options=_options(self.kit.server_name))
+        options = _options(self.kit.server_name, own_connection=own_connection)
+        return grpc.secure_channel(self.address, creds, options=options)
+
+    def presence_channel(self) -> grpc.Channel:
+        """A channel for the Presence stream alone, trusting what the calls' channel trusts
+        now (the pinned attested certificate, else the kit's CA).
+
+        Its own TCP connection: a reset of the connection that carries an upload (which the
+        upload's resubmission survives) does not count this client as vanished, and a large
+        upload never queues a heartbeat behind it. A dead process closes both."""
+        if self.insecure:
+            return grpc.insecure_channel(self.address, options=_options(None, own_connection=True))
+        trusted = self.pinned_certificate or self.kit.ca_cert_pem
+        return self._secure_channel(trusted, own_connection=True)
 
     def check_appliance_identity(self, timeout: float = 5.0) -> bool:
         """Raise :class:`KitMismatchError` if the appliance at our address is not the one
@@ -288,6 +305,7 @@ class Connection:
         self.stub = pb_grpc.AggregatorStub(self.channel)
         self._metadata = ()
         self.pinned_certificate, self._pin_required = bytes(certificate_pem), True
+        self._handover_presence()
         old.close()
 
     def unpin(self) -> None:
@@ -299,7 +317,20 @@ class Connection:
         old, self.channel = self.channel, self._secure_channel(self.kit.ca_cert_pem)
         self.stub = pb_grpc.AggregatorStub(self.channel)
         self.pinned_certificate = None
+        self._handover_presence()
         old.close()
+
+    def start_presence(self) -> PresenceKeeper:
+        """Hold the Presence stream open (one keeper per connection; started once)."""
+        if self.presence is None:
+            self.presence = PresenceKeeper(self).start()
+        return self.presence
+
+    def _handover_presence(self) -> None:
+        """The presence stream moves to a channel with the new trust before its old one
+        closes: the appliance must not see this client vanish because it pinned a certificate."""
+        if self.presence is not None:
+            self.presence.handover()
 
     def wait_until_ready(self, timeout: float) -> None:
         """Wait (up to ``timeout`` s) until the appliance answers a call of ours (a read-only
@@ -452,6 +483,9 @@ class Connection:
         return header.version, data
 
     def close(self) -> None:
+        self.closed = True
+        if self.presence is not None:
+            self.presence.stop()  # the appliance sees the stream end now
         self.channel.close()
 
 
@@ -479,10 +513,11 @@ def _chunks(header: pb.UploadHeader, parts: Sequence[memoryview]) -> Iterator[pb
         yield pb.UploadChunk(data=b"".join(pending))
 
 
-def _options(server_name: str | None) -> list[tuple[str, object]]:
+def _options(server_name: str | None, *, own_connection: bool = False) -> list[tuple[str, object]]:
     """Channel options: message limits, gRPC's retry policy for the short idempotent calls,
     and a reconnect backoff short enough that a client notices a restarted appliance within
-    seconds (gRPC's default grows to 120 s)."""
+    seconds (gRPC's default grows to 120 s). ``own_connection``: never share a TCP
+    connection with another channel (gRPC pools them by target and options otherwise)."""
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -494,6 +529,8 @@ def _options(server_name: str | None) -> list[tuple[str, object]]:
     ]
     if server_name is not None:
         options.append(("grpc.ssl_target_name_override", server_name))
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     return options
 
 

@@ -44,6 +44,7 @@ from sealagg.client_shim.errors import (
     RunEnded,
 )
 from sealagg.client_shim.evaluation import answer_federated_evaluation
+from sealagg.client_shim.presence import PresenceKeeper
 from sealagg.client_shim.privacy import round_privacy
 from sealagg.client_shim.transcript_ledger import ledger_beside
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
@@ -105,7 +106,10 @@ class Participant:
         poll_seconds: float = 5.0,
         evaluate: Evaluator | None = None,
         attestation: AttestationGuard | None = None,
+        presence: bool = True,
     ) -> None:
+        """``presence``: hold the appliance's Presence stream open (client_shim/presence.py),
+        so a vanished client costs the others no deadline; False: poll only."""
         self.connection = connection
         # A kit that carries an attestation policy is enforced by default (PolicyError if broken).
         self.attestation = attestation or AttestationGuard.from_kit(connection)
@@ -126,6 +130,8 @@ class Participant:
         # The kernels load now, before this client can be counted ready, not inside its first
         # round (crypto/encoding.py warm_up; about 0.5 ms once a process has them).
         _log.debug("%s: secure-aggregation kernels ready in %.2f s", connection.kit.name, warm_up())
+        #: The live stream telling the appliance this process is here (None: disabled).
+        self.presence: PresenceKeeper | None = connection.start_presence() if presence else None
 
     def global_model(self, version: int = 0) -> tuple[int, dict[str, np.ndarray]]:
         if version and version in self._models:
@@ -169,6 +175,8 @@ class Participant:
     def report_refusal(self, round_id: bytes, error: BaseException) -> None:
         """Tell the appliance this client refused the round (its code and message only), so
         it is audited and the round goes on without us. Best effort: a failure is logged."""
+        if self.presence is not None and self.presence.round_id == bytes(round_id):
+            self._declare(b"")  # a refused round is left: never taken back into it
         code = refusal_code(error)
         detail = str(error)[:MAX_DETAIL_CHARS]
         _log.warning("refused round %s: %s (%s)", bytes(round_id).hex()[:16], detail, code.value)
@@ -183,6 +191,7 @@ class Participant:
         Raises :class:`RunEnded` when the appliance ends the run this client takes part in
         (a ``RunEnd`` for another run is logged and ignored), ``TimeoutError`` after
         ``max_polls`` polls without a round. Evaluation tasks are answered while waiting."""
+        self._declare(b"")  # waiting for a round: no earlier round's state is kept
         self.sync_roster()
         if self._run_end is not None:
             ended, self._run_end = self._run_end, None
@@ -204,7 +213,14 @@ class Participant:
 
     def _entered(self, start: pb.RoundStart) -> pb.RoundStart:
         self.run_id = start.run_id
+        self._declare(start.round_id)
         return start
+
+    def _declare(self, round_id: bytes) -> None:
+        """Name the round this process holds protocol state for in its heartbeats (b"":
+        none). Only a client that still holds the round's state may be taken back into it."""
+        if self.presence is not None:
+            self.presence.round_id = bytes(round_id)
 
     def _ours(self, end: pb.RunEnd) -> RunEnded | None:
         """The run end as an exception if it ends the run this client follows (the run of
@@ -234,6 +250,8 @@ class Participant:
         except REFUSALS as error:
             self.report_refusal(start.round_id, error)
             raise
+        finally:  # the round ended, was refused or failed: no state of it is kept
+            self._declare(b"")
 
     def _take_part(self, compute: ComputeUpdate, start: pb.RoundStart) -> RoundReport:
         hyperparameters_of(start)  # raises HyperparametersError: nothing is sent

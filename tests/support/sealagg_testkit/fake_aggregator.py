@@ -24,7 +24,7 @@ from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
 
 class FakeAggregator(pb_grpc.AggregatorServicer):
-    def __init__(self, models: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def __init__(self, models: Mapping[int, Mapping[str, np.ndarray]], *, port: int = 0) -> None:
         self.models = {v: save_safetensors(dict(t)) for v, t in models.items()}
         self.tasks: queue.Queue[pb.Task] = queue.Queue()
         self.uploads: list[pb.UploadMessage] = []
@@ -34,7 +34,7 @@ class FakeAggregator(pb_grpc.AggregatorServicer):
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_AggregatorServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")  # 0: any free port
         self.server.start()
 
     @property
