@@ -232,15 +232,15 @@ def test_reconnect_within_the_phase(deployment, running, streams, how):
     """client4 runs the real shim without its own keeper and holds its presence on a raw
     stream; it stops before its masked input, while client3, slow, keeps the phase open.
 
-    ``same_process``: its stream is reset (status: vanished, ``connection_closed``) and a
-    new one opens naming the current round: client4 is taken back (``client_reconnected``
-    audited; ``flapping`` cycles its stream several times: audited once per phase, so a
-    client cannot flood the audit log); once client3 answered, the phase still waits for
-    client4, which then answers and is in the sum. ``silent_then_beats``: the same, but the
-    stream only fell silent (``silent``) and beats again on the same stream. ``restarted``: the new stream names no
-    round (a restarted process holds no protocol state): client4 is not taken back, the
-    phase closes when client3 answers, client4 is dropped with ``connection_closed`` and its
-    new stream is told so."""
+    ``same_process``: its stream is reset (status: vanished, ``connection_closed``) and a new
+    one opens naming the current round: client4 is taken back (``client_reconnected`` audited;
+    ``flapping`` cycles its stream several times: audited once per phase, so a client cannot
+    flood the audit log); once client3 answered, the phase still waits for client4, which then
+    answers and is in the sum. ``silent_then_beats``: the same, but the stream only fell silent
+    (``silent``) and beats again on the same stream. ``restarted``: the new stream names no
+    round (a restarted process holds no protocol state): client4 is not taken back, the phase
+    closes when client3 answers, client4 is dropped with ``connection_closed`` and its new
+    stream is told so."""
     dep = deployment(clients=5)
     _masked(dep, 5, presence=QUICK_PRESENCE)
     app = running(dep.folder)
