@@ -501,6 +501,7 @@ class Federation:
         poll_seconds: float = 2.0,
         evaluate: Evaluator | None = None,
         attestation: AttestationGuard | None = None,
+        presence: bool = True,
     ) -> None:
         _check_share(share)
         if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral):
@@ -524,8 +525,14 @@ class Federation:
         self.dp = dp
         # evaluate=: this party is the vendor gate; it scores candidates on its own holdout
         # attestation=None: the kit's attestation policy (if any) is enforced every round
+        # presence=True: a live stream lets the appliance notice at once if this process dies,
+        # so the other clients never wait a phase deadline for it (issue 25)
         self.participant = Participant(
-            connection, poll_seconds=float(poll_seconds), evaluate=evaluate, attestation=attestation
+            connection,
+            poll_seconds=float(poll_seconds),
+            evaluate=evaluate,
+            attestation=attestation,
+            presence=presence,
         )
         #: How this client's run ended (set when :meth:`rounds` stopped on a ``RunEnd``).
         self.run_end: RunEnded | None = None
@@ -707,6 +714,7 @@ def connect(
     ready_timeout: float | None = None,
     evaluate: Evaluator | None = None,
     allow_insecure_attester: bool | None = None,
+    presence: bool = True,
 ) -> Federation:
     """Load the client kit, wait for the appliance (up to ``max_downtime`` s), join.
 
@@ -722,7 +730,9 @@ def connect(
     bound on the whole update; ``dp`` adds client-level Gaussian noise (see
     :mod:`client_shim.privacy`). ``allow_insecure_attester``: this data owner accepts an
     appliance attested only by the INSECURE software attester (development; None reads
-    ``SEALAGG_ALLOW_INSECURE_ATTESTER=1``, default refuse). Raises
+    ``SEALAGG_ALLOW_INSECURE_ATTESTER=1``, default refuse). ``presence`` holds a live stream
+    so the appliance notices at once when this process dies (off: poll only, bound by the
+    appliance's deadlines as before). Raises
     :class:`ApplianceUnavailableError` if the appliance does not answer in time.
     """
     _check_share(share)
@@ -748,6 +758,7 @@ def connect(
             dp=dp,
             poll_seconds=poll_seconds,
             evaluate=evaluate,
+            presence=presence,
         )
         _log.info("%s: connecting to the appliance at %s", kit.name, connection.address)
         connection.wait_until_ready(float(ready_timeout))

@@ -367,3 +367,22 @@ def test_a_client_process_exits_promptly_and_its_stream_ends(kit, servers, how):
         process.kill()
     assert process.returncode == 0, stderr[-2000:]
     assert server.wait_until(lambda: server.ended == [1])
+
+
+def test_the_pytorch_entry_point_holds_presence_unless_told_not_to(tmp_path, running):
+    """``connect()`` (what the README's three-line loop uses) holds presence by default, and
+    ``presence=False`` gives the old poll-only client."""
+    from sealagg.client_shim.pytorch import connect
+
+    dep = make_deployment(tmp_path, clients=2)
+    running(dep.folder)
+    with_presence = connect(dep.kits["client0"], ready_timeout=30)
+    without = connect(dep.kits["client1"], ready_timeout=30, presence=False)
+    try:
+        keeper = with_presence.participant.presence
+        assert isinstance(keeper, PresenceKeeper)
+        assert keeper.connected.wait(30) and keeper.supported is True
+        assert without.participant.presence is None
+    finally:
+        with_presence.participant.connection.close()
+        without.participant.connection.close()
