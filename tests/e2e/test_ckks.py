@@ -265,6 +265,13 @@ def _padded(context: bytes, rid: bytes, me) -> bytes:
     return _signed(rid, me, good.context.fingerprint, [ct + b"xx"])  # protobuf skips it
 
 
+def _compressed(context: bytes, rid: bytes, me) -> bytes:
+    """The same fresh ciphertext in TenSEAL's default (zstd) encoding: a second encoding."""
+    good = CkksEncryptor(PARAMS, context, rid)
+    vector = good.context.load(good.context.encrypt(np.full(DIM + 1, 5.0)), slots_used=DIM + 1)
+    return _signed(rid, me, good.context.fingerprint, [vector.serialize()])
+
+
 @pytest.mark.parametrize(
     ("behaviour", "code", "expected"),
     [
@@ -272,8 +279,9 @@ def _padded(context: bytes, rid: bytes, me) -> bytes:
         (_wrong_parameters, "INVALID_ARGUMENT", "does not parse"),
         (_oversized, "RESOURCE_EXHAUSTED", "exceeds"),
         (_padded, "INVALID_ARGUMENT", "canonical"),
+        (_compressed, "INVALID_ARGUMENT", "canonical"),
     ],
-    ids=["foreign-context", "wrong-parameters", "oversized", "padded"],
+    ids=["foreign-context", "wrong-parameters", "oversized", "padded", "compressed"],
 )
 def test_a_bad_ciphertext_is_refused_and_the_round_completes(
     deployment, running, behaviour, code, expected
