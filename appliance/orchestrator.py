@@ -223,6 +223,7 @@ class Orchestrator:
         #: Members of the current round that vanished (name -> why): not waited for.
         self._absent: dict[str, str] = {}
         self._reconnects_audited: set[tuple[str, str]] = set()  # (member, phase)
+        self._refusals_listed: set[str] = set()
         self.timings = PhaseTimings(config.deadlines)
         self._timings_run = ""  # the run whose answer times ``timings`` holds
         self._phase_opened = 0.0  # clock() when the current phase opened
@@ -881,6 +882,7 @@ class Orchestrator:
         self._refused = set()
         self._absent = {n: self.presence.gone_reason(n) for n in names if self.presence.is_gone(n)}
         self._reconnects_audited = set()
+        self._refusals_listed = set()  # refusals already listed in a clients_dropped entry
         run_id = run.run_id if run is not None else ""
         if run_id != self._timings_run:  # another run: other hyperparameters, other timings
             self.timings.forget()
@@ -1062,11 +1064,15 @@ class Orchestrator:
     def _audit_dropped(
         self, active: ActiveRound, late: Sequence[str], configured: float, timeout: float
     ) -> None:
-        """One audit entry per phase that dropped members: who, and why each (``refused``
-        members left earlier and are audited as ``round_refused_by_client``)."""
-        if not late:
+        """One audit entry per phase that dropped members: who, and why each: ``refused`` (it
+        refused the round in this phase; its reason is in ``round_refused_by_client``),
+        ``connection_closed`` / ``silent`` (presence), else ``deadline``."""
+        refused = sorted(self._refused - self._refusals_listed)
+        self._refusals_listed.update(refused)
+        if not late and not refused:
             return
         why = {name: self._absent.get(name, "deadline") for name in late}
+        why = dict(sorted({**why, **dict.fromkeys(refused, "refused")}.items()))
         for name, reason in why.items():
             self.presence.notify_dropped(name, active.round_id, active.phase_name, reason)
         record: dict = {"round": active.number, "phase": active.phase_name, "clients": why}

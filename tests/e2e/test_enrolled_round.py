@@ -147,3 +147,7 @@ def test_every_client_refuses_a_round_with_a_substituted_key(
     assert sorted(r["client"] for r in refusals) == NAMES
     assert {r["code"] for r in refusals} == {"roster_membership"}
     assert app.app.orchestrator.history[-1].outcome == "aborted"
+    # The phase's drop record names every member and why (issue 25): refused, not "deadline".
+    assert audit_details(dep, "clients_dropped") == [
+        {"round": 1, "phase": "advertise_keys", "clients": dict.fromkeys(NAMES, "refused")}
+    ]
