@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sealagg.client_shim.demo.client import PHASES
+from sealagg.crypto.config import default_minimum_survivors
 
 MODES = ("plaintext", "secagg", "secagg+", "ckks")
 #: The ckks rounds' designated key holder: one extra client process (``[ckks] key_holder``)
@@ -20,6 +21,11 @@ MODES = ("plaintext", "secagg", "secagg+", "ckks")
 #: receives the data owners' signed ciphertexts, recomputes their sum and decrypts only that;
 #: no data owner holds the secret key (so none can read another's upload).
 KEY_HOLDER = "keyholder"
+#: The signed policy's c (colluders the consistency check must withstand): it sets the quorum
+#: of survivors a masked round of n clients needs.
+POLICY_COLLUDERS = 1
+#: The Shamir threshold the appliance picks for the demo's small rounds (complete graph).
+DEMO_THRESHOLD = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +87,14 @@ class DemoConfig:
     def phase_name(self, phase: int) -> str:
         return "update" if self.mode == "plaintext" else PHASES[phase]
 
-    def minimum_survivors(self) -> int:
-        """Fewest clients that must finish a round for it to publish."""
-        n = self.clients
-        return 1 if self.mode == "plaintext" else max(3, n // 2 + 1)
+    def minimum_survivors(self, members: int | None = None) -> int:
+        """Fewest clients that must finish a round of ``members`` (default: every client)
+        for it to publish: the consistency check's quorum under the policy's c."""
+        n = self.clients if members is None else members
+        if self.mode == "plaintext":
+            return 1
+        quorum = default_minimum_survivors(n, DEMO_THRESHOLD, POLICY_COLLUDERS)
+        return max(3, n // 2 + 1, quorum)
 
     def vanishers_per_round(self) -> int:
         if self.dropout <= 0:
@@ -119,9 +129,14 @@ class DemoConfig:
         return plan
 
     def min_clients(self) -> int:
-        """A round opens once this many clients are ready: all but the expected dropouts
-        (plus the key holder in mode ckks, which must be there and never vanishes)."""
-        owners = max(3, self.clients - self.vanishers_per_round())
+        """A round opens once this many clients are ready (plus the key holder in mode ckks,
+        which must be there and never vanishes): the fewest that still finish when every
+        planned vanisher is among them. Vanished clients are noticed at once and restarted,
+        so a round does not wait for the restarts unless it needs them to finish."""
+        vanishers = self.vanishers_per_round()
+        owners = max(3, self.clients - vanishers)
+        while owners < self.clients and owners - vanishers < self.minimum_survivors(owners):
+            owners += 1
         return owners + (1 if self.key_holder else 0)
 
     def max_clients(self) -> int:

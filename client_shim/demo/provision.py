@@ -31,7 +31,7 @@ from pathlib import Path
 from sealagg.appliance.kit import AUTHORITY_KEY, parse_authority_key
 from sealagg.client_shim import enrol
 from sealagg.client_shim.demo.commands import run_authority, run_sealagg, run_sealagg_each
-from sealagg.client_shim.demo.config import DemoConfig
+from sealagg.client_shim.demo.config import POLICY_COLLUDERS, DemoConfig
 from sealagg.client_shim.demo.toml_edit import Scalar, set_keys_in_file
 
 FEDERATION_NAME = "sealagg-demo"
@@ -39,7 +39,7 @@ FEDERATION_NAME = "sealagg-demo"
 AUTHORITY_DIRNAME = "authority"
 CLIENTS_DIRNAME = "clients"
 #: The federation policy the authority signs: c colluders, sums over at least m clients.
-POLICY_COLLUDERS, POLICY_MINIMUM_SUM = 1, 3
+POLICY_MINIMUM_SUM = 3
 #: Where ``sealagg init`` writes the administrator's kit, inside the federation folder.
 ADMIN_KIT_DIRNAME = "admin-kit"
 #: Seconds each phase waits for late clients. The first phase includes local training (~0.2 s)

@@ -140,7 +140,15 @@ def test_dropout_the_rounds_cannot_survive_is_refused_before_starting():
     assert all(len(who) == 1 for who in plan.values())
     assert all(0 <= phase < len(PHASES) for who in plan.values() for phase in who.values())
     assert DemoConfig(clients=5, dropout=0.2).min_clients() == 4
-    assert DemoConfig(clients=4, dropout=0.25).min_clients() == 3
+    # A round of 3 with its planned vanisher would leave 2, below the quorum of 3: the round
+    # waits for the fourth (vanished clients are noticed at once, so without this the next
+    # round would open before the restarted process is back and abort).
+    assert DemoConfig(clients=4, dropout=0.25).min_clients() == 4
+    # 10 clients, 3 vanish a round: 8 members leave 5, the quorum of a round of 8 under c = 1
+    # (2(q - c) > n - c); 7 members would leave 4 of the 5 needed.
+    config = DemoConfig(clients=10, dropout=0.3)
+    assert config.min_clients() == 8
+    assert config.minimum_survivors(8) == 5 and config.minimum_survivors(7) == 5
 
 
 def test_cli_refuses_a_dropout_the_rounds_cannot_survive(tmp_path):
