@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="once connected, create RESULT.ready and wait for a line on stdin before polling",
     )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="prepare everything, then wait for a line on stdin BEFORE connecting (a warm "
+        "replacement for a process of this client that may vanish)",
+    )
     return p
 
 
@@ -214,6 +220,7 @@ def _main(args: argparse.Namespace) -> int:
     from sealagg.client_shim.demo.data import load_shard
     from sealagg.client_shim.demo.model import DigitsMLP, train
     from sealagg.client_shim.session import RoundRefusedError
+    from sealagg.crypto.encoding import warm_up as encoding_warm_up
 
     torch.set_num_threads(1)  # several clients share a small machine
     model = DigitsMLP()
@@ -234,6 +241,10 @@ def _main(args: argparse.Namespace) -> int:
     dp = client_shim.ClientDP(args.dp_clip, args.dp_noise) if args.dp else None
     if dp is not None:
         dp_epsilon(dp.noise_multiplier, 1)  # opacus takes seconds to import: not in a round
+    if args.standby:  # warm, not connected: the process it replaces may still be alive
+        encoding_warm_up()  # the masking kernels, loaded now rather than after "go"
+        if not sys.stdin.readline():
+            return 0  # EOF: the runner went away without needing this standby
     federation = client_shim.connect(
         args.kit,
         address=args.address,

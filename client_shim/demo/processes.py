@@ -115,7 +115,14 @@ def client_argv(
 
 
 class ClientProcess:
-    """One client's process; started again after it vanished."""
+    """One client's process; started again after it vanished.
+
+    A client planned to vanish gets a *standby*: a second process of the same client that
+    loads everything (torch, its data, Opacus, the kernels) and waits, not connected, until
+    it takes over. A vanished client is then back within about a second instead of the
+    several seconds a cold start takes, as a client kept warm by its own supervisor would be;
+    the rounds measure the appliance, not Python's start-up. It never connects while the
+    process it replaces is alive (two processes of one client would share its tasks)."""
 
     def __init__(self, name: str, argv: list[str], log: Path, result: Path) -> None:
         self.name = name
@@ -123,24 +130,45 @@ class ClientProcess:
         self.log = log
         self.result = result
         self.process: subprocess.Popen | None = None
+        self.standby: subprocess.Popen | None = None
         self.starts = 0
         self.finished = False
         self.failed: str | None = None
 
     def start(self, *, wait_for_go: bool) -> None:
         argv = [*self.argv, "--wait-for-go"] if wait_for_go else self.argv
+        self.process = self._spawn(argv, f"start {self.starts + 1}", piped=wait_for_go)
+        self.starts += 1
+
+    def prepare_standby(self) -> None:
+        """Start the warm standby (if none is waiting): it prepares and waits for ``go``."""
+        if self.standby is None or self.standby.poll() is not None:
+            self.standby = self._spawn([*self.argv, "--standby"], "standby", piped=True)
+
+    def restart(self) -> None:
+        """Start the client again: the warm standby takes over if there is one."""
+        standby, self.standby = self.standby, None
+        if standby is None or standby.poll() is not None:
+            self.start(wait_for_go=False)
+            return
+        self.process = standby
         with self.log.open("a") as log:
-            log.write(f"--- start {self.starts + 1}: {' '.join(argv)}\n")
+            log.write(f"--- start {self.starts + 1}: the standby takes over\n")
+        self.go()
+        self.starts += 1
+
+    def _spawn(self, argv: list[str], what: str, *, piped: bool) -> subprocess.Popen:
+        with self.log.open("a") as log:
+            log.write(f"--- {what}: {' '.join(argv)}\n")
             log.flush()
-            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            return subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 argv,
-                stdin=subprocess.PIPE if wait_for_go else subprocess.DEVNULL,
+                stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_env(single_threaded=True),
                 cwd=self.log.parent,
             )
-        self.starts += 1
 
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -166,5 +194,8 @@ class ClientProcess:
         return out
 
     def stop(self) -> None:
+        if self.standby is not None:
+            _stop(self.standby, grace=1)
+            self.standby = None
         if self.process is not None:
             _stop(self.process, grace=5)

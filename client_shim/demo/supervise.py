@@ -37,6 +37,10 @@ def supervise(
     released = False
     appliance_done_at: float | None = None
     gone_at: float | None = None
+    plan = config.plan()
+    for name, proc in clients.items():  # warm standbys, loading beside the first processes
+        if any(name in who for who in plan.values()):
+            proc.prepare_standby()
     while True:
         now = time.monotonic()
         if now > deadline:
@@ -102,9 +106,12 @@ def _reap_clients(
         elif code == VANISHED_EXIT_CODE:
             last = next((r for r in reversed(proc.records()) if r.get("outcome") == "vanished"), {})
             progress.vanished += 1
-            if int(last.get("round", config.rounds)) < config.rounds and restart:
-                proc.start(wait_for_go=False)
+            vanished_in = int(last.get("round", config.rounds))
+            if vanished_in < config.rounds and restart:
+                proc.restart()
                 progress.restarts += 1
+                if any(r > vanished_in and proc.name in who for r, who in config.plan().items()):
+                    proc.prepare_standby()  # it vanishes again later: keep one warm
             else:
                 proc.finished = True
         else:
