@@ -38,9 +38,8 @@ def supervise(
     appliance_done_at: float | None = None
     gone_at: float | None = None
     plan = config.plan()
-    for name, proc in clients.items():  # warm standbys, loading beside the first processes
-        if any(name in who for who in plan.values()):
-            proc.prepare_standby()
+    for name in plan.get(1, {}):  # the first round's vanishers: warm beside the first processes
+        clients[name].prepare_standby()
     while True:
         now = time.monotonic()
         if now > deadline:
@@ -52,6 +51,9 @@ def supervise(
                 for proc in clients.values():
                     proc.go()
                 released = True
+                for name, proc in clients.items():  # the later vanishers warm during round 1
+                    if any(name in who for r, who in plan.items() if r > 1):
+                        proc.prepare_standby()
                 progress.stage = "running"
             elif appliance.poll() is not None or _any_left_before_joining(clients):
                 return
