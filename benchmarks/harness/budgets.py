@@ -11,6 +11,15 @@
 
 A budget whose metrics are missing fails in a listed profile (a check that measured nothing must
 not pass) and is skipped in any other profile.
+
+Noise (issue 20): when the run measured the two metrics in alternating paired passes
+(``metrics.paired_runs``), the budget is judged on the 95 % interval of the ratio
+(:mod:`.intervals`): ``ok`` only if the whole interval is within the limit, ``exceeded`` only if
+the whole interval is beyond it, and ``inconclusive`` (printed "inconclusive (noise)") when it
+straddles the limit or there are too few pairs for an interval. Inconclusive is not a failure
+(``--check`` exits 0 on it) but is always reported: a budget that noise could flip says so
+instead of passing or failing by luck. Without pairs (a peer measured in another process, peak
+RSS) the single figures are compared as before and the verdict says there was no interval.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from harness.intervals import CONFIDENCE, RatioInterval, ratio_interval
 
 SUPPORTED_VERSIONS = (1,)
 
@@ -35,6 +46,7 @@ class Status(enum.StrEnum):
     exceeded = "exceeded"
     missing = "missing"
     skipped = "skipped"
+    inconclusive = "inconclusive"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +71,7 @@ class Verdict:
     status: Status
     ratio: float | None
     detail: str
+    interval: RatioInterval | None = None
 
     @property
     def failed(self) -> bool:
@@ -119,7 +132,13 @@ def load(path: Path) -> BudgetFile:
     return parse(path.read_text(encoding="utf-8"), source=str(path))
 
 
-def check_one(budget: Budget, metrics: Mapping[str, float], profile: str) -> Verdict:
+def check_one(
+    budget: Budget,
+    metrics: Mapping[str, float],
+    profile: str,
+    runs: Sequence[Mapping[str, float]] = (),
+) -> Verdict:
+    """One verdict; ``runs`` are the paired passes (each a ``{key: value}`` measured together)."""
     value, base = metrics.get(budget.metric), metrics.get(budget.baseline)
     if value is None or base is None:
         absent = [k for k, v in ((budget.metric, value), (budget.baseline, base)) if v is None]
@@ -131,10 +150,47 @@ def check_one(budget: Budget, metrics: Mapping[str, float], profile: str) -> Ver
         return Verdict(budget, status, None, why)
     if not (math.isfinite(value) and math.isfinite(base)) or base <= 0:
         return Verdict(budget, Status.missing, None, f"unusable values {value!r} / {base!r}")
+    pairs = [(r[budget.metric], r[budget.baseline]) for r in runs if _paired(r, budget)]
+    if pairs:
+        return _judge_interval(budget, pairs)
     ratio = value / base
-    ok = ratio <= budget.max_ratio if budget.max_ratio is not None else ratio >= budget.min_ratio
-    detail = f"{ratio:.3g}x (limit {budget.limit_text()})"
+    ok = _within(budget, ratio)
+    detail = f"{ratio:.3g}x (limit {budget.limit_text()}); single figures, no interval"
     return Verdict(budget, Status.ok if ok else Status.exceeded, ratio, detail)
+
+
+def _paired(run: Mapping[str, float], budget: Budget) -> bool:
+    return budget.metric in run and budget.baseline in run
+
+
+def _within(budget: Budget, ratio: float) -> bool:
+    if budget.max_ratio is not None:
+        return ratio <= budget.max_ratio
+    return ratio >= budget.min_ratio  # type: ignore[operator]
+
+
+def _judge_interval(budget: Budget, pairs: Sequence[tuple[float, float]]) -> Verdict:
+    """ok / exceeded only when the whole interval agrees; otherwise inconclusive (noise)."""
+    interval = ratio_interval(pairs)
+    limit = f"limit {budget.limit_text()}"
+    if interval is None:
+        ratios = sorted(m / b for m, b in pairs if m > 0 and b > 0)
+        point = ratios[len(ratios) // 2] if ratios else None
+        shown = "-" if point is None else f"{point:.3g}x"
+        detail = f"{shown} ({limit}; {len(pairs)} pairs: too few for a {CONFIDENCE:.0%} interval)"
+        return Verdict(budget, Status.inconclusive, point, detail)
+    low_ok, high_ok = _within(budget, interval.low), _within(budget, interval.high)
+    span = (
+        f"{interval.estimate:.3g}x, {interval.coverage:.1%} interval "
+        f"[{interval.low:.3g}, {interval.high:.3g}] from {interval.pairs} pairs"
+    )
+    if low_ok and high_ok:
+        status = Status.ok
+    elif not low_ok and not high_ok:
+        status = Status.exceeded
+    else:
+        status = Status.inconclusive
+    return Verdict(budget, status, interval.estimate, f"{span} ({limit})", interval)
 
 
 def _halted_key(metric: str) -> str:
@@ -142,13 +198,27 @@ def _halted_key(metric: str) -> str:
     return metric.rsplit(":", 1)[0] + ":halted" if metric.count(":") >= 3 else ""
 
 
-def check(budgets: Sequence[Budget], metrics: Mapping[str, float], profile: str) -> list[Verdict]:
-    return [check_one(b, metrics, profile) for b in budgets]
+def check(
+    budgets: Sequence[Budget],
+    metrics: Mapping[str, float],
+    profile: str,
+    runs: Sequence[Mapping[str, float]] = (),
+) -> list[Verdict]:
+    return [check_one(b, metrics, profile, runs) for b in budgets]
 
 
 def failure_lines(verdicts: Sequence[Verdict]) -> list[str]:
     """One line per failed budget, naming it: what ``--check`` prints before exiting non-zero."""
     return [f"budget {v.status}: {v.budget.id}: {v.detail}" for v in verdicts if v.failed]
+
+
+def inconclusive_lines(verdicts: Sequence[Verdict]) -> list[str]:
+    """One line per budget noise could flip: reported by ``--check``, never a failure."""
+    return [
+        f"budget inconclusive (noise): {v.budget.id}: {v.detail}"
+        for v in verdicts
+        if v.status is Status.inconclusive
+    ]
 
 
 def as_json(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
@@ -162,6 +232,14 @@ def as_json(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
             "status": str(v.status),
             "ratio": v.ratio,
             "detail": v.detail,
+            "interval": None
+            if v.interval is None
+            else {
+                "low": v.interval.low,
+                "high": v.interval.high,
+                "pairs": v.interval.pairs,
+                "coverage": v.interval.coverage,
+            },
         }
         for v in verdicts
     ]

@@ -8,6 +8,9 @@ Keys (values are seconds unless the field name says otherwise):
   ``appliance:rss:<mode>:n<N>:d<D>``   the appliance process's peak RSS in MiB over one round
   ``<peer>:<mode>:<workload>:<field>`` a peer script's numeric field (``flower``, ``robust``);
                                        a halted round gives only ``...:halted = 1``
+
+``paired_runs`` gives the same keys per alternating pass (issue 20): one ``{key: value}`` per
+pass in which the values were measured together, for the budgets' confidence intervals.
 """
 
 from __future__ import annotations
@@ -88,3 +91,34 @@ def collect(results: Mapping[str, Any]) -> dict[str, float]:
     for peer, doc in (results.get("peers") or {}).items():
         metrics.update(peer_metrics(peer, (doc or {}).get("results", [])))
     return metrics
+
+
+def paired_runs(results: Mapping[str, Any]) -> list[dict[str, float]]:
+    """Values measured together, one dict per pass, for the budgets' paired intervals.
+
+    Two sources alternate by construction: the runner's paired pytest passes (``results
+    ["paired"]["passes"]``, each a pytest-benchmark document of the budgeted benchmarks, their
+    order reversed every other pass) and each ``bench_appliance.py round`` run, whose modes
+    alternate ``--repeat`` times (warm round i of one mode is paired with warm round i of the
+    other mode of the same run, same n and d).
+    """
+    runs: list[dict[str, float]] = []
+    for doc in (results.get("paired") or {}).get("passes", []):
+        values = pytest_metrics(doc if isinstance(doc, Mapping) else None)
+        if values:
+            runs.append(values)
+    by_shape: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+    for r in (results.get("appliance") or {}).get("round", []):
+        if isinstance(r, Mapping) and isinstance(r.get("round_seconds"), list):
+            by_shape.setdefault((r.get("clients"), r.get("d")), []).append(r)
+    for (clients, d), rows in by_shape.items():
+        if len(rows) < 2:
+            continue
+        for i in range(min(len(r["round_seconds"]) for r in rows)):
+            run = {}
+            for r in rows:
+                number = _number(r["round_seconds"][i])
+                if number is not None:
+                    run[f"appliance:round:{r['mode']}:n{clients}:d{d}"] = number
+            runs.append(run)
+    return runs

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.report import PHASE_ORDER, _ours_one_process, sweep_points
+from harness.report import PHASE_ORDER, _ours_one_process, like_the_appliance, sweep_points
 
 
 def _pyplot() -> Any:
@@ -118,11 +118,14 @@ def _peers_plot(plt: Any, results: Mapping[str, Any], path: Path) -> bool:
     names = sorted(set(theirs) | set(ours), key=lambda w: (len(w), w))
     if not names or not theirs:
         return False
+    # The appliance's bar only where the workload is its own graph and threshold (like for like).
     shapes = {
-        r["workload"]: (r["n"], r["d"]) for r in flower.get("results", []) if not r.get("dropout")
+        r["workload"]: (r["n"], r["d"])
+        for r in flower.get("results", [])
+        if r.get("mode") == "secagg+" and like_the_appliance(r)
     }
     rounds = {
-        (r["clients"], r["d"]): r["best"]
+        (r["clients"], r["d"]): r.get("median", r["best"])
         for r in (results.get("appliance") or {}).get("round", [])
         if r["mode"] == "secagg+"
     }

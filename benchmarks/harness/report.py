@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness import floors
+from harness.intervals import CONFIDENCE
 from harness.metrics import benchmark_key
 
 NOISE_NOTE = (
-    "Measured on a shared machine while other work was running: expect noise of ±20% or more "
-    "on single figures. Budgets compare ratios of figures taken in the same run, never absolute "
-    "times; the lead may rerun at a quiet moment with the commands below."
+    "Measured on a shared machine: expect noise of ±20% or more on single figures (the load "
+    "average is recorded below). Budgets compare ratios of figures taken in the same run, never "
+    "absolute times, judged on a confidence interval where the two figures were measured in "
+    "alternating pairs: a budget the noise could flip is reported as inconclusive, not as met "
+    "or failed."
 )
 PHASE_ORDER = (
     "client quantize",
@@ -57,13 +62,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def machine_section(m: Mapping[str, Any]) -> list[str]:
     libs = ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items())
+    ident = ", ".join(str(m[k]) for k in ("cpu_vendor", "cpu_family_model") if m.get(k))
     lines = [
         "## Machine",
         "",
-        f"- CPU: {m.get('cpu', '?')} ({', '.join(m.get('cpu_flags') or []) or 'no flags read'}); "
+        "Detected at the start of this run (`/proc/cpuinfo`, `/proc/meminfo`, numpy's build "
+        "configuration), never written by hand.",
+        "",
+        f"- CPU: {m.get('cpu', '?')}{f' ({ident})' if ident else ''}; flags "
+        f"{', '.join(m.get('cpu_flags') or []) or 'none read'}; "
         f"{m.get('cores', '?')} cores ({m.get('usable_cores', '?')} usable by this run)",
         f"- Memory: {m.get('memory_gib', '?')} GiB; OS {m.get('os', '?')}; "
-        f"Python {m.get('python', '?')}",
+        f"Python {m.get('python', '?')}; BLAS {m.get('blas') or 'unknown'}",
         f"- Load average (1/5/15 min) at start {m.get('load_average_start')}, "
         f"at end {m.get('load_average_end')}",
         f"- Libraries: {libs}",
@@ -72,7 +82,16 @@ def machine_section(m: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def budgets_section(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+def _interval_cell(v: Mapping[str, Any]) -> str:
+    iv = v.get("interval")
+    if not iv:
+        return "single figures" if v["ratio"] is not None else "-"
+    return f"[{iv['low']:.3g}, {iv['high']:.3g}] ({iv['pairs']} pairs)"
+
+
+def budgets_section(
+    verdicts: Sequence[Mapping[str, Any]], paired: Mapping[str, Any] | None = None
+) -> list[str]:
     if not verdicts:
         return ["## Budgets", "", "No budgets were checked."]
     mark = {
@@ -80,6 +99,7 @@ def budgets_section(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
         "exceeded": "❌ exceeded",
         "missing": "❌ missing",
         "skipped": "- skipped",
+        "inconclusive": "❔ inconclusive (noise)",
     }
     rows = [
         [
@@ -87,19 +107,35 @@ def budgets_section(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
             f"`{v['id']}`",
             v["what"],
             "-" if v["ratio"] is None else f"{v['ratio']:.3g}x",
+            _interval_cell(v),
             v["limit"],
-            "" if v["ratio"] is not None else v["detail"],
+            "" if v["ratio"] is not None and v["status"] != "inconclusive" else v["detail"],
         ]
         for v in verdicts
     ]
     failed = sum(v["status"] in ("exceeded", "missing") for v in verdicts)
+    unsure = sum(v["status"] == "inconclusive" for v in verdicts)
+    met = len(verdicts) - failed - unsure
+    loads = [load for load in (paired or {}).get("load", []) if load]
+    load_text = (
+        f" Load average (1 min) before each paired pass: "
+        f"{', '.join(f'{load[0]:.2f}' for load in loads)}."
+        if loads
+        else ""
+    )
     return [
         "## Budgets (`benchmarks/budgets.toml`)",
         "",
-        f"{len(verdicts) - failed} of {len(verdicts)} met or skipped; {failed} failed. "
-        "Each is metric / baseline, both measured in this run.",
+        f"{met} of {len(verdicts)} met or skipped; {failed} failed; {unsure} inconclusive "
+        "(noise). Each is metric / baseline, both measured in this run. Where the two were "
+        "measured in alternating paired passes the ratio is the Hodges-Lehmann estimate of the "
+        f"pairs' ratios and the budget is judged on its {CONFIDENCE:.0%} Wilcoxon signed-rank "
+        "interval (of the log ratios): met only if the whole interval is within the limit, "
+        "failed only if the whole interval is beyond it, inconclusive if it straddles the "
+        "limit (or fewer than 6 pairs were measured). Budgets with a peer or a peak RSS compare "
+        f"single figures.{load_text}",
         "",
-        *_table(["status", "budget", "what", "ratio", "limit", "note"], rows),
+        *_table(["status", "budget", "what", "ratio", "interval", "limit", "note"], rows),
     ]
 
 
@@ -194,11 +230,53 @@ def _ours_one_process(pytest_json: Mapping[str, Any] | None) -> dict[str, dict[s
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def appliance_graph(n: int) -> tuple[int, int] | None:
+    """(neighbours, threshold) the appliance chooses for ``n`` clients with its configuration's
+    defaults (``bench_appliance.py`` keeps them): the graph an end-to-end comparison must match.
+    """
+    try:
+        from sealagg.appliance.config import AggregationSection
+        from sealagg.crypto.params import choose_graph
+
+        defaults = AggregationSection()
+        degree, threshold, _ = choose_graph(
+            n, "secagg+", defaults.dropout_rate, defaults.corrupt_fraction
+        )
+    except Exception:  # no project, or n infeasible: no end-to-end ratio, never a crash
+        return None
+    return (n - 1 if degree is None else degree), threshold
+
+
+def flower_neighbours(n: int, k: int) -> int:
+    """Neighbours per client in Flower's SecAgg+ ring for ``num_shares`` k (counting itself):
+    ``k // 2`` on each side, so an even k below n is raised to k + 1 (flwr 1.42)."""
+    if k >= n:
+        return n - 1
+    return min(n - 1, 2 * (k // 2))
+
+
+def like_the_appliance(row: Mapping[str, Any]) -> bool:
+    """Whether a Flower row ran the appliance's own graph and threshold, with no dropouts: only
+    then is Flower's engine round ÷ the appliance's round engine against engine, like for like."""
+    try:
+        n, k, t = int(row["n"]), int(row["k"]), int(row["t"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if row.get("dropout"):
+        return False
+    return appliance_graph(n) == (flower_neighbours(n, k), t)
+
+
+def _appliance_round(r: Mapping[str, Any]) -> float:
+    return float(r.get("median", r["best"]))
+
+
 def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]:
     flower = ((results.get("peers") or {}).get("flower")) or {}
     ours = _ours_one_process(results.get("pytest"))
     rounds = {
-        (r["clients"], r["d"]): r["best"]
+        (r["clients"], r["d"]): _appliance_round(r)
         for r in (results.get("appliance") or {}).get("round", [])
         if r["mode"] == "secagg+"
     }
@@ -210,7 +288,7 @@ def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]
     for name in sorted(set(theirs) | set(ours), key=lambda w: (len(w), w)):
         f, o = theirs.get(name, {}), ours.get(name, {})
         n, d = f.get("n", o.get("n")), f.get("d", o.get("d"))
-        app = rounds.get((n, d)) if not (f.get("dropout") or o.get("dropout")) else None
+        app = rounds.get((n, d)) if f and like_the_appliance(f) else None
         f_round = f.get("round_seconds") if f.get("outcome") == "completed" else None
         rows.append(
             [
@@ -220,7 +298,6 @@ def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]
                 seconds((fedavg.get(name) or {}).get("round_seconds")),
                 seconds(o.get("round_seconds")),
                 seconds(app),
-                ratio(f_round, o.get("round_seconds")),
                 ratio(f_round, app),
                 f"{seconds(f.get('client_seconds_per_client'))} / "
                 f"{seconds(o.get('client_seconds_per_client'))}",
@@ -228,13 +305,16 @@ def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]
                 f"{size(f.get('bytes_up_per_client'))} / {size(o.get('bytes_up_per_client'))}",
             ]
         )
-    engine = flower.get("engine") or "not run"
     versions = ", ".join(f"{k} {v}" for k, v in (flower.get("versions") or {}).items())
+    if flower.get("engine"):
+        through = f"through {flower['engine']}{f' ({versions})' if versions else ''}"
+    else:
+        through = "not run in this run (peers off or their venv unavailable)"
     lines = [
         "## Peer comparison: Flower's SecAgg+ against ours, identical workloads",
         "",
-        f"Flower: `SecAggPlusWorkflow` + `secaggplus_mod`, unmodified, through {engine} "
-        f"({versions}), in the benchmark-only venv `.venv-peers`. Its round = the fit workflow "
+        f"Flower: `SecAggPlusWorkflow` + `secaggplus_mod`, unmodified, {through}; "
+        "it runs in the benchmark-only venv `.venv-peers`. Its round = the fit workflow "
         "on the server clock (best round after a warm-up round); its server time = that minus "
         "waiting for clients; its client time = a timing mod around `secaggplus_mod`; bytes = "
         "serialized message contents. Ours: `crypto.simulation.run_round` in one process (every "
@@ -242,11 +322,14 @@ def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]
         "over loopback gRPC + mTLS (`benchmarks/bench_appliance.py`: at n=10, d=1M one process "
         "per client and the median of 9 warm rounds, the modes alternating; otherwise clients "
         "as threads and the median of 2; the appliance's own k and t, no dropouts). "
-        "Workloads: `benchmarks/peers/workloads.toml`. "
-        "Goals (issue 9): >= 9x on the protocol round in one process, >= 5x end to end. "
-        "Caveat: 'Flower / ours 1p' sets Flower's engine round (Ray actors, 2 at a time, "
-        "messages serialized) against our protocol with no network; Flower's building blocks "
-        "driven in one process were not re-run here (reference figures: shared/DESIGN.md).",
+        "Workloads: `benchmarks/peers/workloads.toml` (the same n, d, k, t and dropout rate on "
+        "Flower's side and ours in one process). Engine against engine only: 'Flower ÷ "
+        "appliance' is given where the workload has the appliance's own graph and threshold "
+        "and no dropouts (both sides then quantize float updates on the clients; Flower's "
+        "strategy re-averaging the finished sum is left out of its round). Flower's engine "
+        "round is not divided by our one-process round (an engine against building blocks); "
+        "Flower's building blocks in one process are not measured by this suite, and our "
+        "one-process round starts from quantized inputs. Goal (issue 9): >= 5x end to end.",
         "",
         *_table(
             [
@@ -256,8 +339,7 @@ def peers_section(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]
                 "Flower FedAvg",
                 "ours 1 process",
                 "ours appliance",
-                "Flower ÷ ours 1p",
-                "Flower ÷ appliance",
+                "Flower ÷ appliance (engine vs engine)",
                 "client s/client F / ours",
                 "server s F / ours",
                 "bytes up/client F / ours",
@@ -403,6 +485,52 @@ def errors_section(errors: Sequence[Mapping[str, str]]) -> list[str]:
     ]
 
 
+def floors_section(results: Mapping[str, Any]) -> list[str]:
+    """Each kernel as a multiple of its physical floor, both measured in this run."""
+    found = floors.rows(results)
+    speeds = floors.throughputs(results)
+    if not found and not speeds:
+        return []
+    body = [
+        [
+            r["kernel"],
+            seconds(r["seconds"]),
+            r["floor"],
+            seconds(r["floor_seconds"]),
+            f"{r['multiple']:.2f}x" + (f" ({r['low']:.2f}-{r['high']:.2f})" if "low" in r else ""),
+        ]
+        for r in found
+    ]
+    lines = [
+        "## Kernels against their physical floors (same run)",
+        "",
+        "Each kernel's time over its floor's, both measured in this run: the cipher itself "
+        "(`cryptography`'s AES-256-CTR / AES-256-GCM), a memory copy of the same bytes, a "
+        "read-only float32 gemv, TenSEAL's own add. pytest-benchmark pairs: best times; "
+        "`bench_floors_issue20.py` pairs: median of alternating repetitions (min-max).",
+        "",
+    ]
+    if speeds:
+        lines += [
+            "Floors: " + "; ".join(f"{label} {rate:.1f} GB/s" for label, rate in speeds) + ".",
+            "",
+        ]
+    if body:
+        lines += _table(["kernel", "time", "floor", "floor time", "x floor"], body)
+    return [*lines, ""]
+
+
+def not_run_section(steps: Sequence[Mapping[str, str]]) -> list[str]:
+    if not steps:
+        return []
+    return [
+        "## Not run in this run",
+        "",
+        *[f"- `{step['step']}`: {step['why']}" for step in steps],
+        "",
+    ]
+
+
 def render(results: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """The whole report; ``plots`` are file names under ``plots/`` next to the report."""
     profile = results.get("profile", "?")
@@ -418,9 +546,11 @@ def render(results: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         "",
         *machine_section(results.get("machine") or {}),
         "",
-        *budgets_section(results.get("budgets") or []),
+        *budgets_section(results.get("budgets") or [], results.get("paired")),
         "",
         *errors_section(results.get("errors") or []),
+        *not_run_section(results.get("not_run") or []),
+        *floors_section(results),
         *sweep_section(sweep_points(results.get("pytest")), plots),
         "",
         *peers_section(results, plots),

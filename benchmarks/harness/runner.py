@@ -5,7 +5,8 @@ peer's Ray cluster cannot take the command down); each step's failure is recorde
 results' ``errors`` and the run goes on. The merged document (``results.json``)::
 
     {"schema": 1, "profile", "started", "finished", "command", "machine",
-     "pytest": <pytest-benchmark JSON>, "appliance": {"round": [...], "rss": [...]},
+     "pytest": <pytest-benchmark JSON>, "paired": {"passes": [<pytest JSON>...], "load": [...]},
+     "appliance": {"round": [...], "rss": [...]},
      "peers": {"flower": {...}, "robust": {...}}, "errors": [...],
      "metrics": {...}, "budgets": [...]}
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import machine
+from harness import budgets, machine
 
 PROFILES = ("smoke", "quick", "full")
 PEER_VENV = ".venv-peers"
@@ -58,6 +59,17 @@ APPLIANCE_RUNS: dict[str, list[tuple[str, list[int], int, tuple[str, ...], tuple
         ("rss", [10, 50, 100], 1_000_000, BOTH, ()),
     ],
 }
+#: Extra pytest passes over the budgeted benchmark pairs only (issue 20), the order of each pair
+#: reversed every other pass: 6 pairs (quick) is the fewest that give a 95 % signed-rank
+#: interval; full takes 9. The main pass is not one of them (there a pair's two benchmarks may
+#: run minutes apart).
+PAIRED_PASSES = {"smoke": 0, "quick": 6, "full": 9}
+#: bench_floors_issue20.py per profile (not in smoke: CKKS set-up is seconds, not a smoke test).
+FLOORS_SCRIPT_ARGS = {
+    "smoke": [],
+    "quick": ["--n", "20", "--cts", "10", "--reps", "9"],
+    "full": ["--n", "100", "20", "--reps", "15"],
+}
 PEER_ROUNDS = {"smoke": 2, "quick": 2, "full": 3}
 TIMEOUTS = {"smoke": 300, "quick": 1200, "full": 5400}
 
@@ -85,6 +97,7 @@ class Run:
         self.c = config
         self.root = config.bench_dir.parent
         self.errors: list[dict[str, str]] = []
+        self.not_run: list[dict[str, str]] = []
         self.c.out_dir.mkdir(parents=True, exist_ok=True)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -122,6 +135,10 @@ class Run:
             )
             return False
         return True
+
+    def _not_run(self, step: str, why: str) -> None:
+        self.not_run.append({"step": step, "why": why})
+        self.c.log(f"[{step}] not run: {why}")
 
     def _error(self, step: str, message: str) -> None:
         self.errors.append({"step": step, "error": message})
@@ -163,6 +180,68 @@ class Run:
             for bench in doc.get("benchmarks", []):
                 bench["stats"].pop("data", None)  # raw samples: large, not reported
         return doc
+
+    def budget_pairs(self, measured: dict[str, float]) -> list[tuple[str, str]]:
+        """Node ids of the budgets (this profile) whose metric and baseline are both benchmarks
+        that the main pass measured: the pairs the paired passes alternate."""
+        try:
+            spec = budgets.load(self.c.bench_dir / "budgets.toml")
+        except (OSError, budgets.BudgetFileError):
+            return []
+        pairs: list[tuple[str, str]] = []
+        for b in spec.budgets:
+            keys = [k.partition("#")[0] for k in (b.metric, b.baseline)]
+            if self.c.profile not in b.profiles or not all("::" in k for k in keys):
+                continue
+            if not all(k in measured for k in keys) or keys[0] == keys[1]:
+                continue
+            ids = (str(self.c.bench_dir / keys[0]), str(self.c.bench_dir / keys[1]))
+            if ids not in pairs:
+                pairs.append(ids)
+        return pairs
+
+    def paired_passes(self, main: dict[str, Any] | None) -> dict[str, Any]:
+        """Re-measure each budgeted benchmark pair in alternating passes (issue 20).
+
+        Each pass runs only the pairs' benchmarks, every pair adjacent, metric first on even
+        passes and baseline first on odd ones: drift in the machine's load then hits both
+        figures of a pair alike, and the budget's interval comes from these pairs. The load
+        average is recorded before every pass.
+        """
+        from harness.metrics import pytest_metrics
+
+        passes: list[Any] = []
+        load: list[list[float] | None] = []
+        pairs = self.budget_pairs(pytest_metrics(main))
+        count = PAIRED_PASSES[self.c.profile] if pairs else 0
+        env = {"SEALAGG_BENCH_PROFILE": self.c.profile}
+        base = [self.c.python, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        for i in range(count):
+            order = [node for pair in pairs for node in (pair[::-1] if i % 2 else pair)]
+            out = self.c.out_dir / f"paired-{i + 1}.json"
+            load.append(machine.load_average())
+            argv = [*base, *order, "--benchmark-only", f"--benchmark-json={out}"]
+            argv += PYTEST_OPTIONS[self.c.profile]
+            self._run(f"paired-{i + 1}", argv, TIMEOUTS[self.c.profile], **env)
+            doc = self._read_json(out)
+            if doc is not None:
+                for bench in doc.get("benchmarks", []):
+                    bench["stats"].pop("data", None)
+                passes.append(doc)
+        return {"passes": passes, "load": load, "pairs": len(pairs)}
+
+    def floors_script(self) -> dict[str, Any] | None:
+        """``bench_floors_issue20.py`` (another engineer's, reused as is): the weighted mean
+        against a read-only gemv and the CKKS add against TenSEAL's, paired repetitions."""
+        script = self.c.bench_dir / "bench_floors_issue20.py"
+        if not script.exists():
+            return None
+        out = self.c.out_dir / "floors-issue20.json"
+        argv = [self.c.python, "-P", str(script), "all", "--json", str(out)]
+        argv += FLOORS_SCRIPT_ARGS[self.c.profile]
+        self._run("floors-issue20", argv, TIMEOUTS[self.c.profile], NUMBA_NUM_THREADS="1")
+        doc = self._read_json(out)
+        return doc if isinstance(doc, dict) else None
 
     def appliance_runs(self) -> dict[str, list[dict[str, Any]]]:
         script = self.c.bench_dir / "bench_appliance.py"
@@ -240,11 +319,13 @@ class Run:
         if not script.exists():
             return None
         interpreter = os.environ.get("SEALAGG_ROBUST_PEERS_PYTHON") or str(python)
-        probe = [interpreter, "-c", "import byzfl, flwr, torch"]
-        if not self._run("robust-peers-probe", probe, 300):
-            self._error(
+        if not _can_import(interpreter, "byzfl", "flwr", "torch"):
+            # Not installed is not a failed step (the peer venv holds Flower only): the report
+            # lists it under "not run", and the budgets that need it fail as unmeasured in the
+            # profiles that list them (full), so nothing passes silently.
+            self._not_run(
                 "robust-peers",
-                f"not run: {interpreter} cannot import byzfl, flwr and torch (set "
+                f"{interpreter} cannot import byzfl, flwr and torch (set "
                 "SEALAGG_ROBUST_PEERS_PYTHON to a venv that has them; see robust_peers.py)",
             )
             return None
@@ -280,14 +361,33 @@ class Run:
             "machine": machine.describe(self.root),
         }
         results["pytest"] = self.pytest_benchmarks()
+        results["paired"] = self.paired_passes(results["pytest"])
+        if self.c.profile != "smoke" and not self.c.select:
+            results["floors_script"] = self.floors_script()
         results["appliance"] = self.appliance_runs() if self.c.appliance else {}
         results["peers"] = self.peers() if self.c.peers else {}
         results["machine"]["load_average_end"] = machine.load_average()
         results["finished"] = _now()
         results["errors"] = self.errors
+        results["not_run"] = self.not_run
         # The raw document first: a failure while reporting must not lose the measurements.
         (self.c.out_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
+
+
+def _can_import(interpreter: str, *modules: str) -> bool:
+    """Whether ``interpreter`` imports ``modules`` (a probe, quiet: its output is not a log)."""
+    try:
+        proc = subprocess.run(
+            [interpreter, "-c", f"import {', '.join(modules)}"],
+            capture_output=True,
+            timeout=300,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
 
 
 def _tail(path: Path, lines: int = 3) -> str:
