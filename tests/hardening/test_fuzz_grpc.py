@@ -221,8 +221,9 @@ def test_every_handler_survives_fuzzing(held_round):
         else:
             call = channel.unary_unary(path, identity, identity)
             args = body
-        if method.server_streaming:
-            call = channel.unary_stream(path, identity, identity)
+        if method.server_streaming:  # both ways streaming (Presence) takes the iterator
+            kind = channel.stream_stream if method.client_streaming else channel.unary_stream
+            call = kind(path, identity, identity)
 
             def go():
                 for _ in call(args, timeout=3):
