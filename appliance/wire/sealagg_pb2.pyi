@@ -279,6 +279,58 @@ class StatusReply(_message.Message):
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
 
+class AdminQuery(_message.Message):
+    __slots__ = ("view", "args_json")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    view: str
+    args_json: str
+    def __init__(self, view: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
+
+class AdminQueryReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AdminActionReply(_message.Message):
+    __slots__ = ("ok", "detail")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    detail: str
+    def __init__(self, ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class VerifyAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExportModelRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class ConsoleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConsoleReply(_message.Message):
+    __slots__ = ("url", "expires_seconds")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_seconds: float
+    def __init__(self, url: _Optional[str] = ..., expires_seconds: _Optional[float] = ...) -> None: ...
+
 class DecisionRequest(_message.Message):
     __slots__ = ("round_number", "approve", "reason")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]

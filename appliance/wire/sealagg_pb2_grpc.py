@@ -541,6 +541,31 @@ class AdminStub:
                 request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationRequest.SerializeToString,
                 response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationReply.FromString,
                 _registered_method=True)
+        self.Query = channel.unary_unary(
+                '/sealagg.v1.Admin/Query',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQuery.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQueryReply.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/sealagg.v1.Admin/Revoke',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminActionReply.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/sealagg.v1.Admin/VerifyAudit',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQueryReply.FromString,
+                _registered_method=True)
+        self.ExportModel = channel.unary_stream(
+                '/sealagg.v1.Admin/ExportModel',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
+                _registered_method=True)
+        self.OpenConsole = channel.unary_unary(
+                '/sealagg.v1.Admin/OpenConsole',
+                request_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ConsoleRequest.SerializeToString,
+                response_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ConsoleReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -584,6 +609,40 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Query(self, request, context):
+        """The console and the Python admin API (issue 24; appliance/admin_views.py,
+        appliance/admin_api.py): one code path for every front-end. Query serves read-only views
+        as JSON; Revoke, VerifyAudit and ExportModel are the admin operations the CLI also has;
+        OpenConsole hands an administrator a one-time console login derived from its mTLS identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenConsole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -616,6 +675,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationRequest.FromString,
                     response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationReply.SerializeToString,
+            ),
+            'Query': grpc.unary_unary_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQuery.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQueryReply.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RevokeRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminActionReply.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQueryReply.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ExportModelRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelChunk.SerializeToString,
+            ),
+            'OpenConsole': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenConsole,
+                    request_deserializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ConsoleRequest.FromString,
+                    response_serializer=sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ConsoleReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -780,6 +864,141 @@ class Admin:
             '/sealagg.v1.Admin/Evaluate',
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationRequest.SerializeToString,
             sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.EvaluationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/Query',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQuery.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/Revoke',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.RevokeRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminActionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/VerifyAudit',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.VerifyAuditRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.AdminQueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sealagg.v1.Admin/ExportModel',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ExportModelRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenConsole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sealagg.v1.Admin/OpenConsole',
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ConsoleRequest.SerializeToString,
+            sealagg_dot_appliance_dot_wire_dot_sealagg__pb2.ConsoleReply.FromString,
             options,
             channel_credentials,
             insecure,
