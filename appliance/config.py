@@ -7,6 +7,7 @@ back to a default).
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -308,6 +309,60 @@ class PrivacySection(_Section):
     range_bits: int = Field(20, ge=8, le=28)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class ConsoleSection(_Section):
+    """The web console (issue 24, ``appliance/console/``): HTTPS on its own address, served by
+    the appliance process beside gRPC. Off by default; loopback unless configured.
+
+    ``anonymous_read``: visitors without an admin identity may look at the pages (never the
+    audit log's entries, never an action). Unset, it is on for a loopback host and off
+    otherwise; it is refused for a non-loopback host, where anyone on the network could read
+    the federation's roster and rounds.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    #: 0 picks a free port; the address actually bound is logged and shown by ``serve``.
+    port: int = Field(0, ge=0, le=65535)
+    anonymous_read: bool | None = None
+    session_minutes: float = Field(30.0, gt=0.0, le=24 * 60)
+    token_seconds: float = Field(120.0, gt=0.0, le=3600.0)
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_a_host(cls, value: str) -> str:
+        bracketed = f"[{value}]" if ":" in value and not value.startswith("[") else value
+        check_listen_address(f"{bracketed}:1")
+        return value
+
+    @model_validator(mode="after")
+    def _anonymous_only_on_loopback(self) -> ConsoleSection:
+        if self.anonymous_read and not is_loopback_host(self.host):
+            raise ValueError(
+                f"anonymous_read = true with host = {self.host!r}: anyone who can reach that "
+                "address could read the federation's roster, rounds and approvals; set "
+                "anonymous_read = false (admins sign in) or bind the console to loopback"
+            )
+        return self
+
+    @property
+    def anonymous(self) -> bool:
+        """The effective read-only policy (unset: on for loopback only)."""
+        if self.anonymous_read is None:
+            return is_loopback_host(self.host)
+        return self.anonymous_read
+
+
 class ApplianceConfig(_Section):
     """The whole file; ``weights`` maps a client name to its contribution weight in (0, 1]."""
 
@@ -323,6 +378,7 @@ class ApplianceConfig(_Section):
     ckks: CkksSection = CkksSection()
     attestation: AttestationSection = AttestationSection()
     policy: PolicySection = PolicySection()
+    console: ConsoleSection = ConsoleSection()
     weights: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -30,6 +30,11 @@ opens: its siblings would train from the same parent and waste every client's co
 candidates that the decision may make obsolete (and approving one would silently discard the
 others). Clients idle until an administrator decides.
 
+Asynchronous runs (issue 21, :mod:`appliance.async_runs`): while one runs, no round opens;
+the :class:`~appliance.async_runs.AsyncScheduler` leases the current version to polling
+clients, buffers their staleness-weighted updates and publishes each full buffer through the
+same publish path as a round (:meth:`Orchestrator._publish`).
+
 Readiness expires: a client counts as ready while it polls, or when its last poll ended idle
 within ``ready_window``; a client whose last poll handed it a task is busy with it (or gone)
 until it polls again. After each round the loop waits briefly for its members to poll again,
@@ -69,6 +74,8 @@ from pathlib import Path
 import numpy as np
 
 from sealagg.appliance.approvals import record_decision
+from sealagg.appliance.async_runs import AsyncScheduler
+from sealagg.appliance.async_schedule import check_schedule
 from sealagg.appliance.ckks_round import build_ckks_round
 from sealagg.appliance.config import ApplianceConfig
 from sealagg.appliance.errors import StoreError
@@ -227,6 +234,8 @@ class Orchestrator:
         self.timings = PhaseTimings(config.deadlines)
         self._timings_run = ""  # the run whose answer times ``timings`` holds
         self._phase_opened = 0.0  # clock() when the current phase opened
+        #: Asynchronous runs: leases, buffers and their publication (appliance/async_runs.py).
+        self.async_runs = AsyncScheduler(self)
 
     # ------------------------------------------------------------------ client-facing
 
@@ -270,6 +279,8 @@ class Orchestrator:
             raise UploadRefusedError(
                 "PERMISSION_DENIED", f"{name} may not take part in rounds: {reason}"
             )
+        if self._round is None and self.async_runs.attached:
+            return self.async_runs.check_upload(name, header)
         if self._round is None:
             raise UploadRefusedError(
                 "FAILED_PRECONDITION", "no round is open (late, or the round ended)"
@@ -328,14 +339,20 @@ class Orchestrator:
             what = "the roster" if number is None else f"round {number}"
             _log.warning("%s refused %s (%s)", name, what, refusal)
 
-    async def submit(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
+    async def submit(
+        self, name: str, header: pb.UploadHeader, payload: bytes | bytearray
+    ) -> pb.AsyncReceipt | None:
+        """Take one upload; for an asynchronous run's update, the receipt saying how."""
         if header.kind == EVALUATION_KIND:  # outside the round's phases
             if self.evaluations.knows(bytes(header.round_id)):
                 self.evaluations.receive(name, header)
-                return
+                return None
             self._gate_for(name).receive(name, header, payload)  # the vendor gate's report
-            return
+            return None
         async with self._lock:
+            if self._round is None and self.async_runs.attached:
+                big = len(payload) > OFF_LOOP_BYTES  # keep serving polls while it is added
+                return await self.async_runs.submit(name, header, payload, off_loop=big)
             current = self._round
             if current is None:
                 raise UploadRefusedError(
@@ -353,6 +370,7 @@ class Orchestrator:
                         current.number, current.phase_name, self._clock() - self._phase_opened
                     )
                 self._check_phase_done(current)
+        return None
 
     def registered_clients(self) -> set[str]:
         return set(self._identity_keys())
@@ -385,6 +403,7 @@ class Orchestrator:
             "bytes_out": self.metrics.total("sealagg_bytes_out_total"),
             "privacy": self.privacy.status(),
             "run": self._run_status(),
+            "async": self.async_runs.status(),
         }
 
     def _run_status(self) -> dict | None:
@@ -489,6 +508,10 @@ class Orchestrator:
         setup_failures = 0
         while not stop.is_set():
             run = self.runs.running()
+            if run is not None and run.asynchronous:  # until it pauses, stops or finishes
+                await self.async_runs.drive(run, stop)
+                await _sleep_or_stop(stop, 0.05)
+                continue
             if run is not None and run.budget_spent:  # e.g. its last round was before a restart
                 if self._finish_run(run) and run.implicit:
                     await self.deliver_pending(timeout=5.0)
@@ -623,8 +646,12 @@ class Orchestrator:
         base_model_version: int,
         start: bool,
         by: str,
+        schedule: str = "",
+        async_json: str = "",
     ) -> Run:
-        """A new run (RunError with the reason when refused); audited with ``by``."""
+        """A new run (RunError with the reason when refused); audited with ``by``.
+        ``schedule`` "async" with ``async_json``: buffered asynchronous aggregation
+        (appliance/async_schedule.py)."""
         name = check_name(name)
         configured = self.config.aggregation.mode
         mode = mode or configured
@@ -645,6 +672,18 @@ class Orchestrator:
                 check_allowed(mode, hyperparameters)
             except EvaluationError as error:
                 raise RunError(f"{EVALUATE_EVERY}: {error}") from None
+        _, spec = check_schedule(schedule, async_json)
+        if spec is not None:
+            agg = self.config.aggregation
+            spec.check_run(
+                mode=mode,
+                min_clients=agg.min_clients,
+                registered=len(self._identity_keys()),
+                privacy=self.privacy.enabled,
+                rule=agg.rule,
+            )
+            if EVALUATE_EVERY in hyperparameters:  # refused now, not silently never done
+                raise RunError(f"{EVALUATE_EVERY} is not available in async runs yet")
         base = None
         if base_model_version:
             base = self._accepted_version(base_model_version).version
@@ -655,6 +694,7 @@ class Orchestrator:
             hyperparameters=hyperparameters,
             base_model_version=base,
             by=by,
+            async_params=None if spec is None else spec.as_dict(),
         )
         return self.control_run(run.run_id, "start", "", by) if start else run
 

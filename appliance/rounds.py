@@ -316,6 +316,40 @@ class MaskedRound(ActiveRound):
         return self.server.result.total.tobytes()
 
 
+class WeightedSum:
+    """A float64 running sum of weighted float32 updates, added in place: O(d) memory however
+    many clients contribute. Plaintext and attested rounds and asynchronous buffers
+    (appliance/async_buffer.py) share it, so they check and add updates identically."""
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+        self.weighted_sum = np.zeros(dimension, dtype=np.float64)
+        self.total_weight = 0.0
+
+    def check(self, payload: bytes | bytearray, weight: float) -> np.ndarray:
+        """The update as float32 values; UploadRefusedError for a wrong size, a weight
+        outside (0, 1] or a value that is NaN or Inf (nothing is added)."""
+        if len(payload) != 4 * self.dimension:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT",
+                f"update has {len(payload) // 4} float32 values, the model has {self.dimension}",
+            )
+        if not (np.isfinite(weight) and 0.0 < weight <= 1.0):
+            raise UploadRefusedError("INVALID_ARGUMENT", f"weight must lie in (0, 1], got {weight}")
+        update = np.frombuffer(payload, dtype="<f4")
+        if not np.isfinite(update).all():
+            raise UploadRefusedError("INVALID_ARGUMENT", "update contains NaN or Inf; refused")
+        return update
+
+    def add(self, update: np.ndarray, weight: float) -> None:
+        """Add a checked update with its weight (in place)."""
+        self.weighted_sum += weight * update.astype(np.float64)
+        self.total_weight += weight
+
+    def mean(self) -> np.ndarray:
+        return (self.weighted_sum / self.total_weight).astype(np.float32)
+
+
 class PlainRound(ActiveRound):
     """Plaintext FedAvg: the appliance sees every update (trusted sites, testing)."""
 
@@ -324,8 +358,7 @@ class PlainRound(ActiveRound):
     def __init__(self, number: int, round_id: bytes, members: list[Member], dimension: int) -> None:
         super().__init__(number, round_id, members)
         self.dimension = dimension
-        self.weighted_sum = np.zeros(dimension, dtype=np.float64)
-        self.total_weight = 0.0
+        self.sum = WeightedSum(dimension)
         self._done = False
 
     def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
@@ -342,19 +375,15 @@ class PlainRound(ActiveRound):
         return 4 * self.dimension
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
-        if len(payload) != 4 * self.dimension:
-            raise UploadRefusedError(
-                "INVALID_ARGUMENT",
-                f"update has {len(payload) // 4} float32 values, the model has {self.dimension}",
-            )
-        weight = header.weight
-        if not (np.isfinite(weight) and 0.0 < weight <= 1.0):
-            raise UploadRefusedError("INVALID_ARGUMENT", f"weight must lie in (0, 1], got {weight}")
-        update = np.frombuffer(payload, dtype="<f4")
-        if not np.isfinite(update).all():
-            raise UploadRefusedError("INVALID_ARGUMENT", "update contains NaN or Inf; refused")
-        self.weighted_sum += weight * update.astype(np.float64)
-        self.total_weight += weight
+        self.sum.add(self.sum.check(payload, header.weight), header.weight)
+
+    @property
+    def weighted_sum(self) -> np.ndarray:
+        return self.sum.weighted_sum
+
+    @property
+    def total_weight(self) -> float:
+        return self.sum.total_weight
 
     def close_phase(self) -> dict[str, pb.Task]:
         if not self.answered:
@@ -369,8 +398,7 @@ class PlainRound(ActiveRound):
     def aggregate(self) -> Aggregate:
         contributors = tuple(sorted(self.answered))
         dropped = tuple(sorted(set(self.members) - self.answered))
-        mean = (self.weighted_sum / self.total_weight).astype(np.float32)
-        return Aggregate(mean, self.total_weight, contributors, dropped)
+        return Aggregate(self.sum.mean(), self.total_weight, contributors, dropped)
 
     def total_digest_source(self) -> bytes:
         return self.weighted_sum.tobytes()

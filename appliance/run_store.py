@@ -9,13 +9,15 @@ with opening the round, so a restart resumes the count exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sealagg.appliance.audit import canonical_json, format_time
-from sealagg.appliance.runs import ENDED_STATUSES, LIVE_STATUSES, Run, RunError
+from sealagg.appliance.runs import ASYNC_KEY, ENDED_STATUSES, LIVE_STATUSES, Run, RunError
 from sealagg.appliance.store import Store
 
 __all__ = ["RunStore"]
@@ -37,6 +39,25 @@ def _now() -> str:
     return format_time(datetime.now(UTC))
 
 
+def _run(row: tuple) -> Run:
+    """A stored row as a Run. An asynchronous run's parameters (issue 21) are stored in its
+    hyperparameters column under :data:`~appliance.runs.ASYNC_KEY` (no schema change: a
+    user's hyperparameters may not use that key) and split off here, so clients receive
+    exactly the model owner's hyperparameters."""
+    run = Run(*row)
+    if ASYNC_KEY not in run.hyperparameters:  # cheap test first: most runs are synchronous
+        return run
+    document = json.loads(run.hyperparameters)
+    params = document.pop(ASYNC_KEY, None)
+    if params is None:
+        return run
+    return dataclasses.replace(
+        run,
+        hyperparameters=canonical_json(document).decode("utf-8"),
+        async_params=canonical_json(params).decode("utf-8"),
+    )
+
+
 class RunStore:
     """Runs and evaluations in the federation's state database."""
 
@@ -54,9 +75,14 @@ class RunStore:
         hyperparameters: dict[str, Any],
         base_model_version: int | None,
         by: str,
+        async_params: dict[str, Any] | None = None,
     ) -> Run:
-        """A new run in status ``created``; its id (``run-N``) is the appliance's choice."""
+        """A new run in status ``created``; its id (``run-N``) is the appliance's choice.
+        ``async_params``: an asynchronous run's checked parameters (None: synchronous)."""
         text = canonical_json(hyperparameters).decode("utf-8")
+        stored = text
+        if async_params is not None:  # kept beside them, never sent to clients (_run)
+            stored = canonical_json({**hyperparameters, ASYNC_KEY: async_params}).decode()
         with self.store.transaction() as tx:
             row = int(tx.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM runs").fetchone()[0])
             run_id = f"run-{row}"
@@ -64,21 +90,21 @@ class RunStore:
                 "INSERT INTO runs (id, run_id, name, mode, status, rounds, rounds_done, "
                 "hyperparameters, base_model_version, created_at, created_by) "
                 "VALUES (?, ?, ?, ?, 'created', ?, 0, ?, ?, ?, ?)",
-                (row, run_id, name, mode, rounds, text, base_model_version, _now(), by),
+                (row, run_id, name, mode, rounds, stored, base_model_version, _now(), by),
             )
-            self.store.audit.append(
-                "run_created",
-                {
-                    "run": run_id,
-                    "name": name,
-                    "mode": mode,
-                    "rounds": rounds,
-                    "hyperparameters_sha256": hashlib.sha256(text.encode()).hexdigest(),
-                    "base_model_version": base_model_version,
-                    "by": by,
-                },
-                conn=tx,
-            )
+            details = {
+                "run": run_id,
+                "name": name,
+                "mode": mode,
+                "rounds": rounds,
+                "hyperparameters_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "base_model_version": base_model_version,
+                "by": by,
+            }
+            if async_params is not None:  # synchronous runs' entries stay as they were
+                details["schedule"] = "async"
+                details["async"] = async_params
+            self.store.audit.append("run_created", details, conn=tx)
             return self._get(tx, run_id)
 
     def get(self, run_id: str) -> Run:
@@ -89,12 +115,12 @@ class RunStore:
         row = conn.execute(_SELECT + " WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunError(f"there is no run {run_id!r}")
-        return Run(*row)
+        return _run(row)
 
     def runs(self) -> list[Run]:
         with self.store.snapshot() as conn:
             rows = conn.execute(_SELECT + " ORDER BY id").fetchall()
-        return [Run(*row) for row in rows]
+        return [_run(row) for row in rows]
 
     def running(self) -> Run | None:
         return next((r for r in self.runs() if r.status == "running"), None)

@@ -14,6 +14,9 @@ A federation holds several runs; the appliance assigns each an id. A run moves
 - **Hyperparameters are a JSON object of at most 16 KiB.** They travel to every client with
   each round (``RoundStart.hyperparameters_json``); the clients' own code interprets them,
   the appliance never does, so it only bounds their size and shape.
+- **A run's schedule** is synchronous rounds, or ``async`` (issue 21): buffered aggregation
+  with staleness weights, its rules in :mod:`appliance.async_schedule`; the round budget
+  then counts published buffers.
 - **Pause** opens no new round (the round in flight finishes); **stop** ends the run: no new
   round, and every client gets ``Task(run_end=RunEnd(...))``.
 
@@ -32,6 +35,7 @@ from sealagg.appliance.audit import canonical_json, check_json_value
 
 __all__ = [
     "ACTIONS",
+    "ASYNC_KEY",
     "IMPLICIT_CREATOR",
     "LIVE_STATUSES",
     "MAX_HYPERPARAMETER_BYTES",
@@ -44,6 +48,9 @@ __all__ = [
 ]
 
 MAX_HYPERPARAMETER_BYTES = 16 * 1024
+#: Where an asynchronous run's parameters are stored beside its hyperparameters (issue 21,
+#: appliance/run_store.py); the model owner's hyperparameters may not use this key.
+ASYNC_KEY = "sealagg.async"
 MAX_RUN_NAME = 64
 #: ``created_by`` of the run the appliance makes itself from ``[aggregation] rounds`` when no
 #: administrator ever created one (backward compatibility: such a federation works as before).
@@ -81,6 +88,13 @@ class Run:
     created_by: str
     ended_at: str | None
     reason: str | None
+    #: Issue 21: the asynchronous parameters as canonical JSON; None = synchronous rounds
+    #: (stored under ASYNC_KEY beside the hyperparameters: appliance/run_store.py).
+    async_params: str | None = None
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.async_params is not None
 
     @property
     def implicit(self) -> bool:
@@ -105,6 +119,8 @@ class Run:
             "created_by": self.created_by,
             "ended_at": self.ended_at,
             "reason": self.reason,
+            "schedule": "async" if self.asynchronous else "sync",
+            "async": json.loads(self.async_params) if self.async_params else None,
         }
 
 
@@ -133,6 +149,8 @@ def check_hyperparameters(text: str) -> dict[str, Any]:
         raise RunError("hyperparameters are not valid JSON") from None
     if not isinstance(value, dict):
         raise RunError('hyperparameters must be a JSON object, e.g. {"lr": 0.05}')
+    if ASYNC_KEY in value:
+        raise RunError(f"the hyperparameter key {ASYNC_KEY!r} is reserved (async parameters)")
     if any(isinstance(v, float) and not math.isfinite(v) for v in _leaves(value)):
         raise RunError("hyperparameters must be finite numbers")
     try:  # what the state database and the audit log can hold, byte for byte

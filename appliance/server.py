@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from sealagg.appliance.admin_service import AdminService
 from sealagg.appliance.admins import DirectoryWatch
 from sealagg.appliance.attestation import configured_attesters, endpoint_for
 from sealagg.appliance.config import ApplianceConfig, load_config
+from sealagg.appliance.console import ConsoleHandle, ConsoleSettings, start_console
 from sealagg.appliance.errors import ProvisioningError
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.health import ApplianceHealth, add_health_service
@@ -215,6 +217,9 @@ class Appliance:
         self.health = ApplianceHealth(self.store.federation)
         self._health_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The web console ([console], appliance/console/), when enabled and serving.
+        self.console: ConsoleHandle | None = None
+        self.admin_service: AdminService | None = None
         self.metrics.watch(StateCollector(self._status_snapshot, self._certificate_expiry))
 
     def _identity_keys(self) -> dict[str, bytes]:
@@ -258,12 +263,8 @@ class Appliance:
         )
         aggregator.renewer = CertificateRenewer(self.federation, self.store)
         pb_grpc.add_AggregatorServicer_to_server(aggregator, server)
-        pb_grpc.add_AdminServicer_to_server(
-            AdminService(
-                self.orchestrator, self.store, identify, self.admins.current, self.metrics
-            ),
-            server,
-        )
+        self.admin_service = self._admin_service(identify)
+        pb_grpc.add_AdminServicer_to_server(self.admin_service, server)
         add_health_service(self.health, server)
         listen = self.config.server.listen
         if self.insecure:
@@ -283,7 +284,62 @@ class Appliance:
         await self.health.listening()
         self._health_task = asyncio.create_task(self._probe_health())
         _log.info("appliance listening on %s (port %d)", listen, self.port)
+        if self.config.console.enabled:
+            self.console = await self._start_console()
+            _log.warning("console at %s (sign in: `sealagg console`)", self.console.url)
         return self.port
+
+    def _admin_service(self, identify: Callable) -> AdminService:
+        """The Admin service; it hands out console logins (``OpenConsole``) when the console
+        is enabled (the keyword is passed only to an AdminService that takes it)."""
+        takes = inspect.signature(AdminService.__init__).parameters
+        extra: dict = {"federation": self.federation} if "federation" in takes else {}
+        if self.config.console.enabled and "console_login" in takes:
+            extra["console_login"] = self._console_login
+        return AdminService(
+            self.orchestrator, self.store, identify, self.admins.current, self.metrics, **extra
+        )
+
+    def _console_login(self, admin: str) -> tuple[str, float]:
+        """A one-time console login URL for ``admin`` (the console starts after gRPC)."""
+        if self.console is None:
+            raise RuntimeError("the console is not serving yet")
+        return self.console.login(admin)
+
+    async def _start_console(self) -> ConsoleHandle:
+        """The web console on this loop, with the gRPC server's key and certificate, the same
+        per-call certificate check, the admin directory, and the Admin service's own views and
+        operations (one code path for gRPC, the admin API and the console)."""
+        from sealagg.appliance.admin_ops import AdminOperations
+        from sealagg.appliance.admin_views import AdminViews
+
+        section = self.config.console
+        views = getattr(self.admin_service, "views", None) or AdminViews(
+            self.orchestrator, self.store, self.federation, admins=self.admins.current
+        )
+        operations = getattr(self.admin_service, "operations", None) or AdminOperations(
+            self.orchestrator, self.store, self.admins.current, self.federation
+        )
+        directory = self.admins.current
+        return await start_console(
+            settings=ConsoleSettings(
+                host=section.host,
+                port=section.port,
+                anonymous_read=section.anonymous,
+                session_seconds=section.session_minutes * 60.0,
+                token_seconds=section.token_seconds,
+                public_host=self.config.server.tls_server_name,
+            ),
+            views=views,
+            operations=operations,
+            key_pem=self.tls_identity.key_pem,
+            chain_pem=self.tls_identity.chain_pem,
+            client_cas_pem=client_trust_anchors(self.federation),
+            check_peer=CachedPeerCheck(self.federation),
+            is_admin=lambda name: directory().is_admin(name),
+            roles=lambda name: sorted(r.value for r in directory().roles_of(name)),
+            audit=self.store.audit.append,
+        )
 
     async def _probe_health(self) -> None:
         """Keep ``Watch`` streams current (a failing store turns NOT_SERVING within seconds)."""
@@ -346,6 +402,9 @@ class Appliance:
     async def close(self) -> None:
         try:
             await self.health.shutting_down()  # NOT_SERVING before the listener goes
+            if self.console is not None:
+                await self.console.close()
+                self.console = None
             if self._health_task is not None:
                 self._health_task.cancel()
                 self._health_task = None

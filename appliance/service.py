@@ -260,6 +260,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     ) -> pb.SubmitAck:
         name = await who(self._identify, context, self._metrics)
         header = None
+        receipt = None
         try:
             with self._budget.stream(name):  # counted from its first byte, header or not
                 first = await _next_chunk(request_iterator)
@@ -270,18 +271,19 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 phase_end = self._phase_end(header)
                 async with self._budget.hold(name, header.total_bytes, phase_end):
                     payload = await self._receive(header, request_iterator, phase_end)
-                    await self._orch.submit(name, header, payload)
+                    receipt = await self._orch.submit(name, header, payload)
                     size = len(payload)
                     del payload  # not held while the acknowledgement waits for the next task
         except UploadRefusedError as refused:
             await self._refuse(name, refused, context, header)
-        return await self._accepted(name, header, size)
+        return await self._accepted(name, header, size, receipt)
 
     async def SubmitMessage(
         self, request: pb.UploadMessage, context: grpc.aio.ServicerContext
     ) -> pb.SubmitAck:
         name = await who(self._identify, context, self._metrics)
         header = request.header
+        receipt = None
         try:
             self._orch.check_upload(name, header)
             if header.total_bytes > CHUNK_BYTES:
@@ -298,10 +300,10 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             # per-client and memory bounds so a flood of them is refused like streams.
             with self._budget.stream(name):
                 async with self._budget.hold(name, len(request.data), self._phase_end(header)):
-                    await self._orch.submit(name, header, request.data)
+                    receipt = await self._orch.submit(name, header, request.data)
         except UploadRefusedError as refused:
             await self._refuse(name, refused, context, header)
-        return await self._accepted(name, header, len(request.data))
+        return await self._accepted(name, header, len(request.data), receipt)
 
     def _phase_end(self, header: pb.UploadHeader) -> float | None:
         """The phase's deadline in event-loop time; None for a gate report (no phase)."""
@@ -350,10 +352,24 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             },
         )
 
-    async def _accepted(self, name: str, header: pb.UploadHeader, size: int) -> pb.SubmitAck:
-        """The acknowledgement, carrying the next task if the client asked to wait for it."""
+    async def _accepted(
+        self,
+        name: str,
+        header: pb.UploadHeader,
+        size: int,
+        receipt: pb.AsyncReceipt | None = None,
+    ) -> pb.SubmitAck:
+        """The acknowledgement, carrying the next task if the client asked to wait for it,
+        and for an asynchronous run's update its receipt (buffer, staleness, weight)."""
         self._metrics.bytes_in.inc(size)
         ack = pb.SubmitAck(accepted=True, detail="accepted")
+        if receipt is not None:
+            ack.receipt.CopyFrom(receipt)
+            ack.detail = (
+                f"accepted into buffer {receipt.buffer_number} ({receipt.buffered} of "
+                f"{receipt.buffer_size}): staleness {receipt.staleness}, weight "
+                f"{receipt.staleness_weight:.6g}"
+            )
         if header.wait_seconds > 0 and self._orch.is_registered(name):
             ack.next.CopyFrom(await self._orch.poll(name, header.wait_seconds))
         return ack

@@ -33,7 +33,13 @@ What happens underneath, per round the appliance opens with this client:
    the submission's metadata. When the round ends, the model again holds the federation's
    current global model: the newly published one, or the round's starting weights if the
    round was aborted, rejected or awaits approval.
-4. The loop ends by itself when the appliance ends the run (``RunEnd``: budget spent, or an
+4. In an asynchronous run (issue 21) the same loop runs unchanged: each iteration is a
+   lease on the newest version (``rnd.asynchronous`` is True); ``submit`` returns as soon as
+   the appliance took the update (``report.outcome == "accepted"``, with ``report.staleness``
+   and ``report.staleness_weight``) or refused it (``"refused"``, e.g. too stale, with the
+   reason), without waiting for other clients; the next iteration trains on whatever version
+   is newest then.
+5. The loop ends by itself when the appliance ends the run (``RunEnd``: budget spent, or an
    administrator stopped it); ``federation.run_end`` then says how, and the model holds the
    run's last accepted version. ``max_rounds=`` ends it earlier.
 
@@ -339,6 +345,12 @@ class RoundContext:
         ``{"lr": 0.05, "local_epochs": 2}``; ``{}`` when the run sets none). A fresh copy:
         read what you need where you train, e.g. ``rnd.hyperparameters.get("lr", 0.01)``."""
         return json.loads(json.dumps(self._hyperparameters))
+
+    @property
+    def asynchronous(self) -> bool:
+        """True in an asynchronous run: this is a lease, and :meth:`submit` returns once the
+        appliance took (or refused) the update, its report carrying the staleness."""
+        return self.start.asynchronous
 
     @property
     def run_id(self) -> str:

@@ -87,13 +87,33 @@ ComputeUpdate = Callable[
 ]
 
 
+#: Asynchronous runs: the appliance's refusals of one update (stale, a spent or unknown lease,
+#: a second update into one buffer, an unknown base version). The client goes on with a new
+#: lease; anything else (a malformed update, a refusal of the client itself) is raised.
+ASYNC_REFUSED = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundReport:
+    """How a round ended for this client. In an asynchronous run (issue 21) a "round" is one
+    lease: ``outcome`` is "accepted" (the update joined buffer ``buffer_number`` with weight
+    ``staleness_weight``, ``staleness`` versions behind) or "refused" (``reason`` says why:
+    e.g. too stale), and ``model_version`` is 0 (nothing was published by this call)."""
+
     round_number: int
     outcome: str
     reason: str
     model_version: int
     bytes_sent: int
+    staleness: int | None = None
+    staleness_weight: float | None = None
+    buffer_number: int = 0
 
 
 class Participant:
@@ -290,6 +310,8 @@ class Participant:
                     weight=weight,
                     metadata_json=meta,
                 )
+                if start.asynchronous:  # a lease: submit now, no round to follow
+                    return self._submit_async(start, header, update)
                 self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
                 return self.follow(start, update.nbytes, None)
             return self._secure(start, layout, update, weight, meta, roster)
@@ -305,6 +327,39 @@ class Participant:
                 error.code().name,
             )
             return self.follow(start, 0, None)
+
+    def _submit_async(
+        self, start: pb.RoundStart, header: pb.UploadHeader, update: np.ndarray
+    ) -> RoundReport:
+        """Submit under the lease (its id and base version); the receipt says which buffer
+        took the update and with what staleness weight, a refusal why it was not taken."""
+        header.base_version = start.model_version  # the lease's: the appliance checks it
+        header.wait_seconds = self.poll_seconds
+        try:
+            ack = self.connection.submit(header, memoryview(update).cast("B"))
+        except grpc.RpcError as error:
+            if isinstance(error, ApplianceUnavailableError):
+                raise
+            if error.code() in ROUND_LOST - ASYNC_REFUSED:  # may not have landed: a new lease
+                return RoundReport(start.round_number, "lost", error.code().name, 0, 0)
+            if error.code() not in ASYNC_REFUSED:
+                raise
+            _log.warning("update on version %d refused: %s", start.model_version, error.details())
+            return RoundReport(start.round_number, "refused", error.details() or "", 0, 0)
+        if ack.HasField("next"):
+            self._next_task = ack.next
+        receipt = ack.receipt
+        _log.info("%s", ack.detail)
+        return RoundReport(
+            start.round_number,
+            "accepted",
+            ack.detail,
+            0,
+            header.total_bytes,
+            staleness=receipt.staleness,
+            staleness_weight=receipt.staleness_weight,
+            buffer_number=receipt.buffer_number,
+        )
 
     def _secure(
         self,

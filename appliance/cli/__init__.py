@@ -35,6 +35,7 @@ from sealagg.appliance.cli import (
     authority,
     certs,
     clients,
+    console,
     init,
     models,
     rounds,
@@ -71,5 +72,6 @@ for _module in (
     audit,
     authority,
     attest,
+    console,
 ):
     _module.register(app)

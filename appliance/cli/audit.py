@@ -68,6 +68,7 @@ def verify(
     ] = None,
 ) -> None:
     """Verify every entry, the chain and the signed head; exit 1 at the first bad entry."""
+    from sealagg.appliance.admin_ops import AuditCheck, check_audit
     from sealagg.appliance.audit import verify_jsonl
 
     if (expected_count is None) != (expected_hash is None):
@@ -86,24 +87,30 @@ def verify(
         from sealagg.appliance.audit_rotation import audit_key_history
 
         key = audit_key_history(folder)  # the first key, then every rotation (certs.py)
-    try:
-        if file is not None:
+    if file is not None:
+        try:
             report = verify_jsonl(file, key, expected_head=expected)
+        except AuditVerificationError as error:
+            result = AuditCheck(False, 0, first_broken={"seq": error.seq, "reason": error.reason})
         else:
-            store = open_state_readonly(folder)
-            try:
-                report = store.audit.verify(key, expected_head=expected)
-            finally:
-                store.close()
-    except AuditVerificationError as error:
-        where = "" if error.seq is None else f" at entry {error.seq}"
+            result = AuditCheck(True, report.count, report.head_hash, report.expected_head_checked)
+    else:  # the same check as the Admin service's VerifyAudit (admin_ops.py)
+        store = open_state_readonly(folder)
+        try:
+            result = check_audit(store, key, expected_head=expected)
+        finally:
+            store.close()
+    if not result.ok:
+        broken = result.first_broken or {}
+        where = "" if broken.get("seq") is None else f" at entry {broken['seq']}"
         console.print(
-            f"audit verify: [bold red]BROKEN[/]{where}: {escape(error.reason)}", soft_wrap=True
+            f"audit verify: [bold red]BROKEN[/]{where}: {escape(str(broken.get('reason', '')))}",
+            soft_wrap=True,
         )
-        raise typer.Exit(1) from None
-    checked = " (matches the expected head)" if report.expected_head_checked else ""
+        raise typer.Exit(1)
+    checked = " (matches the expected head)" if result.expected_head_checked else ""
     console.print(
-        f"audit verify: [bold green]OK[/] ({report.count} entries, head {report.head_hash})"
+        f"audit verify: [bold green]OK[/] ({result.entries} entries, head {result.head_hash})"
         f"{checked}",
         soft_wrap=True,
     )

@@ -3,7 +3,7 @@
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -198,11 +198,8 @@ def revoke(
 ) -> None:
     """Revoke a client's certificate; the appliance refuses it from its next call on.
     Audited at once, with the revocation's time and who did it."""
-    from sealagg.appliance.participant_sync import (
-        record_admin_event,
-        record_client_added,
-        record_client_revoked,
-    )
+    from sealagg.appliance.admin_ops import record_revocation, revoked_time
+    from sealagg.appliance.participant_sync import record_admin_event
 
     check_federation(folder)
     directory = AdminDirectory.load(folder, current_only=False)
@@ -220,10 +217,7 @@ def revoke(
         revoke_client(federation, name)
     record = federation.client_record(name)
     if record is not None:
-        revoked_at = next(
-            (r.revoked_at for r in federation.revocations().entries if r.serial == record.serial),
-            record.revoked_at,
-        )
+        revoked_at = revoked_time(federation, record)
         if named_admin or name == ADMIN_NAME:
             record_now(
                 folder,
@@ -236,17 +230,12 @@ def revoke(
                     time=revoked_at,
                 ),
             )
-        else:
-
-            def write(store: Any) -> None:
-                # Issued while no database existed: its issue is recorded first (late), so
-                # the revocation is audited now instead of at the next start.
-                record_client_added(store, record, by=None, late=True)
-                record_client_revoked(
-                    store, name=name, serial=record.serial, revoked_at=revoked_at, by=actor
-                )
-
-            record_now(folder, f"revoking {name}", write)
+        else:  # the same record as a revocation through the Admin service (admin_ops.py)
+            record_now(
+                folder,
+                f"revoking {name}",
+                lambda store: record_revocation(store, federation, record, by=actor),
+            )
     console.print(f"[yellow]revoked[/] [bold]{escape(name)}[/]", soft_wrap=True)
     console.print(
         "  a running appliance re-reads the revocation list and refuses this client at its "

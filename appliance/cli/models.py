@@ -6,7 +6,6 @@ only export format: the appliance never imports torch (a client converts, where 
 
 import contextlib
 import enum
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -271,23 +270,22 @@ def export_model(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Write a model version to a file, as safetensors, byte for byte as stored."""
+    from sealagg.appliance.admin_ops import stored_model
+
+    if version == "current":
+        number = 0
+    else:
+        try:
+            number = int(version)
+        except ValueError:
+            raise CLIError(f"{version!r} is not a model version (a number or 'current')") from None
+        if number < 1:
+            raise CLIError(f"{version!r} is not a model version (they count from 1)")
     store = open_state_readonly(folder)
-    try:
-        if version == "current":
-            model = store.current_model()
-            if model is None:
-                raise CLIError("there is no accepted model version yet")
-        else:
-            try:
-                number = int(version)
-            except ValueError:
-                raise CLIError(
-                    f"{version!r} is not a model version (a number or 'current')"
-                ) from None
-            if number < 1:
-                raise CLIError(f"{version!r} is not a model version (they count from 1)")
-            model = store.model_version(number)
-        data = _stored_bytes(store.folder, model.sha256)
+    try:  # the bytes the Admin service's ExportModel streams (admin_ops.py)
+        model, data = stored_model(store, number)
+    except LookupError as error:
+        raise CLIError(str(error)) from None
     finally:
         store.close()
 
@@ -300,25 +298,6 @@ def export_model(
         f"{escape(str(out))} as {format.value}, sha256 {model.sha256}",
         soft_wrap=True,
     )
-
-
-def _stored_bytes(folder: Path, sha256: str) -> bytes:
-    """The stored file of a model version, byte for byte, after checking its SHA-256 (so the
-    export hashes to the value the store and the audit log record)."""
-    from sealagg.appliance.errors import StoreError
-    from sealagg.appliance.models import model_relpath
-
-    path = folder / model_relpath(sha256)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise StoreError(f"cannot read model file {path}: {error.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise StoreError(
-            f"model file {path} was modified or is corrupt (its SHA-256 does not match the "
-            "recorded one); refusing to export it"
-        )
-    return data
 
 
 def register(app: typer.Typer) -> None:

@@ -82,6 +82,21 @@ def create(
         int, typer.Option("--base", min=0, help="Accepted model version to start from (0: now).")
     ] = 0,
     start: Annotated[bool, typer.Option("--start", help="Start it at once.")] = False,
+    schedule: Annotated[
+        str,
+        typer.Option(
+            "--schedule",
+            help="sync (rounds, the default) or async (buffered asynchronous aggregation).",
+        ),
+    ] = "",
+    async_json: Annotated[
+        str,
+        typer.Option(
+            "--async-json",
+            help='Async parameters as a JSON object: {"buffer_size": 5, "max_staleness": 4, '
+            '"staleness": "polynomial", "a": 0.5, "max_open_buffers": 2}',
+        ),
+    ] = "",
     folder: FolderOption = DEFAULT_FOLDER,
     address: AddressOption = None,
     kit: KitOption = None,
@@ -99,6 +114,8 @@ def create(
             hyperparameters_json=text,
             base_model_version=base,
             start=start,
+            schedule=schedule,
+            async_json=async_json,
         )
     _finish(ok, detail, run, as_json)
 

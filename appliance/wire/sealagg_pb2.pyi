@@ -70,7 +70,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json", "asynchronous", "buffer_number", "async_params")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,9 @@ class RoundStart(_message.Message):
     RUN_ROUND_FIELD_NUMBER: _ClassVar[int]
     RUN_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ASYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ASYNC_PARAMS_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -115,7 +118,50 @@ class RoundStart(_message.Message):
     run_round: int
     run_rounds: int
     hyperparameters_json: str
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ...) -> None: ...
+    asynchronous: bool
+    buffer_number: int
+    async_params: AsyncParams
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., buffer_number: _Optional[int] = ..., async_params: _Optional[_Union[AsyncParams, _Mapping]] = ...) -> None: ...
+
+class AsyncParams(_message.Message):
+    __slots__ = ("buffer_size", "max_staleness", "staleness", "a", "alpha", "b", "max_open_buffers")
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPEN_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    buffer_size: int
+    max_staleness: int
+    staleness: str
+    a: float
+    alpha: float
+    b: int
+    max_open_buffers: int
+    def __init__(self, buffer_size: _Optional[int] = ..., max_staleness: _Optional[int] = ..., staleness: _Optional[str] = ..., a: _Optional[float] = ..., alpha: _Optional[float] = ..., b: _Optional[int] = ..., max_open_buffers: _Optional[int] = ...) -> None: ...
+
+class AsyncReceipt(_message.Message):
+    __slots__ = ("buffer_number", "round_number", "base_version", "current_version", "staleness", "staleness_weight", "weight", "buffered", "buffer_size")
+    BUFFER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    buffer_number: int
+    round_number: int
+    base_version: int
+    current_version: int
+    staleness: int
+    staleness_weight: float
+    weight: float
+    buffered: int
+    buffer_size: int
+    def __init__(self, buffer_number: _Optional[int] = ..., round_number: _Optional[int] = ..., base_version: _Optional[int] = ..., current_version: _Optional[int] = ..., staleness: _Optional[int] = ..., staleness_weight: _Optional[float] = ..., weight: _Optional[float] = ..., buffered: _Optional[int] = ..., buffer_size: _Optional[int] = ...) -> None: ...
 
 class PrivacyParams(_message.Message):
     __slots__ = ("mode", "mechanism", "clip", "noise_std", "indicator_std", "min_survivors", "range_bits")
@@ -210,7 +256,7 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("round_id", "phase", "total_bytes", "kind", "weight", "metadata_json", "wait_seconds")
+    __slots__ = ("round_id", "phase", "total_bytes", "kind", "weight", "metadata_json", "wait_seconds", "base_version")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +264,7 @@ class UploadHeader(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     round_id: bytes
     phase: int
     total_bytes: int
@@ -225,7 +272,8 @@ class UploadHeader(_message.Message):
     weight: float
     metadata_json: str
     wait_seconds: float
-    def __init__(self, round_id: _Optional[bytes] = ..., phase: _Optional[int] = ..., total_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., weight: _Optional[float] = ..., metadata_json: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    base_version: int
+    def __init__(self, round_id: _Optional[bytes] = ..., phase: _Optional[int] = ..., total_bytes: _Optional[int] = ..., kind: _Optional[str] = ..., weight: _Optional[float] = ..., metadata_json: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class UploadMessage(_message.Message):
     __slots__ = ("header", "data")
@@ -236,14 +284,16 @@ class UploadMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SubmitAck(_message.Message):
-    __slots__ = ("accepted", "detail", "next")
+    __slots__ = ("accepted", "detail", "next", "receipt")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     detail: str
     next: Task
-    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ..., next: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+    receipt: AsyncReceipt
+    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ..., next: _Optional[_Union[Task, _Mapping]] = ..., receipt: _Optional[_Union[AsyncReceipt, _Mapping]] = ...) -> None: ...
 
 class ModelRequest(_message.Message):
     __slots__ = ("version",)
@@ -440,20 +490,24 @@ class RenewalReply(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_bundle_pem: _Optional[bytes] = ..., not_after: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("name", "mode", "rounds", "hyperparameters_json", "base_model_version", "start")
+    __slots__ = ("name", "mode", "rounds", "hyperparameters_json", "base_model_version", "start", "schedule", "async_json")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    ASYNC_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: str
     rounds: int
     hyperparameters_json: str
     base_model_version: int
     start: bool
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., base_model_version: _Optional[int] = ..., start: _Optional[bool] = ...) -> None: ...
+    schedule: str
+    async_json: str
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., base_model_version: _Optional[int] = ..., start: _Optional[bool] = ..., schedule: _Optional[str] = ..., async_json: _Optional[str] = ...) -> None: ...
 
 class RunControl(_message.Message):
     __slots__ = ("run_id", "action", "reason")

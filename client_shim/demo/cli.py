@@ -6,7 +6,7 @@ digits), shows the rounds live, then reports the accuracy of every published mod
 centralized training, the bytes each client sent, and the audit chain's verification. Needs
 the client extra (torch, scikit-learn); nothing is downloaded.
 
-    sealagg-demo [--clients N] [--rounds R] [--mode secagg+] [--dp] [--dropout F] ...
+    sealagg-demo [--clients N] [--rounds R] [--mode secagg+] [--dp] [--dropout F] [--console] ...
     python -P -m sealagg.client_shim.demo.cli ...   (the same, without the console script)
 """
 
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, store, kits)"
     )
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="serve the appliance's web console on loopback and print its address and a "
+        "one-time login link (on a terminal, the rounds start when you press Enter)",
+    )
     return p
 
 
@@ -113,6 +119,7 @@ def main(
             epochs=args.epochs,
             folder=args.folder,
             keep=args.keep,
+            console=args.console,
         )
         config.plan()  # refuses a dropout the rounds could not survive, before any work
         if args.folder is not None and args.folder.is_dir() and any(args.folder.iterdir()):

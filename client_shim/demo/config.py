@@ -55,6 +55,8 @@ class DemoConfig:
     vanish_plan: dict[int, dict[str, int]] | None = None
     #: Give up (and fail) after this many seconds.
     timeout: float = 600.0
+    #: Serve the appliance's web console (``[console]``) and print its address and a login.
+    console: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -95,6 +95,8 @@ def demo_settings(config: DemoConfig) -> dict[str, dict[str, Scalar]]:
     }
     if config.key_holder:  # mode ckks refuses a round without a designated key holder
         settings["ckks"] = {"key_holder": config.key_holder}
+    if config.console:  # loopback, a free port; read-only viewing without signing in
+        settings["console"] = {"enabled": True}
     return settings
 
 

@@ -24,6 +24,7 @@ the federation), ``clients/<name>/`` (each client's own keys and installed kit) 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from rich.markup import escape
 
 from sealagg.client_shim.demo.commands import SealaggCommandError
 from sealagg.client_shim.demo.config import DemoConfig
+from sealagg.client_shim.demo.console_link import console_login
 from sealagg.client_shim.demo.data import Split, dirichlet_shards, load_split, save_shard
 from sealagg.client_shim.demo.display import Progress, live_view
 from sealagg.client_shim.demo.evaluate import collect_client_reports, evaluate
@@ -70,6 +72,32 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
         result.seconds = time.monotonic() - started
     result.ok = not result.problems
     return result
+
+
+def _show_console(
+    federation: Federation, work: Path, console: Console, appliance: ApplianceProcess
+) -> None:
+    """Print the web console's address and a one-time login (from ``sealagg console``); on a
+    terminal, wait for Enter so the rounds can be watched from the first one."""
+    try:
+        address, login = console_login(federation.folder, work)
+    except SealaggCommandError as error:
+        if appliance.poll() is not None:
+            raise
+        console.print(f"  [yellow]console: not available[/] ({escape(str(error))})")
+        return
+    # soft_wrap: a URL split over two lines could not be copied
+    console.print(
+        f"  [bold]console[/]: {escape(address)} (read-only until you sign in)", soft_wrap=True
+    )
+    console.print(f"  sign in (one-time link, about 2 minutes): {escape(login)}", soft_wrap=True)
+    console.print(
+        "  the browser will warn about the certificate: the federation's own CA signed it "
+        f"({escape(str(federation.folder / 'ca.pem'))})",
+        soft_wrap=True,
+    )
+    if sys.stdin.isatty():
+        console.input("  open it in a browser, then press Enter to start the rounds ")
 
 
 def _run(
@@ -110,6 +138,8 @@ def _run(
     poller: StatusPoller | None = None
     progress = Progress(config.rounds, config.mode, time.monotonic())
     try:
+        if config.console:
+            _show_console(federation, work, console, appliance)
         for proc in clients.values():
             proc.start(wait_for_go=True)
         poller = StatusPoller(federation.admin_kit)

@@ -1,0 +1,426 @@
+"""Asynchronous buffered aggregation (FedBuff with staleness weights, issue 21): the scheduler.
+
+While an ``async`` run is running (parameters: :mod:`appliance.async_schedule`), there are no
+rounds to wait for. Every ready client that is polling gets a *lease*: a ``RoundStart`` with
+``asynchronous`` set, naming the current model version. It trains whenever it can and submits
+under the lease id; the update joins the buffer that is filling when it arrives, weighted by
+``w * s(tau)`` (``tau`` = current version - the lease's version, :mod:`crypto.staleness`), and is
+added in place (:class:`~appliance.async_buffer.AsyncBuffer`). When K updates are in, the
+buffer's weighted mean goes through the synchronous publish path (optimizer, quality gate,
+vendor gate, approvals, audit, model version) and the next buffer opens; each buffer is a
+``rounds`` row of its run and counts against the run's budget when it opens.
+
+The rules, each with its reason:
+
+- **The base version is the lease's.** A submission names a lease the appliance issued to the
+  caller (identity from mutual TLS); a claimed base version must equal the lease's, and one
+  that does not exist or was never leased to this client is refused. So no client can claim a
+  fresher base than it downloaded (a larger weight), nor a version that never existed.
+- **Past the maximum staleness is refused**, with the reason, and the lease is spent: the
+  client polls for a new lease on the current version.
+- **One update per client per buffer.** A client already in the filling buffer gets no new
+  lease until it closes, and a second update into it is refused (``ALREADY_EXISTS``): no
+  client can weigh more than once in a published mean of K.
+- **Bounded memory.** At most ``max_open_buffers`` buffers (filling or publishing), each one
+  O(d) sum; at most :data:`LEASES_PER_CLIENT` leases per client.
+- **Leases go to clients polling now.** A lease queued for a client that is away would be
+  stale by the time it is collected.
+
+What the server learns that it does not in synchronous mode: in plaintext and attested modes
+it sees every update anyway; in addition, each publication records which base versions
+contributed and with which staleness weights (audit ``async_buffer``), i.e. how far behind
+each member was, a timing signal a synchronous round (every member on one version) lacks.
+
+Design note for masked buffers (secagg / secagg+, a later slice; not implemented): each buffer
+is one secure-aggregation instance over the first K clients that register for it. A client
+registers with its lease; its base version is signed into its key advertisement, so every
+member and the transcript fix ``tau`` and ``s(tau)``, and the client folds ``w * s(tau)`` into
+the weight coordinate of its own masked vector (the appliance checks the declared weight
+against the transcript, never a client's word). Dropout recovery is per buffer as in a round;
+a buffer whose survivors fall below ``max(t, m)`` is aborted, not published, so the privacy
+condition (at least ``m`` clients in any revealed sum) holds per buffer. The server then
+learns the sum of each buffer and its members' base versions (signed, audited), nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from sealagg.appliance.async_buffer import AsyncBuffer, Contribution, Lease
+from sealagg.appliance.async_schedule import AsyncSpec
+from sealagg.appliance.errors import StoreError
+from sealagg.appliance.rounds import UploadRefusedError
+from sealagg.appliance.runs import Run, RunError
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire.modelcodec import Layout
+from sealagg.crypto.staleness import StaleUpdateError, staleness
+
+if TYPE_CHECKING:
+    from sealagg.appliance.orchestrator import Orchestrator
+
+__all__ = ["LEASES_PER_CLIENT", "AsyncScheduler"]
+
+_log = logging.getLogger("sealagg.async")
+
+#: Leases remembered per client (a client that polls again abandons the older ones); spent
+#: leases are remembered as long, so a resent upload is told it landed.
+LEASES_PER_CLIENT = 8
+#: How often the loop looks for polling clients and full buffers when nothing wakes it.
+TICK_SECONDS = 0.05
+UPDATE_KIND = "plaintext_update"
+MAX_METADATA_CHARS = 4096
+
+
+class AsyncScheduler:
+    """Leases, buffers and publications of the one running asynchronous run.
+
+    Runs on the orchestrator's event loop; uploads arrive under the orchestrator's lock.
+    It publishes through the orchestrator's own publish path (``Orchestrator._publish``), so
+    a buffer is gated, approved, audited and versioned exactly as a round is.
+    """
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orch = orchestrator
+        self.run_id = ""  # the run whose state this holds ("" = none)
+        self.spec: AsyncSpec | None = None
+        self.dimension = 0
+        self.filling: AsyncBuffer | None = None
+        self.full: collections.deque[AsyncBuffer] = collections.deque()
+        self.leases: dict[bytes, Lease] = {}
+        self._by_client: dict[str, collections.OrderedDict[bytes, None]] = {}
+        self._spent: dict[str, collections.OrderedDict[bytes, int]] = {}  # lease -> buffer
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------- the run's loop
+
+    @property
+    def attached(self) -> bool:
+        return bool(self.run_id)
+
+    async def drive(self, run: Run, stop: asyncio.Event) -> None:
+        """Lease, buffer and publish for ``run`` while it runs (returns when it is paused,
+        stopped or finished, or at ``stop``). A paused run keeps its buffers in memory; updates
+        still join the filling buffer, and it publishes once the run resumes."""
+        orch = self._orch
+        refusal = self._refusal(run)
+        if refusal is not None:  # e.g. the configuration changed since the run was created
+            _log.warning("run %s stopped: %s", run.run_id, refusal)
+            orch._stop(run, by="appliance", reason=refusal)
+            return
+        if not self._attach(run):
+            return  # no accepted model yet: the orchestrator's loop asks again
+        while not stop.is_set():
+            run = orch.runs.get(run.run_id)
+            if run.status != "running":
+                break
+            if run.budget_spent and self.filling is None and not self.full:
+                orch._finish_run(run)
+                break
+            self._open_buffer(run)  # first: the next buffer fills while this one publishes
+            self._lease_to_polling(run)
+            if self.full and not orch._awaiting_approval(run):
+                await self._publish(self.full[0], run)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+        run = orch.runs.get(run.run_id)
+        if run.status in ("finished", "stopped"):
+            self.detach(f"run {run.status}")
+
+    def _refusal(self, run: Run) -> str | None:
+        """Why the loaded configuration cannot drive ``run`` (None: it can). Its rules were
+        checked at creation against the configuration then; a restart may load another."""
+        agg = self._orch.config.aggregation
+        if run.mode != agg.mode:
+            return f"the federation's mode is now {agg.mode!r}, the run's is {run.mode!r}"
+        try:
+            spec = AsyncSpec.parse(run.async_params or "")
+            spec.check_run(
+                mode=agg.mode,
+                min_clients=agg.min_clients,
+                registered=spec.buffer_size,  # clients come and go: not a reason to stop
+                privacy=self._orch.privacy.enabled,
+                rule=agg.rule,
+            )
+        except RunError as error:
+            return str(error)
+        return None
+
+    def _attach(self, run: Run) -> bool:
+        """Hold ``run``'s state (new, unless it is the run already held); False while there
+        is no accepted model to lease."""
+        if self.run_id == run.run_id:
+            return True
+        current = self._orch.store.current_model()
+        if current is None:
+            return False
+        self.detach("another run started")
+        self.spec = AsyncSpec.parse(run.async_params or "")
+        self.dimension = Layout.of(self._orch.store.load_model(current.version)).dimension
+        self.run_id = run.run_id
+        return True
+
+    def detach(self, reason: str) -> None:
+        """Forget the run's state; its unpublished buffers' rounds are aborted (recorded)."""
+        for buffer in [*self.full, *([self.filling] if self.filling else [])]:
+            with contextlib.suppress(StoreError):
+                self._orch.store.set_round_status(buffer.number, "aborted", reason)
+        self.run_id = ""
+        self.spec = None
+        self.filling = None
+        self.full.clear()
+        self.leases.clear()
+        self._by_client.clear()
+        self._spent.clear()
+
+    def _open_buffer(self, run: Run) -> None:
+        """Open the next buffer (a round of the run, counted against its budget) when none is
+        filling, the budget allows and fewer than ``max_open_buffers`` are open."""
+        spec = self.spec
+        assert spec is not None
+        if self.filling is not None or run.budget_spent:
+            return
+        if len(self.full) >= spec.max_open_buffers:
+            return
+        orch = self._orch
+        round_id = orch._next_round_id()
+        mode = run.mode
+        number, run = orch.runs.open_round(
+            run, lambda: orch.store.open_round(mode, round_id, run=run.row)
+        )
+        self.filling = AsyncBuffer(
+            number=number,
+            round_id=round_id,
+            run_id=run.run_id,
+            index=run.rounds_done,  # counted at open: this buffer's 1-based index
+            size=spec.buffer_size,
+            dimension=self.dimension,
+        )
+        _log.info("run %s: buffer %d open (round %d)", run.run_id, run.rounds_done, number)
+
+    def _lease_to_polling(self, run: Run) -> None:
+        """A lease on the current version to every ready client polling now that is not in
+        the filling buffer."""
+        orch = self._orch
+        buffer = self.filling
+        if buffer is None or orch._awaiting_approval(run):
+            return
+        current = orch.store.current_model()
+        if current is None:
+            return
+        for name in orch.ready_clients():
+            link = orch._links.get(name)
+            if link is None or link.polling == 0 or name in buffer.members:
+                continue
+            orch._send_to(name, pb.Task(round_start=self._lease(name, current, run, buffer)))
+
+    def _lease(self, name: str, current, run: Run, buffer: AsyncBuffer) -> pb.RoundStart:
+        spec = self.spec
+        assert spec is not None
+        orch = self._orch
+        lease = Lease(secrets.token_bytes(32), name, current.version, orch._clock())
+        self.leases[lease.lease_id] = lease
+        held = self._by_client.setdefault(name, collections.OrderedDict())
+        held[lease.lease_id] = None
+        while len(held) > LEASES_PER_CLIENT:
+            old, _ = held.popitem(last=False)
+            self.leases.pop(old, None)
+        agg = orch.config.aggregation
+        key = orch._identity_keys()[name]
+        return pb.RoundStart(
+            round_number=buffer.number,
+            round_id=lease.lease_id,
+            mode=run.mode,
+            model_version=current.version,
+            client_index=1,
+            participants=[pb.Participant(index=1, name=name, identity_key=key)],
+            vector_length=self.dimension,
+            clip=agg.clip,
+            max_clients=spec.buffer_size,
+            model_sha256=current.sha256,
+            contribution_weight=orch.config.contribution_weight(name),
+            roster=orch.roster_gate.view().signed,
+            run_id=run.run_id,
+            run_round=buffer.index,
+            run_rounds=run.rounds,
+            hyperparameters_json=run.hyperparameters,
+            asynchronous=True,
+            buffer_number=buffer.index,
+            async_params=spec.wire(),
+        )
+
+    async def _publish(self, buffer: AsyncBuffer, run: Run) -> None:
+        """The buffer's weighted mean through the round publish path (the oldest full first,
+        so versions follow buffers in order)."""
+        orch = self._orch
+        buffer.publishing = True
+        current = orch.store.current_model()
+        assert current is not None
+        weights = orch.store.load_model(current.version)
+        layout = Layout.of(weights)
+        orch.store.record_phase(buffer.number, "update", len(buffer.members), [])
+        try:
+            aggregate = await asyncio.to_thread(buffer.aggregate)
+            outcome = await orch._publish(buffer, [], aggregate, weights, layout, current.version)
+        finally:
+            self.full.popleft()
+        orch.history.append(outcome)
+        orch.metrics.rounds.labels(outcome.outcome).inc()
+        _log.info(
+            "run %s: buffer %d %s (version %s)",
+            run.run_id,
+            buffer.index,
+            outcome.outcome,
+            outcome.model_version,
+        )
+        self._wake.set()
+
+    # ------------------------------------------------------------------------ uploads
+
+    def check_upload(self, name: str, header: pb.UploadHeader) -> int:
+        """Validate a header before its data is read; returns the byte limit."""
+        if header.kind != UPDATE_KIND:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT", f"asynchronous runs take updates, not {header.kind!r}"
+            )
+        self._lease_of(name, bytes(header.round_id))
+        limit = 4 * self.dimension
+        if header.total_bytes > limit:
+            raise UploadRefusedError(
+                "RESOURCE_EXHAUSTED", f"declared size {header.total_bytes} exceeds {limit} bytes"
+            )
+        if header.metadata_json:
+            try:
+                meta = json.loads(header.metadata_json)
+            except (ValueError, RecursionError):
+                raise UploadRefusedError("INVALID_ARGUMENT", "metadata_json is not JSON") from None
+            if not isinstance(meta, dict) or len(header.metadata_json) > MAX_METADATA_CHARS:
+                raise UploadRefusedError(
+                    "INVALID_ARGUMENT", "metadata_json must be a small JSON object"
+                )
+        return limit
+
+    async def submit(
+        self, name: str, header: pb.UploadHeader, payload: bytes | bytearray, *, off_loop: bool
+    ) -> pb.AsyncReceipt:
+        """Take one update into the filling buffer (call under the orchestrator's lock);
+        UploadRefusedError with the reason the client is told. The checks and bookkeeping
+        run on the event loop; with ``off_loop`` the O(d) check-and-add runs in a worker
+        thread, so polls keep being served while a large update is added."""
+        spec = self.spec
+        assert spec is not None
+        self.check_upload(name, header)
+        if len(payload) != header.total_bytes:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT",
+                f"received {len(payload)} bytes, header declared {header.total_bytes}",
+            )
+        lease = self._lease_of(name, bytes(header.round_id))
+        self._check_base(name, lease, header.base_version)
+        current = self._orch.store.current_model()
+        assert current is not None
+        try:
+            tau = staleness(current.version, lease.version)
+            weight = spec.policy.weight(tau)
+        except StaleUpdateError as error:
+            self._spend(name, lease, 0)
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"stale update refused: {error}"
+            ) from None
+        buffer = self.filling
+        if buffer is None:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION",
+                f"no buffer of run {self.run_id} is filling ({len(self.full)} full, waiting to "
+                "be published, or the run's budget is spent): poll for a new task",
+            )
+        contribution = Contribution(name, lease.version, tau, weight, float(header.weight))
+        if off_loop:
+            await asyncio.to_thread(buffer.add, name, payload, contribution, header.metadata_json)
+            if buffer is not self.filling:  # the run stopped meanwhile: its buffers are gone
+                raise UploadRefusedError("FAILED_PRECONDITION", f"run {self.run_id or ''} ended")
+        else:
+            buffer.add(name, payload, contribution, header.metadata_json)
+        self._spend(name, lease, buffer.index)
+        if buffer.full:
+            self.full.append(buffer)
+            self.filling = None
+            self._open_buffer(self._orch.runs.get(self.run_id))  # no gap for the next update
+            self._wake.set()
+        return pb.AsyncReceipt(
+            buffer_number=buffer.index,
+            round_number=buffer.number,
+            base_version=lease.version,
+            current_version=current.version,
+            staleness=tau,
+            staleness_weight=weight,
+            weight=contribution.weight,
+            buffered=len(buffer.members),
+            buffer_size=buffer.size,
+        )
+
+    def _lease_of(self, name: str, lease_id: bytes) -> Lease:
+        lease = self.leases.get(lease_id)
+        if lease is not None and lease.client == name:
+            return lease
+        spent = self._spent.get(name, {}).get(lease_id)
+        if spent is not None:
+            where = f"its update joined buffer {spent}" if spent else "its update was refused"
+            raise UploadRefusedError(
+                "ALREADY_EXISTS", f"this lease was already used ({where}); poll for a new task"
+            )
+        raise UploadRefusedError(
+            "FAILED_PRECONDITION",
+            f"run {self.run_id} issued no open lease with this id to {name}: an update is "
+            "submitted under the lease that named its base version (poll for a task)",
+        )
+
+    def _check_base(self, name: str, lease: Lease, claimed: int) -> None:
+        """A claimed base version must exist and be the lease's (0: the lease's)."""
+        if not claimed or claimed == lease.version:
+            return
+        try:
+            self._orch.store.model_version(claimed)
+        except (StoreError, ValueError, OverflowError):
+            raise UploadRefusedError(
+                "NOT_FOUND", f"base version {claimed} does not exist; nothing was added"
+            ) from None
+        raise UploadRefusedError(
+            "FAILED_PRECONDITION",
+            f"base version {claimed} was never leased to {name} under this lease (it names "
+            f"version {lease.version}); nothing was added",
+        )
+
+    def _spend(self, name: str, lease: Lease, buffer_index: int) -> None:
+        self.leases.pop(lease.lease_id, None)
+        self._by_client.get(name, {}).pop(lease.lease_id, None)
+        spent = self._spent.setdefault(name, collections.OrderedDict())
+        spent[lease.lease_id] = buffer_index
+        while len(spent) > LEASES_PER_CLIENT:
+            spent.popitem(last=False)
+
+    def status(self) -> dict | None:
+        """For ``sealagg status``: the filling buffer, full buffers and open leases (counts)."""
+        if not self.attached or self.spec is None:
+            return None
+        filling = self.filling
+        return {
+            "run": self.run_id,
+            "buffer_size": self.spec.buffer_size,
+            "filling": None
+            if filling is None
+            else {
+                "buffer": filling.index,
+                "round": filling.number,
+                "updates": len(filling.members),
+            },
+            "full": [b.index for b in self.full],
+            "leases": len(self.leases),
+        }
