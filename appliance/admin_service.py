@@ -57,15 +57,18 @@ class AdminService(pb_grpc.AdminServicer):
         *,
         federation: FederationFolder | None = None,
         console_login: ConsoleLogin | None = None,
+        console_address: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``federation``: the loaded folder (certificates, client records, revocation);
         None: loaded from the store's folder. ``console_login``: mints a console login for
-        an administrator (None: the console is off and OpenConsole says so)."""
+        an administrator (None: the console is off and OpenConsole says so).
+        ``console_address``: where the console serves now (None: off), shown by Status."""
         self._orch = orchestrator
         self._store = store
         self._identify = identify
         self._metrics = metrics
         self.console_login = console_login
+        self._console_address = console_address
         if federation is None:
             federation = _federation_of(store)
         self.operations = AdminOperations(orchestrator, store, admins, federation)
@@ -89,7 +92,9 @@ class AdminService(pb_grpc.AdminServicer):
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
         await self._admin(context, Action.STATUS)
-        return pb.StatusReply(json=json.dumps(self.views.status()))
+        return pb.StatusReply(
+            json=json.dumps({**self.views.status(), "console": self._console_address()})
+        )
 
     async def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext

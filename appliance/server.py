@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -291,13 +290,16 @@ class Appliance:
 
     def _admin_service(self, identify: Callable) -> AdminService:
         """The Admin service; it hands out console logins (``OpenConsole``) when the console
-        is enabled (the keyword is passed only to an AdminService that takes it)."""
-        takes = inspect.signature(AdminService.__init__).parameters
-        extra: dict = {"federation": self.federation} if "federation" in takes else {}
-        if self.config.console.enabled and "console_login" in takes:
-            extra["console_login"] = self._console_login
+        is enabled."""
         return AdminService(
-            self.orchestrator, self.store, identify, self.admins.current, self.metrics, **extra
+            self.orchestrator,
+            self.store,
+            identify,
+            self.admins.current,
+            self.metrics,
+            federation=self.federation,
+            console_login=self._console_login if self.config.console.enabled else None,
+            console_address=lambda: self.console.url if self.console is not None else None,
         )
 
     def _console_login(self, admin: str) -> tuple[str, float]:
@@ -310,16 +312,7 @@ class Appliance:
         """The web console on this loop, with the gRPC server's key and certificate, the same
         per-call certificate check, the admin directory, and the Admin service's own views and
         operations (one code path for gRPC, the admin API and the console)."""
-        from sealagg.appliance.admin_ops import AdminOperations
-        from sealagg.appliance.admin_views import AdminViews
-
         section = self.config.console
-        views = getattr(self.admin_service, "views", None) or AdminViews(
-            self.orchestrator, self.store, self.federation, admins=self.admins.current
-        )
-        operations = getattr(self.admin_service, "operations", None) or AdminOperations(
-            self.orchestrator, self.store, self.admins.current, self.federation
-        )
         directory = self.admins.current
         return await start_console(
             settings=ConsoleSettings(
@@ -330,8 +323,8 @@ class Appliance:
                 token_seconds=section.token_seconds,
                 public_host=self.config.server.tls_server_name,
             ),
-            views=views,
-            operations=operations,
+            views=self.admin_service.views,
+            operations=self.admin_service.operations,
             key_pem=self.tls_identity.key_pem,
             chain_pem=self.tls_identity.chain_pem,
             client_cas_pem=client_trust_anchors(self.federation),

@@ -56,6 +56,9 @@ def render_status(
     overview.add_column()
     overview.add_row("federation", escape(federation))
     overview.add_row("appliance", escape(address))
+    console_url = status.get("console")
+    if isinstance(console_url, str) and console_url:
+        overview.add_row("console", f"{escape(console_url)} (sign in: `sealagg console`)")
     overview.add_row("mode", escape(str(status.get("mode", "?"))))
     version = status.get("model_version")
     overview.add_row("model version", "none yet" if version is None else escape(str(version)))

@@ -123,6 +123,7 @@ def test_the_console_in_chromium(deployment, running) -> None:
     # console` (what an administrator runs) each get their own.
     with connect(dep.folder, address=dep.address, timeout=10) as admin:
         api_url, expires = admin.open_console()
+        assert admin.status()["console"] == console.url  # `sealagg status` shows it
     assert api_url.startswith(console.url + "login?token=") and expires == 120.0
     printed = CliRunner().invoke(
         cli_app, ["console", "-f", str(dep.folder), "--address", dep.address, "--timeout", "10"]
