@@ -72,7 +72,8 @@ Views and their keys
 ``privacy`` (no args) -> dict
     enabled (bool), mode, accountant, delta (float | None), target_epsilon (float | None),
     epsilon_cumulative (float | None), exhausted (str | None),
-    runs [{run_id (str | None), series [{round, epsilon_round, epsilon_cumulative, at}]}].
+    runs [{run_id (str | None), series [{round, epsilon_round, epsilon_cumulative, at}]}],
+    clients {epsilon {name: ε}, participations {name: n}, exhausted [names]} (async runs).
 
 ``attestations`` (args: limit?: int 1..1000, default 200) -> list of dict, newest first
     seq, at, client, accepted (bool), format, reason, detail, round (int | None: the round
@@ -326,7 +327,14 @@ class AdminViews:
             }
         privacy = dict(status.get("privacy") or {})
         if self.hides_clients:
-            privacy.pop("local_dp_epsilon", None)
+            for key in (
+                "local_dp_epsilon",
+                "epsilon_per_client",
+                "participations_per_client",
+                "clients_exhausted",
+                "last_buffer",
+            ):
+                privacy.pop(key, None)
         return {
             "run": status.get("run"),
             "model_version": status.get("model_version"),
@@ -585,6 +593,12 @@ class AdminViews:
             "epsilon_cumulative": _finite(summary.get("epsilon_cumulative")),
             "exhausted": summary.get("exhausted"),
             "runs": [{"run_id": run, "series": points} for run, points in series.items()],
+            # Async runs (issue 21): each client's own ε, composed over the buffers it joined.
+            "clients": {
+                "epsilon": summary.get("epsilon_per_client") or {},
+                "participations": summary.get("participations_per_client") or {},
+                "exhausted": summary.get("clients_exhausted") or [],
+            },
         }
 
     # ----------------------------------------------------------------------- attestations

@@ -14,9 +14,14 @@ per member, its base version, ``tau`` and ``s(tau)``: in an asynchronous run the
 learns (and records) which base versions contributed to each published version, which a
 synchronous round (every member on the one current version) does not reveal.
 
-A future masked buffer is one secure-aggregation instance over the first K clients that
-register for it; this class is then its plaintext/attested sibling, with the same
-``number``/``round_id``/``aggregate`` surface.
+In masked modes (secagg, secagg+) a buffer is one secure-aggregation round over the first K
+clients that *register* for it (:class:`MaskedBuffer`: names and base versions, no vector):
+each member's base version enters the round's transcript and the member's signed
+advertisement (:mod:`crypto.buffer_context`), every member folds ``w * s(tau)`` into its own
+masked vector, and :class:`BufferRound` (a :class:`~appliance.rounds.MaskedRound`) audits
+which base versions the unmasked sum covers. The appliance cannot check inside a masked
+vector that a member applied ``s(tau)``: a malicious client can skip it, exactly as it can
+misstate its own weight ``w``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,20 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from sealagg.appliance.rounds import Aggregate, UploadRefusedError, WeightedSum
+from sealagg.appliance.rounds import Aggregate, MaskedRound, UploadRefusedError, WeightedSum
+from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.crypto.buffer_context import BufferContext
+from sealagg.crypto.staleness import StalenessPolicy
 
-__all__ = ["AsyncBuffer", "Contribution", "Lease"]
+__all__ = [
+    "AsyncBuffer",
+    "BufferPlan",
+    "BufferRound",
+    "Contribution",
+    "Lease",
+    "MaskedBuffer",
+    "Registration",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +142,105 @@ class AsyncBuffer:
                 },
             }
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A client whose update is ready on ``base_version`` (its lease's), waiting for its
+    buffer's secure-aggregation round. No update byte reaches the appliance here."""
+
+    client: str
+    base_version: int
+    staleness: int  # at registration (the round fixes the final one from its parent)
+
+
+class MaskedBuffer:
+    """A masked run's buffer: the first K registrations, then one secure-aggregation round
+    among exactly them (:meth:`appliance.orchestrator.Orchestrator.run_buffer_round`)."""
+
+    def __init__(self, *, number: int, round_id: bytes, run_id: str, index: int, size: int) -> None:
+        self.number = number
+        self.round_id = round_id  # the id its secure-aggregation round will carry
+        self.run_id = run_id
+        self.index = index
+        self.size = size
+        self.members: dict[str, Registration] = {}
+        self.publishing = False
+
+    @property
+    def full(self) -> bool:
+        return len(self.members) >= self.size
+
+    def register(self, registration: Registration) -> None:
+        """One registration per client per buffer; none into a full buffer."""
+        client = registration.client
+        if client in self.members:
+            raise UploadRefusedError(
+                "ALREADY_EXISTS",
+                f"{client} already registered for buffer {self.index} of run {self.run_id}: one "
+                "update per client per buffer (wait for the next model version)",
+            )
+        if self.full or self.publishing:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"buffer {self.index} of run {self.run_id} is full"
+            )
+        self.members[client] = registration
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferPlan:
+    """What the orchestrator needs to run one masked buffer's round (its ``rounds`` row is
+    already open and counted): members with their base versions, and the run's schedule."""
+
+    number: int
+    round_id: bytes
+    run_id: str
+    index: int
+    size: int
+    bases: dict[str, int]  # member -> the version it trained on (its lease's)
+    policy: StalenessPolicy
+    params: pb.AsyncParams
+
+    def context(self, parent: int, indices: dict[str, int]) -> BufferContext:
+        """The round's public context; refuses a member past the maximum staleness."""
+        bases = {indices[name]: base for name, base in self.bases.items()}
+        return BufferContext(parent, bases, self.policy)
+
+
+class BufferRound(MaskedRound):
+    """One masked buffer's secure-aggregation round: a masked round whose transcript carries
+    the buffer's context, and whose audit says which base versions the published sum covers
+    (what an asynchronous run reveals beyond a synchronous round)."""
+
+    buffer_index = 0
+    run_id = ""
+    size = 0
+
+    def result_audit(self) -> dict[str, dict]:
+        context = self.config.buffer
+        assert context is not None
+        survivors = self.server.result.survivors
+        return {
+            "async_buffer": {
+                "round": self.number,
+                "run": self.run_id,
+                "buffer": self.buffer_index,
+                "buffer_size": self.size,
+                "parent_version": context.parent_version,
+                "masked": True,
+                "members": {
+                    self.by_index[u].name: _masked_member(context, u) for u in sorted(survivors)
+                },
+            }
+        }
+
+
+def _masked_member(context: BufferContext, index: int) -> dict:
+    """A survivor's base version, staleness and the ``s(tau)`` it was to fold in (signed in
+    its advertisement; whether it did is inside its masked vector, unseen)."""
+    return {
+        "base_version": context.base_versions[index],
+        "staleness": context.staleness_of(index),
+        "staleness_weight": round(context.weight_of(index), 12),
+        "client_weight": "inside the masked vector",
+    }

@@ -26,20 +26,36 @@ The rules, each with its reason:
 - **Leases go to clients polling now.** A lease queued for a client that is away would be
   stale by the time it is collected.
 
+Masked modes (secagg, secagg+): each buffer is one secure-aggregation round among exactly
+the first K clients that register for it. A client trains on its leased version and, when its
+update is ready, *registers* under the lease (``async_registration``: no update byte, the
+same lease, base-version, staleness and one-per-buffer checks as above); when K registered,
+the buffer is full, the next one starts filling, and the full buffer's round runs
+(:meth:`~appliance.orchestrator.Orchestrator.run_buffer_round`: the masked-round machinery
+with its dropout recovery, consistency check, deadlines and presence) on the current version
+as parent. Its transcript fixes, for every member, the base version it trained on, the parent
+and the staleness function (:mod:`crypto.buffer_context`); each member signs its own base
+version into its key advertisement, refuses a round listing another one for it, and folds
+``w * s(tau)`` into the weight coordinate of its masked vector, ``tau`` computed from the
+transcript. A member past the maximum staleness by the time its buffer's round starts is left
+out and told; a buffer whose members (before the round) or survivors (in it) fall below the
+round's minimum (at least ``max(t, m)``) is aborted, not published, and its members told: the
+privacy condition (at least ``m`` clients in any revealed sum) holds per buffer. Buffers
+never share members' masks: each round has its own id, keys and transcript.
+
+What the appliance cannot check: whether a member really folded ``s(tau)`` into its masked
+vector. The weight rides inside the vector, which only its owner sees; a malicious client can
+skip ``s(tau)`` (weigh as if fresh), exactly as it can misstate its own weight ``w`` in a
+synchronous masked round. Its influence stays bounded (``w * s <= 1``, the clip); the
+appliance verifies the base versions and the transcript, not the contents of a masked vector.
+
 What the server learns that it does not in synchronous mode: in plaintext and attested modes
 it sees every update anyway; in addition, each publication records which base versions
 contributed and with which staleness weights (audit ``async_buffer``), i.e. how far behind
-each member was, a timing signal a synchronous round (every member on one version) lacks.
-
-Design note for masked buffers (secagg / secagg+, a later slice; not implemented): each buffer
-is one secure-aggregation instance over the first K clients that register for it. A client
-registers with its lease; its base version is signed into its key advertisement, so every
-member and the transcript fix ``tau`` and ``s(tau)``, and the client folds ``w * s(tau)`` into
-the weight coordinate of its own masked vector (the appliance checks the declared weight
-against the transcript, never a client's word). Dropout recovery is per buffer as in a round;
-a buffer whose survivors fall below ``max(t, m)`` is aborted, not published, so the privacy
-condition (at least ``m`` clients in any revealed sum) holds per buffer. The server then
-learns the sum of each buffer and its members' base versions (signed, audited), nothing more.
+each member was, a timing signal a synchronous round (every member on one version) lacks. In
+masked modes the same: per buffer, its members, their base versions (signed, audited in
+``participants`` and ``async_buffer``), when each registered (as a plaintext run sees when
+each update arrives) and the sum over its survivors; no individual update.
 """
 
 from __future__ import annotations
@@ -52,19 +68,27 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
-from sealagg.appliance.async_buffer import AsyncBuffer, Contribution, Lease
-from sealagg.appliance.async_schedule import AsyncSpec
+from sealagg.appliance.async_buffer import (
+    AsyncBuffer,
+    BufferPlan,
+    Contribution,
+    Lease,
+    MaskedBuffer,
+    Registration,
+)
+from sealagg.appliance.async_schedule import MASKED_ASYNC_MODES, AsyncSpec
 from sealagg.appliance.errors import StoreError
 from sealagg.appliance.rounds import UploadRefusedError
 from sealagg.appliance.runs import Run, RunError
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 from sealagg.crypto.staleness import StaleUpdateError, staleness
 
 if TYPE_CHECKING:
-    from sealagg.appliance.orchestrator import Orchestrator
+    from sealagg.appliance.orchestrator import Orchestrator, RoundOutcome
 
-__all__ = ["LEASES_PER_CLIENT", "AsyncScheduler"]
+__all__ = ["LEASES_PER_CLIENT", "REGISTRATION_KIND", "AsyncScheduler"]
 
 _log = logging.getLogger("sealagg.async")
 
@@ -74,6 +98,9 @@ LEASES_PER_CLIENT = 8
 #: How often the loop looks for polling clients and full buffers when nothing wakes it.
 TICK_SECONDS = 0.05
 UPDATE_KIND = "plaintext_update"
+#: Masked modes: "my update on the lease's version is ready" (no payload); the update itself
+#: leaves the client only masked, in its buffer's secure-aggregation round.
+REGISTRATION_KIND = "async_registration"
 MAX_METADATA_CHARS = 4096
 
 
@@ -90,8 +117,10 @@ class AsyncScheduler:
         self.run_id = ""  # the run whose state this holds ("" = none)
         self.spec: AsyncSpec | None = None
         self.dimension = 0
-        self.filling: AsyncBuffer | None = None
-        self.full: collections.deque[AsyncBuffer] = collections.deque()
+        self.masked = False  # secagg / secagg+: buffers are secure-aggregation rounds
+        self.filling: AsyncBuffer | MaskedBuffer | None = None
+        self.full: collections.deque[AsyncBuffer | MaskedBuffer] = collections.deque()
+        self._secure: asyncio.Task | None = None  # the masked buffer round in flight
         self.leases: dict[bytes, Lease] = {}
         self._by_client: dict[str, collections.OrderedDict[bytes, None]] = {}
         self._spent: dict[str, collections.OrderedDict[bytes, int]] = {}  # lease -> buffer
@@ -102,6 +131,13 @@ class AsyncScheduler:
     @property
     def attached(self) -> bool:
         return bool(self.run_id)
+
+    def takes(self, header: pb.UploadHeader, *, round_open: bool) -> bool:
+        """Whether an upload is this scheduler's: any upload while no round is open, and a
+        registration while a masked buffer's round runs (the next buffer keeps filling)."""
+        if not self.attached:
+            return False
+        return not round_open or header.kind == REGISTRATION_KIND
 
     async def drive(self, run: Run, stop: asyncio.Event) -> None:
         """Lease, buffer and publish for ``run`` while it runs (returns when it is paused,
@@ -124,12 +160,22 @@ class AsyncScheduler:
                 break
             self._open_buffer(run)  # first: the next buffer fills while this one publishes
             self._lease_to_polling(run)
-            if self.full and not orch._awaiting_approval(run):
-                await self._publish(self.full[0], run)
+            if self._secure is not None and self._secure.done():
+                self._secure.result()  # a bug in it surfaces here, not silently
+                self._secure = None
                 continue
+            if self.full and self._secure is None and not orch._awaiting_approval(run):
+                if not self.masked:
+                    await self._publish(self.full[0], run)
+                    continue
+                # Its round runs beside this loop: leases and registrations go on meanwhile.
+                self._secure = asyncio.create_task(self._run_buffer(self.full[0], run))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+        if self._secure is not None:  # the buffer round in flight finishes, as a round does
+            secure, self._secure = self._secure, None
+            await secure
         run = orch.runs.get(run.run_id)
         if run.status in ("finished", "stopped"):
             self.detach(f"run {run.status}")
@@ -148,6 +194,7 @@ class AsyncScheduler:
                 registered=spec.buffer_size,  # clients come and go: not a reason to stop
                 privacy=self._orch.privacy.enabled,
                 rule=agg.rule,
+                minimum_sum=self._orch.governing_policy().minimum_sum,
             )
         except RunError as error:
             return str(error)
@@ -163,6 +210,7 @@ class AsyncScheduler:
             return False
         self.detach("another run started")
         self.spec = AsyncSpec.parse(run.async_params or "")
+        self.masked = run.mode in MASKED_ASYNC_MODES
         self.dimension = Layout.of(self._orch.store.load_model(current.version)).dimension
         self.run_id = run.run_id
         return True
@@ -172,6 +220,8 @@ class AsyncScheduler:
         for buffer in [*self.full, *([self.filling] if self.filling else [])]:
             with contextlib.suppress(StoreError):
                 self._orch.store.set_round_status(buffer.number, "aborted", reason)
+            if isinstance(buffer, MaskedBuffer):  # its members wait for its round: tell them
+                self._tell(buffer, list(buffer.members), f"buffer aborted: {reason}")
         self.run_id = ""
         self.spec = None
         self.filling = None
@@ -195,14 +245,23 @@ class AsyncScheduler:
         number, run = orch.runs.open_round(
             run, lambda: orch.store.open_round(mode, round_id, run=run.row)
         )
-        self.filling = AsyncBuffer(
-            number=number,
-            round_id=round_id,
-            run_id=run.run_id,
-            index=run.rounds_done,  # counted at open: this buffer's 1-based index
-            size=spec.buffer_size,
-            dimension=self.dimension,
-        )
+        if self.masked:  # names and base versions only: the vectors stay masked
+            self.filling = MaskedBuffer(
+                number=number,
+                round_id=round_id,
+                run_id=run.run_id,
+                index=run.rounds_done,
+                size=spec.buffer_size,
+            )
+        else:
+            self.filling = AsyncBuffer(
+                number=number,
+                round_id=round_id,
+                run_id=run.run_id,
+                index=run.rounds_done,  # counted at open: this buffer's 1-based index
+                size=spec.buffer_size,
+                dimension=self.dimension,
+            )
         _log.info("run %s: buffer %d open (round %d)", run.run_id, run.rounds_done, number)
 
     def _lease_to_polling(self, run: Run) -> None:
@@ -217,11 +276,21 @@ class AsyncScheduler:
             return
         for name in orch.ready_clients():
             link = orch._links.get(name)
-            if link is None or link.polling == 0 or name in buffer.members:
+            if link is None or link.polling == 0 or self._waiting(name):
                 continue
             orch._send_to(name, pb.Task(round_start=self._lease(name, current, run, buffer)))
 
-    def _lease(self, name: str, current, run: Run, buffer: AsyncBuffer) -> pb.RoundStart:
+    def _waiting(self, name: str) -> bool:
+        """In the filling buffer, or (masked) registered in a full one waiting for or inside
+        its round: no new lease until that buffer closes (a lease queued for a member of a
+        running round would also interrupt its protocol)."""
+        if self.filling is not None and name in self.filling.members:
+            return True
+        return self.masked and any(name in b.members for b in self.full)
+
+    def _lease(
+        self, name: str, current, run: Run, buffer: AsyncBuffer | MaskedBuffer
+    ) -> pb.RoundStart:
         spec = self.spec
         assert spec is not None
         orch = self._orch
@@ -286,12 +355,16 @@ class AsyncScheduler:
 
     def check_upload(self, name: str, header: pb.UploadHeader) -> int:
         """Validate a header before its data is read; returns the byte limit."""
-        if header.kind != UPDATE_KIND:
+        kind = REGISTRATION_KIND if self.masked else UPDATE_KIND
+        if header.kind != kind:
+            what = "registrations (the update goes masked into its buffer's round)"
             raise UploadRefusedError(
-                "INVALID_ARGUMENT", f"asynchronous runs take updates, not {header.kind!r}"
+                "INVALID_ARGUMENT",
+                f"this asynchronous run takes {what if self.masked else 'updates'}, "
+                f"not {header.kind!r}",
             )
         self._lease_of(name, bytes(header.round_id))
-        limit = 4 * self.dimension
+        limit = 0 if self.masked else 4 * self.dimension
         if header.total_bytes > limit:
             raise UploadRefusedError(
                 "RESOURCE_EXHAUSTED", f"declared size {header.total_bytes} exceeds {limit} bytes"
@@ -341,6 +414,12 @@ class AsyncScheduler:
                 f"no buffer of run {self.run_id} is filling ({len(self.full)} full, waiting to "
                 "be published, or the run's budget is spent): poll for a new task",
             )
+        if isinstance(buffer, MaskedBuffer):
+            registration = Registration(name, lease.version, tau)  # metadata: with its keys
+            buffer.register(registration)
+            self._spend(name, lease, buffer.index)
+            self._close_if_full(buffer)
+            return self._receipt(buffer, lease, current.version, tau, weight, 0.0)
         contribution = Contribution(name, lease.version, tau, weight, float(header.weight))
         if off_loop:
             await asyncio.to_thread(buffer.add, name, payload, contribution, header.metadata_json)
@@ -349,22 +428,123 @@ class AsyncScheduler:
         else:
             buffer.add(name, payload, contribution, header.metadata_json)
         self._spend(name, lease, buffer.index)
+        self._close_if_full(buffer)
+        return self._receipt(buffer, lease, current.version, tau, weight, contribution.weight)
+
+    def _close_if_full(self, buffer: AsyncBuffer | MaskedBuffer) -> None:
         if buffer.full:
             self.full.append(buffer)
             self.filling = None
             self._open_buffer(self._orch.runs.get(self.run_id))  # no gap for the next update
             self._wake.set()
+
+    @staticmethod
+    def _receipt(
+        buffer: AsyncBuffer | MaskedBuffer,
+        lease: Lease,
+        current: int,
+        tau: int,
+        s: float,
+        weight: float,
+    ) -> pb.AsyncReceipt:
+        """What the client is told; for a masked registration, the round id to wait for
+        (its staleness then is the one at registration: the round's transcript fixes the
+        final one from its parent, and ``weight`` is 0: the client's own is never seen)."""
         return pb.AsyncReceipt(
             buffer_number=buffer.index,
             round_number=buffer.number,
             base_version=lease.version,
-            current_version=current.version,
+            current_version=current,
             staleness=tau,
-            staleness_weight=weight,
-            weight=contribution.weight,
+            staleness_weight=s,
+            weight=weight,
             buffered=len(buffer.members),
             buffer_size=buffer.size,
+            buffer_round_id=buffer.round_id if isinstance(buffer, MaskedBuffer) else b"",
         )
+
+    # -------------------------------------------------------------- masked buffers
+
+    async def _run_buffer(self, buffer: MaskedBuffer, run: Run) -> None:
+        """One full masked buffer's secure-aggregation round, on the current version as
+        parent. Members past the maximum staleness by now are left out and told; with too
+        few left for the round's minimum the buffer is aborted (nothing revealed)."""
+        spec = self.spec
+        assert spec is not None
+        orch = self._orch
+        buffer.publishing = True
+        try:
+            current = orch.store.current_model()
+            assert current is not None
+            stale = {
+                name: r
+                for name, r in buffer.members.items()
+                if not _fresh_enough(spec, current.version, r.base_version)
+            }
+            if stale:
+                reason = (
+                    f"stale by the time buffer {buffer.index} ran: based on a version more than "
+                    f"{spec.policy.max_staleness} behind {current.version}; train on the "
+                    "current model"
+                )
+                self._tell(buffer, list(stale), reason)
+                orch.store.audit.append(
+                    "async_members_stale",
+                    {"round": buffer.number, "buffer": buffer.index, "clients": sorted(stale)},
+                )
+            bases = {n: r.base_version for n, r in buffer.members.items() if n not in stale}
+            floor = self._member_floor()
+            if len(bases) < floor:
+                outcome = self._abort(
+                    buffer,
+                    list(bases),
+                    f"buffer {buffer.index}: {len(bases)} members left, below the "
+                    f"{floor} a masked buffer needs; nothing was revealed or published",
+                )
+            else:
+                plan = BufferPlan(
+                    number=buffer.number,
+                    round_id=buffer.round_id,
+                    run_id=buffer.run_id,
+                    index=buffer.index,
+                    size=buffer.size,
+                    bases=bases,
+                    policy=spec.policy,
+                    params=spec.wire(),
+                )
+                outcome = await orch.run_buffer_round(plan, run)
+        finally:
+            if self.full and self.full[0] is buffer:
+                self.full.popleft()
+        orch.history.append(outcome)
+        orch.metrics.rounds.labels(outcome.outcome).inc()
+        _log.info(
+            "run %s: masked buffer %d %s (version %s)",
+            run.run_id,
+            buffer.index,
+            outcome.outcome,
+            outcome.model_version,
+        )
+        self._wake.set()
+
+    def _member_floor(self) -> int:
+        """The fewest members a masked buffer's round may start with: its K floor."""
+        agg = self._orch.config.aggregation
+        return max(MIN_MASKED_PARTIES, agg.min_clients, self._orch.governing_policy().minimum_sum)
+
+    def _abort(self, buffer: MaskedBuffer, names: list[str], reason: str) -> RoundOutcome:
+        from sealagg.appliance.orchestrator import RoundOutcome
+
+        _log.warning("run %s: %s", buffer.run_id, reason)
+        self._orch.store.set_round_status(buffer.number, "aborted", reason)
+        self._tell(buffer, names, reason)
+        return RoundOutcome(buffer.number, "aborted", reason, None, (), tuple(sorted(names)))
+
+    def _tell(self, buffer: MaskedBuffer, names: list[str], reason: str) -> None:
+        """A RoundEnd naming the buffer's round, to members waiting for it (aborted)."""
+        end = pb.RoundEnd(round_id=buffer.round_id, outcome=pb.RoundEnd.ABORTED, reason=reason)
+        for name in names:
+            self._orch._send_to(name, pb.Task(round_end=end))
 
     def _lease_of(self, name: str, lease_id: bytes) -> Lease:
         lease = self.leases.get(lease_id)
@@ -413,6 +593,7 @@ class AsyncScheduler:
         filling = self.filling
         return {
             "run": self.run_id,
+            "masked": self.masked,
             "buffer_size": self.spec.buffer_size,
             "filling": None
             if filling is None
@@ -424,3 +605,12 @@ class AsyncScheduler:
             "full": [b.index for b in self.full],
             "leases": len(self.leases),
         }
+
+
+def _fresh_enough(spec: AsyncSpec, current: int, base: int) -> bool:
+    """Within the run's maximum staleness (crypto/staleness.py, the one rule)."""
+    try:
+        spec.policy.check(staleness(current, base))
+    except StaleUpdateError:
+        return False
+    return True

@@ -12,14 +12,17 @@ A run is created with ``schedule = "async"`` and a JSON object of parameters:
 
 The rules, each with its reason:
 
-- **Only plaintext and attested modes, for now.** There the appliance sees each update (in
-  the TEE for attested) and can weight it; masked modes need the buffer to be one
-  secure-aggregation instance (a later slice), CKKS a key holder per buffer.
+- **Plaintext, attested, secagg and secagg+ modes.** In plaintext and attested modes the
+  appliance sees each update (in the TEE for attested) and weights it; in masked modes each
+  buffer is one secure-aggregation round among its K registered members, each folding its
+  own staleness weight into its masked vector (:mod:`appliance.async_runs`). CKKS would need
+  a key holder per buffer: not offered.
 - **K meets the run's minimum.** A buffer's weighted mean is what a synchronous round with K
   clients would publish, so K is at least ``[aggregation] min_clients``, the rule synchronous
-  plaintext and attested rounds obey (async must not be a way around it). The policy's ``m``
-  (the fewest clients any *revealed masked* sum may cover) binds masked buffers, per buffer,
-  when they come; here the appliance sees each update anyway.
+  rounds obey (async must not be a way around it). In masked modes K is also at least three
+  (a masked sum over two reveals each input to the other) and at least the policy's ``m``
+  (the fewest clients any revealed sum may cover): the buffer's round then enforces ``m`` on
+  its survivors, per buffer, exactly as a synchronous round does.
 - **K is reachable.** One update per client per buffer, so a buffer needs K distinct clients;
   more than the registered clients would never fill.
 - **No DP and no robust rule yet.** The DP accountant does not count participations under an
@@ -37,15 +40,19 @@ from typing import Any
 
 from sealagg.appliance.runs import RunError
 from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.crypto.rules import MIN_MASKED_PARTIES
 from sealagg.crypto.staleness import KINDS, StalenessPolicy
 
-__all__ = ["ASYNC", "SCHEDULES", "SYNC", "AsyncSpec", "check_schedule"]
+__all__ = ["ASYNC", "MASKED_ASYNC_MODES", "SCHEDULES", "SYNC", "AsyncSpec", "check_schedule"]
 
 SYNC = "sync"
 ASYNC = "async"
 SCHEDULES = (SYNC, ASYNC)
 #: Modes whose appliance sees (and so can weight) each update.
-ASYNC_MODES = ("plaintext", "attested")
+PLAIN_ASYNC_MODES = ("plaintext", "attested")
+#: Modes where each buffer is one secure-aggregation round among its members.
+MASKED_ASYNC_MODES = ("secagg", "secagg+")
+ASYNC_MODES = PLAIN_ASYNC_MODES + MASKED_ASYNC_MODES
 MAX_BUFFER_SIZE = 100_000
 MAX_OPEN_BUFFERS = 16
 MAX_STALENESS = 1_000
@@ -121,13 +128,21 @@ class AsyncSpec:
         )
 
     def check_run(
-        self, *, mode: str, min_clients: int, registered: int, privacy: bool, rule: str
+        self,
+        *,
+        mode: str,
+        min_clients: int,
+        registered: int,
+        privacy: bool,
+        rule: str,
+        minimum_sum: int = 0,
     ) -> None:
-        """The rules of the module docstring for a run in ``mode``; RunError with the reason."""
+        """The rules of the module docstring for a run in ``mode`` (``minimum_sum``: the
+        governing policy's ``m``); RunError with the reason."""
         if mode not in ASYNC_MODES:
             raise RunError(
-                f"async runs work in {' and '.join(ASYNC_MODES)} modes for now, not {mode!r} "
-                "(masked modes need one secure-aggregation instance per buffer: a later release)"
+                f"async runs work in {', '.join(ASYNC_MODES)} modes, not {mode!r} (ckks would "
+                "need a key holder per buffer)"
             )
         if privacy:
             raise RunError(
@@ -142,6 +157,15 @@ class AsyncSpec:
                 "clients ([aggregation] min_clients): a buffer's published mean must cover as "
                 "many clients as a synchronous round's"
             )
+        if mode in MASKED_ASYNC_MODES:
+            floor = max(MIN_MASKED_PARTIES, minimum_sum)
+            if self.buffer_size < floor:
+                raise RunError(
+                    f"buffer_size {self.buffer_size} is below {floor} in {mode} mode: each "
+                    f"buffer is one secure-aggregation round, which needs at least "
+                    f"{MIN_MASKED_PARTIES} parties and at least the policy's m = {minimum_sum} "
+                    "clients in any revealed sum"
+                )
         if self.buffer_size > registered:
             raise RunError(
                 f"buffer_size {self.buffer_size} exceeds the {registered} registered clients: each "

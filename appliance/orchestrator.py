@@ -33,7 +33,11 @@ others). Clients idle until an administrator decides.
 Asynchronous runs (issue 21, :mod:`appliance.async_runs`): while one runs, no round opens;
 the :class:`~appliance.async_runs.AsyncScheduler` leases the current version to polling
 clients, buffers their staleness-weighted updates and publishes each full buffer through the
-same publish path as a round (:meth:`Orchestrator._publish`).
+same publish path as a round (:meth:`Orchestrator._publish`). In masked modes a full buffer
+is one secure-aggregation round over its registered members
+(:meth:`Orchestrator.run_buffer_round`: the same build, drive, dropout recovery, deadlines,
+presence and publish path as a synchronous round, with the buffer's base versions in the
+transcript), while the next buffer fills.
 
 Readiness expires: a client counts as ready while it polls, or when its last poll ended idle
 within ``ready_window``; a client whose last poll handed it a task is busy with it (or gone)
@@ -74,6 +78,7 @@ from pathlib import Path
 import numpy as np
 
 from sealagg.appliance.approvals import record_decision
+from sealagg.appliance.async_buffer import BufferPlan, BufferRound
 from sealagg.appliance.async_runs import AsyncScheduler
 from sealagg.appliance.async_schedule import check_schedule
 from sealagg.appliance.ckks_round import build_ckks_round
@@ -117,6 +122,7 @@ from sealagg.appliance.versions import superseded_during_round
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout, flatten, unflatten
 from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
+from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.config import check_round_parameters, default_minimum_survivors
 from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
 from sealagg.crypto.params import choose_graph
@@ -279,7 +285,7 @@ class Orchestrator:
             raise UploadRefusedError(
                 "PERMISSION_DENIED", f"{name} may not take part in rounds: {reason}"
             )
-        if self._round is None and self.async_runs.attached:
+        if self.async_runs.takes(header, round_open=self._round is not None):
             return self.async_runs.check_upload(name, header)
         if self._round is None:
             raise UploadRefusedError(
@@ -350,7 +356,7 @@ class Orchestrator:
             self._gate_for(name).receive(name, header, payload)  # the vendor gate's report
             return None
         async with self._lock:
-            if self._round is None and self.async_runs.attached:
+            if self.async_runs.takes(header, round_open=self._round is not None):
                 big = len(payload) > OFF_LOOP_BYTES  # keep serving polls while it is added
                 return await self.async_runs.submit(name, header, payload, off_loop=big)
             current = self._round
@@ -681,6 +687,7 @@ class Orchestrator:
                 registered=len(self._identity_keys()),
                 privacy=self.privacy.enabled,
                 rule=agg.rule,
+                minimum_sum=self.governing_policy().minimum_sum,
             )
             if EVALUATE_EVERY in hyperparameters:  # refused now, not silently never done
                 raise RunError(f"{EVALUATE_EVERY} is not available in async runs yet")
@@ -903,14 +910,24 @@ class Orchestrator:
         finally:
             self._round_run = None
 
+    async def run_buffer_round(self, plan: BufferPlan, run: Run) -> RoundOutcome:
+        """Run one masked asynchronous buffer's secure-aggregation round (its ``rounds`` row
+        was opened and counted when the buffer opened) over exactly its registered members,
+        on the current version as parent; always ends with a RoundEnd to each of them."""
+        self._round_run = run
+        try:
+            model = self.store.current_model()
+            if model is None:
+                raise RuntimeError("no accepted model version to aggregate into")
+            names = sorted(plan.bases)
+            return await self._run_opened(plan.number, plan.round_id, names, run, model, plan)
+        finally:
+            self._round_run = None
+
     async def _run_round(self, names: list[str], run: Run | None) -> RoundOutcome:
         model = self.store.current_model()
         if model is None:
             raise RuntimeError("no accepted model version to train")
-        weights = self.store.load_model(model.version)
-        layout = Layout.of(weights)
-        keys = self._identity_keys()
-        members = [Member(i + 1, n, keys[n]) for i, n in enumerate(names)]
         round_id = self._next_round_id()
         mode = self.config.aggregation.mode
         if run is None:
@@ -919,6 +936,22 @@ class Orchestrator:
             number, run = self.runs.open_round(
                 run, lambda: self.store.open_round(mode, round_id, run=run.row)
             )
+        return await self._run_opened(number, round_id, names, run, model, None)
+
+    async def _run_opened(
+        self,
+        number: int,
+        round_id: bytes,
+        names: list[str],
+        run: Run | None,
+        model: ModelVersion,
+        buffer: BufferPlan | None,
+    ) -> RoundOutcome:
+        """The round whose ``rounds`` row is open: build, announce, drive, publish."""
+        weights = self.store.load_model(model.version)
+        layout = Layout.of(weights)
+        keys = self._identity_keys()
+        members = [Member(i + 1, n, keys[n]) for i, n in enumerate(names)]
         self._refused = set()
         self._absent = {n: self.presence.gone_reason(n) for n in names if self.presence.is_gone(n)}
         self._reconnects_audited = set()
@@ -930,17 +963,17 @@ class Orchestrator:
         self._recent_rounds[round_id] = number
         while len(self._recent_rounds) > RECENT_ROUNDS:
             self._recent_rounds.popitem(last=False)
-        self.store.audit.append(
-            "participants",
-            {
-                "round": number,
-                "clients": names,
-                "model_version": model.version,
-                "contribution_weights": {n: self.config.contribution_weight(n) for n in names},
-            },
-        )
+        participants: dict = {
+            "round": number,
+            "clients": names,
+            "model_version": model.version,
+            "contribution_weights": {n: self.config.contribution_weight(n) for n in names},
+        }
+        if buffer is not None:  # what an asynchronous buffer reveals: who trained on what
+            participants["base_versions"] = {n: buffer.bases[n] for n in names}
+        self.store.audit.append("participants", participants)
         try:
-            active, start = self._build_round(number, round_id, members, layout, model)
+            active, start = self._build_round(number, round_id, members, layout, model, buffer)
         except (InfeasibleParametersError, ValueError) as error:
             return self._finish_aborted(number, members, round_id, f"{SETUP_FAILURE}: {error}")
         if run is not None:  # what the clients' own code reads (the appliance never does)
@@ -948,6 +981,8 @@ class Orchestrator:
             start.run_round = run.rounds_done  # counted at open: this round's 1-based index
             start.run_rounds = run.rounds
             start.hyperparameters_json = run.hyperparameters
+        if buffer is not None:
+            start.run_round = buffer.index
         for m in members:
             self._links.setdefault(m.name, _Link(m.name))
         self._round = active
@@ -1136,8 +1171,10 @@ class Orchestrator:
         members: list[Member],
         layout: Layout,
         model: ModelVersion,
+        buffer: BufferPlan | None = None,
     ) -> tuple[ActiveRound, pb.RoundStart]:
-        """The round for the configured mode and rule, and the RoundStart that describes it.
+        """The round for the configured mode and rule, and the RoundStart that describes it
+        (``buffer``: a masked asynchronous buffer's round, on ``model`` as parent).
 
         Raises ``ValueError`` / ``InfeasibleParametersError`` with the reason when the round
         cannot run with these members; the round is then aborted and every member told why.
@@ -1159,8 +1196,29 @@ class Orchestrator:
             roster=self.roster_gate.view().signed,  # clients check members against it
         )
         self._privacy_plan = None
+        if buffer is not None:
+            return self._build_buffer_round(number, members, layout.dimension, start, buffer), start
         build = self._build_robust_round if agg.rule != "mean" else self._builders[agg.mode]
         return build(number, round_id, members, layout.dimension, start), start
+
+    def _build_buffer_round(
+        self, number: int, members: list[Member], d: int, start: pb.RoundStart, plan: BufferPlan
+    ) -> ActiveRound:
+        """A masked round whose transcript fixes each member's base version, the parent
+        (``start.model_version``) and the staleness function (crypto/buffer_context.py)."""
+        if self.config.aggregation.mode not in ("secagg", "secagg+"):
+            raise ValueError("buffer rounds run in masked modes only")
+        context = plan.context(start.model_version, {m.name: m.index for m in members})
+        active = self._build_masked_round(number, plan.round_id, members, d, start, context)
+        assert isinstance(active, BufferRound)
+        active.buffer_index, active.run_id, active.size = plan.index, plan.run_id, plan.size
+        for participant in start.participants:
+            participant.base_version = plan.bases[participant.name]
+        start.asynchronous = True
+        start.async_buffer = True
+        start.buffer_number = plan.index
+        start.async_params.CopyFrom(plan.params)
+        return active
 
     @property
     def _builders(self) -> dict[str, RoundBuilder]:
@@ -1194,7 +1252,13 @@ class Orchestrator:
         return active
 
     def _build_masked_round(
-        self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
+        self,
+        number: int,
+        round_id: bytes,
+        members: list[Member],
+        d: int,
+        start: pb.RoundStart,
+        buffer: BufferContext | None = None,
     ) -> ActiveRound:
         agg = self.config.aggregation
         n = len(members)
@@ -1213,6 +1277,7 @@ class Orchestrator:
             degree=degree,
             minimum_survivors=max(self.privacy.minimum_survivors(n, threshold) or 0, quorum),
             roster_version=self.roster_gate.view().version,  # in the transcript every client hashes
+            buffer=buffer,  # an asynchronous buffer's base versions: in the transcript too
         )
         check_round_against_policy(  # the clients' own check: refuse what they would refuse
             policy, agg.mode, n, degree, config.threshold, config.minimum_survivors
@@ -1223,7 +1288,8 @@ class Orchestrator:
             minimum_survivors=config.minimum_survivors,
         )
         spec = QuantizationSpec(clip=agg.clip, max_clients=n)
-        active = MaskedRound(number, round_id, members, config, spec)
+        kind = MaskedRound if buffer is None else BufferRound
+        active = kind(number, round_id, members, config, spec)
         active.describe(start)
         self.store.audit.append(
             "round_parameters",

@@ -25,6 +25,11 @@ appliance sees the bits (metadata) and adds the count's noise itself.
 Budget: with ``target_epsilon`` set, a round is *refused* (not opened) when ε after it
 (assuming the configured noise) would exceed the target; the appliance then opens no more
 rounds and says so in its status and audit log.
+
+Asynchronous runs account per client (:mod:`appliance.async_privacy`, ``self.clients``): a
+fast client contributes to more buffers than a slow one. The two ledgers compose: each
+client's async ε includes every synchronous round, and the federation ε here includes the
+most-charged client's async contributions, so neither schedule hides the other's spending.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from sealagg.appliance.accounting import (
     conservative,
     epsilon,
 )
+from sealagg.appliance.async_privacy import ClientPrivacyLedger
 from sealagg.appliance.audit import AuditLog
 from sealagg.appliance.config import PrivacySection
 from sealagg.appliance.pki import write_file_atomic
@@ -109,8 +115,10 @@ class PrivacyController:
         self.local_epsilon: dict[str, float] = {}
         self.last: dict = {}
         self.exhausted = ""
-        self._spent: tuple[int, float] | None = None
+        self._spent: tuple[tuple, float] | None = None
         self._load()
+        #: Per-client ε of asynchronous runs (beside this file, ``privacy_clients.json``).
+        self.clients = ClientPrivacyLedger(config, folder, audit, base_rounds=lambda: self.rounds)
 
     @property
     def enabled(self) -> bool:
@@ -150,7 +158,7 @@ class PrivacyController:
         if target <= 0.0:
             return
         nxt = RoundPrivacy(0, self.sampling_rate(round_size), self.config.noise_multiplier)
-        eps = epsilon([*self.rounds, nxt], self.config.delta, self.config.accountant)
+        eps = epsilon([*self._accounted(), nxt], self.config.delta, self.config.accountant)
         if eps <= target:
             self.exhausted = ""
             return
@@ -338,11 +346,19 @@ class PrivacyController:
 
     # --------------------------------------------------------------------------- status
 
+    def _accounted(self) -> list[RoundPrivacy]:
+        """The synchronous rounds plus the most-charged client's async buffers (as one
+        q = 1 Gaussian, exact for composed q = 1 Gaussians: :mod:`appliance.async_privacy`)."""
+        worst = self.clients.worst()
+        return [*self.rounds] if worst is None else [*self.rounds, worst]
+
     def spent(self) -> float:
         """Cumulative ε so far (cached per number of rounds: status polls must stay cheap)."""
-        if self._spent is None or self._spent[0] != len(self.rounds):
-            eps = epsilon(self.rounds, self.config.delta, self.config.accountant)
-            self._spent = (len(self.rounds), eps)
+        worst = self.clients.worst()
+        key = (len(self.rounds), worst)
+        if self._spent is None or self._spent[0] != key:
+            eps = epsilon(self._accounted(), self.config.delta, self.config.accountant)
+            self._spent = (key, eps)
         return self._spent[1]
 
     def status(self) -> dict:
@@ -364,6 +380,7 @@ class PrivacyController:
             "exhausted": self.exhausted or None,
             "last_round": dict(self.last),
             "local_dp_epsilon": dict(self.local_epsilon),
+            **self.clients.status(),  # async runs: epsilon_per_client, ... (none: nothing)
         }
 
     # ------------------------------------------------------------------------ persistence

@@ -363,7 +363,14 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         and for an asynchronous run's update its receipt (buffer, staleness, weight)."""
         self._metrics.bytes_in.inc(size)
         ack = pb.SubmitAck(accepted=True, detail="accepted")
-        if receipt is not None:
+        if receipt is not None and receipt.buffer_round_id:  # masked: registered, not sent
+            ack.receipt.CopyFrom(receipt)
+            ack.detail = (
+                f"registered for buffer {receipt.buffer_number} ({receipt.buffered} of "
+                f"{receipt.buffer_size}), {receipt.staleness} versions behind now; the update "
+                "goes masked into the buffer's secure-aggregation round"
+            )
+        elif receipt is not None:
             ack.receipt.CopyFrom(receipt)
             ack.detail = (
                 f"accepted into buffer {receipt.buffer_number} ({receipt.buffered} of "

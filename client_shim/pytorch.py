@@ -38,7 +38,12 @@ What happens underneath, per round the appliance opens with this client:
    the appliance took the update (``report.outcome == "accepted"``, with ``report.staleness``
    and ``report.staleness_weight``) or refused it (``"refused"``, e.g. too stale, with the
    reason), without waiting for other clients; the next iteration trains on whatever version
-   is newest then.
+   is newest then. In ``secagg`` and ``secagg+`` runs ``submit`` registers the update and
+   waits for the secure-aggregation round of the buffer it joined (only a masked vector
+   leaves the client, weighted by ``w * s(tau)`` with ``tau`` fixed by that round's
+   transcript); its report is then the buffer's outcome ("published", or "aborted" with the
+   reason, e.g. too few members left), with ``report.staleness`` and
+   ``report.staleness_weight``.
 5. The loop ends by itself when the appliance ends the run (``RunEnd``: budget spent, or an
    administrator stopped it); ``federation.run_end`` then says how, and the model holds the
    run's last accepted version. ``max_rounds=`` ends it earlier.

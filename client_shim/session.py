@@ -58,12 +58,14 @@ from sealagg.crypto import (
     encode_update,
     encoded_length,
 )
+from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.config import check_round_parameters
 from sealagg.crypto.encoding import warm_up
 from sealagg.crypto.errors import InfeasibleParametersError, RosterSignatureError, SecAggError
 from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
 from sealagg.crypto.refusal import MAX_DETAIL_CHARS, RefusalCode, code_for
 from sealagg.crypto.roster import Roster, RosterVerifier, members_from_roster
+from sealagg.crypto.staleness import StalenessPolicy
 
 _log = logging.getLogger("sealagg.client")
 
@@ -78,6 +80,11 @@ REFUSALS = (
     AttestationError,
     ModelMismatchError,
 )
+#: Modes where only a masked vector leaves the client (an async update is registered first).
+MASKED_MODES = ("secagg", "secagg+")
+#: The upload kind registering a ready update in a masked asynchronous run (no payload); the
+#: appliance's name for it is appliance/async_runs.py's REGISTRATION_KIND (the wire contract).
+REGISTRATION_KIND = "async_registration"
 #: The largest hyperparameters document a client parses (the appliance's word; bounded).
 MAX_HYPERPARAMETERS_CHARS = 64 * 1024
 
@@ -152,6 +159,8 @@ class Participant:
         _log.debug("%s: secure-aggregation kernels ready in %.2f s", connection.kit.name, warm_up())
         #: The live stream telling the appliance this process is here (None: disabled).
         self.presence: PresenceKeeper | None = connection.start_presence() if presence else None
+        #: The round a refusal is reported for: the lease's, or its masked buffer's round.
+        self._refusing = b""
 
     def global_model(self, version: int = 0) -> tuple[int, dict[str, np.ndarray]]:
         if version and version in self._models:
@@ -265,10 +274,11 @@ class Participant:
         A refusal (:data:`REFUSALS`) is reported to the appliance, then raised."""
         self.sync_roster()
         start = start or self.wait_for_round()
+        self._refusing = bytes(start.round_id)
         try:
             return self._take_part(compute, start)
         except REFUSALS as error:
-            self.report_refusal(start.round_id, error)
+            self.report_refusal(self._refusing, error)
             raise
         finally:  # the round ended, was refused or failed: no state of it is kept
             self._declare(b"")
@@ -278,7 +288,14 @@ class Participant:
         require_attestation(self.attestation, start)  # raises: nothing of ours is sent
         roster = check_members(self.roster, start)  # raises RosterError: nothing is sent
         self.policy = governing_policy(roster, self.connection.kit)  # ckks takes m from it
-        check_policy(self.policy, start)  # nothing is sent
+        masked_lease = start.asynchronous and start.mode in MASKED_MODES
+        if masked_lease and start.async_buffer:
+            raise RoundRefusedError(
+                "a masked buffer's round arrived without this client registering for it; "
+                "nothing was sent"
+            )
+        if not masked_lease:  # a masked lease lists one client: its buffer's round is checked
+            check_policy(self.policy, start)  # nothing is sent
         _, tensors = self.global_model(start.model_version)
         if start.mode == "ckks":  # only ciphertexts leave a data owner (client_shim/ckks.py)
             return ckks.take_part(self, start, tensors, compute)
@@ -314,6 +331,8 @@ class Participant:
                     return self._submit_async(start, header, update)
                 self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
                 return self.follow(start, update.nbytes, None)
+            if masked_lease:  # register; the update goes masked into the buffer's round
+                return self._register_async(start, layout, update, weight, meta)
             return self._secure(start, layout, update, weight, meta, roster)
         except ApplianceUnavailableError:
             raise  # gave up after max_downtime, or refused: not a lost round
@@ -334,20 +353,9 @@ class Participant:
         """Submit under the lease (its id and base version); the receipt says which buffer
         took the update and with what staleness weight, a refusal why it was not taken."""
         header.base_version = start.model_version  # the lease's: the appliance checks it
-        header.wait_seconds = self.poll_seconds
-        try:
-            ack = self.connection.submit(header, memoryview(update).cast("B"))
-        except grpc.RpcError as error:
-            if isinstance(error, ApplianceUnavailableError):
-                raise
-            if error.code() in ROUND_LOST - ASYNC_REFUSED:  # may not have landed: a new lease
-                return RoundReport(start.round_number, "lost", error.code().name, 0, 0)
-            if error.code() not in ASYNC_REFUSED:
-                raise
-            _log.warning("update on version %d refused: %s", start.model_version, error.details())
-            return RoundReport(start.round_number, "refused", error.details() or "", 0, 0)
-        if ack.HasField("next"):
-            self._next_task = ack.next
+        ack = self._lease_submit(start, header, memoryview(update).cast("B"))
+        if isinstance(ack, RoundReport):
+            return ack
         receipt = ack.receipt
         _log.info("%s", ack.detail)
         return RoundReport(
@@ -361,6 +369,92 @@ class Participant:
             buffer_number=receipt.buffer_number,
         )
 
+    def _lease_submit(
+        self, lease: pb.RoundStart, header: pb.UploadHeader, payload: Payload
+    ) -> pb.SubmitAck | RoundReport:
+        """Upload under a lease: the acknowledgement, or the report of a refusal (stale, a
+        spent or unknown lease, twice into one buffer: the client goes on with a new lease)
+        or of a loss (it may not have landed: a new lease too)."""
+        header.wait_seconds = self.poll_seconds
+        try:
+            ack = self.connection.submit(header, payload)
+        except grpc.RpcError as error:
+            if isinstance(error, ApplianceUnavailableError):
+                raise
+            if error.code() in ROUND_LOST - ASYNC_REFUSED:  # may not have landed: a new lease
+                return RoundReport(lease.round_number, "lost", error.code().name, 0, 0)
+            if error.code() not in ASYNC_REFUSED:
+                raise
+            _log.warning("update on version %d refused: %s", lease.model_version, error.details())
+            return RoundReport(lease.round_number, "refused", error.details() or "", 0, 0)
+        if ack.HasField("next"):
+            self._next_task = ack.next
+        return ack
+
+    def _register_async(
+        self, lease: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float, meta: str
+    ) -> RoundReport:
+        """Masked asynchronous run: tell the appliance the update on the lease's version is
+        ready (no update byte), wait for the round of the buffer it joined, check that round
+        (roster, policy, parameters, and the base version it lists for us: the lease's) and
+        take part with ``w * s(tau)``, ``tau`` from the round's transcript."""
+        header = pb.UploadHeader(
+            round_id=lease.round_id,
+            phase=0,
+            kind=REGISTRATION_KIND,
+            base_version=lease.model_version,
+        )
+        ack = self._lease_submit(lease, header, b"")
+        if isinstance(ack, RoundReport):
+            return ack
+        receipt = ack.receipt
+        _log.info("%s", ack.detail)
+        waited = self._await_buffer_round(lease, bytes(receipt.buffer_round_id))
+        if isinstance(waited, RoundReport):
+            return dataclasses.replace(waited, buffer_number=receipt.buffer_number)
+        start = waited
+        self._refusing = bytes(start.round_id)  # a refusal now names the buffer's round
+        self._declare(start.round_id)
+        roster = check_members(self.roster, start)  # raises RosterError: nothing is sent
+        self.policy = governing_policy(roster, self.connection.kit)
+        check_policy(self.policy, start)
+        if start.mode != lease.mode or not start.async_buffer:
+            raise RoundRefusedError(
+                f"the buffer's round is not a {lease.mode} buffer round; nothing was sent"
+            )
+        report = self._secure(
+            start, layout, update, weight, meta, roster, trained_on=lease.model_version
+        )
+        context = buffer_context_from(start)
+        me = start.client_index
+        return dataclasses.replace(
+            report,
+            staleness=context.staleness_of(me),
+            staleness_weight=context.weight_of(me),
+            buffer_number=receipt.buffer_number,
+        )
+
+    def _await_buffer_round(
+        self, lease: pb.RoundStart, round_id: bytes
+    ) -> pb.RoundStart | RoundReport:
+        """The RoundStart of the buffer's round, or a report of how the wait ended (the
+        buffer was aborted before its round, this client left out as too stale, the run)."""
+        while True:
+            task = self._task()
+            kind = task.WhichOneof("kind")
+            if kind == "round_start" and bytes(task.round_start.round_id) == round_id:
+                return task.round_start
+            if kind == "round_start":  # not ours: e.g. a lease after an appliance restart
+                self._next_start = task.round_start
+                return RoundReport(lease.round_number, "aborted", "buffer superseded", 0, 0)
+            if kind == "round_end" and bytes(task.round_end.round_id) == round_id:
+                return _report(lease, task.round_end, 0)
+            if kind == "run_end" and (ended := self._ours(task.run_end)) is not None:
+                self._run_end = ended
+                reason = f"run {ended.run_id} {ended.status}: {ended.reason}"
+                return RoundReport(lease.round_number, "aborted", reason, 0, 0)
+            self._maybe_evaluate(task)
+
     def _secure(
         self,
         start: pb.RoundStart,
@@ -369,16 +463,28 @@ class Participant:
         weight: float,
         meta: str,
         roster: Roster | None,
+        *,
+        trained_on: int | None = None,
     ) -> RoundReport:
         # The transcript covers the version of the roster this client verified: clients shown
         # different rosters sign different transcripts and refuse each other's signatures.
-        config = round_config_from(start, roster_version=roster.version if roster else 0)
+        # An asynchronous buffer's round (``trained_on``: our lease's version) also covers
+        # every member's base version; we refuse one listing another version for us.
+        config = round_config_from(
+            start,
+            roster_version=roster.version if roster else 0,
+            buffer=buffer_context_from(start) if trained_on is not None else None,
+        )
         dp = round_privacy(start, layout.dimension)
         expected = encoded_length(layout.dimension) if dp is None else dp.spec.vector_length
         if config.vector_length != expected:
             raise RoundRefusedError("the round's vector length does not match the model")
         spec = QuantizationSpec(clip=start.clip, max_clients=start.max_clients)
-        client = SecAggClient(config, start.client_index, self.identity, ledger=self.ledger)
+        client = SecAggClient(
+            config, start.client_index, self.identity, ledger=self.ledger, trained_on=trained_on
+        )
+        if config.buffer is not None:  # w * s(tau), tau from the transcript (crypto's rule)
+            weight = config.buffer.fold_weight(start.client_index, weight)
         encoded = encode_update(update, weight, spec) if dp is None else dp.encode(update)[0]
         client.set_input(encoded)
         advertise = client.advertise_keys()
@@ -563,13 +669,36 @@ def check_policy(policy: FederationPolicy, start: pb.RoundStart) -> None:
         raise RoundRefusedError(str(error)) from None
 
 
+def buffer_context_from(start: pb.RoundStart) -> BufferContext:
+    """A masked buffer round's staleness context as the appliance states it (parent, every
+    member's base version, the staleness function); refused if malformed or past the run's
+    maximum staleness. The transcript binds it, so every member checks the same one."""
+    p = start.async_params
+    try:
+        policy = StalenessPolicy(
+            kind=p.staleness, max_staleness=p.max_staleness, a=p.a, alpha=p.alpha, b=p.b
+        )
+        return BufferContext(
+            int(start.model_version),
+            {int(m.index): int(m.base_version) for m in start.participants},
+            policy,
+        )
+    except ValueError as error:  # a stale member raises BaseVersionRefusedError (reported)
+        raise RoundRefusedError(f"the buffer's staleness parameters: {error}") from None
+
+
 def round_config_from(
-    start: pb.RoundStart, *, minimum_survivors_floor: int = 3, roster_version: int = 0
+    start: pb.RoundStart,
+    *,
+    minimum_survivors_floor: int = 3,
+    roster_version: int = 0,
+    buffer: BufferContext | None = None,
 ) -> RoundConfig:
     """Rebuild the round's public config and refuse parameters that would not protect us.
 
     ``roster_version`` is the version of the roster this client verified (0: none, a
-    development kit); it enters the transcript hash, never the appliance's word."""
+    development kit); it enters the transcript hash, never the appliance's word. ``buffer``:
+    an asynchronous buffer's context (:func:`buffer_context_from`), in the transcript too."""
     identities = {p.index: bytes(p.identity_key) for p in start.participants}
     try:  # the rule lives in crypto, shared with the appliance's own check
         check_round_parameters(
@@ -588,6 +717,7 @@ def round_config_from(
         vector_length=start.vector_length,
         minimum_survivors=start.minimum_survivors,
         roster_version=roster_version,
+        buffer=buffer,
     )
 
 

@@ -39,7 +39,10 @@ def advertise_payload(
     mask_pk: bytes,
     seed_commitment: bytes,
     coin_commitment: bytes,
+    binding: bytes = b"",
 ) -> bytes:
+    """What a client signs for its keys; ``binding`` is an asynchronous buffer's claim of
+    its base version and the parent (:meth:`BufferContext.advertised`), empty otherwise."""
     return (
         b"sealagg/advertise/v3"
         + round_id
@@ -48,7 +51,13 @@ def advertise_payload(
         + mask_pk
         + seed_commitment
         + coin_commitment
+        + binding
     )
+
+
+def advertise_binding(config: RoundConfig, client_id: int) -> bytes:
+    """The buffer claim a member signs into its advertisement (b"" outside async buffers)."""
+    return b"" if config.buffer is None else config.buffer.advertised(client_id)
 
 
 def seed_commitment(round_id: bytes, client_id: int, seed: bytes) -> bytes:
@@ -87,6 +96,8 @@ def transcript_hash(config: RoundConfig, advertised: Mapping[int, PeerKeys]) -> 
     )
     for u in sorted(config.identities):
         h.update(_id(u) + config.identities[u])
+    if config.buffer is not None:  # absent from synchronous rounds: their hash is unchanged
+        h.update(config.buffer.digest())
     h.update(_id(len(advertised)))
     for u in sorted(advertised):
         k = advertised[u]
@@ -198,6 +209,7 @@ def check_advertisement(
         keys.mask_public,
         keys.seed_commitment,
         keys.coin_commitment,
+        advertise_binding(config, client_id),
     )
     verify_signature(
         config.identities[client_id], payload, keys.signature, signer=f"client {client_id}"

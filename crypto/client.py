@@ -38,6 +38,7 @@ from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
 from sealagg.crypto.config import RoundConfig, active_after_pruning
 from sealagg.crypto.errors import (
     BadSignatureError,
+    BaseVersionRefusedError,
     BelowThresholdError,
     BothSharesRequestedError,
     DecryptionError,
@@ -143,6 +144,7 @@ class _AdvertiseKeys(_State):
             mask_key.public_bytes,
             commitment,
             coin_commitment,
+            tr.advertise_binding(cfg, self.ctx.me),
         )
         keys = PeerKeys(
             cipher_key.public_bytes,
@@ -540,11 +542,22 @@ class SecAggClient:
         identity: IdentityKey,
         *,
         ledger: TranscriptLedger | None = None,
+        trained_on: int | None = None,
     ) -> None:
+        """``trained_on``: in an asynchronous buffer's round, the model version this client
+        trained on; the round must list exactly it as this client's base version
+        (:class:`~crypto.errors.BaseVersionRefusedError` otherwise, before any key exists)."""
         if identity.verify_key_bytes != config.identities.get(client_id):
             raise UnknownSenderError(
                 f"identity key does not match client {client_id}'s registration"
             )
+        if (config.buffer is None) != (trained_on is None):
+            raise BaseVersionRefusedError(
+                "an asynchronous update goes only into a buffer's round, and a buffer's round "
+                "takes only an update whose base version the client names; nothing was sent"
+            )
+        if config.buffer is not None and trained_on is not None:
+            config.buffer.check_own(client_id, trained_on)
         self._ctx = _Context(
             config, client_id, ledger if ledger is not None else InMemoryTranscriptLedger()
         )

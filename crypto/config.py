@@ -7,6 +7,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.errors import RoundParametersRefusedError
 from sealagg.crypto.graph import CommunicationGraph, complete_graph, random_graph
 from sealagg.crypto.messages import ROUND_ID_BYTES
@@ -23,7 +24,9 @@ class RoundConfig:
     to its Ed25519 verify key. ``degree`` is the SecAgg+ graph's k (``n - 1``: the
     complete graph of SecAgg). ``minimum_survivors`` is the smallest number of masked
     inputs whose sum the server may learn; clients refuse to unmask below it.
-    ``roster_version`` names the authority's roster the members come from.
+    ``roster_version`` names the authority's roster the members come from. ``buffer`` is
+    set for an asynchronous buffer's round: every member's base version, the parent and the
+    staleness function (:mod:`crypto.buffer_context`), bound into the transcript.
 
     There is no graph here: the SecAgg+ graph is drawn only once every advertised key
     is known, seeded by the hash of the round transcript (:meth:`graph_for`), so the
@@ -37,6 +40,7 @@ class RoundConfig:
     vector_length: int
     minimum_survivors: int
     roster_version: int = 0
+    buffer: BufferContext | None = None
 
     def __post_init__(self) -> None:
         if len(self.round_id) != ROUND_ID_BYTES:
@@ -58,6 +62,8 @@ class RoundConfig:
             raise ValueError("vector_length must be positive")
         if type(self.roster_version) is not int or self.roster_version < 0:
             raise ValueError("roster_version is a non-negative integer")
+        if self.buffer is not None and set(self.buffer.base_versions) != set(ids):
+            raise ValueError("a buffer's round lists one base version per participant")
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -101,6 +107,7 @@ class RoundConfig:
         degree: int | None = None,
         minimum_survivors: int | None = None,
         roster_version: int = 0,
+        buffer: BufferContext | None = None,
     ) -> RoundConfig:
         """Build a config; ``degree=None`` (or ``>= n - 1``) means the complete graph."""
         n = len(identities)
@@ -116,6 +123,7 @@ class RoundConfig:
                 else minimum_survivors
             ),
             roster_version=roster_version,
+            buffer=buffer,
         )
 
 

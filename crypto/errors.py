@@ -256,3 +256,9 @@ class RevealBudgetError(SecAggError):
     the appliance one more draw of the graph)."""
 
     reason = AbortReason.TOO_MANY_UNFINISHED_ROUNDS
+
+
+class BaseVersionRefusedError(RoundParametersRefusedError):
+    """An asynchronous buffer's round lists, for this client, a base version other than the
+    one it trained on (or a staleness it cannot have): its weight would be computed from a
+    lie, so it sends nothing (crypto/buffer_context.py)."""

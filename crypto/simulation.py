@@ -73,7 +73,11 @@ def run_round(
     """
     dropouts = dict(dropouts or {})
     stats = stats if stats is not None else RoundStats()
-    clients = {u: SecAggClient(config, u, identities[u]) for u in sorted(config.identities)}
+    bases = config.buffer.base_versions if config.buffer is not None else {}
+    clients = {
+        u: SecAggClient(config, u, identities[u], trained_on=bases.get(u))
+        for u in sorted(config.identities)
+    }
     server = SecAggServer(config)
     if on_server is not None:
         on_server(server)

@@ -70,7 +70,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json", "asynchronous", "buffer_number", "async_params")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json", "asynchronous", "buffer_number", "async_params", "async_buffer")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class RoundStart(_message.Message):
     ASYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
     BUFFER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ASYNC_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ASYNC_BUFFER_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -121,7 +122,8 @@ class RoundStart(_message.Message):
     asynchronous: bool
     buffer_number: int
     async_params: AsyncParams
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., buffer_number: _Optional[int] = ..., async_params: _Optional[_Union[AsyncParams, _Mapping]] = ...) -> None: ...
+    async_buffer: bool
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., buffer_number: _Optional[int] = ..., async_params: _Optional[_Union[AsyncParams, _Mapping]] = ..., async_buffer: _Optional[bool] = ...) -> None: ...
 
 class AsyncParams(_message.Message):
     __slots__ = ("buffer_size", "max_staleness", "staleness", "a", "alpha", "b", "max_open_buffers")
@@ -142,7 +144,7 @@ class AsyncParams(_message.Message):
     def __init__(self, buffer_size: _Optional[int] = ..., max_staleness: _Optional[int] = ..., staleness: _Optional[str] = ..., a: _Optional[float] = ..., alpha: _Optional[float] = ..., b: _Optional[int] = ..., max_open_buffers: _Optional[int] = ...) -> None: ...
 
 class AsyncReceipt(_message.Message):
-    __slots__ = ("buffer_number", "round_number", "base_version", "current_version", "staleness", "staleness_weight", "weight", "buffered", "buffer_size")
+    __slots__ = ("buffer_number", "round_number", "base_version", "current_version", "staleness", "staleness_weight", "weight", "buffered", "buffer_size", "buffer_round_id")
     BUFFER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +154,7 @@ class AsyncReceipt(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
     BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     buffer_number: int
     round_number: int
     base_version: int
@@ -161,7 +164,8 @@ class AsyncReceipt(_message.Message):
     weight: float
     buffered: int
     buffer_size: int
-    def __init__(self, buffer_number: _Optional[int] = ..., round_number: _Optional[int] = ..., base_version: _Optional[int] = ..., current_version: _Optional[int] = ..., staleness: _Optional[int] = ..., staleness_weight: _Optional[float] = ..., weight: _Optional[float] = ..., buffered: _Optional[int] = ..., buffer_size: _Optional[int] = ...) -> None: ...
+    buffer_round_id: bytes
+    def __init__(self, buffer_number: _Optional[int] = ..., round_number: _Optional[int] = ..., base_version: _Optional[int] = ..., current_version: _Optional[int] = ..., staleness: _Optional[int] = ..., staleness_weight: _Optional[float] = ..., weight: _Optional[float] = ..., buffered: _Optional[int] = ..., buffer_size: _Optional[int] = ..., buffer_round_id: _Optional[bytes] = ...) -> None: ...
 
 class PrivacyParams(_message.Message):
     __slots__ = ("mode", "mechanism", "clip", "noise_std", "indicator_std", "min_survivors", "range_bits")
@@ -200,14 +204,16 @@ class CkksParams(_message.Message):
     def __init__(self, poly_modulus_degree: _Optional[int] = ..., coeff_mod_bit_sizes: _Optional[_Iterable[int]] = ..., scale_bits: _Optional[int] = ..., key_holder_index: _Optional[int] = ..., key_holder_contributes: _Optional[bool] = ..., share_secret_key: _Optional[bool] = ..., max_error: _Optional[float] = ...) -> None: ...
 
 class Participant(_message.Message):
-    __slots__ = ("index", "name", "identity_key")
+    __slots__ = ("index", "name", "identity_key", "base_version")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     identity_key: bytes
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
+    base_version: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., identity_key: _Optional[bytes] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class ProtocolStep(_message.Message):
     __slots__ = ("round_id", "phase", "payload", "deadline_unix")

@@ -33,8 +33,7 @@ def test_a_sync_run_has_no_parameters_and_an_async_run_needs_them():
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"mode": "secagg+"}, "plaintext and attested modes for now"),
-        ({"mode": "ckks"}, "plaintext and attested modes for now"),
+        ({"mode": "ckks"}, "not 'ckks'"),
         ({"privacy": True}, "do not combine with DP yet"),
         ({"rule": "median"}, "weighted mean, not the 'median' rule"),
         ({"min_clients": 4}, "below the run's minimum of 4 clients"),

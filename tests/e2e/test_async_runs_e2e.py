@@ -9,7 +9,7 @@ clients speak the wire protocol so the test decides who trains on which version:
 - refusals, each with the error the client sees, while the appliance keeps serving the others:
   an update past the maximum staleness, a base version that does not exist, a base version
   never leased to the client, an unknown lease, a second update into one buffer;
-- creation refusals: K below the minimum, an unknown staleness kind, a masked mode.
+- creation refusals: K below the minimum, an unknown staleness kind.
 """
 
 from __future__ import annotations

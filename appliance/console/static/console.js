@@ -350,6 +350,15 @@
       ["Run", (r) => r.run_id], ["Round", (r) => r.round], ["ε this round", (r) => r.epsilon_round],
       ["ε cumulative", (r) => r.epsilon_cumulative], ["At", (r) => time(r.at)],
     ], rows.reverse(), p.enabled ? "no round spent budget yet" : "differential privacy is off");
+    // Async runs: each client's ε, composed over the buffers it joined (a fast client spends more).
+    const clients = (p.clients && p.clients.epsilon) || {};
+    const exhausted = new Set((p.clients && p.clients.exhausted) || []);
+    table($("privacy-clients"), [
+      ["Client", (c) => c.name], ["ε spent", (c) => c.epsilon],
+      ["Buffers joined", (c) => (p.clients.participations || {})[c.name]],
+      ["Budget", (c) => exhausted.has(c.name) ? "spent" : "left", (c) => exhausted.has(c.name) ? "bad" : "good"],
+    ], Object.keys(clients).sort().map((name) => ({ name: name, epsilon: clients[name], __key: name })),
+    "no asynchronous buffer spent budget yet");
     setPlot("plot-epsilon", "epsilon");
   };
 
