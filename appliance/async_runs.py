@@ -76,6 +76,11 @@ from sealagg.appliance.async_buffer import (
     MaskedBuffer,
     Registration,
 )
+from sealagg.appliance.async_privacy import (
+    AsyncDPPlan,
+    AsyncPrivacyError,
+    ClientBudgetExhaustedError,
+)
 from sealagg.appliance.async_schedule import MASKED_ASYNC_MODES, AsyncSpec
 from sealagg.appliance.errors import StoreError
 from sealagg.appliance.rounds import UploadRefusedError
@@ -118,6 +123,8 @@ class AsyncScheduler:
         self.spec: AsyncSpec | None = None
         self.dimension = 0
         self.masked = False  # secagg / secagg+: buffers are secure-aggregation rounds
+        self.dp: AsyncDPPlan | None = None  # client-level DP, accounted per client
+        self._told_spent: set[str] = set()  # clients sent a RunEnd for their spent budget
         self.filling: AsyncBuffer | MaskedBuffer | None = None
         self.full: collections.deque[AsyncBuffer | MaskedBuffer] = collections.deque()
         self._secure: asyncio.Task | None = None  # the masked buffer round in flight
@@ -159,6 +166,11 @@ class AsyncScheduler:
                 orch._finish_run(run)
                 break
             self._open_buffer(run)  # first: the next buffer fills while this one publishes
+            starved = self._starved(run)
+            if starved is not None:
+                _log.warning("run %s stopped: %s", run.run_id, starved)
+                orch._stop(run, by="appliance", reason=starved)
+                break
             self._lease_to_polling(run)
             if self._secure is not None and self._secure.done():
                 self._secure.result()  # a bug in it surfaces here, not silently
@@ -196,7 +208,10 @@ class AsyncScheduler:
                 rule=agg.rule,
                 minimum_sum=self._orch.governing_policy().minimum_sum,
             )
-        except RunError as error:
+            self._orch.privacy.clients.plan(
+                mode=agg.mode, buffer_size=spec.buffer_size, policy=spec.policy
+            )
+        except (RunError, AsyncPrivacyError) as error:
             return str(error)
         return None
 
@@ -211,6 +226,9 @@ class AsyncScheduler:
         self.detach("another run started")
         self.spec = AsyncSpec.parse(run.async_params or "")
         self.masked = run.mode in MASKED_ASYNC_MODES
+        self.dp = self._orch.privacy.clients.plan(
+            mode=run.mode, buffer_size=self.spec.buffer_size, policy=self.spec.policy
+        )
         self.dimension = Layout.of(self._orch.store.load_model(current.version)).dimension
         self.run_id = run.run_id
         return True
@@ -220,10 +238,13 @@ class AsyncScheduler:
         for buffer in [*self.full, *([self.filling] if self.filling else [])]:
             with contextlib.suppress(StoreError):
                 self._orch.store.set_round_status(buffer.number, "aborted", reason)
+            self._orch.privacy.clients.abandon(buffer.number)  # never released: no cost
             if isinstance(buffer, MaskedBuffer):  # its members wait for its round: tell them
                 self._tell(buffer, list(buffer.members), f"buffer aborted: {reason}")
         self.run_id = ""
         self.spec = None
+        self.dp = None
+        self._told_spent.clear()
         self.filling = None
         self.full.clear()
         self.leases.clear()
@@ -278,7 +299,41 @@ class AsyncScheduler:
             link = orch._links.get(name)
             if link is None or link.polling == 0 or self._waiting(name):
                 continue
+            if not self._has_budget(name, run, current.version):
+                continue
             orch._send_to(name, pb.Task(round_start=self._lease(name, current, run, buffer)))
+
+    def _starved(self, run: Run) -> str | None:
+        """DP: why no buffer can fill any more (fewer than K clients with budget left), once
+        nothing is pending; None otherwise. Spending only grows, so waiting would not help."""
+        spec, buffer = self.spec, self.filling
+        if self.dp is None or spec is None or buffer is None or buffer.members or self.full:
+            return None
+        names = self._orch._identity_keys()
+        left = self._orch.privacy.clients.admissible(names, self.dp)
+        if len(left) >= spec.buffer_size:
+            return None
+        return (
+            f"privacy budget: only {len(left)} client(s) can still contribute, a buffer needs "
+            f"{spec.buffer_size}"
+        )
+
+    def _has_budget(self, name: str, run: Run, version: int) -> bool:
+        """DP: whether ``name`` may contribute once more; a client whose budget is spent gets
+        no lease, and one RunEnd with the reason (its part in the run is over)."""
+        if self.dp is None:
+            return True
+        try:
+            self._orch.privacy.clients.admit(name, self.dp)
+        except ClientBudgetExhaustedError as error:
+            if name not in self._told_spent:
+                self._told_spent.add(name)
+                end = pb.RunEnd(
+                    run_id=run.run_id, status="stopped", reason=str(error), model_version=version
+                )
+                self._orch._send_to(name, pb.Task(run_end=end))
+            return False
+        return True
 
     def _waiting(self, name: str) -> bool:
         """In the filling buffer, or (masked) registered in a full one waiting for or inside
@@ -303,7 +358,7 @@ class AsyncScheduler:
             self.leases.pop(old, None)
         agg = orch.config.aggregation
         key = orch._identity_keys()[name]
-        return pb.RoundStart(
+        start = pb.RoundStart(
             round_number=buffer.number,
             round_id=lease.lease_id,
             mode=run.mode,
@@ -324,6 +379,9 @@ class AsyncScheduler:
             buffer_number=buffer.index,
             async_params=spec.wire(),
         )
+        if self.dp is not None:  # the shim clips, adds its noise share, sends weight 1
+            start.privacy.CopyFrom(self.dp.params())
+        return start
 
     async def _publish(self, buffer: AsyncBuffer, run: Run) -> None:
         """The buffer's weighted mean through the round publish path (the oldest full first,
@@ -337,7 +395,13 @@ class AsyncScheduler:
         orch.store.record_phase(buffer.number, "update", len(buffer.members), [])
         try:
             aggregate = await asyncio.to_thread(buffer.aggregate)
-            outcome = await orch._publish(buffer, [], aggregate, weights, layout, current.version)
+            refusal = self._charge(buffer, run)  # DP: every member's ε, before the release
+            if refusal is not None:
+                outcome = orch._finish_aborted(buffer.number, [], buffer.round_id, refusal)
+            else:
+                outcome = await orch._publish(
+                    buffer, [], aggregate, weights, layout, current.version
+                )
         finally:
             self.full.popleft()
         orch.history.append(outcome)
@@ -350,6 +414,26 @@ class AsyncScheduler:
             outcome.model_version,
         )
         self._wake.set()
+
+    def _charge(self, buffer: AsyncBuffer, run: Run) -> str | None:
+        """Charge every member's ε for this buffer before it is released; the reason the
+        buffer is aborted instead (a member past its budget, fewer than K), else None."""
+        if self.dp is None:
+            return None
+        ledger = self._orch.privacy.clients
+        weights = {name: c.weight for name, c in buffer.members.items()}
+        try:
+            ledger.record(
+                self.dp,
+                round_number=buffer.number,
+                run_id=run.run_id,
+                buffer_index=buffer.index,
+                weights=weights,
+            )
+        except (AsyncPrivacyError, ClientBudgetExhaustedError) as error:
+            ledger.abandon(buffer.number)
+            return f"privacy: {error}"
+        return None
 
     # ------------------------------------------------------------------------ uploads
 
@@ -421,15 +505,35 @@ class AsyncScheduler:
             self._close_if_full(buffer)
             return self._receipt(buffer, lease, current.version, tau, weight, 0.0)
         contribution = Contribution(name, lease.version, tau, weight, float(header.weight))
+        self._admit(name, lease, header)
         if off_loop:
             await asyncio.to_thread(buffer.add, name, payload, contribution, header.metadata_json)
             if buffer is not self.filling:  # the run stopped meanwhile: its buffers are gone
                 raise UploadRefusedError("FAILED_PRECONDITION", f"run {self.run_id or ''} ended")
         else:
             buffer.add(name, payload, contribution, header.metadata_json)
+        if self.dp is not None:  # charged at the plan's floor until the buffer is recorded
+            self._orch.privacy.clients.join(name, buffer.number, self.dp)
         self._spend(name, lease, buffer.index)
         self._close_if_full(buffer)
         return self._receipt(buffer, lease, current.version, tau, weight, contribution.weight)
+
+    def _admit(self, name: str, lease: Lease, header: pb.UploadHeader) -> None:
+        """DP: weight 1 (a fixed-sensitivity sum, as the shim sends), and budget left for one
+        more contribution; UploadRefusedError with the reason otherwise (the lease is spent)."""
+        if self.dp is None:
+            return
+        if header.weight != 1.0:
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT",
+                f"under DP every update has weight 1 (a fixed-sensitivity sum), not "
+                f"{header.weight:g}; nothing was added",
+            )
+        try:
+            self._orch.privacy.clients.admit(name, self.dp)
+        except ClientBudgetExhaustedError as error:
+            self._spend(name, lease, 0)
+            raise UploadRefusedError("FAILED_PRECONDITION", str(error)) from None
 
     def _close_if_full(self, buffer: AsyncBuffer | MaskedBuffer) -> None:
         if buffer.full:

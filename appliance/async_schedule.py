@@ -25,8 +25,10 @@ The rules, each with its reason:
   its survivors, per buffer, exactly as a synchronous round does.
 - **K is reachable.** One update per client per buffer, so a buffer needs K distinct clients;
   more than the registered clients would never fill.
-- **No DP and no robust rule yet.** The DP accountant does not count participations under an
-  asynchronous schedule, and robust rules need the whole set of updates at once.
+- **DP in plaintext and attested modes only; no robust rule yet.** Client-level DP is
+  accounted per client over the buffers each client joins (:mod:`appliance.async_privacy`,
+  whose ``plan`` holds the DP rules); a masked buffer would need distributed DP per
+  secure-aggregation round. Robust rules need the whole set of updates at once.
 
 Pure rules; the scheduler is :mod:`appliance.async_runs`.
 """
@@ -144,10 +146,10 @@ class AsyncSpec:
                 f"async runs work in {', '.join(ASYNC_MODES)} modes, not {mode!r} (ckks would "
                 "need a key holder per buffer)"
             )
-        if privacy:
+        if privacy and mode not in PLAIN_ASYNC_MODES:
             raise RunError(
-                "async runs do not combine with DP yet: the accountant does not count "
-                "participations under an asynchronous schedule"
+                f"async runs combine with DP in {' and '.join(PLAIN_ASYNC_MODES)} modes only, "
+                f"not {mode!r} (a masked buffer needs distributed DP per secure-aggregation round)"
             )
         if rule != "mean":
             raise RunError(f"async runs aggregate with the weighted mean, not the {rule!r} rule")

@@ -79,6 +79,7 @@ import numpy as np
 
 from sealagg.appliance.approvals import record_decision
 from sealagg.appliance.async_buffer import BufferPlan, BufferRound
+from sealagg.appliance.async_privacy import AsyncPrivacyError
 from sealagg.appliance.async_runs import AsyncScheduler
 from sealagg.appliance.async_schedule import check_schedule
 from sealagg.appliance.ckks_round import build_ckks_round
@@ -689,6 +690,12 @@ class Orchestrator:
                 rule=agg.rule,
                 minimum_sum=self.governing_policy().minimum_sum,
             )
+            try:  # DP: per-client accounting's own refusals (appliance/async_privacy.py)
+                self.privacy.clients.plan(
+                    mode=mode, buffer_size=spec.buffer_size, policy=spec.policy
+                )
+            except AsyncPrivacyError as error:
+                raise RunError(f"privacy: {error}") from None
             if EVALUATE_EVERY in hyperparameters:  # refused now, not silently never done
                 raise RunError(f"{EVALUATE_EVERY} is not available in async runs yet")
         base = None

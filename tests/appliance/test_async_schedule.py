@@ -34,7 +34,7 @@ def test_a_sync_run_has_no_parameters_and_an_async_run_needs_them():
     ("change", "needle"),
     [
         ({"mode": "ckks"}, "not 'ckks'"),
-        ({"privacy": True}, "do not combine with DP yet"),
+        ({"privacy": True, "mode": "secagg+"}, "with DP in plaintext and attested modes only"),
         ({"rule": "median"}, "weighted mean, not the 'median' rule"),
         ({"min_clients": 4}, "below the run's minimum of 4 clients"),
         ({"registered": 2}, "exceeds the 2 registered clients"),

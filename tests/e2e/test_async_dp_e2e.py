@@ -42,11 +42,6 @@ from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
 from sealagg.crypto.staleness import StalenessPolicy
 
-pytestmark = pytest.mark.skip(
-    reason="needs the async DP hooks in appliance/async_runs.py, async_schedule.py and "
-    "orchestrator.py (/tmp/helpers/asyncdp-hooks.md); remove this mark at integration"
-)
-
 DELTA = 1e-5
 PLAIN = {"mode": "plaintext", "min_clients": 2, "rounds": 0, "ready_window": 30.0}
 ASYNC = {"buffer_size": 2, "max_staleness": 2, "staleness": "constant"}
