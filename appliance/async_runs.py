@@ -336,12 +336,15 @@ class AsyncScheduler:
         return True
 
     def _waiting(self, name: str) -> bool:
-        """In the filling buffer, or (masked) registered in a full one waiting for or inside
-        its round: no new lease until that buffer closes (a lease queued for a member of a
-        running round would also interrupt its protocol)."""
+        """In the filling buffer, or in a full one not yet published (masked: waiting for or
+        inside its round): no new lease until that buffer closes. A lease handed out before
+        the buffer's version is published would start every member, the fastest included,
+        one version behind (measured: async diverged on non-IID digits at K = 5;
+        benchmarks/RESULTS.md, issue 21), and in masked mode it would interrupt the member's
+        running protocol."""
         if self.filling is not None and name in self.filling.members:
             return True
-        return self.masked and any(name in b.members for b in self.full)
+        return any(name in b.members for b in self.full)
 
     def _lease(
         self, name: str, current, run: Run, buffer: AsyncBuffer | MaskedBuffer
