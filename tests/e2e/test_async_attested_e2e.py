@@ -9,11 +9,11 @@ each participant learns its staleness and weight from its report.
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
 import pytest
+from sealagg_testkit.async_runs import start_async_run
 
 from sealagg.appliance.attestation import setup_software_attestation
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
@@ -22,7 +22,6 @@ from sealagg.appliance.kit import load_kit
 from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import Deployment, base_model, free_port
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
@@ -57,26 +56,7 @@ def attested(tmp_path, running, monkeypatch):
 
 
 def _create_run(dep, rounds: int) -> dict:
-    import grpc
-
-    kit = load_kit(dep.folder / ADMIN_KIT_DIRNAME)
-    ca, key, cert = kit.channel_credentials_material()
-    options = [("grpc.ssl_target_name_override", kit.server_name)]
-    with grpc.secure_channel(
-        dep.address, grpc.ssl_channel_credentials(ca, key, cert), options
-    ) as ch:
-        reply = pb_grpc.AdminStub(ch).CreateRun(
-            pb.RunSpec(
-                name="async-attested",
-                rounds=rounds,
-                schedule="async",
-                async_json=json.dumps(ASYNC),
-                start=True,
-            ),
-            timeout=15,
-        )
-    assert reply.ok, reply.detail
-    return json.loads(reply.run_json)
+    return start_async_run(dep, ASYNC, rounds=rounds, name="async-attested")
 
 
 def _flat(dep, version: int) -> np.ndarray:

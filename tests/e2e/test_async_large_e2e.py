@@ -6,20 +6,16 @@ thread; the published version must still be exactly its parent plus the weighted
 
 from __future__ import annotations
 
-import json
 import threading
 
-import grpc
 import numpy as np
+from sealagg_testkit.async_runs import start_async_run
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import FederationFolder, add_client
-from sealagg.appliance.kit import load_kit
 from sealagg.appliance.orchestrator import OFF_LOOP_BYTES
 from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import make_deployment
-from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
 
@@ -33,23 +29,7 @@ def test_a_large_update_is_streamed_added_off_the_loop_and_published_exactly(tmp
     add_client(dep.federation, ADMIN_NAME, out=dep.folder / ADMIN_KIT_DIRNAME)
     dep.configure(aggregation={"mode": "plaintext", "min_clients": 2, "rounds": 0})
     running(dep.folder)
-    kit = load_kit(dep.folder / ADMIN_KIT_DIRNAME)
-    ca, key, cert = kit.channel_credentials_material()
-    options = [("grpc.ssl_target_name_override", kit.server_name)]
-    with grpc.secure_channel(
-        dep.address, grpc.ssl_channel_credentials(ca, key, cert), options
-    ) as ch:
-        reply = pb_grpc.AdminStub(ch).CreateRun(
-            pb.RunSpec(
-                name="big",
-                rounds=1,
-                schedule="async",
-                async_json=json.dumps({"buffer_size": 2}),
-                start=True,
-            ),
-            timeout=15,
-        )
-    assert reply.ok, reply.detail
+    start_async_run(dep, {"buffer_size": 2}, rounds=1, name="big")
     rng = np.random.default_rng(5)
     updates = [rng.normal(0, 0.01, D).astype(np.float32) for _ in range(2)]
     reports: dict = {}

@@ -20,12 +20,12 @@ test decides who trains on which version by when each client takes its lease:
 
 from __future__ import annotations
 
-import json
 import threading
 
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.async_runs import start_async_run
 from sealagg_testkit.raw_clients import RawClient
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
@@ -92,24 +92,7 @@ def _admin_stop(dep, run_id: str) -> None:
 
 
 def _admin_create(dep, params: dict, rounds: int) -> str:
-    kit = load_kit(dep.folder / ADMIN_KIT_DIRNAME)
-    ca, key, cert = kit.channel_credentials_material()
-    options = [("grpc.ssl_target_name_override", kit.server_name)]
-    with grpc.secure_channel(
-        dep.address, grpc.ssl_channel_credentials(ca, key, cert), options
-    ) as ch:
-        reply = pb_grpc.AdminStub(ch).CreateRun(
-            pb.RunSpec(
-                name="masked",
-                rounds=rounds,
-                schedule="async",
-                async_json=json.dumps(params),
-                start=True,
-            ),
-            timeout=15,
-        )
-    assert reply.ok, reply.detail
-    return json.loads(reply.run_json)["id"]
+    return start_async_run(dep, params, rounds=rounds, name="masked")["id"]
 
 
 @pytest.fixture

@@ -9,23 +9,19 @@ staleness its buffer's transcript fixed) or says why not.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
-import grpc
 import numpy as np
 import torch
+from sealagg_testkit.async_runs import start_async_run
 from torch import nn
 
 from sealagg import client_shim
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import FederationFolder, add_client
-from sealagg.appliance.kit import load_kit
 from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import make_deployment
-from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
 VERSIONS = 3
 ASYNC = {"buffer_size": 3, "max_staleness": 3, "staleness": "exponential", "alpha": 0.5}
@@ -53,24 +49,7 @@ def test_the_torch_loop_runs_a_masked_async_run_to_its_end(tmp_path, running):
     add_client(dep.federation, ADMIN_NAME, out=dep.folder / ADMIN_KIT_DIRNAME)
     dep.configure(aggregation={"mode": "secagg+", "min_clients": 3, "rounds": 0, "clip": 1.0})
     running(dep.folder)
-    kit = load_kit(dep.folder / ADMIN_KIT_DIRNAME)
-    ca, key, cert = kit.channel_credentials_material()
-    options = [("grpc.ssl_target_name_override", kit.server_name)]
-    with grpc.secure_channel(
-        dep.address, grpc.ssl_channel_credentials(ca, key, cert), options
-    ) as ch:
-        reply = pb_grpc.AdminStub(ch).CreateRun(
-            pb.RunSpec(
-                name="masked-loop",
-                rounds=VERSIONS,
-                schedule="async",
-                async_json=json.dumps(ASYNC),
-                start=True,
-            ),
-            timeout=15,
-        )
-    assert reply.ok, reply.detail
-    run_id = json.loads(reply.run_json)["id"]
+    run_id = start_async_run(dep, ASYNC, rounds=VERSIONS, name="masked-loop")["id"]
     results: dict = {}
     errors: dict = {}
 

@@ -10,23 +10,19 @@ or refused (with the reason).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
-import grpc
 import numpy as np
 import torch
+from sealagg_testkit.async_runs import start_async_run
 from torch import nn
 
 from sealagg import client_shim
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import FederationFolder, add_client
-from sealagg.appliance.kit import load_kit
 from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import make_deployment
-from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 
 VERSIONS = 5
 ASYNC = {"buffer_size": 2, "max_staleness": 2, "staleness": "hinge", "a": 1.0, "b": 1}
@@ -50,24 +46,7 @@ def _train(model: nn.Module, i: int) -> None:
 
 
 def _create_run(dep) -> str:
-    kit = load_kit(dep.folder / ADMIN_KIT_DIRNAME)
-    ca, key, cert = kit.channel_credentials_material()
-    options = [("grpc.ssl_target_name_override", kit.server_name)]
-    with grpc.secure_channel(
-        dep.address, grpc.ssl_channel_credentials(ca, key, cert), options
-    ) as ch:
-        reply = pb_grpc.AdminStub(ch).CreateRun(
-            pb.RunSpec(
-                name="async-shim",
-                rounds=VERSIONS,
-                schedule="async",
-                async_json=json.dumps(ASYNC),
-                start=True,
-            ),
-            timeout=15,
-        )
-    assert reply.ok, reply.detail
-    return json.loads(reply.run_json)["id"]
+    return start_async_run(dep, ASYNC, rounds=VERSIONS, name="async-shim")["id"]
 
 
 def test_clients_of_different_speeds_finish_an_async_run_with_the_same_loop(tmp_path, running):

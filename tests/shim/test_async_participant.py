@@ -8,19 +8,16 @@ lease on the current version.
 
 from __future__ import annotations
 
-import json
 import threading
 
-import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.async_runs import start_async_run
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import FederationFolder, add_client
-from sealagg.appliance.kit import load_kit
 from sealagg.appliance.server import open_store
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
 
@@ -31,18 +28,7 @@ def participants(deployment, running):
     add_client(dep.federation, ADMIN_NAME, out=dep.folder / ADMIN_KIT_DIRNAME)
     dep.configure(aggregation={"mode": "plaintext", "min_clients": 2, "rounds": 0})
     running(dep.folder)
-    kit = load_kit(dep.folder / ADMIN_KIT_DIRNAME)
-    ca, key, cert = kit.channel_credentials_material()
-    options = [("grpc.ssl_target_name_override", kit.server_name)]
-    with grpc.secure_channel(
-        dep.address, grpc.ssl_channel_credentials(ca, key, cert), options
-    ) as ch:
-        params = {"buffer_size": 2, "max_staleness": 0, "staleness": "constant"}
-        reply = pb_grpc.AdminStub(ch).CreateRun(
-            pb.RunSpec(name="a", schedule="async", async_json=json.dumps(params), start=True),
-            timeout=15,
-        )
-    assert reply.ok, reply.detail
+    start_async_run(dep, {"buffer_size": 2, "max_staleness": 0, "staleness": "constant"}, name="a")
     connections = [Connection(dep.kits[n], address=dep.address) for n in sorted(dep.kits)]
     yield dep, [Participant(c, poll_seconds=0.5, presence=False) for c in connections]
     for c in connections:
