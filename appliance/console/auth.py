@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from sealagg.appliance.admin_views import VIEWS
+
 __all__ = [
     "ANONYMOUS_VIEWS",
     "SESSION_COOKIE",
@@ -59,19 +61,7 @@ SESSION_COOKIE = "__Host-sealagg-console"
 #: Views an anonymous viewer may read when ``anonymous_read`` is on: everything on the
 #: dashboard except the audit log's entries (they name administrators, reasons and client
 #: events in detail; the log's *verification* is an auditor's action).
-ANONYMOUS_VIEWS = frozenset(
-    {
-        "federation",
-        "live",
-        "runs",
-        "rounds",
-        "clients",
-        "versions",
-        "approvals",
-        "privacy",
-        "attestations",
-    }
-)
+ANONYMOUS_VIEWS = frozenset(VIEWS) - {"audit"}
 #: At most this many live sessions / unredeemed tokens (oldest dropped first): bounded memory.
 MAX_SESSIONS = 256
 MAX_TOKENS = 256

@@ -17,20 +17,23 @@ noise multiplier the appliance's down-weighting leaves.
 from __future__ import annotations
 
 import json
-import threading
 
 import dp_accounting
 import grpc
 import numpy as np
 import pytest
 from dp_accounting import rdp
+from sealagg_testkit.async_runs import current_version as _current
+from sealagg_testkit.async_runs import lease
+from sealagg_testkit.async_runs import read_state as _state
+from sealagg_testkit.async_runs import wait_until as _wait_for
 from sealagg_testkit.raw_clients import RawClient
 
 from sealagg.appliance.accounting import RoundPrivacy, epsilon
 from sealagg.appliance.attestation import setup_software_attestation
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.config import PrivacySection
-from sealagg.appliance.federation import FederationFolder, add_client, init_federation
+from sealagg.appliance.federation import add_client, init_federation
 from sealagg.appliance.kit import load_kit
 from sealagg.appliance.privacy import PrivacyController
 from sealagg.appliance.server import open_store
@@ -88,36 +91,6 @@ def dp_run(deployment, running):
     for c in clients.values():
         c.close()
     admin.channel.close()
-
-
-def _state(dep, call):
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        return call(store)
-    finally:
-        store.close()
-
-
-def _current(dep) -> int:
-    return _state(dep, lambda s: s.current_model().version)
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        event.wait(0.05)
-    raise AssertionError("the condition never held")
-
-
-def lease(client: RawClient) -> pb.RoundStart:
-    for _ in range(40):
-        task = client.poll(1.0)
-        if task.WhichOneof("kind") == "round_start":
-            assert task.round_start.asynchronous
-            return task.round_start
-    raise AssertionError(f"{client.name} got no lease")
 
 
 def submit(client: RawClient, start: pb.RoundStart, weight: float = 1.0) -> pb.SubmitAck:

@@ -25,13 +25,14 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from sealagg_testkit.async_runs import start_async_run
+from sealagg_testkit.async_runs import current_version as _current
+from sealagg_testkit.async_runs import read_state as _state
+from sealagg_testkit.async_runs import start_async_run, wait_until
 from sealagg_testkit.raw_clients import RawClient
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
-from sealagg.appliance.federation import FederationFolder, add_client
+from sealagg.appliance.federation import add_client
 from sealagg.appliance.kit import load_kit
-from sealagg.appliance.server import open_store
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.appliance.wire.modelcodec import Layout, flatten
@@ -126,12 +127,8 @@ def masked(deployment, running):
             conn.close()
 
 
-def _state(dep, call):
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        return call(store)
-    finally:
-        store.close()
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    wait_until(condition, timeout)
 
 
 def _flat(dep, version: int) -> np.ndarray:
@@ -140,19 +137,6 @@ def _flat(dep, version: int) -> np.ndarray:
         return flatten(tensors, Layout.of(tensors)).astype(np.float64)
 
     return _state(dep, read)
-
-
-def _current(dep) -> int:
-    return _state(dep, lambda s: s.current_model().version)
-
-
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        event.wait(0.05)
-    raise AssertionError("the condition never held")
 
 
 def _audit(dep) -> list:

@@ -15,17 +15,19 @@ clients speak the wire protocol so the test decides who trains on which version:
 from __future__ import annotations
 
 import json
-import threading
 
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.async_runs import current_version as _current
+from sealagg_testkit.async_runs import lease
+from sealagg_testkit.async_runs import read_state as _state
+from sealagg_testkit.async_runs import wait_until as _wait_for
 from sealagg_testkit.raw_clients import RawClient
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
-from sealagg.appliance.federation import FederationFolder, add_client
+from sealagg.appliance.federation import add_client
 from sealagg.appliance.kit import load_kit
-from sealagg.appliance.server import open_store
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.appliance.wire.modelcodec import Layout, flatten
@@ -86,43 +88,12 @@ def approved(deployment, running):
     _close(admin, clients)
 
 
-def _state(dep, call):
-    store = open_store(FederationFolder.load(dep.folder))
-    try:
-        return call(store)
-    finally:
-        store.close()
-
-
-def _current(dep) -> int:
-    return _state(dep, lambda s: s.current_model().version)
-
-
 def _flat(dep, version: int) -> np.ndarray:
     def read(store):
         tensors = store.load_model(version)
         return flatten(tensors, Layout.of(tensors)).astype(np.float64)
 
     return _state(dep, read)
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        event.wait(0.05)
-    raise AssertionError("the condition never held")
-
-
-def lease(client: RawClient) -> pb.RoundStart:
-    """Poll until the appliance hands this client a lease (an asynchronous RoundStart)."""
-    for _ in range(40):
-        task = client.poll(1.0)
-        if task.WhichOneof("kind") == "round_start":
-            assert task.round_start.asynchronous
-            return task.round_start
-    raise AssertionError(f"{client.name} got no lease")
 
 
 def submit(
