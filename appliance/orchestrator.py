@@ -125,7 +125,7 @@ from sealagg.appliance.wire.modelcodec import Layout, flatten, unflatten
 from sealagg.crypto import QuantizationSpec, RoundConfig, encoded_length
 from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.config import check_round_parameters, default_minimum_survivors
-from sealagg.crypto.errors import InfeasibleParametersError, SecAggError
+from sealagg.crypto.errors import CoinRevealError, InfeasibleParametersError, SecAggError
 from sealagg.crypto.params import choose_graph
 from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
 from sealagg.crypto.refusal import MAX_DETAIL_CHARS, parse_code
@@ -149,6 +149,11 @@ MAX_REMEMBERED_REFUSALS = 4096
 #: After a round, how long the loop waits for its members to poll again before it picks the
 #: next round's members (a member that does not come back within it is left out).
 SETTLE_SECONDS = 2.0
+#: Rounds in a row the run replaces, uncounted, after members vanished before revealing their
+#: graph coins (:meth:`Orchestrator._vanished_before_reveal`). Well below the clients' own
+#: bound on unfinished reveals (crypto.ledger.MAX_UNFINISHED_REVEALS), so honest clients never
+#: reach their pause because the appliance restarted for them.
+MAX_REVEAL_RESTARTS = 2
 #: When the implicit run's budget ends the appliance: how long its last round's members have
 #: to poll once more and collect their RunEnd.
 RUN_END_GRACE = 1.0
@@ -179,6 +184,9 @@ class RoundOutcome:
     contributors: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     seconds: float = 0.0
+    #: Aborted only because these committed members vanished before revealing their graph
+    #: coins: the run may open a fresh round at once, not counted (:data:`MAX_REVEAL_RESTARTS`).
+    vanished_before_reveal: tuple[str, ...] = ()
 
 
 class Orchestrator:
@@ -513,6 +521,7 @@ class Orchestrator:
         self.recover()
         self._ensure_implicit_run()
         setup_failures = 0
+        restarts = 0  # reveal restarts in a row (:data:`MAX_REVEAL_RESTARTS`)
         while not stop.is_set():
             run = self.runs.running()
             if run is not None and run.asynchronous:  # until it pauses, stops or finishes
@@ -546,6 +555,14 @@ class Orchestrator:
             outcome = await self.run_round(batch, run=run)
             self.history.append(outcome)
             self.metrics.rounds.labels(outcome.outcome).inc()
+            gone = outcome.vanished_before_reveal
+            still_running = self.runs.get(run.run_id).status == "running"
+            if gone and still_running and restarts < MAX_REVEAL_RESTARTS:
+                restarts += 1  # members vanished before revealing their coins: go again at once
+                self.runs.uncount_round(run, outcome.number, restart=restarts, gone=gone)
+                await self._settle(batch, stop)
+                continue
+            restarts = 0
             await self._evaluate_if_due(run.run_id, outcome, batch, stop)
             run = self.runs.get(run.run_id)  # rounds counted; paused or stopped meanwhile?
             if run.status == "stopped":
@@ -1066,9 +1083,12 @@ class Orchestrator:
                     reason = f"phase {phase}: {error}"
                     if self._refused:  # say who refused, not only how many remained
                         reason += f" (refused by {', '.join(sorted(self._refused))})"
-                    return self._finish_aborted(
+                    outcome = self._finish_aborted(
                         active.number, members, active.round_id, reason, answered=in_phase
                     )
+                    if self._vanished_before_reveal(error, late):
+                        outcome = dataclasses.replace(outcome, vanished_before_reveal=tuple(late))
+                    return outcome
                 active.expected -= self._refused  # a client that refused stays gone
                 self.store.record_phase(active.number, phase, answered, late)
                 self._phase_done.clear()
@@ -1142,6 +1162,22 @@ class Orchestrator:
                 {"round": active.number, "client": name, "phase": active.phase_name, "was": reason},
             )
         _log.info("round %d: %s came back (%s before)", active.number, name, reason)
+
+    def _vanished_before_reveal(self, error: Exception, late: Sequence[str]) -> bool:
+        """Did the round abort only because committed members vanished (presence:
+        connection closed or silent) before revealing their graph coins?
+
+        Such a round may be replaced at once by a fresh one among the others
+        (:meth:`run`). Why that gives a malicious appliance nothing it lacks: every committed
+        coin must be revealed or the round aborts for everyone (crypto/coins.py), and a
+        server that withholds or drops a reveal can always abort and open a new round, each
+        a fresh independent draw (new round id, keys and coins). The replacement is exactly
+        that, and each client's ledger still bounds how many revealed rounds may go
+        unfinished in a row (crypto/ledger.py), whoever opened them. A refusal or a
+        deadline is not a vanishing: those rounds end as before."""
+        if not isinstance(error, CoinRevealError) or not late or self._refused:
+            return False
+        return all(name in self._absent for name in late)
 
     def _audit_dropped(
         self, active: ActiveRound, late: Sequence[str], configured: float, timeout: float

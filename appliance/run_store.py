@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,6 +179,28 @@ class RunStore:
             number = opener()
             tx.execute("UPDATE runs SET rounds_done = rounds_done + 1 WHERE id = ?", (run.row,))
             return number, self._get(tx, run.run_id)
+
+    def uncount_round(self, run: Run, number: int, *, restart: int, gone: Sequence[str]) -> Run:
+        """Give back the budget of round ``number``, aborted because members vanished
+        before revealing their graph coins, which the run replaces at once; audited as
+        ``round_restarted`` in the same transaction (the aborted round stays in the
+        rounds table with its reason: nothing about it is hidden, it only does not count)."""
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE runs SET rounds_done = rounds_done - 1 WHERE id = ? AND rounds_done > 0",
+                (run.row,),
+            )
+            self.store.audit.append(
+                "round_restarted",
+                {
+                    "run": run.run_id,
+                    "round": number,
+                    "restart": restart,
+                    "vanished_before_reveal": sorted(gone),
+                },
+                conn=tx,
+            )
+            return self._get(tx, run.run_id)
 
     # --------------------------------------------------------------------- evaluations
 

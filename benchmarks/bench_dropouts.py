@@ -9,8 +9,13 @@ started again once the round has ended (as the demo's supervisor does), and the 
 opens only when all n are back (``min_clients = n``), so every round begins with n clients.
 The first ``--warmup`` rounds have no kills: the adaptive deadlines need a history.
 At n >= 50 the SecAgg+ graph is sparse and its seed comes from coins every client committed
-to: a client that dies before revealing its coin aborts the round by design (crypto/coins.py),
-so ``--phases`` without ``reveal_coins`` shows the rounds that can finish.
+to: a client that dies before revealing its coin aborts the round by design (crypto/coins.py).
+The appliance then replaces that round at once with a fresh one, uncounted
+(``Orchestrator._vanished_before_reveal``); ``--reveal-restarts off`` measures the old
+behaviour in the same run (``MAX_REVEAL_RESTARTS = 0``), and ``--phases`` without
+``reveal_coins`` shows the rounds that need no replacement. The run lasts ``--warmup +
+--rounds`` counted rounds; replaced rounds come on top (the kill plan covers them too: each
+round opened loses its share of processes).
 
 The appliance keeps its DEFAULT deadlines (the configured maxima; adaptive on): with
 ``--presence off`` the clients only poll (the old client), so the figures show what such a
@@ -199,17 +204,22 @@ def _configure(dep: Deployment, args: argparse.Namespace, kill: float, total: in
     dep.configure(**sections)
 
 
-def run_setting(args: argparse.Namespace, kill: float, presence: str) -> dict:
+def run_setting(args: argparse.Namespace, kill: float, presence: str, restarts: str) -> dict:
     """One fresh deployment: warm-up rounds, then ``--rounds`` rounds with kills."""
     from bench_appliance import _model  # a sibling file (the client processes do not need it)
 
+    import sealagg.appliance.orchestrator as orchestrator_module
+
     total = args.warmup + args.rounds
+    saved_restarts = orchestrator_module.MAX_REVEAL_RESTARTS
+    if restarts == "off":
+        orchestrator_module.MAX_REVEAL_RESTARTS = 0
     with tempfile.TemporaryDirectory() as tmp:
         dep = make_deployment(Path(tmp), clients=args.clients, model=_model(args.dimension))
         _configure(dep, args, kill, total)
         plan = kill_plan(
             sorted(dep.kits),
-            range(args.warmup + 1, total + 1),
+            range(args.warmup + 1, 3 * total + 1),  # replaced rounds come on top
             kill,
             args.seed,
             [PHASES.index(p) for p in args.phases],
@@ -218,13 +228,13 @@ def run_setting(args: argparse.Namespace, kill: float, presence: str) -> dict:
         plan_file.write_text(json.dumps(plan))
         load_before = _loadavg()
         app = RunningAppliance(dep.folder)
-        clients = Clients(dep, args.dimension, plan_file, presence, total)
+        clients = Clients(dep, args.dimension, plan_file, presence, 3 * total)
         history = app.app.orchestrator.history
         started = time.monotonic()
         ends: list[float] = []
         vanished: list[int] = []
         try:
-            while app.thread.is_alive() and len(history) < total:
+            while app.thread.is_alive():  # the implicit run ends the appliance
                 if len(history) > len(ends):  # a round ended: bring the dead back
                     ends.append(time.monotonic())
                     vanished.append(clients.restart_vanished())
@@ -238,6 +248,7 @@ def run_setting(args: argparse.Namespace, kill: float, presence: str) -> dict:
             vanished.append(len(clients.vanished()))
             app.wait(120)
         finally:
+            orchestrator_module.MAX_REVEAL_RESTARTS = saved_restarts
             app.stop()
             clients.stop()
             if args.logs:  # the clients' logs outlive the temporary deployment
@@ -260,12 +271,15 @@ def run_setting(args: argparse.Namespace, kill: float, presence: str) -> dict:
                 "processes_died": died,
                 "dropped": len(outcome.dropped),
                 "contributors": len(outcome.contributors),
+                # aborted for a vanished coin revealer and replaced at once, uncounted
+                "replaced": bool(outcome.vanished_before_reveal) and restarts == "on",
             }
         )
         previous = end
     return {
         "kill": kill,
         "presence": presence,
+        "reveal_restarts": restarts,
         "clients": args.clients,
         "d": args.dimension,
         "deadline": args.deadline,
@@ -279,6 +293,7 @@ def run_setting(args: argparse.Namespace, kill: float, presence: str) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     times = [r["seconds"] for r in rows]
+    counted = len(rows) - sum(r["replaced"] for r in rows)
     published = [r["seconds"] for r in rows if r["outcome"] == "published"]
     if not times:
         return {}
@@ -294,16 +309,20 @@ def summarize(rows: list[dict]) -> dict:
         "died": sum(r["processes_died"] for r in rows),
         "dropped_median": statistics.median(r["dropped"] for r in rows),
         "cycle_median": statistics.median(r["cycle_seconds"] for r in rows),
+        "replaced": sum(r["replaced"] for r in rows),
+        "published": len(published),
+        # what a counted round costs, its replaced attempts included (appliance time)
+        "seconds_per_counted_round": sum(times) / max(1, counted),
     }
 
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| killed | presence | rounds | min s | median s | p90 s | max s | aborted "
-        "| median s of published rounds "
+        "| killed | presence | reveal restarts | rounds | replaced | published | min s | median s "
+        "| p90 s | max s | aborted | median s of published rounds | s per counted round "
         "| processes died | dropped (median) | round-to-round s (median) "
         "| load avg (before → after) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         s = r["summary"]
@@ -311,9 +330,11 @@ def markdown(results: list[dict]) -> str:
             continue
         pub = "-" if s["published_median"] is None else f"{s['published_median']:.2f}"
         lines.append(
-            f"| {r['kill']:.0%} | {r['presence']} | {s['rounds']} | {s['min']:.2f} "
+            f"| {r['kill']:.0%} | {r['presence']} | {r['reveal_restarts']} | {s['rounds']} "
+            f"| {s['replaced']} | {s['published']} | {s['min']:.2f} "
             f"| {s['median']:.2f} | {s['p90']:.2f} | {s['max']:.2f} | {s['aborted']} "
-            f"| {pub} | {s['died']} | {s['dropped_median']:g} | {s['cycle_median']:.2f} "
+            f"| {pub} | {s['seconds_per_counted_round']:.2f} "
+            f"| {s['died']} | {s['dropped_median']:g} | {s['cycle_median']:.2f} "
             f"| {r['loadavg_before']} → {r['loadavg_after']} |"
         )
     return "\n".join(lines)
@@ -331,6 +352,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="rounds without kills, first")
     parser.add_argument("--kill", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     parser.add_argument("--presence", choices=["on", "off", "both"], default="both")
+    parser.add_argument(
+        "--reveal-restarts",
+        choices=["on", "off", "both"],
+        default="on",
+        help="replace a round whose coin revealer vanished (on: this appliance; off: before)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--phases",
@@ -351,26 +378,27 @@ def main() -> None:
         if "on" in paths:
             parser.error("this build's Participant has no presence= option (no Presence keeper)")
         paths = ["default"]  # the old shim: poll only
+    restart_modes = ["on", "off"] if args.reveal_restarts == "both" else [args.reveal_restarts]
+    settings = [(k, p, r) for k in args.kill for p in paths for r in restart_modes]
     results = []
-    for kill in args.kill:
-        for presence in paths:
-            result = run_setting(args, kill, presence)
-            results.append(result)
-            s = result["summary"]
-            print(
-                f"kill {kill:.0%} presence {presence}: "
-                f"{[(r['seconds'], r['outcome'][0], r['dropped']) for r in result['rounds']]} "
-                f"median {s.get('median', 0):.2f} s, p90 {s.get('p90', 0):.2f} s, "
-                f"aborted {s.get('aborted', 0)} (load {result['loadavg_after']})",
-                flush=True,
-            )
-            if args.json:  # written as it goes: a long run keeps what it measured
-                args.json.write_text(
-                    json.dumps(
-                        {"args": _plain(vars(args)), "results": results},
-                        indent=2,
-                    )
+    for kill, presence, restarts in settings:
+        result = run_setting(args, kill, presence, restarts)
+        results.append(result)
+        s = result["summary"]
+        print(
+            f"kill {kill:.0%} presence {presence} reveal restarts {restarts}: "
+            f"{[(r['seconds'], r['outcome'][0], r['dropped']) for r in result['rounds']]} "
+            f"median {s.get('median', 0):.2f} s, p90 {s.get('p90', 0):.2f} s, "
+            f"aborted {s.get('aborted', 0)} (load {result['loadavg_after']})",
+            flush=True,
+        )
+        if args.json:  # written as it goes: a long run keeps what it measured
+            args.json.write_text(
+                json.dumps(
+                    {"args": _plain(vars(args)), "results": results},
+                    indent=2,
                 )
+            )
     print(markdown(results))
 
 

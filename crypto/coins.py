@@ -61,7 +61,10 @@ from the key directory straight to the shares and clients reveal nothing. Why th
 
 Cost: one small message each way (32 bytes up, 32·n down), no public-key operation.
 A committed client that drops between advertising and revealing aborts the round: the
-reveal follows the advertisement directly (training is already done), so this is rare.
+reveal follows the advertisement directly (training is already done), so this is rare, and
+when the appliance saw that client vanish it replaces the round at once with a fresh draw
+among the others (appliance/orchestrator.py, ``_vanished_before_reveal``): the same lever
+as any abort-and-restart, counted by the same ledger.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ from sealagg_testkit.presence_clients import (
 )
 from sealagg_testkit.proxy import PartitionProxy
 
+from sealagg.appliance import admin_api
+from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import FederationFolder, add_client, revoke_client
 from sealagg.appliance.kit import load_kit
 from sealagg.appliance.testing import TcpProxy
@@ -556,3 +558,101 @@ def test_presence_refusals_and_hostile_streams(deployment, running, streams):
 
 def on_loop_live(app, board, name: str) -> bool:
     return bool(on_loop(app, lambda: board.is_live(name)))
+
+
+# ---- 8. a member that vanishes before revealing its graph coin ----------------------------
+
+#: A SecAgg+ round over 16 clients draws a sparse graph (degree 14 with the default
+#: dropout and corruption rates), so it has a coin reveal phase.
+SPARSE_N = 16
+
+
+def _ready(app) -> list[str]:
+    return on_loop(app, app.app.orchestrator.ready_clients)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_member_vanishing_before_its_coin_reveal_is_replaced_at_once(deployment, running, spawn):
+    """client15's process advertises its keys and is SIGKILLed before revealing its graph
+    coin. Every committed coin must be revealed (crypto/coins.py), so that round aborts; the
+    run (one round) replaces it at once with a fresh round among the 15 others, uncounted and
+    audited as ``round_restarted``, which publishes their exact mean: the run ends with one
+    published version, not with an aborted round (a 120 s deadline is never reached)."""
+    doomed_name = f"client{SPARSE_N - 1}"
+    dep = deployment(clients=SPARSE_N)
+    add_client(dep.federation, ADMIN_NAME, out=dep.folder / ADMIN_KIT_DIRNAME)
+    _masked(dep, SPARSE_N - 1, rounds=0)
+    dep.configure(aggregation={"max_clients": SPARSE_N, "ready_window": 60.0})
+    app = running(dep.folder)
+    with admin_api.connect(dep.folder, address=dep.address, timeout=15) as admin:
+        run_id = admin.create_run(name="one", rounds=1, start=True)["id"]
+        admin.pause_run(run_id)  # until all 16 wait, so the round holds the doomed client
+        doomed = spawn(dep, doomed_name, dimension=DIM, die_at="reveal_coins")
+        names = [f"client{i}" for i in range(SPARSE_N - 1)]
+        clients = start_clients(dep, names, rounds=2)
+        wait_for(lambda: len(_ready(app)) == SPARSE_N, "all 16 clients ready", timeout=120)
+        admin.resume_run(run_id)
+        expect_death(doomed, timeout=120)
+        for c in clients.values():
+            c.join(120)
+            assert c.error is None, (c.name, c.error)
+            assert c.outcomes() == ["aborted", "published"], (c.name, c.outcomes())
+        (run,) = [r for r in admin.runs() if r["id"] == run_id]
+    first, _ = app.app.orchestrator.history
+    assert first.outcome == "aborted" and "coin" in first.reason, first
+    assert first.vanished_before_reveal == (doomed_name,)
+    outcome = app.app.orchestrator.history[-1]
+    assert outcome.outcome == "published" and set(outcome.contributors) == set(names), outcome
+    version, flat, _ = published_flat(dep)
+    assert version == 2  # the base model is version 1: one version, from the fresh round
+    np.testing.assert_allclose(flat, expected_bias_and_weight(range(SPARSE_N - 1)), atol=2e-6)
+    assert (run["status"], run["rounds_done"]) == ("finished", 1), run
+    assert audit_details(dep, "clients_dropped")[0] == {
+        "round": 1,
+        "phase": "reveal_coins",
+        "clients": {doomed_name: "connection_closed"},
+    }
+    restarted = audit_details(dep, "round_restarted")
+    assert [(r["round"], r["restart"], r["vanished_before_reveal"]) for r in restarted] == [
+        (1, 1, [doomed_name])
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_reveal_missed_by_a_poll_only_client_is_not_restarted(deployment, running, spawn):
+    """The same death by an old poll-only client: nobody can tell it vanished, so the reveal
+    phase waits its (short) deadline and the round aborts as before, counted against the run,
+    with no ``round_restarted``: only a vanishing seen by presence replaces a round."""
+    doomed_name = f"client{SPARSE_N - 1}"
+    dep = deployment(clients=SPARSE_N)
+    add_client(dep.federation, ADMIN_NAME, out=dep.folder / ADMIN_KIT_DIRNAME)
+    _masked(dep, SPARSE_N - 1, rounds=0, deadlines={"share_keys": 5})
+    dep.configure(aggregation={"max_clients": SPARSE_N, "ready_window": 60.0})
+    app = running(dep.folder)
+    with admin_api.connect(dep.folder, address=dep.address, timeout=15) as admin:
+        run_id = admin.create_run(name="one", rounds=1, start=True)["id"]
+        admin.pause_run(run_id)
+        doomed = spawn(dep, doomed_name, dimension=DIM, die_at="reveal_coins", presence=False)
+        names = [f"client{i}" for i in range(SPARSE_N - 1)]
+        clients = start_clients(dep, names, rounds=1)
+        wait_for(lambda: len(_ready(app)) == SPARSE_N, "all 16 clients ready", timeout=120)
+        admin.resume_run(run_id)
+        expect_death(doomed, timeout=120)
+        for c in clients.values():
+            c.join(120)
+            assert c.outcomes() == ["aborted"], (c.name, c.outcomes(), c.error)
+
+        def run_now() -> dict:
+            return next(r for r in admin.runs() if r["id"] == run_id)
+
+        wait_for(lambda: run_now()["status"] == "finished", "the run's end")
+        run = run_now()
+    (only,) = app.app.orchestrator.history
+    assert only.outcome == "aborted" and only.vanished_before_reveal == (), only
+    assert run["rounds_done"] == 1, run
+    assert audit_details(dep, "round_restarted") == []
+    dropped = audit_details(dep, "clients_dropped")[0]
+    assert dropped["phase"] == "reveal_coins" and dropped["clients"] == {doomed_name: "deadline"}
+    assert published_flat(dep)[0] == 1  # nothing was published
