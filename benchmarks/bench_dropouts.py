@@ -14,8 +14,11 @@ The appliance then replaces that round at once with a fresh one, uncounted
 (``Orchestrator._vanished_before_reveal``); ``--reveal-restarts off`` measures the old
 behaviour in the same run (``MAX_REVEAL_RESTARTS = 0``), and ``--phases`` without
 ``reveal_coins`` shows the rounds that need no replacement. The run lasts ``--warmup +
---rounds`` counted rounds; replaced rounds come on top (the kill plan covers them too: each
-round opened loses its share of processes).
+--rounds`` counted rounds; replaced rounds come on top. The kill plan is by round number
+(rounds 1..warmup+rounds as opened, replacements included), so every round opened up to
+there loses its share of processes and the rounds after it have no kills. Each client's
+ledger pauses it after 8 revealed rounds in a row that never finished (crypto/ledger.py):
+at 30 % kills uniform over phases most rounds lose a revealer, and clients reach that pause.
 
 The appliance keeps its DEFAULT deadlines (the configured maxima; adaptive on): with
 ``--presence off`` the clients only poll (the old client), so the figures show what such a
@@ -219,7 +222,7 @@ def run_setting(args: argparse.Namespace, kill: float, presence: str, restarts: 
         _configure(dep, args, kill, total)
         plan = kill_plan(
             sorted(dep.kits),
-            range(args.warmup + 1, 3 * total + 1),  # replaced rounds come on top
+            range(args.warmup + 1, total + 1),  # by round number: replacements included
             kill,
             args.seed,
             [PHASES.index(p) for p in args.phases],
