@@ -51,6 +51,42 @@ the buffer *less* noisy. The security argument:
   publish path and persists the ledger first: a crash between the two overstates ε, never
   understates it. A buffer that is abandoned (never published) releases its pending charges.
 
+**Masked buffers (secagg, secagg+): distributed DP per secure-aggregation round.** The
+appliance never sees a member's update, so nobody can scale a member's noise with its weight
+the way the plaintext path does; instead:
+
+- Each buffer's round is planned like a synchronous masked DP round
+  (:meth:`appliance.privacy.PrivacyController.plan_for` from ``_build_masked_round``): each
+  member adds ``sigma_c = z·C/√m`` inside its ring vector (:mod:`crypto.dp`, Gaussian on a
+  fine grid), ``m`` the *round's own* minimum of survivors (at least ``max(t, m_policy)`` and
+  ``[privacy] min_survivors``, fixed when the round is built, on its actual members). The
+  protocol reveals no sum over fewer than ``m`` survivors (clients refuse to unmask), so any
+  sum the server can ever see carries noise of std at least ``√m·sigma_c = z·C``.
+- Staleness is folded into the **signal only**: a member clips to ``C``, multiplies the
+  clipped update by ``s(tau) <= 1`` (``tau`` from the round's transcript, which binds every
+  member's base version, the parent and the staleness function: :mod:`crypto.buffer_context`)
+  and adds its *full* noise share; its count coordinate stays 1. Its input therefore has L2
+  norm at most ``s(tau)·C <= C``: zero-out sensitivity ``C`` for every member, as in a
+  synchronous round, and the revealed sum is one Gaussian mechanism of multiplier
+  ``z_b = √survivors·sigma_c / C >= z`` for each survivor. As for plaintext buffers no member
+  gets credit for its own down-weighting (``s(tau)·C``): staleness follows when the client
+  chose to arrive. Scaling the noise with ``s(tau)`` too would lower ``z_b`` below ``z`` for
+  stale buffers (the plaintext path's ``z_b`` formula); keeping it whole keeps every buffer at
+  least at ``z``, at some cost in utility for stale buffers.
+- The appliance divides the unmasked signal sum by ``Σ s(tau_i)`` over the survivors, which it
+  computes from the transcript (public): post-processing, no privacy cost. It checks that the
+  count coordinate sums to the number of survivors (each member counted once), so a member
+  cannot weigh itself more through the count either.
+- **Charges.** Admission and pending charges use the plan's floor, ``z`` (no full buffer's
+  round carries less); :meth:`ClientPrivacyLedger.record_masked` charges each *survivor* the
+  actual ``z_b`` before the aggregate goes through the publish path (members that dropped out
+  of the round are not in the revealed sum and are released with the buffer's pending
+  charges). The run-level controller records nothing for a buffer round: each survivor is
+  charged once, here, and the federation ε there counts the most-charged client.
+- Only ``[privacy] mode = "client"`` (the Gaussian mechanism in the ring, sensitivity ``C``):
+  the discrete mechanisms' sensitivity is the rounding bound, which depends on the round's
+  dimension and grid, so admission could not bound a buffer's cost before it is built.
+
 Per-client state lives in ``privacy_clients.json`` beside the synchronous controller's
 ``privacy_state.json`` (written atomically), federation-wide across runs; pending charges are
 in memory only (buffers do not survive a restart). Every buffer appends a ``privacy`` audit
@@ -86,7 +122,13 @@ __all__ = [
 _log = logging.getLogger("sealagg.privacy")
 STATE_FILE = "privacy_clients.json"
 #: Modes where the appliance sees (and weights) each noised update.
-ASYNC_DP_MODES = ("plaintext", "attested")
+PLAIN_DP_MODES = ("plaintext", "attested")
+#: Modes where each buffer is one secure-aggregation round with distributed noise.
+MASKED_DP_MODES = ("secagg", "secagg+")
+ASYNC_DP_MODES = PLAIN_DP_MODES + MASKED_DP_MODES
+#: Admission's floor sits this much below ``z`` so that a round's ``√m·(z·C/√m)/C``, which
+#: floating point may put a hair under ``z``, never rounds (down) below it.
+_FLOOR_SLACK = 1e-9
 MAX_NAME_CHARS = 256
 MEMO_SIZE = 4096
 
@@ -137,9 +179,13 @@ class AsyncDPPlan:
     noise_std: float  # each client's share: z·C/√K
     floor: float  # the smallest z_b a full buffer of this run can carry (admission)
     range_bits: int = 20
+    masked: bool = False  # secagg / secagg+: distributed noise per buffer round
 
     def params(self) -> pb.PrivacyParams:
-        """``RoundStart.privacy`` of a lease (the shim clips, adds its share, sends weight 1)."""
+        """``RoundStart.privacy`` of a lease (the shim clips, adds its share, sends weight 1).
+        Plaintext and attested only: a masked buffer's round carries its own parameters."""
+        if self.masked:
+            raise AsyncPrivacyError("a masked lease carries no DP parameters: its round does")
         return pb.PrivacyParams(
             mode="client",
             mechanism="gaussian",
@@ -208,12 +254,17 @@ class ClientPrivacyLedger:
         cfg = self.config
         if mode not in ASYNC_DP_MODES:
             raise AsyncPrivacyError(
-                f"DP in async runs works in {' and '.join(ASYNC_DP_MODES)} modes for now, not "
-                f"{mode!r} (a masked buffer needs distributed DP per secure-aggregation instance)"
+                f"DP in async runs works in {', '.join(ASYNC_DP_MODES)} modes, not {mode!r}"
             )
         if cfg.mode != "client":
             raise AsyncPrivacyError(
                 f'async runs take client-level DP ([privacy] mode = "client"), not {cfg.mode!r}'
+                + (
+                    " (a discrete mechanism's sensitivity depends on each buffer round's grid, "
+                    "so a contribution's cost could not be bounded at admission)"
+                    if mode in MASKED_DP_MODES
+                    else ""
+                )
             )
         if cfg.target_quantile is not None:
             raise AsyncPrivacyError(
@@ -229,6 +280,20 @@ class ClientPrivacyLedger:
                 "every published buffer covers exactly K clients, fewer than the noise needs"
             )
         z = cfg.noise_multiplier
+        if mode in MASKED_DP_MODES:
+            # Every revealed sum covers at least the round's m survivors, each adding z·C/√m,
+            # and every input has norm <= C: z_b >= z (module docstring), whatever s(tau).
+            r = 1.0
+            plan = AsyncDPPlan(
+                clip=cfg.clip,
+                noise_multiplier=z,
+                buffer_size=buffer_size,
+                noise_std=z * cfg.clip / math.sqrt(buffer_size),  # nominal: the round sizes it
+                floor=conservative(z * (1.0 - _FLOOR_SLACK)),
+                range_bits=cfg.range_bits,
+                masked=True,
+            )
+            return self._check_once(plan, z, r)
         r = staleness_ratio_floor(policy)
         plan = AsyncDPPlan(
             clip=cfg.clip,
@@ -238,7 +303,11 @@ class ClientPrivacyLedger:
             floor=conservative(z * math.sqrt((1.0 + (buffer_size - 1) * r * r) / buffer_size)),
             range_bits=cfg.range_bits,
         )
-        target = cfg.target_epsilon
+        return self._check_once(plan, z, r)
+
+    def _check_once(self, plan: AsyncDPPlan, z: float, r: float) -> AsyncDPPlan:
+        """Refuse a plan whose single contribution could already pass the target."""
+        target = self.config.target_epsilon
         if target > 0.0:
             once = self._epsilon_at(plan.floor**-2)
             if once > target:
@@ -328,6 +397,8 @@ class ClientPrivacyLedger:
         weights, ClientBudgetExhaustedError when a member would pass the target; nothing is
         charged then, and the buffer must not be published.
         """
+        if plan.masked:
+            raise AsyncPrivacyError("a masked buffer is charged from its round: record_masked")
         if len(weights) < plan.buffer_size:
             raise AsyncPrivacyError(
                 f"only {len(weights)} updates, the DP noise needs {plan.buffer_size}: "
@@ -336,9 +407,79 @@ class ClientPrivacyLedger:
         for name in weights:
             _check_name(name)
         z_b = conservative(plan.buffer_noise_multiplier(weights.values()))
-        number = int(round_number)
+        fields = {
+            "clip": plan.clip,
+            "buffer_size": plan.buffer_size,
+            "survivors": len(weights),
+            "noise_std_per_client": plan.noise_std,
+            "noise_multiplier": plan.noise_multiplier,
+        }
+        return self._commit(int(round_number), run_id, buffer_index, sorted(weights), z_b, fields)
+
+    def record_masked(
+        self,
+        *,
+        round_number: int,
+        run_id: str,
+        buffer_index: int,
+        buffer_size: int,
+        survivors: Sequence[str],
+        min_survivors: int,
+        clip: float,
+        noise_std: float,
+        staleness_weights: Mapping[str, float],
+    ) -> dict:
+        """Charge every survivor of a masked buffer's round *before* its aggregate is
+        published; returns the audit record (module docstring, "Masked buffers").
+
+        ``noise_std`` and ``min_survivors`` are the round's own DP plan (each member's share
+        and the ``m`` it was sized for), ``clip`` its sensitivity; the ledger derives
+        ``z_b = √survivors·noise_std/clip`` from them. Raises AsyncPrivacyError for fewer
+        survivors than the noise needs (or bad arguments), ClientBudgetExhaustedError when a
+        survivor would pass the target; nothing is charged then, and nothing is published.
+        """
+        names = sorted(survivors)
+        if len(set(names)) != len(names):
+            raise AsyncPrivacyError("a survivor is listed twice")
+        for name in names:
+            _check_name(name)
+        if type(min_survivors) is not int or min_survivors < 1:
+            raise AsyncPrivacyError(f"min_survivors is a whole number >= 1, got {min_survivors!r}")
+        if len(names) < min_survivors:
+            raise AsyncPrivacyError(
+                f"only {len(names)} survivors, the DP noise needs {min_survivors}: "
+                "publishing would carry less noise than configured"
+            )
+        if not all(math.isfinite(v) and v > 0.0 for v in (clip, noise_std)):
+            raise AsyncPrivacyError("clip and noise_std must be finite and > 0")
+        z_b = conservative(math.sqrt(len(names)) * noise_std / clip)
+        fields = {
+            "clip": clip,
+            "buffer_size": int(buffer_size),
+            "survivors": len(names),
+            "min_survivors": min_survivors,
+            "noise_std_per_client": noise_std,
+            "effective_noise_std": math.sqrt(len(names)) * noise_std,
+            "noise_multiplier": self.config.noise_multiplier,
+            "masked": True,
+            "staleness_weights": {
+                n: round(float(staleness_weights[n]), 12) for n in names if n in staleness_weights
+            },
+        }
+        return self._commit(int(round_number), run_id, buffer_index, names, z_b, fields)
+
+    def _commit(
+        self,
+        number: int,
+        run_id: str,
+        buffer_index: int,
+        names: Sequence[str],
+        z_b: float,
+        fields: Mapping[str, object],
+    ) -> dict:
+        """Charge ``z_b`` to every one of ``names`` (all or none), persist, audit."""
         target = self.config.target_epsilon
-        after = {n: self._epsilon_at(self._inverse_square(n) + z_b**-2) for n in sorted(weights)}
+        after = {n: self._epsilon_at(self._inverse_square(n) + z_b**-2) for n in sorted(names)}
         over = {n: e for n, e in after.items() if target > 0.0 and e > target}
         if over:
             name, eps = next(iter(over.items()))
@@ -347,7 +488,7 @@ class ClientPrivacyLedger:
                 f"buffer {buffer_index} of run {run_id} would bring {name} to ε = {eps:.3f} > "
                 f"target {target:g}: not published",
             )
-        for name in weights:
+        for name in names:
             self.clients.setdefault(name, _Client()).add(number, z_b)
         self._pending.pop(number, None)
         worst = max(self.clients, key=lambda n: self.clients[n].inverse_square)
@@ -358,12 +499,8 @@ class ClientPrivacyLedger:
             "schedule": "async",
             "mode": "client",
             "mechanism": "gaussian",
-            "clip": plan.clip,
-            "buffer_size": plan.buffer_size,
-            "survivors": len(weights),
+            **fields,
             "sampling_rate": 1.0,  # no amplification: clients choose when they arrive
-            "noise_std_per_client": plan.noise_std,
-            "noise_multiplier": plan.noise_multiplier,
             "effective_noise_multiplier": z_b,
             "epsilon_round": _finite(epsilon([RoundPrivacy(number, 1.0, z_b)], *self._acc())),
             "epsilon_cumulative": _finite(self.epsilon(worst)),  # the worst client's

@@ -43,6 +43,10 @@ round's minimum (at least ``max(t, m)``) is aborted, not published, and its memb
 privacy condition (at least ``m`` clients in any revealed sum) holds per buffer. Buffers
 never share members' masks: each round has its own id, keys and transcript.
 
+Mode ckks: buffers fill the same way (registrations, no update byte); a full buffer's round is
+a CKKS round among its data owners and the run's key holder, which takes no lease (it trains
+nothing) and whose checks replace the transcript's (:mod:`appliance.ckks_buffer`).
+
 What the appliance cannot check: whether a member really folded ``s(tau)`` into its masked
 vector. The weight rides inside the vector, which only its owner sees; a malicious client can
 skip ``s(tau)`` (weigh as if fresh), exactly as it can misstate its own weight ``w`` in a
@@ -81,7 +85,7 @@ from sealagg.appliance.async_privacy import (
     AsyncPrivacyError,
     ClientBudgetExhaustedError,
 )
-from sealagg.appliance.async_schedule import MASKED_ASYNC_MODES, AsyncSpec
+from sealagg.appliance.async_schedule import BUFFER_ROUND_MODES, AsyncSpec
 from sealagg.appliance.errors import StoreError
 from sealagg.appliance.rounds import UploadRefusedError
 from sealagg.appliance.runs import Run, RunError
@@ -225,7 +229,7 @@ class AsyncScheduler:
             return False
         self.detach("another run started")
         self.spec = AsyncSpec.parse(run.async_params or "")
-        self.masked = run.mode in MASKED_ASYNC_MODES
+        self.masked = run.mode in BUFFER_ROUND_MODES  # ckks too: appliance/ckks_buffer.py
         self.dp = self._orch.privacy.clients.plan(
             mode=run.mode, buffer_size=self.spec.buffer_size, policy=self.spec.policy
         )
@@ -299,6 +303,8 @@ class AsyncScheduler:
             link = orch._links.get(name)
             if link is None or link.polling == 0 or self._waiting(name):
                 continue
+            if run.mode == "ckks" and name == orch.config.ckks.key_holder:
+                continue  # it trains nothing: it joins each buffer's round as key holder
             if not self._has_budget(name, run, current.version):
                 continue
             orch._send_to(name, pb.Task(round_start=self._lease(name, current, run, buffer)))
@@ -382,8 +388,8 @@ class AsyncScheduler:
             buffer_number=buffer.index,
             async_params=spec.wire(),
         )
-        if self.dp is not None:  # the shim clips, adds its noise share, sends weight 1
-            start.privacy.CopyFrom(self.dp.params())
+        if self.dp is not None and not self.masked:  # the shim clips, adds its share, weight 1
+            start.privacy.CopyFrom(self.dp.params())  # masked: the buffer's round carries them
         return start
 
     async def _publish(self, buffer: AsyncBuffer, run: Run) -> None:
@@ -444,7 +450,7 @@ class AsyncScheduler:
         """Validate a header before its data is read; returns the byte limit."""
         kind = REGISTRATION_KIND if self.masked else UPDATE_KIND
         if header.kind != kind:
-            what = "registrations (the update goes masked into its buffer's round)"
+            what = "registrations (the update goes masked or encrypted into its buffer's round)"
             raise UploadRefusedError(
                 "INVALID_ARGUMENT",
                 f"this asynchronous run takes {what if self.masked else 'updates'}, "
@@ -503,7 +509,10 @@ class AsyncScheduler:
             )
         if isinstance(buffer, MaskedBuffer):
             registration = Registration(name, lease.version, tau)  # metadata: with its keys
+            self._admit(name, lease, header)  # DP: budget left for one more buffer
             buffer.register(registration)
+            if self.dp is not None:  # charged at the floor until its round is recorded
+                self._orch.privacy.clients.join(name, buffer.number, self.dp)
             self._spend(name, lease, buffer.index)
             self._close_if_full(buffer)
             return self._receipt(buffer, lease, current.version, tau, weight, 0.0)
@@ -526,7 +535,7 @@ class AsyncScheduler:
         more contribution; UploadRefusedError with the reason otherwise (the lease is spent)."""
         if self.dp is None:
             return
-        if header.weight != 1.0:
+        if header.weight != 1.0 and not self.masked:  # masked: the ring's count is 1 each
             raise UploadRefusedError(
                 "INVALID_ARGUMENT",
                 f"under DP every update has weight 1 (a fixed-sensitivity sum), not "
@@ -623,6 +632,9 @@ class AsyncScheduler:
         finally:
             if self.full and self.full[0] is buffer:
                 self.full.popleft()
+            # DP: a published buffer's survivors were charged in its round (record_masked
+            # cleared its pending charges); an aborted one never released anything.
+            orch.privacy.clients.abandon(buffer.number)
         orch.history.append(outcome)
         orch.metrics.rounds.labels(outcome.outcome).inc()
         _log.info(
@@ -636,8 +648,12 @@ class AsyncScheduler:
 
     def _member_floor(self) -> int:
         """The fewest members a masked buffer's round may start with: its K floor."""
-        agg = self._orch.config.aggregation
-        return max(MIN_MASKED_PARTIES, agg.min_clients, self._orch.governing_policy().minimum_sum)
+        config = self._orch.config
+        agg = config.aggregation
+        ckks = config.ckks.min_contributors if agg.mode == "ckks" else 0  # the key holder's m
+        return max(
+            MIN_MASKED_PARTIES, agg.min_clients, self._orch.governing_policy().minimum_sum, ckks
+        )
 
     def _abort(self, buffer: MaskedBuffer, names: list[str], reason: str) -> RoundOutcome:
         from sealagg.appliance.orchestrator import RoundOutcome

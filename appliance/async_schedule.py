@@ -12,23 +12,26 @@ A run is created with ``schedule = "async"`` and a JSON object of parameters:
 
 The rules, each with its reason:
 
-- **Plaintext, attested, secagg and secagg+ modes.** In plaintext and attested modes the
-  appliance sees each update (in the TEE for attested) and weights it; in masked modes each
+- **Plaintext, attested, secagg, secagg+ and ckks modes.** In plaintext and attested modes
+  the appliance sees each update (in the TEE for attested) and weights it; in masked modes each
   buffer is one secure-aggregation round among its K registered members, each folding its
-  own staleness weight into its masked vector (:mod:`appliance.async_runs`). CKKS would need
-  a key holder per buffer: not offered.
+  own staleness weight into its masked vector (:mod:`appliance.async_runs`); in ckks mode each
+  buffer is one CKKS round among its K registered data owners and the run's key holder, each
+  data owner folding its staleness weight into its encrypted vector and signing every
+  member's base version with it (:mod:`appliance.ckks_buffer`).
 - **K meets the run's minimum.** A buffer's weighted mean is what a synchronous round with K
   clients would publish, so K is at least ``[aggregation] min_clients``, the rule synchronous
-  rounds obey (async must not be a way around it). In masked modes K is also at least three
+  rounds obey (async must not be a way around it). In masked and ckks modes K is also at least three
   (a masked sum over two reveals each input to the other) and at least the policy's ``m``
   (the fewest clients any revealed sum may cover): the buffer's round then enforces ``m`` on
   its survivors, per buffer, exactly as a synchronous round does.
 - **K is reachable.** One update per client per buffer, so a buffer needs K distinct clients;
   more than the registered clients would never fill.
-- **DP in plaintext and attested modes only; no robust rule yet.** Client-level DP is
-  accounted per client over the buffers each client joins (:mod:`appliance.async_privacy`,
-  whose ``plan`` holds the DP rules); a masked buffer would need distributed DP per
-  secure-aggregation round. Robust rules need the whole set of updates at once.
+- **DP in plaintext, attested, secagg and secagg+ modes; no robust rule yet.** Client-level
+  DP is accounted per client over the buffers each client joins (:mod:`appliance.async_privacy`,
+  whose ``plan`` holds the DP rules); in masked modes each buffer's round carries distributed
+  noise sized for its own minimum of survivors. Robust rules need the whole set of updates at
+  once.
 
 Pure rules; the scheduler is :mod:`appliance.async_runs`.
 """
@@ -45,7 +48,15 @@ from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto.rules import MIN_MASKED_PARTIES
 from sealagg.crypto.staleness import KINDS, StalenessPolicy
 
-__all__ = ["ASYNC", "MASKED_ASYNC_MODES", "SCHEDULES", "SYNC", "AsyncSpec", "check_schedule"]
+__all__ = [
+    "ASYNC",
+    "BUFFER_ROUND_MODES",
+    "MASKED_ASYNC_MODES",
+    "SCHEDULES",
+    "SYNC",
+    "AsyncSpec",
+    "check_schedule",
+]
 
 SYNC = "sync"
 ASYNC = "async"
@@ -54,7 +65,9 @@ SCHEDULES = (SYNC, ASYNC)
 PLAIN_ASYNC_MODES = ("plaintext", "attested")
 #: Modes where each buffer is one secure-aggregation round among its members.
 MASKED_ASYNC_MODES = ("secagg", "secagg+")
-ASYNC_MODES = PLAIN_ASYNC_MODES + MASKED_ASYNC_MODES
+#: Modes where each buffer is one round among its registered members (appliance/ckks_buffer.py).
+BUFFER_ROUND_MODES = (*MASKED_ASYNC_MODES, "ckks")
+ASYNC_MODES = PLAIN_ASYNC_MODES + BUFFER_ROUND_MODES
 MAX_BUFFER_SIZE = 100_000
 MAX_OPEN_BUFFERS = 16
 MAX_STALENESS = 1_000
@@ -142,15 +155,10 @@ class AsyncSpec:
         """The rules of the module docstring for a run in ``mode`` (``minimum_sum``: the
         governing policy's ``m``); RunError with the reason."""
         if mode not in ASYNC_MODES:
-            raise RunError(
-                f"async runs work in {', '.join(ASYNC_MODES)} modes, not {mode!r} (ckks would "
-                "need a key holder per buffer)"
-            )
-        if privacy and mode not in PLAIN_ASYNC_MODES:
-            raise RunError(
-                f"async runs combine with DP in {' and '.join(PLAIN_ASYNC_MODES)} modes only, "
-                f"not {mode!r} (a masked buffer needs distributed DP per secure-aggregation round)"
-            )
+            raise RunError(f"async runs work in {', '.join(ASYNC_MODES)} modes, not {mode!r}")
+        if privacy and mode not in PLAIN_ASYNC_MODES + MASKED_ASYNC_MODES:
+            dp_modes = ", ".join(PLAIN_ASYNC_MODES + MASKED_ASYNC_MODES)
+            raise RunError(f"async runs combine with DP in {dp_modes} modes only, not {mode!r}")
         if rule != "mean":
             raise RunError(f"async runs aggregate with the weighted mean, not the {rule!r} rule")
         if self.buffer_size < min_clients:
@@ -159,7 +167,7 @@ class AsyncSpec:
                 "clients ([aggregation] min_clients): a buffer's published mean must cover as "
                 "many clients as a synchronous round's"
             )
-        if mode in MASKED_ASYNC_MODES:
+        if mode in BUFFER_ROUND_MODES:
             floor = max(MIN_MASKED_PARTIES, minimum_sum)
             if self.buffer_size < floor:
                 raise RunError(

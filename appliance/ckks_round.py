@@ -181,16 +181,21 @@ class CkksRound(ActiveRound):
             if advert.context is None:
                 raise CkksError("the key holder's advert must carry the public context")
             # Refuses a context holding a secret key, and one with other parameters.
-            self.accumulator = CkksAccumulator(
-                self.plan.params,
-                advert.context,
-                self.round_id,
-                self.dimension,
-                model_version=self.plan.model_version,
-            )
+            self.accumulator = self._new_accumulator(advert.context)
         elif advert.context is not None:
             raise CkksError("only the key holder sends a context")
         self.adverts[member.name] = advert
+
+    def _new_accumulator(self, context: bytes) -> CkksAccumulator:
+        """The running sum under the key holder's public context (a buffer's round binds its
+        staleness context too: appliance/ckks_buffer.py)."""
+        return CkksAccumulator(
+            self.plan.params,
+            context,
+            self.round_id,
+            self.dimension,
+            model_version=self.plan.model_version,
+        )
 
     def _context(self, member: Member, payload: bytes) -> None:
         if (why := read_refusal(payload, self.round_id)) is not None:
@@ -247,7 +252,11 @@ class CkksRound(ActiveRound):
                 f"decrypted mean reaches {worst:.6g}, outside the clipping range "
                 f"±{self.plan.clip:g}: a client encrypted values outside it"
             )
+        self._check_total(total)
         self._weighted_sum = weighted
+
+    def _check_total(self, total: float) -> None:
+        """A further bound on the decrypted total weight (a buffer's: appliance/ckks_buffer.py)."""
 
     # -------------------------------------------------------------------------- phases
 

@@ -82,6 +82,7 @@ from sealagg.appliance.async_buffer import BufferPlan, BufferRound
 from sealagg.appliance.async_privacy import AsyncPrivacyError
 from sealagg.appliance.async_runs import AsyncScheduler
 from sealagg.appliance.async_schedule import check_schedule
+from sealagg.appliance.ckks_buffer import buffer_round_names, build_ckks_buffer_round
 from sealagg.appliance.ckks_round import build_ckks_round
 from sealagg.appliance.config import ApplianceConfig
 from sealagg.appliance.errors import StoreError
@@ -699,10 +700,11 @@ class Orchestrator:
         _, spec = check_schedule(schedule, async_json)
         if spec is not None:
             agg = self.config.aggregation
+            owners = len(self._identity_keys()) - (1 if mode == "ckks" else 0)  # key holder
             spec.check_run(
                 mode=mode,
                 min_clients=agg.min_clients,
-                registered=len(self._identity_keys()),
+                registered=owners,
                 privacy=self.privacy.enabled,
                 rule=agg.rule,
                 minimum_sum=self.governing_policy().minimum_sum,
@@ -936,14 +938,17 @@ class Orchestrator:
 
     async def run_buffer_round(self, plan: BufferPlan, run: Run) -> RoundOutcome:
         """Run one masked asynchronous buffer's secure-aggregation round (its ``rounds`` row
-        was opened and counted when the buffer opened) over exactly its registered members,
-        on the current version as parent; always ends with a RoundEnd to each of them."""
+        was opened and counted when the buffer opened) over exactly its registered members
+        (ckks: and the key holder), on the current version as parent; always ends with a
+        RoundEnd to each of them."""
         self._round_run = run
         try:
             model = self.store.current_model()
             if model is None:
                 raise RuntimeError("no accepted model version to aggregate into")
             names = sorted(plan.bases)
+            if self.config.aggregation.mode == "ckks":  # appliance/ckks_buffer.py
+                names = buffer_round_names(self.config, plan)
             return await self._run_opened(plan.number, plan.round_id, names, run, model, plan)
         finally:
             self._round_run = None
@@ -994,7 +999,8 @@ class Orchestrator:
             "contribution_weights": {n: self.config.contribution_weight(n) for n in names},
         }
         if buffer is not None:  # what an asynchronous buffer reveals: who trained on what
-            participants["base_versions"] = {n: buffer.bases[n] for n in names}
+            bases = buffer.bases  # ckks: the key holder trained nothing, it has none
+            participants["base_versions"] = {n: bases[n] for n in names if n in bases}
         self.store.audit.append("participants", participants)
         try:
             active, start = self._build_round(number, round_id, members, layout, model, buffer)
@@ -1248,13 +1254,31 @@ class Orchestrator:
         self, number: int, members: list[Member], d: int, start: pb.RoundStart, plan: BufferPlan
     ) -> ActiveRound:
         """A masked round whose transcript fixes each member's base version, the parent
-        (``start.model_version``) and the staleness function (crypto/buffer_context.py)."""
+        (``start.model_version``) and the staleness function (crypto/buffer_context.py); in
+        ckks mode a CKKS round whose contributions sign them (appliance/ckks_buffer.py)."""
+        if self.config.aggregation.mode == "ckks":
+            active, audit = build_ckks_buffer_round(self.config, number, members, d, start, plan)
+            self.store.audit.append("round_parameters", audit)
+            return active
         if self.config.aggregation.mode not in ("secagg", "secagg+"):
-            raise ValueError("buffer rounds run in masked modes only")
+            raise ValueError("buffer rounds run in masked and ckks modes only")
         context = plan.context(start.model_version, {m.name: m.index for m in members})
         active = self._build_masked_round(number, plan.round_id, members, d, start, context)
         assert isinstance(active, BufferRound)
         active.buffer_index, active.run_id, active.size = plan.index, plan.run_id, plan.size
+        if self._privacy_plan is not None:  # DP: s(tau)-weighted decode, charged per client
+            dp = self.privacy.for_buffer(
+                self._privacy_plan,
+                run_id=plan.run_id,
+                buffer_index=plan.index,
+                buffer_size=plan.size,
+                weights={m.index: context.weight_of(m.index) for m in members},
+                names={m.index: m.name for m in members},
+            )
+            self._privacy_plan = dp
+            active.decoder = lambda total: dp.decode_survivors(  # survivors: at the end
+                total, active.server.result.survivors
+            )
         for participant in start.participants:
             participant.base_version = plan.bases[participant.name]
         start.asynchronous = True

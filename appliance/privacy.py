@@ -30,6 +30,10 @@ Asynchronous runs account per client (:mod:`appliance.async_privacy`, ``self.cli
 fast client contributes to more buffers than a slow one. The two ledgers compose: each
 client's async ε includes every synchronous round, and the federation ε here includes the
 most-charged client's async contributions, so neither schedule hides the other's spending.
+A masked buffer's round is planned here like any masked round (its noise sized for the
+round's own minimum of survivors) but as a :class:`BufferRoundPlan`: decoded with the
+transcript's staleness weights and charged per survivor in ``self.clients``, never to
+``self.rounds`` (no client is charged twice for one buffer).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +53,7 @@ from sealagg.appliance.accounting import (
     conservative,
     epsilon,
 )
-from sealagg.appliance.async_privacy import ClientPrivacyLedger
+from sealagg.appliance.async_privacy import ClientBudgetExhaustedError, ClientPrivacyLedger
 from sealagg.appliance.audit import AuditLog
 from sealagg.appliance.config import PrivacySection
 from sealagg.appliance.pki import write_file_atomic
@@ -62,7 +66,7 @@ STATE_FILE = "privacy_state.json"
 #: Modes where the appliance sums individual float updates (a TEE in attested mode).
 UNMASKED_MODES = ("plaintext", "attested")
 _CLIP_RANGE = (1e-6, 1e6)
-__all__ = ["PrivacyBudgetExhaustedError", "PrivacyController", "RoundPlan"]
+__all__ = ["BufferRoundPlan", "PrivacyBudgetExhaustedError", "PrivacyController", "RoundPlan"]
 
 
 class PrivacyBudgetExhaustedError(RuntimeError):
@@ -101,6 +105,47 @@ class RoundPlan:
         out = decode_dp_sum(total, self.spec, self.seed)
         extras = {"noisy_below_clip": out.noisy_below_clip, "wrapped": out.wrapped_fraction}
         return out.mean_update, float(out.count), extras
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferRoundPlan(RoundPlan):
+    """A masked asynchronous buffer's round under DP (:mod:`appliance.async_privacy`,
+    "Masked buffers"): the synchronous masked plan's noise, the staleness weights ``s(tau)``
+    of its members as the round's transcript fixes them, and what the per-client charge
+    names. Members scale their clipped update by ``s(tau)``, not their noise; the count
+    coordinate stays 1 each."""
+
+    run_id: str = ""
+    buffer_index: int = 0
+    buffer_size: int = 0
+    weights: Mapping[int, float] = dataclasses.field(default_factory=dict)  # index -> s(tau)
+    names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # index -> member
+
+    def decode_survivors(
+        self, total: np.ndarray, survivors: Iterable[int]
+    ) -> tuple[np.ndarray, float, dict]:
+        """(staleness-weighted mean, Σ s(tau) over the survivors, extras) from the ring sum.
+
+        The sum is ``Σ s_i·x_i + noise``; dividing by ``Σ s_i`` (public: the transcript) is
+        post-processing. ValueError (the buffer is aborted, nothing published) when the count
+        coordinate is not the number of survivors: some member did not count exactly once.
+        """
+        ids = sorted(int(u) for u in survivors)
+        out = decode_dp_sum(total, self.spec, self.seed)
+        if out.count != len(ids):
+            raise ValueError(
+                f"the count coordinate sums to {out.count}, not the {len(ids)} survivors: a "
+                "member's vector does not count once"
+            )
+        try:
+            weight = math.fsum(self.weights[u] for u in ids)
+        except KeyError:
+            raise ValueError("a survivor has no staleness weight in the buffer") from None
+        if not (math.isfinite(weight) and weight > 0.0):
+            raise ValueError("the survivors' staleness weights sum to no positive weight")
+        mean = out.mean_update * (out.count / weight)  # Σ s·x / Σ s
+        extras = {"noisy_below_clip": float("nan"), "wrapped": out.wrapped_fraction}
+        return mean, weight, extras
 
 
 class PrivacyController:
@@ -238,6 +283,37 @@ class PrivacyController:
         start.privacy.CopyFrom(plan.params())
         return plan
 
+    def for_buffer(
+        self,
+        plan: RoundPlan,
+        *,
+        run_id: str,
+        buffer_index: int,
+        buffer_size: int,
+        weights: Mapping[int, float],
+        names: Mapping[int, str],
+    ) -> BufferRoundPlan:
+        """``plan`` (a masked round's, from :meth:`plan_for`) as a masked asynchronous
+        buffer's: ``weights`` each member's ``s(tau)`` by participant index (the transcript's),
+        ``names`` the members. Its :meth:`finish_round` charges the survivors per client."""
+        if not plan.masked or self.config.mode != "client" or plan.count_noise:
+            raise ValueError(
+                "a masked buffer's DP round takes client-level DP without adaptive clipping"
+            )
+        if set(weights) != set(names) or not all(
+            math.isfinite(w) and 0.0 < w <= 1.0 for w in weights.values()
+        ):
+            raise ValueError("every member needs a staleness weight in (0, 1]")
+        fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(RoundPlan)}
+        return BufferRoundPlan(
+            **fields,
+            run_id=run_id,
+            buffer_index=int(buffer_index),
+            buffer_size=int(buffer_size),
+            weights=dict(weights),
+            names=dict(names),
+        )
+
     def finish_round(
         self, plan: RoundPlan | None, metadata: Mapping[str, Mapping], aggregate
     ) -> dict | None:
@@ -248,6 +324,8 @@ class PrivacyController:
         if plan is None:
             self._note_local_epsilon(metadata)
             return None
+        if isinstance(plan, BufferRoundPlan):
+            return self._finish_buffer(plan, metadata, aggregate)
         survivors = len(aggregate.contributors)
         if plan.masked:
             noisy = float(aggregate.privacy.get("noisy_below_clip", float("nan")))
@@ -258,6 +336,27 @@ class PrivacyController:
                 plan, {n: metadata.get(n, {}) for n in aggregate.contributors}
             )
         return self.finish(plan, survivors, noisy, metadata, aggregate.privacy)
+
+    def _finish_buffer(self, plan: BufferRoundPlan, metadata: Mapping[str, Mapping], aggregate):
+        """A masked buffer's round: each survivor charged in the per-client ledger (before the
+        release); ValueError (the buffer is aborted, nothing published) when it cannot be."""
+        self._note_local_epsilon(metadata)
+        contributors = list(aggregate.contributors)
+        by_name = {name: plan.weights[u] for u, name in plan.names.items()}
+        try:
+            return self.clients.record_masked(
+                round_number=plan.number,
+                run_id=plan.run_id,
+                buffer_index=plan.buffer_index,
+                buffer_size=plan.buffer_size,
+                survivors=contributors,
+                min_survivors=plan.min_survivors,
+                clip=plan.spec.sensitivity,
+                noise_std=plan.spec.noise_std,
+                staleness_weights=by_name,
+            )
+        except ClientBudgetExhaustedError as error:
+            raise ValueError(str(error)) from None
 
     # ------------------------------------------------------------------------ finishing
 

@@ -368,7 +368,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             ack.detail = (
                 f"registered for buffer {receipt.buffer_number} ({receipt.buffered} of "
                 f"{receipt.buffer_size}), {receipt.staleness} versions behind now; the update "
-                "goes masked into the buffer's secure-aggregation round"
+                "goes masked (ckks: encrypted) into the buffer's secure-aggregation round"
             )
         elif receipt is not None:
             ack.receipt.CopyFrom(receipt)

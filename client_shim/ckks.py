@@ -9,6 +9,13 @@ that the key holder is on the authority's roster in that role, so an appliance c
 them a context whose secret key it holds. No data owner receives the secret key unless both
 the federation and the data owner's own configuration (kit ``[ckks] share_secret_key``) say
 so, and the key holder seals it only to roster data owners.
+
+In an asynchronous ckks run (issue 21) a data owner registers its update under its lease and
+takes part in its buffer's round (:func:`take_part_in_buffer`): it refuses a buffer that lists
+another base version for it, folds ``s(tau)`` into its weight and signs the buffer's whole
+staleness context with its ciphertexts; the key holder (no lease, :func:`take_part`) rebuilds
+that context from its own view and decrypts nothing unless every contribution signed it
+(:mod:`crypto.ckks_buffer`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire.modelcodec import Layout
 from sealagg.client_shim.errors import ROUND_LOST, RoundRefusedError
+from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.ckks import (
     CkksEncryptor,
     CkksKeyHolder,
@@ -35,6 +43,7 @@ from sealagg.crypto.ckks import (
     check_secret_context,
     input_limit,
 )
+from sealagg.crypto.ckks_buffer import buffer_context_for
 from sealagg.crypto.ckks_keys import (
     CkksParty,
     ack_message,
@@ -48,6 +57,7 @@ from sealagg.crypto.ckks_keys import (
 from sealagg.crypto.errors import CkksError, CkksRoleError, SecAggError
 from sealagg.crypto.roster import CONTRIBUTING_ROLES, Role, members_from_roster
 from sealagg.crypto.rules import MIN_MASKED_PARTIES
+from sealagg.crypto.staleness import StalenessPolicy
 
 if TYPE_CHECKING:
     from sealagg.client_shim.connection import Connection
@@ -171,25 +181,89 @@ def take_part(
     """Run this client's side of one ckks round; returns what ``participant.follow`` returns.
 
     ``participant`` is the session's :class:`~client_shim.session.Participant` (its
-    connection, identity and ``follow`` loop). A separate key holder never calls ``compute``.
+    connection, identity and ``follow`` loop). A separate key holder never calls ``compute``
+    (in an asynchronous run it takes part in every buffer's round this way, without a lease).
     """
+    side = _side(participant, start, Layout.of(tensors), trained_on=None)
+    update, weight, meta = None, 0.0, ""
+    if side.contributes:
+        if side.buffer is not None:
+            raise RoundRefusedError(
+                "an asynchronous buffer's round arrived without this data owner registering "
+                "for it; nothing was sent"
+            )
+        update, weight, meta = _prepare(start, tensors, side.layout, compute)
+    return _run(participant, side, update, weight, meta)
+
+
+def take_part_in_buffer(
+    participant: RoundFollower[Report_co],
+    start: pb.RoundStart,
+    layout: Layout,
+    update: np.ndarray,
+    weight: float,
+    meta: str,
+    *,
+    trained_on: int,
+) -> Report_co:
+    """A data owner's side of its asynchronous buffer's ckks round (issue 21): ``update`` and
+    ``weight`` were computed on its lease's version ``trained_on``. The round must list that
+    version for it (else nothing is sent); it encrypts ``[w s(tau) x, w s(tau)]``, ``tau``
+    from the round's context, and signs that context with its ciphertexts."""
+    side = _side(participant, start, layout, trained_on=trained_on)
+    if not side.contributes or side.buffer is None:
+        raise RoundRefusedError("the buffer's round is not an asynchronous ckks buffer round")
+    update, weight = _checked(start, layout, update, weight)
+    return _run(participant, side, update, side.buffer.fold_weight(side.index, weight), meta)
+
+
+def buffer_context(start: pb.RoundStart) -> BufferContext:
+    """An asynchronous ckks buffer's staleness context as this round states it (parent, each
+    data owner's base version, the staleness function); ``CkksError`` subclasses refuse it."""
+    p, c = start.async_params, start.ckks
     try:
-        params = parameters_from(start)
-        members = round_members(participant.roster, start)
-        side = _Side(
+        policy = StalenessPolicy(
+            kind=p.staleness, max_staleness=p.max_staleness, a=p.a, alpha=p.alpha, b=p.b
+        )
+    except ValueError as error:
+        raise CkksError(f"the buffer's staleness parameters: {error}") from None
+    return buffer_context_for(
+        int(start.model_version),
+        {int(m.index): int(m.base_version) for m in start.participants},
+        policy,
+        data_owners=[int(m.index) for m in start.participants if m.index != c.key_holder_index],
+        key_holder=int(c.key_holder_index),
+    )
+
+
+def _side(
+    participant: RoundFollower[Any], start: pb.RoundStart, layout: Layout, *, trained_on: int | None
+) -> _Side:
+    """This client's checked state for the round; RoundRefusedError before anything is sent."""
+    try:
+        return _Side(
             participant,
             start,
-            Layout.of(tensors),
-            params,
-            members,
+            layout,
+            parameters_from(start),
+            round_members(participant.roster, start),
             share_secret_key=own_share_setting(participant),
             minimum=minimum_contributors(start, policy_minimum(participant)),
+            buffer=buffer_context(start) if start.async_buffer else None,
+            trained_on=trained_on,
         )
     except SecAggError as error:
         raise RoundRefusedError(f"ckks round refused: {error}") from None
-    update, weight, meta = None, 0.0, ""
-    if side.contributes:
-        update, weight, meta = _prepare(start, tensors, side.layout, compute)
+
+
+def _run(
+    participant: RoundFollower[Report_co],
+    side: _Side,
+    update: np.ndarray | None,
+    weight: float,
+    meta: str,
+) -> Report_co:
+    start = side.start
     try:
         sent = side.send(0, side.advert(), meta)
         return participant.follow(start, sent, side.answer_with(update, weight))
@@ -209,6 +283,14 @@ def _prepare(
     """The caller's update, checked like in the other modes and clipped to ±clip per value."""
     update, weight, metadata = compute(start, tensors)
     weight = float(weight) * (start.contribution_weight or 1.0)
+    clipped, weight = _checked(start, layout, update, weight)
+    return clipped, weight, json.dumps(dict(metadata))
+
+
+def _checked(
+    start: pb.RoundStart, layout: Layout, update: np.ndarray, weight: float
+) -> tuple[np.ndarray, float]:
+    """The update as float32 clipped to ±clip, and its weight, refused if malformed."""
     update = np.asarray(update, dtype=np.float32)
     if update.shape != (layout.dimension,):
         raise ValueError(f"update has shape {update.shape}, the model needs ({layout.dimension},)")
@@ -217,7 +299,7 @@ def _prepare(
     if not 0.0 < weight <= 1.0:
         raise ValueError(f"weight must lie in (0, 1], got {weight}")
     clipped = np.clip(update, -start.clip, start.clip) if start.clip > 0 else update
-    return clipped, weight, json.dumps(dict(metadata))
+    return clipped, float(weight)
 
 
 class _Side:
@@ -239,6 +321,8 @@ class _Side:
         *,
         share_secret_key: bool,
         minimum: int,
+        buffer: BufferContext | None = None,
+        trained_on: int | None = None,
     ) -> None:
         self.participant = participant
         self.start = start
@@ -262,6 +346,11 @@ class _Side:
         self.minimum = max(minimum, minimum_contributors(start))
         self.is_key_holder = self.index == self.key_holder
         self.contributes = not self.is_key_holder or c.key_holder_contributes
+        self.buffer = buffer  # an asynchronous buffer's context: signed with each upload
+        if buffer is not None and self.contributes:
+            if trained_on is None:
+                raise CkksError("a buffer's data owner takes part only after registering")
+            buffer.check_own(self.index, trained_on)  # our weight must not rest on a lie
         self.party = CkksParty(self.round_id, self.index)
         self.holder = CkksKeyHolder.generate(params, self.round_id) if self.is_key_holder else None
         self._received: list[tuple[int, bytes]] = []
@@ -339,7 +428,7 @@ class _Side:
             check_secret_context(self.party.open_from(advert, sealed), advert.context)
         elif sealed is not None:
             raise CkksError("a secret context was sealed to us, but this round does not share it")
-        encryptor = CkksEncryptor(self.params, advert.context, self.round_id)
+        encryptor = CkksEncryptor(self.params, advert.context, self.round_id, buffer=self.buffer)
         return encryptor.encrypt(
             update,
             weight,
@@ -368,6 +457,7 @@ class _Side:
             key_holder=self.key_holder,
             key_holder_contributes=self.key_holder_contributes,
             minimum=self.minimum,
+            buffer=self.buffer,
         )
         self._received.clear()
         return result_message(self.round_id, weighted.astype("<f8").tobytes())

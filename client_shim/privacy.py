@@ -172,9 +172,13 @@ class RoundPrivacy:
         clipped, norm = kernels.clip_l2(np.asarray(update, dtype=np.float32), self.spec.clip)
         return add_gaussian_noise(clipped, self.spec.noise_std), norm <= self.spec.clip
 
-    def encode(self, update: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Masked modes: the ring vector (rotated, rounded, noised, count, indicator)."""
-        return encode_dp_update(update, self.spec, self.seed)
+    def encode(self, update: np.ndarray, *, scale: float = 1.0) -> tuple[np.ndarray, bool]:
+        """Masked modes: the ring vector (rotated, rounded, noised, count, indicator).
+
+        ``scale``: an asynchronous buffer's ``s(tau)`` from the round's transcript, applied to
+        the clipped update only; the noise share stays the full one (the buffer's noise must
+        not shrink with its members' staleness: :mod:`appliance.async_privacy`)."""
+        return encode_dp_update(update, self.spec, self.seed, scale=scale)
 
 
 def round_privacy(start: pb.RoundStart, dimension: int) -> RoundPrivacy | None:

@@ -294,11 +294,13 @@ class Participant:
                 "a masked buffer's round arrived without this client registering for it; "
                 "nothing was sent"
             )
-        if not masked_lease:  # a masked lease lists one client: its buffer's round is checked
-            check_policy(self.policy, start)  # nothing is sent
+        # A ckks lease registers too; its buffer's round is a ckks round (client_shim/ckks.py).
+        ckks_lease = start.asynchronous and start.mode == "ckks" and not start.async_buffer
+        if not masked_lease and not ckks_lease:  # a lease lists one client: its buffer's
+            check_policy(self.policy, start)  # round is checked; nothing is sent
         _, tensors = self.global_model(start.model_version)
-        if start.mode == "ckks":  # only ciphertexts leave a data owner (client_shim/ckks.py)
-            return ckks.take_part(self, start, tensors, compute)
+        if start.mode == "ckks" and not ckks_lease:  # only ciphertexts leave a data owner
+            return ckks.take_part(self, start, tensors, compute)  # (a buffer's key holder too)
         layout = Layout.of(tensors)
         update, weight, metadata = compute(start, tensors)
         weight = float(weight) * (start.contribution_weight or 1.0)
@@ -331,7 +333,7 @@ class Participant:
                     return self._submit_async(start, header, update)
                 self._upload(header, memoryview(update).cast("B"), start.submit_deadline_unix)
                 return self.follow(start, update.nbytes, None)
-            if masked_lease:  # register; the update goes masked into the buffer's round
+            if masked_lease or ckks_lease:  # register; the update goes masked (encrypted)
                 return self._register_async(start, layout, update, weight, meta)
             return self._secure(start, layout, update, weight, meta, roster)
         except ApplianceUnavailableError:
@@ -422,10 +424,16 @@ class Participant:
             raise RoundRefusedError(
                 f"the buffer's round is not a {lease.mode} buffer round; nothing was sent"
             )
-        report = self._secure(
-            start, layout, update, weight, meta, roster, trained_on=lease.model_version
-        )
-        context = buffer_context_from(start)
+        if start.mode == "ckks":  # encrypted, signed with the buffer's context
+            report = ckks.take_part_in_buffer(
+                self, start, layout, update, weight, meta, trained_on=lease.model_version
+            )
+            context = ckks.buffer_context(start)
+        else:
+            report = self._secure(
+                start, layout, update, weight, meta, roster, trained_on=lease.model_version
+            )
+            context = buffer_context_from(start)
         me = start.client_index
         return dataclasses.replace(
             report,
@@ -483,9 +491,13 @@ class Participant:
         client = SecAggClient(
             config, start.client_index, self.identity, ledger=self.ledger, trained_on=trained_on
         )
+        scale = 1.0  # DP: s(tau) scales the clipped update, never the noise; the count is 1
         if config.buffer is not None:  # w * s(tau), tau from the transcript (crypto's rule)
             weight = config.buffer.fold_weight(start.client_index, weight)
-        encoded = encode_update(update, weight, spec) if dp is None else dp.encode(update)[0]
+            scale = config.buffer.weight_of(start.client_index)
+        encoded = (
+            encode_update(update, weight, spec) if dp is None else dp.encode(update, scale=scale)[0]
+        )
         client.set_input(encoded)
         advertise = client.advertise_keys()
         sent = self._send(start, 0, advertise, meta, start.submit_deadline_unix)
@@ -633,7 +645,7 @@ def check_members(verifier: RosterVerifier | None, start: pb.RoundStart) -> Rost
     the verified roster (its signed policy: ``roster.federation_policy()``)."""
     if verifier is None:
         return None
-    ckks = start.mode == "ckks"
+    ckks = start.mode == "ckks" and start.HasField("ckks")  # a ckks lease names no key holder
     roster = verifier.accept(start.roster)
     members_from_roster(
         roster,

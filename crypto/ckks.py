@@ -30,7 +30,9 @@ import numpy as np
 
 from sealagg.crypto._primitives.ckks import MAX_SECURE_COEFF_BITS, PublicContext, SecretContext
 from sealagg.crypto._primitives.signing import IdentityKey, verify_signature
+from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.errors import (
+    BaseVersionRefusedError,
     CkksCiphertextError,
     CkksContributionsRefusedError,
     CkksError,
@@ -257,6 +259,12 @@ class ContributionBinding:
     parameters and the dimension keep it from answering another question. The signer's
     round index and name are bound too (:meth:`digest`), so an upload cannot be re-attributed
     to another member to make one party count twice.
+
+    In an asynchronous buffer's round (``buffer``, :mod:`crypto.ckks_buffer`) the signature
+    also binds the buffer's whole context (parent = ``model_version``, every member's base
+    version, the staleness function) and the signer's own base version, under another domain
+    tag: a contribution cannot be moved between a buffer and a synchronous round, and the key
+    holder recomputes each signer's ``tau`` and ``s(tau)`` from what it signed.
     """
 
     round_id: bytes
@@ -264,10 +272,16 @@ class ContributionBinding:
     params: CkksParameters
     dimension: int
     context_fingerprint: bytes
+    buffer: BufferContext | None = None
 
     def digest(self, index: int, name: str, ciphertexts: Sequence[bytes]) -> bytes:
         """SHA-256 over every bound field, length-prefixed, and each ciphertext's SHA-256."""
-        h = hashlib.sha256(b"sealagg/ckks/contribution/v1\x00")
+        tag = b"sealagg/ckks/contribution/v1\x00"
+        if self.buffer is not None:
+            tag = b"sealagg/ckks/buffer-contribution/v1\x00"
+        h = hashlib.sha256(tag)
+        if self.buffer is not None:
+            h.update(self.buffer.digest() + struct.pack(">Q", self.base_of(index)))
         name_bytes = name.encode("utf-8")
         p = self.params
         for part in (self.round_id, name_bytes, self.context_fingerprint):
@@ -282,6 +296,16 @@ class ContributionBinding:
             h.update(hashlib.sha256(ct).digest())
         return h.digest()
 
+    def base_of(self, index: int) -> int:
+        """The base version the buffer lists for member ``index`` (refused if none)."""
+        assert self.buffer is not None
+        base = self.buffer.base_versions.get(index)
+        if base is None:
+            raise BaseVersionRefusedError(
+                f"member {index} is not a data owner of this buffer (it lists no base version)"
+            )
+        return base
+
 
 @dataclasses.dataclass(frozen=True)
 class Contributor:
@@ -295,11 +319,19 @@ class Contributor:
 class CkksEncryptor:
     """A data owner's side: encrypt [w·x, w] under the key holder's public context, and sign."""
 
-    def __init__(self, params: CkksParameters, public_context: bytes, round_id: bytes) -> None:
+    def __init__(
+        self,
+        params: CkksParameters,
+        public_context: bytes,
+        round_id: bytes,
+        *,
+        buffer: BufferContext | None = None,
+    ) -> None:
         self.params = params
         self.context = PublicContext.from_bytes(public_context, max_bytes=MAX_CONTEXT_BYTES)
         params.check_context(self.context)
         self.round_id = round_id
+        self.buffer = buffer  # an asynchronous buffer's context: signed into the upload
 
     def encrypt(
         self,
@@ -320,11 +352,25 @@ class CkksEncryptor:
         update = np.asarray(update)
         cts = [self.context.encrypt(c) for c in pack(update, weight, self.params.slots)]
         binding = ContributionBinding(
-            self.round_id, model_version, self.params, update.size, self.context.fingerprint
+            self.round_id,
+            model_version,
+            self.params,
+            update.size,
+            self.context.fingerprint,
+            self.buffer,
         )
         signature = identity.sign(binding.digest(index, name, cts))
+        extra: dict[str, Any] = {}
+        if self.buffer is not None:  # the claims the signature covers, readable for the checks
+            extra = {"b": binding.base_of(index), "x": self.buffer.digest()}
         return pack_message(
-            "ckks_input", self.round_id, f=self.context.fingerprint, c=cts, i=index, s=signature
+            "ckks_input",
+            self.round_id,
+            f=self.context.fingerprint,
+            c=cts,
+            i=index,
+            s=signature,
+            **extra,
         )
 
 
@@ -346,14 +392,17 @@ class CkksAccumulator:
         dimension: int,
         *,
         model_version: int,
+        buffer: BufferContext | None = None,
     ) -> None:
         self.params = params
         self.context = PublicContext.from_bytes(public_context, max_bytes=MAX_CONTEXT_BYTES)
         params.check_context(self.context)
         self.round_id = round_id
         self.dimension = dimension
+        if buffer is not None and buffer.parent_version != model_version:
+            raise BaseVersionRefusedError("the buffer's parent is not the round's model version")
         self.binding = ContributionBinding(
-            round_id, model_version, params, dimension, self.context.fingerprint
+            round_id, model_version, params, dimension, self.context.fingerprint, buffer
         )
         self.sizes = chunk_sizes(dimension, params.slots)
         self._sum: list[Any] | None = None
@@ -385,6 +434,8 @@ class CkksAccumulator:
         limit = self.params.max_ciphertext_bytes()
         if not all(isinstance(ct, bytes) and len(ct) <= limit for ct in cts):
             raise CkksCiphertextError("ciphertext refused: a chunk is oversized or not bytes")
+        if self.binding.buffer is not None:
+            self._check_buffer_claims(body, signer)
         verify_signature(
             signer.identity_key,
             self.binding.digest(signer.index, signer.name, cts),
@@ -400,6 +451,25 @@ class CkksAccumulator:
             for i, vector in enumerate(vectors):
                 self._sum[i] = self.context.add(self._sum[i], vector)
         self.contributors.append(signer.index)
+
+    def _check_buffer_claims(self, body: dict[str, Any], signer: Contributor) -> None:
+        """A buffer's upload states the signer's base version and the context it signed;
+        both must be this buffer's (the signature, checked next, covers them): a contribution
+        claiming another base version, or signed over another view of the buffer (other
+        members' bases, parent or staleness function), is refused, saying which."""
+        buffer = self.binding.buffer
+        assert buffer is not None
+        claimed, listed = field(body, "b", int), self.binding.base_of(signer.index)
+        if claimed != listed:
+            raise BaseVersionRefusedError(
+                f"contribution of {signer.name!r} claims base version {claimed}; the buffer "
+                f"lists {listed} for it: its staleness weight would not be the buffer's"
+            )
+        if not hmac.compare_digest(field(body, "x", bytes), buffer.digest()):
+            raise BaseVersionRefusedError(
+                f"contribution of {signer.name!r} was signed over another buffer context (base "
+                "versions, parent or staleness function) than this one"
+            )
 
     @property
     def sum_vectors(self) -> list[Any]:
@@ -528,17 +598,25 @@ class CkksKeyHolder:
         key_holder: int,
         key_holder_contributes: bool,
         minimum: int,
+        buffer: BufferContext | None = None,
     ) -> np.ndarray:
         """The weighted sum [Σw·x, Σw] (float64, d+1 values) of verified contributions.
 
         Recomputes the sum itself (:func:`verify_contributions`) and decrypts only that, at
         most once per round: a second request (a second sum over another subset, whose
-        difference with the first would be one client's update) is refused.
+        difference with the first would be one client's update) is refused. ``buffer``: an
+        asynchronous buffer's context as this key holder checked it; every contribution must
+        be signed over it and its own base version (refused otherwise, nothing decrypted).
         """
         if self._decrypted:
             raise CkksContributionsRefusedError("this round's sum was already decrypted once")
         accumulator = CkksAccumulator(
-            self.params, self.public_context, self.round_id, dimension, model_version=model_version
+            self.params,
+            self.public_context,
+            self.round_id,
+            dimension,
+            model_version=model_version,
+            buffer=buffer,
         )
         verify_contributions(
             uploads,
@@ -558,6 +636,8 @@ class CkksKeyHolder:
         )
         if out.size != dimension + 1:
             raise CkksCiphertextError("decrypted sum has the wrong length")
+        if buffer is not None:  # nothing leaves unless the weights fit the signed bases
+            check_buffer_total(buffer, accumulator.contributors, float(out[-1]), self.params)
         return out
 
     def export_secret_for_sealing(self) -> bytes:
@@ -565,6 +645,23 @@ class CkksKeyHolder:
 
     def __reduce__(self) -> object:
         raise TypeError("CkksKeyHolder holds a secret key and cannot be pickled")
+
+
+def check_buffer_total(
+    buffer: BufferContext, contributors: Sequence[int], total: float, params: CkksParameters
+) -> None:
+    """Refuse a buffer's decrypted sum whose total weight exceeds what its signed base
+    versions allow: each member's weight is ``w * s(tau)`` with ``w <= 1``, so the total is
+    at most the sum of the contributors' ``s(tau)`` (plus CKKS error). A member that skipped
+    ``s(tau)`` cannot be singled out inside an encrypted sum, but a sum claiming more weight
+    than its members' staleness allows is refused, and nothing of it is released."""
+    ceiling = sum(buffer.weight_of(i) for i in contributors)
+    slack = params.error_bound(len(contributors))
+    if not total <= ceiling + slack:
+        raise CkksContributionsRefusedError(
+            f"the buffer's total weight {total:.6g} exceeds {ceiling:.6g}, the sum of its "
+            "contributors' staleness weights s(tau): a member did not fold in its own"
+        )
 
 
 def check_secret_context(secret_context: bytes, public_context: bytes) -> None:
@@ -629,6 +726,7 @@ __all__ = [
     "ContributionBinding",
     "Contributor",
     "RosterMember",
+    "check_buffer_total",
     "check_ckks_round",
     "check_key_holder",
     "check_secret_context",

@@ -441,13 +441,21 @@ def encode_dp_update(
     seed: bytes,
     *,
     sampler: Sampler | None = None,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, bool]:
     """One client's DP ring vector and whether its update was already within the clip.
 
     Clip to C, rotate (``seed`` from :func:`rotation_seed`), scale by 1/gamma, round (conditional
     stochastic rounding for discrete mechanisms, continuous noise first for ``gaussian``),
     add the client's discrete noise share, append the count and the noisy indicator.
+
+    ``scale`` in (0, 1] multiplies the *clipped* update, never the noise (an asynchronous
+    buffer's staleness weight ``s(tau)``, :mod:`crypto.buffer_context`): the input's L2 norm
+    stays at most ``scale·C <= C``, so the sum's sensitivity, the rounding bound and the range
+    are those of an unscaled round, and the noise share is the full one whatever ``scale`` is.
     """
+    if not (isinstance(scale, int | float) and math.isfinite(scale) and 0.0 < scale <= 1.0):
+        raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
     x = np.asarray(update, dtype=np.float64)
     if x.shape != (spec.dimension,):
         raise ValueError(f"update has shape {x.shape}, the spec needs ({spec.dimension},)")
@@ -458,6 +466,8 @@ def encode_dp_update(
     below = norm <= spec.clip
     if not below:
         x = clipped.astype(np.float64)
+    if scale != 1.0:  # after the clip: ‖scale·x‖ <= scale·C <= C
+        x = x * float(scale)
     scaled = hadamard_rotate(x, seed) / spec.gamma
     n = scaled.shape[0]
     if spec.mechanism == "gaussian":

@@ -230,7 +230,8 @@ def test_the_ledger_survives_a_restart(store):
 @pytest.mark.parametrize(
     ("privacy", "mode", "k", "match"),
     [
-        ({}, "secagg+", 3, "plaintext and attested"),
+        ({}, "ckks", 3, "modes, not 'ckks'"),
+        ({"mode": "distributed"}, "secagg+", 3, "discrete mechanism"),
         ({"mode": "distributed"}, "plaintext", 3, "client-level DP"),
         ({"target_quantile": 0.5}, "plaintext", 3, "adaptive clipping"),
         ({"min_survivors": 4}, "plaintext", 3, "exceeds buffer_size"),

@@ -33,8 +33,8 @@ def test_a_sync_run_has_no_parameters_and_an_async_run_needs_them():
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"mode": "ckks"}, "not 'ckks'"),
-        ({"privacy": True, "mode": "secagg+"}, "with DP in plaintext and attested modes only"),
+        ({"mode": "fhe"}, "not 'fhe'"),
+        ({"privacy": True, "mode": "ckks"}, "not 'ckks'"),
         ({"rule": "median"}, "weighted mean, not the 'median' rule"),
         ({"min_clients": 4}, "below the run's minimum of 4 clients"),
         ({"registered": 2}, "exceeds the 2 registered clients"),
