@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
-FOLDERS = ("kernels", "crypto", "attest", "appliance", "client_shim")
+FOLDERS = ("kernels", "crypto", "attest", "appliance", "client_shim", "flower")
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 LOCK = REPO / "requirements" / "lock.txt"
 
