@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import math
 
-import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting import rdp
+from sealagg_testkit.dp_ledger import POLY, controller, open_state, rdp_epsilon
 
 from sealagg.appliance.async_privacy import (
     STATE_FILE,
@@ -20,40 +19,16 @@ from sealagg.appliance.async_privacy import (
 )
 from sealagg.appliance.async_schedule import AsyncSpec
 from sealagg.appliance.config import PrivacySection
-from sealagg.appliance.federation import FederationFolder
-from sealagg.appliance.privacy import BufferRoundPlan, PrivacyController
+from sealagg.appliance.privacy import BufferRoundPlan
 from sealagg.appliance.rounds import Aggregate
-from sealagg.appliance.server import open_store
-from sealagg.appliance.testing import make_deployment
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.client_shim.privacy import round_privacy
 from sealagg.crypto.dp import encode_dp_update
-from sealagg.crypto.staleness import StalenessPolicy
-
-POLY = StalenessPolicy(kind="polynomial", max_staleness=3, a=0.5)
-DELTA = 1e-5
 
 
 @pytest.fixture
 def store(tmp_path):
-    dep = make_deployment(tmp_path, clients=3)
-    s = open_store(FederationFolder.load(dep.folder))
-    yield s
-    s.close()
-
-
-def _controller(store, **privacy) -> PrivacyController:
-    privacy.setdefault("mode", "client")
-    return PrivacyController(PrivacySection(**privacy), store.folder, store.audit)
-
-
-def _rdp_epsilon(multipliers: list[float]) -> float:
-    """dp-accounting directly: one GaussianDpEvent per participation, composed."""
-    acc = rdp.RdpAccountant()
-    acc.compose(
-        dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in multipliers])
-    )
-    return float(acc.get_epsilon(DELTA))
+    yield from open_state(tmp_path)
 
 
 def _record(ledger, number: int, survivors: list[str], *, m: int = 3, sigma: float, clip=1.0):
@@ -74,7 +49,7 @@ def _record(ledger, number: int, survivors: list[str], *, m: int = 3, sigma: flo
 
 
 def test_masked_modes_plan_distributed_dp_with_z_as_the_floor(store):
-    ctl = _controller(store, noise_multiplier=1.3, clip=0.7)
+    ctl = controller(store, noise_multiplier=1.3, clip=0.7)
     for mode in ("secagg", "secagg+"):
         plan = ctl.clients.plan(mode=mode, buffer_size=4, policy=POLY)
         assert plan is not None and plan.masked
@@ -105,7 +80,7 @@ def test_masked_modes_plan_distributed_dp_with_z_as_the_floor(store):
     ],
 )
 def test_masked_plans_that_cannot_be_accounted_are_refused(store, privacy, match):
-    ctl = _controller(store, **privacy)
+    ctl = controller(store, **privacy)
     with pytest.raises(AsyncPrivacyError, match=match):
         ctl.clients.plan(mode="secagg+", buffer_size=4, policy=POLY)
 
@@ -114,7 +89,7 @@ def test_masked_plans_that_cannot_be_accounted_are_refused(store, privacy, match
 
 
 def test_survivors_are_charged_their_round_multiplier_and_compose_per_client(store):
-    ctl = _controller(store, noise_multiplier=1.0, clip=1.0)
+    ctl = controller(store, noise_multiplier=1.0, clip=1.0)
     ledger = ctl.clients
     plan = ledger.plan(mode="secagg+", buffer_size=4, policy=POLY)
     sigma = 1.0 / math.sqrt(3)  # each member's share: z·C/√m, m = 3
@@ -140,7 +115,7 @@ def test_survivors_are_charged_their_round_multiplier_and_compose_per_client(sto
         assert not ledger._pending  # recorded: the dropped members' charges are gone too
     assert "d" not in ledger.clients  # in two buffers, in neither revealed sum
     for name, zs in z_of.items():
-        independent = _rdp_epsilon(zs)
+        independent = rdp_epsilon(zs)
         assert ledger.epsilon(name) == pytest.approx(independent, rel=2e-3)
         assert ledger.epsilon(name) >= independent * (1 - 1e-9)
     assert ledger.epsilon("fast") > ledger.epsilon("a") > ledger.epsilon("e") > 0
@@ -148,14 +123,14 @@ def test_survivors_are_charged_their_round_multiplier_and_compose_per_client(sto
     # Persisted: a restart reloads the same per-client ε.
     state = json.loads((store.folder / STATE_FILE).read_text())
     assert len(state["clients"]["fast"]) == 3
-    again = _controller(store, noise_multiplier=1.0, clip=1.0)
+    again = controller(store, noise_multiplier=1.0, clip=1.0)
     assert again.clients.epsilon("fast") == pytest.approx(ledger.epsilon("fast"))
 
 
 def test_a_masked_record_below_the_noise_minimum_or_past_a_budget_charges_nothing(store):
-    once = _rdp_epsilon([1.0])
-    twice = _rdp_epsilon([1.0, 1.0])
-    ctl = _controller(store, noise_multiplier=1.0, target_epsilon=(once + twice) / 2)
+    once = rdp_epsilon([1.0])
+    twice = rdp_epsilon([1.0, 1.0])
+    ctl = controller(store, noise_multiplier=1.0, target_epsilon=(once + twice) / 2)
     ledger = ctl.clients
     plan = ledger.plan(mode="secagg", buffer_size=3, policy=POLY)
     sigma = 1.0 / math.sqrt(3)
@@ -176,9 +151,9 @@ def test_a_masked_record_below_the_noise_minimum_or_past_a_budget_charges_nothin
 
 
 def test_an_aborted_buffer_releases_its_pending_charges(store):
-    once = _rdp_epsilon([1.0])
-    twice = _rdp_epsilon([1.0, 1.0])
-    ctl = _controller(store, noise_multiplier=1.0, target_epsilon=(once + twice) / 2)
+    once = rdp_epsilon([1.0])
+    twice = rdp_epsilon([1.0, 1.0])
+    ctl = controller(store, noise_multiplier=1.0, target_epsilon=(once + twice) / 2)
     ledger = ctl.clients
     plan = ledger.plan(mode="secagg+", buffer_size=3, policy=POLY)
     ledger.admit("a", plan)
@@ -213,7 +188,7 @@ def _buffer_plan(ctl, *, members: int, d: int, weights: dict[int, float], m: int
 def test_the_decode_is_the_staleness_weighted_mean_of_the_survivors(store):
     """The shim's own encoder with s(tau) on the signal: the appliance's decode divides by
     the survivors' Σ s(tau) (from the transcript) and gets the weighted mean back."""
-    ctl = _controller(store, noise_multiplier=1e-7, clip=1.0)
+    ctl = controller(store, noise_multiplier=1e-7, clip=1.0)
     d = 50
     weights = {1: 1.0, 2: POLY.weight(1), 3: POLY.weight(3), 4: POLY.weight(2)}
     start, dp = _buffer_plan(ctl, members=4, d=d, weights=weights)
@@ -248,7 +223,7 @@ def test_each_member_adds_its_full_noise_share_whatever_its_staleness(store):
     """All members very stale (s = 1/4): the signal shrinks, the noise does not — the
     revealed sum's noise has std √survivors·sigma_c (= z·C at m survivors)."""
     z, clip, d = 2.0, 1.0, 4096
-    ctl = _controller(store, noise_multiplier=z, clip=clip)
+    ctl = controller(store, noise_multiplier=z, clip=clip)
     weights = dict.fromkeys((1, 2, 3), 0.25)
     start, dp = _buffer_plan(ctl, members=3, d=d, weights=weights)
     assert dp.spec.noise_std == pytest.approx(z * clip / math.sqrt(3))
@@ -262,7 +237,7 @@ def test_each_member_adds_its_full_noise_share_whatever_its_staleness(store):
 
 
 def test_a_buffer_round_is_charged_per_survivor_and_never_in_the_run_ledger(store):
-    ctl = _controller(store, noise_multiplier=1.0, clip=1.0)
+    ctl = controller(store, noise_multiplier=1.0, clip=1.0)
     weights = {1: 1.0, 2: POLY.weight(1), 3: 1.0, 4: 1.0}
     _start, dp = _buffer_plan(ctl, members=4, d=20, weights=weights)
     aggregate = Aggregate(np.zeros(20, np.float32), 2.7, ("c1", "c2", "c4"), ("c3",))
@@ -290,7 +265,7 @@ def test_a_buffer_round_is_charged_per_survivor_and_never_in_the_run_ledger(stor
 
 
 def test_for_buffer_refuses_what_it_cannot_account(store):
-    ctl = _controller(store, noise_multiplier=1.0)
+    ctl = controller(store, noise_multiplier=1.0)
     with pytest.raises(ValueError, match="staleness weight in \\(0, 1\\]"):
         _buffer_plan(ctl, members=3, d=8, weights={1: 1.0, 2: 0.0, 3: 1.0})
     start = pb.RoundStart(

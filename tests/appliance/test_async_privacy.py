@@ -8,7 +8,7 @@ import math
 
 import dp_accounting
 import pytest
-from dp_accounting import rdp
+from sealagg_testkit.dp_ledger import DELTA, POLY, controller, open_state, rdp_epsilon
 
 from sealagg.appliance.accounting import RoundPrivacy, epsilon
 from sealagg.appliance.async_privacy import (
@@ -18,39 +18,15 @@ from sealagg.appliance.async_privacy import (
     buffer_noise_multiplier,
     staleness_ratio_floor,
 )
-from sealagg.appliance.config import PrivacySection
-from sealagg.appliance.federation import FederationFolder
-from sealagg.appliance.privacy import PrivacyBudgetExhaustedError, PrivacyController
-from sealagg.appliance.server import open_store
-from sealagg.appliance.testing import make_deployment
+from sealagg.appliance.privacy import PrivacyBudgetExhaustedError
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.client_shim.privacy import round_privacy
 from sealagg.crypto.staleness import StalenessPolicy
 
-POLY = StalenessPolicy(kind="polynomial", max_staleness=3, a=0.5)
-DELTA = 1e-5
-
 
 @pytest.fixture
 def store(tmp_path):
-    dep = make_deployment(tmp_path, clients=3)
-    s = open_store(FederationFolder.load(dep.folder))
-    yield s
-    s.close()
-
-
-def _controller(store, **privacy) -> PrivacyController:
-    privacy.setdefault("mode", "client")
-    return PrivacyController(PrivacySection(**privacy), store.folder, store.audit)
-
-
-def _rdp_epsilon(multipliers: list[float]) -> float:
-    """The library directly: one GaussianDpEvent per participation, composed, no shortcut."""
-    acc = rdp.RdpAccountant()
-    acc.compose(
-        dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in multipliers])
-    )
-    return float(acc.get_epsilon(DELTA))
+    yield from open_state(tmp_path)
 
 
 def test_buffer_multiplier_is_z_for_fresh_members_and_lower_for_unequal_staleness():
@@ -75,7 +51,7 @@ def test_buffer_multiplier_is_z_for_fresh_members_and_lower_for_unequal_stalenes
 
 
 def test_lease_params_are_what_the_shim_applies(store):
-    ctl = _controller(store, noise_multiplier=1.5, clip=0.8)
+    ctl = controller(store, noise_multiplier=1.5, clip=0.8)
     plan = ctl.clients.plan(mode="plaintext", buffer_size=4, policy=POLY)
     start = pb.RoundStart(
         round_id=b"\x01" * 32, mode="plaintext", asynchronous=True, max_clients=4,
@@ -99,7 +75,7 @@ def _publish(ledger, plan, number: int, members: dict[str, int]) -> dict:
 
 
 def test_a_fast_client_composes_three_times_the_releases_of_a_slow_one(store):
-    ctl = _controller(store, noise_multiplier=1.0, clip=1.0)
+    ctl = controller(store, noise_multiplier=1.0, clip=1.0)
     ledger = ctl.clients
     plan = ledger.plan(mode="plaintext", buffer_size=2, policy=POLY)
     schedule = [
@@ -122,7 +98,7 @@ def test_a_fast_client_composes_three_times_the_releases_of_a_slow_one(store):
         assert set(record["epsilon_per_client"]) == set(members)
     assert len(z_of["fast"]) == 3 * len(z_of["slow"])
     for name, zs in z_of.items():
-        independent = _rdp_epsilon(zs)
+        independent = rdp_epsilon(zs)
         assert ledger.epsilon(name) == pytest.approx(independent, rel=2e-3)
         assert ledger.epsilon(name) >= independent * (1 - 1e-9)
     assert ledger.epsilon("fast") > ledger.epsilon("c") > ledger.epsilon("slow") > 0
@@ -137,7 +113,7 @@ def test_a_fast_client_composes_three_times_the_releases_of_a_slow_one(store):
 
 
 def test_pld_accountant_matches_the_library_too(store):
-    ctl = _controller(store, noise_multiplier=2.0, accountant="pld")
+    ctl = controller(store, noise_multiplier=2.0, accountant="pld")
     plan = ctl.clients.plan(mode="attested", buffer_size=2, policy=POLY)
     for number in (1, 2, 3):
         _publish(ctl.clients, plan, number, {"fast": 0, f"other{number}": 0})
@@ -147,7 +123,7 @@ def test_pld_accountant_matches_the_library_too(store):
 
 
 def test_synchronous_rounds_count_for_every_async_client(store):
-    ctl = _controller(store, noise_multiplier=1.0)
+    ctl = controller(store, noise_multiplier=1.0)
     ctl.rounds.append(RoundPrivacy(1, 1.0, 3.0))
     plan = ctl.clients.plan(mode="plaintext", buffer_size=2, policy=POLY)
     _publish(ctl.clients, plan, 2, {"a": 0, "b": 0})
@@ -165,7 +141,7 @@ def test_a_spent_client_is_refused_while_the_others_continue(store):
     once = epsilon([RoundPrivacy(0, 1.0, 1.0)], DELTA)
     twice = epsilon([RoundPrivacy(0, 1.0, 2**-0.5)], DELTA)
     target = (twice + epsilon([RoundPrivacy(0, 1.0, 3**-0.5)], DELTA)) / 2  # room for 2, not 3
-    ctl = _controller(store, noise_multiplier=1.0, target_epsilon=target)
+    ctl = controller(store, noise_multiplier=1.0, target_epsilon=target)
     ledger = ctl.clients
     constant = StalenessPolicy(kind="constant", max_staleness=3)
     plan = ledger.plan(mode="plaintext", buffer_size=2, policy=constant)
@@ -200,7 +176,7 @@ def test_a_spent_client_is_refused_while_the_others_continue(store):
 
 def test_an_abandoned_buffer_releases_its_pending_charges(store):
     target = epsilon([RoundPrivacy(0, 1.0, 1.0)], DELTA) * 1.01  # room for one
-    ctl = _controller(store, noise_multiplier=1.0, target_epsilon=target)
+    ctl = controller(store, noise_multiplier=1.0, target_epsilon=target)
     plan = ctl.clients.plan(mode="plaintext", buffer_size=2, policy=StalenessPolicy("constant"))
     ctl.clients.admit("a", plan)
     ctl.clients.join("a", 7, plan)
@@ -212,14 +188,14 @@ def test_an_abandoned_buffer_releases_its_pending_charges(store):
 
 
 def test_the_ledger_survives_a_restart(store):
-    ctl = _controller(store, noise_multiplier=1.0, target_epsilon=50.0)
+    ctl = controller(store, noise_multiplier=1.0, target_epsilon=50.0)
     plan = ctl.clients.plan(mode="plaintext", buffer_size=2, policy=POLY)
     _publish(ctl.clients, plan, 1, {"fast": 0, "slow": 2})
     _publish(ctl.clients, plan, 2, {"fast": 1, "c": 0})
     before = ctl.status()
     state = json.loads((store.folder / STATE_FILE).read_text())
     assert set(state["clients"]) == {"fast", "slow", "c"}
-    again = _controller(store, noise_multiplier=1.0, target_epsilon=50.0)
+    again = controller(store, noise_multiplier=1.0, target_epsilon=50.0)
     after = again.status()
     for key in ("epsilon_per_client", "participations_per_client", "epsilon_cumulative"):
         assert after[key] == before[key]
@@ -240,16 +216,16 @@ def test_the_ledger_survives_a_restart(store):
     ],
 )
 def test_plans_that_cannot_be_accounted_are_refused(store, privacy, mode, k, match):
-    ctl = _controller(store, **privacy)
+    ctl = controller(store, **privacy)
     with pytest.raises(AsyncPrivacyError, match=match):
         ctl.clients.plan(mode=mode, buffer_size=k, policy=POLY)
 
 
 def test_bad_records_and_names_are_refused_and_nothing_is_charged(store):
-    ctl = _controller(store)
+    ctl = controller(store)
     plan = ctl.clients.plan(mode="plaintext", buffer_size=2, policy=POLY)
     assert (
-        _controller(store, mode="none").clients.plan(mode="plaintext", buffer_size=2, policy=POLY)
+        controller(store, mode="none").clients.plan(mode="plaintext", buffer_size=2, policy=POLY)
         is None
     )
     bad = [
@@ -269,7 +245,7 @@ def test_bad_records_and_names_are_refused_and_nothing_is_charged(store):
 
 def test_a_synchronous_round_is_refused_when_an_async_client_spent_the_budget(store):
     one = epsilon([RoundPrivacy(0, 1.0, 1.0)], DELTA)
-    ctl = _controller(store, noise_multiplier=1.0, target_epsilon=one * 1.2)
+    ctl = controller(store, noise_multiplier=1.0, target_epsilon=one * 1.2)
     ctl.check_budget(4)  # one synchronous round would fit
     plan = ctl.clients.plan(mode="plaintext", buffer_size=2, policy=StalenessPolicy("constant"))
     _publish(ctl.clients, plan, 1, {"a": 0, "b": 0})

@@ -25,14 +25,20 @@ import threading
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.async_runs import (
+    SeededUpdates,
+    audit_entries,
+    flat_version,
+    run_rounds_in_threads,
+    start_async_run,
+    wait_until,
+)
 from sealagg_testkit.async_runs import current_version as _current
 from sealagg_testkit.async_runs import read_state as _state
-from sealagg_testkit.async_runs import start_async_run, wait_until
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import add_client
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant, RoundReport
 from sealagg.crypto import IdentityKey
@@ -147,59 +153,10 @@ def ckks_async(deployment, running):
             conn.close()
 
 
-def _flat(dep, version: int) -> np.ndarray:
-    def read(store):
-        tensors = store.load_model(version)
-        return flatten(tensors, Layout.of(tensors)).astype(np.float64)
-
-    return _state(dep, read)
-
-
-def _audit(dep) -> list:
-    return _state(dep, lambda s: list(s.audit.entries()))
-
-
-class Update:
-    """Each client's update for each lease: deterministic, kept for the expected mean."""
-
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(17)
-        self.given: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
-
-    def compute(self, name: str, weight: float):
-        def compute(start: pb.RoundStart, _tensors):
-            update = self.rng.normal(0.0, 0.05, start.vector_length).astype(np.float32)
-            self.given[(name, start.model_version)] = (update.astype(np.float64), weight)
-            return update, weight, {"num_examples": 10}
-
-        return compute
-
-
-def _in_threads(jobs: dict[str, tuple[Participant, pb.RoundStart, object]]):
-    """run_round for each (participant, lease, compute) in its own thread; reports/errors."""
-    reports: dict[str, RoundReport] = {}
-    errors: dict[str, BaseException] = {}
-
-    def work(name: str) -> None:
-        participant, lease, compute = jobs[name]
-        try:
-            reports[name] = participant.run_round(compute, start=lease)
-        except BaseException as error:  # collected for the assertion
-            errors[name] = error
-
-    threads = {n: threading.Thread(target=work, args=(n,), daemon=True) for n in jobs}
-    for t in threads.values():
-        t.start()
-    for t in threads.values():
-        t.join(180)
-    assert not any(t.is_alive() for t in threads.values()), "a client never finished"
-    return reports, errors
-
-
-def _check_version(dep, version: int, members: dict[str, tuple[int, int]], updates: Update):
+def _check_version(dep, version: int, members: dict[str, tuple[int, int]], updates: SeededUpdates):
     """Version ``version`` = its parent + sum(w s(tau) u) / sum(w s(tau)) over ``members``
     (name -> (base, parent)), within the CKKS bound; and far from the unweighted mean."""
-    parent = _flat(dep, version - 1)
+    parent = flat_version(dep, version - 1)
     num, den, plain = np.zeros_like(parent), 0.0, np.zeros_like(parent)
     for name, (base, parent_version) in members.items():
         update, w = updates.given[(name, base)]
@@ -207,7 +164,7 @@ def _check_version(dep, version: int, members: dict[str, tuple[int, int]], updat
         num += w * s * np.clip(update, -CLIP, CLIP)
         den += w * s
         plain += update
-    got = _flat(dep, version)
+    got = flat_version(dep, version)
     bound = PARAMS.error_bound(len(members)) / den + 2e-7  # + float32 storage of the model
     assert np.abs(got - (parent + num / den)).max() <= bound
     assert np.abs(got - (parent + plain / len(members))).max() > 20 * bound  # weights matter
@@ -219,7 +176,7 @@ def test_each_ckks_buffer_publishes_the_staleness_weighted_mean(ckks_async):
     held = key_holder()
     names = [f"client{i}" for i in range(6)]
     p = {n: participant(n, conn_cls=VanishingConnection) for n in names}
-    updates = Update()
+    updates = SeededUpdates(17)
     weights = dict(zip(names, (1.0, 0.5, 0.8, 0.9, 0.7, 1.0), strict=True))
     leases = {n: p[n].wait_for_round(max_polls=40) for n in names}
     assert {lease.model_version for lease in leases.values()} == {1}
@@ -230,7 +187,7 @@ def test_each_ckks_buffer_publishes_the_staleness_weighted_mean(ckks_async):
         return p[name], leases[name], updates.compute(name, weights[name])
 
     # Buffer 1 (parent 1): client0..3, all fresh.
-    reports, errors = _in_threads({n: job(n) for n in names[:4]})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in names[:4]})
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}
     assert {(r.staleness, r.staleness_weight, r.buffer_number) for r in reports.values()} == {
@@ -242,7 +199,7 @@ def test_each_ckks_buffer_publishes_the_staleness_weighted_mean(ckks_async):
     for n in names[:4]:
         leases[n] = p[n].wait_for_round(max_polls=40)
         assert leases[n].model_version == 2
-    reports, errors = _in_threads({n: job(n) for n in ("client4", *names[:3])})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client4", *names[:3])})
     assert not errors, errors
     assert reports["client4"].staleness == 1
     assert reports["client4"].staleness_weight == pytest.approx(2**-0.5)
@@ -254,14 +211,14 @@ def test_each_ckks_buffer_publishes_the_staleness_weighted_mean(ckks_async):
         leases[n] = p[n].wait_for_round(max_polls=40)
         assert leases[n].model_version == 3
     p["client3"].connection.vanish_phase = 0
-    reports, errors = _in_threads({n: job(n) for n in ("client5", "client3", *names[:2])})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client5", "client3", *names[:2])})
     assert set(errors) == {"client3"} and isinstance(errors["client3"], VanishedError), errors
     assert reports["client5"].staleness == 2
     assert reports["client5"].staleness_weight == pytest.approx(3**-0.5)
     assert {r.outcome for r in reports.values()} == {"published"}
     _check_version(dep, 4, {"client5": (1, 3), "client0": (3, 3), "client1": (3, 3)}, updates)
     # The audit: per buffer, each contributor's base version, staleness and weight.
-    entries = _audit(dep)
+    entries = audit_entries(dep)
     buffers = [e.details for e in entries if e.event == "async_buffer"]
     assert [b["buffer"] for b in buffers] == [1, 2, 3]
     assert all(b["encrypted"] for b in buffers)
@@ -366,7 +323,7 @@ def test_refusals_hold_in_ckks_buffers(ckks_async):
     stale = Connection(dep.kits["client5"], address=dep.address)
     try:
         old = _lease(stale)
-        updates = Update()
+        updates = SeededUpdates(17)
         weights = {"client0": 1.0, "client1": 0.5, "client2": 0.8}
         p = {n: participant(n) for n in weights}
         leases = {n: p[n].wait_for_round(max_polls=40) for n in weights}
@@ -375,7 +332,7 @@ def test_refusals_hold_in_ckks_buffers(ckks_async):
         thread = _claims_another_base(dep, "client3", _lease(liar), out)
         liar.close()
         jobs = {n: (p[n], leases[n], updates.compute(n, weights[n])) for n in weights}
-        reports, errors = _in_threads(jobs)
+        reports, errors = run_rounds_in_threads(jobs)
         thread.join(120)
         assert not errors, errors
         # The lie is refused on arrival with the reason; the buffer goes on without it.
@@ -384,7 +341,7 @@ def test_refusals_hold_in_ckks_buffers(ckks_async):
         assert {r.outcome for r in reports.values()} == {"published"}
         assert _current(dep) == 2
         _check_version(dep, 2, {n: (1, 1) for n in weights}, updates)
-        buffers = [e.details for e in _audit(dep) if e.event == "async_buffer"]
+        buffers = [e.details for e in audit_entries(dep) if e.event == "async_buffer"]
         assert set(buffers[-1]["members"]) == set(weights)
         # Past the maximum staleness (0): the registration is refused with the reason.
         with pytest.raises(grpc.RpcError) as caught:
@@ -412,20 +369,20 @@ def test_a_data_owner_refuses_a_buffer_listing_another_base_version_for_it(ckks_
     dep, _app, participant, key_holder = ckks_async
     start_async_run(dep, ASYNC, rounds=0, name="ckks")
     key_holder()
-    updates = Update()
+    updates = SeededUpdates(17)
     weights = {"client0": 1.0, "client1": 0.5, "client2": 0.8, "client3": 1.0}
     p = {n: participant(n) for n in ("client0", "client1", "client2")}
     p["client3"] = participant("client3", ShownAnotherBaseForItself)
     jobs = {
         n: (x, x.wait_for_round(max_polls=40), updates.compute(n, weights[n])) for n, x in p.items()
     }
-    reports, errors = _in_threads(jobs)
+    reports, errors = run_rounds_in_threads(jobs)
     assert set(errors) == {"client3"}, errors
     assert "lists base version 0 for this client, which trained on version 1" in str(
         errors["client3"]
     )
     assert {r.outcome for r in reports.values()} == {"published"}
-    refusals = [e.details for e in _audit(dep) if e.event == "round_refused_by_client"]
+    refusals = [e.details for e in audit_entries(dep) if e.event == "round_refused_by_client"]
     assert [r["client"] for r in refusals] == ["client3"]
     _check_version(dep, 2, {n: (1, 1) for n in ("client0", "client1", "client2")}, updates)
 
@@ -434,11 +391,11 @@ def test_a_key_holder_shown_another_base_version_refuses_the_buffer(ckks_async):
     dep, _app, participant, key_holder = ckks_async
     start_async_run(dep, ASYNC, rounds=0, name="ckks")
     held = key_holder(KeyHolderShownAnotherBase)
-    updates = Update()
+    updates = SeededUpdates(17)
     names = [f"client{i}" for i in range(K)]
     p = {n: participant(n) for n in names}
     jobs = {n: (p[n], p[n].wait_for_round(max_polls=40), updates.compute(n, 1.0)) for n in names}
-    reports, errors = _in_threads(jobs)
+    reports, errors = run_rounds_in_threads(jobs)
     assert not errors, errors
     for report in reports.values():
         assert report.outcome == "aborted"
@@ -447,7 +404,7 @@ def test_a_key_holder_shown_another_base_version_refuses_the_buffer(ckks_async):
     assert _current(dep) == 1  # nothing decrypted, nothing published
     rounds = _state(dep, lambda s: [r.status for r in s.rounds()])
     assert rounds.count("aborted") == 1
-    assert not [e for e in _audit(dep) if e.event == "async_buffer"]
+    assert not [e for e in audit_entries(dep) if e.event == "async_buffer"]
     assert not [r for r in held if isinstance(r, RoundReport) and r.outcome == "published"]
 
 
@@ -472,7 +429,7 @@ def test_members_stale_by_the_time_their_buffer_runs_are_left_out_and_told(ckks_
     }
     try:
         late = {n: _lease(c) for n, c in raw.items()}
-        updates = Update()
+        updates = SeededUpdates(17)
         p = {n: participant(n) for n in ("client0", "client1")}
         p["client2"] = participant("client2", conn_cls=SlowConnection)
         jobs = {
@@ -480,7 +437,7 @@ def test_members_stale_by_the_time_their_buffer_runs_are_left_out_and_told(ckks_
         }
         scheduler = app.app.orchestrator.async_runs
         outcome: dict = {}
-        thread = threading.Thread(target=lambda: outcome.update(_in_threads(jobs)[0]))
+        thread = threading.Thread(target=lambda: outcome.update(run_rounds_in_threads(jobs)[0]))
         thread.start()
         wait_until(lambda: bool(scheduler.full), 60)  # buffer 1 full: its round runs
         assert _current(dep) == 1
@@ -497,7 +454,7 @@ def test_members_stale_by_the_time_their_buffer_runs_are_left_out_and_told(ckks_
                     break
             assert task.round_end.outcome == pb.RoundEnd.ABORTED
             assert "stale by the time buffer 2 ran" in task.round_end.reason
-        stale = [e.details for e in _audit(dep) if e.event == "async_members_stale"]
+        stale = [e.details for e in audit_entries(dep) if e.event == "async_members_stale"]
         assert stale == [{"round": stale[0]["round"], "buffer": 2, "clients": sorted(raw)}]
         assert _current(dep) == 2
     finally:

@@ -21,16 +21,20 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import rdp
+from sealagg_testkit.async_runs import (
+    SeededUpdates,
+    flat_version,
+    run_rounds_in_threads,
+    start_async_run,
+    wait_until,
+)
 from sealagg_testkit.async_runs import current_version as _current
 from sealagg_testkit.async_runs import read_state as _state
-from sealagg_testkit.async_runs import start_async_run, wait_until
 
 from sealagg.appliance import admin_api
 from sealagg.appliance.accounting import RoundPrivacy, epsilon
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.federation import add_client
-from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.errors import RunEnded
 from sealagg.client_shim.session import Participant
@@ -87,52 +91,6 @@ def masked_dp(deployment, running):
             conn.close()
 
 
-def _flat(dep, version: int) -> np.ndarray:
-    def read(store):
-        tensors = store.load_model(version)
-        return flatten(tensors, Layout.of(tensors)).astype(np.float64)
-
-    return _state(dep, read)
-
-
-class Updates:
-    """Each client's update per base version (well inside the clip), kept for the check."""
-
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(5)
-        self.given: dict[tuple[str, int], np.ndarray] = {}
-
-    def compute(self, name: str):
-        def compute(start: pb.RoundStart, _tensors):
-            update = self.rng.normal(0.0, 0.03, start.vector_length).astype(np.float32)
-            self.given[(name, start.model_version)] = update.astype(np.float64)
-            return update, 1.0, {"num_examples": 10}
-
-        return compute
-
-
-def _in_threads(jobs: dict):
-    import threading
-
-    reports: dict = {}
-    errors: dict = {}
-
-    def work(name: str) -> None:
-        p, lease, compute = jobs[name]
-        try:
-            reports[name] = p.run_round(compute, start=lease)
-        except BaseException as error:  # collected for the assertion
-            errors[name] = error
-
-    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a client never finished"
-    return reports, errors
-
-
 def _library_epsilon(multipliers: list[float]) -> float:
     acc = rdp.RdpAccountant()
     acc.compose(
@@ -149,7 +107,7 @@ def test_masked_async_dp_accounts_per_client_refuses_the_spent_and_releases_abor
     names = [f"client{i}" for i in range(6)]
     p = {n: participant(n) for n in names[:5]}
     p["client5"] = participant("client5", VanishAfter)
-    updates = Updates()
+    updates = SeededUpdates(5, std=0.03)
     leases = {n: p[n].wait_for_round(max_polls=40) for n in names}
     # A masked lease carries no DP parameters: the buffer's round does, sized on its own.
     assert all(not lease.HasField("privacy") for lease in leases.values())
@@ -158,7 +116,7 @@ def test_masked_async_dp_accounts_per_client_refuses_the_spent_and_releases_abor
         return p[name], leases[name], updates.compute(name)
 
     # Buffer 1: client5 vanishes after advertising keys; 2 left, the round needs 3.
-    reports, errors = _in_threads({n: job(n) for n in ("client1", "client2", "client5")})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client1", "client2", "client5")})
     assert set(errors) == {"client5"}, errors
     assert {r.outcome for r in reports.values()} == {"aborted"}
     assert _current(dep) == 1
@@ -167,14 +125,14 @@ def test_masked_async_dp_accounts_per_client_refuses_the_spent_and_releases_abor
     # Buffer 2 (parent 1): client0, client1, client2 all fresh.
     for n in ("client1", "client2"):
         leases[n] = p[n].wait_for_round(max_polls=40)
-    reports, errors = _in_threads({n: job(n) for n in ("client0", "client1", "client2")})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client0", "client1", "client2")})
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}
     assert _current(dep) == 2
     # Buffer 3 (parent 2): client0 on 2; client3 and client4 on 1 (tau 1, s = 1/√2).
     leases["client0"] = p["client0"].wait_for_round(max_polls=40)
     assert leases["client0"].model_version == 2
-    reports, errors = _in_threads({n: job(n) for n in ("client0", "client3", "client4")})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client0", "client3", "client4")})
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}
     assert reports["client3"].staleness_weight == pytest.approx(2**-0.5)
@@ -185,7 +143,7 @@ def test_masked_async_dp_accounts_per_client_refuses_the_spent_and_releases_abor
     assert "privacy budget of client0 spent" in ended.value.reason
     for n in ("client1", "client2", "client3"):
         leases[n] = p[n].wait_for_round(max_polls=40)
-    reports, errors = _in_threads({n: job(n) for n in ("client1", "client2", "client3")})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client1", "client2", "client3")})
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}
     assert _current(dep) == 4  # client1 and client2 were in buffers 1, 2 and 4 on a budget
@@ -208,8 +166,8 @@ def test_masked_async_dp_accounts_per_client_refuses_the_spent_and_releases_abor
         sigma_c = record["noise_std_per_client"]
         assert sigma_c == pytest.approx(Z * 1.0 / K**0.5)
         den = sum(s for _, s in members.values())
-        signal = sum(s * updates.given[(n, base)] for n, (base, s) in members.items()) / den
-        residual = _flat(dep, version) - _flat(dep, version - 1) - signal
+        signal = sum(s * updates.given[(n, base)][0] for n, (base, s) in members.items()) / den
+        residual = flat_version(dep, version) - flat_version(dep, version - 1) - signal
         expected_std = K**0.5 * sigma_c / den  # every member's full share, unscaled
         assert 0.7 < np.std(residual) / expected_std < 1.35
         assert abs(np.mean(residual)) < 4 * expected_std / len(residual) ** 0.5

@@ -25,9 +25,16 @@ import threading
 import grpc
 import numpy as np
 import pytest
+from sealagg_testkit.async_runs import (
+    SeededUpdates,
+    audit_entries,
+    flat_version,
+    run_rounds_in_threads,
+    start_async_run,
+    wait_until,
+)
 from sealagg_testkit.async_runs import current_version as _current
 from sealagg_testkit.async_runs import read_state as _state
-from sealagg_testkit.async_runs import start_async_run, wait_until
 from sealagg_testkit.raw_clients import RawClient
 
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
@@ -35,9 +42,8 @@ from sealagg.appliance.federation import add_client
 from sealagg.appliance.kit import load_kit
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
-from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.client_shim.connection import Connection
-from sealagg.client_shim.session import Participant, RoundReport
+from sealagg.client_shim.session import Participant
 from sealagg.crypto import Phase, QuantizationSpec
 
 K = 4
@@ -131,56 +137,7 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
     wait_until(condition, timeout)
 
 
-def _flat(dep, version: int) -> np.ndarray:
-    def read(store):
-        tensors = store.load_model(version)
-        return flatten(tensors, Layout.of(tensors)).astype(np.float64)
-
-    return _state(dep, read)
-
-
-def _audit(dep) -> list:
-    return _state(dep, lambda s: list(s.audit.entries()))
-
-
-class Update:
-    """Each client's update for each lease: deterministic, kept for the expected mean."""
-
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(11)
-        self.given: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
-
-    def compute(self, name: str, weight: float):
-        def compute(start: pb.RoundStart, _tensors):
-            update = self.rng.normal(0.0, 0.05, start.vector_length).astype(np.float32)
-            self.given[(name, start.model_version)] = (update.astype(np.float64), weight)
-            return update, weight, {"num_examples": 10}
-
-        return compute
-
-
-def _in_threads(jobs: dict[str, tuple[Participant, pb.RoundStart, object]]):
-    """run_round for each (participant, lease, compute) in its own thread; reports/errors."""
-    reports: dict[str, RoundReport] = {}
-    errors: dict[str, BaseException] = {}
-
-    def work(name: str) -> None:
-        participant, lease, compute = jobs[name]
-        try:
-            reports[name] = participant.run_round(compute, start=lease)
-        except BaseException as error:  # collected for the assertion
-            errors[name] = error
-
-    threads = {n: threading.Thread(target=work, args=(n,), daemon=True) for n in jobs}
-    for t in threads.values():
-        t.start()
-    for t in threads.values():
-        t.join(120)
-    assert not any(t.is_alive() for t in threads.values()), "a client never finished"
-    return reports, errors
-
-
-def _expected(parent: np.ndarray, members: dict[str, tuple[int, int]], updates: Update):
+def _expected(parent: np.ndarray, members: dict[str, tuple[int, int]], updates: SeededUpdates):
     """parent + sum(w s(tau) u) / sum(w s(tau)), tau = parent version - base (here)."""
     num = np.zeros_like(parent)
     den = 0.0
@@ -194,10 +151,10 @@ def _expected(parent: np.ndarray, members: dict[str, tuple[int, int]], updates: 
     return parent + num / den, parent + plain / len(members), den
 
 
-def _check_version(dep, version: int, members: dict[str, tuple[int, int]], updates: Update):
-    parent = _flat(dep, version - 1)
+def _check_version(dep, version: int, members: dict[str, tuple[int, int]], updates: SeededUpdates):
+    parent = flat_version(dep, version - 1)
     expected, unweighted, den = _expected(parent, members, updates)
-    got = _flat(dep, version)
+    got = flat_version(dep, version)
     # Quantization: each of the K summed codes errs by at most 1/scale, divided by sum(w s).
     spec = QuantizationSpec(clip=CLIP, max_clients=K)
     bound = (spec.error_bound(len(members)) + 1e-7) / den + 1e-6
@@ -212,7 +169,7 @@ def test_each_buffer_publishes_the_staleness_weighted_mean_with_a_dropout(masked
     p = {n: participant(n) for n in names[:3]}
     p["client3"] = participant("client3", VanishAfter, vanish_phase=-1)
     p.update({n: participant(n) for n in names[4:]})
-    updates = Update()
+    updates = SeededUpdates(11)
     weights = {"client0": 1.0, "client1": 0.5, "client2": 0.8, "client3": 0.9}
     weights.update({"client4": 0.7, "client5": 1.0})
     leases = {n: p[n].wait_for_round(max_polls=40) for n in names}
@@ -223,7 +180,7 @@ def test_each_buffer_publishes_the_staleness_weighted_mean_with_a_dropout(masked
         return p[name], leases[name], updates.compute(name, weights[name])
 
     # Buffer 1 (parent 1): client0..3, all fresh.
-    reports, errors = _in_threads({n: job(n) for n in names[:4]})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in names[:4]})
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}
     assert {(r.staleness, r.staleness_weight, r.buffer_number) for r in reports.values()} == {
@@ -235,7 +192,7 @@ def test_each_buffer_publishes_the_staleness_weighted_mean_with_a_dropout(masked
     for n in names[:4]:
         leases[n] = p[n].wait_for_round(max_polls=40)
         assert leases[n].model_version == 2
-    reports, errors = _in_threads({n: job(n) for n in ("client4", *names[:3])})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client4", *names[:3])})
     assert not errors, errors
     assert reports["client4"].staleness == 1
     assert reports["client4"].staleness_weight == pytest.approx(2**-0.5)
@@ -247,14 +204,14 @@ def test_each_buffer_publishes_the_staleness_weighted_mean_with_a_dropout(masked
         leases[n] = p[n].wait_for_round(max_polls=40)
         assert leases[n].model_version == 3
     p["client3"].vanish_phase = int(Phase.MASKED_INPUT)
-    reports, errors = _in_threads({n: job(n) for n in ("client5", "client3", *names[:2])})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client5", "client3", *names[:2])})
     assert set(errors) == {"client3"} and isinstance(errors["client3"], VanishedError), errors
     assert reports["client5"].staleness == 2
     assert {r.outcome for r in reports.values()} == {"published"}
     members = {"client5": (1, 3), "client3": (2, 3), "client0": (3, 3), "client1": (3, 3)}
     _check_version(dep, 4, members, updates)
     # The audit: every member's base version, staleness and weight per buffer; the run ends.
-    entries = _audit(dep)
+    entries = audit_entries(dep)
     buffers = [e.details for e in entries if e.event == "async_buffer"]
     assert [b["buffer"] for b in buffers] == [1, 2, 3]
     assert all(b["masked"] for b in buffers)
@@ -279,7 +236,7 @@ def test_a_buffer_below_the_minimum_aborts_and_the_next_one_publishes(masked):
     p = {n: participant(n) for n in names[:2]}
     p.update({n: participant(n, VanishAfter, vanish_phase=0) for n in names[2:4]})
     p.update({n: participant(n) for n in names[4:]})
-    updates = Update()
+    updates = SeededUpdates(11)
     leases = {n: p[n].wait_for_round(max_polls=40) for n in names}
     weights = dict(zip(names, (1.0, 0.5, 0.9, 0.9, 0.8, 0.3), strict=True))
 
@@ -287,12 +244,12 @@ def test_a_buffer_below_the_minimum_aborts_and_the_next_one_publishes(masked):
         return p[name], leases[name], updates.compute(name, weights[name])
 
     # Two of four vanish after advertising keys: 2 left, the round needs 3.
-    reports, errors = _in_threads({n: job(n) for n in names[:4]})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in names[:4]})
     assert set(errors) == {"client2", "client3"}, errors
     for n in names[:2]:
         assert reports[n].outcome == "aborted"
         assert "at least 3 required" in reports[n].reason, reports[n].reason
-    dropped = [e.details for e in _audit(dep) if e.event == "clients_dropped"]
+    dropped = [e.details for e in audit_entries(dep) if e.event == "clients_dropped"]
     assert dropped[0]["clients"] == {"client2": "connection_closed", "client3": "connection_closed"}
     assert _current(dep) == 1  # nothing published, nothing revealed
     aborted = _state(dep, lambda s: [r for r in s.rounds() if r.status == "aborted"])
@@ -300,7 +257,7 @@ def test_a_buffer_below_the_minimum_aborts_and_the_next_one_publishes(masked):
     # The run goes on: the next buffer (two new members, two re-leased) publishes.
     for n in names[:2]:
         leases[n] = p[n].wait_for_round(max_polls=40)
-    reports, errors = _in_threads({n: job(n) for n in (*names[:2], *names[4:])})
+    reports, errors = run_rounds_in_threads({n: job(n) for n in (*names[:2], *names[4:])})
     assert not errors, errors
     assert {r.outcome for r in reports.values()} == {"published"}
     assert _current(dep) == 2
@@ -338,12 +295,12 @@ def test_registration_refusals_hold_in_masked_mode(masked):
         old = _lease_raw(a)
         assert old.mode == "secagg+" and old.asynchronous and not old.async_buffer
         # Buffer 1 (four shim clients) publishes version 2 while client0 holds its lease.
-        updates = Update()
+        updates = SeededUpdates(11)
         p = {f"client{i}": participant(f"client{i}") for i in range(1, 5)}
         jobs = {
             n: (x, x.wait_for_round(max_polls=40), updates.compute(n, 1.0)) for n, x in p.items()
         }
-        reports, errors = _in_threads(jobs)
+        reports, errors = run_rounds_in_threads(jobs)
         assert not errors and {r.outcome for r in reports.values()} == {"published"}, errors
         # Past the maximum staleness (0): refused with the reason, the lease spent.
         error = _refused(lambda: _register(a, old))
@@ -380,20 +337,20 @@ def test_registration_refusals_hold_in_masked_mode(masked):
 def test_a_client_refuses_a_buffer_listing_another_base_version_for_it(masked):
     dep, _app, participant = masked
     _admin_create(dep, ASYNC, rounds=0)
-    updates = Update()
+    updates = SeededUpdates(11)
     weights = {"client0": 1.0, "client1": 0.5, "client2": 0.8, "client3": 1.0}
     p = {n: participant(n) for n in ("client0", "client1", "client2")}
     p["client3"] = participant("client3", LiesAboutItself)
     jobs = {
         n: (x, x.wait_for_round(max_polls=40), updates.compute(n, weights[n])) for n, x in p.items()
     }
-    reports, errors = _in_threads(jobs)
+    reports, errors = run_rounds_in_threads(jobs)
     assert set(errors) == {"client3"}, errors
     assert "lists base version 0 for this client, which trained on version 1" in str(
         errors["client3"]
     )
     assert {r.outcome for r in reports.values()} == {"published"}
-    refusals = [e.details for e in _audit(dep) if e.event == "round_refused_by_client"]
+    refusals = [e.details for e in audit_entries(dep) if e.event == "round_refused_by_client"]
     assert [(r["client"], r["code"]) for r in refusals] == [("client3", "parameters")]
     # The buffer went on without it: the weighted mean of the three that took part.
     _check_version(dep, 2, {n: (1, 1) for n in ("client0", "client1", "client2")}, updates)
@@ -417,7 +374,7 @@ def test_members_stale_by_the_time_their_buffer_runs_are_left_out_and_told(maske
     raw = {n: RawClient(dep.kits[n], dep.address) for n in ("client3", "client4", "client5")}
     try:
         late = {n: _lease_raw(c) for n, c in raw.items()}
-        updates = Update()
+        updates = SeededUpdates(11)
         p = {n: participant(n) for n in ("client0", "client1")}
         p["client2"] = participant("client2", SlowToAdvertise)
         jobs = {
@@ -425,7 +382,7 @@ def test_members_stale_by_the_time_their_buffer_runs_are_left_out_and_told(maske
         }
         scheduler = app.app.orchestrator.async_runs
         outcome: dict = {}
-        thread = threading.Thread(target=lambda: outcome.update(_in_threads(jobs)[0]))
+        thread = threading.Thread(target=lambda: outcome.update(run_rounds_in_threads(jobs)[0]))
         thread.start()
         _wait_for(lambda: bool(scheduler.full))  # buffer 1 full: its round runs
         assert _current(dep) == 1
@@ -445,7 +402,7 @@ def test_members_stale_by_the_time_their_buffer_runs_are_left_out_and_told(maske
                     break
             assert ends and ends[0].outcome == pb.RoundEnd.ABORTED
             assert "stale by the time buffer 2 ran" in ends[0].reason
-        stale = [e.details for e in _audit(dep) if e.event == "async_members_stale"]
+        stale = [e.details for e in audit_entries(dep) if e.event == "async_members_stale"]
         assert stale == [{"round": stale[0]["round"], "buffer": 2, "clients": sorted(raw)}]
         rounds = _state(dep, lambda s: {r.id: r.status for r in s.rounds()})
         assert rounds[stale[0]["round"]] == "aborted"
@@ -460,11 +417,11 @@ def test_members_of_an_unfinished_buffer_learn_the_run_stopped(masked):
     run: nothing is revealed, and each loop learns how its update ended."""
     dep, app, participant = masked
     run_id = _admin_create(dep, ASYNC, rounds=0)
-    updates = Update()
+    updates = SeededUpdates(11)
     p = {n: participant(n) for n in ("client0", "client1")}
     jobs = {n: (x, x.wait_for_round(max_polls=40), updates.compute(n, 1.0)) for n, x in p.items()}
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(_in_threads(jobs)[0]))
+    thread = threading.Thread(target=lambda: outcome.update(run_rounds_in_threads(jobs)[0]))
     thread.start()
     scheduler = app.app.orchestrator.async_runs
     _wait_for(lambda: scheduler.filling is not None and len(scheduler.filling.members) == 2)

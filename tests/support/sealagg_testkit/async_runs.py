@@ -7,10 +7,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
+
 from sealagg.appliance import admin_api
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.server import open_store
 from sealagg.appliance.wire import sealagg_pb2 as pb
+from sealagg.appliance.wire.modelcodec import Layout, flatten
 
 T = TypeVar("T")
 
@@ -56,3 +59,57 @@ def lease(client: Any) -> pb.RoundStart:
             assert task.round_start.asynchronous
             return task.round_start
     raise AssertionError(f"{client.name} got no lease")
+
+
+def flat_version(dep: Any, version: int) -> np.ndarray:
+    """Model version ``version``'s weights, flattened, as float64."""
+
+    def read(store):
+        tensors = store.load_model(version)
+        return flatten(tensors, Layout.of(tensors)).astype(np.float64)
+
+    return read_state(dep, read)
+
+
+def audit_entries(dep: Any) -> list:
+    return read_state(dep, lambda s: list(s.audit.entries()))
+
+
+class SeededUpdates:
+    """Each client's update per lease (seeded, well inside any clip), kept with its weight
+    under (client, base version) for the expected mean."""
+
+    def __init__(self, seed: int, std: float = 0.05) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.std = std
+        self.given: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
+
+    def compute(self, name: str, weight: float = 1.0):
+        def compute(start: pb.RoundStart, _tensors):
+            update = self.rng.normal(0.0, self.std, start.vector_length).astype(np.float32)
+            self.given[(name, start.model_version)] = (update.astype(np.float64), weight)
+            return update, weight, {"num_examples": 10}
+
+        return compute
+
+
+def run_rounds_in_threads(jobs: dict[str, tuple[Any, pb.RoundStart, Any]], timeout: float = 180.0):
+    """``participant.run_round(compute, start=lease)`` for each (participant, lease, compute)
+    in its own thread; (reports, errors) by client name."""
+    reports: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+
+    def work(name: str) -> None:
+        participant, lease, compute = jobs[name]
+        try:
+            reports[name] = participant.run_round(compute, start=lease)
+        except BaseException as error:  # collected for the assertion
+            errors[name] = error
+
+    threads = {n: threading.Thread(target=work, args=(n,), daemon=True) for n in jobs}
+    for t in threads.values():
+        t.start()
+    for t in threads.values():
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads.values()), "a client never finished"
+    return reports, errors
