@@ -501,6 +501,28 @@ class _CollectUnmaskShares(_State):
         return good
 
     def close(self) -> tuple[dict[int, Message], AggregateResult]:
+        total = self.total.copy()
+        apply_masks(total, self.masks_to_remove())
+        return {}, self.result_with(total)
+
+    def result_with(self, total: np.ndarray) -> AggregateResult:
+        """The round's result around ``total`` (the unmasked sum, or an empty array when
+        stripes hold the sum: :mod:`crypto.striped_server`)."""
+        cfg, survivors = self.config, set(self.survivors)
+        return AggregateResult(
+            total=total,
+            survivors=self.survivors,
+            dropped_before_masking=tuple(
+                sorted(set(cfg.identities) - set(self.facts.keys) - survivors)
+            ),
+            dropped_after_masking=self.dropped,
+        )
+
+    def masks_to_remove(self) -> list[tuple[bytes, int]]:
+        """Every (mask key, sign) to apply to the masked sum to unmask it: each survivor's
+        self mask, and each survivor's pairwise mask with a dropped peer (rebuilt from the
+        peer's mask key), never both for one client. Rebuilding raises (the round aborts)
+        when too few good shares arrived."""
         cfg, facts = self.config, self.facts
         round_id = cfg.round_id
         survivors = set(self.survivors)
@@ -526,15 +548,7 @@ class _CollectUnmaskShares(_State):
             # u left its mask with v out; if v survived and did add its half, remove that.
             if u in survivors and v in survivors and (v, u) not in unmasked:
                 masks.append((mask_key, -tr.pairwise_sign(v, u)))
-        total = self.total.copy()
-        apply_masks(total, masks)
-        result = AggregateResult(
-            total=total,
-            survivors=self.survivors,
-            dropped_before_masking=tuple(sorted(set(cfg.identities) - set(facts.keys) - survivors)),
-            dropped_after_masking=self.dropped,
-        )
-        return {}, result
+        return masks
 
     def _shares_for(self, owner: int, field: str) -> dict[int, bytes]:
         return {

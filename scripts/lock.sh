@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Refresh requirements/lock.txt: every package of `.[client,he,dev]` and torch 2.13.0 (CPU),
+# Refresh requirements/lock.txt: every package of `.[client,he,scale,dev]` and torch 2.13.0 (CPU),
 # pinned with hashes, for CPython 3.11 on Linux x86_64. ./run and .ci/run install only from it.
 #   scripts/lock.sh            (needs uv: `pip install uv`, or UV=/path/to/uv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV=${UV:-uv}
 "$UV" pip compile pyproject.toml requirements/lock-inputs.txt \
-    --extra client --extra he --extra dev \
+    --extra client --extra he --extra scale --extra dev \
     --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     --find-links "${TORCH_WHEELS:-/opt/wheels}" \
     --no-header --quiet \

@@ -1,0 +1,36 @@
+"""Striped secure aggregation on a Ray cluster (the ``sealagg[scale]`` extra).
+
+The single-process appliance stays the default; nothing outside this package imports Ray,
+and the protocol (``sealagg.crypto``) stays transport-free.
+
+Architecture (first slice: coordinator + stripes, driven in process; no gRPC front-ends):
+
+* :mod:`.stripe` - one Ray actor per coordinate range with its own modular accumulator.
+  It stages each client's chunks and adds them only after the coordinator commits the one
+  survivor list; then it removes exactly its range of every mask in the unmask plan
+  (seekable AES-CTR, :mod:`sealagg.crypto.mask_slice`).
+* :mod:`.coordinator` - one per round: the protocol's server state machine
+  (:class:`sealagg.crypto.striped_server.StripedSecAggServer`) feeding vectors to stripes;
+  a client is a survivor only if every stripe holds all its chunks; a lost stripe aborts
+  the round with nothing published.
+* :mod:`.cluster` - a local multi-node cluster with token auth, no dashboard/Jobs/Client.
+* :mod:`.local` - a one-process driver with real protocol clients (tests, benchmarks).
+
+What a Ray node operator sees (stripes are inside the aggregator's trust domain, which
+the threat model already assumes may be malicious): a stripe node sees, for its range,
+every client's *masked* input, the unmask plan (survivors' self-mask keys and the pairwise
+keys of survivors with dropped peers: never both masks of one client, the same rule the
+one-process server keeps) and its slice of the sum. It never sees a Shamir share, an
+identity key or a sealed share. The coordinator's node sees what the one-process appliance
+sees. A node operator who could change the survivor list committed to one stripe could
+unmask one client on that stripe's range: the list is committed by the coordinator only,
+and stripes refuse a list naming a client they do not hold completely; but Ray traffic is
+not authenticated per actor, which is why the nodes must be the appliance's own machines.
+
+Hardening (implemented in :func:`.cluster.start_local_cluster` where marked *):
+token authentication on* (``RAY_AUTH_MODE=token``, a fresh token per cluster); dashboard
+off*, hence no Jobs API*; no Ray Client server*; usage stats off*; stripes on worker
+nodes only*; TLS between nodes (``RAY_USE_TLS=1``, ``RAY_TLS_SERVER_CERT/KEY``,
+``RAY_TLS_CA_CERT`` from a private CA: not set in the local test cluster); every Ray port
+on a private network, firewalled; only the appliance's mutual-TLS port faces clients.
+"""
