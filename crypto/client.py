@@ -624,6 +624,31 @@ class SecAggClient:
             raise OutOfPhaseError(f"clients do not accept {type(msg).__name__} messages")
         return handler(msg)  # type: ignore[operator]
 
+    def export_state(self, *, key: bytes, context: bytes = b"") -> bytes:
+        """This round's state for the next phase, sealed under ``key`` and bound to the round
+        id and ``context`` (:mod:`sealagg.crypto.client_state`; the quantized input is not
+        part of it). For runtimes that keep no process between a round's messages."""
+        from sealagg.crypto.client_state import export_client_state
+
+        return export_client_state(self, key=key, context=context)
+
+    @classmethod
+    def import_state(
+        cls,
+        blob: bytes,
+        *,
+        key: bytes,
+        round_id: bytes,
+        context: bytes = b"",
+        ledger: TranscriptLedger | None = None,
+    ) -> SecAggClient:
+        """The client :meth:`export_state` sealed; refuses another round's or a tampered state."""
+        from sealagg.crypto.client_state import import_client_state
+
+        return import_client_state(
+            blob, key=key, round_id=round_id, context=context, ledger=ledger
+        )
+
     def _step(self, event, msg: Message | None = None) -> Message:
         if msg is not None and msg.round_id != self._ctx.config.round_id:
             raise ReplayedMessageError(f"{msg.TYPE} belongs to another round")

@@ -47,6 +47,22 @@ SYMBOLS: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
                                                         "failures")),
     ("flwr.server.history", "History.add_metrics_distributed_fit", ("self", "server_round",
                                                                      "metrics")),
+    # The sealed round state (sealagg.flower.mod): the sealing key lives in Flower's home
+    # directory; the state rides in Context.state, which both runtimes keep between messages.
+    ("flwr.supercore.utils", "get_flwr_home", ()),
+    ("flwr.common.constant", "FLWR_HOME", None),
+    # The deployment runtime (tests/flower/test_flower_deployment.py): the SuperNode stores the
+    # context a ClientApp process pushes back, per run series, and hands it to the next one.
+    ("flwr.supernode.servicer.runtime.runtime_handlers", "push_task_output", ("request",
+                                                                               "state", "task")),
+    ("flwr.supernode.runtime.run_clientapp", "pull_task_input", ("client",)),
+    ("flwr.supernode.runtime.run_clientapp", "push_message", ("client", "message", "context")),
+    # What the deployment test drives: `flwr run <app> <connection>` (a connection named in
+    # $FLWR_HOME/config.toml), and SuperExec's task poll interval (an environment variable).
+    ("flwr.cli.run.run", "run", ("app", "superlink", "federation", "run_config_overrides",
+                                 "federation_config_overrides", "stream", "output_format")),
+    ("flwr.cli.constant", "SuperLinkConnectionTomlKey", None),
+    ("flwr.supercore.superexec.run_superexec", "_TASK_POLL_INTERVAL_ENV", None),
     # Flower's own SecAgg+ pair, which ours replaces one for one (same knob names).
     ("flwr.client.mod", "secaggplus_mod", ("msg", "ctxt", "call_next")),
     ("flwr.server.workflow", "SecAggPlusWorkflow", ("self", "num_shares",

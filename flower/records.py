@@ -20,6 +20,8 @@ from sealagg.crypto.errors import MalformedMessageError, RoundParametersRefusedE
 from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
 
 RECORD = "sealagg"
+#: The node's sealed round state in ``Context.state`` (:mod:`sealagg.flower.mod`).
+STATE_RECORD = "sealagg.state"
 STAGE = "stage"
 PAYLOAD = "payload"
 

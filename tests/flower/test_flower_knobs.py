@@ -9,34 +9,16 @@ its JSON. A missing environment is a failure that says how to make it, never a s
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
-
-
-def run_in_flower_env(script: str, tmp_path: Path, timeout: float) -> dict:
-    assert FLOWER_PYTHON.exists(), (
-        f"{FLOWER_PYTHON} is missing: run scripts/flower_env.sh (./run test does) to create "
-        "the pinned Flower environment"
-    )
-    out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [str(FLOWER_PYTHON), "-P", str(REPO / "tests" / "flower" / "apps" / script),
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads(out.read_text())
+from sealagg_testkit.flower_env import REPO, run_flower_script
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_in_flower_env("knobs_app.py", tmp_path_factory.mktemp("knobs"), timeout=120)
+    app = REPO / "tests" / "flower" / "apps" / "knobs_app.py"
+    return run_flower_script(app, tmp_path_factory.mktemp("knobs"), timeout=120)
 
 
 def test_the_flower_api_sealagg_uses_is_the_pinned_one(report: dict) -> None:
@@ -109,7 +91,7 @@ def test_the_mod_refuses_by_name_and_passes_other_messages_through(report: dict)
     assert mod["train_without_sealagg_passes_through"] == "passed through"
     assert mod["calls_passed_to_the_clientapp"] == 2
     assert mod["protocol_without_round"].startswith(
-        "refused: OutOfPhaseError: sealagg: no round in progress for node 3 in this process"
+        "refused: OutOfPhaseError: sealagg: no round in progress for node 3 in its context"
     )
     assert mod["identify_returns_a_verify_key"] is True
     assert mod["weak_offer"].startswith("refused: PolicyRefusedError: quorum 3 of n=10")

@@ -11,17 +11,12 @@ rounding of Flower's own FedAvg arithmetic), round after round.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
+from sealagg_testkit.flower_env import REPO, run_flower_script
 
 from sealagg.crypto.encoding import QuantizationSpec
 
-REPO = Path(__file__).resolve().parents[2]
-FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
 N = 10
 MAX_WEIGHT = 1000.0
 CLIP = 8.0
@@ -31,18 +26,8 @@ FLOAT32_SLACK = 16 * 2.0**-24
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    assert FLOWER_PYTHON.exists(), (
-        f"{FLOWER_PYTHON} is missing: run scripts/flower_env.sh (./run test does) to create "
-        "the pinned Flower environment"
-    )
-    out = tmp_path_factory.mktemp("digits") / "report.json"
-    proc = subprocess.run(
-        [str(FLOWER_PYTHON), "-P", str(REPO / "tests" / "flower" / "apps" / "digits_app.py"),
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads(out.read_text())["phases"]
+    app = REPO / "tests" / "flower" / "apps" / "digits_app.py"
+    return run_flower_script(app, tmp_path_factory.mktemp("digits"), timeout=600)["phases"]
 
 
 def tolerance(expected: dict) -> float:

@@ -1,9 +1,10 @@
 """A real Flower app (PyTorch MLP on scikit-learn's digits) run through Flower's simulation engine.
 
 Run by tests/flower/test_flower_*.py with ``.venv-flower/bin/python -P`` (never the main venv:
-Flower 1.42 needs protobuf < 7). One simulation, ten ClientApps, one client actor (sealagg's
-mod keeps a round's secrets in its process), and four workflows in a row, each from the same
-initial model with its own FedAvg:
+Flower 1.42 needs protobuf < 7). One simulation, ten ClientApps, one client actor (one CPU
+is all this machine spares; the mod's round state travels sealed in each node's context, so
+more actors would work too), and four workflows in a row, each from the same initial model
+with its own FedAvg:
 
 * ``plain``: Flower's default fit workflow (plaintext FedAvg), 3 rounds;
 * ``secure``: ``SealaggWorkflow()`` with ``sealagg_mod``, 3 rounds;
