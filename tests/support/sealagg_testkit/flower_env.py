@@ -27,12 +27,19 @@ def require_flower_env() -> None:
 
 
 def run_flower_script(script: Path, tmp: Path, *args: str, timeout: float) -> dict[str, Any]:
-    """``script --out tmp/report.json *args`` in .venv-flower (``-P``: the repository root
-    never shadows installed packages); its report."""
+    """``script --out tmp/report.json *args`` in .venv-flower; its report."""
+    return run_flower_script_printing(script, tmp, *args, timeout=timeout)[0]
+
+
+def run_flower_script_printing(
+    script: Path, tmp: Path, *args: str, timeout: float, out_flag: str = "--out"
+) -> tuple[dict[str, Any], str]:
+    """``script OUT_FLAG tmp/report.json *args`` in .venv-flower (``-P``: the repository root
+    never shadows installed packages); (its report, what it printed)."""
     require_flower_env()
     out = tmp / "report.json"
     proc = subprocess.run(
-        [str(FLOWER_PYTHON), "-P", str(script), "--out", str(out), *args],
+        [str(FLOWER_PYTHON), "-P", str(script), out_flag, str(out), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -41,4 +48,4 @@ def run_flower_script(script: Path, tmp: Path, *args: str, timeout: float) -> di
         env={**os.environ, "FLWR_HOME": str(tmp / "flwr-home")},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
