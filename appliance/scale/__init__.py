@@ -15,6 +15,10 @@ Architecture (first slice: coordinator + stripes, driven in process; no gRPC fro
   the round with nothing published.
 * :mod:`.cluster` - a local multi-node cluster with token auth, no dashboard/Jobs/Client.
 * :mod:`.local` - a one-process driver with real protocol clients (tests, benchmarks).
+* :mod:`.groups` - many clients per round: independent secure groups
+  (:mod:`sealagg.crypto.groups`; the server learns each group's sum, each over at least
+  ``m`` clients), one round per group, group sums added in Z_(2^32); any group's abort
+  aborts the round.
 
 What a Ray node operator sees (stripes are inside the aggregator's trust domain, which
 the threat model already assumes may be malicious): a stripe node sees, for its range,
