@@ -31,6 +31,7 @@ from sealagg_testkit.async_runs import (
     flat_version,
     run_rounds_in_threads,
     start_async_run,
+    two_buffers_then_lease,
     wait_until,
 )
 from sealagg_testkit.async_runs import current_version as _current
@@ -186,30 +187,12 @@ def test_each_ckks_buffer_publishes_the_staleness_weighted_mean(ckks_async):
     def job(name: str):
         return p[name], leases[name], updates.compute(name, weights[name])
 
-    # Buffer 1 (parent 1): client0..3, all fresh.
-    reports, errors = run_rounds_in_threads({n: job(n) for n in names[:4]})
-    assert not errors, errors
-    assert {r.outcome for r in reports.values()} == {"published"}
-    assert {(r.staleness, r.staleness_weight, r.buffer_number) for r in reports.values()} == {
-        (0, 1.0, 1)
-    }
-    assert _current(dep) == 2
-    _check_version(dep, 2, {n: (1, 1) for n in names[:4]}, updates)
-    # Buffer 2 (parent 2): client4 trained on 1 (tau 1); client0..2 on 2.
-    for n in names[:4]:
-        leases[n] = p[n].wait_for_round(max_polls=40)
-        assert leases[n].model_version == 2
-    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client4", *names[:3])})
-    assert not errors, errors
-    assert reports["client4"].staleness == 1
-    assert reports["client4"].staleness_weight == pytest.approx(2**-0.5)
-    assert {r.outcome for r in reports.values()} == {"published"}
-    _check_version(dep, 3, {"client4": (1, 2), **{n: (2, 2) for n in names[:3]}}, updates)
+    # Buffers 1 and 2 (parents 1 and 2), then client0 and client1 lease version 3.
+    two_buffers_then_lease(
+        dep, p, leases, job, lambda v, members: _check_version(dep, v, members, updates)
+    )
     # Buffer 3 (parent 3): client5 on 1 (tau 2), client3 on 2 (tau 1), client0 and client1
     # on 3; client3 vanishes right after its key advert: the buffer publishes without it.
-    for n in names[:2]:
-        leases[n] = p[n].wait_for_round(max_polls=40)
-        assert leases[n].model_version == 3
     p["client3"].connection.vanish_phase = 0
     reports, errors = run_rounds_in_threads({n: job(n) for n in ("client5", "client3", *names[:2])})
     assert set(errors) == {"client3"} and isinstance(errors["client3"], VanishedError), errors

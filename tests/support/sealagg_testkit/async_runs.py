@@ -3,6 +3,7 @@ admin API over the administrator kit's mutual TLS (``<folder>/admin-kit``)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -113,3 +114,37 @@ def run_rounds_in_threads(jobs: dict[str, tuple[Any, pb.RoundStart, Any]], timeo
         t.join(timeout)
     assert not any(t.is_alive() for t in threads.values()), "a client never finished"
     return reports, errors
+
+
+def two_buffers_then_lease(
+    dep: Any,
+    participants: dict[str, Any],
+    leases: dict[str, pb.RoundStart],
+    job: Callable[[str], tuple[Any, pb.RoundStart, Any]],
+    check_version: Callable[[int, dict[str, tuple[int, int]]], None],
+) -> None:
+    """The opening every buffered-mode scenario shares (masked and ckks; K = 4, a polynomial
+    staleness with a = 0.5): buffer 1 from client0..3, all fresh; buffer 2 from client4 (one
+    version stale) and client0..2; then client0 and client1 lease version 3.
+    ``check_version(version, {client: (base, parent)})`` checks a published version."""
+    names = [f"client{i}" for i in range(4)]
+    reports, errors = run_rounds_in_threads({n: job(n) for n in names})
+    assert not errors, errors
+    assert {r.outcome for r in reports.values()} == {"published"}
+    assert {(r.staleness, r.staleness_weight, r.buffer_number) for r in reports.values()} == {
+        (0, 1.0, 1)
+    }
+    assert current_version(dep) == 2
+    check_version(2, {n: (1, 1) for n in names})
+    for n in names:
+        leases[n] = participants[n].wait_for_round(max_polls=40)
+        assert leases[n].model_version == 2
+    reports, errors = run_rounds_in_threads({n: job(n) for n in ("client4", *names[:3])})
+    assert not errors, errors
+    assert reports["client4"].staleness == 1
+    assert math.isclose(reports["client4"].staleness_weight, 2**-0.5)
+    assert {r.outcome for r in reports.values()} == {"published"}
+    check_version(3, {"client4": (1, 2), **{n: (2, 2) for n in names[:3]}})
+    for n in names[:2]:
+        leases[n] = participants[n].wait_for_round(max_polls=40)
+        assert leases[n].model_version == 3
