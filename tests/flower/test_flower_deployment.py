@@ -5,11 +5,11 @@ One ``flower-superlink --insecure`` and five ``flower-supernode --insecure`` pro
 is generated here, in a temporary app directory, with a temporary ``FLWR_HOME``). Each
 SuperNode starts a fresh ClientApp process per message, so every stage of a round reaches a
 process that never saw the previous one: the round's client state must travel sealed in the
-node's ``Context.state`` (sealagg.flower.mod). Round 1: all five; round 2: partition 4's
-SuperNode is killed (SIGKILL, its whole process group) after keys are shared and before its
-masked input, and the round completes with the four others (num_shares=5,
-reconstruction_threshold=3: quorum 4). Both global models equal plaintext FedAvg over exactly
-the surviving updates, within the quantization bound.
+node's ``Context.state`` (sealagg.flower.mod). One round (CI time): partition 4's SuperNode is
+killed (SIGKILL, its whole process group) after keys are shared and before its masked input,
+and the round completes with the four others (num_shares=5, reconstruction_threshold=3:
+quorum 4). The global model equals plaintext FedAvg over exactly the surviving updates,
+within the quantization bound.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ clientapp = "deploy_app:client_app"
 out = "{out}"
 updates = "{updates}"
 victim = {VICTIM}
-victim-round = 2
+victim-round = 1
 threshold = 3
 stage-timeout = 30.0
 """
@@ -210,29 +210,27 @@ def test_deployment_rounds_equal_plaintext_fedavg_and_survive_a_killed_supernode
     report, updates, _home = run
     assert report["error"] == "", report["error"] + report["logs"]
     assert report["killed"], "the victim never reached its training step:\n" + report["logs"]
-    first, second = report["rounds"]
-    assert first["completed"] and first["survivors"] == N and first["dropped"] == []
-    assert (first["threshold"], first["minimum_survivors"]) == (3, 4)
-    assert second["completed"], second["reason"]
-    assert second["survivors"] == N - 1 and len(second["dropped"]) == 1
-    for rnd, parts in ((1, list(range(N))), (2, [p for p in range(N) if p != VICTIM])):
-        expected = _expected(updates, rnd)
-        assert expected["parts"] == parts
-        global_model = np.array(report["globals"][rnd])  # globals[0] is the initial model
-        diff = float(np.abs(global_model - expected["mean"]).max())
-        assert diff <= _tolerance(expected), (rnd, diff, _tolerance(expected))
-    # The model moved: round 2's global is not round 1's.
-    assert report["globals"][2] != report["globals"][1]
+    (only,) = report["rounds"]
+    assert (only["threshold"], only["minimum_survivors"]) == (3, 4)
+    assert only["completed"], only["reason"]
+    assert only["survivors"] == N - 1 and len(only["dropped"]) == 1
+    expected = _expected(updates, 1)
+    assert expected["parts"] == [p for p in range(N) if p != VICTIM]
+    global_model = np.array(report["globals"][1])  # globals[0] is the initial model
+    diff = float(np.abs(global_model - expected["mean"]).max())
+    assert diff <= _tolerance(expected), (diff, _tolerance(expected))
+    assert report["globals"][1] != report["globals"][0]  # the model moved
 
 
 def test_every_message_ran_in_a_fresh_clientapp_process_with_state_sealed_on_the_node(run):
     """The deployment runtime really started one ClientApp process per message (so the round
     state crossed processes), and the sealing key is the node's own file, never in a log."""
     report, _updates, home = run
-    # Complete graph at n=5: identify, offer, keys, masked input, survivors, unmasking.
+    # Complete graph at n=5, one round: identify, offer, keys, masked input, survivors,
+    # unmasking.
     for pid in range(N):
         if pid != VICTIM:
-            assert report["supernode_logs"][pid].count("Start `flwr-clientapp` process") >= 12
+            assert report["supernode_logs"][pid].count("Start `flwr-clientapp` process") >= 6
     key_file = home / "sealagg" / "state.key"
     assert key_file.stat().st_size == 32
     assert key_file.stat().st_mode & 0o777 == 0o600
