@@ -28,6 +28,7 @@ import pytest
 from sealagg_testkit.async_runs import (
     SeededUpdates,
     audit_entries,
+    client3_refuses_its_base,
     flat_version,
     run_rounds_in_threads,
     start_async_run,
@@ -356,15 +357,7 @@ def test_a_data_owner_refuses_a_buffer_listing_another_base_version_for_it(ckks_
     weights = {"client0": 1.0, "client1": 0.5, "client2": 0.8, "client3": 1.0}
     p = {n: participant(n) for n in ("client0", "client1", "client2")}
     p["client3"] = participant("client3", ShownAnotherBaseForItself)
-    jobs = {
-        n: (x, x.wait_for_round(max_polls=40), updates.compute(n, weights[n])) for n, x in p.items()
-    }
-    reports, errors = run_rounds_in_threads(jobs)
-    assert set(errors) == {"client3"}, errors
-    assert "lists base version 0 for this client, which trained on version 1" in str(
-        errors["client3"]
-    )
-    assert {r.outcome for r in reports.values()} == {"published"}
+    client3_refuses_its_base(p, updates, weights)
     refusals = [e.details for e in audit_entries(dep) if e.event == "round_refused_by_client"]
     assert [r["client"] for r in refusals] == ["client3"]
     _check_version(dep, 2, {n: (1, 1) for n in ("client0", "client1", "client2")}, updates)

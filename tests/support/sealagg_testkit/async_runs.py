@@ -148,3 +148,22 @@ def two_buffers_then_lease(
     for n in names[:2]:
         leases[n] = participants[n].wait_for_round(max_polls=40)
         assert leases[n].model_version == 3
+
+
+def client3_refuses_its_base(
+    participants: dict[str, Any], updates: SeededUpdates, weights: dict[str, float]
+) -> dict[str, Any]:
+    """Every participant takes its lease and runs the buffer's round; client3 (shown another
+    base version for itself by a tampered RoundStart) must refuse, and the others publish.
+    Returns the others' reports."""
+    jobs = {
+        n: (x, x.wait_for_round(max_polls=40), updates.compute(n, weights[n]))
+        for n, x in participants.items()
+    }
+    reports, errors = run_rounds_in_threads(jobs)
+    assert set(errors) == {"client3"}, errors
+    assert "lists base version 0 for this client, which trained on version 1" in str(
+        errors["client3"]
+    )
+    assert {r.outcome for r in reports.values()} == {"published"}
+    return reports
