@@ -465,8 +465,9 @@ def reproduce_section(profile: str) -> list[str]:
         "```",
         "",
         "Results, logs and plots go to `bench-results/<time>-<profile>/` (`--out` to change). "
-        "The first run with peers creates `.venv-peers/` from `benchmarks/peers/requirements.txt` "
-        "(needs the package index). Single pieces: `SEALAGG_BENCH_PROFILE=quick .venv/bin/pytest "
+        "The first run with peers builds `.venv-peers/` from the hashed lock "
+        "`benchmarks/peers/lock.txt` (`benchmarks/peers/peers_env.sh`; needs the package index). "
+        "Single pieces: `SEALAGG_BENCH_PROFILE=quick .venv/bin/pytest "
         "benchmarks/test_bench_modes.py --benchmark-only`; `.venv/bin/python -P "
         "benchmarks/bench_appliance.py "
         "round --clients 10 --dimension 1000000`; `.venv-peers/bin/python "

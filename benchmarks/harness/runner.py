@@ -30,7 +30,8 @@ from harness import budgets, machine
 
 PROFILES = ("smoke", "quick", "full")
 PEER_VENV = ".venv-peers"
-PEER_STAMP = ".sealagg-peers-installed"
+#: Makes ``PEER_VENV`` from benchmarks/peers/lock.txt (idempotent; see benchmarks/peers/README.md).
+PEER_ENV_SCRIPT = "peers_env.sh"
 
 #: pytest-benchmark options per profile (smoke runs one round: it proves execution, not speed).
 PYTEST_OPTIONS = {
@@ -257,27 +258,20 @@ class Run:
         return merged
 
     def peer_python(self) -> Path | None:
-        """The benchmark-only venv's interpreter, created and installed on first use."""
-        venv = self.root / PEER_VENV
-        python = venv / "bin" / "python"
-        requirements = self.c.bench_dir / "peers" / "requirements.txt"
-        stamp = venv / PEER_STAMP
-        if (
-            python.exists()
-            and stamp.exists()
-            and stamp.stat().st_mtime >= requirements.stat().st_mtime
-        ):
-            return python
+        """The benchmark-only venv's interpreter (``.venv-peers``), made or refreshed first.
+
+        ``benchmarks/peers/peers_env.sh`` installs exactly ``benchmarks/peers/lock.txt`` (flwr,
+        torch 2.13.0 CPU, byzfl; hashes required) and returns at once when its stamp says the
+        venv matches the lock. Downloads happen there, at set-up, never while measuring.
+        """
+        python = self.root / PEER_VENV / "bin" / "python"
+        script = self.c.bench_dir / "peers" / PEER_ENV_SCRIPT
+        if not script.exists():
+            self._error("peers-env", f"{script} not found")
+            return None
         base = shutil.which("python3.11") or sys.executable
-        self.c.log(f"[peers] creating {venv} (flwr and ray: a few minutes, once)")
-        if not python.exists() and not self._run(
-            "peers-venv", [base, "-m", "venv", str(venv)], 600
-        ):
+        if not self._run("peers-env", ["bash", str(script)], 3600, PYTHON=base):
             return None
-        pip = [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
-        if not self._run("peers-install", pip, 1800):
-            return None
-        stamp.touch()
         return python
 
     def peers(self) -> dict[str, Any]:
@@ -310,26 +304,29 @@ class Run:
     def robust_peers(self, python: Path) -> dict[str, Any] | None:
         """Flower's / ByzFL's Krum, median, trimmed mean: ``benchmarks/peers/robust_peers.py``.
 
-        Another engineer's script, reused as is: it prints one JSON object per line and needs
-        flwr, byzfl and torch. Those are not in ``.venv-peers`` (byzfl would pull a second,
-        CUDA, torch), so it runs with ``$SEALAGG_ROBUST_PEERS_PYTHON`` when set, else with the
-        peers venv if that can import them, else it is reported as not run, naming why.
+        It prints one JSON object per line and needs flwr, torch and byzfl, all in the locked
+        peer venv (``python``, from :meth:`peer_python`); ``$SEALAGG_ROBUST_PEERS_PYTHON``, when
+        set, overrides that interpreter. The script's own ``--probe`` (its imports, nothing
+        measured) decides first: an interpreter that cannot run it is reported as not run,
+        naming why, rather than as a failed step.
         """
         script = self.c.bench_dir / "peers" / "robust_peers.py"
         if not script.exists():
             return None
         interpreter = os.environ.get("SEALAGG_ROBUST_PEERS_PYTHON") or str(python)
-        if not _can_import(interpreter, "byzfl", "flwr", "torch"):
-            # Not installed is not a failed step (the peer venv holds Flower only): the report
-            # lists it under "not run", and the budgets that need it fail as unmeasured in the
-            # profiles that list them (full), so nothing passes silently.
+        if not _probe(interpreter, str(script), "--probe"):
+            # The budgets that need these rows fail as unmeasured in the profiles that list
+            # them (full), so nothing passes silently.
             self._not_run(
                 "robust-peers",
-                f"{interpreter} cannot import byzfl, flwr and torch (set "
-                "SEALAGG_ROBUST_PEERS_PYTHON to a venv that has them; see robust_peers.py)",
+                f"{interpreter} cannot import byzfl, flwr and torch (run "
+                f"benchmarks/peers/{PEER_ENV_SCRIPT}, or set SEALAGG_ROBUST_PEERS_PYTHON to a "
+                "venv that has them; see benchmarks/peers/README.md)",
             )
             return None
-        clients = {"smoke": ["20"], "quick": ["20"], "full": ["20", "100"]}[self.c.profile]
+        # Quick measures n=100 too (once, about a minute and a half): the budgets' four ratios
+        # need both sizes, and the baseline kernels (test_bench_robust.py) run both anyway.
+        clients = {"smoke": ["20"], "quick": ["20", "100"], "full": ["20", "100"]}[self.c.profile]
         repeat = "1" if self.c.profile != "full" else "2"
         argv = [interpreter, str(script), "--clients", *clients, "--repeat", repeat]
         if not self._run("robust-peers", argv, 1800, OPENBLAS_NUM_THREADS="1"):
@@ -375,11 +372,11 @@ class Run:
         return results
 
 
-def _can_import(interpreter: str, *modules: str) -> bool:
-    """Whether ``interpreter`` imports ``modules`` (a probe, quiet: its output is not a log)."""
+def _probe(interpreter: str, *argv: str) -> bool:
+    """Whether ``interpreter argv...`` exits 0 (a probe, quiet: its output is not a log)."""
     try:
         proc = subprocess.run(
-            [interpreter, "-c", f"import {', '.join(modules)}"],
+            [interpreter, *argv],
             capture_output=True,
             timeout=300,
             env={**os.environ, "PYTHONSAFEPATH": "1"},

@@ -1,11 +1,12 @@
 """Flower's own SecAgg+ (SecAggPlusWorkflow + secaggplus_mod) through Flower's simulation engine.
 
 Peer baseline for ``./run bench`` (issue 9). Runs in the separate benchmark-only venv
-(``.venv-peers``, requirements in ``benchmarks/peers/requirements.txt``) because flwr pins
-grpcio/protobuf versions that conflict with ours; it imports nothing of sealagg. Flower's code
-runs unmodified: we only add a timing mod in front of ``secaggplus_mod`` on the clients and a
-timing wrapper around the grid on the server, plus (for dropout workloads) a mod that makes the
-chosen clients fail from the masked-input stage on, which Flower treats as a dropped node.
+(``.venv-peers``, locked in ``benchmarks/peers/lock.txt``, made by ``peers_env.sh``) because
+flwr pins grpcio/protobuf versions that conflict with ours; it imports nothing of sealagg.
+Flower's code runs unmodified: we only add a timing mod in front of ``secaggplus_mod`` on the
+clients and a timing wrapper around the grid on the server, plus (for dropout workloads) a mod
+that makes the chosen clients fail from the masked-input stage on, which Flower treats as a
+dropped node.
 
 Measured per workload, best round after a warm-up round:
   round_seconds      the fit workflow (all four SecAgg+ stages, incl. unmasking and

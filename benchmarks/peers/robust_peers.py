@@ -1,11 +1,15 @@
 """Flower's and ByzFL's robust aggregators on the inputs benchmarks/test_bench_robust.py uses.
 
-Runs in a SEPARATE venv (flwr pins grpcio/protobuf versions that conflict with ours):
+Runs in the benchmark-only peer venv ``.venv-peers`` (flwr pins grpcio/protobuf versions that
+conflict with ours), which ``./run bench`` creates from ``benchmarks/peers/lock.txt`` (flwr,
+torch 2.13.0 CPU, byzfl) through ``benchmarks/peers/peers_env.sh``; by hand:
 
-    python3.11 -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install flwr byzfl
-    OPENBLAS_NUM_THREADS=1 /work/peers-venv/bin/python benchmarks/peers/robust_peers.py \
+    benchmarks/peers/peers_env.sh
+    OPENBLAS_NUM_THREADS=1 .venv-peers/bin/python -P benchmarks/peers/robust_peers.py \
         --clients 20 100 --repeat 2
+
+``--probe`` only imports what the measurements need and exits 0 (the suite's check that an
+interpreter, e.g. ``$SEALAGG_ROBUST_PEERS_PYTHON``, can run this script).
 
 (``OPENBLAS_NUM_THREADS=1`` because multithreaded OpenBLAS collapses on a shared, loaded
 machine: Flower's Gram-form Krum took 27.6 s at n=20 with default threads.)
@@ -21,9 +25,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
 import json
+import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 
@@ -71,9 +80,26 @@ def flower_trimmed(x: np.ndarray, beta: float) -> np.ndarray:
     return aggregate_trimmed_avg([([row], 1) for row in x], beta)[0]
 
 
-def byzfl_agg(name: str, x, f: int):
-    import byzfl
+def byzfl_aggregators() -> ModuleType:
+    """ByzFL's ``byzfl.aggregators`` (Krum, Median, TrMean), without running byzfl/__init__.py.
 
+    byzfl's package ``__init__`` imports its training benchmark, which imports torchvision; the
+    only torchvision wheels for torch 2.13 on the package index link CUDA and cannot be imported
+    beside the CPU torch, so the peer venv leaves torchvision out (benchmarks/peers/peers_env.sh).
+    The aggregators need numpy, torch and scipy only: the package object is made from its spec
+    (its ``__path__``, nothing executed) and the subpackage imported as usual, ByzFL's own code
+    unmodified. Where ``byzfl`` imports whole (it already is in ``sys.modules``) that is used.
+    """
+    if "byzfl" not in sys.modules:
+        spec = importlib.util.find_spec("byzfl")
+        if spec is None:
+            raise ModuleNotFoundError("No module named 'byzfl'", name="byzfl")
+        sys.modules["byzfl"] = importlib.util.module_from_spec(spec)
+    return importlib.import_module("byzfl.aggregators")
+
+
+def byzfl_agg(name: str, x, f: int):
+    byzfl = byzfl_aggregators()
     agg = {"krum": byzfl.Krum, "median": byzfl.Median, "trimmed_mean": byzfl.TrMean}[name]
     return agg(f=f)(x) if name != "median" else agg()(x)
 
@@ -89,9 +115,7 @@ def precision_check() -> dict:
     out = {"truth": 4, "flower_new_krum": flower_new_krum(x, f)}
     old = flower_old_krum(x, f)
     out["flower_old_krum"] = int(np.argmin(np.abs(x - old).sum(axis=1)))
-    import byzfl
-
-    chosen = byzfl.Krum(f=f)(x)
+    chosen = byzfl_agg("krum", x, f)
     out["byzfl_krum_numpy"] = int(np.argmin(np.abs(x - chosen).sum(axis=1)))
     return out
 
@@ -101,12 +125,23 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-old-krum-above", type=int, default=20)
+    parser.add_argument("--probe", action="store_true", help="import everything, measure nothing")
     args = parser.parse_args()
-    import byzfl
     import flwr
     import torch
+    from flwr.server.strategy.aggregate import aggregate_krum  # noqa: F401
+    from flwr.serverapp.strategy.multikrum import select_multikrum  # noqa: F401
 
-    print(json.dumps({"flwr": flwr.__version__, "byzfl": getattr(byzfl, "__version__", "?")}))
+    byzfl_aggregators()
+    if args.probe:
+        return
+    versions = {
+        "flwr": flwr.__version__,
+        "byzfl": importlib.metadata.version("byzfl"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    print(json.dumps(versions))
     print(json.dumps({"precision": precision_check()}), flush=True)
     for n in args.clients:
         x = inputs(n)
