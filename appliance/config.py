@@ -309,6 +309,55 @@ class PrivacySection(_Section):
     range_bits: int = Field(20, ge=8, le=28)
 
 
+class ScaleSection(_Section):
+    """``[scale]``: masked rounds summed by Ray stripe actors (``sealagg[scale]``, issue 22).
+
+    Present (and ``enabled``), ``sealagg serve`` starts or joins a Ray cluster
+    (``appliance/scale/runtime.py``) and every secagg / secagg+ round's sum is held by
+    ``stripes`` actors, one coordinate range each; the protocol and the clients are
+    unchanged. Absent, Ray is never imported. ``stripes``: a count (equal ranges) or
+    relative weights (unequal ranges, e.g. ``[3, 1]``). ``address``: unset starts a local
+    hardened cluster of one head and ``workers`` worker nodes on this machine; set, joins
+    that existing cluster (``host:port`` of its GCS; its token comes from ``RAY_AUTH_TOKEN``
+    in the appliance's environment, never from this file, and its worker nodes must offer
+    the ``stripe_slot`` resource).
+    """
+
+    enabled: bool = True
+    stripes: int | tuple[float, ...] = 2
+    workers: int = Field(2, ge=1, le=64)
+    address: str | None = None
+    #: Coordinates per chunk forwarded to a stripe (4 bytes each): an upload streams to the
+    #: stripes in pieces of this size.
+    chunk_words: int = Field(1 << 18, ge=16, le=1 << 24)
+    #: Object store of each node of the local cluster, MiB.
+    object_store_mib: int = Field(80, ge=64, le=1 << 20)
+    #: Seconds a call to a stripe may take before the stripe counts as lost (round aborted).
+    call_timeout: float = Field(120.0, gt=0.0, le=3600.0)
+
+    @field_validator("stripes")
+    @classmethod
+    def _stripes_are_counts_or_weights(cls, value: int | tuple[float, ...]):
+        if isinstance(value, int):
+            if not 1 <= value <= 64:
+                raise ValueError(f"stripes = {value}: a count from 1 to 64 (or a list of weights)")
+        elif not 1 <= len(value) <= 64 or not all(w > 0 for w in value):
+            raise ValueError("stripes: 1 to 64 positive weights, one per stripe")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_host_port(cls, value: str | None) -> str | None:
+        return None if value is None else check_listen_address(value)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """One relative weight per stripe."""
+        if isinstance(self.stripes, int):
+            return (1.0,) * self.stripes
+        return tuple(float(w) for w in self.stripes)
+
+
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
     name = host.strip("[]")
@@ -379,6 +428,8 @@ class ApplianceConfig(_Section):
     attestation: AttestationSection = AttestationSection()
     policy: PolicySection = PolicySection()
     console: ConsoleSection = ConsoleSection()
+    #: ``[scale]`` (issue 22): absent = the one-process appliance, Ray never imported.
+    scale: ScaleSection | None = None
     weights: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -448,6 +499,33 @@ class ApplianceConfig(_Section):
                 "development; sev-snp, tdx or configfs-tsm in a confidential VM)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _scale_supports_this(self) -> ApplianceConfig:
+        """Refuse what striped rounds cannot run yet, at load rather than at the first round."""
+        if not self.scale_enabled:
+            return self
+        agg = self.aggregation
+        if agg.mode not in ("secagg", "secagg+"):
+            raise ValueError(
+                f"[scale] runs secagg and secagg+ rounds only, not aggregation.mode = {agg.mode}"
+            )
+        if self.privacy.mode != "none":
+            raise ValueError(
+                f"[scale] with privacy.mode = {self.privacy.mode} is not supported yet: "
+                "differential privacy is not run inside stripes; remove [scale] or the privacy mode"
+            )
+        if agg.rule != "mean":
+            raise ValueError(
+                f"[scale] with aggregation.rule = {agg.rule} is not supported yet: robust rules "
+                "are not run inside stripes; use rule = mean or remove [scale]"
+            )
+        return self
+
+    @property
+    def scale_enabled(self) -> bool:
+        """Whether rounds run on Ray stripes (a ``[scale]`` section with ``enabled``)."""
+        return self.scale is not None and self.scale.enabled
 
     def contribution_weight(self, name: str) -> float:
         return self.weights.get(name, 1.0)

@@ -74,6 +74,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -131,6 +132,9 @@ from sealagg.crypto.params import choose_graph
 from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
 from sealagg.crypto.refusal import MAX_DETAIL_CHARS, parse_code
 from sealagg.crypto.rules import require_masking_parties
+
+if TYPE_CHECKING:  # Ray is imported only when [scale] is configured
+    from sealagg.appliance.scale.runtime import ScaleRuntime
 
 _log = logging.getLogger("sealagg.orchestrator")
 
@@ -252,6 +256,9 @@ class Orchestrator:
         self._phase_opened = 0.0  # clock() when the current phase opened
         #: Asynchronous runs: leases, buffers and their publication (appliance/async_runs.py).
         self.async_runs = AsyncScheduler(self)
+        #: ``[scale]``: the Ray runtime (appliance/scale/runtime.py) the appliance started;
+        #: masked rounds are then summed by its stripes. None: one-process rounds.
+        self.scale: ScaleRuntime | None = None
 
     # ------------------------------------------------------------------ client-facing
 
@@ -376,7 +383,9 @@ class Orchestrator:
                 )
             answered = name in current.answered
             try:
-                if len(payload) > OFF_LOOP_BYTES:  # keep serving polls while a big one is added
+                # Off the loop for a big upload, and for a round whose accept blocks on other
+                # processes ([scale]: chunks go to Ray stripes): polls keep being served.
+                if len(payload) > OFF_LOOP_BYTES or getattr(current, "accept_off_loop", False):
                     await asyncio.to_thread(current.accept, name, header, payload)
                 else:
                     current.accept(name, header, payload)
@@ -698,6 +707,8 @@ class Orchestrator:
             except EvaluationError as error:
                 raise RunError(f"{EVALUATE_EVERY}: {error}") from None
         _, spec = check_schedule(schedule, async_json)
+        if spec is not None and self.config.scale_enabled:
+            raise RunError("asynchronous runs are not striped yet: remove [scale] to run them")
         if spec is not None:
             agg = self.config.aggregation
             owners = len(self._identity_keys()) - (1 if mode == "ckks" else 0)  # key holder
@@ -1355,8 +1366,17 @@ class Orchestrator:
             minimum_survivors=config.minimum_survivors,
         )
         spec = QuantizationSpec(clip=agg.clip, max_clients=n)
-        kind = MaskedRound if buffer is None else BufferRound
-        active = kind(number, round_id, members, config, spec)
+        striped: dict = {}
+        if self.config.scale_enabled:  # [scale]: the sum is held by Ray stripes
+            if buffer is not None:
+                raise ValueError("asynchronous buffers are not striped yet ([scale])")
+            if self.scale is None:
+                raise ValueError("[scale] is configured but its Ray runtime is not running")
+            active = self.scale.round_for(number, round_id, members, config, spec)
+            striped = self.scale.describe()
+        else:
+            kind = MaskedRound if buffer is None else BufferRound
+            active = kind(number, round_id, members, config, spec)
         active.describe(start)
         self.store.audit.append(
             "round_parameters",
@@ -1367,6 +1387,7 @@ class Orchestrator:
                 "n": n,
                 "dimension": d,
                 "note": note,
+                **striped,
             },
         )
         plan = self.privacy.plan_for(start, dimension=d, minimum=config.minimum_survivors)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,7 +17,7 @@ from sealagg.appliance.admins import DirectoryWatch
 from sealagg.appliance.attestation import configured_attesters, endpoint_for
 from sealagg.appliance.config import ApplianceConfig, load_config
 from sealagg.appliance.console import ConsoleHandle, ConsoleSettings, start_console
-from sealagg.appliance.errors import ProvisioningError
+from sealagg.appliance.errors import ConfigError, ProvisioningError
 from sealagg.appliance.federation import FederationFolder
 from sealagg.appliance.health import ApplianceHealth, add_health_service
 from sealagg.appliance.instance_lock import InstanceLock
@@ -43,6 +44,9 @@ from sealagg.appliance.wire import sealagg_pb2_grpc as pb_grpc
 from sealagg.attest import Attester
 from sealagg.crypto.encoding import warm_up
 
+if TYPE_CHECKING:  # Ray is imported only when [scale] is configured
+    from sealagg.appliance.scale.runtime import ScaleRuntime
+
 _log = logging.getLogger("sealagg.server")
 
 ADMIN_NAMES = frozenset({"admin"})
@@ -55,6 +59,19 @@ INSECURE_WARNING = (
     "WARNING: --insecure: no TLS, clients name themselves; for local development only. "
     "Never expose this appliance in this mode."
 )
+
+
+def start_scale(config: ApplianceConfig) -> ScaleRuntime:
+    """``[scale]``: start or join the Ray cluster and create the stripes (blocking). Ray is
+    imported here only, so an appliance without ``[scale]`` runs without it installed."""
+    assert config.scale is not None
+    try:
+        from sealagg.appliance.scale.runtime import ScaleRuntime
+    except ImportError as error:
+        raise ConfigError(
+            f"[scale] needs Ray: install the sealagg[scale] extra ({error})"
+        ) from None
+    return ScaleRuntime.start(config.scale)
 
 
 def open_store(federation: FederationFolder) -> Store:
@@ -278,6 +295,8 @@ class Appliance:
         # The kernels load before the first call is served, not inside the first round.
         warmed = await asyncio.to_thread(warm_up)
         _log.debug("secure-aggregation kernels ready in %.2f s", warmed)
+        if self.config.scale_enabled and self.orchestrator.scale is None:
+            self.orchestrator.scale = await asyncio.to_thread(start_scale, self.config)
         await server.start()
         self.server = server
         await self.health.listening()
@@ -404,6 +423,9 @@ class Appliance:
             if self.server is not None:
                 await self.server.stop(grace=1.0)
                 self.server = None
+            if self.orchestrator.scale is not None:  # the stripes; the cluster if it owns it
+                scale, self.orchestrator.scale = self.orchestrator.scale, None
+                await asyncio.to_thread(scale.shutdown)
             self.store.close()
         finally:
             self.metrics.close()

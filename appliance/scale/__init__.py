@@ -3,7 +3,7 @@
 The single-process appliance stays the default; nothing outside this package imports Ray,
 and the protocol (``sealagg.crypto``) stays transport-free.
 
-Architecture (first slice: coordinator + stripes, driven in process; no gRPC front-ends):
+Architecture:
 
 * :mod:`.stripe` - one Ray actor per coordinate range with its own modular accumulator.
   It stages each client's chunks and adds them only after the coordinator commits the one
@@ -15,6 +15,11 @@ Architecture (first slice: coordinator + stripes, driven in process; no gRPC fro
   the round with nothing published.
 * :mod:`.cluster` - a local multi-node cluster with token auth, no dashboard/Jobs/Client.
 * :mod:`.local` - a one-process driver with real protocol clients (tests, benchmarks).
+* :mod:`.masked_round` - a masked round of ``sealagg serve`` whose sum the stripes hold
+  (``[scale]`` in ``sealagg.toml``): uploads arrive on the mutual-TLS port, their vectors go
+  to the stripes in chunks from a worker thread, only blames reach the state machine.
+* :mod:`.runtime` - starts (or joins) the cluster when the appliance starts with ``[scale]``,
+  creates and probes the stripes, replaces a lost one before the next round, shuts down.
 * :mod:`.groups` - many clients per round: independent secure groups
   (:mod:`sealagg.crypto.groups`; the server learns each group's sum, each over at least
   ``m`` clients), one round per group, group sums added in Z_(2^32); any group's abort

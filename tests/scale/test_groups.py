@@ -149,9 +149,12 @@ def test_a_group_below_its_quorum_aborts_the_whole_round() -> None:
     assert isinstance(aborted.value.__cause__, BelowThresholdError)
 
 
-def test_grouped_round_on_ray_stripes_matches_the_one_process_groups() -> None:
-    """Every group a StripedRound on two unequal stripes of a local 2-node Ray cluster."""
-    from sealagg.appliance.scale.cluster import start_local_cluster, stripe_options
+def test_grouped_round_on_ray_stripes_matches_the_one_process_groups(cluster) -> None:
+    """Every group a StripedRound on two unequal stripes of the session's local Ray cluster
+    (tests/scale/conftest.py)."""
+    import ray
+
+    from sealagg.appliance.scale.cluster import stripe_options
     from sealagg.appliance.scale.coordinator import stripe_actor_class
 
     kit, plan, configs = _grouped_kit(4)
@@ -159,10 +162,9 @@ def test_grouped_round_on_ray_stripes_matches_the_one_process_groups() -> None:
     reference = run_grouped_round(
         plan, configs, kit.identities, kit.inputs, dropouts, run_group=run_round
     )
-    cluster = start_local_cluster(workers=1)
+    actor = stripe_actor_class(**stripe_options())
+    stripes = [actor.remote() for _ in range(2)]
     try:
-        actor = stripe_actor_class(**stripe_options())
-        stripes = [actor.remote() for _ in range(2)]
         outcome = run_grouped_round(
             plan,
             configs,
@@ -172,7 +174,8 @@ def test_grouped_round_on_ray_stripes_matches_the_one_process_groups() -> None:
             run_group=striped_runner(stripes, [3, 1], chunk_words=50),
         )
     finally:
-        cluster.shutdown()
+        for stripe in stripes:
+            ray.kill(stripe, no_restart=True)
     assert outcome.groups == reference.groups
     assert np.array_equal(outcome.total, reference.total)
     assert np.array_equal(outcome.total, kit.expected_sum(outcome.survivors))

@@ -5,8 +5,9 @@ dropouts; one survivor list for all stripes; each stripe's measured peak memory 
 within its share plus a stated constant; and (last: it takes a node away) a worker node
 removed mid-round aborts the round cleanly while the next round completes on the other.
 
-One cluster for the module (a head and two workers, one CPU each, 80 MB object stores):
-starting one takes 20-200 s on this loaded 2-core machine, so every test shares it."""
+One cluster for the whole session (tests/scale/conftest.py: a head and two workers, one CPU
+each, 80 MB object stores): starting one takes 20-200 s on this loaded 2-core machine, so
+every test shares it; the node-loss test adds a replacement worker when it is done."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from sealagg.appliance.scale.cluster import STRIPE_RESOURCE, start_local_cluster, stripe_options
+from sealagg.appliance.scale.cluster import STRIPE_RESOURCE, stripe_options
 from sealagg.appliance.scale.coordinator import (
     StripedRound,
     StripeLostError,
@@ -50,16 +51,12 @@ MEMORY_CONSTANT = 2 << 20  # measured: 0.3-0.7 MiB above the share
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    started = start_local_cluster(workers=2)
-    yield started
-    started.shutdown()
-
-
-@pytest.fixture(scope="module")
 def stripes(cluster):
     actor = stripe_actor_class(**stripe_options())
-    return [actor.remote() for _ in range(max(WEIGHTS))]
+    pool = [actor.remote() for _ in range(max(WEIGHTS))]
+    yield pool
+    for stripe in pool:  # each actor is a worker process: free it for the next module
+        ray.kill(stripe, no_restart=True)
 
 
 def one_round(pool, mode: str, w: int, rate: int, seed: int, *, on_phase=None):
@@ -155,8 +152,10 @@ def test_stripe_peak_memory_is_its_share_plus_a_constant(stripes) -> None:
         assert mem["peak"] <= share + MEMORY_CONSTANT, (rng, mem, share)
 
 
-def test_node_loss_aborts_the_round_and_the_next_round_completes(cluster) -> None:
-    """Runs last in this module: it removes a worker node for good."""
+def test_node_loss_aborts_the_round_and_the_next_round_completes(restored_cluster) -> None:
+    """Runs last in this module: it removes a worker node (restored_cluster adds a
+    replacement afterwards: the session's cluster serves the modules after this one)."""
+    cluster = restored_cluster
     n, d = 6, 9_001
     worker_a, worker_b = cluster.workers[:2]
 
