@@ -138,6 +138,9 @@ if TYPE_CHECKING:  # Ray is imported only when [scale] is configured
 
 _log = logging.getLogger("sealagg.orchestrator")
 
+#: Why a round running when the operator stops the appliance ends (nothing is published).
+STOPPING_REASON = "the appliance is stopping (operator stop); nothing is published"
+
 #: A quality gate sees the candidate and the aggregate; it returns (accept, reason).
 QualityGate = Callable[[Mapping[str, np.ndarray], Aggregate], tuple[bool, str]]
 #: (number, round id, members, dimension, common RoundStart) -> the round, described in it.
@@ -256,6 +259,8 @@ class Orchestrator:
         self._phase_opened = 0.0  # clock() when the current phase opened
         #: Asynchronous runs: leases, buffers and their publication (appliance/async_runs.py).
         self.async_runs = AsyncScheduler(self)
+        #: The stop event of :meth:`run`: an operator's stop (SIGTERM) aborts the running round.
+        self._stopping: asyncio.Event | None = None
         #: ``[scale]``: the Ray runtime (appliance/scale/runtime.py) the appliance started;
         #: masked rounds are then summed by its stripes. None: one-process rounds.
         self.scale: ScaleRuntime | None = None
@@ -528,6 +533,7 @@ class Orchestrator:
     async def run(self, stop: asyncio.Event) -> None:
         """Open rounds for the running run while enough clients are ready, until ``stop``
         (or, for the implicit run of ``[aggregation] rounds``, until its budget is spent)."""
+        self._stopping = stop  # a running round's phase wait ends on it (:meth:`_drive`)
         self.recover()
         self._ensure_implicit_run()
         setup_failures = 0
@@ -540,7 +546,7 @@ class Orchestrator:
                 continue
             if run is not None and run.budget_spent:  # e.g. its last round was before a restart
                 if self._finish_run(run) and run.implicit:
-                    await self.deliver_pending(timeout=5.0)
+                    await self.deliver_pending(timeout=5.0, stop=stop)
                     return
                 continue
             if run is None or self._awaiting_approval(run):
@@ -580,7 +586,7 @@ class Orchestrator:
             elif run.status == "running" and run.budget_spent:
                 self._finish_run(run)
                 if run.implicit:  # as before runs existed: the appliance stops here
-                    await self.deliver_pending(timeout=5.0)
+                    await self.deliver_pending(timeout=5.0, stop=stop)
                     await self._run_end_collected(batch, RUN_END_GRACE)
                     return
             if outcome.reason.startswith(SETUP_FAILURE):  # e.g. the CKKS size guard
@@ -930,11 +936,17 @@ class Orchestrator:
                 )
         return {**result.as_dict(), "run": run_id}
 
-    async def deliver_pending(self, timeout: float) -> None:
-        """Before shutting down, give clients a moment to collect their last tasks."""
+    async def deliver_pending(self, timeout: float, stop: asyncio.Event | None = None) -> None:
+        """Before shutting down, give clients a moment to collect their last tasks; an
+        operator's stop ends the wait at once, and a client whose presence stream closed is not
+        waited for (one that left, e.g. after refusing the round, would otherwise hold the
+        shutdown for the whole ``timeout``)."""
         deadline = self._clock() + timeout
-        while any(not link.tasks.empty() for link in self._links.values()):
-            if self._clock() >= deadline:
+        while any(
+            not link.tasks.empty() and not self.presence.is_gone(name)
+            for name, link in self._links.items()
+        ):
+            if self._clock() >= deadline or (stop is not None and stop.is_set()):
                 return
             await asyncio.sleep(0.05)
 
@@ -1075,7 +1087,11 @@ class Orchestrator:
             timeout = self.timings.deadline(phase_name, configured)
             self._phase_opened = opened
             self.phase_deadline = opened + timeout
-            await self._wait_for_phase(active, timeout)
+            if await self._wait_for_phase(active, timeout):
+                async with self._lock:  # nothing is published; every member is told why
+                    return self._finish_aborted(
+                        active.number, members, active.round_id, STOPPING_REASON
+                    )
             self.metrics.phase_seconds.labels(active.phase_name).observe(self._clock() - opened)
             async with self._lock:
                 late = sorted(active.waiting_for)
@@ -1126,18 +1142,36 @@ class Orchestrator:
             return self._finish_aborted(active.number, members, active.round_id, reason)
         return await self._publish(active, members, aggregate, weights, layout, version)
 
-    async def _wait_for_phase(self, active: ActiveRound, timeout: float) -> None:
+    async def _wait_for_phase(self, active: ActiveRound, timeout: float) -> bool:
+        """Wait until every live member answered or the deadline; True when the operator
+        stopped the appliance meanwhile (the round is then aborted, not waited out: a phase
+        deadline can be many minutes, longer than a service manager waits before SIGKILL)."""
+        stop = self._stopping
+        if stop is not None and stop.is_set():
+            return True
         if not self._live_waiting(active):
-            return
+            return False
+        waits = {asyncio.ensure_future(self._phase_done.wait())}
+        stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        if stopped is not None:
+            waits.add(stopped)
         try:
-            await asyncio.wait_for(self._phase_done.wait(), timeout)
-        except TimeoutError:
+            finished, _ = await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if stopped is not None and stopped in finished:
+            return True
+        if not finished:
             _log.info(
                 "round %d phase %s deadline: %d late",
                 active.number,
                 active.phase_name,
                 len(active.waiting_for),
             )
+        return False
 
     # ------------------------------------------------------------------------ presence
 
