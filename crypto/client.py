@@ -84,11 +84,18 @@ class _Context:
 
 
 class _Round:
-    """What the key directory fixed: the transcript hash and this client's neighbours."""
+    """What the key directory fixed: the transcript hash and this client's neighbours,
+    and what the coins fixed: the signing committee (``None``: the full quorum)."""
 
-    def __init__(self, transcript: bytes, neighbours: frozenset[int]) -> None:
+    def __init__(
+        self,
+        transcript: bytes,
+        neighbours: frozenset[int],
+        committee: frozenset[int] | None = None,
+    ) -> None:
         self.transcript = transcript
         self.neighbours = neighbours
+        self.committee = committee
 
 
 class _State:
@@ -223,7 +230,8 @@ class _AwaitCoins(_State):
         commitments = {u: k.coin_commitment for u, k in advertised.items()}
         seed = coins.graph_seed(cfg.round_id, self._transcript, commitments, msg.coins)
         graph = cfg.graph_for(seed)
-        return _share_keys(self.ctx, self._secrets, self._transcript, advertised, graph)
+        committee = cfg.committee_for(seed)  # derived here, never taken from the server
+        return _share_keys(self.ctx, self._secrets, self._transcript, advertised, graph, committee)
 
 
 def _share_keys(
@@ -232,6 +240,7 @@ def _share_keys(
     transcript: bytes,
     advertised: Mapping[int, PeerKeys],
     graph: CommunicationGraph,
+    committee: frozenset[int] | None = None,
 ) -> tuple[Message, _State]:
     """Seal and sign this client's shares to its active neighbours in ``graph``."""
     cfg = ctx.config
@@ -278,7 +287,7 @@ def _share_keys(
             )
         )
         sealed[v] = SignedShare(ciphertext, key_commit, self_commit, signature)
-    rnd = _Round(transcript, frozenset(holders))
+    rnd = _Round(transcript, frozenset(holders), committee)
     nxt = _AwaitShareBundle(ctx, rnd, own, peers, share_keys, mask_keys)
     return ShareKeys(cfg.round_id, sealed), nxt
 
@@ -475,11 +484,11 @@ class _AwaitUnmaskRequest(_State):
         signers = set(msg.signatures)
         if not signers <= set(self._survivors):
             raise InconsistentSurvivorsError("signatures from clients outside the survivor list")
-        if len(signers) < cfg.minimum_survivors:
-            raise BelowThresholdError(
-                f"{len(signers)} survivors confirmed the list; {cfg.minimum_survivors} required"
-            )
-        self._check_quorum(msg.signatures)
+        sizing, committee = cfg.committee_sizing, self._round.committee
+        if sizing is not None and committee is not None:  # SecAgg+ with a signing committee
+            self._check_committee(msg.signatures, committee, sizing.quorum)
+        else:  # SecAgg, or no committee below the quorum: the full quorum, as before
+            self._check_quorum(msg.signatures)
         survivors, dropped = set(self._survivors), set(msg.dropped)
         self_shares = {v: pair[1] for v, pair in self._held.items() if v in survivors}
         key_shares = {v: pair[0] for v, pair in self._held.items() if v in dropped}
@@ -496,6 +505,10 @@ class _AwaitUnmaskRequest(_State):
         met on the way is evidence of a lying server.
         """
         cfg = self.ctx.config
+        if len(signatures) < cfg.minimum_survivors:
+            raise BelowThresholdError(
+                f"{len(signatures)} survivors confirmed the list; {cfg.minimum_survivors} required"
+            )
         blob = tr.encode_ids(self._survivors)
         for v in sorted(signatures)[: cfg.minimum_survivors]:
             payload = tr.survivors_payload(cfg.round_id, self._round.transcript, v, blob)
@@ -506,6 +519,39 @@ class _AwaitUnmaskRequest(_State):
                     f"client {v} did not sign the survivor list this client signed in this "
                     "transcript: the server showed different lists, forged a signature or "
                     "replayed one from another round"
+                ) from None
+
+    def _check_committee(
+        self, signatures: Mapping[int, bytes], committee: frozenset[int], quorum: int
+    ) -> None:
+        """Verify committee signatures in id order until ``q`` of them cover our list.
+
+        The rule and its security argument: :mod:`crypto.committee`. In short, two lists
+        that each gather ``q`` committee signatures in this transcript need ``2q - m``
+        corrupt members of a committee the server did not choose (drawn from the coin-
+        tossed graph seed; sized from the transcript-bound parameters so that happens
+        with probability at most 2^-40). The list length (at least ``minimum_survivors``)
+        was checked before this client signed, which keeps the graph's minimum-sum bound.
+        Signatures from non-members add nothing and are not checked; a bad member
+        signature met on the way, or fewer than ``q`` members, refuses the round.
+        """
+        cfg = self.ctx.config
+        members = sorted(v for v in signatures if v in committee)
+        if len(members) < quorum:
+            raise InconsistentSurvivorsError(
+                f"{len(members)} of the round's {len(committee)} committee members confirmed "
+                f"the survivor list; {quorum} are required"
+            )
+        blob = tr.encode_ids(self._survivors)
+        for v in members[:quorum]:
+            payload = tr.survivors_payload(cfg.round_id, self._round.transcript, v, blob)
+            try:
+                verify_signature(cfg.identities[v], payload, signatures[v], signer=f"client {v}")
+            except BadSignatureError:
+                raise InconsistentSurvivorsError(
+                    f"committee member {v} did not sign the survivor list this client signed "
+                    "in this transcript: the server showed different lists, forged a "
+                    "signature or replayed one from another round"
                 ) from None
 
 

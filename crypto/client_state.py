@@ -218,11 +218,19 @@ def _unpack_secrets(raw: dict[str, Any]) -> cl._Secrets:
 
 
 def _pack_round(r: cl._Round) -> dict[str, Any]:
-    return {"transcript": r.transcript, "neighbours": sorted(r.neighbours)}
+    packed: dict[str, Any] = {"transcript": r.transcript, "neighbours": sorted(r.neighbours)}
+    if r.committee is not None:  # the signing committee (crypto.committee), sparse rounds
+        packed["committee"] = sorted(r.committee)
+    return packed
 
 
 def _unpack_round(raw: dict[str, Any]) -> cl._Round:
-    return cl._Round(bytes(raw["transcript"]), frozenset(int(v) for v in raw["neighbours"]))
+    committee = raw.get("committee")
+    return cl._Round(
+        bytes(raw["transcript"]),
+        frozenset(int(v) for v in raw["neighbours"]),
+        None if committee is None else frozenset(int(v) for v in committee),
+    )
 
 
 def _held(m: Mapping[int, tuple[bytes, bytes]]) -> list:

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from sealagg.crypto import committee as _committee
 from sealagg.crypto.buffer_context import BufferContext
 from sealagg.crypto.errors import RoundParametersRefusedError
 from sealagg.crypto.graph import CommunicationGraph, complete_graph, random_graph
@@ -96,6 +97,26 @@ class RoundConfig:
         """
         return _graph(self.participants, self.degree, bytes(transcript_hash))
 
+    @property
+    def committee_sizing(self) -> _committee.CommitteeSizing | None:
+        """The consistency check's signing committee size and quorum, or ``None`` for the
+        full quorum (complete graphs; sparse rounds where no committee below Q meets the
+        bounds). A pure function of n, degree, threshold and minimum_survivors, which the
+        transcript binds (:mod:`crypto.committee` has the security argument)."""
+        if self.is_complete:
+            return None
+        return _committee.committee_for_round(
+            len(self.identities), self.degree, self.threshold, self.minimum_survivors
+        )
+
+    def committee_for(self, graph_seed: bytes) -> frozenset[int] | None:
+        """The round's signing committee, drawn from the coin-tossed graph seed
+        (:func:`crypto.coins.graph_seed`) by both sides; ``None``: the full quorum."""
+        sizing = self.committee_sizing
+        if sizing is None:
+            return None
+        return _committee_members(bytes(graph_seed), self.round_id, self.participants, sizing.size)
+
     @classmethod
     def create(
         cls,
@@ -134,6 +155,14 @@ def _graph(participants: tuple[int, ...], degree: int, seed: bytes) -> Communica
     if degree >= len(participants) - 1:
         return complete_graph(participants)
     return random_graph(participants, degree, seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _committee_members(
+    seed: bytes, round_id: bytes, participants: tuple[int, ...], size: int
+) -> frozenset[int]:
+    """One draw per round in a one-process simulation (immutable, so sharing is safe)."""
+    return _committee.draw_committee(seed, round_id, participants, size)
 
 
 def active_after_pruning(

@@ -121,6 +121,8 @@ class _Facts:
     unmasked_pairs: dict[tuple[int, int], bytes] = dataclasses.field(default_factory=dict)
     blames: list[BlameRecord] = dataclasses.field(default_factory=list)
     excluded: set[int] = dataclasses.field(default_factory=set)
+    #: The consistency check's signing committee (:mod:`crypto.committee`); ``None``: full quorum.
+    committee: frozenset[int] | None = None
 
 
 class _State:
@@ -211,7 +213,8 @@ class _CollectCoins(_State):
         self.require(len(active), "reveal coins")
         directory = CoinDirectory(cfg.round_id, revealed)
         out: dict[int, Message] = {u: directory for u in sorted(active)}
-        return out, _CollectShares(cfg, active, _Facts(self.transcript, graph, self.keys))
+        facts = _Facts(self.transcript, graph, self.keys, committee=cfg.committee_for(seed))
+        return out, _CollectShares(cfg, active, facts)
 
 
 class _CollectShares(_State):
@@ -425,7 +428,17 @@ class _CollectSignatures(_State):
         signatures = {u: m.signature for u, m in self.received.items()}  # type: ignore[attr-defined]
         self.require(len(signatures), "consistency check")
         dropped = tuple(sorted(self.sharers - set(self.survivors)))
-        request = UnmaskRequest(self.config.round_id, self.survivors, signatures, dropped)
+        shown = signatures
+        committee, sizing = self.facts.committee, self.config.committee_sizing
+        if committee is not None and sizing is not None:
+            # Clients check only committee signatures (crypto.committee): send only those.
+            shown = {u: sig for u, sig in signatures.items() if u in committee}
+            if len(shown) < sizing.quorum:
+                raise BelowThresholdError(
+                    f"consistency check: {len(shown)} committee members signed, at least "
+                    f"{sizing.quorum} of {sizing.size} required"
+                )
+        request = UnmaskRequest(self.config.round_id, self.survivors, shown, dropped)
         out: dict[int, Message] = {u: request for u in sorted(signatures)}
         nxt = _CollectUnmaskShares(
             self.config, frozenset(signatures), self.facts, self.survivors, dropped, self.total
