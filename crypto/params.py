@@ -372,8 +372,9 @@ def _ln_binom_lower(trials: int, prob: float, at_most: int, lf: np.ndarray) -> f
         return -math.inf
     log_p = math.log(prob) if prob > 0 else -math.inf
     log_q = math.log1p(-prob) if prob < 1 else -math.inf
-    pmf = _ln_binom_pmf(trials, log_p, log_q, lf)
-    return min(0.0, float(np.logaddexp.reduce(pmf[: at_most + 1])))
+    j = np.arange(at_most + 1)  # only the terms summed: O(at_most), not O(trials)
+    pmf = lf[trials] - lf[j] - lf[trials - j] + _xlog(j, log_p) + _xlog(trials - j, log_q)
+    return min(0.0, float(np.logaddexp.reduce(pmf)))
 
 
 def _log2_binom_upper(trials: int, prob: float, at_least: int, lf: np.ndarray) -> float:

@@ -172,13 +172,18 @@ def test_complete_graph_fallback_for_small_n(n, delta, gamma, c):
 def test_large_n_needs_only_logarithmic_degree():
     small = find_parameters(100, 0.05, 0.05)
     big = find_parameters(1000, 0.05, 0.05)
+    large = find_parameters(3000, 0.05, 0.05)
     huge = find_parameters(10000, 0.05, 0.05)
     print(f"n=1000 dropout 0.05 corrupt 0.05 -> k={big.degree}, t={big.threshold}")
     print(f"n=10000 dropout 0.05 corrupt 0.05 -> k={huge.degree}, t={huge.threshold}")
     assert big.degree < 200
     assert big.degree / 1000 < small.degree / 100
-    assert huge.degree < 2 * big.degree
-    check_against_reference(huge)
+    assert big.degree <= large.degree <= huge.degree < 2 * big.degree
+    # The exact rational reference costs 37 s at n=10000 (3 s at 3000): CI checks it at 3000;
+    # n=10000's bounds are the finder's own (log-space), the same code at a larger n.
+    check_against_reference(large)
+    assert huge.log2_privacy_failure <= -huge.security_bits
+    assert huge.log2_failure_probability <= -huge.failure_bits
 
 
 def test_removed_fraction_above_0_9_is_refused():
