@@ -125,7 +125,9 @@ def run(tmp_path_factory: pytest.TempPathFactory):
         '[superlink]\ndefault = "sealagg-test"\n\n'
         f'[superlink.sealagg-test]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "RAY_"))
+    }
     env.update(
         FLWR_HOME=str(home),
         PATH=f"{FLOWER_BIN}:{env.get('PATH', '')}",

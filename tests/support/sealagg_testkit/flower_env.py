@@ -19,6 +19,13 @@ FLOWER_BIN = REPO / ".venv-flower" / "bin"
 FLOWER_PYTHON = FLOWER_BIN / "python"
 
 
+def flower_environment() -> dict[str, str]:
+    """This process's environment without Ray's settings: the scale tests' cluster sets
+    ``RAY_*`` (token auth) for the whole pytest process, and Flower's simulation starts a
+    Ray of its own, which must not inherit them (whatever order the tests run in)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+
 def require_flower_env() -> None:
     assert FLOWER_PYTHON.exists(), (
         f"{FLOWER_PYTHON} is missing: run scripts/flower_env.sh (./run test does) to create "
@@ -45,7 +52,7 @@ def run_flower_script_printing(
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "FLWR_HOME": str(tmp / "flwr-home")},
+        env={**flower_environment(), "FLWR_HOME": str(tmp / "flwr-home")},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(out.read_text()), proc.stdout
