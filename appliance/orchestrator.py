@@ -71,7 +71,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,6 +109,7 @@ from sealagg.appliance.rounds import (
     Member,
     PlainRound,
     UploadRefusedError,
+    UploadSink,
 )
 from sealagg.appliance.run_store import RunStore
 from sealagg.appliance.runs import (
@@ -367,10 +368,23 @@ class Orchestrator:
             what = "the roster" if number is None else f"round {number}"
             _log.warning("%s refused %s (%s)", name, what, refusal)
 
+    def stream_sink(self, name: str, header: pb.UploadHeader) -> UploadSink | None:
+        """After :meth:`check_upload`: a sink the running round offers to take this upload
+        as it arrives ([scale] masked inputs, streamed to the stripes), else None (received
+        whole). What the sink's ``finish`` returns goes to :meth:`submit` as the payload, so
+        the bookkeeping (answered, timings, the phase's close) is the same for both."""
+        if header.kind == EVALUATION_KIND or self._round is None:
+            return None
+        if self.async_runs.takes(header, round_open=True):
+            return None
+        current = self._round
+        return current.stream_sink(name, header, lambda: self._check_phase_done(current))
+
     async def submit(
-        self, name: str, header: pb.UploadHeader, payload: bytes | bytearray
+        self, name: str, header: pb.UploadHeader, payload: bytes | bytearray | Sized
     ) -> pb.AsyncReceipt | None:
-        """Take one upload; for an asynchronous run's update, the receipt saying how."""
+        """Take one upload (or a finished stream, :meth:`stream_sink`); for an
+        asynchronous run's update, the receipt saying how."""
         if header.kind == EVALUATION_KIND:  # outside the round's phases
             if self.evaluations.knows(bytes(header.round_id)):
                 self.evaluations.receive(name, header)

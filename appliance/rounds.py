@@ -18,7 +18,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sized
+from typing import Protocol
 
 import numpy as np
 
@@ -68,6 +69,18 @@ class Aggregate:
     dropped: tuple[str, ...]
     #: DP rounds: what the DP decoder learned besides the mean (noisy clip count, wrap share).
     privacy: dict = dataclasses.field(default_factory=dict)
+
+
+class UploadSink(Protocol):
+    """Takes an upload's bytes as they arrive instead of one buffer holding them all; what
+    :meth:`finish` returns goes to :meth:`ActiveRound.accept` in place of the payload (its
+    ``len()`` is the bytes received)."""
+
+    async def feed(self, data: bytes) -> None: ...
+
+    async def finish(self) -> Sized: ...
+
+    def abort(self) -> None: ...
 
 
 class ActiveRound(abc.ABC):
@@ -156,7 +169,9 @@ class ActiveRound(abc.ABC):
                 )
         return limit
 
-    def accept(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
+    def accept(
+        self, name: str, header: pb.UploadHeader, payload: bytes | bytearray | Sized
+    ) -> None:
         self.check_header(name, header)
         if len(payload) != header.total_bytes:
             raise UploadRefusedError(
@@ -167,6 +182,16 @@ class ActiveRound(abc.ABC):
         if header.metadata_json:
             self.metadata[name] = json.loads(header.metadata_json)
         self.answered.add(name)
+
+    def stream_sink(
+        self, name: str, header: pb.UploadHeader, wake: Callable[[], None] | None = None
+    ) -> UploadSink | None:
+        """A sink taking this upload's bytes as they arrive (``feed``, ``finish``, ``abort``;
+        appliance/scale/masked_round.py), asked after :meth:`check_header` passed; None (the
+        default): the upload is received whole, then accepted. ``wake`` (on the event loop)
+        has the orchestrator look again whether the phase is done, e.g. after a refusal
+        that leaves nobody to wait for."""
+        return None
 
     @abc.abstractmethod
     def upload_limit(self, header: pb.UploadHeader) -> int:
@@ -243,20 +268,24 @@ class MaskedRound(ActiveRound):
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
         try:
-            message = (
-                masked_input_view(payload, self.round_id, 4 * self.config.vector_length)
-                if self.phase_index == Phase.MASKED_INPUT
-                else None
-            ) or decode(payload, max_bytes=self.upload_limit(header))
-            if self.phase_index != message.PHASE:
-                raise UploadRefusedError(
-                    "FAILED_PRECONDITION",
-                    f"{message.TYPE} does not belong to phase {self.phase_name}",
-                )
-            self.server.receive(member.index, message)
+            self.server.receive(member.index, self._parse(header, payload))
         except SecAggError as error:
             raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
         self._note_blames()
+
+    def _parse(self, header: pb.UploadHeader, payload: bytes) -> Message:
+        """The protocol message of this phase (a masked input's vector is a view into
+        ``payload``, not a copy); SecAggError when malformed, refused for another phase."""
+        message = (
+            masked_input_view(payload, self.round_id, 4 * self.config.vector_length)
+            if self.phase_index == Phase.MASKED_INPUT
+            else None
+        ) or decode(payload, max_bytes=self.upload_limit(header))
+        if self.phase_index != message.PHASE:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"{message.TYPE} does not belong to phase {self.phase_name}"
+            )
+        return message
 
     def _note_blames(self) -> None:
         """Report each new proven misbehaviour; its client is excluded (no upload awaited).

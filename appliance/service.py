@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sized
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,7 @@ from sealagg.appliance.errors import ProvisioningError, StoreError
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.orchestrator import Orchestrator
 from sealagg.appliance.presence import PresenceBoard, TooManyStreamsError
-from sealagg.appliance.rounds import UploadRefusedError
+from sealagg.appliance.rounds import UploadRefusedError, UploadSink
 from sealagg.appliance.store import Store
 from sealagg.appliance.upload_limits import UploadBudget, UploadLimitError
 from sealagg.appliance.vendor_gate import EVALUATION_KIND
@@ -268,9 +268,10 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                     raise UploadRefusedError("INVALID_ARGUMENT", "an upload starts with its header")
                 header = first.header
                 self._orch.check_upload(name, header)  # size and phase before allocating
+                sink = self._orch.stream_sink(name, header)  # [scale] masked inputs: streamed
                 phase_end = self._phase_end(header)
                 async with self._budget.hold(name, header.total_bytes, phase_end):
-                    payload = await self._receive(header, request_iterator, phase_end)
+                    payload = await self._receive(header, request_iterator, phase_end, sink)
                     receipt = await self._orch.submit(name, header, payload)
                     size = len(payload)
                     del payload  # not held while the acknowledgement waits for the next task
@@ -386,8 +387,27 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         header: pb.UploadHeader,
         chunks: AsyncIterator[pb.UploadChunk],
         phase_end: float | None,
-    ) -> bytearray:
-        """The upload's bytes, within its whole-upload deadline (from now: memory granted)."""
+        sink: UploadSink | None = None,
+    ) -> bytearray | Sized:
+        """The upload's bytes, within its whole-upload deadline (from now: memory granted);
+        with a ``sink``, its bytes go to the sink as they arrive (same bounds and checks) and
+        this is what the sink's ``finish`` returns. A stream that ends early or is refused
+        is aborted: the round never counts it (appliance/scale/masked_round.py)."""
+        if sink is None:
+            return await self._receive_into(header, chunks, phase_end, None)
+        try:
+            return await self._receive_into(header, chunks, phase_end, sink)
+        except BaseException:
+            sink.abort()
+            raise
+
+    async def _receive_into(
+        self,
+        header: pb.UploadHeader,
+        chunks: AsyncIterator[pb.UploadChunk],
+        phase_end: float | None,
+        sink: UploadSink | None,
+    ) -> bytearray | Sized:
         loop = asyncio.get_running_loop()
         began = loop.time()
         allowed = self._budget.transfer_seconds(header.total_bytes)
@@ -395,7 +415,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         by_phase = phase_end is not None and phase_end < until
         if by_phase:
             until = phase_end
-        buffer = bytearray(header.total_bytes)
+        buffer = bytearray(header.total_bytes) if sink is None else None
         filled = 0
         try:
             async with asyncio.timeout_at(until):
@@ -407,7 +427,10 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                         raise UploadRefusedError(
                             "INVALID_ARGUMENT", "upload is longer than its header declared"
                         )
-                    buffer[filled:end] = chunk.data
+                    if buffer is not None:
+                        buffer[filled:end] = chunk.data
+                    else:  # forwarded as it arrives; a refusal ends the upload here
+                        await sink.feed(chunk.data)
                     filled = end
         except TimeoutError:
             progress = (
@@ -431,7 +454,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             raise UploadRefusedError(
                 "INVALID_ARGUMENT", f"upload truncated: {filled} of {header.total_bytes} bytes"
             )
-        return buffer
+        return buffer if buffer is not None else await sink.finish()
 
     async def DownloadModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext

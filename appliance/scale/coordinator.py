@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,7 +127,10 @@ class StripedRound:
         self.timeout = timeout
         self.outcome: StripedOutcome | None = None
         self.aborted: BaseException | None = None
+        self.lost_reason: str | None = None  # why a stripe loss aborted the round
         self._blames: dict[int, MaskedInput] = {}
+        self._begun: set[int] = set()  # clients whose masked input began (one attempt)
+        self._begin_lock = threading.Lock()  # streams begin on the loop, payloads in threads
         self._get([s.begin.remote(config.round_id, r.start, r.length) for s, r in self._pairs()])
 
     @property
@@ -137,49 +141,109 @@ class StripedRound:
         """A client's message (``sender`` from its TLS identity). A masked input's vector is
         forwarded to the stripes; everything else goes to the state machine."""
         if self.aborted is not None:
-            raise StripeLostError("the round was aborted") from self.aborted
+            raise StripeLostError(self.lost_reason or "the round was aborted") from self.aborted
         if not isinstance(msg, MaskedInput) or self.server.phase is not Phase.MASKED_INPUT:
             self.server.receive(sender, msg)
             return
         if msg.round_id != self.config.round_id:
             self.server.receive(sender, msg)  # the state machine names the replay
-        if sender in self._blames:
-            raise DuplicateMessageError(f"client {sender} already sent its masked input")
-        if sender not in self.server.waiting_for:  # before any chunk is staged anywhere
-            raise UnknownSenderError(
-                f"client {sender} is not expected to send a masked input in this round"
-            )
+        self.begin_input(sender)
         if len(msg.vector) != 4 * self.config.vector_length:
+            self._begun.discard(sender)  # nothing was staged: it may send a well-formed one
             raise MalformedMessageError(
                 f"client {sender} sent {len(msg.vector)} bytes; the round expects "
                 f"{4 * self.config.vector_length}"
             )
         view = memoryview(msg.vector).cast("B")
         calls = []
-        for stripe, rng in self._pairs():
-            for lo in range(rng.start, rng.stop, self.chunk_words):
-                hi = min(lo + self.chunk_words, rng.stop)
-                chunk = bytes(view[4 * lo : 4 * hi])
-                calls.append(stripe.put.remote(self.config.round_id, sender, lo, chunk))
+        for lo, hi in self.pieces(0, self.config.vector_length):
+            calls.extend(self.put_range(sender, lo, bytes(view[4 * lo : 4 * hi])))
         try:
             ray.get(calls, timeout=self.timeout)
-        except RayTaskError as error:  # a stripe refused a chunk: refuse the client, go on
-            raise MalformedMessageError(
-                f"client {sender}'s upload was refused: {error.cause!r}"
-            ) from None
-        except RayError as error:  # a stripe is gone (or silent past the timeout)
-            self._abort(error)
-            raise StripeLostError(
-                f"a stripe was lost while client {sender} uploaded ({type(error).__name__}); "
-                "the round is aborted and nothing is published"
-            ) from error
-        self._blames[sender] = MaskedInput(msg.round_id, b"", msg.blames)
+        except RayError as error:
+            raise self.refusal(sender, error) from None
+        self.finish_input(sender, msg.blames)
+
+    # A masked input in three steps, shared by :meth:`receive` (a whole payload) and the
+    # appliance's streamed uploads (appliance/scale/masked_round.py): begin, put ranges as
+    # they arrive, finish. A client that began and never finished is never complete on
+    # every stripe, so the masked-input close leaves it out.
+
+    def begin_input(self, sender: int) -> None:
+        """Check ``sender`` may send its masked input now, before any chunk is staged."""
+        if self.aborted is not None:
+            raise StripeLostError(self.lost_reason or "the round was aborted") from self.aborted
+        if self.server.phase is not Phase.MASKED_INPUT:
+            raise MalformedMessageError("the round is not taking masked inputs")
+        with self._begin_lock:
+            if sender in self._blames or sender in self._begun:
+                raise DuplicateMessageError(f"client {sender} already sent its masked input")
+            if sender not in self.server.waiting_for:  # before any chunk is staged anywhere
+                raise UnknownSenderError(
+                    f"client {sender} is not expected to send a masked input in this round"
+                )
+            self._begun.add(sender)  # one attempt: a retry would overlap what was staged
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``[lo, hi)`` cut at stripe borders and on each stripe's ``chunk_words`` grid."""
+        out = []
+        for rng in self.ranges:
+            a, b = max(lo, rng.start), min(hi, rng.stop)
+            while a < b:
+                grid = rng.start + ((a - rng.start) // self.chunk_words + 1) * self.chunk_words
+                end = min(b, grid)
+                out.append((a, end))
+                a = end
+        return out
+
+    def boundary_after(self, word: int) -> int:
+        """The first chunk border (stripe border or ``chunk_words`` grid) after ``word``."""
+        for rng in self.ranges:
+            if rng.start <= word < rng.stop:
+                step = (word - rng.start) // self.chunk_words + 1
+                return min(rng.stop, rng.start + step * self.chunk_words)
+        return self.config.vector_length
+
+    def put_range(self, sender: int, lo: int, data: bytes) -> list[Any]:
+        """Send coordinates ``[lo, lo + len(data)/4)`` of ``sender``'s vector to the stripes
+        owning them (one call per stripe crossed); the Ray refs, not awaited."""
+        if self.aborted is not None:
+            raise StripeLostError(self.lost_reason or "the round was aborted") from self.aborted
+        hi = lo + len(data) // 4
+        view = memoryview(data).cast("B")
+        calls = []
+        for stripe, rng in self._pairs():
+            a, b = max(lo, rng.start), min(hi, rng.stop)
+            if a < b:
+                chunk = data if (a, b) == (lo, hi) else bytes(view[4 * (a - lo) : 4 * (b - lo)])
+                calls.append(stripe.put.remote(self.config.round_id, sender, a, chunk))
+        return calls
+
+    def refusal(self, sender: int, error: BaseException) -> Exception:
+        """What a failed chunk call means: a stripe refused it (refuse the client, go on),
+        or a stripe is gone or silent past the timeout (abort the round)."""
+        if isinstance(error, RayTaskError):
+            return MalformedMessageError(f"client {sender}'s upload was refused: {error.cause!r}")
+        reason = (
+            f"a stripe was lost while client {sender} uploaded ({type(error).__name__}); "
+            "the round is aborted and nothing is published"
+        )
+        if self.aborted is None:  # later calls (other streams) then say the same
+            self.lost_reason = reason
+        self._abort(error)
+        lost = StripeLostError(reason)
+        lost.__cause__ = error
+        return lost
+
+    def finish_input(self, sender: int, blames: Any) -> None:
+        """Every chunk of ``sender``'s vector was staged: keep its blames for the close."""
+        self._blames[sender] = MaskedInput(self.config.round_id, b"", blames)
 
     def close_phase(self) -> dict[int, Message]:
         """End the current phase; at masked input, commit one survivor list to all stripes;
         at unmasking, unmask every stripe and assemble the sum (:attr:`outcome`)."""
         if self.aborted is not None:
-            raise StripeLostError("the round was aborted") from self.aborted
+            raise StripeLostError(self.lost_reason or "the round was aborted") from self.aborted
         phase = self.server.phase
         try:
             if phase is Phase.MASKED_INPUT:
@@ -207,6 +271,7 @@ class StripedRound:
         survivors = next(iter(out.values())).survivors if out else ()
         self._get([s.commit.remote(rid, list(survivors)) for s in self.stripes])
         self._blames.clear()
+        self._begun.clear()
         return out
 
     def _unmask(self, result: StripedResult) -> None:

@@ -5,10 +5,11 @@ its server side replaced by a :class:`~appliance.scale.coordinator.StripedRound`
 transport, deadlines, audit and publication are the one-process appliance's own, and the
 clients cannot tell the difference (the same messages, the same RoundStart).
 
-* Every upload is parsed as :meth:`MaskedRound._accept` parses it (a masked input as a view
-  into the received bytes, never copied whole). A masked input's vector goes to the stripes
-  in ``chunk_words`` pieces; only its blames reach the protocol's state machine, at the
-  phase's close, in id order (so an accused client is excluded then, not on arrival).
+* An upload received whole is parsed as :meth:`MaskedRound._accept` parses it (a masked
+  input as a view into the received bytes, never copied whole). A masked input's vector goes
+  to the stripes in ``chunk_words`` pieces; only its blames reach the protocol's state
+  machine, at the phase's close, in id order (so an accused client is excluded then, not on
+  arrival).
 * Closing the masked-input phase commits one survivor list to every stripe; closing
   unmasking has every stripe remove its range of the masks; :meth:`aggregate` has every
   stripe dequantize its range (bit-identical to :func:`crypto.decode_sum`) and keeps the
@@ -16,6 +17,12 @@ clients cannot tell the difference (the same messages, the same RoundStart).
 * A stripe lost at any point aborts the round: the call that noticed refuses, no member is
   waited for any longer, the phase's close reports why, nothing is assembled or published,
   and the appliance goes on to its next round (:mod:`.runtime` replaces the lost actors).
+* A masked input without blames (a fixed prefix, then the vector) is streamed: the gRPC
+  handler feeds a :class:`StripeUploadSink` (:meth:`StripedMaskedRound.stream_sink`) that
+  checks the prefix byte for byte before forwarding anything, then sends each chunk to its
+  stripe as the bytes arrive, with Ray's async API (``ObjectRef.future()`` awaited on the
+  event loop, a bounded number in flight). It holds at most one chunk's worth of bytes
+  (two while one is cut); :attr:`StripedMaskedRound.stream_peak` records the largest.
 
 Ray's ``get`` blocks the calling thread: the orchestrator runs ``close_phase`` and
 ``aggregate`` in a worker thread already, and runs ``accept`` in one for rounds that say
@@ -25,10 +32,15 @@ and presence streams while chunks travel to the stripes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import collections
+import dataclasses
+import hmac
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from ray.exceptions import RayError
 
 from sealagg.appliance.rounds import (
     Aggregate,
@@ -40,9 +52,145 @@ from sealagg.appliance.rounds import (
 )
 from sealagg.appliance.scale.coordinator import StripedRound, StripeLostError, StripeRange
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.crypto import Phase, QuantizationSpec, RoundConfig, decode
+from sealagg.crypto import Phase, QuantizationSpec, RoundConfig
 from sealagg.crypto.errors import SecAggError
-from sealagg.crypto.messages import masked_input_view
+from sealagg.crypto.messages import _masked_input_prefix
+
+#: Chunk calls a streamed upload may have in flight before it waits for the oldest.
+MAX_IN_FLIGHT = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedUpload:
+    """What a finished stream hands the orchestrator in place of a payload: every chunk is
+    staged on its stripe; ``len()`` is the bytes received (the header's ``total_bytes``)."""
+
+    sink: StripeUploadSink
+
+    def __len__(self) -> int:
+        return self.sink.received
+
+
+class StripeUploadSink:
+    """One client's masked input (no blames), forwarded to the stripes as it arrives.
+
+    Why this is as safe as the whole-payload path: the header already passed
+    ``check_upload`` (member, phase, size, duplicate) and the upload budget; the prefix
+    (message type, round id, vector length) is compared in full before the first chunk is
+    forwarded and :meth:`StripedRound.begin_input` re-checks the sender there (expected,
+    not begun before); a stream that stops or is refused midway leaves chunks staged but is
+    never complete on every stripe, so the masked-input close leaves the client out; and the
+    state machine sees the sender only when the orchestrator accepts the finished stream.
+    """
+
+    def __init__(
+        self,
+        round_: StripedMaskedRound,
+        member: Member,
+        total_bytes: int,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.round = round_
+        self.wake = wake  # a lost stripe: the phase waits for nobody, it closes now
+        self.member = member
+        self.total_bytes = total_bytes
+        self.prefix = _masked_input_prefix(round_.round_id, 4 * round_.config.vector_length)
+        self._head = bytearray()  # the prefix as received, until it is checked
+        self._pending = bytearray()  # vector bytes short of the next chunk border
+        self._word = 0  # the next coordinate to forward
+        self._refs: collections.deque[Any] = collections.deque()
+        self.received = 0
+        self.forwarded = 0  # vector bytes handed to the stripes
+        self.peak_held = 0  # the most bytes this sink held at once (pending + a cut chunk)
+        self.outcome = "streaming"
+
+    async def feed(self, data: bytes) -> None:
+        """Take the next bytes of the upload (the caller checked they fit its header)."""
+        self.received += len(data)
+        rest = memoryview(data).cast("B")
+        if len(self._head) < len(self.prefix):
+            take = len(self.prefix) - len(self._head)
+            self._head += rest[:take]
+            rest = rest[take:]
+            if len(self._head) < len(self.prefix):
+                return
+            if not hmac.compare_digest(bytes(self._head), self.prefix):
+                self.outcome = "refused"
+                raise UploadRefusedError(
+                    "INVALID_ARGUMENT",
+                    "the masked input does not start as this round's masked input "
+                    "(another round, type or length); nothing was forwarded",
+                )
+            self._call(self.round.begin_stream, self.member)
+        striped = self.round.striped
+        while rest:
+            border = striped.boundary_after(self._word)
+            need = 4 * (border - self._word) - len(self._pending)
+            if len(rest) < need:
+                self._pending += rest
+                self._note(len(self._pending))
+                return
+            if self._pending:
+                self._pending += rest[:need]
+                chunk = bytes(self._pending)
+                self._pending = bytearray()
+            else:
+                chunk = bytes(rest[:need])
+            self._note(len(self._pending) + len(chunk))
+            rest = rest[need:]
+            refs = self._call(striped.put_range, self.member.index, self._word, chunk)
+            self._refs.extend(refs)
+            self.forwarded += len(chunk)
+            self._word = border
+            del chunk
+            while len(self._refs) > MAX_IN_FLIGHT:
+                await self._wait(self._refs.popleft())
+
+    async def finish(self) -> StreamedUpload:
+        """Every byte arrived: wait for the stripes to stage the last chunks."""
+        if self._word != self.round.config.vector_length or self._pending:
+            raise UploadRefusedError("INVALID_ARGUMENT", "the masked input ended early")
+        while self._refs:
+            await self._wait(self._refs.popleft())
+        self.outcome = "complete"
+        return StreamedUpload(self)
+
+    def abort(self) -> None:
+        """The stream ended early or was refused: what was staged stays staged, incomplete."""
+        self._refs.clear()
+        self._pending = bytearray()
+        if self.outcome == "streaming":
+            self.outcome = "aborted"
+
+    def _note(self, held: int) -> None:
+        self.peak_held = max(self.peak_held, held)
+        self.round.stream_peak = max(self.round.stream_peak, held)
+
+    def _call(self, step: Any, *args: Any) -> Any:
+        try:
+            return step(*args)
+        except SecAggError as error:
+            self.outcome = "refused"
+            raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
+        except StripeLostError as error:
+            self.outcome = "refused"
+            self.round._lose(error)
+            if self.wake is not None:
+                self.wake()
+            raise UploadRefusedError("FAILED_PRECONDITION", self.round.lost or str(error)) from None
+
+    async def _wait(self, ref: Any) -> None:
+        striped = self.round.striped
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(ref.future()), striped.timeout)
+        except (RayError, TimeoutError) as error:
+            # Off the loop: a lost stripe makes every other stripe drop the round (blocking).
+            failure = await asyncio.to_thread(striped.refusal, self.member.index, error)
+            self._call(_raise, failure)
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 class StripedMaskedRound(MaskedRound):
@@ -74,22 +222,47 @@ class StripedMaskedRound(MaskedRound):
         self.server = self.striped.server  # blames, survivors: the one state machine
         self.stripe_count = len(ranges)
         self.lost: str | None = None  # why the round was aborted by a lost stripe
+        self.streams: dict[str, StripeUploadSink] = {}  # the streamed masked inputs, by client
+        self.stream_peak = 0  # the most bytes any stream held at once (an observable bound)
+
+    def stream_sink(
+        self, name: str, header: pb.UploadHeader, wake: Callable[[], None] | None = None
+    ) -> StripeUploadSink | None:
+        """A sink for a masked input without blames (its size says so); None otherwise: a
+        masked input with blames, another phase's message, takes the whole-payload path."""
+        vector_bytes = 4 * self.config.vector_length
+        if (
+            self.lost is not None
+            or self.phase_index != Phase.MASKED_INPUT
+            or name not in self.members
+            or header.total_bytes
+            != len(_masked_input_prefix(self.round_id, vector_bytes)) + vector_bytes
+        ):
+            return None
+        sink = StripeUploadSink(self, self.members[name], header.total_bytes, wake)
+        self.streams[name] = sink
+        return sink
+
+    def begin_stream(self, member: Member) -> None:
+        """The prefix checked: the sender may start staging chunks (as :meth:`_accept`)."""
+        if self.lost is not None:
+            raise UploadRefusedError("FAILED_PRECONDITION", self.lost)
+        if self.phase_index != Phase.MASKED_INPUT or member.name not in self.waiting_for:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"{member.name} is not expected in phase {self.phase_name}"
+            )
+        self.striped.begin_input(member.index)
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
         if self.lost is not None:  # the shim then waits for the round's end, told why
             raise UploadRefusedError("FAILED_PRECONDITION", self.lost)
+        if isinstance(payload, StreamedUpload):  # every chunk staged; only its blames left
+            if payload.sink.round is not self or payload.sink.member is not member:
+                raise UploadRefusedError("FAILED_PRECONDITION", "a stream of another upload")
+            self.striped.finish_input(member.index, {})
+            return
         try:
-            message = (
-                masked_input_view(payload, self.round_id, 4 * self.config.vector_length)
-                if self.phase_index == Phase.MASKED_INPUT
-                else None
-            ) or decode(payload, max_bytes=self.upload_limit(header))
-            if self.phase_index != message.PHASE:
-                raise UploadRefusedError(
-                    "FAILED_PRECONDITION",
-                    f"{message.TYPE} does not belong to phase {self.phase_name}",
-                )
-            self.striped.receive(member.index, message)
+            self.striped.receive(member.index, self._parse(header, payload))
         except SecAggError as error:
             raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
         except StripeLostError as error:
