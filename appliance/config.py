@@ -510,11 +510,9 @@ class ApplianceConfig(_Section):
             raise ValueError(
                 f"[scale] runs secagg and secagg+ rounds only, not aggregation.mode = {agg.mode}"
             )
-        if self.privacy.mode != "none":
-            raise ValueError(
-                f"[scale] with privacy.mode = {self.privacy.mode} is not supported yet: "
-                "differential privacy is not run inside stripes; remove [scale] or the privacy mode"
-            )
+        # privacy.mode client / distributed run as in one process: the noise is in the
+        # clients' encodings and the appliance decodes the assembled ring sum (post-processing,
+        # appliance/scale/masked_round.py); _weights_in_range refuses modes masked rounds refuse.
         if agg.rule != "mean":
             raise ValueError(
                 f"[scale] with aggregation.rule = {agg.rule} is not supported yet: robust rules "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import Protocol
 
 import numpy as np
@@ -331,15 +331,29 @@ class MaskedRound(ActiveRound):
 
     def aggregate(self) -> Aggregate:
         result = self.server.result
-        extras: dict = {}
         if self.decoder is not None:
-            mean, total_weight, extras = self.decoder(result.total)
-        else:
-            mean, total_weight = decode_sum(result.total, self.spec)
-            check_in_range(mean, total_weight, self.spec, len(result.survivors))
-        contributors = tuple(self.by_index[i].name for i in result.survivors)
+            return self._decoded(result.total, result.survivors)
+        mean, total_weight = decode_sum(result.total, self.spec)
+        check_in_range(mean, total_weight, self.spec, len(result.survivors))
+        return self._result(mean, total_weight, result.survivors)
+
+    def _decoded(self, total: np.ndarray, survivors: Sequence[int]) -> Aggregate:
+        """A DP round's aggregate: the plan's decoder on the unmasked ring sum (post-processing
+        of what the protocol reveals anyway); striped rounds decode their assembled sum here."""
+        assert self.decoder is not None
+        mean, total_weight, extras = self.decoder(total)
+        return self._result(mean, total_weight, survivors, extras)
+
+    def _result(
+        self,
+        mean: np.ndarray,
+        total_weight: float,
+        survivors: Sequence[int],
+        extras: dict | None = None,
+    ) -> Aggregate:
+        contributors = tuple(self.by_index[i].name for i in survivors)
         dropped = tuple(sorted(set(self.members) - set(contributors)))
-        return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped, extras)
+        return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped, extras or {})
 
     def total_digest_source(self) -> bytes:
         return self.server.result.total.tobytes()

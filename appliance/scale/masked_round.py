@@ -13,7 +13,10 @@ clients cannot tell the difference (the same messages, the same RoundStart).
 * Closing the masked-input phase commits one survivor list to every stripe; closing
   unmasking has every stripe remove its range of the masks; :meth:`aggregate` has every
   stripe dequantize its range (bit-identical to :func:`crypto.decode_sum`) and keeps the
-  range check of the one-process round.
+  range check of the one-process round. A differential-privacy round (``privacy.mode``
+  client or distributed) is decoded by the privacy plan from the assembled ring sum, as
+  the one-process round decodes it (the noise is in the clients' encodings; decoding is
+  post-processing).
 * A stripe lost at any point aborts the round: the call that noticed refuses, no member is
   waited for any longer, the phase's close reports why, nothing is assembled or published,
   and the appliance goes on to its next round (:mod:`.runtime` replaces the lost actors).
@@ -39,7 +42,6 @@ import hmac
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 from ray.exceptions import RayError
 
 from sealagg.appliance.rounds import (
@@ -194,7 +196,8 @@ def _raise(error: Exception) -> None:
 
 
 class StripedMaskedRound(MaskedRound):
-    """A masked round summed by stripes (see the module doc); DP decoders are refused."""
+    """A masked round summed by stripes (see the module doc); DP rounds decode the
+    assembled sum as the one-process round does (:meth:`aggregate`)."""
 
     #: Uploads are forwarded with blocking Ray calls: the orchestrator accepts them off the loop.
     accept_off_loop = True
@@ -293,21 +296,31 @@ class StripedMaskedRound(MaskedRound):
 
     def aggregate(self) -> Aggregate:
         """Each stripe dequantizes its range; a lost stripe or an impossible sum is a
-        ``ValueError`` (the orchestrator aborts the round and publishes nothing)."""
-        if self.decoder is not None:
-            raise ValueError("[scale] rounds do not decode differential privacy yet")
+        ``ValueError`` (the orchestrator aborts the round and publishes nothing).
+
+        A DP round (``decoder`` set by the orchestrator from the privacy plan) is decoded
+        instead from the sum the coordinator assembled, by :meth:`MaskedRound._decoded`,
+        the one-process round's own code path. Why this is sound: the stripes' ring sum is
+        bit-identical to the one-process server's (same survivors, same masks removed, the
+        ranges concatenated in order), the noise is the clients' (added inside their
+        encodings, so the sum revealed is already the DP mechanism's output), and decoding
+        (unrotate, rescale, divide by the count) is post-processing of that sum, so it
+        changes neither the privacy nor the accounting. The coordinator holds the O(d)
+        sum once, as the one-process server does; the rotation mixes every coordinate, so
+        it cannot be undone range by range on the stripes.
+        """
         outcome = self.striped.outcome
         if outcome is None:
             raise ValueError(self.lost or "the striped round did not finish")
+        if self.decoder is not None:
+            return self._decoded(outcome.total, outcome.survivors)
         try:
             mean, total_weight = self.striped.decode(self.spec)
         except StripeLostError as error:
             self._lose(error)
             raise ValueError(str(error)) from None
         check_in_range(mean, total_weight, self.spec, len(outcome.survivors))
-        contributors = tuple(self.by_index[i].name for i in outcome.survivors)
-        dropped = tuple(sorted(set(self.members) - set(contributors)))
-        return Aggregate(mean.astype(np.float32), total_weight, contributors, dropped)
+        return self._result(mean, total_weight, outcome.survivors)
 
     def total_digest_source(self) -> bytes:
         """The assembled sum (the stripes' ranges in order), as the one-process round hashes."""

@@ -8,8 +8,9 @@ rounds are summed by Ray stripe actors, real shim clients over gRPC and mutual T
   the cluster's worker nodes.
 - A stripe actor killed while the masked inputs arrive: that round aborts with the reason,
   nothing is published, and the next round (the lost stripe replaced) publishes.
-- Refusals: at load, [scale] with differential privacy, with a robust rule, in plaintext; an
-  asynchronous run when it is created. Without [scale] the appliance never imports Ray.
+- Refusals: at load, [scale] with a robust rule, in plaintext (with or without DP); an
+  asynchronous run when it is created. [scale] with masked DP loads. Without [scale]
+  the appliance never imports Ray.
 
 The Ray cluster is the session's (tests/scale/conftest.py), joined through ``address``.
 """
@@ -183,8 +184,19 @@ def test_a_lost_stripe_aborts_the_round_and_the_next_one_publishes(
 @pytest.mark.parametrize(
     ("sections", "words"),
     [
-        ({"privacy": {"mode": "client"}}, "privacy.mode = client"),
-        ({"privacy": {"mode": "distributed"}}, "privacy.mode = distributed"),
+        # DP runs on stripes in masked modes (tests/scale/test_dp_striped.py); a DP mode
+        # outside them is still refused, as is DP with a robust rule.
+        (
+            {"aggregation": {"mode": "plaintext"}, "privacy": {"mode": "client"}},
+            "secagg and secagg+ rounds only",
+        ),
+        (
+            {
+                "aggregation": {"rule": "median", "min_clients": 6},
+                "privacy": {"mode": "distributed"},
+            },
+            "aggregation.rule = median",
+        ),
         ({"aggregation": {"rule": "median", "min_clients": 6}}, "aggregation.rule = median"),
         ({"aggregation": {"mode": "plaintext"}}, "secagg and secagg+ rounds only"),
         ({"scale": {"stripes": 0}}, "scale.stripes"),
@@ -197,6 +209,15 @@ def test_unsupported_combinations_are_refused_at_load(deployment, sections, word
     with pytest.raises(ConfigError, match="scale") as refused:
         load_config(dep.folder / "sealagg.toml")
     assert words in str(refused.value)
+
+
+@pytest.mark.parametrize("mode", ["client", "distributed"])
+def test_masked_dp_modes_load_with_scale(deployment, mode) -> None:
+    """[scale] with privacy.mode client or distributed (secagg / secagg+) is accepted."""
+    dep = deployment(clients=3)
+    dep.configure(scale={"stripes": 2}, privacy={"mode": mode})
+    config = load_config(dep.folder / "sealagg.toml")
+    assert config.scale_enabled and config.privacy.mode == mode
 
 
 NO_RAY = """
