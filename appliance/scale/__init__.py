@@ -13,7 +13,9 @@ Architecture:
   (:class:`sealagg.crypto.striped_server.StripedSecAggServer`) feeding vectors to stripes;
   a client is a survivor only if every stripe holds all its chunks; a lost stripe aborts
   the round with nothing published.
-* :mod:`.cluster` - a local multi-node cluster with token auth, no dashboard/Jobs/Client.
+* :mod:`.cluster` - a local multi-node cluster with token auth and TLS, no
+  dashboard/Jobs/Client.
+* :mod:`.tls` - the local cluster's TLS material (a throw-away CA, one node certificate).
 * :mod:`.local` - a one-process driver with real protocol clients (tests, benchmarks).
 * :mod:`.masked_round` - a masked round of ``sealagg serve`` whose sum the stripes hold
   (``[scale]`` in ``sealagg.toml``): uploads arrive on the mutual-TLS port, their vectors go
@@ -39,7 +41,11 @@ not authenticated per actor, which is why the nodes must be the appliance's own 
 Hardening (implemented in :func:`.cluster.start_local_cluster` where marked *):
 token authentication on* (``RAY_AUTH_MODE=token``, a fresh token per cluster); dashboard
 off*, hence no Jobs API*; no Ray Client server*; usage stats off*; stripes on worker
-nodes only*; TLS between nodes (``RAY_USE_TLS=1``, ``RAY_TLS_SERVER_CERT/KEY``,
-``RAY_TLS_CA_CERT`` from a private CA: not set in the local test cluster); every Ray port
-on a private network, firewalled; only the appliance's mutual-TLS port faces clients.
+nodes only*; mutually authenticated TLS on every Ray gRPC port* (``RAY_USE_TLS=1``,
+``RAY_TLS_SERVER_CERT/KEY``, ``RAY_TLS_CA_CERT``; locally a throw-away CA whose key is
+never written, :mod:`.tls`). For a multi-machine cluster (``[scale] address``) the operator
+issues node certificates from the appliance's private CA, sets those variables in every
+node's and the appliance's environment (the appliance logs a warning when it joins without
+``RAY_USE_TLS``), and keeps every Ray port on a private network, firewalled; only the
+appliance's mutual-TLS port faces clients.
 """

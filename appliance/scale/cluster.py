@@ -7,13 +7,22 @@ nodes and a node can be removed), and connects this process as the driver. Setti
 * token authentication (``RAY_AUTH_MODE=token``, Ray >= 2.52) with a fresh 256-bit token
   from ``secrets``, in this process's environment only, inherited by the nodes it starts:
   a process that can reach the GCS or a raylet port but lacks the token is refused;
+* TLS on every gRPC port (``RAY_USE_TLS=1``; ``tls=True``, the default): a throw-away
+  private CA and one P-256 node certificate (:mod:`.tls`, files 0600 in a 0700 directory,
+  the CA key never written), used by every node and this driver as server and client
+  certificate: a process without a certificate from that CA cannot complete a handshake,
+  so it can neither read stripe traffic (masked inputs, the unmask plan) nor call in;
 * no dashboard (``include_dashboard=False``): no HTTP API, hence no Jobs API that would
   run submitted code; no Ray Client server (no ``ray_client_server_port``); usage stats off;
 * stripes only on worker nodes (a ``stripe_slot`` resource), never on the coordinator's head.
 
-Not set here, and required in production (see the package doc): TLS between nodes
-(``RAY_USE_TLS=1`` with ``RAY_TLS_SERVER_CERT``, ``RAY_TLS_SERVER_KEY``, ``RAY_TLS_CA_CERT``
-from the appliance's private CA) and a private network for every Ray port.
+Like the token, the TLS settings go into this process's environment (every node it starts
+inherits them) and Ray's C++ config is re-read so the driver speaks TLS too.
+
+Not done here, and the operator's job for a real multi-machine cluster (see the package
+doc): node certificates from the appliance's private CA on every machine, with
+``RAY_USE_TLS``/``RAY_TLS_*`` set in each node's and the appliance's environment, and a
+private, firewalled network for every Ray port.
 """
 
 from __future__ import annotations
@@ -26,9 +35,13 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
+from sealagg.appliance.scale.tls import local_cluster_tls
+
 #: The custom resource every stripe asks for: only worker nodes offer it.
 STRIPE_RESOURCE = "stripe_slot"
 _MIB = 1 << 20
+#: The variables Ray reads to speak TLS (every process, the driver included).
+TLS_VARIABLES = ("RAY_USE_TLS", "RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
 
 
 @dataclasses.dataclass
@@ -64,17 +77,29 @@ def hardened_environment() -> dict[str, str]:
 
 
 def start_local_cluster(
-    workers: int = 2, *, object_store_mib: int = 80, stripe_slots: int = 64, attempts: int = 2
+    workers: int = 2,
+    *,
+    object_store_mib: int = 80,
+    stripe_slots: int = 64,
+    attempts: int = 2,
+    tls: bool = True,
 ) -> LocalCluster:
     """A head plus ``workers`` worker nodes, one CPU each, small object stores; connected.
-    A start that times out inside Ray (a loaded machine) is torn down and tried again."""
+    With ``tls`` (the default) every node and this driver speak mutually authenticated TLS
+    (:mod:`.tls`). A start that times out inside Ray (a loaded machine) is torn down and
+    tried again."""
     env = hardened_environment()
     # One token per driver process: Ray caches the token it loaded, so a second cluster
     # started by the same process must use the same one.
     env["RAY_AUTH_TOKEN"] = os.environ.get("RAY_AUTH_TOKEN") or env["RAY_AUTH_TOKEN"]
+    if tls:
+        env.update(local_cluster_tls().environment())
+    else:
+        for name in TLS_VARIABLES:
+            os.environ.pop(name, None)
     os.environ.update(env)
     # Ray reads RAY_* settings into its C++ config when it is imported; re-read them so
-    # this driver speaks token auth too (else its own GCS clients are refused).
+    # this driver speaks token auth and TLS too (else its own GCS clients are refused).
     ray._raylet.Config.initialize("{}")
     node = {"num_cpus": 1, "object_store_memory": object_store_mib * _MIB}
     for attempt in range(attempts):
@@ -93,6 +118,11 @@ def start_local_cluster(
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         return LocalCluster(cluster, nodes)
     raise ValueError("attempts must be at least 1")
+
+
+def ray_tls_enabled() -> bool:
+    """Whether this process's environment tells Ray to speak TLS (as Ray itself parses it)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 def stripe_options() -> dict[str, Any]:

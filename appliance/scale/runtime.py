@@ -5,7 +5,11 @@ local hardened cluster (:func:`.cluster.start_local_cluster`: token auth, no das
 Jobs or Client server, stripes on worker nodes only) and owns it; with an ``address`` it
 joins that cluster as a driver (reusing this process's connection when it is already
 connected there; the cluster's token comes from ``RAY_AUTH_TOKEN`` in the environment, never
-from the configuration file) and at stop leaves it running, disconnecting if it connected.
+from the configuration file; TLS is the operator's to set up: ``RAY_USE_TLS=1`` and
+``RAY_TLS_SERVER_CERT/KEY``, ``RAY_TLS_CA_CERT`` in this appliance's environment as in every
+node's, else a warning is logged, not an error: a cluster whose ports only ever cross an
+encrypted private link may run without) and at stop leaves it running, disconnecting if it
+connected.
 It creates one stripe actor per configured weight (:func:`.cluster.stripe_options`: worker
 nodes, spread).
 
@@ -31,7 +35,12 @@ from ray.exceptions import RayError
 from sealagg.appliance.config import ScaleSection
 from sealagg.appliance.errors import ConfigError
 from sealagg.appliance.rounds import Member
-from sealagg.appliance.scale.cluster import LocalCluster, start_local_cluster, stripe_options
+from sealagg.appliance.scale.cluster import (
+    LocalCluster,
+    ray_tls_enabled,
+    start_local_cluster,
+    stripe_options,
+)
 from sealagg.appliance.scale.coordinator import plan_stripes, stripe_actor_class
 from sealagg.appliance.scale.masked_round import StripedMaskedRound
 from sealagg.crypto import QuantizationSpec, RoundConfig
@@ -66,6 +75,14 @@ class ScaleRuntime:
                 workers=section.workers, object_store_mib=section.object_store_mib
             )
         elif not ray.is_initialized():
+            if not ray_tls_enabled():
+                _log.warning(
+                    "scale: [scale] address = %s but RAY_USE_TLS is not set: Ray traffic to "
+                    "that cluster (masked inputs, the unmask plan) is not encrypted; set "
+                    "RAY_USE_TLS=1 and RAY_TLS_SERVER_CERT/KEY, RAY_TLS_CA_CERT for every node "
+                    "and this appliance",
+                    section.address,
+                )
             ray.init(address=section.address, include_dashboard=False, log_to_driver=False)
             connected = True
         elif ray.get_runtime_context().gcs_address != section.address:
