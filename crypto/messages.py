@@ -382,7 +382,7 @@ class MaskedInput(Message):
         vector = memoryview(self.vector).cast("B")
         if self.blames:  # rare: the plain encoding
             return [self.encode()]
-        return [_masked_input_prefix(self.round_id, len(vector)), vector]
+        return [masked_input_prefix(self.round_id, len(vector)), vector]
 
     @classmethod
     def _from_fields(cls, round_id: bytes, f: dict[str, Any]) -> MaskedInput:
@@ -499,7 +499,7 @@ _TYPES: dict[str, type[Message]] = {
 }
 
 
-def _masked_input_prefix(round_id: bytes, vector_bytes: int) -> bytes:
+def masked_input_prefix(round_id: bytes, vector_bytes: int) -> bytes:
     """The encoding of a MaskedInput up to its vector: an empty ``y`` packed, with its bin
     header swapped for the one of ``vector_bytes`` (``y`` is the map's last entry)."""
     return MaskedInput(round_id, b"").encode()[:-2] + _bin_header(vector_bytes)
@@ -511,7 +511,7 @@ def masked_input_view(
     """``data`` as a MaskedInput of ``vector_bytes`` for ``round_id`` whose vector is a view
     into ``data``, if ``data`` is exactly that message's encoding; else None (``decode``
     then parses it and names what is wrong). Saves copying megabytes out of an upload."""
-    prefix = _masked_input_prefix(round_id, vector_bytes)
+    prefix = masked_input_prefix(round_id, vector_bytes)
     view = memoryview(data).cast("B")
     if len(view) != len(prefix) + vector_bytes or view[: len(prefix)] != prefix:
         return None

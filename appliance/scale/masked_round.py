@@ -56,7 +56,7 @@ from sealagg.appliance.scale.coordinator import StripedRound, StripeLostError, S
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto import Phase, QuantizationSpec, RoundConfig
 from sealagg.crypto.errors import SecAggError
-from sealagg.crypto.messages import _masked_input_prefix
+from sealagg.crypto.messages import masked_input_prefix
 
 #: Chunk calls a streamed upload may have in flight before it waits for the oldest.
 MAX_IN_FLIGHT = 8
@@ -96,7 +96,7 @@ class StripeUploadSink:
         self.wake = wake  # a lost stripe: the phase waits for nobody, it closes now
         self.member = member
         self.total_bytes = total_bytes
-        self.prefix = _masked_input_prefix(round_.round_id, 4 * round_.config.vector_length)
+        self.prefix = masked_input_prefix(round_.round_id, 4 * round_.config.vector_length)
         self._head = bytearray()  # the prefix as received, until it is checked
         self._pending = bytearray()  # vector bytes short of the next chunk border
         self._word = 0  # the next coordinate to forward
@@ -239,7 +239,7 @@ class StripedMaskedRound(MaskedRound):
             or self.phase_index != Phase.MASKED_INPUT
             or name not in self.members
             or header.total_bytes
-            != len(_masked_input_prefix(self.round_id, vector_bytes)) + vector_bytes
+            != len(masked_input_prefix(self.round_id, vector_bytes)) + vector_bytes
         ):
             return None
         sink = StripeUploadSink(self, self.members[name], header.total_bytes, wake)

@@ -23,16 +23,14 @@ import math
 
 import numpy as np
 import pytest
-import ray
 from sealagg_testkit.audit import audit_details
 from sealagg_testkit.clients import join, published_flat, run_clients
+from sealagg_testkit.striped import record_aggregates, stripe_pool
 
 from sealagg.appliance.accounting import RoundPrivacy, epsilon
 from sealagg.appliance.privacy import RoundPlan
-from sealagg.appliance.scale.cluster import stripe_options
-from sealagg.appliance.scale.coordinator import StripedRound, plan_stripes, stripe_actor_class
+from sealagg.appliance.scale.coordinator import StripedRound, plan_stripes
 from sealagg.appliance.scale.local import run_striped_round
-from sealagg.appliance.scale.masked_round import StripedMaskedRound
 from sealagg.appliance.testing import base_model
 from sealagg.appliance.wire.modelcodec import Layout, flatten
 from sealagg.crypto import Phase
@@ -55,11 +53,7 @@ MECHANISMS = [
 
 @pytest.fixture(scope="module")
 def stripes(cluster):
-    actor = stripe_actor_class(**stripe_options())
-    pool = [actor.remote() for _ in range(max(WEIGHTS))]
-    yield pool
-    for stripe in pool:  # each actor is a worker process: free it for the next module
-        ray.kill(stripe, no_restart=True)
+    yield from stripe_pool(max(WEIGHTS))
 
 
 def _plan(mode: str, mechanism: str, round_id: bytes) -> RoundPlan:
@@ -120,17 +114,7 @@ BASE = flatten(base_model(), Layout.of(base_model()))
 
 @pytest.fixture
 def aggregated(monkeypatch) -> list[tuple[np.ndarray, object, object]]:
-    """(assembled sum, Aggregate, decoder) of every striped round that aggregated."""
-    seen: list[tuple[np.ndarray, object, object]] = []
-    original = StripedMaskedRound.aggregate
-
-    def aggregate(self):
-        result = original(self)
-        seen.append((self.striped.outcome.total.copy(), result, self.decoder))
-        return result
-
-    monkeypatch.setattr(StripedMaskedRound, "aggregate", aggregate)
-    return seen
+    return record_aggregates(monkeypatch)
 
 
 def test_serve_publishes_a_distributed_dp_round_summed_on_stripes(

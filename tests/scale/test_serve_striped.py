@@ -27,13 +27,13 @@ import pytest
 import ray
 from sealagg_testkit.audit import audit_details
 from sealagg_testkit.clients import expected_bias_and_weight, join, published_flat, run_clients
+from sealagg_testkit.striped import record_aggregates, two_rounds_with_a_stripe_killed
 
 from sealagg.appliance import admin_api
 from sealagg.appliance.cli._common import ADMIN_KIT_DIRNAME, ADMIN_NAME
 from sealagg.appliance.config import load_config
 from sealagg.appliance.errors import ConfigError
 from sealagg.appliance.federation import add_client
-from sealagg.appliance.scale.masked_round import StripedMaskedRound
 from sealagg.client_shim.session import Participant
 from sealagg.crypto import Phase, QuantizationSpec, decode_sum
 
@@ -70,18 +70,8 @@ def _configure(dep, cluster, rounds: int) -> None:
 
 
 @pytest.fixture
-def aggregated(monkeypatch) -> list[tuple[np.ndarray, object]]:
-    """(assembled sum, Aggregate) of every striped round that aggregated (observed only)."""
-    seen: list[tuple[np.ndarray, object]] = []
-    original = StripedMaskedRound.aggregate
-
-    def aggregate(self):
-        result = original(self)
-        seen.append((self.striped.outcome.total.copy(), result))
-        return result
-
-    monkeypatch.setattr(StripedMaskedRound, "aggregate", aggregate)
-    return seen
+def aggregated(monkeypatch) -> list[tuple[np.ndarray, object, object]]:
+    return record_aggregates(monkeypatch)
 
 
 def test_serve_runs_a_secagg_plus_round_on_ray_stripes(
@@ -122,7 +112,7 @@ def test_serve_runs_a_secagg_plus_round_on_ray_stripes(
     np.testing.assert_allclose(flat, expected_bias_and_weight(members), atol=2e-6)
 
     # What the one-process round would have published from the same sum, bit for bit.
-    ((total, aggregate),) = aggregated
+    ((total, aggregate, _),) = aggregated
     mean, weight = decode_sum(total, QuantizationSpec(clip=1.0, max_clients=N))
     assert np.array_equal(aggregate.mean_update, mean.astype(np.float32))
     assert aggregate.total_weight == weight
@@ -134,36 +124,15 @@ def test_serve_runs_a_secagg_plus_round_on_ray_stripes(
     assert runtime.stripes == []  # the appliance stopped: its stripes are gone, the cluster not
 
 
-class KillsAStripe(Participant):
-    """Kills the appliance's first stripe actor just before sending its masked input."""
-
-    stripe = None
-
-    def _send(self, start, phase, message, *rest):
-        if phase == Phase.MASKED_INPUT and start.round_number == 1 and self.stripe is not None:
-            ray.kill(self.stripe, no_restart=True)
-        return super()._send(start, phase, message, *rest)
-
-
 def test_a_lost_stripe_aborts_the_round_and_the_next_one_publishes(
-    cluster, deployment, running
+    cluster, deployment, running, monkeypatch
 ) -> None:
     dep = deployment(clients=N)
     _configure(dep, cluster, rounds=2)
     app = running(dep.folder)
     runtime = app.app.orchestrator.scale
-    first_stripe = runtime.stripes[0]
-    KillsAStripe.stripe = first_stripe
-
-    def make(conn):
-        kind = KillsAStripe if conn.kit.name == "client0" else Participant
-        return kind(conn, poll_seconds=0.5)
-
+    reports = two_rounds_with_a_stripe_killed(dep, app, N, monkeypatch)
     names = [f"client{i}" for i in range(N)]
-    threads, reports, errors = run_clients(dep, names, rounds=2, make=make)
-    app.wait(200)
-    join(threads, 30)
-    assert not errors, errors
     for name in names:  # each client was told: round 1 aborted (and why), round 2 published
         first, second = reports[name]
         assert first.outcome == "aborted" and "stripe" in first.reason, first

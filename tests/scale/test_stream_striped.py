@@ -28,6 +28,7 @@ import pytest
 import ray
 from sealagg_testkit.audit import audit_details
 from sealagg_testkit.clients import expected_bias_and_weight, join, published_flat, run_clients
+from sealagg_testkit.striped import two_rounds_with_a_stripe_killed
 
 from sealagg.appliance.rounds import Member
 from sealagg.appliance.scale.cluster import stripe_options
@@ -37,7 +38,7 @@ from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.client_shim import connection as shim_connection
 from sealagg.client_shim.session import Participant
 from sealagg.crypto import Phase, QuantizationSpec, SecAggClient
-from sealagg.crypto.messages import _masked_input_prefix, decode
+from sealagg.crypto.messages import decode, masked_input_prefix
 from sealagg.crypto.testing import make_round
 
 N = 6
@@ -100,7 +101,7 @@ class WrongPrefix(Participant):
             return super()._send(start, phase, message, meta, deadline_unix)
         prefix, vector = message.encode_parts()
         other = bytes(b ^ 0xFF for b in start.round_id)
-        forged = _masked_input_prefix(other, len(vector))
+        forged = masked_input_prefix(other, len(vector))
         assert len(forged) == len(prefix) and forged != bytes(prefix)
         try:
             self._send_encoded(start, phase, [forged, vector], meta, deadline_unix)
@@ -244,17 +245,6 @@ def test_the_sink_streams_a_large_vector_in_bounded_memory(cluster) -> None:
             ray.kill(stripe, no_restart=True)
 
 
-class KillsAStripe(Participant):
-    """Kills the appliance's first stripe actor just before streaming its masked input."""
-
-    stripe: ClassVar[object] = None
-
-    def _send(self, start, phase, message, *rest):
-        if phase == Phase.MASKED_INPUT and start.round_number == 1 and self.stripe is not None:
-            ray.kill(self.stripe, no_restart=True)
-        return super()._send(start, phase, message, *rest)
-
-
 def test_a_stripe_lost_under_a_stream_aborts_the_round_at_once(
     cluster, deployment, running, rounds, monkeypatch
 ) -> None:
@@ -269,18 +259,8 @@ def test_a_stripe_lost_under_a_stream_aborts_the_round_at_once(
         scale={"stripes": [3, 1], "chunk_words": CHUNK_WORDS, "address": cluster.cluster.address},
     )
     app = running(dep.folder)
-    runtime = app.app.orchestrator.scale
-    monkeypatch.setattr(KillsAStripe, "stripe", runtime.stripes[0])
-
-    def make(conn):
-        kind = KillsAStripe if conn.kit.name == "client0" else Participant
-        return kind(conn, poll_seconds=0.5)
-
+    reports = two_rounds_with_a_stripe_killed(dep, app, n, monkeypatch)
     names = [f"client{i}" for i in range(n)]
-    threads, reports, errors = run_clients(dep, names, rounds=2, make=make)
-    app.wait(200)
-    join(threads, 30)
-    assert not errors, errors
     aborted, published = app.app.orchestrator.history[-2:]
     assert aborted.outcome == "aborted" and "stripe" in aborted.reason, aborted
     assert published.outcome == "published" and published.contributors == tuple(names)

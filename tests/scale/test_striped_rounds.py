@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from sealagg_testkit.striped import stripe_pool
 
 from sealagg.appliance.scale.cluster import STRIPE_RESOURCE, stripe_options
 from sealagg.appliance.scale.coordinator import (
@@ -52,11 +53,7 @@ MEMORY_CONSTANT = 2 << 20  # measured: 0.3-0.7 MiB above the share
 
 @pytest.fixture(scope="module")
 def stripes(cluster):
-    actor = stripe_actor_class(**stripe_options())
-    pool = [actor.remote() for _ in range(max(WEIGHTS))]
-    yield pool
-    for stripe in pool:  # each actor is a worker process: free it for the next module
-        ray.kill(stripe, no_restart=True)
+    yield from stripe_pool(max(WEIGHTS))
 
 
 def one_round(pool, mode: str, w: int, rate: int, seed: int, *, on_phase=None):
