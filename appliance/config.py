@@ -99,6 +99,10 @@ class AggregationSection(_Section):
     beta: float = Field(0.1, ge=0.0, lt=0.5)
     #: Masked modes with a robust rule: clients per SecAgg bucket (the appliance sees bucket sums).
     bucket_size: int = Field(MIN_MASKED_PARTIES, ge=MIN_MASKED_PARTIES)
+    #: secagg/secagg+ with rule = mean (issue 22): a round of more members is split into
+    #: independent secure groups of at least the policy's minimum_sum, by a public rule each
+    #: client checks; the appliance sees every group's sum and adds them (0: never split).
+    max_group_size: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _masking_needs_three(self) -> AggregationSection:
@@ -501,22 +505,62 @@ class ApplianceConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _groups_supported(self) -> ApplianceConfig:
+        """``max_group_size`` (appliance/grouped_round.py): refuse at load what grouped rounds
+        cannot run, each with the reason."""
+        agg = self.aggregation
+        if agg.max_group_size == 0:
+            return self
+        if agg.mode not in ("secagg", "secagg+") or agg.rule != "mean":
+            raise ValueError(
+                "aggregation.max_group_size splits secagg/secagg+ rounds with rule = mean only "
+                f"(this is {agg.mode} with rule = {agg.rule}; robust rules use bucket_size)"
+            )
+        floor = max(self.policy.minimum_sum, MIN_MASKED_PARTIES)
+        if agg.max_group_size < floor:
+            raise ValueError(
+                f"aggregation.max_group_size = {agg.max_group_size} is below the policy's "
+                f"minimum_sum {floor}: the appliance sees every group's sum"
+            )
+        if self.privacy.mode != "none":
+            raise ValueError(
+                "aggregation.max_group_size with [privacy] is not supported: each group's sum "
+                "would carry only its members' noise, less than the round's noise promises"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _scale_supports_this(self) -> ApplianceConfig:
         """Refuse what striped rounds cannot run yet, at load rather than at the first round."""
         if not self.scale_enabled:
             return self
         agg = self.aggregation
-        if agg.mode not in ("secagg", "secagg+"):
+        if agg.mode not in ("secagg", "secagg+", "plaintext", "attested"):
             raise ValueError(
-                f"[scale] runs secagg and secagg+ rounds only, not aggregation.mode = {agg.mode}"
+                "[scale] runs secagg, secagg+, plaintext and attested rounds, not "
+                f"aggregation.mode = {agg.mode}"
+            )
+        if agg.mode == "attested" and self.scale is not None and self.scale.address is not None:
+            # Clients send plaintext to the attested machine only; a stripe on another Ray node
+            # would see its range outside that attestation (appliance/scale/plain_round.py).
+            raise ValueError(
+                "[scale] address with aggregation.mode = attested is refused: stripes on other "
+                "machines would see clients' plaintext outside the attested appliance; remove "
+                "address (a local cluster runs inside the attested machine) or [scale]"
             )
         # privacy.mode client / distributed run as in one process: the noise is in the
         # clients' encodings and the appliance decodes the assembled ring sum (post-processing,
         # appliance/scale/masked_round.py); _weights_in_range refuses modes masked rounds refuse.
-        if agg.rule != "mean":
+        if agg.rule != "mean" and agg.mode in ("secagg", "secagg+"):
             raise ValueError(
-                f"[scale] with aggregation.rule = {agg.rule} is not supported yet: robust rules "
-                "are not run inside stripes; use rule = mean or remove [scale]"
+                f"[scale] with aggregation.rule = {agg.rule} in {agg.mode} is not supported yet: "
+                "bucketed robust rounds are not striped; use rule = mean, plaintext or attested "
+                "mode, or remove [scale]"
+            )
+        if agg.rule != "mean" and self.privacy.mode != "none":
+            raise ValueError(
+                f"[scale] with aggregation.rule = {agg.rule} and [privacy] is refused: robust "
+                "rules are not combined with DP (as without [scale])"
             )
         return self
 

@@ -93,6 +93,12 @@ from sealagg.appliance.evaluation import (
     FederatedEvaluations,
     check_allowed,
 )
+from sealagg.appliance.grouped_round import (
+    build_grouped_round,
+    needs_groups,
+    one_process_group,
+    striped_groups,
+)
 from sealagg.appliance.metrics import Metrics
 from sealagg.appliance.models import ModelVersion
 from sealagg.appliance.optimizer_state import discard_state, restore_state, save_state
@@ -1363,10 +1369,31 @@ class Orchestrator:
     def _build_plain_round(
         self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
     ) -> ActiveRound:
-        active = PlainRound(number, round_id, members, d)
+        active = (
+            self._striped_plain_round(number, round_id, members, d)
+            if self.config.scale_enabled  # [scale]: the updates' ranges live on Ray stripes
+            else PlainRound(number, round_id, members, d)
+        )
         active.describe(start)
         minimum = self.config.aggregation.min_clients
         self._privacy_plan = self.privacy.plan_for(start, dimension=d, minimum=minimum)
+        return active
+
+    def _striped_plain_round(
+        self, number: int, round_id: bytes, members: list[Member], d: int
+    ) -> ActiveRound:
+        """[scale] plaintext / attested rounds, any rule: Ray stripes hold the updates and run
+        the rule (appliance/scale/plain_round.py); ValueError when infeasible or unstriped."""
+        if self.scale is None:
+            raise ValueError("[scale] is configured but its Ray runtime is not running")
+        agg = self.config.aggregation
+        active = self.scale.plain_round_for(
+            number, round_id, members, d, rule=agg.rule, f=agg.f, beta=agg.beta
+        )
+        self.store.audit.append(
+            "round_parameters",
+            {"round": number, "n": len(members), "dimension": d, **self.scale.describe()},
+        )
         return active
 
     def _build_ckks_round(
@@ -1390,6 +1417,8 @@ class Orchestrator:
         n = len(members)
         require_masking_parties(n, f"{agg.mode} round")  # the reason reaches every client
         policy = self.governing_policy()  # what every client enforces
+        if needs_groups(agg.max_group_size, n):  # independent secure groups, sums added
+            return self._build_grouped_round(number, round_id, members, d, start, buffer)
         c, m = policy.colluders, policy.minimum_sum
         degree, threshold, note = choose_graph(
             n, agg.mode, agg.dropout_rate, agg.corrupt_fraction, colluders=c, minimum_sum=m
@@ -1443,12 +1472,60 @@ class Orchestrator:
         active.decoder = plan.decode if plan is not None else None  # DP: decode the ring sum
         return active
 
+    def _build_grouped_round(
+        self,
+        number: int,
+        round_id: bytes,
+        members: list[Member],
+        d: int,
+        start: pb.RoundStart,
+        buffer: BufferContext | None,
+    ) -> ActiveRound:
+        """More members than ``[aggregation] max_group_size``: groups of at least ``m`` whose
+        sums the appliance sees and adds (appliance/grouped_round.py says why that is safe).
+        With ``[scale]`` every group is summed by the same Ray stripes, side by side. DP is
+        refused at config load; a buffer here, at build."""
+        if buffer is not None:
+            raise ValueError(
+                f"an asynchronous buffer of {len(members)} members exceeds max_group_size = "
+                f"{self.config.aggregation.max_group_size}; buffers are not split into groups"
+            )
+        agg = self.config.aggregation
+        striped: dict = {}
+        make_group = one_process_group
+        if self.config.scale_enabled:  # [scale]: every group on the stripes, in lockstep
+            if self.scale is None:
+                raise ValueError("[scale] is configured but its Ray runtime is not running")
+            make_group, striped = striped_groups(self.scale), self.scale.describe()
+        active, audit = build_grouped_round(
+            number=number,
+            round_id=round_id,
+            members=members,
+            mode=agg.mode,
+            vector_length=encoded_length(d),
+            clip=agg.clip,
+            max_group_size=agg.max_group_size,
+            policy=self.governing_policy(),
+            dropout_rate=agg.dropout_rate,
+            corrupt_fraction=agg.corrupt_fraction,
+            roster_version=self.roster_gate.view().version,  # in every group's transcript
+            make_group=make_group,
+        )
+        active.describe(start)
+        self.store.audit.append("grouped_round", {**audit, **striped})
+        self._privacy_plan = None
+        return active
+
     def _build_robust_round(
         self, number: int, round_id: bytes, members: list[Member], d: int, start: pb.RoundStart
     ) -> ActiveRound:
         """Robust rules (appliance/robust.py); ValueError when infeasible."""
         if self.privacy.enabled:
             raise ValueError("robust aggregation rules are not combined with DP yet")
+        if self.config.scale_enabled and self.config.aggregation.mode in ("plaintext", "attested"):
+            active = self._striped_plain_round(number, round_id, members, d)
+            active.describe(start)
+            return active
         policy = self.governing_policy()  # each bucket meets it, as its clients check
         chooser = functools.partial(
             choose_graph, colluders=policy.colluders, minimum_sum=policy.minimum_sum

@@ -44,6 +44,7 @@ from sealagg.client_shim.errors import (
     RunEnded,
 )
 from sealagg.client_shim.evaluation import answer_federated_evaluation
+from sealagg.client_shim.grouping import check_grouping
 from sealagg.client_shim.presence import PresenceKeeper
 from sealagg.client_shim.privacy import round_privacy
 from sealagg.client_shim.transcript_ledger import ledger_beside
@@ -298,6 +299,7 @@ class Participant:
         ckks_lease = start.asynchronous and start.mode == "ckks" and not start.async_buffer
         if not masked_lease and not ckks_lease:  # a lease lists one client: its buffer's
             check_policy(self.policy, start)  # round is checked; nothing is sent
+            check_grouping(start, self.policy, roster)  # a grouped round: before training
         _, tensors = self.global_model(start.model_version)
         if start.mode == "ckks" and not ckks_lease:  # only ciphertexts leave a data owner
             return ckks.take_part(self, start, tensors, compute)  # (a buffer's key holder too)
@@ -478,10 +480,14 @@ class Participant:
         # different rosters sign different transcripts and refuse each other's signatures.
         # An asynchronous buffer's round (``trained_on``: our lease's version) also covers
         # every member's base version; we refuse one listing another version for us.
+        # A grouped round (client_shim/grouping.py): the split is checked, and the protocol
+        # runs under the group's own round id (its transcript's); None: an ordinary round.
+        group_round_id = check_grouping(start, self.policy, roster)
         config = round_config_from(
             start,
             roster_version=roster.version if roster else 0,
             buffer=buffer_context_from(start) if trained_on is not None else None,
+            round_id=group_round_id,
         )
         dp = round_privacy(start, layout.dimension)
         expected = encoded_length(layout.dimension) if dp is None else dp.spec.vector_length
@@ -705,12 +711,15 @@ def round_config_from(
     minimum_survivors_floor: int = 3,
     roster_version: int = 0,
     buffer: BufferContext | None = None,
+    round_id: bytes | None = None,
 ) -> RoundConfig:
     """Rebuild the round's public config and refuse parameters that would not protect us.
 
     ``roster_version`` is the version of the roster this client verified (0: none, a
     development kit); it enters the transcript hash, never the appliance's word. ``buffer``:
-    an asynchronous buffer's context (:func:`buffer_context_from`), in the transcript too."""
+    an asynchronous buffer's context (:func:`buffer_context_from`), in the transcript too.
+    ``round_id``: the transcript's round id when it is not ``start.round_id`` (a grouped
+    round's group, :func:`~sealagg.client_shim.grouping.check_grouping`)."""
     identities = {p.index: bytes(p.identity_key) for p in start.participants}
     try:  # the rule lives in crypto, shared with the appliance's own check
         check_round_parameters(
@@ -722,7 +731,7 @@ def round_config_from(
     except InfeasibleParametersError as error:
         raise RoundRefusedError(str(error)) from None
     return RoundConfig.create(  # the graph is drawn later, from the round transcript
-        round_id=bytes(start.round_id),
+        round_id=bytes(start.round_id) if round_id is None else round_id,
         identities=identities,
         degree=start.degree or None,
         threshold=start.threshold,

@@ -20,12 +20,15 @@ What the server learns, and why each client's condition still holds:
 * The assignment is a keyed permutation of the sorted client ids, keyed by the round id
   (SHA-256, domain separated): it is fixed before any key of the round exists, so the
   server cannot move a client after seeing keys or advertisements, and a client can
-  recompute it (:func:`verify_group`) and refuse a group that does not match (wiring that
-  check into the client's round start is not done yet: today the appliance side builds
-  the groups, :mod:`sealagg.appliance.scale.groups`). The
+  recompute it (:func:`verify_group`) and refuse a group that does not match. Every client
+  of a grouped round does, before it sends anything (:mod:`sealagg.client_shim.grouping`:
+  the whole round's members on the signed roster, its group exactly the rule's, the
+  group's round id the derived one, ``m`` at least its policy's); ``sealagg serve`` runs
+  the groups in lockstep (:mod:`sealagg.appliance.grouped_round`, in one process or side
+  by side on Ray stripes; :mod:`sealagg.appliance.scale.groups` runs them in turn). The
   server does choose the round id and could try many to place colluders; that gains it
-  nothing the argument above does not already allow, because the per-group conditions
-  are checked as if every colluder were in every group.
+  nothing the argument above does not already allow, because the per-group conditions are
+  checked as if every colluder were in every group.
 * Each group's round id is derived from the round id, the group's index and its members,
   so a message signed for one group cannot be replayed into another, and clients shown
   different splits of one round never share a transcript.

@@ -20,6 +20,12 @@ Architecture:
 * :mod:`.masked_round` - a masked round of ``sealagg serve`` whose sum the stripes hold
   (``[scale]`` in ``sealagg.toml``): uploads arrive on the mutual-TLS port, their vectors go
   to the stripes in chunks from a worker thread, only blames reach the state machine.
+* :mod:`.plain_stripe`, :mod:`.plain_round` - a plaintext or attested round of ``sealagg
+  serve`` whose updates the stripes hold, range by range, streamed as they arrive: the rule
+  runs inside the stripes (mean, median, trimmed mean per range; Krum, Multi-Krum and the
+  geometric median from the sums of the stripes' partial distances), bit for bit the
+  one-process round's result. Attested mode only on the local cluster (the stripes would
+  otherwise see plaintext outside the attested machine).
 * :mod:`.runtime` - starts (or joins) the cluster when the appliance starts with ``[scale]``,
   creates and probes the stripes, replaces a lost one before the next round, shuts down.
 * :mod:`.groups` - many clients per round: independent secure groups
@@ -32,11 +38,13 @@ the threat model already assumes may be malicious): a stripe node sees, for its 
 every client's *masked* input, the unmask plan (survivors' self-mask keys and the pairwise
 keys of survivors with dropped peers: never both masks of one client, the same rule the
 one-process server keeps) and its slice of the sum. It never sees a Shamir share, an
-identity key or a sealed share. The coordinator's node sees what the one-process appliance
-sees. A node operator who could change the survivor list committed to one stripe could
-unmask one client on that stripe's range: the list is committed by the coordinator only,
-and stripes refuse a list naming a client they do not hold completely; but Ray traffic is
-not authenticated per actor, which is why the nodes must be the appliance's own machines.
+identity key or a sealed share. In plaintext and attested modes a stripe node sees its
+range of every client's update, as the appliance itself does in those modes. The
+coordinator's node sees what the one-process appliance sees. A node operator who could
+change the survivor list committed to one stripe could unmask one client on that stripe's
+range: the list is committed by the coordinator only, and stripes refuse a list naming a
+client they do not hold completely; but Ray traffic is not authenticated per actor, which
+is why the nodes must be the appliance's own machines.
 
 Hardening (implemented in :func:`.cluster.start_local_cluster` where marked *):
 token authentication on* (``RAY_AUTH_MODE=token``, a fresh token per cluster); dashboard

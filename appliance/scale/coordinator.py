@@ -110,7 +110,11 @@ class StripedRound:
         *,
         chunk_words: int = CHUNK_WORDS,
         timeout: float = 120.0,
+        alongside: Sequence[bytes] = (),
     ) -> None:
+        """``alongside``: the round ids of the rounds the stripes keep running beside this
+        one (the other groups of a grouped round, appliance/grouped_round.py); every other
+        round a stripe held is forgotten when this one begins."""
         if len(stripes) != len(ranges) or not stripes:
             raise ValueError("one stripe per range")
         if (
@@ -131,7 +135,10 @@ class StripedRound:
         self._blames: dict[int, MaskedInput] = {}
         self._begun: set[int] = set()  # clients whose masked input began (one attempt)
         self._begin_lock = threading.Lock()  # streams begin on the loop, payloads in threads
-        self._get([s.begin.remote(config.round_id, r.start, r.length) for s, r in self._pairs()])
+        keep = [bytes(r) for r in alongside]
+        self._get(
+            [s.begin.remote(config.round_id, r.start, r.length, keep) for s, r in self._pairs()]
+        )
 
     @property
     def phase(self) -> Phase | None:

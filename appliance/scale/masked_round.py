@@ -54,9 +54,9 @@ from sealagg.appliance.rounds import (
 )
 from sealagg.appliance.scale.coordinator import StripedRound, StripeLostError, StripeRange
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.crypto import Phase, QuantizationSpec, RoundConfig
+from sealagg.crypto import Phase, QuantizationSpec, RoundConfig, decode
 from sealagg.crypto.errors import SecAggError
-from sealagg.crypto.messages import masked_input_prefix
+from sealagg.crypto.messages import Message, masked_input_prefix, masked_input_view
 
 #: Chunk calls a streamed upload may have in flight before it waits for the oldest.
 MAX_IN_FLIGHT = 8
@@ -96,7 +96,8 @@ class StripeUploadSink:
         self.wake = wake  # a lost stripe: the phase waits for nobody, it closes now
         self.member = member
         self.total_bytes = total_bytes
-        self.prefix = masked_input_prefix(round_.round_id, 4 * round_.config.vector_length)
+        # The transcript's round id (a grouped round's group: not the transport's round id).
+        self.prefix = masked_input_prefix(round_.config.round_id, 4 * round_.config.vector_length)
         self._head = bytearray()  # the prefix as received, until it is checked
         self._pending = bytearray()  # vector bytes short of the next chunk border
         self._word = 0  # the next coordinate to forward
@@ -214,11 +215,20 @@ class StripedMaskedRound(MaskedRound):
         ranges: Sequence[StripeRange],
         chunk_words: int,
         timeout: float,
+        alongside: Sequence[bytes] = (),
     ) -> None:
+        """``round_id`` names the round on the wire (upload headers, steps); ``config.round_id``
+        is its transcript's (they differ for a grouped round's group, which the stripes run
+        ``alongside`` the other groups: appliance/grouped_round.py)."""
         super().__init__(number, round_id, members, config, spec)
         try:
             self.striped = StripedRound(
-                config, stripes, ranges, chunk_words=chunk_words, timeout=timeout
+                config,
+                stripes,
+                ranges,
+                chunk_words=chunk_words,
+                timeout=timeout,
+                alongside=alongside,
             )
         except StripeLostError as error:  # a setup failure: the round is aborted before it runs
             raise ValueError(f"the stripes could not begin the round: {error}") from None
@@ -239,12 +249,26 @@ class StripedMaskedRound(MaskedRound):
             or self.phase_index != Phase.MASKED_INPUT
             or name not in self.members
             or header.total_bytes
-            != len(masked_input_prefix(self.round_id, vector_bytes)) + vector_bytes
+            != len(masked_input_prefix(self.config.round_id, vector_bytes)) + vector_bytes
         ):
             return None
         sink = StripeUploadSink(self, self.members[name], header.total_bytes, wake)
         self.streams[name] = sink
         return sink
+
+    def _parse(self, header: pb.UploadHeader, payload: bytes) -> Message:
+        """As :meth:`MaskedRound._parse`, against the transcript's round id
+        (``config.round_id``: a grouped round's group's, else the same as ``round_id``)."""
+        message = (
+            masked_input_view(payload, self.config.round_id, 4 * self.config.vector_length)
+            if self.phase_index == Phase.MASKED_INPUT
+            else None
+        ) or decode(payload, max_bytes=self.upload_limit(header))
+        if self.phase_index != message.PHASE:
+            raise UploadRefusedError(
+                "FAILED_PRECONDITION", f"{message.TYPE} does not belong to phase {self.phase_name}"
+            )
+        return message
 
     def begin_stream(self, member: Member) -> None:
         """The prefix checked: the sender may start staging chunks (as :meth:`_accept`)."""

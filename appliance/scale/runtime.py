@@ -16,7 +16,10 @@ nodes, spread).
 Before each round :meth:`ScaleRuntime.round_for` checks that every stripe answers and
 replaces one that does not (its node was lost: the round it served was aborted, and the
 new actor lands on a remaining worker), then builds a
-:class:`~.masked_round.StripedMaskedRound` over ranges planned for the round's vector.
+:class:`~.masked_round.StripedMaskedRound` over ranges planned for the round's vector;
+:meth:`ScaleRuntime.plain_round_for` does the same for plaintext and attested rounds
+(:class:`~.plain_round.StripedPlainRound`, every rule), on plain stripes
+(:mod:`.plain_stripe`) that replace the masked ones at the first such round.
 :meth:`ScaleRuntime.shutdown` kills the stripes and, when it started the cluster, stops it.
 
 Only this module (and the rest of ``appliance.scale``) imports Ray; the appliance imports
@@ -34,6 +37,7 @@ from ray.exceptions import RayError
 
 from sealagg.appliance.config import ScaleSection
 from sealagg.appliance.errors import ConfigError
+from sealagg.appliance.robust import check_feasible
 from sealagg.appliance.rounds import Member
 from sealagg.appliance.scale.cluster import (
     LocalCluster,
@@ -43,6 +47,8 @@ from sealagg.appliance.scale.cluster import (
 )
 from sealagg.appliance.scale.coordinator import plan_stripes, stripe_actor_class
 from sealagg.appliance.scale.masked_round import StripedMaskedRound
+from sealagg.appliance.scale.plain_round import StripedPlainRound
+from sealagg.appliance.scale.plain_stripe import plain_stripe_actor_class
 from sealagg.crypto import QuantizationSpec, RoundConfig
 
 _log = logging.getLogger(__name__)
@@ -60,6 +66,7 @@ class ScaleRuntime:
         self.section = section
         self.local = local  # the cluster this runtime started (stopped with it), if any
         self.connected = connected  # this runtime connected the driver (disconnects at stop)
+        self.kind = "masked"  # the stripes' class: "masked" (Stripe) or "plain" (PlainStripe)
         self._actor = stripe_actor_class(**stripe_options())
         self.stripes: list[Any] = [self._actor.remote() for _ in section.weights]
         self.replaced = 0  # stripes replaced after a loss, over the appliance's life
@@ -122,6 +129,7 @@ class ScaleRuntime:
     ) -> StripedMaskedRound:
         """A round over live stripes (lost ones replaced first); ``ValueError`` when the
         ranges cannot be planned or the stripes cannot begin (the round is then aborted)."""
+        self._use("masked")
         self._replace_lost()
         ranges = plan_stripes(config.vector_length, self.section.weights)
         return StripedMaskedRound(
@@ -135,6 +143,60 @@ class ScaleRuntime:
             chunk_words=self.section.chunk_words,
             timeout=self.section.call_timeout,
         )
+
+    def plain_round_for(
+        self,
+        number: int,
+        round_id: bytes,
+        members: list[Member],
+        dimension: int,
+        *,
+        rule: str,
+        f: int,
+        beta: float,
+    ) -> StripedPlainRound:
+        """A plaintext / attested round over live plain stripes (:mod:`.plain_round`), for
+        ``rule`` (``mean`` or a robust rule, checked feasible for these members here, as
+        :func:`appliance.robust.build_robust_round` checks it); ``ValueError`` as
+        :meth:`round_for`."""
+        if rule != "mean":
+            check_feasible(rule, len(members), f, beta, unit="clients")
+        self._use("plain")
+        self._replace_lost()
+        return StripedPlainRound(
+            number,
+            round_id,
+            members,
+            dimension,
+            rule=rule,
+            f=f,
+            beta=beta,
+            stripes=self.stripes,
+            ranges=plan_stripes(dimension, self.section.weights),
+            chunk_words=self.section.chunk_words,
+            timeout=self.section.call_timeout,
+        )
+
+    def _use(self, kind: str) -> None:
+        """Stripes of ``kind``: the pool started with masked stripes; a plaintext or attested
+        appliance swaps it once, at its first round, for plain ones (the mode is fixed while
+        the appliance runs). ``ValueError`` when the new stripes do not start."""
+        if kind == self.kind:
+            return
+        for stripe in self.stripes:
+            with contextlib.suppress(RayError):
+                ray.kill(stripe, no_restart=True)
+        make = plain_stripe_actor_class if kind == "plain" else stripe_actor_class
+        self._actor = make(**stripe_options())
+        self.stripes = [self._actor.remote() for _ in self.section.weights]
+        self.kind = kind
+        try:
+            ray.get([s.node_id.remote() for s in self.stripes], timeout=self.section.call_timeout)
+        except RayError as error:
+            raise ValueError(
+                f"the Ray cluster could not start the {kind} stripes ({type(error).__name__})"
+            ) from None
+        _log.info("scale: %d %s stripes started", len(self.stripes), kind)
 
     def _replace_lost(self) -> None:
         """Probe every stripe (one bounded wait for all); replace those whose actor is dead

@@ -70,7 +70,7 @@ class Idle(_message.Message):
     def __init__(self, retry_after_seconds: _Optional[float] = ..., current_model_version: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json", "asynchronous", "buffer_number", "async_params", "async_buffer")
+    __slots__ = ("round_number", "round_id", "mode", "model_version", "client_index", "participants", "threshold", "degree", "minimum_survivors", "vector_length", "clip", "max_clients", "submit_deadline_unix", "model_sha256", "contribution_weight", "ckks", "privacy", "roster", "run_id", "run_round", "run_rounds", "hyperparameters_json", "asynchronous", "buffer_number", "async_params", "async_buffer", "grouping")
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class RoundStart(_message.Message):
     BUFFER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ASYNC_PARAMS_FIELD_NUMBER: _ClassVar[int]
     ASYNC_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    GROUPING_FIELD_NUMBER: _ClassVar[int]
     round_number: int
     round_id: bytes
     mode: str
@@ -123,7 +124,24 @@ class RoundStart(_message.Message):
     buffer_number: int
     async_params: AsyncParams
     async_buffer: bool
-    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., buffer_number: _Optional[int] = ..., async_params: _Optional[_Union[AsyncParams, _Mapping]] = ..., async_buffer: _Optional[bool] = ...) -> None: ...
+    grouping: Grouping
+    def __init__(self, round_number: _Optional[int] = ..., round_id: _Optional[bytes] = ..., mode: _Optional[str] = ..., model_version: _Optional[int] = ..., client_index: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., minimum_survivors: _Optional[int] = ..., vector_length: _Optional[int] = ..., clip: _Optional[float] = ..., max_clients: _Optional[int] = ..., submit_deadline_unix: _Optional[float] = ..., model_sha256: _Optional[str] = ..., contribution_weight: _Optional[float] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyParams, _Mapping]] = ..., roster: _Optional[bytes] = ..., run_id: _Optional[str] = ..., run_round: _Optional[int] = ..., run_rounds: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ..., asynchronous: _Optional[bool] = ..., buffer_number: _Optional[int] = ..., async_params: _Optional[_Union[AsyncParams, _Mapping]] = ..., async_buffer: _Optional[bool] = ..., grouping: _Optional[_Union[Grouping, _Mapping]] = ...) -> None: ...
+
+class Grouping(_message.Message):
+    __slots__ = ("round_id", "members", "max_group_size", "minimum_sum", "group_index", "group_round_id")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_SUM_FIELD_NUMBER: _ClassVar[int]
+    GROUP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: bytes
+    members: _containers.RepeatedCompositeFieldContainer[Participant]
+    max_group_size: int
+    minimum_sum: int
+    group_index: int
+    group_round_id: bytes
+    def __init__(self, round_id: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., max_group_size: _Optional[int] = ..., minimum_sum: _Optional[int] = ..., group_index: _Optional[int] = ..., group_round_id: _Optional[bytes] = ...) -> None: ...
 
 class AsyncParams(_message.Message):
     __slots__ = ("buffer_size", "max_staleness", "staleness", "a", "alpha", "b", "max_open_buffers")

@@ -8,8 +8,8 @@ rounds are summed by Ray stripe actors, real shim clients over gRPC and mutual T
   the cluster's worker nodes.
 - A stripe actor killed while the masked inputs arrive: that round aborts with the reason,
   nothing is published, and the next round (the lost stripe replaced) publishes.
-- Refusals: at load, [scale] with a robust rule, in plaintext (with or without DP); an
-  asynchronous run when it is created. [scale] with masked DP loads. Without [scale]
+- Refusals: at load, [scale] with a robust rule in a masked mode or with DP, in ckks mode;
+  an asynchronous run when it is created. [scale] with masked DP loads. Without [scale]
   the appliance never imports Ray.
 
 The Ray cluster is the session's (tests/scale/conftest.py), joined through ``address``.
@@ -153,11 +153,12 @@ def test_a_lost_stripe_aborts_the_round_and_the_next_one_publishes(
 @pytest.mark.parametrize(
     ("sections", "words"),
     [
-        # DP runs on stripes in masked modes (tests/scale/test_dp_striped.py); a DP mode
-        # outside them is still refused, as is DP with a robust rule.
+        # DP runs on stripes in masked modes (tests/scale/test_dp_striped.py) and in
+        # plaintext with rule = mean; DP with a robust rule is refused. Plaintext and
+        # attested rounds with robust rules: tests/scale/test_serve_robust_striped.py.
         (
-            {"aggregation": {"mode": "plaintext"}, "privacy": {"mode": "client"}},
-            "secagg and secagg+ rounds only",
+            {"aggregation": {"mode": "plaintext", "rule": "median"}, "privacy": {"mode": "client"}},
+            "not combined with DP",
         ),
         (
             {
@@ -167,7 +168,7 @@ def test_a_lost_stripe_aborts_the_round_and_the_next_one_publishes(
             "aggregation.rule = median",
         ),
         ({"aggregation": {"rule": "median", "min_clients": 6}}, "aggregation.rule = median"),
-        ({"aggregation": {"mode": "plaintext"}}, "secagg and secagg+ rounds only"),
+        ({"aggregation": {"mode": "ckks"}}, "not aggregation.mode = ckks"),
         ({"scale": {"stripes": 0}}, "scale.stripes"),
     ],
 )
