@@ -441,15 +441,19 @@ class Connection:
 
     def get_roster(self, known_version: int) -> bytes:
         """The signed roster the appliance holds (b"" if none); unverified: the caller checks
-        it against the kit's pinned authority."""
-        try:
-            reply = self.stub.GetRoster(
+        it against the kit's pinned authority.
+
+        Every round starts with this call, so it rides through downtime as polls do (for
+        ``max_downtime``): a client started before its appliance, or across a restart, waits
+        for it instead of failing after gRPC's five quick attempts."""
+        reply = self._through_downtime(
+            lambda: self.stub.GetRoster(
                 pb.RosterRequest(known_version=known_version),
                 timeout=self.timeout,
                 metadata=self._metadata,
-            )
-        except grpc.RpcError as error:
-            raise self._named(error) from None
+            ),
+            "roster",
+        )
         return bytes(reply.roster)
 
     def report_refusal(self, round_id: bytes, code: str, detail: str) -> None:

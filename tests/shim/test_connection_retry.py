@@ -82,6 +82,36 @@ def test_connect_waits_for_an_appliance_that_is_not_up_yet(dep, running):
     thread.join(30)
 
 
+def test_the_roster_sync_that_opens_every_round_waits_for_a_late_appliance(dep, running):
+    """A client whose first call is a round's roster sync (``Participant.run_round`` on a
+    bare Connection) waits for an appliance that comes up seconds later; before, gRPC's five
+    quick attempts (about 2-4 s) ran out and the client died with UNAVAILABLE."""
+    connection = Connection(dep.kits["client0"], address=dep.address, timeout=5, max_downtime=60)
+    connection.backoff = FAST
+    started: list[RunningAppliance] = []
+
+    def later() -> None:
+        time.sleep(5.0)  # longer than gRPC's own retry policy lasts
+        started.append(running(dep.folder))
+
+    thread = threading.Thread(target=later, daemon=True)
+    thread.start()
+    assert connection.get_roster(0) != b""  # the signed roster, once the appliance answers
+    thread.join(30)
+    assert started
+    connection.close()
+
+
+def test_the_roster_sync_gives_up_after_max_downtime(dep):
+    connection = Connection(
+        dep.kits["client0"], address=f"127.0.0.1:{free_port()}", timeout=1, max_downtime=1.0
+    )
+    connection.backoff = FAST
+    with pytest.raises(client_shim.ApplianceUnavailableError, match="roster"):
+        connection.get_roster(0)
+    connection.close()
+
+
 def test_connect_gives_up_after_max_downtime_when_nothing_answers(dep):
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(client_shim.ApplianceUnavailableError) as info:
