@@ -261,7 +261,12 @@ def run_workload(w: dict[str, Any], rounds: int, fedavg: bool) -> list[dict[str,
         server_app=server_app,
         client_app=client_app,
         num_supernodes=n,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        backend_config={
+            # address "local": a private Ray instance, never another process's cluster found
+            # through /tmp/ray (a run joined a test cluster that then went away, and hung).
+            "init_args": {"address": "local", "include_dashboard": False},
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        },
     )
     wall = time.perf_counter() - t0
     out = []
