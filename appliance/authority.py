@@ -136,14 +136,21 @@ def init_authority(
     policy: Mapping[str, Any] | None = None,
 ) -> FileSigner:
     """Create a new authority key in ``folder`` (new or empty) and an empty roster version 1,
-    carrying the federation ``policy`` (``colluders``, ``minimum_sum``, ``allowed_modes``) if
-    given: the policy every client then enforces (``sign-roster`` changes it later)."""
+    carrying the federation ``policy`` (``colluders``, ``minimum_sum``, ``allowed_modes``,
+    the DP floor ``min_noise_multiplier`` and ``required_privacy``) if given: the policy
+    every client then enforces (``sign-roster`` changes it later)."""
     folder = Path(folder)
     check_outside(folder, None)
     if len(passphrase) < MIN_PASSPHRASE_BYTES:
         raise ProvisioningError(
             f"the authority passphrase must be at least {MIN_PASSPHRASE_BYTES} bytes"
         )
+    try:  # before any file is written: a policy no client could parse creates nothing
+        empty = Roster(
+            federation, 1, datetime.now(UTC).replace(microsecond=0), (), dict(policy or {})
+        )
+    except RosterError as error:
+        raise ProvisioningError(f"not creating the authority: {error}") from None
     if (folder / KEY_FILE).exists():
         raise ProvisioningError(f"{folder} already holds an authority key; refusing to replace it")
     folder.mkdir(mode=pki.PRIVATE_DIR_MODE, parents=True, exist_ok=True)
@@ -172,12 +179,6 @@ def init_authority(
     pki.write_file_atomic(
         folder / PUBLIC_FILE, kit.render_authority_key(signer.public_key()), mode=0o644
     )
-    try:
-        empty = Roster(
-            federation, 1, datetime.now(UTC).replace(microsecond=0), (), dict(policy or {})
-        )
-    except RosterError as error:
-        raise ProvisioningError(f"not creating the authority: {error}") from None
     pki.write_file_atomic(folder / ROSTER_FILE, sign_roster(empty, signer), mode=0o644)
     return signer
 
@@ -198,6 +199,37 @@ def current_signed_roster(
         return verify_roster(data, authority_key=signer.public_key(), federation=name), data
     except RosterError as error:
         raise ProvisioningError(f"{folder / ROSTER_FILE}: {error}") from None
+
+
+def policy_with(
+    policy: Mapping[str, Any],
+    *,
+    colluders: int | None = None,
+    minimum_sum: int | None = None,
+    modes: list[str] | None = None,
+    min_noise_multiplier: float | None = None,
+    required_privacy: list[str] | None = None,
+) -> dict[str, Any]:
+    """``policy`` (a roster's plain mapping) with the given fields set; None keeps a field.
+
+    ``required_privacy`` ``["none"]`` (or ``[]``) drops the requirement; a floor of 0 drops
+    the floor. The result is what the authority signs, so lists are sorted (one spelling)."""
+    out = dict(policy)
+    for key, value in (("colluders", colluders), ("minimum_sum", minimum_sum)):
+        if value is not None:
+            out[key] = value
+    if modes:
+        out["allowed_modes"] = sorted(modes)
+    if min_noise_multiplier is not None:
+        out["min_noise_multiplier"] = float(min_noise_multiplier)
+        if not min_noise_multiplier:
+            del out["min_noise_multiplier"]  # 0: no floor, as a roster without the field
+    if required_privacy is not None:
+        chosen = sorted(set(required_privacy) - {"none"})
+        out["required_privacy"] = chosen
+        if not chosen:
+            del out["required_privacy"]
+    return out
 
 
 def publish(folder: Path, roster: Roster, signer: Signer) -> bytes:

@@ -243,6 +243,8 @@ class Orchestrator:
         )
         #: The authority's installed roster: who may take part (appliance/roster_gate.py).
         self.roster_gate = RosterGate(Path(store.folder))
+        # The signed DP floor: refuse to start below it; every round's plan is checked too.
+        self.privacy.use_policy(self.governing_policy)
         self._not_on_roster: dict[str, str] = {}  # name -> the reason last audited
         self._refused: set[str] = set()  # members that refused the current round
         self._recent_rounds: OrderedDict[bytes, int] = OrderedDict()  # round id -> number

@@ -22,6 +22,13 @@ C ← C·exp(-η(b̄/s - target)). The noise budget z is split as z_Δ⁻² + (2
 pair is one Gaussian of multiplier z (which the accountant composes). In plaintext mode the
 appliance sees the bits (metadata) and adds the count's noise itself.
 
+The federation's DP floor. The authority's signed policy may set a floor on the noise
+multiplier and require DP (:func:`crypto.policy.check_privacy_against_policy`); every
+client refuses a round below it. The appliance runs the same rule first: on its
+configuration when it starts (:meth:`PrivacyController.use_policy`), and on every round it
+plans, with the very numbers the clients receive (and a discrete mechanism's rounded
+sensitivity), so an honest appliance never opens a round its clients would refuse.
+
 Budget: with ``target_epsilon`` set, a round is *refused* (not opened) when ε after it
 (assuming the configured noise) would exceed the target; the appliance then opens no more
 rounds and says so in its status and audit log.
@@ -42,7 +49,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +63,17 @@ from sealagg.appliance.accounting import (
 from sealagg.appliance.async_privacy import ClientBudgetExhaustedError, ClientPrivacyLedger
 from sealagg.appliance.audit import AuditLog
 from sealagg.appliance.config import PrivacySection
+from sealagg.appliance.errors import ConfigError
 from sealagg.appliance.pki import write_file_atomic
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.crypto.config import default_minimum_survivors
 from sealagg.crypto.dp import DistributedDPSpec, Sampler, decode_dp_sum, rotation_seed
+from sealagg.crypto.policy import (
+    FederationPolicy,
+    PrivacyFloorError,
+    RoundNoise,
+    check_privacy_against_policy,
+)
 
 _log = logging.getLogger("sealagg.privacy")
 STATE_FILE = "privacy_state.json"
@@ -99,6 +113,18 @@ class RoundPlan:
 
     def vector_length(self) -> int:
         return self.spec.vector_length
+
+    def noise(self) -> RoundNoise:
+        """The noise the clients are told to add, as the policy rule reads it (their view)."""
+        return RoundNoise(
+            mode=self.mode,
+            mechanism=self.spec.mechanism,
+            clip=self.spec.clip,
+            noise_std=self.spec.noise_std,
+            indicator_std=self.spec.indicator_std,
+            min_survivors=self.min_survivors,
+            sensitivity=self.spec.sensitivity,
+        )
 
     def decode(self, total: np.ndarray) -> tuple[np.ndarray, float, dict]:
         """Masked modes: (mean update, survivors, extras) from the unmasked ring sum."""
@@ -164,6 +190,8 @@ class PrivacyController:
         self._load()
         #: Per-client ε of asynchronous runs (beside this file, ``privacy_clients.json``).
         self.clients = ClientPrivacyLedger(config, folder, audit, base_rounds=lambda: self.rounds)
+        #: The policy every client enforces (the authority's signed one): see :meth:`use_policy`.
+        self._policy: Callable[[], FederationPolicy] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -172,6 +200,43 @@ class PrivacyController:
     @property
     def adaptive(self) -> bool:
         return self.config.target_quantile is not None
+
+    # ---------------------------------------------------------------- the signed floor
+
+    def use_policy(self, policy: Callable[[], FederationPolicy]) -> None:
+        """Hold every round to ``policy()`` (read anew per round: a roster installed while
+        running governs the next round) and check the configuration now.
+
+        Raises :class:`ConfigError` (the rule's reason) when ``[privacy]`` is below the
+        policy's floor or off where it requires DP: the appliance refuses to start what
+        every client would refuse."""
+        try:
+            self.check_policy(policy())
+        except PrivacyFloorError as error:
+            raise ConfigError(
+                f"[privacy]: the clients' signed federation policy would refuse every round: "
+                f"{error}"
+            ) from None
+        self._policy = policy
+
+    def check_policy(self, policy: FederationPolicy) -> None:
+        """The clients' DP rule on the configuration: z (with adaptive clipping, the update's
+        and the clip bit's noise together, which the split keeps at z), any clip, one client
+        (the ratio does not depend on m). A discrete mechanism's grid is checked per round."""
+        if not self.enabled:
+            check_privacy_against_policy(policy, None)
+            return
+        z, clip = self.config.noise_multiplier, self.config.clip
+        mechanism = "gaussian" if self.config.mode == "client" else self.config.mechanism
+        noise = RoundNoise(
+            self.config.mode, mechanism, clip=clip, noise_std=z * clip, min_survivors=1
+        )
+        check_privacy_against_policy(policy, noise)
+
+    def _check_round(self, plan: RoundPlan | None) -> None:
+        """The clients' DP rule on the round about to be sent (their numbers, exactly)."""
+        if self._policy is not None:
+            check_privacy_against_policy(self._policy(), None if plan is None else plan.noise())
 
     # ------------------------------------------------------------------------ planning
 
@@ -269,8 +334,12 @@ class PrivacyController:
         ).vector_length
 
     def plan_for(self, start: pb.RoundStart, *, dimension: int, minimum: int) -> RoundPlan | None:
-        """Plan the round ``start`` describes and put the parameters into it (None: no DP)."""
+        """Plan the round ``start`` describes and put the parameters into it (None: no DP).
+
+        Raises :class:`~sealagg.crypto.policy.PrivacyFloorError` (the round is aborted with
+        the reason) when the plan breaks the governing policy's DP floor."""
         if not self.enabled:
+            self._check_round(None)
             return None
         plan = self.plan(
             number=int(start.round_number),
@@ -280,6 +349,7 @@ class PrivacyController:
             dimension=dimension,
             minimum=minimum,
         )
+        self._check_round(plan)
         start.privacy.CopyFrom(plan.params())
         return plan
 

@@ -20,7 +20,13 @@ round's ``RoundStart.privacy`` (``[privacy]`` in ``sealagg.toml``): clip to the 
 (adaptive clipping moves it), add this client's *share* of the noise (sigma/√min_survivors), and
 report whether the update was under the clip (plaintext: as metadata; masked: as a noisy
 extra coordinate of the masked vector, see :mod:`crypto.dp`). All its noise and rounding
-come from that same sampler.
+come from that same sampler. Those parameters are the appliance's word, so the client holds
+them to the federation's signed DP floor (:func:`check_round_privacy`, the one rule of
+:func:`crypto.policy.check_privacy_against_policy`): at round start, before training, on the
+noise multiplier the numbers it is told to add amount to; and again once the model's
+dimension fixes a discrete mechanism's grid, on the effective one. Below the floor, or no DP
+where the policy requires it, the round is refused (:class:`PrivacyRefusedError`, reported
+with the ``privacy`` code) and nothing of this client's leaves.
 
 Note that without round DP the appliance clips every *coordinate* to ``aggregation.clip``
 before quantization; :class:`ClientDP` noise large compared with that range gets clipped there
@@ -49,6 +55,12 @@ from sealagg.crypto.dp import (
     encode_dp_update,
     rotation_seed,
 )
+from sealagg.crypto.policy import (
+    FederationPolicy,
+    PrivacyFloorError,
+    RoundNoise,
+    check_privacy_against_policy,
+)
 
 if TYPE_CHECKING:
     from sealagg.appliance.wire import sealagg_pb2 as pb
@@ -58,9 +70,11 @@ __all__ = [
     "PrivacyRefusedError",
     "RoundPrivacy",
     "add_gaussian_noise",
+    "check_round_privacy",
     "clip_l2",
     "opacus_epsilon",
     "protect_update",
+    "round_noise",
     "round_privacy",
 ]
 
@@ -181,14 +195,52 @@ class RoundPrivacy:
         return encode_dp_update(update, self.spec, self.seed, scale=scale)
 
 
-def round_privacy(start: pb.RoundStart, dimension: int) -> RoundPrivacy | None:
-    """The round's DP parameters, checked; None when the federation runs without DP.
+def round_noise(start: pb.RoundStart, spec: DistributedDPSpec | None = None) -> RoundNoise | None:
+    """The noise ``start`` asks this client to add, as the policy rule reads it (None: no
+    DP); ``spec`` adds a discrete mechanism's rounded sensitivity once the dimension is known.
+    """
+    if not start.HasField("privacy") or start.privacy.mode in ("", "none"):
+        return None
+    p = start.privacy
+    return RoundNoise(
+        mode=p.mode,
+        mechanism=p.mechanism,
+        clip=p.clip,
+        noise_std=p.noise_std,
+        indicator_std=p.indicator_std,
+        min_survivors=p.min_survivors,
+        sensitivity=None if spec is None else spec.sensitivity,
+    )
+
+
+def check_round_privacy(
+    policy: FederationPolicy, start: pb.RoundStart, spec: DistributedDPSpec | None = None
+) -> None:
+    """Refuse a round whose DP is below ``policy``'s signed floor or missing where the policy
+    requires it: :class:`PrivacyRefusedError` (reported as ``privacy``), nothing sent.
+
+    The appliance runs the same crypto rule on its configuration and on every round it
+    plans, so an honest appliance never opens a round this refuses."""
+    try:
+        check_privacy_against_policy(policy, round_noise(start, spec))
+    except PrivacyFloorError as error:
+        raise PrivacyRefusedError(f"{error}; nothing was sent") from None
+
+
+def round_privacy(
+    start: pb.RoundStart, dimension: int, policy: FederationPolicy | None = None
+) -> RoundPrivacy | None:
+    """The round's DP parameters, checked; None when the round runs without DP.
 
     Refuses noise sized for more survivors than the protocol guarantees (the appliance
     could otherwise reveal a sum over fewer clients, with less noise than it claims), a
-    distributed mode outside masked aggregation, and noise that is zero or not finite.
+    distributed mode outside masked aggregation, noise that is zero or not finite, and,
+    with ``policy``, DP below its signed floor (:func:`check_round_privacy`, with the
+    rounded sensitivity of a discrete mechanism) or missing where it requires DP.
     """
     if not start.HasField("privacy") or start.privacy.mode in ("", "none"):
+        if policy is not None:
+            check_round_privacy(policy, start)  # refused if the policy requires DP
         return None
     p = start.privacy
     if start.mode not in ("plaintext", "attested", "secagg", "secagg+"):
@@ -219,4 +271,6 @@ def round_privacy(start: pb.RoundStart, dimension: int) -> RoundPrivacy | None:
         )
     except ValueError as error:
         raise PrivacyRefusedError(f"invalid privacy parameters: {error}") from None
+    if policy is not None:
+        check_round_privacy(policy, start, spec)
     return RoundPrivacy(p.mode, spec, rotation_seed(bytes(start.round_id)))

@@ -46,7 +46,7 @@ from sealagg.client_shim.errors import (
 from sealagg.client_shim.evaluation import answer_federated_evaluation
 from sealagg.client_shim.grouping import check_grouping
 from sealagg.client_shim.presence import PresenceKeeper
-from sealagg.client_shim.privacy import round_privacy
+from sealagg.client_shim.privacy import check_round_privacy, round_privacy
 from sealagg.client_shim.transcript_ledger import ledger_beside
 from sealagg.client_shim.vendor import Evaluator, answer_evaluation
 from sealagg.crypto import (
@@ -315,7 +315,9 @@ class Participant:
             )
         if not np.isfinite(update).all():
             raise ValueError("update contains NaN or Inf; nothing was sent")
-        dp = round_privacy(start, layout.dimension)  # the round's DP (refused if too weak)
+        # A masked or ckks lease carries no DP: its buffer's round does, and is checked then.
+        checked = None if masked_lease or ckks_lease else self.policy
+        dp = round_privacy(start, layout.dimension, checked)  # refused if too weak
         if dp is not None:
             weight = 1.0  # a DP sum has fixed sensitivity: every client counts once
             if start.mode in ("plaintext", "attested"):
@@ -489,7 +491,7 @@ class Participant:
             buffer=buffer_context_from(start) if trained_on is not None else None,
             round_id=group_round_id,
         )
-        dp = round_privacy(start, layout.dimension)
+        dp = round_privacy(start, layout.dimension, self.policy)
         expected = encoded_length(layout.dimension) if dp is None else dp.spec.vector_length
         if config.vector_length != expected:
             raise RoundRefusedError("the round's vector length does not match the model")
@@ -673,7 +675,7 @@ def governing_policy(roster: Roster | None, kit: ClientKit) -> FederationPolicy:
 
 
 def check_policy(policy: FederationPolicy, start: pb.RoundStart) -> None:
-    """Refuse a round whose mode, n, k, t or quorum break the kit's federation policy."""
+    """Refuse a round whose mode, n, k, t, quorum or DP break the kit's federation policy."""
     try:  # the one crypto function the appliance's config check also runs
         check_round_against_policy(
             policy,
@@ -685,6 +687,7 @@ def check_policy(policy: FederationPolicy, start: pb.RoundStart) -> None:
         )
     except InfeasibleParametersError as error:
         raise RoundRefusedError(str(error)) from None
+    check_round_privacy(policy, start)  # the signed DP floor, before training: nothing sent
 
 
 def buffer_context_from(start: pb.RoundStart) -> BufferContext:

@@ -28,6 +28,7 @@ import enum
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -75,7 +76,14 @@ ENROLMENT_FORMAT = "sealagg-enrolment/1"
 ENROLMENT_CONTEXT = b"sealagg enrolment request v1\x00"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: The fields of :class:`sealagg.crypto.policy.FederationPolicy`; absent ones take its defaults.
-_POLICY_FIELDS = {"colluders", "minimum_sum", "allowed_modes", "security_bits"}
+_POLICY_FIELDS = {
+    "colluders",
+    "minimum_sum",
+    "allowed_modes",
+    "security_bits",
+    "min_noise_multiplier",  # the DP floor (absent: 0, no floor)
+    "required_privacy",  # DP modes a round must use (absent: none required)
+}
 
 
 class Role(enum.Enum):
@@ -194,7 +202,8 @@ class Roster:
     """The authority's list of participants and the federation's policy, at one version.
 
     ``policy`` carries the fields of the federation policy (``colluders`` c, ``minimum_sum``
-    m, ``allowed_modes``, ``security_bits``) as a plain mapping, so the authority signs
+    m, ``allowed_modes``, ``security_bits``, the DP floor ``min_noise_multiplier`` and
+    ``required_privacy``) as a plain mapping, so the authority signs
     exactly what clients enforce; :meth:`federation_policy` turns it into the
     :class:`~sealagg.crypto.policy.FederationPolicy` (absent fields: its defaults).
     """
@@ -227,8 +236,9 @@ class Roster:
         from sealagg.crypto.policy import FederationPolicy
 
         fields = dict(self.policy)
-        if "allowed_modes" in fields:
-            fields["allowed_modes"] = frozenset(fields["allowed_modes"])
+        for name in ("allowed_modes", "required_privacy"):
+            if name in fields:
+                fields[name] = frozenset(fields[name])
         try:
             return FederationPolicy(**fields)
         except (TypeError, ValueError) as exc:
@@ -552,6 +562,19 @@ def _check_policy(policy: Any) -> None:
         not isinstance(modes, list | tuple) or not all(isinstance(m, str) for m in modes)
     ):
         raise MalformedRosterError("policy allowed_modes is not a list of mode names")
+    floor = policy.get("min_noise_multiplier")
+    if floor is not None and (
+        isinstance(floor, bool)
+        or not isinstance(floor, int | float)
+        or not math.isfinite(floor)
+        or floor < 0
+    ):
+        raise MalformedRosterError("policy min_noise_multiplier is not a finite number >= 0")
+    required = policy.get("required_privacy")
+    if required is not None and (
+        not isinstance(required, list | tuple) or not all(isinstance(m, str) for m in required)
+    ):
+        raise MalformedRosterError("policy required_privacy is not a list of DP mode names")
 
 
 def _aware(moment: Any, what: str) -> datetime:

@@ -5,7 +5,9 @@ The security team keeps the authority folder on its own machine. It decides who 
 (removals, policy). The signed ``roster.json`` is then installed on the appliance with
 ``sealagg roster install``; clients verify it against the authority key in their kits.
 ``sign-kit`` countersigns a kit the appliance issued, so the client trusts its CA, server
-name and policies on the authority's word, not the appliance's.
+name and policies on the authority's word, not the appliance's. The policy may set a DP
+floor (``--min-noise-multiplier``, ``--require-privacy``): every client then refuses a round
+whose noise is below it, whatever the appliance's ``[privacy]`` says.
 
 The passphrase comes from ``$SEALAGG_AUTHORITY_PASSPHRASE`` or a prompt, never an argument.
 """
@@ -23,6 +25,7 @@ from rich.markup import escape
 
 from sealagg.appliance import authority as auth
 from sealagg.appliance.cli._common import CLIError, console
+from sealagg.crypto.errors import RosterError
 from sealagg.crypto.roster import Role
 
 PASSPHRASE_ENV = "SEALAGG_AUTHORITY_PASSPHRASE"  # noqa: S105 - the variable name, not a secret
@@ -31,7 +34,28 @@ AuthorityDir = Annotated[
     Path, typer.Option("--dir", "-d", help="The authority folder (never on the appliance).")
 ]
 
-app = typer.Typer(help="The federation authority: sign the roster (off the appliance).")
+MinNoise = Annotated[
+    float | None,
+    typer.Option(
+        "--min-noise-multiplier",
+        min=0.0,
+        help="DP floor: every client refuses a round whose noise multiplier z is below it "
+        "(and any round without DP); 0 removes the floor.",
+    ),
+]
+RequirePrivacy = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--require-privacy",
+        help="DP mode every round must use: client or distributed (repeat for either); "
+        "none removes the requirement.",
+    ),
+]
+
+app = typer.Typer(
+    help="The federation authority: sign the roster and its policy, DP floor included "
+    "(off the appliance)."
+)
 
 
 def _passphrase(*, confirm: bool = False) -> bytes:
@@ -50,15 +74,19 @@ def init(
     colluders: Annotated[int | None, typer.Option("--colluders", min=0)] = None,
     minimum_sum: Annotated[int | None, typer.Option("--minimum-sum", min=1)] = None,
     mode: Annotated[list[str] | None, typer.Option("--mode", help="Allowed mode.")] = None,
+    min_noise_multiplier: MinNoise = None,
+    require_privacy: RequirePrivacy = None,
 ) -> None:
     """Create the authority key (passphrase-protected) and an empty roster (version 1),
-    with the federation policy every client will enforce (c, m, allowed modes)."""
-    policy: dict[str, object] = {}
-    for key, value in (("colluders", colluders), ("minimum_sum", minimum_sum)):
-        if value is not None:
-            policy[key] = value
-    if mode:
-        policy["allowed_modes"] = sorted(mode)
+    with the federation policy every client will enforce (c, m, allowed modes, DP floor)."""
+    policy = auth.policy_with(
+        {},
+        colluders=colluders,
+        minimum_sum=minimum_sum,
+        modes=mode,
+        min_noise_multiplier=min_noise_multiplier,
+        required_privacy=require_privacy,
+    )
     signer = auth.init_authority(
         out, _passphrase(confirm=True), federation=federation, policy=policy
     )
@@ -106,26 +134,34 @@ def sign_roster_command(
     colluders: Annotated[int | None, typer.Option("--colluders", min=0)] = None,
     minimum_sum: Annotated[int | None, typer.Option("--minimum-sum", min=1)] = None,
     mode: Annotated[list[str] | None, typer.Option("--mode", help="Allowed mode.")] = None,
+    min_noise_multiplier: MinNoise = None,
+    require_privacy: RequirePrivacy = None,
 ) -> None:
-    """Sign the next roster version: remove clients and/or change the federation policy."""
+    """Sign the next roster version: remove clients and/or change the federation policy
+    (c, m, allowed modes, the DP floor)."""
     signer = auth.FileSigner.load(folder, _passphrase())
     roster = auth.current_roster(folder, signer)
     removed = set(remove or [])
     if unknown := removed - {e.name for e in roster.entries}:
         raise CLIError(f"not on the roster: {', '.join(sorted(unknown))}")
-    policy = dict(roster.policy)
-    for key, value in (("colluders", colluders), ("minimum_sum", minimum_sum)):
-        if value is not None:
-            policy[key] = value
-    if mode:
-        policy["allowed_modes"] = sorted(mode)
-    roster = dataclasses.replace(
-        roster,
-        version=roster.version + 1,
-        issued_at=datetime.now(UTC).replace(microsecond=0),
-        entries=tuple(e for e in roster.entries if e.name not in removed),
-        policy=policy,
+    policy = auth.policy_with(
+        roster.policy,
+        colluders=colluders,
+        minimum_sum=minimum_sum,
+        modes=mode,
+        min_noise_multiplier=min_noise_multiplier,
+        required_privacy=require_privacy,
     )
+    try:
+        roster = dataclasses.replace(
+            roster,
+            version=roster.version + 1,
+            issued_at=datetime.now(UTC).replace(microsecond=0),
+            entries=tuple(e for e in roster.entries if e.name not in removed),
+            policy=policy,
+        )
+    except RosterError as error:
+        raise CLIError(f"not signing: {error}") from None
     auth.publish(folder, roster, signer)
     console.print(f"[green]signed roster version {roster.version}[/]")
 
