@@ -16,7 +16,8 @@ The rule (what every client checks)
 * Only sparse-graph rounds (SecAgg+; :attr:`crypto.config.RoundConfig.is_complete` is
   false), and only when the sizing below finds a committee smaller than the quorum.
   Otherwise the full-quorum check stays exactly as it was (complete graphs, small
-  federations, and corrupt/dropout rates where no committee pays off).
+  federations, corrupt/dropout rates where no committee pays off, and hand-picked graphs
+  that miss the correctness target even without dropouts).
 * Membership: a uniformly random ``m``-subset of the round's *participants* (the roster
   of the :class:`~crypto.config.RoundConfig`, not the advertisers the server relayed),
   drawn from the round's graph seed (:func:`crypto.coins.graph_seed`) with a keyed
@@ -305,9 +306,11 @@ def implied_colluders(num_clients: int, quorum: int) -> int:
 @functools.lru_cache(maxsize=64)
 def implied_dropout(
     num_clients: int, degree: int, threshold: int, failure_bits: int = COMMITTEE_FAILURE_BITS
-) -> float:
+) -> float | None:
     """The largest dropout rate, a multiple of 1/4096, at which the round's graph still
-    meets the failure target (``n · P[Binomial(n-1, p(1-δ)) < t] ≤ 2^-η``); 0.0 if none.
+    meets the failure target (``n · P[Binomial(n-1, p(1-δ)) < t] ≤ 2^-η``); ``None`` when
+    the graph misses it even without dropouts (hand-picked k and t the finder would not
+    choose: no dropout rate is implied, so no committee may be sized for one).
 
     On a grid and decided exactly near the boundary, so every platform finds the same."""
     n, k, t = num_clients, degree, threshold
@@ -321,7 +324,7 @@ def implied_dropout(
         )
 
     if not ok(0):
-        return 0.0
+        return None
     lo, hi = 0, _DROPOUT_GRID  # ok(lo); a dropout rate of 1 never is
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -342,6 +345,11 @@ def committee_for_round(
         return None  # complete graph (SecAgg): the full quorum, unchanged
     colluders = implied_colluders(num_clients, quorum)
     dropout = implied_dropout(num_clients, degree, threshold)
+    if dropout is None:
+        # The graph itself misses the correctness target: a committee sized for no dropouts
+        # would abort the round on any dropped member (seen: n=10, k=8, t=2, three
+        # dropouts, 2 of 4 members left). The full quorum is always safe.
+        return None
     return size_committee(num_clients, colluders, dropout, below=quorum)
 
 

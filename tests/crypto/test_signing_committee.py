@@ -260,6 +260,25 @@ def test_no_committee_where_none_beats_the_quorum_and_never_for_complete_graphs(
     assert kit.config.committee_for(b"\x00" * 32) is None
 
 
+def test_no_committee_for_a_graph_that_misses_the_target_even_without_dropouts():
+    """n=10, k=8, t=2 (hand-picked; the finder would not choose it): the graph alone fails the
+    2^-20 correctness target at zero dropouts, so no dropout rate is implied. A committee
+    sized for none (it was m=4, q=3) aborted rounds that lost 2 of its 4 members to ordinary
+    dropouts; the full quorum finishes them."""
+    from sealagg.crypto.simulation import run_round
+
+    assert cm.implied_dropout(10, 8, 2) is None
+    assert cm.committee_for_round(10, 8, 2, 6) is None
+    dropouts = {2: Phase.SHARE_KEYS, 5: Phase.MASKED_INPUT, 9: Phase.UNMASKING}
+    for seed in range(12):  # every graph seed: the committee once drew 2 of the 3 dropped
+        kit = make_round(10, threshold=2, degree=8, dimension=5, seed=seed)
+        assert kit.config.committee_sizing is None
+        result = run_round(kit.config, kit.identities, kit.inputs, dropouts)
+        expected = [u for u in kit.identities if u not in (2, 5)]
+        assert result.survivors == tuple(expected)
+        np.testing.assert_array_equal(result.total, kit.expected_sum(expected))
+
+
 # --- a lying server --------------------------------------------------------------------
 
 
