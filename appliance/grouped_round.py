@@ -3,12 +3,14 @@
 With ``[aggregation] max_group_size`` set and more members than it, a secagg/secagg+ round
 with ``rule = mean`` is split by the public rule :func:`sealagg.crypto.groups.plan_groups`
 (keyed by the round id, fixed before any key of the round exists) into groups of at least
-``max(m, 3)``. Each group is its own secure-aggregation instance (:class:`GroupMaskedRound`:
-its own round id ``plan.round_id_of(i)`` in its transcript and every signature, its own key
-directory, Shamir shares, survivor list and consistency check), its members re-indexed
-1..g like :class:`~sealagg.appliance.robust.BucketedRound`'s buckets, its threshold and
-quorum chosen and checked against the governing policy per group (all ``c`` colluders
-assumed in that group: the check every member runs). :class:`GroupedRound` moves the
+``max(m, 3)``. Each group is its own secure-aggregation instance (a
+:class:`~sealagg.appliance.rounds.MaskedRound`: its own round id ``plan.round_id_of(i)``
+in its transcript and every signature, its own key directory, Shamir shares, survivor list
+and consistency check), its members re-indexed 1..g like
+:class:`~sealagg.appliance.robust.BucketedRound`'s buckets (both are a
+:class:`~sealagg.appliance.rounds.LockstepRound`), its threshold and quorum chosen and
+checked against the governing policy per group (all ``c`` colluders assumed in that group:
+the check every member runs). :class:`GroupedRound` moves the
 groups in lockstep, in one process or on Ray stripes (below).
 
 What the server sees: **every group's sum** (each over at least ``m`` clients, which is
@@ -48,15 +50,14 @@ built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from typing import Any
 
 import numpy as np
 
-from sealagg.appliance.config import DeadlinesSection
 from sealagg.appliance.rounds import (
-    ActiveRound,
     Aggregate,
+    LockstepRound,
     MaskedRound,
     Member,
     UploadRefusedError,
@@ -64,16 +65,15 @@ from sealagg.appliance.rounds import (
     check_in_range,
 )
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.crypto import Phase, QuantizationSpec, RoundConfig, decode, decode_sum
+from sealagg.crypto import QuantizationSpec, RoundConfig, decode_sum
 from sealagg.crypto.config import check_round_parameters, default_minimum_survivors
 from sealagg.crypto.errors import SecAggError
 from sealagg.crypto.groups import GroupPlan, plan_groups
-from sealagg.crypto.messages import Message, masked_input_view
 from sealagg.crypto.params import choose_graph
 from sealagg.crypto.policy import FederationPolicy, check_round_against_policy
 from sealagg.crypto.rules import require_masking_parties
 
-__all__ = ["GroupMaskedRound", "GroupedRound", "build_grouped_round", "needs_groups"]
+__all__ = ["GroupedRound", "build_grouped_round", "needs_groups"]
 
 
 def needs_groups(max_group_size: int, members: int) -> bool:
@@ -81,28 +81,9 @@ def needs_groups(max_group_size: int, members: int) -> bool:
     return max_group_size > 0 and members > max_group_size
 
 
-class GroupMaskedRound(MaskedRound):
-    """One group's masked round: ``round_id`` (transport: upload headers, steps) is the
-    whole round's; ``config.round_id`` (transcript, signatures, messages) is the group's."""
-
-    def _parse(self, header: pb.UploadHeader, payload: bytes) -> Message:
-        message = (
-            masked_input_view(payload, self.config.round_id, 4 * self.config.vector_length)
-            if self.phase_index == Phase.MASKED_INPUT
-            else None
-        ) or decode(payload, max_bytes=self.upload_limit(header))
-        if self.phase_index != message.PHASE:
-            raise UploadRefusedError(
-                "FAILED_PRECONDITION", f"{message.TYPE} does not belong to phase {self.phase_name}"
-            )
-        return message
-
-
-class GroupedRound(ActiveRound):
+class GroupedRound(LockstepRound):
     """Independent secure groups of one round, closed in lockstep; their sums are added in
     Z_(2^32) and decoded once. Any group failing aborts the round (module doc)."""
-
-    phase_names = MaskedRound.phase_names
 
     def __init__(
         self,
@@ -113,19 +94,15 @@ class GroupedRound(ActiveRound):
         groups: Sequence[MaskedRound],
         spec: QuantizationSpec,
     ) -> None:
-        super().__init__(number, round_id, members)
+        super().__init__(number, round_id, members, groups)
         if len(groups) != len(plan.groups):
             raise ValueError("one masked round per group of the plan")
-        self.plan, self.groups, self.spec = plan, list(groups), spec
-        self.group_of = {name: g for g, group in enumerate(groups) for name in group.members}
+        self.plan, self.spec = plan, spec
+        self.groups, self.group_of = self.parts, self.part_of
         self._total: np.ndarray | None = None
         self._report: dict = {}
-        self._done = False
 
     # ------------------------------------------------------------- what members receive
-
-    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
-        return self.groups[0].phase_deadlines(deadlines)  # the groups move in lockstep
 
     def describe(self, start: pb.RoundStart) -> None:
         """Common parameters; the group's own ones are written per member."""
@@ -149,19 +126,8 @@ class GroupedRound(ActiveRound):
     def round_start_for(self, name: str, common: pb.RoundStart) -> pb.RoundStart:
         """This member's RoundStart: its group re-indexed 1..g with the group's threshold,
         degree and quorum, the whole round's n as headroom, and the split to check."""
-        index = self.group_of[name]
-        group = self.groups[index]
-        start = pb.RoundStart()
-        start.CopyFrom(common)
-        del start.participants[:]
-        start.participants.extend(
-            pb.Participant(index=m.index, name=m.name, identity_key=m.identity_key)
-            for m in sorted(group.members.values(), key=lambda m: m.index)
-        )
-        start.client_index = group.members[name].index
-        group.describe(start)
-        start.max_clients = len(self.members)
-        start.grouping.CopyFrom(self.grouping(index))
+        start = self.part_round_start(name, common, len(self.members))
+        start.grouping.CopyFrom(self.grouping(self.group_of[name]))
         return start
 
     # ------------------------------------------------------------------------ uploads
@@ -172,26 +138,21 @@ class GroupedRound(ActiveRound):
     def check_header(self, name: str, header: pb.UploadHeader) -> int:
         """The sender's group judges the header (its phase is the one that counts); a member
         the round no longer expects (it refused) is refused here too."""
-        if name not in self.group_of:
-            return super().check_header(name, header)  # refused: not a participant
-        if bytes(header.round_id) == self.round_id and name not in self.expected:
+        if (
+            name in self.group_of
+            and bytes(header.round_id) == self.round_id
+            and name not in self.expected
+        ):
             raise UploadRefusedError(
                 "FAILED_PRECONDITION", f"{name} is not expected in phase {self.phase_name}"
             )
-        return self.groups[self.group_of[name]].check_header(name, header)
+        return super().check_header(name, header)
 
-    def accept(self, name: str, header: pb.UploadHeader, payload) -> None:  # type: ignore[override]
-        self.check_header(name, header)
+    def accept(self, name: str, header: pb.UploadHeader, payload: bytes | Sized) -> None:
+        super().accept(name, header, payload)
         group = self.groups[self.group_of[name]]
-        group.accept(name, header, payload)
-        if header.metadata_json:
-            self.metadata[name] = group.metadata[name]
-        self.answered.add(name)
         # A proven blame excludes its client from its group: no phase waits for it.
         self.expected -= set(group.members) - group.expected
-
-    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
-        raise AssertionError("GroupedRound.accept dispatches to the groups")  # pragma: no cover
 
     @property
     def accept_off_loop(self) -> bool:
@@ -213,9 +174,6 @@ class GroupedRound(ActiveRound):
             return set()
         return self.expected - self.answered
 
-    def pending_audit(self) -> list[tuple[str, dict]]:
-        return [record for group in self.groups for record in group.pending_audit()]
-
     # ------------------------------------------------------------------------- phases
 
     def close_phase(self) -> dict[str, pb.Task]:
@@ -234,16 +192,7 @@ class GroupedRound(ActiveRound):
                 raise UploadRefusedError(
                     "ABORTED", f"{_group_text(i, group)} aborted: {error.detail}; so {_WHOLE}"
                 ) from error
-        running = [group for group in self.groups if not group.finished]
-        self._done = not running
-        self.phase_index = max((group.phase_index for group in running), default=0)
-        self.expected = set().union(*(group.expected for group in running))
-        self.answered = set()
-        return {} if self._done else tasks
-
-    @property
-    def finished(self) -> bool:
-        return self._done
+        return self._advance([group for group in self.groups if not group.finished], tasks)
 
     def aggregate(self) -> Aggregate:
         """The modular sum of the group sums, decoded once (bit for bit one round's decode
@@ -330,8 +279,10 @@ def one_process_group(
     spec: QuantizationSpec,
     alongside: list[bytes],
 ) -> MaskedRound:
-    """A group summed in this process (the default)."""
-    return GroupMaskedRound(number, round_id, members, config, spec)
+    """A group summed in this process (the default): ``round_id`` (transport: upload headers,
+    steps) is the whole round's, ``config.round_id`` (transcript, signatures, messages) the
+    group's."""
+    return MaskedRound(number, round_id, members, config, spec)
 
 
 def striped_groups(runtime: Any) -> GroupFactory:
@@ -339,36 +290,10 @@ def striped_groups(runtime: Any) -> GroupFactory:
     on the same stripes, which hold all the groups side by side (keyed by each group's round
     id: appliance/scale/stripe.py), so the groups move in lockstep as in one process. The
     first group is made by the runtime (it checks its stripes and replaces lost ones; the
-    stripes forget every earlier round); the others begin ``alongside`` the groups before.
-    Each stripe then holds one accumulator of its range per group."""
-    from sealagg.appliance.scale.coordinator import plan_stripes
-    from sealagg.appliance.scale.masked_round import StripedMaskedRound
-
-    def make(
-        number: int,
-        round_id: bytes,
-        members: list[Member],
-        config: RoundConfig,
-        spec: QuantizationSpec,
-        alongside: list[bytes],
-    ) -> MaskedRound:
-        if not alongside:
-            return runtime.round_for(number, round_id, members, config, spec)
-        section = runtime.section
-        return StripedMaskedRound(
-            number,
-            round_id,
-            members,
-            config,
-            spec,
-            stripes=runtime.stripes,
-            ranges=plan_stripes(config.vector_length, section.weights),
-            chunk_words=section.chunk_words,
-            timeout=section.call_timeout,
-            alongside=alongside,
-        )
-
-    return make
+    stripes forget every earlier round); the others begin ``alongside`` the groups before
+    (:meth:`~sealagg.appliance.scale.runtime.ScaleRuntime.round_for`). Each stripe then
+    holds one accumulator of its range per group."""
+    return runtime.round_for
 
 
 def build_grouped_round(

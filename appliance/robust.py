@@ -43,10 +43,11 @@ from typing import get_args
 import numpy as np
 
 from sealagg import kernels
-from sealagg.appliance.config import AggregationSection, DeadlinesSection, Rule
+from sealagg.appliance.config import AggregationSection, Rule
 from sealagg.appliance.rounds import (
     ActiveRound,
     Aggregate,
+    LockstepRound,
     MaskedRound,
     Member,
     PlainRound,
@@ -169,7 +170,7 @@ def assign_buckets(round_id: bytes, names: list[str], bucket_size: int) -> list[
     return [sorted(order[i::k]) for i in range(k)]
 
 
-class BucketedRound(ActiveRound):
+class BucketedRound(LockstepRound):
     """Masked modes with a robust rule: one :class:`MaskedRound` per bucket, closed in lockstep.
 
     Uploads are dispatched by the sender's certificate name to its bucket; the
@@ -177,8 +178,6 @@ class BucketedRound(ActiveRound):
     (too few survivors, a protocol abort) is dropped; the round aborts only when
     the remaining buckets no longer satisfy the rule.
     """
-
-    phase_names = MaskedRound.phase_names
 
     def __init__(
         self,
@@ -191,17 +190,12 @@ class BucketedRound(ActiveRound):
         f: int,
         beta: float,
     ) -> None:
-        super().__init__(number, round_id, members)
+        super().__init__(number, round_id, members, buckets)
         self.rule, self.f, self.beta = rule, f, beta
-        self.buckets = buckets
-        self.bucket_of = {name: b for b, bucket in enumerate(buckets) for name in bucket.members}
+        self.buckets, self.bucket_of = self.parts, self.part_of
         self.live = set(range(len(buckets)))
         self.failures: dict[int, str] = {}
         self.robust_report: dict = {}
-        self._done = False
-
-    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
-        return self.buckets[0].phase_deadlines(deadlines)  # the buckets move in lockstep
 
     def describe(self, start: pb.RoundStart) -> None:
         """The common vector length; the rest is per bucket (:meth:`round_start_for`)."""
@@ -209,45 +203,14 @@ class BucketedRound(ActiveRound):
 
     def round_start_for(self, name: str, common: pb.RoundStart) -> pb.RoundStart:
         """This client's RoundStart: only its bucket, re-indexed, with the bucket's parameters."""
-        bucket = self.buckets[self.bucket_of[name]]
-        start = pb.RoundStart()
-        start.CopyFrom(common)
-        del start.participants[:]
-        start.participants.extend(
-            pb.Participant(index=m.index, name=m.name, identity_key=m.identity_key)
-            for m in sorted(bucket.members.values(), key=lambda m: m.index)
-        )
-        start.client_index = bucket.members[name].index
-        bucket.describe(start)
-        start.max_clients = len(bucket.members)
-        return start
+        return self.part_round_start(name, common, len(self.buckets[self.bucket_of[name]].members))
 
     def result_audit(self) -> dict[str, dict]:
         """Which rule ran over which buckets, which failed and which were chosen."""
         return _robust_audit(self.number, self.robust_report)
 
-    def pending_audit(self) -> list[tuple[str, dict]]:
-        """Every bucket's records (e.g. a client excluded on a proven blame), handed over once."""
-        return [record for bucket in self.buckets for record in bucket.pending_audit()]
-
     def upload_limit(self, header: pb.UploadHeader) -> int:
         return self.buckets[min(self.live)].upload_limit(header) if self.live else 0
-
-    def accept(self, name: str, header: pb.UploadHeader, payload: bytes | bytearray) -> None:
-        self.check_header(name, header)
-        self.buckets[self.bucket_of[name]].accept(name, header, payload)
-        if header.metadata_json:
-            self.metadata[name] = self.buckets[self.bucket_of[name]].metadata[name]
-        self.answered.add(name)
-
-    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
-        raise AssertionError("BucketedRound.accept dispatches to the buckets")  # pragma: no cover
-
-    def check_header(self, name: str, header: pb.UploadHeader) -> int:
-        """The sender's bucket judges the header: its phase is the one that counts."""
-        if name not in self.bucket_of:
-            return super().check_header(name, header)  # refused: not a participant
-        return self.buckets[self.bucket_of[name]].check_header(name, header)
 
     def close_phase(self) -> dict[str, pb.Task]:
         """Close every live bucket's phase; a bucket already finished waits for the others.
@@ -272,16 +235,7 @@ class BucketedRound(ActiveRound):
             lost = "; ".join(f"bucket {b}: {why}" for b, why in sorted(self.failures.items()))
             raise UploadRefusedError("ABORTED", f"robust rule: {error} ({lost})") from None
         running = [self.buckets[b] for b in sorted(self.live) if not self.buckets[b].finished]
-        self._done = not running
-        # The deadline of the furthest phase still running (later phases wait longer).
-        self.phase_index = max((bucket.phase_index for bucket in running), default=0)
-        self.expected = set().union(*(bucket.expected for bucket in running))
-        self.answered = set()
-        return {} if self._done else tasks
-
-    @property
-    def finished(self) -> bool:
-        return self._done
+        return self._advance(running, tasks)
 
     def aggregate(self) -> Aggregate:
         live = sorted(self.live)

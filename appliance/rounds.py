@@ -275,9 +275,14 @@ class MaskedRound(ActiveRound):
 
     def _parse(self, header: pb.UploadHeader, payload: bytes) -> Message:
         """The protocol message of this phase (a masked input's vector is a view into
-        ``payload``, not a copy); SecAggError when malformed, refused for another phase."""
+        ``payload``, not a copy); SecAggError when malformed, refused for another phase.
+
+        A masked input must name the transcript's round id (``config.round_id``): the same
+        as ``round_id`` except in a grouped round's group, whose transport (upload headers,
+        steps) names the whole round and whose transcript names the group
+        (appliance/grouped_round.py)."""
         message = (
-            masked_input_view(payload, self.round_id, 4 * self.config.vector_length)
+            masked_input_view(payload, self.config.round_id, 4 * self.config.vector_length)
             if self.phase_index == Phase.MASKED_INPUT
             else None
         ) or decode(payload, max_bytes=self.upload_limit(header))
@@ -357,6 +362,80 @@ class MaskedRound(ActiveRound):
 
     def total_digest_source(self) -> bytes:
         return self.server.result.total.tobytes()
+
+
+class LockstepRound(ActiveRound):
+    """One round made of several :class:`MaskedRound` parts (a robust rule's buckets,
+    appliance/robust.py; a large round's groups, appliance/grouped_round.py), each member in
+    exactly one, re-indexed 1..g there. Uploads go to the sender's part (by its certificate
+    name); the parts close in lockstep. Subclasses close the parts and decide what a part's
+    failure means (:meth:`close_phase`), then call :meth:`_advance`."""
+
+    phase_names = MaskedRound.phase_names
+
+    def __init__(
+        self, number: int, round_id: bytes, members: list[Member], parts: Sequence[MaskedRound]
+    ) -> None:
+        super().__init__(number, round_id, members)
+        self.parts = list(parts)
+        self.part_of = {name: i for i, part in enumerate(self.parts) for name in part.members}
+        self._done = False
+
+    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
+        return self.parts[0].phase_deadlines(deadlines)  # the parts move in lockstep
+
+    def part_round_start(self, name: str, common: pb.RoundStart, max_clients: int) -> pb.RoundStart:
+        """``name``'s RoundStart: only its part's members, re-indexed, with the part's
+        parameters (threshold, degree, quorum: what the member checks) and ``max_clients``."""
+        part = self.parts[self.part_of[name]]
+        start = pb.RoundStart()
+        start.CopyFrom(common)
+        del start.participants[:]
+        start.participants.extend(
+            pb.Participant(index=m.index, name=m.name, identity_key=m.identity_key)
+            for m in sorted(part.members.values(), key=lambda m: m.index)
+        )
+        start.client_index = part.members[name].index
+        part.describe(start)
+        start.max_clients = max_clients
+        return start
+
+    def pending_audit(self) -> list[tuple[str, dict]]:
+        """Every part's records (e.g. a client excluded on a proven blame), handed over once."""
+        return [record for part in self.parts for record in part.pending_audit()]
+
+    def check_header(self, name: str, header: pb.UploadHeader) -> int:
+        """The sender's part judges the header: its phase is the one that counts."""
+        if name not in self.part_of:
+            return super().check_header(name, header)  # refused: not a participant
+        return self.parts[self.part_of[name]].check_header(name, header)
+
+    def accept(
+        self, name: str, header: pb.UploadHeader, payload: bytes | bytearray | Sized
+    ) -> None:
+        self.check_header(name, header)
+        part = self.parts[self.part_of[name]]
+        part.accept(name, header, payload)
+        if header.metadata_json:
+            self.metadata[name] = part.metadata[name]
+        self.answered.add(name)
+
+    def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
+        raise AssertionError("LockstepRound.accept dispatches to the parts")  # pragma: no cover
+
+    def _advance(self, running: list[MaskedRound], tasks: dict[str, pb.Task]) -> dict[str, pb.Task]:
+        """After the parts closed their phase: done when none is ``running``; else the round
+        waits for the furthest phase still running (later phases wait longer) and everyone
+        the running parts expect."""
+        self._done = not running
+        self.phase_index = max((part.phase_index for part in running), default=0)
+        self.expected = set().union(*(part.expected for part in running))
+        self.answered = set()
+        return {} if self._done else tasks
+
+    @property
+    def finished(self) -> bool:
+        return self._done
 
 
 class WeightedSum:

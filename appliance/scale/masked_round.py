@@ -36,8 +36,6 @@ and presence streams while chunks travel to the stripes.
 from __future__ import annotations
 
 import asyncio
-import collections
-import dataclasses
 import hmac
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,27 +51,14 @@ from sealagg.appliance.rounds import (
     check_in_range,
 )
 from sealagg.appliance.scale.coordinator import StripedRound, StripeLostError, StripeRange
+from sealagg.appliance.scale.sink import ChunkSink, StreamedUpload
 from sealagg.appliance.wire import sealagg_pb2 as pb
-from sealagg.crypto import Phase, QuantizationSpec, RoundConfig, decode
+from sealagg.crypto import Phase, QuantizationSpec, RoundConfig
 from sealagg.crypto.errors import SecAggError
-from sealagg.crypto.messages import Message, masked_input_prefix, masked_input_view
-
-#: Chunk calls a streamed upload may have in flight before it waits for the oldest.
-MAX_IN_FLIGHT = 8
+from sealagg.crypto.messages import masked_input_prefix
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamedUpload:
-    """What a finished stream hands the orchestrator in place of a payload: every chunk is
-    staged on its stripe; ``len()`` is the bytes received (the header's ``total_bytes``)."""
-
-    sink: StripeUploadSink
-
-    def __len__(self) -> int:
-        return self.sink.received
-
-
-class StripeUploadSink:
+class StripeUploadSink(ChunkSink):
     """One client's masked input (no blames), forwarded to the stripes as it arrives.
 
     Why this is as safe as the whole-payload path: the header already passed
@@ -85,6 +70,9 @@ class StripeUploadSink:
     state machine sees the sender only when the orchestrator accepts the finished stream.
     """
 
+    round: StripedMaskedRound
+    what = "the masked input"
+
     def __init__(
         self,
         round_: StripedMaskedRound,
@@ -92,20 +80,12 @@ class StripeUploadSink:
         total_bytes: int,
         wake: Callable[[], None] | None = None,
     ) -> None:
-        self.round = round_
-        self.wake = wake  # a lost stripe: the phase waits for nobody, it closes now
-        self.member = member
+        super().__init__(round_, member, round_.config.vector_length, wake)
         self.total_bytes = total_bytes
         # The transcript's round id (a grouped round's group: not the transport's round id).
         self.prefix = masked_input_prefix(round_.config.round_id, 4 * round_.config.vector_length)
         self._head = bytearray()  # the prefix as received, until it is checked
-        self._pending = bytearray()  # vector bytes short of the next chunk border
-        self._word = 0  # the next coordinate to forward
-        self._refs: collections.deque[Any] = collections.deque()
-        self.received = 0
         self.forwarded = 0  # vector bytes handed to the stripes
-        self.peak_held = 0  # the most bytes this sink held at once (pending + a cut chunk)
-        self.outcome = "streaming"
 
     async def feed(self, data: bytes) -> None:
         """Take the next bytes of the upload (the caller checked they fit its header)."""
@@ -125,38 +105,7 @@ class StripeUploadSink:
                     "(another round, type or length); nothing was forwarded",
                 )
             self._call(self.round.begin_stream, self.member)
-        striped = self.round.striped
-        while rest:
-            border = striped.boundary_after(self._word)
-            need = 4 * (border - self._word) - len(self._pending)
-            if len(rest) < need:
-                self._pending += rest
-                self._note(len(self._pending))
-                return
-            if self._pending:
-                self._pending += rest[:need]
-                chunk = bytes(self._pending)
-                self._pending = bytearray()
-            else:
-                chunk = bytes(rest[:need])
-            self._note(len(self._pending) + len(chunk))
-            rest = rest[need:]
-            refs = self._call(striped.put_range, self.member.index, self._word, chunk)
-            self._refs.extend(refs)
-            self.forwarded += len(chunk)
-            self._word = border
-            del chunk
-            while len(self._refs) > MAX_IN_FLIGHT:
-                await self._wait(self._refs.popleft())
-
-    async def finish(self) -> StreamedUpload:
-        """Every byte arrived: wait for the stripes to stage the last chunks."""
-        if self._word != self.round.config.vector_length or self._pending:
-            raise UploadRefusedError("INVALID_ARGUMENT", "the masked input ended early")
-        while self._refs:
-            await self._wait(self._refs.popleft())
-        self.outcome = "complete"
-        return StreamedUpload(self)
+        await self._forward(rest)
 
     def abort(self) -> None:
         """The stream ended early or was refused: what was staged stays staged, incomplete."""
@@ -165,9 +114,13 @@ class StripeUploadSink:
         if self.outcome == "streaming":
             self.outcome = "aborted"
 
-    def _note(self, held: int) -> None:
-        self.peak_held = max(self.peak_held, held)
-        self.round.stream_peak = max(self.round.stream_peak, held)
+    def _boundary_after(self, word: int) -> int:
+        return self.round.striped.boundary_after(word)
+
+    def _stage(self, chunk: bytes) -> None:
+        refs = self._call(self.round.striped.put_range, self.member.index, self._word, chunk)
+        self._refs.extend(refs)
+        self.forwarded += len(chunk)
 
     def _call(self, step: Any, *args: Any) -> Any:
         try:
@@ -176,11 +129,7 @@ class StripeUploadSink:
             self.outcome = "refused"
             raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
         except StripeLostError as error:
-            self.outcome = "refused"
-            self.round._lose(error)
-            if self.wake is not None:
-                self.wake()
-            raise UploadRefusedError("FAILED_PRECONDITION", self.round.lost or str(error)) from None
+            self._lost(error)
 
     async def _wait(self, ref: Any) -> None:
         striped = self.round.striped
@@ -256,20 +205,6 @@ class StripedMaskedRound(MaskedRound):
         self.streams[name] = sink
         return sink
 
-    def _parse(self, header: pb.UploadHeader, payload: bytes) -> Message:
-        """As :meth:`MaskedRound._parse`, against the transcript's round id
-        (``config.round_id``: a grouped round's group's, else the same as ``round_id``)."""
-        message = (
-            masked_input_view(payload, self.config.round_id, 4 * self.config.vector_length)
-            if self.phase_index == Phase.MASKED_INPUT
-            else None
-        ) or decode(payload, max_bytes=self.upload_limit(header))
-        if self.phase_index != message.PHASE:
-            raise UploadRefusedError(
-                "FAILED_PRECONDITION", f"{message.TYPE} does not belong to phase {self.phase_name}"
-            )
-        return message
-
     def begin_stream(self, member: Member) -> None:
         """The prefix checked: the sender may start staging chunks (as :meth:`_accept`)."""
         if self.lost is not None:
@@ -293,11 +228,11 @@ class StripedMaskedRound(MaskedRound):
         except SecAggError as error:
             raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
         except StripeLostError as error:
-            self._lose(error)
+            self.lose(error)
             raise UploadRefusedError("FAILED_PRECONDITION", self.lost or str(error)) from None
         self._note_blames()
 
-    def _lose(self, error: StripeLostError) -> None:
+    def lose(self, error: StripeLostError) -> None:
         """The round cannot finish: wait for nobody (the phase closes at once and aborts)."""
         if self.lost is None:
             self.lost = str(error)
@@ -307,7 +242,7 @@ class StripedMaskedRound(MaskedRound):
         try:
             out = self.striped.close_phase()  # SecAggError (e.g. below threshold): round aborts
         except StripeLostError as error:
-            self._lose(error)
+            self.lose(error)
             raise UploadRefusedError("ABORTED", self.lost or str(error)) from None
         self._note_blames()  # blames are judged at the masked-input close: audit them now
         if self.striped.phase is None:
@@ -341,7 +276,7 @@ class StripedMaskedRound(MaskedRound):
         try:
             mean, total_weight = self.striped.decode(self.spec)
         except StripeLostError as error:
-            self._lose(error)
+            self.lose(error)
             raise ValueError(str(error)) from None
         check_in_range(mean, total_weight, self.spec, len(outcome.survivors))
         return self._result(mean, total_weight, outcome.survivors)

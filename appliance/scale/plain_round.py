@@ -49,7 +49,6 @@ started by the appliance from its own installation, their traffic TLS on loopbac
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
@@ -60,7 +59,6 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from sealagg import kernels
-from sealagg.appliance.config import DeadlinesSection
 from sealagg.appliance.robust import _robust_audit, check_feasible
 from sealagg.appliance.rounds import (
     ActiveRound,
@@ -72,11 +70,10 @@ from sealagg.appliance.rounds import (
 )
 from sealagg.appliance.scale.coordinator import StripeLostError, StripeRange
 from sealagg.appliance.scale.plain_stripe import PlainStripeRefusedError
+from sealagg.appliance.scale.sink import ChunkSink, StreamedUpload
 from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.kernels._krum import krum_scores_from_distances
 
-#: Chunk calls a streamed upload may have in flight before it waits for the oldest.
-MAX_IN_FLIGHT = 8
 #: Weiszfeld as :func:`kernels.geometric_median` runs it (its defaults).
 WEISZFELD_NU, WEISZFELD_MAX_ITER, WEISZFELD_FTOL = 1e-6, 100, 1e-6
 
@@ -167,18 +164,7 @@ class _UpdateCheck(WeightedSum):
         self.dimension = dimension
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamedPlainUpload:
-    """A finished stream in place of the payload: every chunk is staged on its stripe;
-    ``len()`` is the bytes received."""
-
-    sink: PlainUploadSink
-
-    def __len__(self) -> int:
-        return self.sink.received
-
-
-class PlainUploadSink:
+class PlainUploadSink(ChunkSink):
     """One client's plaintext update, forwarded to the stripes as it arrives.
 
     The header already passed ``check_upload`` (member, phase, size 4d, not answered) and
@@ -187,19 +173,14 @@ class PlainUploadSink:
     dropped (:meth:`abort`), and only a finished stream reaches :meth:`ActiveRound.accept`.
     """
 
+    round: StripedPlainRound
+    what = "the update"
+
     def __init__(
         self, round_: StripedPlainRound, member: Member, wake: Callable[[], None] | None
     ) -> None:
-        self.round = round_
-        self.member = member
-        self.wake = wake  # a lost stripe: the phase waits for nobody, it closes now
-        self._pending = bytearray()  # bytes short of the next chunk border
-        self._word = 0  # the next coordinate to forward
-        self._refs: collections.deque[Any] = collections.deque()
+        super().__init__(round_, member, round_.dimension, wake)
         self._begun = False
-        self.received = 0
-        self.peak_held = 0  # the most bytes this sink held at once
-        self.outcome = "streaming"
 
     async def feed(self, data: bytes) -> None:
         """Take the next bytes of the upload (the caller checked they fit its header)."""
@@ -207,41 +188,7 @@ class PlainUploadSink:
             self._call(self.round.begin_upload, self.member)
             self._begun = True
         self.received += len(data)
-        rest = memoryview(data).cast("B")
-        while rest:
-            border = self.round.boundary_after(self._word)
-            need = 4 * (border - self._word) - len(self._pending)
-            if len(rest) < need:
-                self._pending += rest
-                self._note(len(self._pending))
-                return
-            if self._pending:
-                self._pending += rest[:need]
-                chunk = bytes(self._pending)
-                self._pending = bytearray()
-            else:
-                chunk = bytes(rest[:need])
-            self._note(len(chunk))
-            rest = rest[need:]
-            if not np.isfinite(np.frombuffer(chunk, dtype="<f4")).all():
-                self.outcome = "refused"
-                raise UploadRefusedError("INVALID_ARGUMENT", "update contains NaN or Inf; refused")
-            self._refs.append(
-                self._call(self.round.put_chunk, self.member.index, self._word, chunk)
-            )
-            self._word = border
-            del chunk
-            while len(self._refs) > MAX_IN_FLIGHT:
-                await self._wait(self._refs.popleft())
-
-    async def finish(self) -> StreamedPlainUpload:
-        """Every byte arrived: wait for the stripes to stage the last chunks."""
-        if self._word != self.round.dimension or self._pending:
-            raise UploadRefusedError("INVALID_ARGUMENT", "the update ended early")
-        while self._refs:
-            await self._wait(self._refs.popleft())
-        self.outcome = "complete"
-        return StreamedPlainUpload(self)
+        await self._forward(memoryview(data).cast("B"))
 
     def abort(self) -> None:
         """The stream ended early or was refused: what it staged is dropped."""
@@ -252,19 +199,20 @@ class PlainUploadSink:
         if self._begun:
             self.round.release(self.member)
 
-    def _note(self, held: int) -> None:
-        self.peak_held = max(self.peak_held, held)
-        self.round.stream_peak = max(self.round.stream_peak, held)
+    def _boundary_after(self, word: int) -> int:
+        return self.round.boundary_after(word)
+
+    def _stage(self, chunk: bytes) -> None:
+        if not np.isfinite(np.frombuffer(chunk, dtype="<f4")).all():
+            self.outcome = "refused"
+            raise UploadRefusedError("INVALID_ARGUMENT", "update contains NaN or Inf; refused")
+        self._refs.append(self._call(self.round.put_chunk, self.member.index, self._word, chunk))
 
     def _call(self, step: Callable[..., Any], *args: Any) -> Any:
         try:
             return step(*args)
         except StripeLostError as error:
-            self.outcome = "refused"
-            self.round.lose(error)
-            if self.wake is not None:
-                self.wake()
-            raise UploadRefusedError("FAILED_PRECONDITION", self.round.lost or str(error)) from None
+            self._lost(error)
         except UploadRefusedError:
             self.outcome = "refused"
             raise
@@ -278,17 +226,18 @@ class PlainUploadSink:
                 "INVALID_ARGUMENT", f"the update was refused: {refusal.cause}"
             ) from None
         except StripeLostError as error:
-            self._call(_raise, error)
-
-
-def _raise(error: Exception) -> None:
-    raise error
+            self._lost(error)
 
 
 class StripedPlainRound(ActiveRound):
     """A plaintext / attested round whose updates the stripes hold (see the module doc)."""
 
+    #: Described as :class:`PlainRound` describes itself: one phase, its deadline, the vector
+    #: length and the upload limit (4d bytes of plaintext update).
     phase_names = PlainRound.phase_names
+    phase_deadlines = PlainRound.phase_deadlines
+    describe = PlainRound.describe
+    upload_limit = PlainRound.upload_limit
     #: Uploads are forwarded with blocking Ray calls: the orchestrator accepts them off the loop.
     accept_off_loop = True
 
@@ -335,20 +284,7 @@ class StripedPlainRound(ActiveRound):
         except (StripeRefusedCallError, StripeLostError) as error:
             raise ValueError(f"the stripes could not begin the round: {error}") from None
 
-    # ------------------------------------------------------- how the round describes itself
-
-    def phase_deadlines(self, deadlines: DeadlinesSection) -> tuple[float, ...]:
-        return (deadlines.advertise_keys,)  # one phase: local training and the upload
-
-    def describe(self, start: pb.RoundStart) -> None:
-        start.vector_length = self.dimension
-
-    def upload_limit(self, header: pb.UploadHeader) -> int:
-        if header.kind != "plaintext_update":
-            raise UploadRefusedError(
-                "INVALID_ARGUMENT", f"plaintext rounds take updates, not {header.kind!r}"
-            )
-        return 4 * self.dimension
+    # ---------------------------------------------------------------------------- audit
 
     def result_audit(self) -> dict[str, dict]:
         """Which rule ran and which clients it chose (as :class:`RobustPlainRound`)."""
@@ -418,14 +354,14 @@ class StripedPlainRound(ActiveRound):
         try:
             super().accept(name, header, payload)
         except BaseException:
-            if isinstance(payload, StreamedPlainUpload):  # e.g. the phase closed meanwhile
+            if isinstance(payload, StreamedUpload):  # e.g. the phase closed meanwhile
                 payload.sink.round.release(payload.sink.member)
             raise
 
     def _accept(self, member: Member, header: pb.UploadHeader, payload: Any) -> None:
         if self.lost is not None:
             raise UploadRefusedError("FAILED_PRECONDITION", self.lost)
-        if isinstance(payload, StreamedPlainUpload):  # every chunk staged
+        if isinstance(payload, StreamedUpload):  # every chunk staged
             sink = payload.sink
             if sink.round is not self or sink.member is not member or sink.outcome != "complete":
                 raise UploadRefusedError("FAILED_PRECONDITION", "a stream of another upload")

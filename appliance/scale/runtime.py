@@ -126,12 +126,18 @@ class ScaleRuntime:
         members: list[Member],
         config: RoundConfig,
         spec: QuantizationSpec,
+        alongside: list[bytes] | None = None,
     ) -> StripedMaskedRound:
         """A round over live stripes (lost ones replaced first); ``ValueError`` when the
-        ranges cannot be planned or the stripes cannot begin (the round is then aborted)."""
-        self._use("masked")
-        self._replace_lost()
-        ranges = plan_stripes(config.vector_length, self.section.weights)
+        ranges cannot be planned or the stripes cannot begin (the round is then aborted).
+
+        ``alongside``: the round ids of the groups of the same grouped round already begun
+        on these stripes (appliance/grouped_round.py). Such a group is begun beside them, on
+        the stripes as they are: only the first group checks and replaces the stripes (a
+        replaced stripe would forget the groups before it)."""
+        if not alongside:
+            self._use("masked")
+            self._replace_lost()
         return StripedMaskedRound(
             number,
             round_id,
@@ -139,9 +145,10 @@ class ScaleRuntime:
             config,
             spec,
             stripes=self.stripes,
-            ranges=ranges,
+            ranges=plan_stripes(config.vector_length, self.section.weights),
             chunk_words=self.section.chunk_words,
             timeout=self.section.call_timeout,
+            alongside=alongside or (),
         )
 
     def plain_round_for(

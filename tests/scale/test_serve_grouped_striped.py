@@ -15,32 +15,19 @@ import numpy as np
 import pytest
 import ray
 from sealagg_testkit.audit import audit_details
-from sealagg_testkit.clients import expected_bias_and_weight, join, published_flat, run_clients
-from sealagg_testkit.striped import two_rounds_with_a_stripe_killed
+from sealagg_testkit.striped import (
+    MASKED_DEADLINES,
+    assert_published_mean,
+    one_round_without,
+    two_rounds_with_a_stripe_killed,
+)
 
 from sealagg.appliance.grouped_round import GroupedRound
 from sealagg.appliance.scale.stripe import Stripe, StripeRefusedError
 from sealagg.client_shim import connection as shim_connection
-from sealagg.client_shim.session import Participant
-from sealagg.crypto import Phase
 from sealagg.crypto.groups import plan_groups
 
 N = 8
-DEADLINES = dict.fromkeys(
-    ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking"), 60
-)
-
-
-class VanishedError(Exception):
-    """A test client 'dies': its connection and presence stream close."""
-
-
-class VanishBeforeMasking(Participant):
-    def _send(self, start, phase, message, *rest):
-        if phase == Phase.MASKED_INPUT:
-            self.connection.close()
-            raise VanishedError("vanished before its masked input")
-        return super()._send(start, phase, message, *rest)
 
 
 def test_groups_run_side_by_side_on_the_same_stripes(
@@ -50,7 +37,7 @@ def test_groups_run_side_by_side_on_the_same_stripes(
     dep = deployment(clients=N)
     dep.configure(
         aggregation={"mode": "secagg+", "min_clients": N, "rounds": 1, "max_group_size": 4},
-        deadlines=DEADLINES,
+        deadlines=MASKED_DEADLINES,
         scale={"stripes": [3, 1], "chunk_words": 16, "address": cluster.cluster.address},
     )
     held: list[list[list[bytes]]] = []  # what each stripe held, at each close
@@ -64,23 +51,7 @@ def test_groups_run_side_by_side_on_the_same_stripes(
 
     monkeypatch.setattr(GroupedRound, "close_phase", close_phase)
     app = running(dep.folder)
-
-    def make(conn):
-        kind = VanishBeforeMasking if conn.kit.name == "client5" else Participant
-        return kind(conn, poll_seconds=0.5)
-
-    threads, _, errors = run_clients(dep, [f"client{i}" for i in range(N)], make=make)
-    app.wait(150)
-    join(threads, 30)
-    assert set(errors) == {"client5"} and isinstance(errors["client5"], VanishedError), errors
-
-    outcome = app.app.orchestrator.history[-1]
-    assert outcome.outcome == "published", outcome
-    members = [i for i in range(N) if i != 5]
-    assert outcome.contributors == tuple(f"client{i}" for i in members)
-    version, flat, _ = published_flat(dep)
-    assert version == 2
-    np.testing.assert_allclose(flat, expected_bias_and_weight(members), atol=2e-6)
+    one_round_without(dep, app, N, "client5")
 
     (setup,) = audit_details(dep, "grouped_round")
     assert setup["stripes"] == 2 and [g["size"] for g in setup["groups"]] == [4, 4]
@@ -103,7 +74,7 @@ def test_a_stripe_lost_in_one_group_aborts_the_whole_round(
     dep = deployment(clients=N)
     dep.configure(
         aggregation={"mode": "secagg+", "min_clients": N, "rounds": 2, "max_group_size": 4},
-        deadlines=DEADLINES,
+        deadlines=MASKED_DEADLINES,
         scale={"stripes": [3, 1], "chunk_words": 16, "address": cluster.cluster.address},
     )
     app = running(dep.folder)
@@ -117,9 +88,7 @@ def test_a_stripe_lost_in_one_group_aborts_the_whole_round(
     assert aborted.outcome == "aborted" and "group" in aborted.reason, aborted
     assert published.contributors == tuple(f"client{i}" for i in range(N))
     assert runtime.replaced == 1
-    version, flat, _ = published_flat(dep)
-    assert version == 2  # round 1 published nothing
-    np.testing.assert_allclose(flat, expected_bias_and_weight(range(N)), atol=2e-6)
+    assert_published_mean(dep, range(N))  # round 1 published nothing
     assert [r["round"] for r in audit_details(dep, "grouped_round_survivors")] == [2]
 
 

@@ -1,10 +1,10 @@
 """Helpers the Ray-striped tests share (tests/scale/): stripe pools, a client that kills a
-stripe mid-round, and a record of what each striped round aggregated. Imports Ray: only the
-scale tests import this module."""
+stripe mid-round, one that vanishes before its masked input, and a record of what each
+striped round aggregated. Imports Ray: only the scale tests import this module."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,7 +15,13 @@ from sealagg.appliance.scale.coordinator import stripe_actor_class
 from sealagg.appliance.scale.masked_round import StripedMaskedRound
 from sealagg.client_shim.session import Participant
 from sealagg.crypto import Phase
-from sealagg_testkit.clients import join, run_clients
+from sealagg_testkit.clients import expected_bias_and_weight, join, published_flat, run_clients
+
+#: Every masked phase's deadline, generous: presence ends a vanished client's wait at once;
+#: these only bound a hang.
+MASKED_DEADLINES = dict.fromkeys(
+    ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking"), 60
+)
 
 
 def stripe_pool(count: int) -> Iterator[list[Any]]:
@@ -69,3 +75,45 @@ def two_rounds_with_a_stripe_killed(dep: Any, app: Any, n: int, monkeypatch: Any
     join(threads, 30)
     assert not errors, errors
     return reports
+
+
+class VanishedError(Exception):
+    """A test client 'dies': its connection and presence stream close."""
+
+
+class VanishBeforeMasking(Participant):
+    """Closes its connection instead of sending its masked input."""
+
+    def _send(self, start, phase, message, *rest):
+        if phase == Phase.MASKED_INPUT:
+            self.connection.close()
+            raise VanishedError("vanished before its masked input")
+        return super()._send(start, phase, message, *rest)
+
+
+def one_round_without(dep: Any, app: Any, n: int, vanishing: str) -> None:
+    """One round of ``n`` shim clients in which ``vanishing`` closes its connection instead
+    of sending its masked input: it is the only client that fails, and the round publishes
+    the exact weighted mean over the others (:func:`assert_published_mean`)."""
+
+    def make(conn):
+        kind = VanishBeforeMasking if conn.kit.name == vanishing else Participant
+        return kind(conn, poll_seconds=0.5)
+
+    threads, _, errors = run_clients(dep, [f"client{i}" for i in range(n)], make=make)
+    app.wait(150)
+    join(threads, 30)
+    assert set(errors) == {vanishing} and isinstance(errors[vanishing], VanishedError), errors
+    outcome = app.app.orchestrator.history[-1]
+    assert outcome.outcome == "published", outcome
+    members = [i for i in range(n) if f"client{i}" != vanishing]
+    assert outcome.contributors == tuple(f"client{i}" for i in members)
+    assert_published_mean(dep, members)
+
+
+def assert_published_mean(dep: Any, members: Iterable[int]) -> None:
+    """The one model published (version 2: any round before it published nothing) is the
+    weighted mean of ``members``' updates (within the quantization bound)."""
+    version, flat, _ = published_flat(dep)
+    assert version == 2
+    np.testing.assert_allclose(flat, expected_bias_and_weight(members), atol=2e-6)
