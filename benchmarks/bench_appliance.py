@@ -116,10 +116,17 @@ def round_seconds(
 
 
 def _rounds(
-    mode: str, clients: int, dimension: int, rounds: int, processes: bool
+    mode: str,
+    clients: int,
+    dimension: int,
+    rounds: int,
+    processes: bool,
+    marks_to: Path | None = None,
 ) -> tuple[list[float], list[float]]:
     """(round seconds, CPU seconds of this process per round). With client processes this
-    process is the appliance alone, so the CPU figure is what the appliance itself spends."""
+    process is the appliance alone, so the CPU figure is what the appliance itself spends.
+    ``marks_to``: append ``mode start end`` (CLOCK_MONOTONIC seconds) of the warm rounds, the
+    window a profiler (benchmarks/profile_loopback.py) keeps."""
     with tempfile.TemporaryDirectory() as tmp:
         dep = make_deployment(Path(tmp), clients=clients, model=_model(dimension))
         _configure(dep, mode, clients, rounds)
@@ -130,13 +137,19 @@ def _rounds(
             else _clients(dep, rounds, dimension)
         )
         history = app.app.orchestrator.history
-        marks, seen = [time.process_time()], 0
+        marks, seen, window = [time.process_time()], 0, [0.0, 0.0]
         while app.thread.is_alive() and len(history) < rounds:
             if len(history) != seen:  # a round ended: the next one opens right away
                 seen = len(history)
                 marks.append(time.process_time())
+                if seen == 1:
+                    window[0] = time.monotonic()  # warm rounds start here
             time.sleep(0.002)
         marks.append(time.process_time())
+        window[1] = time.monotonic()
+        if marks_to is not None:
+            with marks_to.open("a") as out:
+                out.write(f"{mode} {window[0]:.6f} {window[1]:.6f} {len(history) - 1}\n")
         app.wait(600)
         for worker in workers:
             if isinstance(worker, subprocess.Popen):
@@ -190,7 +203,9 @@ def _compare_rounds(args: argparse.Namespace, n: int) -> list[dict]:
     cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
     for _ in range(args.repeat):
         for mode in args.modes:
-            times, seconds = _rounds(mode, n, args.dimension, args.rounds, args.client_processes)
+            times, seconds = _rounds(
+                mode, n, args.dimension, args.rounds, args.client_processes, args.marks
+            )
             warm[mode] += times[1:]  # the first round of a run warms up (JIT, connections)
             cpu[mode] += seconds[1:]
             print(
@@ -232,6 +247,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10])
     parser.add_argument("--dimension", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--marks", type=Path, help="append each run's warm-round window (monotonic clock) here"
+    )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds per mode (the first warms up)"
     )
