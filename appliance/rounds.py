@@ -34,7 +34,12 @@ from sealagg.crypto import (
     decode_sum,
 )
 from sealagg.crypto.errors import SecAggError
-from sealagg.crypto.messages import MAX_BLAME_BYTES, Message, masked_input_view
+from sealagg.crypto.messages import (
+    MAX_BLAME_BYTES,
+    Message,
+    masked_input_prefix,
+    masked_input_view,
+)
 
 #: Protocol messages other than the masked vector are small; this bounds them.
 SMALL_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -266,9 +271,36 @@ class MaskedRound(ActiveRound):
             return 4 * self.config.vector_length + _MSGPACK_OVERHEAD + blames
         return SMALL_MESSAGE_BYTES
 
+    def stream_sink(
+        self, name: str, header: pb.UploadHeader, wake: Callable[[], None] | None = None
+    ) -> UploadSink | None:
+        """A sink adding a masked input without blames into the running sum as it arrives
+        (appliance/masked_stream.py); None otherwise (the whole-payload path). The rule is
+        :class:`~appliance.scale.masked_round.StripedMaskedRound`'s: the header's size is
+        exactly the prefix plus the vector, which only a message without blames has."""
+        from sealagg.appliance.masked_stream import MaskedInputSink  # it imports this module
+
+        vector_bytes = 4 * self.config.vector_length
+        if (
+            self.phase_index != Phase.MASKED_INPUT
+            or not self.server.streams_masked_inputs
+            or name not in self.members
+            or header.total_bytes
+            != len(masked_input_prefix(self.config.round_id, vector_bytes)) + vector_bytes
+        ):
+            return None
+        return MaskedInputSink(self, self.members[name], wake)
+
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
+        from sealagg.appliance.masked_stream import StreamedMaskedInput
+
         try:
-            self.server.receive(member.index, self._parse(header, payload))
+            if isinstance(payload, StreamedMaskedInput):  # every word is in the sum already
+                if payload.sink.round is not self or payload.sink.member is not member:
+                    raise UploadRefusedError("FAILED_PRECONDITION", "a stream of another upload")
+                self.server.finish_masked_input(member.index, {})
+            else:
+                self.server.receive(member.index, self._parse(header, payload))
         except SecAggError as error:
             raise UploadRefusedError(_status_for(error), f"{error.reason.value}: {error}") from None
         self._note_blames()

@@ -5,7 +5,10 @@ together with the sender id it took from the client's TLS certificate, and calls
 :meth:`SecAggServer.close_phase` when everyone answered or the deadline passed.
 A bad message is refused with a specific exception and changes nothing, so the
 round goes on for the others. In the masked-input phase the server keeps only a
-running sum: O(d) memory whatever the number of clients.
+running sum: O(d) memory whatever the number of clients. A masked input may also arrive
+in ranges, added into the sum as they come (:meth:`SecAggServer.begin_masked_input`,
+``add_masked_range``, ``finish_masked_input``, ``abort_masked_input``): a stream that
+does not finish is subtracted back out exactly, so the sum is as if it never came.
 
 Against malicious clients (issue 17, item 6): low-order keys, and keys outside the
 prime-order subgroup, are refused at advertisement; the graph seed comes from coins
@@ -28,7 +31,12 @@ aborts the round when it leaves fewer than t shares of some secret, the second a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import itertools
+import tempfile
+import threading
+import types
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -78,6 +86,8 @@ from sealagg.crypto.messages import (
 from sealagg.kernels import mod_add_bytes_into
 
 SECRET_BYTES = 32
+#: Bytes read back at a time when a streamed masked input is undone (a multiple of 4).
+UNDO_BLOCK_BYTES = 1 << 20
 #: Subsets of t shares tried when the shares of one secret disagree (a holder lied).
 MAX_RECONSTRUCTION_ATTEMPTS = 256
 
@@ -272,29 +282,38 @@ class _CollectShares(_State):
 class _CollectMaskedInputs(_State):
     phase = Phase.MASKED_INPUT
     accepts = MaskedInput
+    #: Defaults for subclasses that sum elsewhere (crypto/striped_server.py): no streams.
+    streams: Mapping[int, _InputStream] = types.MappingProxyType({})
+    poisoned: str | None = None
 
     def __init__(self, config: RoundConfig, expected: frozenset[int], facts: _Facts) -> None:
         super().__init__(config, expected)
         self.facts = facts
         self.total = np.zeros(config.vector_length, dtype=np.uint32)
+        #: Masked inputs arriving in ranges (:meth:`SecAggServer.begin_masked_input`).
+        self.streams: dict[int, _InputStream] = {}
+        #: Why ``total`` can no longer be trusted (an undo journal came back altered).
+        self.poisoned = None
 
     def receive(self, sender: int, msg: Message) -> None:
         super().receive(sender, msg)
         assert isinstance(msg, MaskedInput)
+        mod_add_bytes_into(self.total, msg.vector, 1)  # the buffer is viewed, not copied
+        self._count(sender)
+
+    def _count(self, sender: int) -> None:
+        """``sender``'s vector is in ``total``: record its judged blames, make it count."""
         for v, (record, mask_key) in self._judged.items():
             self.facts.blames.append(record)
             self.facts.unmasked_pairs[(sender, v)] = mask_key
             self.facts.excluded.add(v)
-        mod_add_bytes_into(self.total, msg.vector, 1)  # the buffer is viewed, not copied
         self.received[sender] = None  # keep O(d): drop the vector, remember the sender
 
     def check(self, sender: int, msg: Message) -> None:
         assert isinstance(msg, MaskedInput)
-        if sender in self.facts.excluded:
-            raise ExcludedSenderError(
-                f"client {sender} is excluded from this round: a neighbour proved that it "
-                "sent a sealed share that does not open"
-            )
+        if sender in self.streams:
+            raise DuplicateMessageError(f"client {sender} is already streaming its masked input")
+        self._check_not_excluded(sender)
         expected_bytes = 4 * self.config.vector_length
         if len(msg.vector) != expected_bytes:
             raise MalformedMessageError(
@@ -302,6 +321,93 @@ class _CollectMaskedInputs(_State):
             )
         # Judge every blame before anything counts: one false blame refuses the message.
         self._judged = {v: self._judge(sender, v, blame) for v, blame in msg.blames.items()}
+
+    def _check_not_excluded(self, sender: int) -> None:
+        if sender in self.facts.excluded:
+            raise ExcludedSenderError(
+                f"client {sender} is excluded from this round: a neighbour proved that it "
+                "sent a sealed share that does not open"
+            )
+
+    # ------------------------------------------------ a masked input streamed in ranges
+
+    def begin(self, sender: int) -> None:
+        """Open ``sender``'s stream: an expected sender, not excluded, not in yet, once."""
+        if sender not in self.expected:
+            raise UnknownSenderError(f"client {sender} is not expected in phase {self.phase.name}")
+        if sender in self.received or sender in self.streams:
+            raise DuplicateMessageError(f"client {sender} already sent its {MaskedInput.TYPE}")
+        self._check_not_excluded(sender)
+        self.streams[sender] = _InputStream()
+
+    def add(self, sender: int, offset_words: int, data: bytes | bytearray | memoryview) -> None:
+        """Add the next range of ``sender``'s vector into ``total``; a bad range undoes the
+        stream (nothing of a refused stream stays in the sum) and raises."""
+        stream = self._stream(sender)
+        view = memoryview(data).cast("B")
+        words = len(view) // 4
+        fault = None
+        if len(view) % 4:
+            fault = f"a range of {len(view)} bytes is not whole 4-byte words"
+        elif offset_words != stream.next_word:
+            fault = f"a range at word {offset_words}, the next one is at word {stream.next_word}"
+        elif not words or stream.next_word + words > self.config.vector_length:
+            fault = (
+                f"a range of {words} words at word {offset_words} in a vector of "
+                f"{self.config.vector_length}"
+            )
+        if fault is not None:
+            self.abort(sender)
+            raise MalformedMessageError(f"client {sender}'s masked input: {fault}; undone")
+        try:
+            stream.record(view)  # journal first: whatever is in total can be taken back out
+        except OSError:
+            self.abort(sender)
+            raise
+        mod_add_bytes_into(self.total[offset_words : offset_words + words], view, 1)
+        stream.next_word += words
+
+    def finish(self, sender: int, blames: Mapping[int, Blame]) -> None:
+        """``sender``'s stream counts as a whole :meth:`receive` would; refused (and undone)
+        unless every word arrived, the sender is still not excluded and every blame holds."""
+        stream = self._stream(sender)
+        try:
+            if stream.next_word != self.config.vector_length:
+                raise MalformedMessageError(
+                    f"client {sender}'s masked input ended at word {stream.next_word} of "
+                    f"{self.config.vector_length}; undone"
+                )
+            self._check_not_excluded(sender)  # a neighbour's proven blame may have come since
+            self._judged = {v: self._judge(sender, v, blame) for v, blame in blames.items()}
+        except SecAggError:
+            self.abort(sender)
+            raise
+        del self.streams[sender]
+        stream.close()
+        self._count(sender)
+
+    def abort(self, sender: int) -> bool:
+        """Take ``sender``'s open stream back out of ``total`` (exact in Z_2^32); False if
+        it has none. The journal is checked against the digest kept in memory: if the bytes
+        read back differ, ``total`` is wrong and the round can only abort (:meth:`close`)."""
+        stream = self.streams.pop(sender, None)
+        if stream is None:
+            return False
+        try:
+            if not stream.undo(self.total):
+                self.poisoned = (
+                    f"client {sender}'s streamed masked input could not be undone exactly "
+                    "(its journal changed): the sum is unusable and the round is aborted"
+                )
+        finally:
+            stream.close()
+        return True
+
+    def _stream(self, sender: int) -> _InputStream:
+        stream = self.streams.get(sender)
+        if stream is None:
+            raise OutOfPhaseError(f"client {sender} has no masked input being streamed")
+        return stream
 
     def _judge(self, accuser: int, accused: int, blame: Blame) -> tuple[BlameRecord, bytes]:
         """The judged record and the pair's proven mask key, or :class:`BlameRefusedError`.
@@ -360,6 +466,10 @@ class _CollectMaskedInputs(_State):
         return BlameRecord(accused, accuser, why), mask_key
 
     def close(self) -> tuple[dict[int, Message], _State]:
+        for sender in sorted(self.streams):  # incomplete or never finished: not survivors
+            self.abort(sender)
+        if self.poisoned is not None:
+            raise ReconstructionError(self.poisoned)
         survivors = tuple(sorted(self.received))
         self.require(len(survivors), "masked input")
         out: dict[int, Message] = {
@@ -369,6 +479,42 @@ class _CollectMaskedInputs(_State):
             self.config, frozenset(survivors), self.facts, self.expected, self.total
         )
         return out, nxt
+
+
+class _InputStream:
+    """One sender's masked input while it arrives: the next word expected, and a journal
+    of every byte already added into the running sum, so an aborted stream can be
+    subtracted back exactly. Memory stays O(1) per stream: the journal is an unlinked
+    temporary file (gone when closed or when the process dies) holding only what the
+    server is allowed to see anyway (a masked vector); a BLAKE2b digest kept in memory
+    detects a journal altered on disk, so a wrong undo is never silent."""
+
+    def __init__(self) -> None:
+        self.next_word = 0
+        self.journal = tempfile.TemporaryFile(prefix="sealagg-masked-")  # noqa: SIM115 - closed by close()
+        self.digest = hashlib.blake2b(digest_size=32)
+
+    def record(self, view: memoryview) -> None:
+        self.journal.write(view)
+        self.digest.update(view)
+
+    def undo(self, total: np.ndarray) -> bool:
+        """Subtract what was added from ``total``; False if the journal was altered."""
+        self.journal.flush()
+        self.journal.seek(0)
+        check = hashlib.blake2b(digest_size=32)
+        word = 0
+        while word < self.next_word:
+            block = self.journal.read(min(UNDO_BLOCK_BYTES, 4 * (self.next_word - word)))
+            if not block or len(block) % 4:
+                return False
+            check.update(block)
+            mod_add_bytes_into(total[word : word + len(block) // 4], block, -1)
+            word += len(block) // 4
+        return hmac.compare_digest(check.digest(), self.digest.digest())
+
+    def close(self) -> None:
+        self.journal.close()
 
 
 def _fault_in_share(
@@ -639,6 +785,9 @@ class SecAggServer:
         self._facts: _Facts | None = None
         self._result: AggregateResult | None = None
         self._error: SecAggError | None = None
+        # Streamed ranges may arrive on the event loop while a phase closes in a worker
+        # thread: one lock orders every change to the state (and to the running sum).
+        self._lock = threading.RLock()
 
     @property
     def phase(self) -> Phase | None:
@@ -690,13 +839,79 @@ class SecAggServer:
             raise ReplayedMessageError(f"{msg.TYPE} from client {sender} belongs to another round")
         if sender not in self.config.identities:
             raise UnknownSenderError(f"client {sender} is not a participant of this round")
-        self._state.receive(sender, msg)
+        with self._lock:
+            self._state.receive(sender, msg)
+
+    # --------------------------------------------- a masked input streamed into the sum
+
+    @property
+    def streams_masked_inputs(self) -> bool:
+        """True while masked inputs may be streamed into this process's running sum."""
+        return type(self._state) is _CollectMaskedInputs
+
+    def _collecting(self, sender: int) -> _CollectMaskedInputs:
+        state = self._state
+        if type(state) is not _CollectMaskedInputs:  # a striped server sums elsewhere
+            raise OutOfPhaseError("no masked input is being collected into this server's sum")
+        if sender not in self.config.identities:
+            raise UnknownSenderError(f"client {sender} is not a participant of this round")
+        return state
+
+    def begin_masked_input(self, sender: int) -> None:
+        """Open ``sender``'s masked input, to arrive in ranges (no whole message held).
+
+        Security: the same gate as :meth:`receive` (a participant, expected in this phase,
+        not excluded, once: a second stream or a whole message while one is open is a
+        duplicate); ``sender`` comes from the transport. Nothing counts until
+        :meth:`finish_masked_input`; the caller checked the message's prefix (type, round
+        id, vector length) before calling this, as :func:`crypto.messages.masked_input_view`
+        does for a whole message.
+        """
+        with self._lock:
+            self._collecting(sender).begin(sender)
+
+    def add_masked_range(
+        self, sender: int, offset_words: int, data: bytes | bytearray | memoryview
+    ) -> None:
+        """Add words ``offset_words ..`` of ``sender``'s masked vector (little-endian uint32)
+        into the running sum at once, mod 2^32.
+
+        Ranges come in order, without gaps or overlap, within the vector: anything else is
+        refused *and the stream undone*, so a refused stream never leaves a partial vector
+        in the sum. Adding before the end is safe because addition in Z_2^32 is exactly
+        invertible: an aborted stream is subtracted back (:meth:`abort_masked_input`).
+        """
+        with self._lock:
+            self._collecting(sender).add(sender, offset_words, data)
+
+    def finish_masked_input(self, sender: int, blames: Mapping[int, Blame] | None = None) -> None:
+        """Every word arrived: ``sender`` counts exactly as if :meth:`receive` had taken the
+        whole message (same checks on ``blames``, same state, a survivor if the phase
+        closes). Refused, and the stream undone, if a word is missing, the sender was
+        excluded meanwhile, or a blame does not hold."""
+        with self._lock:
+            self._collecting(sender).finish(sender, blames or {})
+
+    def abort_masked_input(self, sender: int) -> bool:
+        """Undo ``sender``'s unfinished stream: the sum is as if it never came and ``sender``
+        is not a survivor (it may stream again). False if there is nothing to undo (never
+        begun, finished, already undone, or the phase closed, which undoes every open one)."""
+        with self._lock:
+            state = self._state
+            if type(state) is not _CollectMaskedInputs:
+                return False
+            return state.abort(sender)
 
     def close_phase(self) -> dict[int, Message]:
         """End the current phase (all in, or deadline): the messages to send to each client.
 
         Raises :class:`BelowThresholdError` (and aborts the round) when too few remain.
+        Closing the masked-input phase undoes every stream not finished.
         """
+        with self._lock:
+            return self._close_phase()
+
+    def _close_phase(self) -> dict[int, Message]:
         if self._state is None:
             raise OutOfPhaseError("the round is over")
         try:
