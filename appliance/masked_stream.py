@@ -35,6 +35,37 @@ if TYPE_CHECKING:
     from sealagg.appliance.rounds import MaskedRound
 
 
+class PrefixGate:
+    """A streamed masked input's fixed prefix (message type, round id, vector length),
+    compared byte for byte in constant time before any byte of the vector is used: an
+    upload naming another round, type or length is refused with nothing added or forwarded.
+    ``round_id`` is the transcript's (a grouped round's group id, not the transport's).
+    Shared by this module's sink and the ``[scale]`` one (appliance/scale/masked_round.py)."""
+
+    def __init__(self, round_id: bytes, words: int, nothing_done: str) -> None:
+        self.prefix = masked_input_prefix(round_id, 4 * words)
+        self.passed = False
+        self._head = bytearray()  # the prefix as received, until it is checked
+        self._nothing_done = nothing_done  # e.g. "nothing was added"
+
+    def take(self, rest: memoryview) -> memoryview | None:
+        """The bytes after the prefix once all of it arrived and matched (the first call that
+        completes it returns the rest of its piece), None while it is incomplete;
+        :class:`UploadRefusedError` on a mismatch."""
+        take = len(self.prefix) - len(self._head)
+        self._head += rest[:take]
+        if len(self._head) < len(self.prefix):
+            return None
+        if not hmac.compare_digest(bytes(self._head), self.prefix):
+            raise UploadRefusedError(
+                "INVALID_ARGUMENT",
+                "the masked input does not start as this round's masked input "
+                f"(another round, type or length); {self._nothing_done}",
+            )
+        self.passed = True
+        return rest[take:]
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamedMaskedInput:
     """What a finished stream hands the orchestrator in place of a payload: every word is
@@ -58,9 +89,7 @@ class MaskedInputSink:
         self.member = member
         self.wake = wake  # unused: a refusal here never leaves the phase waiting for nobody
         self.words = round_.config.vector_length
-        # The transcript's round id (a grouped round's group: not the transport's round id).
-        self.prefix = masked_input_prefix(round_.config.round_id, 4 * self.words)
-        self._head = bytearray()  # the prefix as received, until it is checked
+        self.gate = PrefixGate(round_.config.round_id, self.words, "nothing was added")
         self._tail = bytearray()  # 0-3 bytes of a word cut between two pieces
         self._word = 0  # the next coordinate to add
         self.begun = False
@@ -73,20 +102,15 @@ class MaskedInputSink:
         """Take the next bytes of the upload (the caller checked they fit its header)."""
         self.received += len(data)
         self._note(len(data) + len(self._tail))
-        rest = memoryview(data).cast("B")
-        if len(self._head) < len(self.prefix):
-            take = len(self.prefix) - len(self._head)
-            self._head += rest[:take]
-            rest = rest[take:]
-            if len(self._head) < len(self.prefix):
-                return
-            if not hmac.compare_digest(bytes(self._head), self.prefix):
+        rest: memoryview | None = memoryview(data).cast("B")
+        if not self.gate.passed:
+            try:
+                rest = self.gate.take(rest)
+            except UploadRefusedError:
                 self.outcome = "refused"
-                raise UploadRefusedError(
-                    "INVALID_ARGUMENT",
-                    "the masked input does not start as this round's masked input "
-                    "(another round, type or length); nothing was added",
-                )
+                raise
+            if rest is None:
+                return
             self._begin()
         if self._tail:
             take = min(4 - len(self._tail), len(rest))

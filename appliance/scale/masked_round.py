@@ -36,12 +36,12 @@ and presence streams while chunks travel to the stripes.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray.exceptions import RayError
 
+from sealagg.appliance.masked_stream import PrefixGate
 from sealagg.appliance.rounds import (
     Aggregate,
     MaskedRound,
@@ -82,28 +82,22 @@ class StripeUploadSink(ChunkSink):
     ) -> None:
         super().__init__(round_, member, round_.config.vector_length, wake)
         self.total_bytes = total_bytes
-        # The transcript's round id (a grouped round's group: not the transport's round id).
-        self.prefix = masked_input_prefix(round_.config.round_id, 4 * round_.config.vector_length)
-        self._head = bytearray()  # the prefix as received, until it is checked
+        words = round_.config.vector_length
+        self.gate = PrefixGate(round_.config.round_id, words, "nothing was forwarded")
         self.forwarded = 0  # vector bytes handed to the stripes
 
     async def feed(self, data: bytes) -> None:
         """Take the next bytes of the upload (the caller checked they fit its header)."""
         self.received += len(data)
-        rest = memoryview(data).cast("B")
-        if len(self._head) < len(self.prefix):
-            take = len(self.prefix) - len(self._head)
-            self._head += rest[:take]
-            rest = rest[take:]
-            if len(self._head) < len(self.prefix):
-                return
-            if not hmac.compare_digest(bytes(self._head), self.prefix):
+        rest: memoryview | None = memoryview(data).cast("B")
+        if not self.gate.passed:
+            try:
+                rest = self.gate.take(rest)
+            except UploadRefusedError:
                 self.outcome = "refused"
-                raise UploadRefusedError(
-                    "INVALID_ARGUMENT",
-                    "the masked input does not start as this round's masked input "
-                    "(another round, type or length); nothing was forwarded",
-                )
+                raise
+            if rest is None:
+                return
             self._call(self.round.begin_stream, self.member)
         await self._forward(rest)
 

@@ -17,15 +17,13 @@ pieces, holding at most one piece (plus a cut word), and the sum is exact.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from typing import ClassVar
 
-import grpc
 import numpy as np
 import pytest
 from sealagg_testkit.audit import audit_details
 from sealagg_testkit.clients import expected_bias_and_weight, join, published_flat, run_clients
+from sealagg_testkit.streaming import CancelsHalfway, StoppedError, WrongPrefix
 
 from sealagg.appliance.masked_stream import MaskedInputSink
 from sealagg.appliance.rounds import MaskedRound, Member
@@ -33,7 +31,7 @@ from sealagg.appliance.wire import sealagg_pb2 as pb
 from sealagg.client_shim import connection as shim_connection
 from sealagg.client_shim.session import Participant
 from sealagg.crypto import Phase, QuantizationSpec, SecAggClient
-from sealagg.crypto.messages import decode, masked_input_prefix
+from sealagg.crypto.messages import decode
 from sealagg.crypto.testing import make_round
 
 N = 6
@@ -44,65 +42,14 @@ DEADLINES = dict.fromkeys(
 )
 
 
-class StoppedError(Exception):
-    """A test client stops after its masked input went wrong (on purpose)."""
-
-
-class Truncates(Participant):
-    """Sends its header and half its masked input, then cancels the call and leaves."""
+class Truncates(CancelsHalfway):
+    """Cancels once the appliance added part of its masked input into the running sum."""
 
     sinks: ClassVar[list[MaskedInputSink]] = []
 
-    def _send(self, start, phase, message, meta, deadline_unix):
-        if phase != Phase.MASKED_INPUT:
-            return super()._send(start, phase, message, meta, deadline_unix)
-        data = b"".join(bytes(p) for p in message.encode_parts())
-        header = pb.UploadHeader(
-            round_id=start.round_id,
-            phase=phase,
-            kind="protocol",
-            metadata_json=meta,
-            total_bytes=len(data),
-        )
-        hold = threading.Event()
-
-        def body():
-            yield pb.UploadChunk(header=header)
-            yield pb.UploadChunk(data=data[: len(data) // 2])
-            hold.wait(30)  # the stream stays open, unfinished, until cancelled
-
-        call = self.connection.stub.Submit.future(body(), timeout=30)
-        name = self.connection.kit.name
-        until = time.monotonic() + 20
-        while time.monotonic() < until:  # cancel once the appliance added part of it
-            sink = next((s for s in self.sinks if s.member.name == name), None)
-            if sink is not None and sink.added > 0:
-                break
-            time.sleep(0.05)
-        call.cancel()
-        hold.set()
-        self.connection.close()
-        raise StoppedError("cancelled its masked input halfway")
-
-
-class WrongPrefix(Participant):
-    """Sends a masked input whose prefix names another round (same length)."""
-
-    refusal: ClassVar[list[str]] = []
-
-    def _send(self, start, phase, message, meta, deadline_unix):
-        if phase != Phase.MASKED_INPUT:
-            return super()._send(start, phase, message, meta, deadline_unix)
-        prefix, vector = message.encode_parts()
-        other = bytes(b ^ 0xFF for b in start.round_id)
-        forged = masked_input_prefix(other, len(vector))
-        assert len(forged) == len(prefix) and forged != bytes(prefix)
-        try:
-            self._send_encoded(start, phase, [forged, vector], meta, deadline_unix)
-        except grpc.RpcError as error:
-            self.refusal.append(f"{error.code().name}: {error.details()}")
-        self.connection.close()
-        raise StoppedError("its masked input was refused")
+    def took_part(self, name: str) -> bool:
+        sink = next((s for s in self.sinks if s.member.name == name), None)
+        return sink is not None and sink.added > 0
 
 
 @pytest.fixture
