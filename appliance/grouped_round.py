@@ -61,7 +61,6 @@ from sealagg.appliance.rounds import (
     MaskedRound,
     Member,
     UploadRefusedError,
-    UploadSink,
     check_in_range,
 )
 from sealagg.appliance.wire import sealagg_pb2 as pb
@@ -153,19 +152,6 @@ class GroupedRound(LockstepRound):
         group = self.groups[self.group_of[name]]
         # A proven blame excludes its client from its group: no phase waits for it.
         self.expected -= set(group.members) - group.expected
-
-    @property
-    def accept_off_loop(self) -> bool:
-        """[scale] groups forward uploads with blocking Ray calls: accepted off the loop."""
-        return any(getattr(group, "accept_off_loop", False) for group in self.groups)
-
-    def stream_sink(
-        self, name: str, header: pb.UploadHeader, wake: Callable[[], None] | None = None
-    ) -> UploadSink | None:
-        """The sender's group's sink ([scale]: a masked input streamed to the stripes)."""
-        if name not in self.group_of or name not in self.expected:
-            return None
-        return self.groups[self.group_of[name]].stream_sink(name, header, wake)
 
     @property
     def waiting_for(self) -> set[str]:

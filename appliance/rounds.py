@@ -455,6 +455,21 @@ class LockstepRound(ActiveRound):
     def _accept(self, member: Member, header: pb.UploadHeader, payload: bytes) -> None:
         raise AssertionError("LockstepRound.accept dispatches to the parts")  # pragma: no cover
 
+    @property
+    def accept_off_loop(self) -> bool:
+        """[scale] parts forward uploads with blocking Ray calls: accepted off the loop."""
+        return any(getattr(part, "accept_off_loop", False) for part in self.parts)
+
+    def stream_sink(
+        self, name: str, header: pb.UploadHeader, wake: Callable[[], None] | None = None
+    ) -> UploadSink | None:
+        """The sender's part's sink (a masked input without blames, streamed into that part's
+        running sum, or to the stripes with [scale]); None for anyone the round does not
+        expect now."""
+        if name not in self.part_of or name not in self.expected:
+            return None
+        return self.parts[self.part_of[name]].stream_sink(name, header, wake)
+
     def _advance(self, running: list[MaskedRound], tasks: dict[str, pb.Task]) -> dict[str, pb.Task]:
         """After the parts closed their phase: done when none is ``running``; else the round
         waits for the furthest phase still running (later phases wait longer) and everyone

@@ -14,11 +14,13 @@ import pytest
 from sealagg.appliance.config import parse_config
 from sealagg.appliance.errors import ConfigError
 from sealagg.appliance.federation import FederationFolder
+from sealagg.appliance.masked_stream import MaskedInputSink
 from sealagg.appliance.robust import assign_buckets, build_robust_round, check_feasible
 from sealagg.appliance.rounds import Member
 from sealagg.appliance.server import open_store
 from sealagg.appliance.testing import base_model
 from sealagg.appliance.wire.modelcodec import Layout, flatten
+from sealagg.client_shim import connection as shim_connection
 from sealagg.client_shim.connection import Connection
 from sealagg.client_shim.session import Participant
 from sealagg.client_shim.testing import start_participants
@@ -113,7 +115,18 @@ def test_plaintext_robust_rule_ignores_the_byzantine_client(deployment, running,
         assert BYZANTINE not in audit[-1].details["selected"]
 
 
-def test_secagg_buckets_median_of_bucket_means_keeps_the_model_sane(deployment, running):
+def test_secagg_buckets_median_of_bucket_means_keeps_the_model_sane(
+    deployment, running, monkeypatch
+):
+    streamed: list[MaskedInputSink] = []  # every bucket's masked inputs stream into its sum
+    original = MaskedInputSink.__init__
+
+    def observe(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        streamed.append(self)
+
+    monkeypatch.setattr(MaskedInputSink, "__init__", observe)
+    monkeypatch.setattr(shim_connection, "CHUNK_BYTES", 64)  # uploads stream in many chunks
     dep = deployment(clients=9)
     dep.configure(
         aggregation={
@@ -144,6 +157,8 @@ def test_secagg_buckets_median_of_bucket_means_keeps_the_model_sane(deployment, 
     assert means[poisoned].mean() > 0.35  # the Byzantine bucket is pushed up everywhere
     assert np.mean(means, axis=0).mean() > 0.1  # so is the mean of the bucket means
     assert abs(delta.mean()) < 0.03  # ... but not the median of bucket means (max of 2 honest)
+    assert sorted(sink.member.name for sink in streamed) == names
+    assert all(sink.outcome == "complete" for sink in streamed)
 
 
 class _VanishAfterKeys(Participant):
